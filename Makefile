@@ -1,0 +1,46 @@
+# Set-up and checks, as a user runs them: `make run` serves the studio, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKSPACE ?= studio-data
+HOST ?= 127.0.0.1
+PORT ?= 7860
+# llama-cpp-python compiles from source (about 10 minutes on 2 cores, once: pip caches the wheel).
+# We need no multimodal part. On a CUDA machine: make run CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on"
+CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+export CMAKE_ARGS
+
+.PHONY: install install-test browser run test clean
+
+install: $(VENV)/.installed
+
+# torch first, pinned: asked for by another package, pip would pick a multi-GB build itself.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e .
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+# Browser tests drive Debian's Chromium; install it where this machine lets us.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q chromium; \
+	else echo "note: /usr/bin/chromium is missing (apt-get install chromium); browser tests will be skipped"; fi
+
+run: install
+	$(BIN)/alignstudio prepare --workspace $(WORKSPACE)
+	$(BIN)/alignstudio serve --workspace $(WORKSPACE) --host $(HOST) --port $(PORT)
+
+test: install-test browser
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info

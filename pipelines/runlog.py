@@ -1,0 +1,94 @@
+"""What every pipeline shares: its config file, its `events.jsonl` progress log, and cancel.
+
+The job runner tails `events.jsonl` (one JSON object a line: time, status, step, total, eta_s,
+metrics, message) into the store. SIGTERM does not kill a pipeline: it sets `cancel_requested`,
+and the pipeline saves its checkpoint at the next step boundary and exits with status
+"cancelled", so the run can be resumed later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(cls: type[C], path: str | Path) -> C:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the config: {e}") from None
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def save_config(config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", encoding="utf-8")
+
+
+class RunLog:
+    """Appends events to `<run_dir>/events.jsonl` and turns SIGTERM into a cancel request."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "events.jsonl"
+        self.cancel_requested = False
+        self._started = time.monotonic()
+        self._first_step: int | None = None
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.cancel_requested = True
+
+    def event(self, status: str, **fields) -> None:
+        record = {"time": time.time(), "status": status, **fields}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def progress(self, step: int, total: int, metrics: dict | None = None, message: str | None = None) -> None:
+        """Report `step` of `total` done; the ETA is from the rate since this process started
+        (a resumed run does not count the steps an earlier process did)."""
+        if self._first_step is None:
+            self._first_step = step
+        done_here = step - self._first_step
+        elapsed = time.monotonic() - self._started
+        eta = elapsed / done_here * (total - step) if done_here > 0 else None
+        self.event("running", step=step, total=total, eta_s=eta, metrics=metrics or {}, message=message)
+
+
+def run_main(config_cls: type[C], run: Callable[[C, RunLog], None], argv: list[str] | None = None) -> int:
+    """`python -m pipelines.<name> --config run.json`: run it, and record how it ended.
+
+    The run folder is the config file's folder. An exception becomes a "failed" event with the
+    error as its message (the traceback goes to stderr, which the runner keeps as the log)."""
+    parser = argparse.ArgumentParser(description=(config_cls.__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--config", required=True, help="JSON file with the pipeline's config")
+    args = parser.parse_args(argv)
+    log = RunLog(Path(args.config).resolve().parent)
+    try:
+        config = load_config(config_cls, args.config)
+        log.event("started", message=f"{config_cls.__name__} from {args.config}")
+        run(config, log)
+    except Exception as e:  # the run fails; the error is its message
+        traceback.print_exc()
+        log.event("failed", message=f"{type(e).__name__}: {e}")
+        return 1
+    return 0
+

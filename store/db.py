@@ -1,0 +1,235 @@
+"""The workspace database: one DuckDB file, schema versioned by numbered migrations.
+
+DuckDB allows one writing process per file, so the studio process owns the `Store`; threads in it
+each take their own cursor. Every write goes through `transaction()`, which commits all or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+APP_ID = "alignment-studio"
+
+# Each entry is one schema version; append, never edit a released one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE prompts (
+        id VARCHAR PRIMARY KEY,             -- hash of the messages
+        messages JSON NOT NULL,
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE responses (
+        id VARCHAR PRIMARY KEY,             -- hash of (prompt, messages)
+        prompt_id VARCHAR NOT NULL,
+        messages JSON NOT NULL,
+        is_empty BOOLEAN NOT NULL,          -- kept: an empty answer can be the preferred one
+        model VARCHAR,                      -- the model that wrote it, when known
+        generation JSON,                    -- sampling settings, when generated here
+        source VARCHAR,
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE pairs (
+        id VARCHAR PRIMARY KEY,             -- hash of (prompt, first, second)
+        prompt_id VARCHAR NOT NULL,
+        first_id VARCHAR NOT NULL,
+        second_id VARCHAR NOT NULL,
+        source_verdict VARCHAR CHECK (source_verdict IN ('first', 'second')),  -- NULL: unlabelled
+        source VARCHAR,
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE SEQUENCE dataset_ids;
+    CREATE TABLE datasets (
+        id INTEGER PRIMARY KEY DEFAULT nextval('dataset_ids'),
+        name VARCHAR NOT NULL UNIQUE,
+        recipe JSON,                        -- how it was made: source file, filter rule, ...
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE dataset_pairs (dataset_id INTEGER, pair_id VARCHAR, PRIMARY KEY (dataset_id, pair_id));
+    CREATE TABLE dataset_prompts (dataset_id INTEGER, prompt_id VARCHAR, PRIMARY KEY (dataset_id, prompt_id));
+    CREATE SEQUENCE label_ids;
+    CREATE TABLE labels (
+        id INTEGER PRIMARY KEY DEFAULT nextval('label_ids'),
+        pair_id VARCHAR NOT NULL,
+        annotator VARCHAR NOT NULL,
+        verdict VARCHAR NOT NULL CHECK (verdict IN ('first', 'second', 'tie', 'both-bad', 'skip')),
+        swapped BOOLEAN NOT NULL DEFAULT false,  -- shown with second on the left
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE INDEX labels_pair ON labels (pair_id);
+    CREATE SEQUENCE run_ids;
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY DEFAULT nextval('run_ids'),
+        kind VARCHAR NOT NULL,
+        config JSON NOT NULL,
+        status VARCHAR NOT NULL
+            CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+        folder VARCHAR,
+        pid INTEGER,
+        message VARCHAR,
+        events_offset BIGINT NOT NULL DEFAULT 0,  -- bytes of events.jsonl already read
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+        started_at TIMESTAMP,
+        finished_at TIMESTAMP
+    );
+    CREATE TABLE run_metrics (
+        run_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        name VARCHAR NOT NULL,
+        value DOUBLE,
+        logged_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE INDEX run_metrics_run ON run_metrics (run_id);
+    CREATE SEQUENCE model_ids;
+    CREATE TABLE models (
+        id INTEGER PRIMARY KEY DEFAULT nextval('model_ids'),
+        name VARCHAR NOT NULL UNIQUE,
+        kind VARCHAR NOT NULL CHECK (kind IN ('base', 'adapter', 'merged', 'gguf')),
+        path VARCHAR NOT NULL,
+        parent_id INTEGER,
+        run_id INTEGER,
+        created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    );
+    CREATE TABLE perplexities (
+        response_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        ppl DOUBLE,
+        mean_logprob DOUBLE,
+        n_tokens INTEGER NOT NULL,
+        engine VARCHAR NOT NULL,
+        run_id INTEGER,
+        PRIMARY KEY (response_id, model)
+    );
+    """,
+]
+
+COUNTED_TABLES = ("prompts", "responses", "pairs", "labels", "datasets", "runs", "models")
+
+
+class StoreError(RuntimeError):
+    """The workspace database cannot be used; the message says why."""
+
+
+def content_hash(*parts: object) -> str:
+    """Stable id for content: sha256 over canonical JSON, 32 hex characters."""
+    canonical = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    # DuckDB's file header has the magic "DUCK" at byte 8.
+    with open(path, "rb") as f:
+        return f.read(12)[8:12] == b"DUCK"
+
+
+class Store:
+    def __init__(self, path: str | Path, read_only: bool = False):
+        self.path = Path(path)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        if exists and not _is_duckdb_file(self.path):
+            raise StoreError(f"{self.path}: not a DuckDB database; refusing to open it")
+        if not exists and read_only:
+            raise StoreError(f"{self.path}: no such workspace database")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            raise StoreError(f"{self.path}: cannot open the workspace database: {e}") from None
+        except OSError as e:
+            raise StoreError(f"{self.path.parent}: cannot create the workspace: {e.strerror}") from None
+        self._lock = threading.Lock()
+        try:
+            self._check_and_migrate(exists, read_only)
+        except BaseException:
+            self._con.close()
+            raise
+
+    def _check_and_migrate(self, existed: bool, read_only: bool) -> None:
+        tables = {r[0] for r in self._con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+        if "studio_meta" not in tables:
+            if tables:
+                raise StoreError(f"{self.path}: a DuckDB file of another application "
+                                 f"(tables {', '.join(sorted(tables)[:5])}); refusing to change it")
+            version = 0
+        else:
+            row = self._con.execute("SELECT app, version FROM studio_meta").fetchone()
+            if row is None or row[0] != APP_ID:
+                raise StoreError(f"{self.path}: not an Alignment Studio workspace database")
+            version = row[1]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path}: schema version {version} is newer than this studio "
+                             f"understands ({len(MIGRATIONS)}); upgrade alignment-studio")
+        if version == len(MIGRATIONS):
+            return
+        if read_only:
+            raise StoreError(f"{self.path}: schema version {version} needs migrating; open it read-write")
+        with self.transaction() as cur:
+            if version == 0:
+                cur.execute("CREATE TABLE studio_meta (app VARCHAR NOT NULL, version INTEGER NOT NULL)")
+                cur.execute("INSERT INTO studio_meta VALUES (?, 0)", [APP_ID])
+            for sql in MIGRATIONS[version:]:
+                cur.execute(sql)
+            cur.execute("UPDATE studio_meta SET version = ?", [len(MIGRATIONS)])
+
+    @property
+    def schema_version(self) -> int:
+        return self._con.cursor().execute("SELECT version FROM studio_meta").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside one transaction: committed if the block ends normally, else rolled back.
+
+        Writers are serialised by a lock so that two threads never conflict on the same rows."""
+        with self._lock:
+            cur = self._con.cursor()
+            cur.begin()
+            try:
+                yield cur
+            except BaseException:
+                cur.rollback()
+                raise
+            else:
+                cur.commit()
+            finally:
+                cur.close()
+
+    def query(self, sql: str, params: list | None = None) -> list[dict]:
+        cur = self._con.cursor()
+        try:
+            result = cur.execute(sql, params or [])
+            names = [d[0] for d in result.description]
+            return [dict(zip(names, row)) for row in result.fetchall()]
+        finally:
+            cur.close()
+
+    def scalar(self, sql: str, params: list | None = None):
+        cur = self._con.cursor()
+        try:
+            row = cur.execute(sql, params or []).fetchone()
+            return None if row is None else row[0]
+        finally:
+            cur.close()
+
+    def stats(self) -> dict[str, int]:
+        return {t: self.scalar(f"SELECT count(*) FROM {t}") for t in COUNTED_TABLES}
+
+    def dataset_id(self, name: str, cur=None) -> int | None:
+        row = (cur or self._con.cursor()).execute(
+            "SELECT id FROM datasets WHERE name = ?", [name]).fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

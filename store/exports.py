@@ -1,0 +1,116 @@
+"""Export preference pairs in the formats TRL's trainers load directly.
+
+- ``conversational``: ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}``,
+  TRL's conversational explicit-prompt format; lossless, the trainer applies the chat template.
+- ``trl``: plain text ``{"prompt": str, "chosen": str, "rejected": str}``. A single-turn prompt is
+  its text; a multi-turn one is written as an HH-RLHF transcript (``\\n\\nHuman: ...``) with the
+  answers as their ``\\n\\nAssistant: ...`` continuation, which imports back as the same pair.
+
+Only pairs with a known preference are exported (from the source file, or from labels); the
+count of the others is returned so the caller can say how many were left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.db import Store
+from store.formats import render_hh
+
+EXPORT_FORMATS = ("conversational", "trl")
+
+# A pair's preference: the source's, else the verdict its annotators gave most (first/second
+# only; a tie between the two, or only tie/both-bad/skip labels, leaves it without one).
+PAIRS_WITH_PREFERENCE = """
+WITH votes AS (
+    SELECT pair_id, count(*) FILTER (verdict = 'first') AS firsts,
+           count(*) FILTER (verdict = 'second') AS seconds
+    FROM labels GROUP BY pair_id
+)
+SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second,
+       coalesce(p.source_verdict,
+                CASE WHEN v.firsts > v.seconds THEN 'first'
+                     WHEN v.seconds > v.firsts THEN 'second' END) AS verdict
+FROM pairs p
+JOIN prompts pr ON pr.id = p.prompt_id
+JOIN responses a ON a.id = p.first_id
+JOIN responses b ON b.id = p.second_id
+LEFT JOIN votes v ON v.pair_id = p.id
+WHERE $dataset_filter
+ORDER BY p.rowid
+"""
+
+
+class ExportError(ValueError):
+    pass
+
+
+@dataclass
+class ExportReport:
+    path: str
+    pairs: int
+    without_preference: int
+
+
+def _as_text(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> dict:
+    single_turn = (len(prompt) == 1 and prompt[0]["role"] == "user"
+                   and len(chosen) == 1 and len(rejected) == 1)
+    if single_turn:
+        return {"prompt": prompt[0]["content"], "chosen": chosen[0]["content"],
+                "rejected": rejected[0]["content"]}
+    if any(m["role"] == "system" for m in prompt + chosen + rejected):
+        raise ExportError("a pair has a system message, which plain text cannot hold; "
+                          "use --format conversational")
+    head = render_hh(prompt)
+    return {"prompt": head, "chosen": render_hh(prompt + chosen)[len(head):],
+            "rejected": render_hh(prompt + rejected)[len(head):]}
+
+
+def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
+                 fmt: str = "conversational") -> ExportReport:
+    """Write the pairs (of one dataset, or all) to `out` (.jsonl or .parquet), atomically."""
+    out = Path(out)
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ExportError(f"{out}: the file name must end in .jsonl or .parquet")
+    params = []
+    dataset_filter = "true"
+    if dataset is not None:
+        dataset_id = store.dataset_id(dataset)
+        if dataset_id is None:
+            raise ExportError(f"no dataset named '{dataset}'")
+        dataset_filter = "p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)"
+        params.append(dataset_id)
+    rows = store.query(PAIRS_WITH_PREFERENCE.replace("$dataset_filter", dataset_filter), params)
+
+    records, without = [], 0
+    for row in rows:
+        if row["verdict"] is None:
+            without += 1
+            continue
+        first, second = json.loads(row["first"]), json.loads(row["second"])
+        chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
+        prompt = json.loads(row["prompt"])
+        records.append(_as_text(prompt, chosen, rejected) if fmt == "trl"
+                       else {"prompt": prompt, "chosen": chosen, "rejected": rejected})
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        if out.suffix == ".parquet":
+            pq.write_table(pa.Table.from_pylist(records), partial)
+        else:
+            with open(partial, "w", encoding="utf-8") as f:
+                for record in records:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportReport(str(out), len(records), without)

@@ -1,0 +1,377 @@
+"""Import preference pairs and prompts from JSONL, JSON, CSV or Parquet (optionally gzipped).
+
+An import is one transaction: by default any bad row aborts it and nothing is written; with
+`skip_bad` the good rows are written and the bad ones reported. Rows are read and written in
+batches, so a large JSONL, CSV or Parquet file streams instead of being held in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pyarrow as pa
+
+from store.db import Store, content_hash
+from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
+
+DEFAULT_MAX_ROW_BYTES = 1_000_000
+BATCH_ROWS = 5000
+
+
+@dataclass
+class RowError:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class ImportReport:
+    file: str
+    dataset: str
+    format: str = "auto"
+    rows: int = 0
+    pairs: int = 0                 # good pair rows in the file
+    prompts_only: int = 0          # good prompt-only rows in the file
+    empty_responses: int = 0       # responses with no text (kept, flagged in the store)
+    new_pairs: int = 0
+    new_prompts: int = 0
+    new_responses: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    written: bool = False
+
+    def summary(self) -> str:
+        kept = f"{self.pairs} pairs" if self.pairs or not self.prompts_only else ""
+        if self.prompts_only:
+            kept += (", " if kept else "") + f"{self.prompts_only} prompts"
+        if not self.written:
+            return f"{self.file}: nothing imported ({len(self.errors)} bad rows of {self.rows})"
+        return (f"{self.file}: imported {kept} into dataset '{self.dataset}' as {self.format} "
+                f"({self.new_pairs} new pairs, {self.new_prompts} new prompts, "
+                f"{self.new_responses} new responses; {self.empty_responses} empty responses kept; "
+                f"{len(self.errors)} bad rows skipped)")
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["errors"] = [str(e) for e in self.errors]
+        return d
+
+
+class ImportFailed(Exception):
+    """Raised when an import writes nothing; carries the report with every bad row."""
+
+    def __init__(self, report: ImportReport):
+        super().__init__(report.summary())
+        self.report = report
+
+
+# --- readers: yield (line, record | BadRecord) ------------------------------------------------
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix, kind in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+                         (".csv", "csv"), (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return kind
+    raise BadRecord("unknown file type: expected .jsonl, .json, .csv or .parquet (optionally .gz)")
+
+
+def _as_object(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise BadRecord(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _jsonl(f, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
+    for line, raw in enumerate(f, 1):
+        if not raw.strip():
+            continue
+        try:
+            if len(raw) > max_row_bytes:
+                raise BadRecord(f"row is {len(raw):,} bytes, over the {max_row_bytes:,}-byte limit")
+            try:
+                yield line, _as_object(json.loads(_decode(raw)))
+            except json.JSONDecodeError as e:
+                raise BadRecord(f"not valid JSON: {e.msg} (column {e.colno})") from None
+        except BadRecord as e:
+            yield line, e
+
+
+def _json_array(data: bytes, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
+    """A JSON array is parsed element by element so each error can name its line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        yield data.count(b"\n", 0, e.start) + 1, BadRecord(f"not valid UTF-8 (byte 0x{data[e.start]:02x})")
+        return
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        line = text.count("\n", 0, pos) + 1
+        if pos >= len(text):
+            yield line, BadRecord("not valid JSON: the array is not closed")
+            return
+        if text[pos] == "]":
+            return
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            yield text.count("\n", 0, e.pos) + 1, BadRecord(f"not valid JSON: {e.msg}")
+            return
+        if end - pos > max_row_bytes:
+            yield line, BadRecord(f"row is {end - pos:,} bytes, over the {max_row_bytes:,}-byte limit")
+        else:
+            try:
+                yield line, _as_object(value)
+            except BadRecord as e:
+                yield line, e
+        pos = end
+
+
+def _csv(f, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
+    """CSV cells are text; a cell holding a JSON list (a conversation) is decoded."""
+    state = {"line": 0}
+
+    def lines() -> Iterator[str]:
+        for raw in f:
+            state["line"] += 1
+            yield _decode(raw)
+
+    reader = csv.DictReader(lines())
+    try:
+        header = reader.fieldnames
+        if not header:
+            yield 1, BadRecord("empty file: no header row")
+            return
+        while True:
+            start = state["line"] + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield start, BadRecord(f"not valid CSV: {e}")
+                return
+            if None in row:
+                yield start, BadRecord(f"{len(header) + len(row[None])} cells, header has {len(header)}")
+                continue
+            size = sum(len(v or "") for v in row.values())
+            if size > max_row_bytes:
+                yield start, BadRecord(f"row is {size:,} bytes, over the {max_row_bytes:,}-byte limit")
+                continue
+            record = {}
+            for key, value in row.items():
+                if value is None:
+                    continue  # a short row: the column is missing, and the parser will say so
+                if value.startswith("[{"):
+                    try:
+                        value = json.loads(value)
+                    except json.JSONDecodeError:
+                        pass
+                record[key] = value
+            yield start, record
+    except BadRecord as e:  # a line that is not UTF-8 stops the CSV reader: it cannot resync
+        yield state["line"], e
+
+
+def _parquet(path: Path, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
+    con = duckdb.connect()
+    try:
+        reader = con.sql("SELECT * FROM read_parquet($path)", params={"path": str(path)}).to_arrow_reader(BATCH_ROWS)
+    except duckdb.Error as e:
+        yield 1, BadRecord(f"not a readable Parquet file: {str(e).splitlines()[0]}")
+        return
+    line = 0
+    for batch in reader:
+        for record in batch.to_pylist():
+            line += 1
+            size = len(json.dumps(record, default=str))
+            if size > max_row_bytes:
+                yield line, BadRecord(f"row is {size:,} bytes, over the {max_row_bytes:,}-byte limit")
+            else:
+                yield line, record
+    con.close()
+
+
+def read_records(path: Path, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iterator[tuple[int, dict | BadRecord]]:
+    """Every row of the file with its line (row, for Parquet) number, or the reason it is bad."""
+    kind = _kind(path)
+    if kind == "parquet":
+        yield from _parquet(path, max_row_bytes)
+        return
+    with _open(path) as f:
+        if kind == "json":
+            head = f.read(64).lstrip()
+            f.seek(0)
+            if head.startswith(b"["):
+                yield from _json_array(f.read(), max_row_bytes)
+                return
+        if kind == "csv":
+            yield from _csv(f, max_row_bytes)
+        else:
+            yield from _jsonl(f, max_row_bytes)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def _dump(messages: list[dict]) -> str:
+    return json.dumps(messages, ensure_ascii=False)
+
+
+class _Batch:
+    """Rows of one batch, keyed by content hash so duplicates inside the file collapse."""
+
+    def __init__(self, dataset_id: int, source: str):
+        self.dataset_id, self.source = dataset_id, source
+        self.clear()
+
+    def clear(self) -> None:
+        self.prompts: dict[str, str] = {}
+        self.responses: dict[str, tuple] = {}
+        self.pairs: dict[str, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.prompts) + len(self.pairs)
+
+    def _prompt(self, messages: list[dict]) -> str:
+        pid = content_hash("prompt", messages)
+        self.prompts[pid] = _dump(messages)
+        return pid
+
+    def _response(self, prompt_id: str, messages: list[dict]) -> str:
+        rid = content_hash("response", prompt_id, messages)
+        empty = not any(m["content"].strip() for m in messages)
+        self.responses[rid] = (prompt_id, _dump(messages), empty)
+        return rid
+
+    def add(self, item: PairRecord | PromptRecord) -> None:
+        pid = self._prompt(item.prompt)
+        if isinstance(item, PairRecord):
+            first, second = self._response(pid, item.chosen), self._response(pid, item.rejected)
+            self.pairs[content_hash("pair", pid, first, second)] = (pid, first, second)
+        elif item.reference:
+            self._response(pid, item.reference)
+
+    def flush(self, cur: duckdb.DuckDBPyConnection) -> None:
+        if not self:
+            return
+        prompts = pa.table({"id": list(self.prompts), "messages": list(self.prompts.values())})
+        responses = pa.table({
+            "id": list(self.responses),
+            "prompt_id": [r[0] for r in self.responses.values()],
+            "messages": [r[1] for r in self.responses.values()],
+            "is_empty": [r[2] for r in self.responses.values()],
+        })
+        pairs = pa.table({
+            "id": list(self.pairs),
+            "prompt_id": [p[0] for p in self.pairs.values()],
+            "first_id": [p[1] for p in self.pairs.values()],
+            "second_id": [p[2] for p in self.pairs.values()],
+        })
+        cur.register("batch_prompts", prompts)
+        cur.register("batch_responses", responses)
+        cur.register("batch_pairs", pairs)
+        cur.execute("INSERT OR IGNORE INTO prompts (id, messages) SELECT id, messages FROM batch_prompts")
+        cur.execute("""INSERT OR IGNORE INTO responses (id, prompt_id, messages, is_empty, source)
+                       SELECT id, prompt_id, messages, is_empty, ? FROM batch_responses""", [self.source])
+        cur.execute("""INSERT OR IGNORE INTO pairs (id, prompt_id, first_id, second_id, source_verdict, source)
+                       SELECT id, prompt_id, first_id, second_id, 'first', ? FROM batch_pairs""", [self.source])
+        cur.execute("INSERT OR IGNORE INTO dataset_prompts SELECT ?, id FROM batch_prompts", [self.dataset_id])
+        cur.execute("INSERT OR IGNORE INTO dataset_pairs SELECT ?, id FROM batch_pairs", [self.dataset_id])
+        for name in ("batch_prompts", "batch_responses", "batch_pairs"):
+            cur.unregister(name)
+        self.clear()
+
+
+def _ensure_dataset(cur, name: str, recipe: dict) -> int:
+    row = cur.execute("SELECT id FROM datasets WHERE name = ?", [name]).fetchone()
+    if row:
+        return row[0]
+    return cur.execute("INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+                       [name, json.dumps(recipe)]).fetchone()[0]
+
+
+def _counts(cur) -> tuple[int, int, int]:
+    return tuple(cur.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                 for t in ("pairs", "prompts", "responses"))
+
+
+def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt: str = "auto",
+                skip_bad: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> ImportReport:
+    """Import one file into `dataset` (default: the file's name). Raises ImportFailed if nothing
+    was written: bad rows without `skip_bad`, or no usable row at all."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    dataset = dataset or path.name.split(".")[0]
+    report = ImportReport(file=str(path), dataset=dataset, format=fmt)
+    if not path.is_file():
+        report.errors.append(RowError(str(path), 0, "no such file"))
+        raise ImportFailed(report)
+    try:
+        with store.transaction() as cur:
+            before = _counts(cur)
+            dataset_id = _ensure_dataset(cur, dataset, {"source": "import", "file": path.name})
+            batch = _Batch(dataset_id, source=path.name)
+            parser = None if fmt == "auto" else PARSERS[fmt]
+            for line, record in read_records(path, max_row_bytes):
+                report.rows += 1
+                try:
+                    if isinstance(record, BadRecord):
+                        raise record
+                    if parser is None:
+                        report.format = detect_format(record)
+                        # HH transcripts and TRL rows may mix (a TRL text export does that)
+                        parser = PARSERS["prompts" if report.format == "prompts" else "preference"]
+                    item = parser(record)
+                except BadRecord as e:
+                    report.errors.append(RowError(str(path), line, str(e)))
+                    continue
+                if isinstance(item, PairRecord):
+                    report.pairs += 1
+                    report.empty_responses += sum(not any(m["content"].strip() for m in side)
+                                                  for side in (item.chosen, item.rejected))
+                else:
+                    report.prompts_only += 1
+                if report.errors and not skip_bad:
+                    continue  # this import will be rolled back: only collect the remaining errors
+                batch.add(item)
+                if len(batch) >= BATCH_ROWS:
+                    batch.flush(cur)
+            if report.errors and not skip_bad:
+                raise ImportFailed(report)
+            if not report.pairs and not report.prompts_only:
+                if not report.errors:
+                    report.errors.append(RowError(str(path), 0, "no rows to import"))
+                raise ImportFailed(report)
+            batch.flush(cur)
+            after = _counts(cur)
+            report.new_pairs, report.new_prompts, report.new_responses = (a - b for a, b in zip(after, before))
+            report.written = True
+    except BadRecord as e:  # the file as a whole cannot be read
+        report.errors.append(RowError(str(path), 0, str(e)))
+        raise ImportFailed(report) from None
+    return report
+

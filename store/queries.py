@@ -1,0 +1,33 @@
+"""Read-only queries the studio shows: dataset and run summaries."""
+
+from __future__ import annotations
+
+import json
+
+from store.db import Store
+
+
+def dataset_summaries(store: Store) -> list[dict]:
+    return store.query("""
+        SELECT d.name,
+               (SELECT count(*) FROM dataset_pairs dp WHERE dp.dataset_id = d.id) AS pairs,
+               (SELECT count(*) FROM dataset_prompts dq WHERE dq.dataset_id = d.id) AS prompts,
+               d.recipe, d.created_at
+        FROM datasets d ORDER BY d.id""")
+
+
+def run_summaries(store: Store, limit: int | None = None) -> list[dict]:
+    """Each run with its kind, status and final metrics (the last value of each metric)."""
+    rows = store.query(f"""
+        SELECT id, kind, status, message, folder, created_at, started_at, finished_at, config
+        FROM runs ORDER BY id DESC {'LIMIT ' + str(int(limit)) if limit else ''}""")
+    finals = store.query("""
+        SELECT run_id, name, arg_max(value, rowid) AS value
+        FROM run_metrics GROUP BY run_id, name""")
+    by_run: dict[int, dict] = {}
+    for m in finals:
+        by_run.setdefault(m["run_id"], {})[m["name"]] = m["value"]
+    for r in rows:
+        r["config"] = json.loads(r["config"])
+        r["metrics"] = by_run.get(r["id"], {})
+    return rows

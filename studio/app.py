@@ -1,0 +1,53 @@
+"""The Gradio app: one tab per file under studio/, one store, one runner, one sync thread."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+
+from studio import home_tab
+from studio.runner import Runner
+from studio.workspace import Workspace
+
+CSS = """
+.stat-cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.stat-card { flex: 1 1 110px; padding: 12px 16px; border-radius: 10px;
+             border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary); }
+.stat-value { font-size: 1.6em; font-weight: 600; }
+.stat-name { opacity: 0.7; text-transform: capitalize; }
+"""
+SYNC_EVERY_S = 1.0
+
+
+def build_app(workspace: Workspace):
+    """The Blocks app and the runner it drives (the caller owns both)."""
+    store = workspace.open_store()
+    runner = Runner(store, workspace)
+    with gr.Blocks(title="Alignment Studio") as app:
+        gr.Markdown("# Alignment Studio")
+        with gr.Tab("Home"):
+            home_tab.build(store, runner, workspace)
+    return app, runner
+
+
+def _sync_forever(runner: Runner, stop: threading.Event) -> None:
+    """Tail running jobs into the store, off the UI threads."""
+    while not stop.wait(SYNC_EVERY_S):
+        try:
+            runner.sync_all()
+        except Exception as e:  # keep following the other runs; the error shows in the log
+            print(f"run sync failed: {e}", flush=True)
+
+
+def serve(workspace: Workspace, host: str, port: int, auth: tuple[str, str] | None) -> None:
+    app, runner = build_app(workspace)
+    stop = threading.Event()
+    threading.Thread(target=_sync_forever, args=(runner, stop), daemon=True).start()
+    print(f"Alignment Studio: workspace {workspace.root}", flush=True)
+    try:
+        app.launch(server_name=host, server_port=port, auth=auth, css=CSS, show_error=True,
+                   footer_links=[], ssr_mode=False)
+    finally:
+        stop.set()
+        runner.store.close()

@@ -1,0 +1,255 @@
+"""`alignstudio`: everything the studio does, scriptable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from store import EXPORT_FORMATS, FORMATS, ExportError, ImportFailed, StoreError, export_pairs, import_file
+from store.imports import DEFAULT_MAX_ROW_BYTES
+from studio.workspace import ASSETS, Workspace
+
+SHOWN_ERRORS = 50
+DEMO_DATASET = "demo-prompts"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _print_errors(errors) -> None:
+    for error in errors[:SHOWN_ERRORS]:
+        print(error, file=sys.stderr)
+    if len(errors) > SHOWN_ERRORS:
+        print(f"... and {len(errors) - SHOWN_ERRORS} more bad rows", file=sys.stderr)
+
+
+def cmd_import(ws: Workspace, args) -> int:
+    with ws.open_store() as store:
+        try:
+            report = import_file(store, args.file, args.dataset, args.format, args.skip_bad, args.max_row_bytes)
+        except ImportFailed as e:
+            _print_errors(e.report.errors)
+            print(e.report.summary(), file=sys.stderr)
+            if args.json:
+                _print_json(e.report.to_dict())
+            return 1
+    _print_errors(report.errors)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+    return 0
+
+
+def cmd_export(ws: Workspace, args) -> int:
+    with ws.open_store() as store:
+        report = export_pairs(store, args.out, args.dataset, args.format)
+    left_out = f" ({report.without_preference} pairs without a preference left out)" if report.without_preference else ""
+    print(f"wrote {report.pairs} pairs to {report.path}{left_out}")
+    return 0
+
+
+def cmd_stats(ws: Workspace, args) -> int:
+    with ws.open_store() as store:
+        stats = store.stats()
+    if args.json:
+        _print_json(stats)
+    else:
+        for name, count in stats.items():
+            print(f"{name:10} {count}")
+    return 0
+
+
+def cmd_datasets(ws: Workspace, args) -> int:
+    from store.queries import dataset_summaries
+
+    with ws.open_store() as store:
+        rows = dataset_summaries(store)
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['name']:24} {r['pairs']:7} pairs {r['prompts']:7} prompts")
+    return 0
+
+
+def _follow(runner, run_id: int) -> int:
+    """Print progress until the run ends; Ctrl-C cancels it (checkpointed, resumable)."""
+    last = [None]
+
+    def show(run):
+        line = f"run {run_id}: {run['status']}" + (f" - {run['message']}" if run["message"] else "")
+        if line != last[0]:
+            print(line, flush=True)
+            last[0] = line
+
+    try:
+        run = runner.wait(run_id, on_update=show)
+    except KeyboardInterrupt:
+        print(f"cancelling run {run_id} ...", file=sys.stderr)
+        runner.cancel(run_id)
+        run = runner.wait(run_id, on_update=show)
+    return 0 if run["status"] == "succeeded" else 1
+
+
+def cmd_score(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_perplexity(args.dataset, args.model, args.batch_size, args.max_length,
+                                         args.device, args.dtype)
+        print(f"run {run_id} started: perplexity of '{args.dataset}' under '{args.model}' "
+              f"(folder {ws.runs_dir / str(run_id)})")
+        if args.no_wait:
+            return 0
+        return _follow(runner, run_id)
+
+
+def cmd_runs(ws: Workspace, args) -> int:
+    from store.queries import run_summaries
+    from studio.runner import Runner
+
+    with ws.open_store() as store:
+        Runner(store, ws)  # brings the status of runs left running up to date
+        rows = run_summaries(store)
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['id']:5} {r['kind']:12} {r['status']:10} {r['message'] or ''}")
+    return 0
+
+
+def cmd_cancel(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        runner.cancel(args.run)
+        return _follow(runner, args.run) if args.wait else 0
+
+
+def cmd_resume(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        runner.resume(args.run)
+        print(f"run {args.run} resumed")
+        return 0 if args.no_wait else _follow(runner, args.run)
+
+
+def cmd_prepare(ws: Workspace, args) -> int:
+    """Convert the default model once and load the demo prompts: what `make run` does first."""
+    from pipelines.models import DEFAULT_MODEL, resolve_model
+
+    path = resolve_model(DEFAULT_MODEL, ws.models_dir)
+    print(f"default model ready: {path}")
+    with ws.open_store() as store:
+        if store.dataset_id(DEMO_DATASET) is None:
+            print(import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_DATASET).summary())
+        print(f"workspace ready: {ws.root}")
+    return 0
+
+
+def cmd_serve(ws: Workspace, args) -> int:
+    from studio.app import serve
+
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit("--auth must be user:password")
+        auth = (user, password)
+    if args.host not in LOOPBACK and auth is None:
+        raise SystemExit(f"refusing to serve on {args.host} without --auth user:password: anyone who "
+                         "can reach this machine could read and change the workspace")
+    serve(ws, args.host, args.port, auth)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", help="workspace folder (default ./studio-data or $ALIGNSTUDIO_WORKSPACE)")
+    common.add_argument("--models-dir", help="folder for converted and trained models (default <workspace>/models)")
+    parser = argparse.ArgumentParser(prog="alignstudio", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import", parents=[common], help="import pairs or prompts from a file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--dataset", help="dataset to add to (default: the file's name)")
+    p.add_argument("--format", default="auto", choices=FORMATS)
+    p.add_argument("--skip-bad", action="store_true", help="import the good rows, report the bad ones")
+    p.add_argument("--max-row-bytes", type=int, default=DEFAULT_MAX_ROW_BYTES)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", parents=[common], help="export pairs for TRL (.jsonl or .parquet)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--dataset")
+    p.add_argument("--format", default="conversational", choices=EXPORT_FORMATS)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("stats", parents=[common], help="counts of what the workspace holds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("datasets", parents=[common], help="list datasets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("score", parents=[common], help="perplexity of a dataset's responses under a model (a job)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("runs", parents=[common], help="list runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a run (it checkpoints first)")
+    p.add_argument("run", type=int)
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("resume", parents=[common], help="resume a cancelled or failed run")
+    p.add_argument("run", type=int)
+    p.add_argument("--no-wait", action="store_true")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("prepare", parents=[common], help="convert the default model and load the demo prompts")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("serve", parents=[common], help="serve the studio in the browser")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--auth", help="user:password (required for a host other than loopback)")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.models import ModelError
+    from studio.runner import RunError
+
+    args = build_parser().parse_args(argv)
+    ws = Workspace.at(args.workspace, args.models_dir)
+    try:
+        return args.func(ws, args)
+    except (StoreError, ExportError, RunError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The job runner: pipelines run as subprocesses, their progress flows into the store.
+
+A run's life: the runner writes its inputs (exported from the store) and `config.json` into
+`runs/<id>/`, starts `python -m pipelines.<module> --config config.json` there with its output in
+`log.txt`, and `sync()` tails the run's `events.jsonl` into `run_metrics` and the run's status.
+When the pipeline reports success, its outputs are ingested in the same transaction that marks
+the run succeeded, so the store never holds half a result. `cancel()` sends SIGTERM (the
+pipeline checkpoints and exits); `resume()` starts the same config again in the same folder.
+A run whose process is gone without a final event (killed, or lost while the studio was down)
+is marked failed, its log kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
+from pipelines.perplexity import PerplexityConfig
+from pipelines.runlog import save_config
+from store import Store
+from studio.workspace import Workspace
+
+FINAL = ("succeeded", "failed", "cancelled")
+MODULES = {"perplexity": "pipelines.perplexity"}
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def _pid_is_our_pipeline(pid: int | None, folder: str | None) -> bool:
+    """True if `pid` is alive and is a pipeline of this run (pids get reused)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    if Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+        return False  # a zombie: exited, not yet reaped
+    return "pipelines." in cmdline and (folder is None or f"{folder}/config.json" in cmdline)
+
+
+class Runner:
+    def __init__(self, store: Store, workspace: Workspace):
+        self.store, self.workspace = store, workspace
+        self._procs: dict[int, subprocess.Popen] = {}
+        self.recover()
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def _new_run(self, kind: str, config) -> tuple[int, Path]:
+        with self.store.transaction() as cur:
+            run_id = cur.execute("INSERT INTO runs (kind, config, status) VALUES (?, ?, 'queued') RETURNING id",
+                                 [kind, json.dumps(dataclasses.asdict(config))]).fetchone()[0]
+            folder = self.workspace.runs_dir / str(run_id)
+            cur.execute("UPDATE runs SET folder = ? WHERE id = ?", [str(folder), run_id])
+        folder.mkdir(parents=True, exist_ok=True)
+        return run_id, folder
+
+    def _launch(self, run_id: int) -> None:
+        run = self.get(run_id)
+        folder = Path(run["folder"])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        with open(folder / "log.txt", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", MODULES[run["kind"]], "--config", str(folder / "config.json")],
+                cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)  # a job outlives a Ctrl-C in the studio's terminal
+        self._procs[run_id] = proc
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE runs SET status = 'running', pid = ?, message = NULL, finished_at = NULL, "
+                        "started_at = coalesce(started_at, current_timestamp) WHERE id = ?", [proc.pid, run_id])
+
+    def start_perplexity(self, dataset: str, model: str = "default", batch_size: int = 8,
+                         max_length: int = 2048, device: str = "auto", dtype: str = "auto") -> int:
+        """Score every response of `dataset` not yet scored under `model`."""
+        dataset_id = self.store.dataset_id(dataset)
+        if dataset_id is None:
+            raise RunError(f"no dataset named '{dataset}'")
+        rows = self.store.query("""
+            WITH members AS (
+                SELECT first_id AS id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
+                UNION SELECT second_id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
+                UNION SELECT id FROM responses WHERE prompt_id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = $d)
+            )
+            SELECT r.id AS response_id, pr.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response
+            FROM members JOIN responses r USING (id) JOIN prompts pr ON pr.id = r.prompt_id
+            WHERE r.id NOT IN (SELECT response_id FROM perplexities WHERE model = $m)
+            ORDER BY r.id""", {"d": dataset_id, "m": model})
+        if not rows:
+            raise RunError(f"dataset '{dataset}' has no responses left to score under '{model}'")
+        config = PerplexityConfig(model=model, models_dir=str(self.workspace.models_dir),
+                                  batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
+        run_id, folder = self._new_run("perplexity", config)
+        pq.write_table(pa.Table.from_pylist(rows), folder / config.inputs)
+        save_config(config, folder / "config.json")
+        self._launch(run_id)
+        return run_id
+
+    # --- following ------------------------------------------------------------------------------
+
+    def get(self, run_id: int) -> dict:
+        rows = self.store.query("SELECT * FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            raise RunError(f"no run {run_id}")
+        return rows[0]
+
+    def active(self) -> list[int]:
+        return [r["id"] for r in self.store.query(
+            "SELECT id FROM runs WHERE status IN ('queued', 'running') ORDER BY id")]
+
+    def _is_alive(self, run: dict) -> bool:
+        proc = self._procs.get(run["id"])
+        if proc is not None:
+            return proc.poll() is None
+        return _pid_is_our_pipeline(run["pid"], run["folder"])
+
+    def sync(self, run_id: int) -> dict:
+        """Read new events of one run into the store; returns the run as stored afterwards."""
+        run = self.get(run_id)
+        if run["status"] not in ("queued", "running") or not run["folder"]:
+            return run
+        alive = self._is_alive(run)  # asked before reading, so no final event can slip between
+        events_path = Path(run["folder"]) / "events.jsonl"
+        offset, events = run["events_offset"], []
+        if events_path.exists():
+            with open(events_path, "rb") as f:
+                f.seek(offset)
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break  # a line still being written
+                    offset += len(raw)
+                    try:
+                        events.append(json.loads(raw))
+                    except json.JSONDecodeError:
+                        continue
+        final = next((e for e in events if e.get("status") in FINAL), None)
+        with self.store.transaction() as cur:
+            for e in events:
+                step = e.get("step")
+                for name, value in (e.get("metrics") or {}).items():
+                    if isinstance(value, (int, float)) and step is not None:
+                        cur.execute("INSERT INTO run_metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                                    [run_id, step, name, float(value)])
+                if step is not None and e.get("total"):
+                    for name, value in (("progress", step / e["total"]), ("eta_s", e.get("eta_s"))):
+                        if value is not None:
+                            cur.execute("INSERT INTO run_metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                                        [run_id, step, name, float(value)])
+            status, message = "running", (events[-1].get("message") if events else None) or run["message"]
+            if final is not None:
+                status, message = final["status"], final.get("message")
+                if status == "succeeded":
+                    message = self._ingest(cur, run, final) or message
+            elif not alive:
+                status = "failed"
+                message = f"the job's process ended without reporting a result; see {run['folder']}/log.txt"
+            cur.execute("UPDATE runs SET events_offset = ?, status = ?, message = ?, finished_at = "
+                        "CASE WHEN ? IN ('succeeded', 'failed', 'cancelled') THEN current_timestamp END "
+                        "WHERE id = ?", [offset, status, message, status, run_id])
+        if status in FINAL:
+            proc = self._procs.pop(run_id, None)
+            if proc is not None:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+        return self.get(run_id)
+
+    def _ingest(self, cur, run: dict, final: dict) -> str | None:
+        """Load a finished run's outputs into the store (inside the run's final transaction)."""
+        folder = Path(run["folder"])
+        if run["kind"] == "perplexity":
+            config = json.loads(run["config"])
+            cur.execute(f"""
+                INSERT OR REPLACE INTO perplexities (response_id, model, ppl, mean_logprob, n_tokens, engine, run_id)
+                SELECT response_id, ?, ppl, mean_logprob, n_tokens, ?, ?
+                FROM read_parquet(?) WHERE ppl IS NOT NULL""",
+                        [config["model"], final.get("engine", PERPLEXITY_ENGINE), run["id"],
+                         str(folder / config["output"])])
+        return None
+
+    def wait(self, run_id: int, poll_s: float = 0.5, on_update=None) -> dict:
+        """Follow a run until it ends; `on_update(run)` is called after every sync."""
+        while True:
+            run = self.sync(run_id)
+            if on_update:
+                on_update(run)
+            if run["status"] in FINAL:
+                return run
+            time.sleep(poll_s)
+
+    def sync_all(self) -> None:
+        for run_id in self.active():
+            self.sync(run_id)
+
+    # --- control --------------------------------------------------------------------------------
+
+    def cancel(self, run_id: int) -> None:
+        """Ask the pipeline to checkpoint and stop (SIGTERM); it reports 'cancelled' itself."""
+        run = self.get(run_id)
+        if run["status"] not in ("queued", "running"):
+            raise RunError(f"run {run_id} is {run['status']}, not running")
+        if self._is_alive(run):
+            os.kill(run["pid"], signal.SIGTERM)
+        else:
+            self.sync(run_id)
+
+    def resume(self, run_id: int) -> None:
+        """Start a cancelled or failed run again in its folder; it continues from its checkpoint."""
+        run = self.get(run_id)
+        if run["status"] not in ("cancelled", "failed"):
+            raise RunError(f"run {run_id} is {run['status']}; only cancelled or failed runs resume")
+        self._launch(run_id)
+
+    def recover(self) -> None:
+        """At start-up: catch up on runs left 'running'; those whose process is gone and that
+        reported no result are marked failed (their folder and log stay)."""
+        for run_id in self.active():
+            self.sync(run_id)
