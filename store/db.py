@@ -122,6 +122,13 @@ def content_hash(*parts: object) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
+def fetch_one(cur: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
+    """The first row of a query, with the result consumed (DuckDB 2 refuses new work on a
+    connection whose last result was only partly fetched)."""
+    rows = cur.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
+
+
 def _is_duckdb_file(path: Path) -> bool:
     # DuckDB's file header has the magic "DUCK" at byte 8.
     with open(path, "rb") as f:
@@ -159,7 +166,7 @@ class Store:
                                  f"(tables {', '.join(sorted(tables)[:5])}); refusing to change it")
             version = 0
         else:
-            row = self._con.execute("SELECT app, version FROM studio_meta").fetchone()
+            row = fetch_one(self._con, "SELECT app, version FROM studio_meta")
             if row is None or row[0] != APP_ID:
                 raise StoreError(f"{self.path}: not an Alignment Studio workspace database")
             version = row[1]
@@ -180,7 +187,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return self._con.cursor().execute("SELECT version FROM studio_meta").fetchone()[0]
+        return self.scalar("SELECT version FROM studio_meta")
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -212,7 +219,7 @@ class Store:
     def scalar(self, sql: str, params: list | None = None):
         cur = self._con.cursor()
         try:
-            row = cur.execute(sql, params or []).fetchone()
+            row = fetch_one(cur, sql, params)
             return None if row is None else row[0]
         finally:
             cur.close()
@@ -220,10 +227,8 @@ class Store:
     def stats(self) -> dict[str, int]:
         return {t: self.scalar(f"SELECT count(*) FROM {t}") for t in COUNTED_TABLES}
 
-    def dataset_id(self, name: str, cur=None) -> int | None:
-        row = (cur or self._con.cursor()).execute(
-            "SELECT id FROM datasets WHERE name = ?", [name]).fetchone()
-        return row[0] if row else None
+    def dataset_id(self, name: str) -> int | None:
+        return self.scalar("SELECT id FROM datasets WHERE name = ?", [name])
 
     def close(self) -> None:
         self._con.close()

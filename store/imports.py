@@ -17,7 +17,7 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
-from store.db import Store, content_hash
+from store.db import Store, content_hash, fetch_one
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
@@ -110,7 +110,7 @@ def _jsonl(f, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
             if len(raw) > max_row_bytes:
                 raise BadRecord(f"row is {len(raw):,} bytes, over the {max_row_bytes:,}-byte limit")
             try:
-                yield line, _as_object(json.loads(_decode(raw)))
+                yield line, _as_object(json.loads(_decode(raw.rstrip(b"\r\n"))))
             except json.JSONDecodeError as e:
                 raise BadRecord(f"not valid JSON: {e.msg} (column {e.colno})") from None
         except BadRecord as e:
@@ -277,44 +277,46 @@ class _Batch:
     def flush(self, cur: duckdb.DuckDBPyConnection) -> None:
         if not self:
             return
-        prompts = pa.table({"id": list(self.prompts), "messages": list(self.prompts.values())})
-        responses = pa.table({
-            "id": list(self.responses),
-            "prompt_id": [r[0] for r in self.responses.values()],
-            "messages": [r[1] for r in self.responses.values()],
-            "is_empty": [r[2] for r in self.responses.values()],
-        })
-        pairs = pa.table({
-            "id": list(self.pairs),
-            "prompt_id": [p[0] for p in self.pairs.values()],
-            "first_id": [p[1] for p in self.pairs.values()],
-            "second_id": [p[2] for p in self.pairs.values()],
-        })
-        cur.register("batch_prompts", prompts)
-        cur.register("batch_responses", responses)
-        cur.register("batch_pairs", pairs)
-        cur.execute("INSERT OR IGNORE INTO prompts (id, messages) SELECT id, messages FROM batch_prompts")
-        cur.execute("""INSERT OR IGNORE INTO responses (id, prompt_id, messages, is_empty, source)
-                       SELECT id, prompt_id, messages, is_empty, ? FROM batch_responses""", [self.source])
-        cur.execute("""INSERT OR IGNORE INTO pairs (id, prompt_id, first_id, second_id, source_verdict, source)
-                       SELECT id, prompt_id, first_id, second_id, 'first', ? FROM batch_pairs""", [self.source])
-        cur.execute("INSERT OR IGNORE INTO dataset_prompts SELECT ?, id FROM batch_prompts", [self.dataset_id])
-        cur.execute("INSERT OR IGNORE INTO dataset_pairs SELECT ?, id FROM batch_pairs", [self.dataset_id])
-        for name in ("batch_prompts", "batch_responses", "batch_pairs"):
-            cur.unregister(name)
+        tables = {
+            "prompts": {"id": list(self.prompts), "messages": list(self.prompts.values())},
+            "responses": {"id": list(self.responses),
+                          "prompt_id": [r[0] for r in self.responses.values()],
+                          "messages": [r[1] for r in self.responses.values()],
+                          "is_empty": [r[2] for r in self.responses.values()],
+                          "source": [self.source] * len(self.responses)},
+            "pairs": {"id": list(self.pairs),
+                      "prompt_id": [p[0] for p in self.pairs.values()],
+                      "first_id": [p[1] for p in self.pairs.values()],
+                      "second_id": [p[2] for p in self.pairs.values()],
+                      "source_verdict": ["first"] * len(self.pairs),
+                      "source": [self.source] * len(self.pairs)},
+        }
+        for name, columns in tables.items():
+            # Plain INSERT of the rows not yet stored, in file order (INSERT OR IGNORE would
+            # scramble the order, and exports follow it).
+            cur.register("batch", pa.table({"pos": range(len(columns["id"])), **columns}))
+            names = ", ".join(columns)
+            cur.execute(f"INSERT INTO {name} ({names}) SELECT {names} FROM batch "
+                        f"WHERE id NOT IN (SELECT id FROM {name}) ORDER BY pos")
+            cur.unregister("batch")
+        cur.register("batch", pa.table({"prompt_id": list(self.prompts)}))
+        cur.execute("INSERT OR IGNORE INTO dataset_prompts SELECT ?, prompt_id FROM batch", [self.dataset_id])
+        cur.register("batch", pa.table({"pair_id": list(self.pairs)}))
+        cur.execute("INSERT OR IGNORE INTO dataset_pairs SELECT ?, pair_id FROM batch", [self.dataset_id])
+        cur.unregister("batch")
         self.clear()
 
 
 def _ensure_dataset(cur, name: str, recipe: dict) -> int:
-    row = cur.execute("SELECT id FROM datasets WHERE name = ?", [name]).fetchone()
+    row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name])
     if row:
         return row[0]
-    return cur.execute("INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                       [name, json.dumps(recipe)]).fetchone()[0]
+    return fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+                     [name, json.dumps(recipe)])[0]
 
 
 def _counts(cur) -> tuple[int, int, int]:
-    return tuple(cur.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+    return tuple(fetch_one(cur, f"SELECT count(*) FROM {t}")[0]
                  for t in ("pairs", "prompts", "responses"))
 
 

@@ -28,6 +28,7 @@ from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.perplexity import PerplexityConfig
 from pipelines.runlog import save_config
 from store import Store
+from store.db import fetch_one
 from studio.workspace import Workspace
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -62,8 +63,8 @@ class Runner:
 
     def _new_run(self, kind: str, config) -> tuple[int, Path]:
         with self.store.transaction() as cur:
-            run_id = cur.execute("INSERT INTO runs (kind, config, status) VALUES (?, ?, 'queued') RETURNING id",
-                                 [kind, json.dumps(dataclasses.asdict(config))]).fetchone()[0]
+            run_id = fetch_one(cur, "INSERT INTO runs (kind, config, status) VALUES (?, ?, 'queued') RETURNING id",
+                               [kind, json.dumps(dataclasses.asdict(config))])[0]
             folder = self.workspace.runs_dir / str(run_id)
             cur.execute("UPDATE runs SET folder = ? WHERE id = ?", [str(folder), run_id])
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,73 @@
+"""Shared fixtures: a models folder kept between test runs, a tiny model, a fresh workspace.
+
+The default model is converted from its GGUF once per machine (into ~/.cache, or
+$ALIGNSTUDIO_TEST_MODELS) and reused by later runs; the tiny model (2 layers, hidden 64, random
+weights, the default model's real tokenizer and chat template) is built from a config there too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.models import DEFAULT_MODEL, resolve_model
+from studio.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
+TINY_NAME = "tiny-llama-2x64"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    path = Path(os.environ.get("ALIGNSTUDIO_TEST_MODELS", Path.home() / ".cache" / "alignment-studio" / "test-models"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_path(models_dir) -> Path:
+    return Path(resolve_model(DEFAULT_MODEL, models_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir, default_model_path) -> Path:
+    """A random 2-layer Llama with the default model's tokenizer; its folder path."""
+    path = models_dir / TINY_NAME
+    if not (path / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=2048, tie_word_embeddings=True,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        partial = path.with_name(path.name + ".partial")
+        LlamaForCausalLM(config).save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        os.replace(partial, path)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path, models_dir) -> Workspace:
+    return Workspace.at(tmp_path / "ws", models_dir=models_dir)
+
+
+@pytest.fixture
+def store(workspace):
+    s = workspace.open_store()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def hh_file() -> Path:
+    if not HH_FILE.is_file():
+        pytest.skip(f"{HH_FILE} is missing (the shared data folder beside the project)")
+    return HH_FILE
