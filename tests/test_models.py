@@ -1,0 +1,45 @@
+"""Where models come from, and the device and precision chosen for them."""
+
+import pytest
+
+from pipelines.models import DEFAULT_MODEL, ModelError, Placement, choose_placement, resolve_model
+
+
+def test_default_model_is_converted_once_and_cached(models_dir, default_model_path):
+    weights = default_model_path / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert resolve_model(DEFAULT_MODEL, models_dir) == str(default_model_path)
+    assert weights.stat().st_mtime_ns == stamp  # not converted again
+    assert "4-bit" in (default_model_path / "SOURCE.txt").read_text()
+
+
+def test_default_model_loads_with_its_chat_template(default_model_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    config = AutoConfig.from_pretrained(default_model_path)
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
+
+
+def test_model_names(tmp_path, tiny_model):
+    assert resolve_model(str(tiny_model), tmp_path) == str(tiny_model)
+    assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct", tmp_path) == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_model(str(tmp_path), tmp_path)
+    with pytest.raises(ModelError, match="not a hub id"):
+        resolve_model("no-such-model", tmp_path)
+
+
+def test_cpu_gets_float32_and_cuda_is_checked():
+    import torch
+
+    if torch.cuda.is_available():
+        assert choose_placement().device == "cuda"
+    else:
+        assert choose_placement() == Placement("cpu", "float32")
+        with pytest.raises(ModelError, match="no CUDA device"):
+            choose_placement("cuda")
+    assert choose_placement("cpu", "bfloat16") == Placement("cpu", "bfloat16")
