@@ -44,12 +44,13 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
-                                    label="Datasets", interactive=False, max_height=320)
+                                    label="Datasets", interactive=False, max_height=320,
+                                    elem_id="datasets-table")
         with gr.Column(scale=3):
             runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
-                                max_height=320, wrap=True)
+                                max_height=320, wrap=True, elem_id="runs-table")
             with gr.Row():
-                run_id = gr.Number(label="Run", precision=0, minimum=1, scale=1)
+                run_id = gr.Number(label="Run", value=None, precision=0, minimum=1, scale=1)
                 cancel = gr.Button("Cancel run", variant="stop", scale=1)
                 resume = gr.Button("Resume run", scale=1)
             outcome = gr.Markdown()

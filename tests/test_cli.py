@@ -1,0 +1,85 @@
+"""The `alignstudio` command as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
+
+
+def cli(*args, workspace, models_dir=None, check=True):
+    command = [ALIGNSTUDIO, *map(str, args), "--workspace", str(workspace)]
+    if models_dir:
+        command += ["--models-dir", str(models_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stats(workspace):
+    return json.loads(cli("stats", "--json", workspace=workspace).stdout)
+
+
+def test_import_export_reimport_the_hh_sample(tmp_path, hh_file):
+    ws, other = tmp_path / "ws", tmp_path / "other"
+    out = cli("import", hh_file, "--dataset", "hh", workspace=ws).stdout
+    assert "imported 1000 pairs into dataset 'hh'" in out and "1 empty responses kept" in out
+    assert stats(ws) == {"prompts": 1000, "responses": 2000, "pairs": 1000, "labels": 0,
+                         "datasets": 1, "runs": 0, "models": 0}
+    for name in ("hh.jsonl", "hh.parquet"):
+        assert "wrote 1000 pairs" in cli("export", "--out", tmp_path / name, "--dataset", "hh", workspace=ws).stdout
+        cli("import", tmp_path / name, "--dataset", name, workspace=other)
+    assert stats(other)["pairs"] == 1000 and stats(other)["datasets"] == 2
+
+
+def test_a_broken_line_imports_nothing_exits_non_zero_and_names_the_line(tmp_path, hh_file):
+    import gzip
+    lines = gzip.open(hh_file, "rt", encoding="utf-8").read().splitlines()[:10]
+    lines[6] = lines[6][:-20]  # cut short: no longer valid JSON
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines) + "\n")
+    result = cli("import", broken, workspace=tmp_path / "ws", check=False)
+    assert result.returncode == 1
+    assert f"{broken}:7: not valid JSON" in result.stderr
+    assert "nothing imported" in result.stderr
+    assert stats(tmp_path / "ws")["pairs"] == 0 and stats(tmp_path / "ws")["datasets"] == 0
+    skipped = cli("import", broken, "--skip-bad", workspace=tmp_path / "ws")
+    assert "imported 9 pairs" in skipped.stdout and f"{broken}:7:" in skipped.stderr
+
+
+def test_score_job_and_runs_listing(tmp_path, hh_file, tiny_model, models_dir):
+    ws = tmp_path / "ws"
+    subset = tmp_path / "hh10.jsonl"
+    import gzip
+    subset.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:10]))
+    cli("import", subset, "--dataset", "hh", workspace=ws)
+    out = cli("score", "--dataset", "hh", "--model", tiny_model, workspace=ws, models_dir=models_dir).stdout
+    assert "run 1: succeeded - scored 20 responses" in out
+    runs = json.loads(cli("runs", "--json", workspace=ws).stdout)
+    assert [(r["id"], r["kind"], r["status"], r["metrics"]["scored"]) for r in runs] == [(1, "perplexity", "succeeded", 20.0)]
+
+
+def test_prepare_loads_the_demo_prompts_once(tmp_path, models_dir, default_model_path):
+    ws = tmp_path / "ws"
+    out = cli("prepare", workspace=ws, models_dir=models_dir).stdout
+    assert f"default model ready: {default_model_path}" in out
+    assert "imported 160 prompts into dataset 'demo-prompts'" in out
+    cli("prepare", workspace=ws, models_dir=models_dir)
+    assert stats(ws)["prompts"] == 160 and stats(ws)["datasets"] == 1
+
+
+def test_serve_refuses_a_public_host_without_auth(tmp_path):
+    result = cli("serve", "--host", "0.0.0.0", workspace=tmp_path / "ws", check=False)
+    assert result.returncode != 0
+    assert "refusing to serve on 0.0.0.0 without --auth" in result.stderr
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    result = cli("export", "--out", tmp_path / "x.jsonl", "--dataset", "nope", workspace=tmp_path / "ws", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "error: no dataset named 'nope'"
+    result = cli("score", "--dataset", "nope", workspace=tmp_path / "ws", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "error: no dataset named 'nope'"
