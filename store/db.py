@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,6 +148,10 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as e:
+            held = re.search(r"Conflicting lock is held in .*? \(PID (\d+)\)", str(e))
+            if held:
+                raise StoreError(f"{self.path}: the workspace is open in another process (PID {held.group(1)}), "
+                                 "most likely `alignstudio serve`; use the app, or stop it first") from None
             raise StoreError(f"{self.path}: cannot open the workspace database: {e}") from None
         except OSError as e:
             raise StoreError(f"{self.path.parent}: cannot create the workspace: {e.strerror}") from None

@@ -82,7 +82,13 @@ def _follow(runner, run_id: int) -> int:
     last = [None]
 
     def show(run):
-        line = f"run {run_id}: {run['status']}" + (f" - {run['message']}" if run["message"] else "")
+        latest = {m["name"]: m["value"] for m in runner.store.query(
+            "SELECT name, arg_max(value, rowid) AS value FROM run_metrics "
+            "WHERE run_id = ? AND name IN ('progress', 'eta_s') GROUP BY name", [run_id])}
+        progress = ""
+        if run["status"] == "running" and "progress" in latest:
+            progress = f" {latest['progress']:.0%}" + (f", {latest['eta_s']:.0f} s left" if "eta_s" in latest else "")
+        line = f"run {run_id}: {run['status']}{progress}" + (f" - {run['message']}" if run["message"] else "")
         if line != last[0]:
             print(line, flush=True)
             last[0] = line

@@ -60,3 +60,18 @@ def test_an_unwritable_workspace_says_so(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(StoreError, match="not writable|cannot create"):
         Workspace.at(blocker / "ws").open_store()
+
+
+def test_a_workspace_held_by_another_process_is_named(tmp_path):
+    import subprocess
+    import sys
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
+                               f"c = duckdb.connect({str(tmp_path / 's.duckdb')!r}); print('ready', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match=f"open in another process \\(PID {holder.pid}\\)"):
+            Store(tmp_path / "s.duckdb")
+    finally:
+        holder.kill()
+        holder.wait()
