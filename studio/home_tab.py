@@ -50,7 +50,7 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
             runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
                                 max_height=320, wrap=True, elem_id="runs-table")
             with gr.Row():
-                run_id = gr.Number(label="Run", value=None, precision=0, minimum=1, scale=1)
+                run_id = gr.Number(label="Run", value=None, precision=0, scale=1)
                 cancel = gr.Button("Cancel run", variant="stop", scale=1)
                 resume = gr.Button("Resume run", scale=1)
             outcome = gr.Markdown()
