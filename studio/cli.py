@@ -116,6 +116,16 @@ def cmd_score(ws: Workspace, args) -> int:
         return _follow(runner, run_id)
 
 
+def cmd_filter(ws: Workspace, args) -> int:
+    from store.filtering import filter_by_perplexity
+
+    with ws.open_store() as store:
+        report = filter_by_perplexity(store, args.dataset, args.model, args.into, args.max_ppl,
+                                      args.keep_quantile, args.per_prompt)
+    print(report.summary())
+    return 0
+
+
 def cmd_runs(ws: Workspace, args) -> int:
     from store.queries import run_summaries
     from studio.runner import Runner
@@ -219,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_score)
 
+    p = sub.add_parser("filter", parents=[common], help="keep what a model could plausibly have written")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model", default="default", help="the model whose perplexities decide")
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--max-ppl", type=float, help="keep responses with perplexity at most this")
+    rule.add_argument("--keep-quantile", type=float, help="keep this fraction (0-1] with the lowest perplexity")
+    p.add_argument("--per-prompt", action="store_true", help="apply the quantile within each prompt")
+    p.add_argument("--into", required=True, help="name of the new dataset")
+    p.set_defaults(func=cmd_filter)
+
     p = sub.add_parser("runs", parents=[common], help="list runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_runs)
@@ -246,13 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.models import ModelError
+    from store.filtering import FilterError
     from studio.runner import RunError
 
     args = build_parser().parse_args(argv)
     ws = Workspace.at(args.workspace, args.models_dir)
     try:
         return args.func(ws, args)
-    except (StoreError, ExportError, RunError, ModelError) as e:
+    except (StoreError, ExportError, RunError, ModelError, FilterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -51,7 +51,7 @@ def test_a_broken_line_imports_nothing_exits_non_zero_and_names_the_line(tmp_pat
     assert "imported 9 pairs" in skipped.stdout and f"{broken}:7:" in skipped.stderr
 
 
-def test_score_job_and_runs_listing(tmp_path, hh_file, tiny_model, models_dir):
+def test_score_job_runs_listing_and_filter(tmp_path, hh_file, tiny_model, models_dir):
     ws = tmp_path / "ws"
     subset = tmp_path / "hh10.jsonl"
     import gzip
@@ -61,6 +61,9 @@ def test_score_job_and_runs_listing(tmp_path, hh_file, tiny_model, models_dir):
     assert "run 1: succeeded - scored 20 responses" in out
     runs = json.loads(cli("runs", "--json", workspace=ws).stdout)
     assert [(r["id"], r["kind"], r["status"], r["metrics"]["scored"]) for r in runs] == [(1, "perplexity", "succeeded", 20.0)]
+    out = cli("filter", "--dataset", "hh", "--model", tiny_model, "--keep-quantile", "0.5", "--into", "hh-plausible",
+              workspace=ws).stdout
+    assert "'hh-plausible' keeps 5 of 10 prompts, 10 of 20 responses, 5 of 10 pairs of 'hh'" in out
 
 
 def test_prepare_loads_the_demo_prompts_once(tmp_path, models_dir, default_model_path):
