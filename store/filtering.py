@@ -25,22 +25,32 @@ class FilterError(ValueError):
 
 
 @dataclass
-class FilterReport:
+class FilterPlan:
+    """What a filter keeps, before anything is written (the UI previews it as the user moves the
+    threshold)."""
     dataset: str
-    into: str
-    threshold: float | None        # the perplexity limit applied (global rules), else None
-    prompts: tuple[int, int]       # (before, after)
-    responses: tuple[int, int]
-    pairs: tuple[int, int]
-    new_pairs: int                 # pairs formed among kept candidates
+    model: str
+    recipe: dict
+    threshold: float | None          # the perplexity limit, when one limit applies to all
+    scores: list[dict]               # every response: pair_id (None for a candidate), prompt_id, response_id, ppl
+    kept_pairs: list[str]
+    formed_pairs: list[tuple[str, str, str, str]]  # (pair id, prompt id, first, second) among kept candidates
+    kept_responses: set[str]
+    prompts_before: int
 
-    def summary(self) -> str:
-        def part(name, counts):
-            return f"{counts[1]:,} of {counts[0]:,} {name}"
+    @property
+    def prompts_after(self) -> int:
+        kept = set(self.kept_pairs)
+        return len({r["prompt_id"] for r in self.scores if r["pair_id"] in kept}
+                   | {prompt_id for _, prompt_id, _, _ in self.formed_pairs})
+
+    def summary(self, into: str) -> str:
+        pairs_before = len({r["pair_id"] for r in self.scores if r["pair_id"] is not None})
         limit = f" (perplexity <= {self.threshold:.3g})" if self.threshold is not None else ""
-        formed = f"; {self.new_pairs:,} new pairs formed among kept candidates" if self.new_pairs else ""
-        return (f"'{self.into}' keeps {part('prompts', self.prompts)}, {part('responses', self.responses)}, "
-                f"{part('pairs', self.pairs)} of '{self.dataset}'{limit}{formed}")
+        formed = f"; {len(self.formed_pairs):,} new pairs formed among kept candidates" if self.formed_pairs else ""
+        return (f"'{into}' keeps {self.prompts_after:,} of {self.prompts_before:,} prompts, "
+                f"{len(self.kept_responses):,} of {len(self.scores):,} responses, "
+                f"{len(self.kept_pairs):,} of {pairs_before:,} pairs of '{self.dataset}'{limit}{formed}")
 
 
 # Every response of the dataset (both sides of its pairs, and its prompts' candidates) with its
@@ -62,8 +72,8 @@ RESPONSES = """
 """
 
 
-def filter_by_perplexity(store: Store, dataset: str, model: str, into: str, max_ppl: float | None = None,
-                         keep_quantile: float | None = None, per_prompt: bool = False) -> FilterReport:
+def plan_filter(store: Store, dataset: str, model: str, max_ppl: float | None = None,
+                keep_quantile: float | None = None, per_prompt: bool = False) -> FilterPlan:
     if (max_ppl is None) == (keep_quantile is None):
         raise FilterError("give exactly one rule: a maximum perplexity or a quantile to keep")
     if keep_quantile is not None and not 0 < keep_quantile <= 1:
@@ -71,8 +81,6 @@ def filter_by_perplexity(store: Store, dataset: str, model: str, into: str, max_
     dataset_id = store.dataset_id(dataset)
     if dataset_id is None:
         raise FilterError(f"no dataset named '{dataset}'")
-    if store.dataset_id(into) is not None:
-        raise FilterError(f"a dataset named '{into}' already exists; choose another name")
     params = {"d": dataset_id, "m": model}
     rows = store.query(RESPONSES, params)
     if not rows:
@@ -113,30 +121,40 @@ def filter_by_perplexity(store: Store, dataset: str, model: str, into: str, max_
         by_prompt.setdefault(c["prompt_id"], []).append(c["response_id"])
     formed = [(content_hash("pair", prompt_id, a, b), prompt_id, a, b)
               for prompt_id, ids in by_prompt.items() for i, a in enumerate(ids) for b in ids[i + 1:]]
-
+    kept_pair_set = set(kept_pairs)
+    kept_responses = ({c["response_id"] for c in kept_candidates}
+                      | {r["response_id"] for r in rows if r["pair_id"] in kept_pair_set})
     recipe = {"source": dataset, "model": model, "method": "perplexity filter",
               "rule": "max_ppl" if max_ppl is not None else "keep_quantile",
               "value": max_ppl if max_ppl is not None else keep_quantile, "per_prompt": per_prompt,
               "threshold": threshold}
+    return FilterPlan(dataset, model, recipe, threshold, rows, kept_pairs, formed, kept_responses,
+                      store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id]))
+
+
+def save_filtered(store: Store, plan: FilterPlan, into: str) -> str:
+    """Write the plan's pairs as the new dataset `into`; returns the summary."""
+    if store.dataset_id(into) is not None:
+        raise FilterError(f"a dataset named '{into}' already exists; choose another name")
     with store.transaction() as cur:
         new_id = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                           [into, json.dumps(recipe)])[0]
-        for pair_id in kept_pairs:
+                           [into, json.dumps(plan.recipe)])[0]
+        for pair_id in plan.kept_pairs:
             cur.execute("INSERT INTO dataset_pairs VALUES (?, ?)", [new_id, pair_id])
-        for pair_id, prompt_id, a, b in formed:
+        for pair_id, prompt_id, a, b in plan.formed_pairs:
             cur.execute("INSERT OR IGNORE INTO pairs (id, prompt_id, first_id, second_id, source) "
                         "VALUES (?, ?, ?, ?, 'perplexity filter')", [pair_id, prompt_id, a, b])
             cur.execute("INSERT OR IGNORE INTO dataset_pairs VALUES (?, ?)", [new_id, pair_id])
         cur.execute("""INSERT INTO dataset_prompts SELECT DISTINCT ?, prompt_id FROM pairs
                        WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""", [new_id, new_id])
+    return plan.summary(into)
 
-    kept_responses = {c["response_id"] for c in kept_candidates}
-    kept_pair_set = set(kept_pairs)
-    kept_responses |= {r["response_id"] for r in rows if r["pair_id"] in kept_pair_set}
-    before_pairs = len({r["pair_id"] for r in rows if r["pair_id"] is not None})
-    return FilterReport(
-        dataset=dataset, into=into, threshold=threshold,
-        prompts=(store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id]),
-                 store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [new_id])),
-        responses=(len({r["response_id"] for r in rows}), len(kept_responses)),
-        pairs=(before_pairs, len(kept_pairs)), new_pairs=len(formed))
+
+def filter_by_perplexity(store: Store, dataset: str, model: str, into: str, max_ppl: float | None = None,
+                         keep_quantile: float | None = None, per_prompt: bool = False) -> FilterPlan:
+    """Plan and save in one step (the CLI's `filter`)."""
+    if store.dataset_id(into) is not None:
+        raise FilterError(f"a dataset named '{into}' already exists; choose another name")
+    plan = plan_filter(store, dataset, model, max_ppl, keep_quantile, per_prompt)
+    save_filtered(store, plan, into)
+    return plan

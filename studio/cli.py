@@ -120,9 +120,9 @@ def cmd_filter(ws: Workspace, args) -> int:
     from store.filtering import filter_by_perplexity
 
     with ws.open_store() as store:
-        report = filter_by_perplexity(store, args.dataset, args.model, args.into, args.max_ppl,
-                                      args.keep_quantile, args.per_prompt)
-    print(report.summary())
+        plan = filter_by_perplexity(store, args.dataset, args.model, args.into, args.max_ppl,
+                                    args.keep_quantile, args.per_prompt)
+    print(plan.summary(args.into))
     return 0
 
 

@@ -35,10 +35,10 @@ def test_a_pair_is_kept_only_if_both_sides_pass(store, tmp_path):
     add_pairs(store, tmp_path, 4)
     # chosen of pair i has perplexity i + 1, rejected 10 - i
     set_ppl(store, "m", lambda t: int(t.split()[1]) + 1 if t.startswith("good") else 10 - int(t.split()[1]))
-    report = filter_by_perplexity(store, "pairs", "m", "kept", max_ppl=8.5)
+    plan = filter_by_perplexity(store, "pairs", "m", "kept", max_ppl=8.5)
     # pair 0: (1, 10) out; 1: (2, 9) out; 2: (3, 8) in; 3: (4, 7) in
     assert pairs_of(store, "kept") == ["Q2", "Q3"]
-    assert (report.pairs, report.responses, report.prompts) == ((4, 2), (8, 4), (4, 2))
+    assert plan.summary("kept") == "'kept' keeps 2 of 4 prompts, 4 of 8 responses, 2 of 4 pairs of 'pairs' (perplexity <= 8.5)"
     recipe = json.loads(store.scalar("SELECT recipe FROM datasets WHERE name = 'kept'"))
     assert recipe == {"source": "pairs", "model": "m", "method": "perplexity filter", "rule": "max_ppl",
                       "value": 8.5, "per_prompt": False, "threshold": 8.5}
@@ -47,10 +47,10 @@ def test_a_pair_is_kept_only_if_both_sides_pass(store, tmp_path):
 def test_the_median_keeps_half_of_the_pairs(store, tmp_path):
     add_pairs(store, tmp_path, 10)
     set_ppl(store, "m", lambda t: 3.0 * int(t.split()[1]) + (1 if t.startswith("bad") else 0))
-    report = filter_by_perplexity(store, "pairs", "m", "half", keep_quantile=0.5)
+    plan = filter_by_perplexity(store, "pairs", "m", "half", keep_quantile=0.5)
     assert pairs_of(store, "half") == ["Q0", "Q1", "Q2", "Q3", "Q4"]
-    assert report.threshold == 13.0  # the pairs' worse sides are 1, 4, ..., 28; the median is 13
-    assert "keeps 5 of 10 prompts, 10 of 20 responses, 5 of 10 pairs of 'pairs' (perplexity <= 13)" in report.summary()
+    assert plan.threshold == 13.0  # the pairs' worse sides are 1, 4, ..., 28; the median is 13
+    assert "keeps 5 of 10 prompts, 10 of 20 responses, 5 of 10 pairs of 'pairs' (perplexity <= 13)" in plan.summary("half")
 
 
 def test_candidates_per_prompt_form_pairs_among_the_kept(store, tmp_path):
@@ -63,8 +63,8 @@ def test_candidates_per_prompt_form_pairs_among_the_kept(store, tmp_path):
             cur.execute("INSERT INTO responses (id, prompt_id, messages, is_empty, model) VALUES (?, ?, ?, false, 'm')",
                         [f"r{i}", prompt_id, json.dumps([{"role": "assistant", "content": f"joke {i}"}])])
             cur.execute("INSERT INTO perplexities VALUES (?, 'm', ?, 0, 1, 'test', NULL)", [f"r{i}", float(i + 1)])
-    report = filter_by_perplexity(store, "cands", "m", "plausible", keep_quantile=0.5, per_prompt=True)
-    assert (report.responses, report.new_pairs, report.pairs) == ((4, 2), 1, (0, 0))
+    plan = filter_by_perplexity(store, "cands", "m", "plausible", keep_quantile=0.5, per_prompt=True)
+    assert (len(plan.kept_responses), len(plan.formed_pairs), plan.kept_pairs) == (2, 1, [])
     pair = store.query("SELECT first_id, second_id, source_verdict FROM pairs")
     assert pair == [{"first_id": "r0", "second_id": "r1", "source_verdict": None}]  # unlabelled, ready to label
 
