@@ -44,11 +44,11 @@ class FilterPlan:
         return len({r["prompt_id"] for r in self.scores if r["pair_id"] in kept}
                    | {prompt_id for _, prompt_id, _, _ in self.formed_pairs})
 
-    def summary(self, into: str) -> str:
+    def summary(self, into: str | None = None) -> str:
         pairs_before = len({r["pair_id"] for r in self.scores if r["pair_id"] is not None})
         limit = f" (perplexity <= {self.threshold:.3g})" if self.threshold is not None else ""
         formed = f"; {len(self.formed_pairs):,} new pairs formed among kept candidates" if self.formed_pairs else ""
-        return (f"'{into}' keeps {self.prompts_after:,} of {self.prompts_before:,} prompts, "
+        return (f"{repr(into) + ' keeps' if into else 'Keeps'} {self.prompts_after:,} of {self.prompts_before:,} prompts, "
                 f"{len(self.kept_responses):,} of {len(self.scores):,} responses, "
                 f"{len(self.kept_pairs):,} of {pairs_before:,} pairs of '{self.dataset}'{limit}{formed}")
 

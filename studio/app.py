@@ -6,7 +6,7 @@ import threading
 
 import gradio as gr
 
-from studio import home_tab
+from studio import build_tab, home_tab
 from studio.runner import Runner
 from studio.workspace import Workspace
 
@@ -28,6 +28,8 @@ def build_app(workspace: Workspace):
         gr.Markdown("# Alignment Studio")
         with gr.Tab("Home"):
             home_tab.build(store, runner, workspace)
+        with gr.Tab("Build dataset"):
+            build_tab.build(app, store, runner)
     return app, runner
 
 

@@ -86,3 +86,25 @@ def test_home_shows_the_workspace_counts_datasets_and_runs(server, page):
     page.get_by_role("spinbutton", name="Run").fill("1")
     page.get_by_role("button", name="Resume run").click()
     page.get_by_text("only cancelled or failed runs resume").wait_for(timeout=30_000)
+
+
+def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, page, tiny_model):
+    url, ws = server
+    page.goto(url)
+    page.get_by_role("tab", name="Build dataset").click()
+    page.get_by_role("combobox", name="Dataset").click()
+    page.get_by_role("option", name="hh", exact=True).click()
+    page.get_by_label("Target model").fill(str(tiny_model))
+    page.get_by_label("Target model").press("Enter")
+    page.get_by_text("responses of 'hh' have no perplexity").wait_for(timeout=30_000)
+
+    page.get_by_role("button", name="Score perplexity").click()
+    # The 10 responses the fixture's run scored (the "mini" pairs are also in "hh") are not scored again.
+    page.get_by_text("succeeded - scored 1990 responses").wait_for(timeout=300_000)
+    counts = page.locator("#filter-counts")
+    counts.get_by_text("Keeps 500 of 1,000 prompts, 1,000 of 2,000 responses, 500 of 1,000 pairs of 'hh'").wait_for(timeout=30_000)
+
+    page.get_by_label("New dataset name").fill("hh-plausible")
+    page.get_by_role("button", name="Save filtered dataset").click()
+    page.get_by_text("Saved: 'hh-plausible' keeps 500 of 1,000 prompts").wait_for(timeout=30_000)
+    page.screenshot(path=str(ws.parent / "build.png"), full_page=True)

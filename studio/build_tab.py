@@ -1,0 +1,183 @@
+"""Build dataset tab: score a dataset's responses by perplexity under a model, pick a threshold
+while watching what survives, and save the filtered dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gradio as gr
+import pandas as pd
+
+from pipelines.perplexity import ENGINE
+from store import Store
+from store.filtering import FilterError, plan_filter, save_filtered
+from store.queries import dataset_summaries
+from studio.runner import RunError, Runner
+
+METHOD = f"""
+**Perplexity filtering.** Each response is scored by its perplexity under the target model:
+the prompt is rendered with the model's chat template, and the mean negative log-likelihood is
+taken over the response tokens only (its end-of-turn marker included); perplexity = exp(that).
+Low perplexity means the model could plausibly have written the response. A pair is kept only if
+both its responses pass; a share to keep is taken over each pair's worse side, so 0.5 keeps half
+of the pairs. Candidates without a pair are kept if they pass, and new pairs are formed among the
+kept ones of each prompt. Scoring runs as a job with the `{ENGINE}` engine (float32 on a CPU,
+bf16/fp16 on CUDA).
+"""
+RULES = ("Keep the most plausible share", "Keep up to a maximum perplexity")
+PREVIEW_ROWS = 5
+SIDE_COLORS = {"chosen": "#2e7d32", "rejected": "#c62828", "candidate": "#1565c0", "unlabelled": "#8e8e8e",
+               "none": "#cccccc"}
+
+
+def _text(messages_json: str, limit: int = 160) -> str:
+    messages = json.loads(messages_json)
+    text = messages[-1]["content"] if messages else ""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+HISTOGRAM_BINS = 30
+
+
+def histogram(scores: list[dict], kept: set[str] | None = None) -> gr.BarPlot:
+    """Responses per perplexity bin (log-spaced over all scores) and side; `kept` limits the
+    counted responses but not the bins, so before and after share their axis."""
+    logs = [math.log10(r["ppl"]) for r in scores]
+    low, high = (min(logs), max(logs)) if logs else (0.0, 1.0)
+    width = (high - low) / HISTOGRAM_BINS or 1.0
+    labels = [f"{10 ** (low + (i + 0.5) * width):,.3g}" for i in range(HISTOGRAM_BINS)]
+    counts: dict[tuple[str, str], int] = {}
+    for r, value in zip(scores, logs):
+        if kept is None or r["response_id"] in kept:
+            key = (labels[min(int((value - low) / width), HISTOGRAM_BINS - 1)], r.get("side", "candidate"))
+            counts[key] = counts.get(key, 0) + 1
+    frame = pd.DataFrame([{"perplexity": k[0], "side": k[1], "responses": n} for k, n in counts.items()]
+                         or [{"perplexity": labels[0], "side": "none", "responses": 0}])
+    return gr.BarPlot(value=frame, sort=labels)
+
+
+def with_sides(store: Store, scores: list[dict]) -> list[dict]:
+    """Label each scored response as the chosen or rejected side of its pair, or a candidate."""
+    verdicts = {r["id"]: r for r in store.query(
+        "SELECT id, first_id, source_verdict FROM pairs WHERE id IN (SELECT unnest(?))",
+        [list({s["pair_id"] for s in scores if s["pair_id"]})])}
+    for s in scores:
+        pair = verdicts.get(s["pair_id"])
+        if pair is None:
+            s["side"] = "candidate"
+        elif pair["source_verdict"] is None:
+            s["side"] = "unlabelled"
+        else:
+            is_first = s["response_id"] == pair["first_id"]
+            s["side"] = "chosen" if is_first == (pair["source_verdict"] == "first") else "rejected"
+    return scores
+
+
+def extremes(store: Store, scores: list[dict]) -> tuple[list[list], list[list]]:
+    ordered = sorted(scores, key=lambda s: s["ppl"])
+    picked = ordered[:PREVIEW_ROWS] + ordered[-PREVIEW_ROWS:]
+    texts = {r["id"]: r for r in store.query(
+        "SELECT r.id, p.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response FROM responses r "
+        "JOIN prompts p ON p.id = r.prompt_id WHERE r.id IN (SELECT unnest(?))", [[s["response_id"] for s in picked]])}
+
+    def row(s):
+        t = texts[s["response_id"]]
+        return [round(s["ppl"], 2), s["side"], _text(t["prompt"]), _text(t["response"]) or "(empty)"]
+
+    return [row(s) for s in ordered[:PREVIEW_ROWS]], [row(s) for s in reversed(ordered[-PREVIEW_ROWS:])]
+
+
+def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
+    names = [d["name"] for d in dataset_summaries(store)]
+    gr.Markdown(METHOD)
+    with gr.Row():
+        dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", allow_custom_value=True)
+        model = gr.Textbox("default", label="Target model", info="default, a local folder or a hub id")
+        batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
+        score = gr.Button("Score perplexity", variant="primary")
+    job = gr.Markdown()
+    with gr.Row():
+        rule = gr.Radio(list(RULES), value=RULES[0], label="Rule")
+        share = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Share to keep (lowest perplexity first)")
+        max_ppl = gr.Number(20.0, label="Maximum perplexity", minimum=1.0, visible=False)
+        per_prompt = gr.Checkbox(False, label="Per prompt", info="apply the share within each prompt")
+    counts = gr.Markdown(elem_id="filter-counts")
+    with gr.Row():
+        before = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
+                            label="Before: all scored responses", height=280)
+        after = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
+                           label="After: what the filter keeps", height=280)
+    headers = ["perplexity", "side", "prompt (last turn)", "response"]
+    with gr.Row():
+        widths = ["14%", "14%", "36%", "36%"]
+        plausible = gr.Dataframe(headers=headers, label="Most plausible", interactive=False, wrap=True,
+                                 column_widths=widths)
+        implausible = gr.Dataframe(headers=headers, label="Least plausible", interactive=False, wrap=True,
+                                   column_widths=widths)
+    with gr.Row():
+        into = gr.Textbox(label="New dataset name", placeholder="e.g. hh-plausible")
+        save = gr.Button("Save filtered dataset")
+    saved = gr.Markdown()
+
+    def plan(dataset_name, model_name, rule_name, share_value, max_value, per_prompt_value):
+        if rule_name == RULES[0]:
+            return plan_filter(store, dataset_name, model_name, keep_quantile=share_value, per_prompt=per_prompt_value)
+        return plan_filter(store, dataset_name, model_name, max_ppl=max_value, per_prompt=per_prompt_value)
+
+    def preview(*controls):
+        empty = histogram([])
+        try:
+            p = plan(*controls)
+        except FilterError as e:
+            return f"*{e}*", empty, empty, [], []
+        scores = with_sides(store, p.scores)
+        best, worst = extremes(store, scores)
+        return p.summary(), histogram(scores), histogram(scores, p.kept_responses), best, worst
+
+    def start(dataset_name, model_name, batch):
+        try:
+            run_id = runner.start_perplexity(dataset_name, model_name, batch_size=int(batch or 8))
+        except RunError as e:
+            return f"**{e}**"
+        return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
+
+    def job_status(dataset_name, model_name):
+        rows = store.query("""
+            SELECT id, status, message,
+                   (SELECT arg_max(value, rowid) FROM run_metrics m WHERE m.run_id = runs.id AND name = 'progress') AS progress,
+                   (SELECT arg_max(value, rowid) FROM run_metrics m WHERE m.run_id = runs.id AND name = 'eta_s') AS eta
+            FROM runs WHERE kind = 'perplexity' AND json_extract_string(config, '$.model') = ?
+            ORDER BY id DESC LIMIT 1""", [model_name])
+        if not rows:
+            return gr.update()
+        r = rows[0]
+        progress = f" {r['progress']:.0%}" if r["progress"] is not None and r["status"] == "running" else ""
+        eta = f", about {r['eta']:.0f} s left" if r["eta"] and r["status"] == "running" else ""
+        return f"Run {r['id']} ({ENGINE}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
+
+    def save_dataset(name, *controls):
+        if not name or not name.strip():
+            return "**Give the new dataset a name.**", gr.update()
+        try:
+            summary = save_filtered(store, plan(*controls), name.strip())
+        except FilterError as e:
+            return f"**{e}**", gr.update()
+        return f"Saved: {summary}.", gr.update(choices=[d["name"] for d in dataset_summaries(store)])
+
+    controls = [dataset, model, rule, share, max_ppl, per_prompt]
+    outputs = [counts, before, after, plausible, implausible]
+    for control in (dataset, rule, per_prompt):
+        control.change(preview, controls, outputs)
+    share.release(preview, controls, outputs)
+    max_ppl.submit(preview, controls, outputs)
+    model.submit(preview, controls, outputs)
+    rule.change(lambda r: (gr.update(visible=r == RULES[0]), gr.update(visible=r == RULES[1])), rule, [share, max_ppl])
+    score.click(start, [dataset, model, batch_size], job)
+    timer = gr.Timer(2.0)
+    timer.tick(job_status, [dataset, model], job, show_progress="hidden")
+    job.change(lambda text, *c: preview(*c) if text and "succeeded" in text else (gr.update(),) * len(outputs),
+               [job] + controls, outputs)
+    save.click(save_dataset, [into] + controls, [saved, dataset])
+    app.load(preview, controls, outputs)
