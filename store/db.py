@@ -123,6 +123,14 @@ def content_hash(*parts: object) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
+def prompt_key(messages: list[dict]) -> str:
+    return content_hash("prompt", messages)
+
+
+def response_key(prompt_id: str, messages: list[dict]) -> str:
+    return content_hash("response", prompt_id, messages)
+
+
 def fetch_one(cur: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
     """The first row of a query, with the result consumed (DuckDB 2 refuses new work on a
     connection whose last result was only partly fetched)."""

@@ -17,7 +17,7 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
-from store.db import Store, content_hash, fetch_one
+from store.db import Store, content_hash, fetch_one, prompt_key, response_key
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
@@ -256,12 +256,12 @@ class _Batch:
         return len(self.prompts) + len(self.pairs)
 
     def _prompt(self, messages: list[dict]) -> str:
-        pid = content_hash("prompt", messages)
+        pid = prompt_key(messages)
         self.prompts[pid] = _dump(messages)
         return pid
 
     def _response(self, prompt_id: str, messages: list[dict]) -> str:
-        rid = content_hash("response", prompt_id, messages)
+        rid = response_key(prompt_id, messages)
         empty = not any(m["content"].strip() for m in messages)
         self.responses[rid] = (prompt_id, _dump(messages), empty)
         return rid

@@ -85,12 +85,13 @@ def _follow(runner, run_id: int) -> int:
         latest = {m["name"]: m["value"] for m in runner.store.query(
             "SELECT name, arg_max(value, rowid) AS value FROM run_metrics "
             "WHERE run_id = ? AND name IN ('progress', 'eta_s') GROUP BY name", [run_id])}
-        progress = ""
+        progress, eta = "", ""
         if run["status"] == "running" and "progress" in latest:
-            progress = f" {latest['progress']:.0%}" + (f", {latest['eta_s']:.0f} s left" if "eta_s" in latest else "")
+            progress = f" {latest['progress']:.0%}"
+            eta = f", {latest['eta_s']:.0f} s left" if "eta_s" in latest else ""
         line = f"run {run_id}: {run['status']}{progress}" + (f" - {run['message']}" if run["message"] else "")
-        if line != last[0]:
-            print(line, flush=True)
+        if line != last[0]:  # a new line when the status, message or whole percent changes
+            print(line.replace(progress, progress + eta, 1) if progress else line, flush=True)
             last[0] = line
 
     try:
@@ -114,6 +115,18 @@ def cmd_score(ws: Workspace, args) -> int:
         if args.no_wait:
             return 0
         return _follow(runner, run_id)
+
+
+def cmd_generate(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_generation(args.dataset, args.model, args.n, args.temperature, args.top_p,
+                                         args.max_new_tokens, args.seed, args.engine, args.device, args.dtype)
+        print(f"run {run_id} started: {args.n} samples per prompt of '{args.dataset}' from '{args.model}' "
+              f"(folder {ws.runs_dir / str(run_id)})")
+        return 0 if args.no_wait else _follow(runner, run_id)
 
 
 def cmd_filter(ws: Workspace, args) -> int:
@@ -228,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("generate", parents=[common], help="sample N candidate responses per prompt (a job)")
+    p.add_argument("--model", default="default")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("-n", type=int, default=4, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", default="auto", choices=("auto", "llama.cpp", "transformers"),
+                   help="auto: llama.cpp for a GGUF model (the default is one), else transformers")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("filter", parents=[common], help="keep what a model could plausibly have written")
     p.add_argument("--dataset", required=True)

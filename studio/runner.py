@@ -24,15 +24,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.generate import GenerateConfig
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.perplexity import PerplexityConfig
 from pipelines.runlog import save_config
 from store import Store
-from store.db import fetch_one
+from store.db import fetch_one, response_key
 from studio.workspace import Workspace
 
 FINAL = ("succeeded", "failed", "cancelled")
-MODULES = {"perplexity": "pipelines.perplexity"}
+MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate"}
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,6 +107,29 @@ class Runner:
         config = PerplexityConfig(model=model, models_dir=str(self.workspace.models_dir),
                                   batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
         run_id, folder = self._new_run("perplexity", config)
+        pq.write_table(pa.Table.from_pylist(rows), folder / config.inputs)
+        save_config(config, folder / "config.json")
+        self._launch(run_id)
+        return run_id
+
+    def start_generation(self, dataset: str, model: str = "default", n: int = 4, temperature: float = 0.8,
+                         top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0, engine: str = "auto",
+                         device: str = "auto", dtype: str = "auto") -> int:
+        """Sample `n` candidate responses for every prompt of `dataset`."""
+        dataset_id = self.store.dataset_id(dataset)
+        if dataset_id is None:
+            raise RunError(f"no dataset named '{dataset}'")
+        rows = self.store.query("""
+            SELECT p.id AS prompt_id, p.messages::VARCHAR AS prompt FROM prompts p
+            WHERE p.id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) ORDER BY p.rowid""",
+                                [dataset_id])
+        if not rows:
+            raise RunError(f"dataset '{dataset}' has no prompts")
+        config = GenerateConfig(model=model, models_dir=str(self.workspace.models_dir), n=n, temperature=temperature,
+                                top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, engine=engine,
+                                device=device, dtype=dtype)
+        config.resolved_engine()  # an unknown engine is refused before the run exists
+        run_id, folder = self._new_run("generate", config)
         pq.write_table(pa.Table.from_pylist(rows), folder / config.inputs)
         save_config(config, folder / "config.json")
         self._launch(run_id)
@@ -192,6 +216,23 @@ class Runner:
                 FROM read_parquet(?) WHERE ppl IS NOT NULL""",
                         [config["model"], final.get("engine", PERPLEXITY_ENGINE), run["id"],
                          str(folder / config["output"])])
+        elif run["kind"] == "generate":
+            config = json.loads(run["config"])
+            settings = {k: config[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+            settings["engine"] = final.get("engine")
+            rows = pq.read_table(folder / config["output"]).to_pylist()
+            batch = {}
+            for r in rows:
+                messages = json.loads(r["response"])
+                batch[response_key(r["prompt_id"], messages)] = {
+                    "prompt_id": r["prompt_id"], "messages": r["response"],
+                    "is_empty": not messages[0]["content"].strip(),
+                    "generation": json.dumps({**settings, "sample": r["sample"], "finish": r["finish"]})}
+            cur.register("generated", pa.Table.from_pylist([{"id": k, **v} for k, v in batch.items()]))
+            cur.execute("""INSERT INTO responses (id, prompt_id, messages, is_empty, model, generation, source)
+                           SELECT id, prompt_id, messages, is_empty, ?, generation, 'generated' FROM generated
+                           WHERE id NOT IN (SELECT id FROM responses)""", [config["model"]])
+            cur.unregister("generated")
         return None
 
     def wait(self, run_id: int, poll_s: float = 0.5, on_update=None) -> dict:

@@ -1,0 +1,142 @@
+"""Candidate responses: N samples per prompt from the target model.
+
+The engine is llama.cpp when the model is a GGUF (the `default` model is one): on a CPU it
+generates several times faster than transformers. Any other model generates through
+transformers, with its chat template. Sample i of a prompt uses seed `seed + i`, so a run is
+reproducible.
+
+Inputs (`inputs.parquet` in the run folder): prompt_id, prompt (JSON messages). Output
+(`responses.parquet`): prompt_id, sample, response (JSON messages), finish ("stop" when the model
+ended its answer, "length" when `max_new_tokens` cut it). Each prompt's samples are appended to
+`partial.jsonl` as they are made, so a cancelled run resumes with the next prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, load_causal_lm
+from pipelines.runlog import RunLog, run_main
+
+
+@dataclass
+class GenerateConfig:
+    """Sample N responses per prompt from a model."""
+    model: str = DEFAULT_MODEL
+    models_dir: str = "models"
+    inputs: str = "inputs.parquet"
+    output: str = "responses.parquet"
+    n: int = 4
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int = 0
+    engine: str = "auto"      # auto | llama.cpp | transformers
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def resolved_engine(self) -> str:
+        if self.engine == "auto":
+            return "llama.cpp" if self.model == DEFAULT_MODEL or self.model.endswith(".gguf") else "transformers"
+        if self.engine not in ("llama.cpp", "transformers"):
+            raise ValueError(f"unknown engine {self.engine!r}; choose auto, llama.cpp or transformers")
+        return self.engine
+
+
+class LlamaCppSampler:
+    def __init__(self, config: GenerateConfig):
+        from llama_cpp import Llama
+
+        path = default_gguf_path() if config.model == DEFAULT_MODEL else Path(config.model)
+        if config.model != DEFAULT_MODEL and path.suffix != ".gguf":
+            raise ValueError(f"{config.model}: the llama.cpp engine needs a .gguf file")
+        self.config = config
+        self.llm = Llama(str(path), n_ctx=4096, verbose=False, n_threads=os.cpu_count(),
+                         n_threads_batch=os.cpu_count())
+
+    def sample(self, prompt: list[dict]) -> list[tuple[str, str]]:
+        c = self.config
+        out = []
+        for i in range(c.n):
+            result = self.llm.create_chat_completion(messages=prompt, temperature=c.temperature, top_p=c.top_p,
+                                                     max_tokens=c.max_new_tokens, seed=c.seed + i)
+            choice = result["choices"][0]
+            out.append((choice["message"]["content"] or "", "length" if choice["finish_reason"] == "length" else "stop"))
+        return out
+
+
+class TransformersSampler:
+    def __init__(self, config: GenerateConfig):
+        self.config = config
+        self.tokenizer, self.model = load_causal_lm(config.model, config.models_dir,
+                                                    choose_placement(config.device, config.dtype))
+
+    def sample(self, prompt: list[dict]) -> list[tuple[str, str]]:
+        import torch
+
+        c = self.config
+        ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)["input_ids"].to(self.model.device)
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for i in range(c.n):
+            torch.manual_seed(c.seed + i)
+            with torch.inference_mode():
+                generated = self.model.generate(ids, do_sample=True, temperature=c.temperature, top_p=c.top_p,
+                                                max_new_tokens=c.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+            new = generated[0, ids.shape[1]:].tolist()
+            ended = eos in new
+            if ended:
+                new = new[:new.index(eos)]
+            out.append((self.tokenizer.decode(new, skip_special_tokens=True), "stop" if ended else "length"))
+        return out
+
+
+def generate(config: GenerateConfig, log: RunLog) -> None:
+    run_dir = log.path.parent
+    prompts = pq.read_table(run_dir / config.inputs).to_pylist()
+    partial_path = run_dir / "partial.jsonl"
+    done: dict[str, list[dict]] = {}
+    if partial_path.exists():
+        for line in partial_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # cut short by a crash: that prompt is sampled again
+            done[row["prompt_id"]] = row["samples"]
+    engine = config.resolved_engine()
+    sampler = LlamaCppSampler(config) if engine == "llama.cpp" else TransformersSampler(config)
+    log.event("running", step=len(done), total=len(prompts),
+              message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
+    with open(partial_path, "a", encoding="utf-8") as partial:
+        for row in prompts:
+            if row["prompt_id"] in done:
+                continue
+            if log.cancel_requested:
+                log.event("cancelled", step=len(done), total=len(prompts), message="cancelled; resume continues from here")
+                return
+            samples = [{"text": text, "finish": finish} for text, finish in sampler.sample(json.loads(row["prompt"]))]
+            done[row["prompt_id"]] = samples
+            partial.write(json.dumps({"prompt_id": row["prompt_id"], "samples": samples}) + "\n")
+            partial.flush()
+            log.progress(len(done), len(prompts))
+    rows = [{"prompt_id": row["prompt_id"], "sample": i,
+             "response": json.dumps([{"role": "assistant", "content": s["text"]}], ensure_ascii=False),
+             "finish": s["finish"]}
+            for row in prompts for i, s in enumerate(done[row["prompt_id"]])]
+    pq.write_table(pa.Table.from_pylist(rows), run_dir / config.output)
+    cut = sum(r["finish"] == "length" for r in rows)
+    log.event("succeeded", step=len(prompts), total=len(prompts), engine=engine,
+              metrics={"responses": len(rows), "cut_at_max_new_tokens": cut},
+              message=f"{len(rows)} responses for {len(prompts)} prompts ({cut} cut at max_new_tokens)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(GenerateConfig, generate))
