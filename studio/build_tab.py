@@ -90,10 +90,12 @@ def extremes(store: Store, scores: list[dict]) -> tuple[list[list], list[list]]:
 
 
 def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
-    names = [d["name"] for d in dataset_summaries(store)]
+    datasets = dataset_summaries(store)
+    names = [d["name"] for d in datasets]
+    with_pairs = [d["name"] for d in datasets if d["pairs"]]
     gr.Markdown(METHOD)
     with gr.Row():
-        dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", allow_custom_value=True)
+        dataset = gr.Dropdown(names, value=(with_pairs or names or [None])[0], label="Dataset", allow_custom_value=True)
         model = gr.Textbox("default", label="Target model", info="default, a local folder or a hub id")
         batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
         score = gr.Button("Score perplexity", variant="primary")
@@ -104,7 +106,7 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
         max_ppl = gr.Number(20.0, label="Maximum perplexity", minimum=1.0, visible=False)
         per_prompt = gr.Checkbox(False, label="Per prompt", info="apply the share within each prompt")
     counts = gr.Markdown(elem_id="filter-counts")
-    with gr.Row():
+    with gr.Row(visible=False) as plots:
         before = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
                             label="Before: all scored responses", height=280)
         after = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
@@ -127,14 +129,14 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
         return plan_filter(store, dataset_name, model_name, max_ppl=max_value, per_prompt=per_prompt_value)
 
     def preview(*controls):
-        empty = histogram([])
         try:
             p = plan(*controls)
         except FilterError as e:
-            return f"*{e}*", empty, empty, [], []
+            return f"*{e}*", gr.update(visible=False), gr.update(), gr.update(), [], []
         scores = with_sides(store, p.scores)
         best, worst = extremes(store, scores)
-        return p.summary(), histogram(scores), histogram(scores, p.kept_responses), best, worst
+        return (p.summary(), gr.update(visible=True), histogram(scores), histogram(scores, p.kept_responses),
+                best, worst)
 
     def start(dataset_name, model_name, batch):
         try:
@@ -167,7 +169,7 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
         return f"Saved: {summary}.", gr.update(choices=[d["name"] for d in dataset_summaries(store)])
 
     controls = [dataset, model, rule, share, max_ppl, per_prompt]
-    outputs = [counts, before, after, plausible, implausible]
+    outputs = [counts, plots, before, after, plausible, implausible]
     for control in (dataset, rule, per_prompt):
         control.change(preview, controls, outputs)
     share.release(preview, controls, outputs)
