@@ -153,8 +153,6 @@ def save_filtered(store: Store, plan: FilterPlan, into: str) -> str:
 def filter_by_perplexity(store: Store, dataset: str, model: str, into: str, max_ppl: float | None = None,
                          keep_quantile: float | None = None, per_prompt: bool = False) -> FilterPlan:
     """Plan and save in one step (the CLI's `filter`)."""
-    if store.dataset_id(into) is not None:
-        raise FilterError(f"a dataset named '{into}' already exists; choose another name")
     plan = plan_filter(store, dataset, model, max_ppl, keep_quantile, per_prompt)
     save_filtered(store, plan, into)
     return plan

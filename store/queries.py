@@ -31,3 +31,9 @@ def run_summaries(store: Store, limit: int | None = None) -> list[dict]:
         r["config"] = json.loads(r["config"])
         r["metrics"] = by_run.get(r["id"], {})
     return rows
+
+
+def latest_metrics(store: Store, run_id: int) -> dict[str, float]:
+    """The last value logged of each metric of one run (progress, eta_s, loss, ...)."""
+    return {m["name"]: m["value"] for m in store.query(
+        "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [run_id])}

@@ -12,7 +12,7 @@ import pandas as pd
 from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
-from store.queries import dataset_summaries
+from store.queries import dataset_summaries, latest_metrics
 from studio.runner import RunError, Runner
 
 METHOD = f"""
@@ -147,16 +147,15 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
 
     def job_status(dataset_name, model_name):
         rows = store.query("""
-            SELECT id, status, message,
-                   (SELECT arg_max(value, rowid) FROM run_metrics m WHERE m.run_id = runs.id AND name = 'progress') AS progress,
-                   (SELECT arg_max(value, rowid) FROM run_metrics m WHERE m.run_id = runs.id AND name = 'eta_s') AS eta
-            FROM runs WHERE kind = 'perplexity' AND json_extract_string(config, '$.model') = ?
+            SELECT id, status, message FROM runs
+            WHERE kind = 'perplexity' AND json_extract_string(config, '$.model') = ?
             ORDER BY id DESC LIMIT 1""", [model_name])
         if not rows:
             return gr.update()
         r = rows[0]
-        progress = f" {r['progress']:.0%}" if r["progress"] is not None and r["status"] == "running" else ""
-        eta = f", about {r['eta']:.0f} s left" if r["eta"] and r["status"] == "running" else ""
+        latest = latest_metrics(store, r["id"]) if r["status"] == "running" else {}
+        progress = f" {latest['progress']:.0%}" if "progress" in latest else ""
+        eta = f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""
         return f"Run {r['id']} ({ENGINE}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
 
     def save_dataset(name, *controls):

@@ -79,12 +79,12 @@ def cmd_datasets(ws: Workspace, args) -> int:
 
 def _follow(runner, run_id: int) -> int:
     """Print progress until the run ends; Ctrl-C cancels it (checkpointed, resumable)."""
+    from store.queries import latest_metrics
+
     last = [None]
 
     def show(run):
-        latest = {m["name"]: m["value"] for m in runner.store.query(
-            "SELECT name, arg_max(value, rowid) AS value FROM run_metrics "
-            "WHERE run_id = ? AND name IN ('progress', 'eta_s') GROUP BY name", [run_id])}
+        latest = latest_metrics(runner.store, run_id)
         progress, eta = "", ""
         if run["status"] == "running" and "progress" in latest:
             progress = f" {latest['progress']:.0%}"
