@@ -86,12 +86,24 @@ class Runner:
             cur.execute("UPDATE runs SET status = 'running', pid = ?, message = NULL, finished_at = NULL, "
                         "started_at = coalesce(started_at, current_timestamp) WHERE id = ?", [proc.pid, run_id])
 
+    def _dataset_id(self, name: str) -> int:
+        dataset_id = self.store.dataset_id(name)
+        if dataset_id is None:
+            raise RunError(f"no dataset named '{name}'")
+        return dataset_id
+
+    def _start(self, kind: str, config, inputs: list[dict]) -> int:
+        """Create the run, write its inputs and config into its folder, and launch it."""
+        run_id, folder = self._new_run(kind, config)
+        pq.write_table(pa.Table.from_pylist(inputs), folder / config.inputs)
+        save_config(config, folder / "config.json")
+        self._launch(run_id)
+        return run_id
+
     def start_perplexity(self, dataset: str, model: str = "default", batch_size: int = 8,
                          max_length: int = 2048, device: str = "auto", dtype: str = "auto") -> int:
         """Score every response of `dataset` not yet scored under `model`."""
-        dataset_id = self.store.dataset_id(dataset)
-        if dataset_id is None:
-            raise RunError(f"no dataset named '{dataset}'")
+        dataset_id = self._dataset_id(dataset)
         rows = self.store.query("""
             WITH members AS (
                 SELECT first_id AS id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
@@ -106,19 +118,13 @@ class Runner:
             raise RunError(f"dataset '{dataset}' has no responses left to score under '{model}'")
         config = PerplexityConfig(model=model, models_dir=str(self.workspace.models_dir),
                                   batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
-        run_id, folder = self._new_run("perplexity", config)
-        pq.write_table(pa.Table.from_pylist(rows), folder / config.inputs)
-        save_config(config, folder / "config.json")
-        self._launch(run_id)
-        return run_id
+        return self._start("perplexity", config, rows)
 
     def start_generation(self, dataset: str, model: str = "default", n: int = 4, temperature: float = 0.8,
                          top_p: float = 0.95, max_new_tokens: int = 256, seed: int = 0, engine: str = "auto",
                          device: str = "auto", dtype: str = "auto") -> int:
         """Sample `n` candidate responses for every prompt of `dataset`."""
-        dataset_id = self.store.dataset_id(dataset)
-        if dataset_id is None:
-            raise RunError(f"no dataset named '{dataset}'")
+        dataset_id = self._dataset_id(dataset)
         rows = self.store.query("""
             SELECT p.id AS prompt_id, p.messages::VARCHAR AS prompt FROM prompts p
             WHERE p.id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) ORDER BY p.rowid""",
@@ -129,11 +135,7 @@ class Runner:
                                 top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, engine=engine,
                                 device=device, dtype=dtype)
         config.resolved_engine()  # an unknown engine is refused before the run exists
-        run_id, folder = self._new_run("generate", config)
-        pq.write_table(pa.Table.from_pylist(rows), folder / config.inputs)
-        save_config(config, folder / "config.json")
-        self._launch(run_id)
-        return run_id
+        return self._start("generate", config, rows)
 
     # --- following ------------------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class Runner:
             if final is not None:
                 status, message = final["status"], final.get("message")
                 if status == "succeeded":
-                    message = self._ingest(cur, run, final) or message
+                    self._ingest(cur, run, final)
             elif not alive:
                 status = "failed"
                 message = f"the job's process ended without reporting a result; see {run['folder']}/log.txt"
@@ -205,7 +207,7 @@ class Runner:
                     pass
         return self.get(run_id)
 
-    def _ingest(self, cur, run: dict, final: dict) -> str | None:
+    def _ingest(self, cur, run: dict, final: dict) -> None:
         """Load a finished run's outputs into the store (inside the run's final transaction)."""
         folder = Path(run["folder"])
         if run["kind"] == "perplexity":
@@ -233,7 +235,6 @@ class Runner:
                            SELECT id, prompt_id, messages, is_empty, ?, generation, 'generated' FROM generated
                            WHERE id NOT IN (SELECT id FROM responses)""", [config["model"]])
             cur.unregister("generated")
-        return None
 
     def wait(self, run_id: int, poll_s: float = 0.5, on_update=None) -> dict:
         """Follow a run until it ends; `on_update(run)` is called after every sync."""
