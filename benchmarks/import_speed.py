@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from store import Store, import_file  # noqa: E402
-from store.db import content_hash  # noqa: E402
+from store.db import content_hash, is_empty_response  # noqa: E402
 from store.formats import parse_preference_record  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
@@ -53,7 +53,7 @@ def row_by_row(store: Store, path: Path) -> int:
                 rid = content_hash("response", pid, side)
                 ids.append(rid)
                 cur.execute("INSERT OR IGNORE INTO responses (id, prompt_id, messages, is_empty) VALUES (?, ?, ?, ?)",
-                            [rid, pid, json.dumps(side), not any(m["content"].strip() for m in side)])
+                            [rid, pid, json.dumps(side), is_empty_response(side)])
             pair_id = content_hash("pair", pid, *ids)
             cur.execute("INSERT OR IGNORE INTO pairs (id, prompt_id, first_id, second_id, source_verdict) "
                         "VALUES (?, ?, ?, ?, 'first')", [pair_id, pid, *ids])

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, load_causal_lm
-from pipelines.runlog import RunLog, run_main
+from pipelines.runlog import RunLog, read_partial, run_main
 
 
 @dataclass
@@ -103,14 +103,7 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     prompts = pq.read_table(run_dir / config.inputs).to_pylist()
     partial_path = run_dir / "partial.jsonl"
-    done: dict[str, list[dict]] = {}
-    if partial_path.exists():
-        for line in partial_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # cut short by a crash: that prompt is sampled again
-            done[row["prompt_id"]] = row["samples"]
+    done = {row["prompt_id"]: row["samples"] for row in read_partial(partial_path)}
     engine = config.resolved_engine()
     sampler = LlamaCppSampler(config) if engine == "llama.cpp" else TransformersSampler(config)
     log.event("running", step=len(done), total=len(prompts),

@@ -18,13 +18,12 @@ import json
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.models import choose_placement, load_causal_lm
-from pipelines.runlog import RunLog, run_main
+from pipelines.runlog import RunLog, read_partial, run_main
 
 ENGINE = "transformers"
 
@@ -100,23 +99,11 @@ def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
     return out
 
 
-def _read_partial(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: that response is scored again
-            done[row["response_id"]] = row
-    return done
-
-
 def score(config: PerplexityConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     table = pq.read_table(run_dir / config.inputs).to_pylist()
     partial_path = run_dir / "partial.jsonl"
-    done = _read_partial(partial_path)
+    done = {row["response_id"]: row for row in read_partial(partial_path)}
     todo = [row for row in table if row["response_id"] not in done]
     total = len(table)
 

@@ -44,6 +44,21 @@ def save_config(config, path: str | Path) -> None:
     Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", encoding="utf-8")
 
 
+def read_partial(path: str | Path) -> list[dict]:
+    """The rows a pipeline checkpointed to a JSONL file, one a line. A line cut short by a crash
+    is skipped, so its item is simply done again on resume."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 class RunLog:
     """Appends events to `<run_dir>/events.jsonl` and turns SIGTERM into a cancel request."""
 

@@ -131,6 +131,11 @@ def response_key(prompt_id: str, messages: list[dict]) -> str:
     return content_hash("response", prompt_id, messages)
 
 
+def is_empty_response(messages: list[dict]) -> bool:
+    """No text at all: kept in the store (an empty answer can be the preferred one) but flagged."""
+    return not any(m["content"].strip() for m in messages)
+
+
 def fetch_one(cur: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | None:
     """The first row of a query, with the result consumed (DuckDB 2 refuses new work on a
     connection whose last result was only partly fetched)."""

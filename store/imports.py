@@ -17,7 +17,7 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
-from store.db import Store, content_hash, fetch_one, prompt_key, response_key
+from store.db import Store, content_hash, fetch_one, is_empty_response, prompt_key, response_key
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
@@ -262,8 +262,7 @@ class _Batch:
 
     def _response(self, prompt_id: str, messages: list[dict]) -> str:
         rid = response_key(prompt_id, messages)
-        empty = not any(m["content"].strip() for m in messages)
-        self.responses[rid] = (prompt_id, _dump(messages), empty)
+        self.responses[rid] = (prompt_id, _dump(messages), is_empty_response(messages))
         return rid
 
     def add(self, item: PairRecord | PromptRecord) -> None:
@@ -353,8 +352,7 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
                     continue
                 if isinstance(item, PairRecord):
                     report.pairs += 1
-                    report.empty_responses += sum(not any(m["content"].strip() for m in side)
-                                                  for side in (item.chosen, item.rejected))
+                    report.empty_responses += is_empty_response(item.chosen) + is_empty_response(item.rejected)
                 else:
                     report.prompts_only += 1
                 if report.errors and not skip_bad:

@@ -29,7 +29,7 @@ from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.perplexity import PerplexityConfig
 from pipelines.runlog import save_config
 from store import Store
-from store.db import fetch_one, response_key
+from store.db import fetch_one, is_empty_response, response_key
 from studio.workspace import Workspace
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -212,7 +212,7 @@ class Runner:
         folder = Path(run["folder"])
         if run["kind"] == "perplexity":
             config = json.loads(run["config"])
-            cur.execute(f"""
+            cur.execute("""
                 INSERT OR REPLACE INTO perplexities (response_id, model, ppl, mean_logprob, n_tokens, engine, run_id)
                 SELECT response_id, ?, ppl, mean_logprob, n_tokens, ?, ?
                 FROM read_parquet(?) WHERE ppl IS NOT NULL""",
@@ -228,7 +228,7 @@ class Runner:
                 messages = json.loads(r["response"])
                 batch[response_key(r["prompt_id"], messages)] = {
                     "prompt_id": r["prompt_id"], "messages": r["response"],
-                    "is_empty": not messages[0]["content"].strip(),
+                    "is_empty": is_empty_response(messages),
                     "generation": json.dumps({**settings, "sample": r["sample"], "finish": r["finish"]})}
             cur.register("generated", pa.Table.from_pylist([{"id": k, **v} for k, v in batch.items()]))
             cur.execute("""INSERT INTO responses (id, prompt_id, messages, is_empty, model, generation, source)

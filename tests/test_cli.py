@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
 

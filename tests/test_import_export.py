@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from store import ImportFailed, export_pairs, import_file
-from store.formats import parse_hh_record, render_hh
+from store.formats import render_hh
 
 
 def write_jsonl(path, rows):
