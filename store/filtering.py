@@ -29,7 +29,6 @@ class FilterPlan:
     """What a filter keeps, before anything is written (the UI previews it as the user moves the
     threshold)."""
     dataset: str
-    model: str
     recipe: dict
     threshold: float | None          # the perplexity limit, when one limit applies to all
     scores: list[dict]               # every response: pair_id (None for a candidate), prompt_id, response_id, ppl
@@ -128,7 +127,7 @@ def plan_filter(store: Store, dataset: str, model: str, max_ppl: float | None = 
               "rule": "max_ppl" if max_ppl is not None else "keep_quantile",
               "value": max_ppl if max_ppl is not None else keep_quantile, "per_prompt": per_prompt,
               "threshold": threshold}
-    return FilterPlan(dataset, model, recipe, threshold, rows, kept_pairs, formed, kept_responses,
+    return FilterPlan(dataset, recipe, threshold, rows, kept_pairs, formed, kept_responses,
                       store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id]))
 
 

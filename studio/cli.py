@@ -84,15 +84,14 @@ def _follow(runner, run_id: int) -> int:
     last = [None]
 
     def show(run):
-        latest = latest_metrics(runner.store, run_id)
-        progress, eta = "", ""
-        if run["status"] == "running" and "progress" in latest:
-            progress = f" {latest['progress']:.0%}"
-            eta = f", {latest['eta_s']:.0f} s left" if "eta_s" in latest else ""
-        line = f"run {run_id}: {run['status']}{progress}" + (f" - {run['message']}" if run["message"] else "")
-        if line != last[0]:  # a new line when the status, message or whole percent changes
-            print(line.replace(progress, progress + eta, 1) if progress else line, flush=True)
-            last[0] = line
+        latest = latest_metrics(runner.store, run_id) if run["status"] == "running" else {}
+        percent = f" {latest['progress']:.0%}" if "progress" in latest else ""
+        eta = f", {latest['eta_s']:.0f} s left" if percent and "eta_s" in latest else ""
+        message = f" - {run['message']}" if run["message"] else ""
+        key = (run["status"], percent, message)
+        if key != last[0]:  # a new line when the status, message or whole percent changes
+            print(f"run {run_id}: {run['status']}{percent}{eta}{message}", flush=True)
+            last[0] = key
 
     try:
         run = runner.wait(run_id, on_update=show)
