@@ -6,8 +6,9 @@
   its text; a multi-turn one is written as an HH-RLHF transcript (``\\n\\nHuman: ...``) with the
   answers as their ``\\n\\nAssistant: ...`` continuation, which imports back as the same pair.
 
-Only pairs with a known preference are exported (from the source file, or from labels); the
-count of the others is returned so the caller can say how many were left out.
+Only pairs with a preference are exported (from labels given here, else from the source file; see
+`store.labelling.PAIR_PREFERENCE`); ties, both-bad, skips, split votes and unlabelled pairs are
+left out and counted, so the caller can say what was left out and why.
 """
 
 from __future__ import annotations
@@ -22,26 +23,18 @@ import pyarrow.parquet as pq
 
 from store.db import Store
 from store.formats import render_hh
+from store.labelling import PAIR_PREFERENCE
 
 EXPORT_FORMATS = ("conversational", "trl")
 
-# A pair's preference: the source's, else the verdict its annotators gave most (first/second
-# only; a tie between the two, or only tie/both-bad/skip labels, leaves it without one).
-PAIRS_WITH_PREFERENCE = """
-WITH votes AS (
-    SELECT pair_id, count(*) FILTER (verdict = 'first') AS firsts,
-           count(*) FILTER (verdict = 'second') AS seconds
-    FROM labels GROUP BY pair_id
-)
-SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second,
-       coalesce(p.source_verdict,
-                CASE WHEN v.firsts > v.seconds THEN 'first'
-                     WHEN v.seconds > v.firsts THEN 'second' END) AS verdict
+PAIRS_WITH_PREFERENCE = f"""
+WITH preference AS ({PAIR_PREFERENCE})
+SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second, pref.verdict, pref.outcome
 FROM pairs p
+JOIN preference pref ON pref.pair_id = p.id
 JOIN prompts pr ON pr.id = p.prompt_id
 JOIN responses a ON a.id = p.first_id
 JOIN responses b ON b.id = p.second_id
-LEFT JOIN votes v ON v.pair_id = p.id
 WHERE $dataset_filter
 ORDER BY p.rowid
 """
@@ -55,7 +48,18 @@ class ExportError(ValueError):
 class ExportReport:
     path: str
     pairs: int
-    without_preference: int
+    left_out: dict[str, int]  # pairs without a preference, by why: unlabelled, tie, both-bad, skip, split
+
+    @property
+    def without_preference(self) -> int:
+        return sum(self.left_out.values())
+
+    def summary(self) -> str:
+        text = f"wrote {self.pairs:,} pairs to {self.path}"
+        if self.left_out:
+            reasons = ", ".join(f"{n:,} {why}" for why, n in sorted(self.left_out.items()))
+            text += f"; left out {self.without_preference:,} without a preference ({reasons})"
+        return text
 
 
 def _as_text(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> dict:
@@ -90,10 +94,10 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
         params.append(dataset_id)
     rows = store.query(PAIRS_WITH_PREFERENCE.replace("$dataset_filter", dataset_filter), params)
 
-    records, without = [], 0
+    records, left_out = [], {}
     for row in rows:
         if row["verdict"] is None:
-            without += 1
+            left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
             continue
         first, second = json.loads(row["first"]), json.loads(row["second"])
         chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
@@ -113,4 +117,4 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    return ExportReport(str(out), len(records), without)
+    return ExportReport(str(out), len(records), left_out)

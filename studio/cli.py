@@ -48,8 +48,7 @@ def cmd_import(ws: Workspace, args) -> int:
 def cmd_export(ws: Workspace, args) -> int:
     with ws.open_store() as store:
         report = export_pairs(store, args.out, args.dataset, args.format)
-    left_out = f" ({report.without_preference} pairs without a preference left out)" if report.without_preference else ""
-    print(f"wrote {report.pairs} pairs to {report.path}{left_out}")
+    print(report.summary())
     return 0
 
 

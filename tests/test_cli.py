@@ -30,7 +30,7 @@ def test_import_export_reimport_the_hh_sample(tmp_path, hh_file):
     assert stats(ws) == {"prompts": 1000, "responses": 2000, "pairs": 1000, "labels": 0,
                          "datasets": 1, "runs": 0, "models": 0}
     for name in ("hh.jsonl", "hh.parquet"):
-        assert "wrote 1000 pairs" in cli("export", "--out", tmp_path / name, "--dataset", "hh", workspace=ws).stdout
+        assert "wrote 1,000 pairs" in cli("export", "--out", tmp_path / name, "--dataset", "hh", workspace=ws).stdout
         cli("import", tmp_path / name, "--dataset", name, workspace=other)
     assert stats(other)["pairs"] == 1000 and stats(other)["datasets"] == 2
 

@@ -1,0 +1,262 @@
+"""Labelling: hand out a dataset's pairs to annotators, record their verdicts, measure agreement.
+
+A pair is labelled once per annotator (a new verdict replaces the old one). While a pair is shown
+in one browser tab it is *claimed* by that tab, so no other tab (of any annotator) is served it at
+the same time. Claims live in memory: they only matter while the studio process is serving, and a
+claim left by a closed tab expires after `CLAIM_TTL_S`.
+
+Pairs are served fewest-labels-first (skips do not count), then in a fixed shuffled order, so that
+several annotators first spread over the dataset and then overlap, which is what agreement needs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from itertools import combinations
+
+from store.db import Store, fetch_one
+
+VERDICTS = ("first", "second", "tie", "both-bad", "skip")
+# What the annotator sees: the left and right response, in an order randomised per pair.
+ANSWERS = ("left", "right", "tie", "both-bad", "skip")
+CLAIM_TTL_S = 15 * 60
+MAX_ANNOTATOR_CHARS = 64
+SOURCE_ANNOTATOR = "source"  # the verdict a pair was imported with, in the agreement view
+
+# A pair's preference for training: its labels given here when it has any (other than skips),
+# by majority of first/second; else the verdict of the file it came from. `outcome` says why a pair
+# has no preference: 'unlabelled', 'tie', 'both-bad', 'skip' or 'split' (as many firsts as seconds).
+PAIR_PREFERENCE = """
+WITH votes AS (
+    SELECT pair_id,
+           count(*) FILTER (verdict = 'first') AS firsts,
+           count(*) FILTER (verdict = 'second') AS seconds,
+           count(*) FILTER (verdict = 'tie') AS ties,
+           count(*) FILTER (verdict = 'both-bad') AS both_bad,
+           count(*) FILTER (verdict <> 'skip') AS decisive,
+           count(*) AS given
+    FROM labels GROUP BY pair_id
+)
+SELECT p.id AS pair_id,
+       CASE WHEN coalesce(v.decisive, 0) = 0 THEN p.source_verdict
+            WHEN v.firsts > v.seconds THEN 'first'
+            WHEN v.seconds > v.firsts THEN 'second' END AS verdict,
+       CASE WHEN coalesce(v.decisive, 0) = 0 AND p.source_verdict IS NOT NULL THEN p.source_verdict
+            WHEN coalesce(v.decisive, 0) = 0 AND coalesce(v.given, 0) > 0 THEN 'skip'
+            WHEN coalesce(v.decisive, 0) = 0 THEN 'unlabelled'
+            WHEN v.firsts > v.seconds THEN 'first'
+            WHEN v.seconds > v.firsts THEN 'second'
+            WHEN v.firsts > 0 THEN 'split'
+            WHEN v.ties >= v.both_bad THEN 'tie'
+            ELSE 'both-bad' END AS outcome
+FROM pairs p LEFT JOIN votes v ON v.pair_id = p.id
+"""
+
+
+class LabelError(ValueError):
+    pass
+
+
+@dataclass
+class ServedPair:
+    """One pair as shown to an annotator: `swapped` means the pair's second response is on the left."""
+    pair_id: str
+    prompt: list[dict]
+    left: list[dict]
+    right: list[dict]
+    left_model: str | None
+    right_model: str | None
+    swapped: bool
+
+
+def check_annotator(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise LabelError("type an annotator name first")
+    if len(name) > MAX_ANNOTATOR_CHARS:
+        raise LabelError(f"an annotator name has at most {MAX_ANNOTATOR_CHARS} characters")
+    if name == SOURCE_ANNOTATOR:
+        raise LabelError(f"'{SOURCE_ANNOTATOR}' is reserved for the verdicts a file came with; pick another name")
+    return name
+
+
+def verdict_for(answer: str, swapped: bool) -> str:
+    """The stored verdict (about first/second) for an answer about left/right."""
+    if answer not in ANSWERS:
+        raise LabelError(f"unknown answer {answer!r}; one of {', '.join(ANSWERS)}")
+    if answer == "left":
+        return "second" if swapped else "first"
+    if answer == "right":
+        return "first" if swapped else "second"
+    return answer
+
+
+class LabelQueue:
+    """Serves pairs to annotators' sessions (browser tabs) and commits each label as it is given."""
+
+    def __init__(self, store: Store, claim_ttl_s: float = CLAIM_TTL_S, seed: int | None = None):
+        self.store = store
+        self.claim_ttl_s = claim_ttl_s
+        self._claims: dict[str, tuple[str, float]] = {}  # pair id -> (session, expiry)
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+
+    def _dataset_id(self, dataset: str) -> int:
+        dataset_id = self.store.dataset_id(dataset)
+        if dataset_id is None:
+            raise LabelError(f"no dataset named '{dataset}'")
+        return dataset_id
+
+    def _claimed_by_others(self, session: str) -> list[str]:
+        now = time.monotonic()
+        for pair_id in [p for p, (_, expiry) in self._claims.items() if expiry < now]:
+            del self._claims[pair_id]
+        return [p for p, (s, _) in self._claims.items() if s != session]
+
+    def _claim(self, session: str, pair_id: str) -> None:
+        self._release_locked(session)
+        self._claims[pair_id] = (session, time.monotonic() + self.claim_ttl_s)
+
+    def _release_locked(self, session: str) -> None:
+        for pair_id in [p for p, (s, _) in self._claims.items() if s == session]:
+            del self._claims[pair_id]
+
+    def release(self, session: str) -> None:
+        """Give back what a session holds (its tab closed, or it changed dataset)."""
+        with self._lock:
+            self._release_locked(session)
+
+    def next_pair(self, dataset: str, annotator: str, session: str) -> ServedPair | None:
+        """The next pair `annotator` has not labelled and no other session holds; None when done."""
+        annotator = check_annotator(annotator)
+        dataset_id = self._dataset_id(dataset)
+        with self._lock:
+            row = self.store.query("""
+                SELECT dp.pair_id FROM dataset_pairs dp
+                LEFT JOIN (SELECT pair_id, count(*) AS n FROM labels WHERE verdict <> 'skip'
+                           GROUP BY pair_id) c ON c.pair_id = dp.pair_id
+                WHERE dp.dataset_id = ?
+                  AND dp.pair_id NOT IN (SELECT pair_id FROM labels WHERE annotator = ?)
+                  AND dp.pair_id NOT IN (SELECT unnest(?::VARCHAR[]))
+                ORDER BY coalesce(c.n, 0), hash(dp.pair_id)
+                LIMIT 1""", [dataset_id, annotator, self._claimed_by_others(session)])
+            if not row:
+                self._release_locked(session)
+                return None
+            pair_id = row[0]["pair_id"]
+            self._claim(session, pair_id)
+        return self._serve(pair_id, swapped=self._random.random() < 0.5)
+
+    def _serve(self, pair_id: str, swapped: bool) -> ServedPair:
+        row = self.store.query("""
+            SELECT pr.messages AS prompt, a.messages AS first, b.messages AS second,
+                   a.model AS first_model, b.model AS second_model
+            FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
+            JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+            WHERE p.id = ?""", [pair_id])[0]
+        sides = [(json.loads(row["first"]), row["first_model"]), (json.loads(row["second"]), row["second_model"])]
+        (left, left_model), (right, right_model) = reversed(sides) if swapped else sides
+        return ServedPair(pair_id, json.loads(row["prompt"]), left, right, left_model, right_model, swapped)
+
+    def label(self, session: str, annotator: str, served: ServedPair, answer: str) -> str:
+        """Commit one answer about a served pair; returns the stored verdict."""
+        annotator = check_annotator(annotator)
+        verdict = verdict_for(answer, served.swapped)
+        with self.store.transaction() as cur:
+            if fetch_one(cur, "SELECT 1 FROM pairs WHERE id = ?", [served.pair_id]) is None:
+                raise LabelError("this pair is no longer in the workspace")
+            cur.execute("DELETE FROM labels WHERE pair_id = ? AND annotator = ?", [served.pair_id, annotator])
+            cur.execute("INSERT INTO labels (pair_id, annotator, verdict, swapped) VALUES (?, ?, ?, ?)",
+                        [served.pair_id, annotator, verdict, served.swapped])
+        with self._lock:
+            if self._claims.get(served.pair_id, ("",))[0] == session:
+                del self._claims[served.pair_id]
+        return verdict
+
+    def undo(self, dataset: str, annotator: str, session: str) -> ServedPair | None:
+        """Take back the annotator's latest label in the dataset and serve that pair again, shown
+        as it was; None when there is nothing to undo."""
+        annotator = check_annotator(annotator)
+        dataset_id = self._dataset_id(dataset)
+        with self.store.transaction() as cur:
+            last = fetch_one(cur, """
+                SELECT id, pair_id, swapped FROM labels
+                WHERE annotator = ? AND pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+                ORDER BY id DESC LIMIT 1""", [annotator, dataset_id])
+            if last is None:
+                return None
+            cur.execute("DELETE FROM labels WHERE id = ?", [last[0]])
+        with self._lock:
+            self._claim(session, last[1])
+        return self._serve(last[1], swapped=last[2])
+
+
+def progress(store: Store, dataset: str) -> dict:
+    """Pairs in the dataset and, per annotator, how many they labelled and with which verdicts."""
+    dataset_id = store.dataset_id(dataset)
+    if dataset_id is None:
+        raise LabelError(f"no dataset named '{dataset}'")
+    total = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [dataset_id])
+    rows = store.query("""
+        SELECT annotator, verdict, count(*) AS n FROM labels
+        WHERE pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+        GROUP BY annotator, verdict ORDER BY annotator""", [dataset_id])
+    annotators: dict[str, dict[str, int]] = {}
+    for r in rows:
+        annotators.setdefault(r["annotator"], dict.fromkeys(VERDICTS, 0))[r["verdict"]] = r["n"]
+    labelled_by_anyone = store.scalar("""
+        SELECT count(DISTINCT pair_id) FROM labels
+        WHERE pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""", [dataset_id])
+    return {"pairs": total, "labelled_by_anyone": labelled_by_anyone, "annotators": annotators}
+
+
+def cohen_kappa(a: list[str], b: list[str]) -> float | None:
+    """Cohen's kappa of two raters' verdicts on the same items; None when chance agreement is
+    total (both always gave the one same verdict), where kappa is undefined."""
+    n = len(a)
+    if n == 0:
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    expected = sum((a.count(c) / n) * (b.count(c) / n) for c in set(a) | set(b))
+    return None if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def agreement(store: Store, dataset: str) -> dict:
+    """Agreement between every two annotators (the source file's verdicts count as the annotator
+    'source') over the pairs both judged (skips left out): shared pairs, share agreeing, Cohen's
+    kappa; and the pairs where annotators disagree."""
+    dataset_id = store.dataset_id(dataset)
+    if dataset_id is None:
+        raise LabelError(f"no dataset named '{dataset}'")
+    rows = store.query("""
+        SELECT pair_id, annotator, verdict FROM labels
+        WHERE verdict <> 'skip' AND pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+        UNION ALL
+        SELECT id, ?, source_verdict FROM pairs
+        WHERE source_verdict IS NOT NULL AND id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+          AND id IN (SELECT pair_id FROM labels WHERE verdict <> 'skip')""",
+        [dataset_id, SOURCE_ANNOTATOR, dataset_id])
+    by_annotator: dict[str, dict[str, str]] = {}
+    for r in rows:
+        by_annotator.setdefault(r["annotator"], {})[r["pair_id"]] = r["verdict"]
+    table = []
+    for x, y in combinations(sorted(by_annotator), 2):
+        shared = sorted(set(by_annotator[x]) & set(by_annotator[y]))
+        if not shared:
+            continue
+        a = [by_annotator[x][p] for p in shared]
+        b = [by_annotator[y][p] for p in shared]
+        table.append({"a": x, "b": y, "pairs": len(shared),
+                      "agreement": sum(u == v for u, v in zip(a, b)) / len(shared),
+                      "kappa": cohen_kappa(a, b)})
+    verdicts_by_pair: dict[str, dict[str, str]] = {}
+    for name, verdicts in by_annotator.items():
+        for pair_id, verdict in verdicts.items():
+            verdicts_by_pair.setdefault(pair_id, {})[name] = verdict
+    disagreements = [{"pair_id": p, "verdicts": v} for p, v in verdicts_by_pair.items()
+                     if len(v) > 1 and len(set(v.values())) > 1]
+    return {"annotators": sorted(by_annotator), "pairs": table, "disagreements": disagreements}

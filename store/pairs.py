@@ -1,0 +1,142 @@
+"""Browse and curate a dataset's pairs: search and paging, one pair in full, remove, copy, move.
+
+Removing a pair takes it out of a dataset; the pair, its responses and its labels stay in the
+store (another dataset may hold it, and labels are never thrown away).
+"""
+
+from __future__ import annotations
+
+import json
+
+from store.db import Store, fetch_one
+
+PAGE_SIZE = 20
+
+# All message text of a JSON message list, for searching.
+_TEXT = "array_to_string(json_extract_string({}, '$[*].content'), ' ')"
+
+
+class CurationError(ValueError):
+    pass
+
+
+def _dataset_id(store: Store, name: str) -> int:
+    dataset_id = store.dataset_id(name)
+    if dataset_id is None:
+        raise CurationError(f"no dataset named '{name}'")
+    return dataset_id
+
+
+def _matching(search: str) -> tuple[str, list]:
+    """SQL condition (over pairs p) for pairs whose prompt or responses contain `search`."""
+    if not search.strip():
+        return "true", []
+    pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    condition = " OR ".join(
+        f"{_TEXT.format(col)} ILIKE ? ESCAPE '\\'" for col in
+        ("(SELECT messages FROM prompts WHERE id = p.prompt_id)",
+         "(SELECT messages FROM responses WHERE id = p.first_id)",
+         "(SELECT messages FROM responses WHERE id = p.second_id)"))
+    return f"({condition})", [pattern] * 3
+
+
+def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
+               page_size: int = PAGE_SIZE) -> tuple[list[dict], int]:
+    """One page of a dataset's pairs (in import order) matching `search`, and how many match."""
+    dataset_id = _dataset_id(store, dataset)
+    condition, params = _matching(search)
+    where = f"p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?) AND {condition}"
+    total = store.scalar(f"SELECT count(*) FROM pairs p WHERE {where}", [dataset_id, *params])
+    rows = store.query(f"""
+        SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second, p.source_verdict,
+               (SELECT count(*) FROM labels l WHERE l.pair_id = p.id) AS labels
+        FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
+        JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+        WHERE {where} ORDER BY p.rowid LIMIT ? OFFSET ?""",
+        [dataset_id, *params, page_size, (max(page, 1) - 1) * page_size])
+    for r in rows:
+        for key in ("prompt", "first", "second"):
+            r[key] = json.loads(r[key])
+    return rows, total
+
+
+def get_pair(store: Store, pair_id: str) -> dict:
+    """A pair in full: prompt and both responses (messages, model), its source verdict, its labels
+    and the datasets holding it."""
+    rows = store.query("""
+        SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second,
+               a.model AS first_model, b.model AS second_model, p.source_verdict, p.source
+        FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
+        JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+        WHERE p.id = ?""", [pair_id])
+    if not rows:
+        raise CurationError(f"no pair {pair_id}")
+    pair = rows[0]
+    for key in ("prompt", "first", "second"):
+        pair[key] = json.loads(pair[key])
+    pair["labels"] = store.query(
+        "SELECT annotator, verdict, created_at FROM labels WHERE pair_id = ? ORDER BY id", [pair_id])
+    pair["datasets"] = [r["name"] for r in store.query(
+        "SELECT d.name FROM datasets d JOIN dataset_pairs dp ON dp.dataset_id = d.id "
+        "WHERE dp.pair_id = ? ORDER BY d.id", [pair_id])]
+    return pair
+
+
+def _selected(cur, dataset_id: int, pair_ids: list[str] | None, search: str) -> list[str]:
+    condition, params = _matching(search)
+    ids_filter = "true" if pair_ids is None else "p.id IN (SELECT unnest(?::VARCHAR[]))"
+    return [r[0] for r in cur.execute(f"""
+        SELECT p.id FROM pairs p
+        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?) AND {ids_filter} AND {condition}
+        ORDER BY p.rowid""", [dataset_id, *([pair_ids] if pair_ids is not None else []), *params]).fetchall()]
+
+
+def _add_prompts(cur, dataset_id: int, pair_ids: list[str]) -> None:
+    cur.execute("""INSERT OR IGNORE INTO dataset_prompts
+                   SELECT DISTINCT ?, prompt_id FROM pairs WHERE id IN (SELECT unnest(?::VARCHAR[]))""",
+                [dataset_id, pair_ids])
+
+
+def _take_out(cur, dataset_id: int, pair_ids: list[str]) -> None:
+    """Take pairs out of a dataset, and with them the prompts no remaining pair of it asks."""
+    cur.execute("DELETE FROM dataset_pairs WHERE dataset_id = ? AND pair_id IN (SELECT unnest(?::VARCHAR[]))",
+                [dataset_id, pair_ids])
+    cur.execute("""DELETE FROM dataset_prompts WHERE dataset_id = $d
+                   AND prompt_id IN (SELECT prompt_id FROM pairs WHERE id IN (SELECT unnest($ids::VARCHAR[])))
+                   AND prompt_id NOT IN (SELECT prompt_id FROM pairs
+                                         WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d))""",
+                {"d": dataset_id, "ids": pair_ids})
+
+
+def remove_pairs(store: Store, dataset: str, pair_ids: list[str] | None = None, search: str = "") -> int:
+    """Take pairs out of a dataset: the given ones, else all matching `search`. Returns how many."""
+    with store.transaction() as cur:
+        dataset_id = _dataset_id(store, dataset)
+        chosen = _selected(cur, dataset_id, pair_ids, search)
+        _take_out(cur, dataset_id, chosen)
+    return len(chosen)
+
+
+def copy_pairs(store: Store, dataset: str, into: str, pair_ids: list[str] | None = None, search: str = "",
+               move: bool = False) -> int:
+    """Copy (or move) pairs of `dataset` into `into`, created if new: the given ones, else all
+    matching `search`. Returns how many were selected."""
+    into = into.strip()
+    if not into:
+        raise CurationError("name the dataset to copy or move the pairs into")
+    if into == dataset:
+        raise CurationError("the pairs are already in that dataset")
+    with store.transaction() as cur:
+        dataset_id = _dataset_id(store, dataset)
+        chosen = _selected(cur, dataset_id, pair_ids, search)
+        if not chosen:
+            raise CurationError("no pair selected")
+        row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [into])
+        target = row[0] if row else fetch_one(
+            cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+            [into, json.dumps({"source": "curation", "from": dataset, "search": search or None})])[0]
+        cur.execute("INSERT OR IGNORE INTO dataset_pairs SELECT ?, unnest(?::VARCHAR[])", [target, chosen])
+        _add_prompts(cur, target, chosen)
+        if move:
+            _take_out(cur, dataset_id, chosen)
+    return len(chosen)

@@ -1,0 +1,229 @@
+"""Labelling in the store: serving pairs to annotators, committing labels, undo, agreement, and
+labels turning into training pairs; curation of a dataset's pairs."""
+
+import json
+
+import pytest
+
+from store import export_pairs, import_file
+from store.labelling import LabelError, LabelQueue, agreement, cohen_kappa, progress
+from store.pairs import CurationError, copy_pairs, find_pairs, get_pair, remove_pairs
+
+
+@pytest.fixture
+def unlabelled(tmp_path, store):
+    """A dataset 'chat' of 6 pairs without a verdict (as generated candidates are)."""
+    from store.db import prompt_key, response_key
+
+    with store.transaction() as cur:
+        cur.execute("INSERT INTO datasets (name) VALUES ('chat')")
+        for i in range(6):
+            prompt = [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}]
+            pid = prompt_key(prompt)
+            cur.execute("INSERT INTO prompts (id, messages) VALUES (?, ?)", [pid, json.dumps(prompt)])
+            ids = []
+            for text in (f"It is {2 * i}.", f"Maybe {2 * i + 1}?"):
+                answer = [{"role": "assistant", "content": text}]
+                rid = response_key(pid, answer)
+                ids.append(rid)
+                cur.execute("INSERT INTO responses (id, prompt_id, messages, is_empty, model) VALUES (?, ?, ?, false, ?)",
+                            [rid, pid, json.dumps(answer), "m-" + text[0]])
+            cur.execute("INSERT INTO pairs (id, prompt_id, first_id, second_id) VALUES (?, ?, ?, ?)",
+                        [f"pair{i}", pid, *ids])
+            cur.execute("INSERT INTO dataset_pairs VALUES (1, ?)", [f"pair{i}"])
+            cur.execute("INSERT INTO dataset_prompts VALUES (1, ?)", [pid])
+    return store
+
+
+def labels(store):
+    return store.query("SELECT pair_id, annotator, verdict, swapped FROM labels ORDER BY id")
+
+
+def test_a_served_pair_shows_both_responses_and_left_right_answers_map_to_first_second(unlabelled):
+    queue = LabelQueue(unlabelled, seed=1)
+    seen = {False: 0, True: 0}
+    for _ in range(6):
+        served = queue.next_pair("chat", "ann", "tab1")
+        seen[served.swapped] += 1
+        first_text = "It is" if not served.swapped else "Maybe"
+        assert served.left[0]["content"].startswith(first_text)
+        assert served.prompt[0]["content"].startswith("Question")
+        queue.label("tab1", "ann", served, "left")
+        stored = labels(unlabelled)[-1]
+        # "left" is the pair's first response unless the pair was shown swapped.
+        assert stored == {"pair_id": served.pair_id, "annotator": "ann",
+                          "verdict": "second" if served.swapped else "first", "swapped": served.swapped}
+    assert seen[False] and seen[True]  # the order is randomised per pair
+    assert queue.next_pair("chat", "ann", "tab1") is None  # each pair once per annotator
+    assert len(labels(unlabelled)) == 6
+
+
+def test_two_sessions_are_never_served_the_same_pair_at_once(unlabelled):
+    queue = LabelQueue(unlabelled)
+    a = queue.next_pair("chat", "alice", "tab-a")
+    b = queue.next_pair("chat", "bob", "tab-b")
+    c = queue.next_pair("chat", "alice", "tab-c")  # the same annotator in a second tab
+    assert len({a.pair_id, b.pair_id, c.pair_id}) == 3
+    # Asking again in the same tab hands back the tab's claim and takes the next free pair.
+    assert queue.next_pair("chat", "alice", "tab-a").pair_id not in {b.pair_id, c.pair_id}
+    # Closing a tab frees its pair for the others.
+    queue.release("tab-b")
+    served_after = set()
+    for tab in ("tab-x", "tab-y", "tab-z", "tab-w"):
+        served_after.add(queue.next_pair("chat", "carol", tab).pair_id)
+    assert b.pair_id in served_after
+
+
+def test_claims_of_a_closed_tab_expire(unlabelled):
+    queue = LabelQueue(unlabelled, claim_ttl_s=0)
+    first = queue.next_pair("chat", "alice", "tab-a")
+    assert queue.next_pair("chat", "bob", "tab-b").pair_id == first.pair_id
+
+
+def test_pairs_with_fewest_labels_come_first_so_annotators_spread_then_overlap(unlabelled):
+    queue = LabelQueue(unlabelled)
+    for _ in range(6):
+        queue.label("t", "alice", queue.next_pair("chat", "alice", "t"), "left")
+    order = []
+    for _ in range(3):
+        served = queue.next_pair("chat", "bob", "t")
+        order.append(served.pair_id)
+        queue.label("t", "bob", served, "tie")
+    # carol gets the pairs bob has not labelled (one label each) before those with two.
+    carol = queue.next_pair("chat", "carol", "t")
+    assert carol.pair_id not in order
+
+
+def test_undo_takes_back_the_latest_label_and_serves_that_pair_as_it_was(unlabelled):
+    queue = LabelQueue(unlabelled, seed=3)
+    first = queue.next_pair("chat", "ann", "t")
+    queue.label("t", "ann", first, "right")
+    second = queue.next_pair("chat", "ann", "t")
+    queue.label("t", "ann", second, "both-bad")
+    back = queue.undo("chat", "ann", "t")
+    assert (back.pair_id, back.swapped, back.left) == (second.pair_id, second.swapped, second.left)
+    assert [r["pair_id"] for r in labels(unlabelled)] == [first.pair_id]
+    # The undone pair is held by this tab; another annotator is not served it meanwhile.
+    others = {queue.next_pair("chat", "bob", f"b{i}").pair_id for i in range(5)}
+    assert second.pair_id not in others
+    queue.label("t", "ann", back, "left")
+    assert len(labels(unlabelled)) == 2
+    assert queue.undo("chat", "nobody", "t") is None
+
+
+def test_a_new_verdict_from_the_same_annotator_replaces_the_old(unlabelled):
+    queue = LabelQueue(unlabelled)
+    served = queue.next_pair("chat", "ann", "t")
+    queue.label("t", "ann", served, "left")
+    queue.label("t2", "ann", served, "tie")
+    assert [r["verdict"] for r in labels(unlabelled)] == ["tie"]
+
+
+def test_bad_annotator_names_and_datasets_are_refused(unlabelled):
+    queue = LabelQueue(unlabelled)
+    with pytest.raises(LabelError, match="annotator name"):
+        queue.next_pair("chat", "  ", "t")
+    with pytest.raises(LabelError, match="reserved"):
+        queue.next_pair("chat", "source", "t")
+    with pytest.raises(LabelError, match="no dataset named 'nope'"):
+        queue.next_pair("nope", "ann", "t")
+
+
+def test_progress_counts_per_annotator_and_verdict(unlabelled):
+    queue = LabelQueue(unlabelled)
+    for answer in ("left", "tie", "skip"):
+        queue.label("t", "ann", queue.next_pair("chat", "ann", "t"), answer)
+    queue.label("u", "bob", queue.next_pair("chat", "bob", "u"), "both-bad")
+    p = progress(unlabelled, "chat")
+    assert p["pairs"] == 6
+    assert sum(p["annotators"]["ann"].values()) == 3 and p["annotators"]["ann"]["skip"] == 1
+    assert p["annotators"]["bob"]["both-bad"] == 1
+    # A skip does not count as a label when serving: bob got the pair ann skipped.
+    assert p["labelled_by_anyone"] == 3
+
+
+def test_cohen_kappa_matches_a_hand_computed_example():
+    # 10 items: 7 agreements; rater a: 6 first / 4 second, rater b: 5 / 5.
+    a = ["first"] * 6 + ["second"] * 4
+    b = ["first"] * 4 + ["second"] * 2 + ["second"] * 3 + ["first"]
+    p_o = 0.7
+    p_e = 0.6 * 0.5 + 0.4 * 0.5
+    assert cohen_kappa(a, b) == pytest.approx((p_o - p_e) / (1 - p_e))
+    assert cohen_kappa(["tie"] * 3, ["tie"] * 3) is None  # undefined, not a made-up 1.0
+    assert cohen_kappa(a, a) == pytest.approx(1.0)
+
+
+def test_agreement_between_annotators_and_with_the_source_verdicts(tmp_path, store, hh_file):
+    import_file(store, hh_file, "hh")
+    queue = LabelQueue(store, seed=0)
+    shown = []
+    for _ in range(4):
+        served = queue.next_pair("hh", "alice", "a")
+        shown.append(served)
+        queue.label("a", "alice", served, "right" if served.swapped else "left")  # agrees with the file
+    for i, served in enumerate(shown):  # bob agrees on two, calls two a tie
+        queue.label("b", "bob", served, ("right" if served.swapped else "left") if i < 2 else "tie")
+    report = agreement(store, "hh")
+    assert report["annotators"] == ["alice", "bob", "source"]
+    rows = {(r["a"], r["b"]): r for r in report["pairs"]}
+    assert rows[("alice", "source")]["agreement"] == 1.0 and rows[("alice", "source")]["pairs"] == 4
+    assert rows[("alice", "bob")]["agreement"] == 0.5
+    assert rows[("alice", "bob")]["kappa"] == pytest.approx(cohen_kappa(["first"] * 4, ["first"] * 2 + ["tie"] * 2))
+    assert {d["pair_id"] for d in report["disagreements"]} == {s.pair_id for s in shown[2:]}
+
+
+def test_labels_decide_the_training_pairs_and_what_is_left_out_is_counted(tmp_path, unlabelled):
+    queue = LabelQueue(unlabelled, seed=5)
+    answers = {"alice": ["left", "right", "tie", "both-bad", "skip", "left"],
+               "bob": ["left", "left", "tie", "tie", "skip", "right"]}
+    # Both annotators label the same six pairs, with the answers above (about left/right).
+    served = []
+    for _ in range(6):
+        s = queue.next_pair("chat", "alice", "t")
+        served.append(s)
+        queue.label("t", "alice", s, answers["alice"][len(served) - 1])
+    for s, answer in zip(served, answers["bob"]):
+        queue.label("u", "bob", s, answer)
+    report = export_pairs(unlabelled, tmp_path / "out.jsonl", "chat")
+    # Pair 0: both left -> a pair; pair 1: split; 2: tie; 3: tie/both-bad -> tie; 4: skips only;
+    # 5: split.
+    assert report.pairs == 1
+    assert report.left_out == {"split": 2, "tie": 2, "skip": 1}
+    record = json.loads((tmp_path / "out.jsonl").read_text())
+    assert record["chosen"] == served[0].left
+    assert "left out 5 without a preference" in report.summary()
+
+
+def test_find_pairs_searches_and_pages(tmp_path, store, hh_file):
+    import_file(store, hh_file, "hh")
+    rows, total = find_pairs(store, "hh", page=2, page_size=10)
+    assert total == 1000 and len(rows) == 10
+    everything, _ = find_pairs(store, "hh", page_size=20)
+    assert [r["id"] for r in everything[10:]] == [r["id"] for r in rows]
+    found, n = find_pairs(store, "hh", search="BOMB")
+    assert 0 < n < 1000
+    assert all("bomb" in json.dumps(r, ensure_ascii=False).lower() for r in found)
+    assert find_pairs(store, "hh", search="100%_no such text")[1] == 0
+    pair = get_pair(store, found[0]["id"])
+    assert pair["datasets"] == ["hh"] and pair["source_verdict"] == "first" and pair["labels"] == []
+
+
+def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, hh_file):
+    import_file(store, hh_file, "hh")
+    _, bombs = find_pairs(store, "hh", search="bomb")
+    assert copy_pairs(store, "hh", "bombs", search="bomb") == bombs
+    assert find_pairs(store, "bombs")[1] == bombs
+    assert store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id("bombs")]) == bombs
+    assert json.loads(store.scalar("SELECT recipe FROM datasets WHERE name = 'bombs'"))["from"] == "hh"
+
+    one = find_pairs(store, "bombs")[0][0]["id"]
+    assert copy_pairs(store, "bombs", "later", pair_ids=[one], move=True) == 1
+    assert find_pairs(store, "bombs")[1] == bombs - 1 and find_pairs(store, "later")[1] == 1
+    assert remove_pairs(store, "hh", search="bomb") == bombs
+    assert find_pairs(store, "hh")[1] == 1000 - bombs
+    assert store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id("hh")]) == 1000 - bombs
+    assert store.stats()["pairs"] == 1000  # pairs are only taken out of datasets, never deleted
+    with pytest.raises(CurationError, match="already in that dataset"):
+        copy_pairs(store, "hh", "hh")
+    with pytest.raises(CurationError, match="no dataset named"):
+        remove_pairs(store, "nope")
