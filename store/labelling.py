@@ -142,7 +142,7 @@ class LabelQueue:
                 WHERE dp.dataset_id = ?
                   AND dp.pair_id NOT IN (SELECT pair_id FROM labels WHERE annotator = ?)
                   AND dp.pair_id NOT IN (SELECT unnest(?::VARCHAR[]))
-                ORDER BY coalesce(c.n, 0), hash(dp.pair_id)
+                ORDER BY coalesce(c.n, 0), dp.pair_id  -- ids are content hashes: a fixed shuffle
                 LIMIT 1""", [dataset_id, annotator, self._claimed_by_others(session)])
             if not row:
                 self._release_locked(session)

@@ -28,7 +28,8 @@ def _dataset_id(store: Store, name: str) -> int:
 
 
 def _matching(search: str) -> tuple[str, list]:
-    """SQL condition (over pairs p) for pairs whose prompt or responses contain `search`."""
+    """SQL condition (over pairs p) for pairs whose prompt or responses contain `search`, or
+    whose id it is."""
     if not search.strip():
         return "true", []
     pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -37,7 +38,7 @@ def _matching(search: str) -> tuple[str, list]:
         ("(SELECT messages FROM prompts WHERE id = p.prompt_id)",
          "(SELECT messages FROM responses WHERE id = p.first_id)",
          "(SELECT messages FROM responses WHERE id = p.second_id)"))
-    return f"({condition})", [pattern] * 3
+    return f"(p.id = ? OR {condition})", [search.strip()] + [pattern] * 3
 
 
 def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,

@@ -3,7 +3,6 @@ while watching what survives, and save the filtered dataset."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import gradio as gr
@@ -13,6 +12,7 @@ from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
 from store.queries import dataset_summaries, latest_metrics
+from studio.rendering import preview
 from studio.runner import RunError, Runner
 
 METHOD = f"""
@@ -29,13 +29,6 @@ RULES = ("Keep the most plausible share", "Keep up to a maximum perplexity")
 PREVIEW_ROWS = 5
 SIDE_COLORS = {"chosen": "#2e7d32", "rejected": "#c62828", "candidate": "#1565c0", "unlabelled": "#8e8e8e",
                "none": "#cccccc"}
-
-
-def _text(messages_json: str, limit: int = 160) -> str:
-    messages = json.loads(messages_json)
-    text = messages[-1]["content"] if messages else ""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 HISTOGRAM_BINS = 30
@@ -84,12 +77,13 @@ def extremes(store: Store, scores: list[dict]) -> tuple[list[list], list[list]]:
 
     def row(s):
         t = texts[s["response_id"]]
-        return [round(s["ppl"], 2), s["side"], _text(t["prompt"]), _text(t["response"]) or "(empty)"]
+        return [round(s["ppl"], 2), s["side"], preview(t["prompt"], 160), preview(t["response"], 160) or "(empty)"]
 
     return [row(s) for s in ordered[:PREVIEW_ROWS]], [row(s) for s in reversed(ordered[-PREVIEW_ROWS:])]
 
 
-def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
+def build(app: gr.Blocks, store: Store, runner: Runner) -> gr.Dropdown:
+    """Lay out the tab; returns its dataset picker (the app refreshes its choices)."""
     datasets = dataset_summaries(store)
     names = [d["name"] for d in datasets]
     with_pairs = [d["name"] for d in datasets if d["pairs"]]
@@ -182,3 +176,4 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> None:
                [job] + controls, outputs)
     save.click(save_dataset, [into] + controls, [saved, dataset])
     app.load(preview, controls, outputs)
+    return dataset

@@ -1,4 +1,5 @@
-"""A workspace is one folder: `studio.duckdb`, `runs/<id>/` and `models/`."""
+"""A workspace is one folder: `studio.duckdb`, `runs/<id>/`, `models/` and `exports/` (files the
+app offers for download)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class Workspace:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.root / "exports"
 
     def open_store(self) -> Store:
         try:

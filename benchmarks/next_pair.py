@@ -1,0 +1,93 @@
+"""Labelling speed: how long the store takes to serve the next pair and commit a label.
+
+    python benchmarks/next_pair.py [--pairs 100000] [--labels 1000]
+
+Builds two workspaces from the HH-RLHF sample in ../shared/data, made as large as asked with
+distinct prompts: a small one (1,000 pairs, the baseline) and a large one (`--pairs`). In each,
+one annotator labels `--labels` pairs the way the Label tab does (serve the next pair, commit the
+answer) while a second annotator's tab holds a claim, and a third annotator has labelled 10% of
+the pairs before. Prints the median and 95th percentile milliseconds of serving and of labelling
+at both sizes, and the ratio large/small. Target: the next pair in under 50 ms at 100,000 pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from store import Store, import_file  # noqa: E402
+from store.labelling import LabelQueue  # noqa: E402
+
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
+
+
+def make_workspace(folder: Path, pairs: int) -> Store:
+    rows = [json.loads(line) for line in gzip.open(HH, "rt", encoding="utf-8")]
+    path = folder / f"hh-{pairs}.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(pairs):
+            row = rows[i % len(rows)]
+            tag = f" (copy {i // len(rows)})"
+            f.write(json.dumps({"chosen": row["chosen"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
+                                "rejected": row["rejected"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1)}) + "\n")
+    store = Store(folder / f"ws-{pairs}.duckdb")
+    import_file(store, path, "hh")
+    with store.transaction() as cur:  # earlier work by another annotator: 10% labelled
+        cur.execute("""INSERT INTO labels (pair_id, annotator, verdict)
+                       SELECT pair_id, 'earlier', 'first' FROM dataset_pairs USING SAMPLE 10 PERCENT (bernoulli, 7)""")
+    return store
+
+
+def label_many(store: Store, n: int) -> tuple[list[float], list[float]]:
+    queue = LabelQueue(store, seed=0)
+    queue.next_pair("hh", "other", "other-tab")  # another annotator's open tab holds a pair
+    serve_ms, label_ms = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        served = queue.next_pair("hh", "bench", "bench-tab")
+        t1 = time.perf_counter()
+        queue.label("bench-tab", "bench", served, ("left", "right", "tie")[i % 3])
+        t2 = time.perf_counter()
+        serve_ms.append((t1 - t0) * 1000)
+        label_ms.append((t2 - t1) * 1000)
+    return serve_ms, label_ms
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--labels", type=int, default=1000)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (1000, args.pairs):
+            t0 = time.perf_counter()
+            store = make_workspace(Path(tmp), size)
+            print(f"{size:>7,} pairs: workspace built in {time.perf_counter() - t0:.1f} s", flush=True)
+            serve_ms, label_ms = label_many(store, args.labels)
+            store.close()
+            results[size] = (statistics.median(serve_ms), p95(serve_ms), statistics.median(label_ms), p95(label_ms))
+            print(f"{size:>7,} pairs: next pair median {results[size][0]:.1f} ms, p95 {results[size][1]:.1f} ms; "
+                  f"label commit median {results[size][2]:.1f} ms, p95 {results[size][3]:.1f} ms "
+                  f"({args.labels} labels)", flush=True)
+    small, large = results[1000], results[args.pairs]
+    print(f"ratio {args.pairs:,} / 1,000 pairs: next pair {large[0] / small[0]:.2f}x, label {large[2] / small[2]:.2f}x")
+    print(f"target: next pair under 50 ms at {args.pairs:,} pairs: "
+          f"{'met' if large[1] < 50 else 'NOT met'} (p95 {large[1]:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()

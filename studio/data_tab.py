@@ -1,0 +1,194 @@
+"""Data tab: import a file, browse and search a dataset's pairs, open one in full, copy, move or
+remove pairs, and export a dataset for download."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gradio as gr
+
+from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
+from store.pairs import PAGE_SIZE, CurationError, copy_pairs, find_pairs, get_pair, remove_pairs
+from store.queries import dataset_summaries
+from studio.rendering import as_chat, as_markdown, preview
+from studio.workspace import Workspace
+
+UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".gz"]
+PAIR_COLUMNS = ["#", "prompt (last turn)", "first response", "second response", "file verdict", "labels"]
+SCOPES = ("This pair", "All pairs matching the search")
+MAX_ERRORS_SHOWN = 20
+
+
+def dataset_names(store: Store) -> list[str]:
+    return [d["name"] for d in dataset_summaries(store)]
+
+
+def import_upload(store: Store, path: str | None, dataset: str, skip_bad: bool) -> str:
+    """Import an uploaded file; the message names the file as the user knows it, not its temp path."""
+    if not path:
+        return "**Choose a file to import first.**"
+    name = Path(path).name
+    try:
+        report = import_file(store, path, (dataset or "").strip() or None, skip_bad=skip_bad)
+    except ImportFailed as e:
+        report = e.report
+    errors = [f"{name}:{e.line}: {e.reason}" for e in report.errors]
+    shown = "\n".join(f"- `{e}`" for e in errors[:MAX_ERRORS_SHOWN])
+    more = f"\n- … and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+    summary = report.summary().replace(str(path), name)
+    if not report.written:
+        hint = "" if skip_bad or not errors else "\n\nFix these rows, or tick *Skip bad rows* to import the rest."
+        return f"**{summary}**\n\n{shown}{more}{hint}"
+    return summary + (f"\n\n{shown}{more}" if errors else "")
+
+
+def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tuple[list[list], list[str], str, int]:
+    """Table rows, their pair ids, a line saying what is shown, and the page actually shown."""
+    if not dataset:
+        return [], [], "Pick a dataset.", 1
+    try:
+        _, total = find_pairs(store, dataset, search, page=1, page_size=1)
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        page = min(max(int(page or 1), 1), pages)
+        rows, _ = find_pairs(store, dataset, search, page=page)
+    except CurationError as e:
+        return [], [], f"*{e}*", 1
+    first = (page - 1) * PAGE_SIZE
+    table = [[first + i + 1, preview(r["prompt"]), preview(r["first"]) or "(empty)", preview(r["second"]) or "(empty)",
+              r["source_verdict"] or "", r["labels"]] for i, r in enumerate(rows)]
+    matching = f" matching '{search.strip()}'" if search.strip() else ""
+    if not total:
+        line = f"No pairs{matching} in '{dataset}'."
+    else:
+        line = f"Pairs {first + 1:,}–{first + len(rows):,} of {total:,}{matching} in '{dataset}' (page {page} of {pages})."
+    return table, [r["id"] for r in rows], line, page
+
+
+def pair_details(store: Store, pair_id: str) -> tuple[list[dict], str, str, str]:
+    pair = get_pair(store, pair_id)
+    verdict = {"first": "the file prefers the first response", "second": "the file prefers the second response",
+               None: "no verdict in the file"}[pair["source_verdict"]]
+    labels = ", ".join(f"{lab['annotator']}: {lab['verdict']}" for lab in pair["labels"]) or "none yet"
+    meta = (f"Pair `{pair['id']}` · {verdict} · labels: {labels} · in datasets: {', '.join(pair['datasets'])}"
+            + (f" · from {pair['source']}" if pair["source"] else ""))
+    first_title = "**First response**" + (f" · {pair['first_model']}" if pair["first_model"] else "")
+    second_title = "**Second response**" + (f" · {pair['second_model']}" if pair["second_model"] else "")
+    return (as_chat(pair["prompt"]), meta, f"{first_title}\n\n{as_markdown(pair['first'])}",
+            f"{second_title}\n\n{as_markdown(pair['second'])}")
+
+
+def build(app: gr.Blocks, store: Store, workspace: Workspace) -> gr.Dropdown:
+    """Lay out the tab; returns its dataset picker (the app refreshes its choices)."""
+    names = dataset_names(store)
+    with gr.Row(equal_height=True):
+        upload = gr.File(label="Import a file", file_types=UPLOAD_TYPES, type="filepath", scale=2, height=120,
+                         elem_id="import-file")
+        with gr.Column(scale=1):
+            new_name = gr.Textbox(label="Into dataset", placeholder="default: the file's name")
+            skip_bad = gr.Checkbox(False, label="Skip bad rows", info="import the good rows, list the bad")
+            do_import = gr.Button("Import", variant="primary")
+    import_result = gr.Markdown(elem_id="import-result")
+
+    with gr.Row():
+        dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", scale=2)
+        search = gr.Textbox(label="Search", placeholder="words in a prompt or a response, or a pair id; Enter",
+                            scale=3)
+        page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
+        with gr.Column(scale=1, min_width=120):
+            previous = gr.Button("◀ Previous", size="sm")
+            following = gr.Button("Next ▶", size="sm")
+    shown = gr.Markdown(elem_id="pairs-shown")
+    table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, wrap=True, max_height=460, elem_id="pairs-table",
+                         column_widths=["5%", "29%", "26%", "26%", "8%", "6%"])
+    ids = gr.State([])
+    selected = gr.State(None)
+
+    with gr.Group(visible=False) as details:
+        meta = gr.Markdown(elem_id="pair-meta")
+        prompt = gr.Chatbot(label="Prompt", height=320, elem_id="pair-prompt", buttons=["copy_all"])
+        with gr.Row():
+            first = gr.Markdown(elem_id="pair-first", container=True)
+            second = gr.Markdown(elem_id="pair-second", container=True)
+
+    with gr.Accordion("Copy, move or remove pairs", open=False):
+        with gr.Row(equal_height=True):
+            scope = gr.Radio(list(SCOPES), value=SCOPES[0], label="Which pairs", scale=2)
+            target = gr.Textbox(label="Target dataset", placeholder="existing or new name", scale=2)
+            copy = gr.Button("Copy", scale=1)
+            move = gr.Button("Move", scale=1)
+            remove = gr.Button("Remove from this dataset", variant="stop", scale=1)
+        curated = gr.Markdown()
+
+    with gr.Accordion("Export this dataset", open=False):
+        with gr.Row(equal_height=True):
+            fmt = gr.Dropdown(list(EXPORT_FORMATS), value=EXPORT_FORMATS[0], label="Format",
+                              info="conversational: message lists; trl: plain text")
+            suffix = gr.Radio([".jsonl", ".parquet"], value=".jsonl", label="File type")
+            do_export = gr.Button("Export")
+        exported = gr.Markdown()
+        download = gr.File(label="Download", visible=False)
+
+    def show(dataset_name, search_text, page_number):
+        rows, pair_ids, line, page_shown = pairs_page(store, dataset_name, search_text or "", page_number)
+        return rows, pair_ids, line, page_shown, gr.update(visible=False), None
+
+    def pick(pair_ids, event: gr.SelectData):
+        row = event.index[0]
+        if row >= len(pair_ids):
+            return gr.update(), None, gr.update(), gr.update(), gr.update(), gr.update()
+        chat, meta_text, first_text, second_text = pair_details(store, pair_ids[row])
+        return gr.update(visible=True), pair_ids[row], chat, meta_text, first_text, second_text
+
+    def run_import(path, name, skip):
+        message = import_upload(store, path, name, skip)
+        choices = dataset_names(store)
+        written = not message.startswith("**")
+        picked = (name or "").strip() or (Path(path).name.split(".")[0] if path else None)
+        value = picked if written and picked in choices else gr.update()
+        return message, gr.update(choices=choices, value=value)
+
+    def curate(action, dataset_name, scope_name, target_name, search_text, pair_id):
+        whole_search = scope_name == SCOPES[1]
+        if not whole_search and not pair_id:
+            return "**Open a pair first (click its row), or choose all pairs matching the search.**", gr.update()
+        pair_ids = None if whole_search else [pair_id]
+        search_text = (search_text or "") if whole_search else ""
+        try:
+            if action == "remove":
+                n = remove_pairs(store, dataset_name, pair_ids, search_text)
+                message = f"Removed {n:,} pairs from '{dataset_name}' (they stay in the store and in other datasets)."
+            else:
+                n = copy_pairs(store, dataset_name, target_name, pair_ids, search_text, move=action == "move")
+                verb = "Moved" if action == "move" else "Copied"
+                message = f"{verb} {n:,} pairs from '{dataset_name}' to '{target_name.strip()}'."
+        except CurationError as e:
+            return f"**{e}**", gr.update()
+        return message, gr.update(choices=dataset_names(store))
+
+    def run_export(dataset_name, fmt_name, suffix_name):
+        if not dataset_name:
+            return "**Pick a dataset.**", gr.update(visible=False)
+        out = workspace.exports_dir / f"{dataset_name}-{fmt_name}{suffix_name}"
+        try:
+            report = export_pairs(store, out, dataset_name, fmt_name)
+        except ExportError as e:
+            return f"**{e}**", gr.update(visible=False)
+        return report.summary().replace(str(out), out.name) + ".", gr.update(value=str(out), visible=True)
+
+    listing = [table, ids, shown, page, details, selected]
+    do_import.click(run_import, [upload, new_name, skip_bad], [import_result, dataset]).then(
+        show, [dataset, search, page], listing)
+    dataset.change(lambda d: show(d, "", 1), dataset, listing).then(lambda: "", outputs=search)
+    search.submit(lambda d, s: show(d, s, 1), [dataset, search], listing)
+    page.submit(show, [dataset, search, page], listing)
+    previous.click(lambda d, s, p: show(d, s, (p or 1) - 1), [dataset, search, page], listing)
+    following.click(lambda d, s, p: show(d, s, (p or 1) + 1), [dataset, search, page], listing)
+    table.select(pick, ids, [details, selected, prompt, meta, first, second])
+    for action, button in (("copy", copy), ("move", move), ("remove", remove)):
+        button.click(lambda *a, action=action: curate(action, *a),
+                     [dataset, scope, target, search, selected], [curated, dataset]).then(
+            show, [dataset, search, page], listing)
+    do_export.click(run_export, [dataset, fmt, suffix], [exported, download])
+    app.load(show, [dataset, search, page], listing)
+    return dataset

@@ -1,0 +1,150 @@
+"""Label tab: one prompt, two responses side by side (order randomised per pair), answered with
+buttons or keys 1-4, S and U. Each answer is committed before the next pair is shown."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from store import Store
+from store.labelling import LabelError, LabelQueue, ServedPair, progress
+from store.queries import dataset_summaries
+from studio.rendering import as_chat, as_markdown
+
+# Button label, element id (the keyboard script clicks it), answer.
+ANSWER_BUTTONS = [
+    ("1 · Left is better", "label-left", "left"),
+    ("2 · Right is better", "label-right", "right"),
+    ("3 · Tie", "label-tie", "tie"),
+    ("4 · Both bad", "label-both-bad", "both-bad"),
+    ("S · Skip", "label-skip", "skip"),
+]
+ANSWER_WORDS = {"left": "left is better", "right": "right is better", "tie": "tie", "both-bad": "both bad",
+                "skip": "skipped"}
+
+# Keys 1-4, S and U click the buttons while the Label tab is shown and no text field has focus.
+# A key is ignored until the page shows the next pair (or 3 s pass), so a quick double press
+# cannot answer the same pair twice.
+KEYBOARD_JS = """
+<script>
+(() => {
+  const keys = {"1": "label-left", "2": "label-right", "3": "label-tie", "4": "label-both-bad",
+                "s": "label-skip", "u": "label-undo"};
+  let busyUntil = 0;
+  const observer = new MutationObserver(() => { busyUntil = 0; });
+  let watched = null;
+  document.addEventListener("keydown", (event) => {
+    const id = keys[event.key.toLowerCase()];
+    if (!id || event.ctrlKey || event.metaKey || event.altKey) return;
+    const target = event.target;
+    if (target.closest && target.closest("input, textarea, select, [contenteditable=true]")) return;
+    const button = document.getElementById(id);
+    if (!button || button.offsetParent === null || button.disabled) return;
+    const shown = document.getElementById("label-pair-id");
+    if (shown && shown !== watched) {
+      observer.disconnect();
+      observer.observe(shown, {childList: true, subtree: true, characterData: true});
+      watched = shown;
+    }
+    if (Date.now() < busyUntil) return;
+    busyUntil = Date.now() + 3000;
+    event.preventDefault();
+    button.click();
+  });
+})();
+</script>
+"""
+
+
+def progress_line(store: Store, dataset: str, annotator: str) -> str:
+    p = progress(store, dataset)
+    mine = sum(p["annotators"].get(annotator, {}).values())
+    others = ", ".join(f"{name} {sum(v.values()):,}" for name, v in p["annotators"].items() if name != annotator)
+    return (f"**{annotator}**: {mine:,} of {p['pairs']:,} pairs labelled · labelled by anyone: "
+            f"{p['labelled_by_anyone']:,}" + (f" · others: {others}" if others else ""))
+
+
+def pair_note(served: ServedPair) -> str:
+    """The line under a pair: its id (to find it in the Data tab) and, when known, the models."""
+    models = ""
+    if served.left_model or served.right_model:
+        models = f" · left: {served.left_model or 'unknown model'}, right: {served.right_model or 'unknown model'}"
+    return f"Pair `{served.pair_id}`{models}"
+
+
+def build(store: Store) -> tuple[gr.Dropdown, LabelQueue]:
+    """Lay out the tab; returns its dataset picker (the app refreshes its choices) and the queue
+    (the app releases a closed tab's claims)."""
+    queue = LabelQueue(store)
+    with_pairs = [d["name"] for d in dataset_summaries(store) if d["pairs"]]
+    with gr.Row(equal_height=True):
+        dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=2)
+        annotator = gr.Textbox(label="Annotator", placeholder="your name", scale=2)
+        start = gr.Button("Start labelling", variant="primary", scale=1, min_width=160)
+    status = gr.Markdown("Pick a dataset, type your name and start. Keys: **1** left better, **2** right better, "
+                         "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
+    current = gr.State(None)
+    with gr.Column(visible=False) as workbench:
+        prompt = gr.Chatbot(label="Prompt", height=300, elem_id="label-prompt", buttons=["copy_all"])
+        with gr.Row(equal_height=True):
+            left = gr.Markdown(elem_id="label-left-text", container=True, min_height=160)
+            right = gr.Markdown(elem_id="label-right-text", container=True, min_height=160)
+        with gr.Row():
+            buttons = [gr.Button(text, elem_id=elem_id, variant="primary" if answer in ("left", "right") else "secondary")
+                       for text, elem_id, answer in ANSWER_BUTTONS]
+            undo = gr.Button("U · Undo", elem_id="label-undo")
+        note = gr.Markdown(elem_id="label-pair-id")
+
+    def view(dataset_name: str, name: str, served: ServedPair | None, said: str):
+        """Outputs for showing `served` (or the end of the queue), with `said` before the progress."""
+        line = progress_line(store, dataset_name, name.strip())
+        if served is None:
+            done = f"No more pairs for **{name.strip()}** in '{dataset_name}' (others may still hold some)."
+            return (None, f"{said}{done} {line}", gr.update(visible=False), [], "", "", "")
+        return (served, f"{said}{line}", gr.update(visible=True), as_chat(served.prompt),
+                f"**Left**\n\n{as_markdown(served.left)}", f"**Right**\n\n{as_markdown(served.right)}",
+                pair_note(served))
+
+    def unchanged(message: str):
+        return (gr.update(), f"**{message}**", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+
+    def begin(dataset_name, name, request: gr.Request):
+        if not dataset_name:
+            return unchanged("Pick a dataset that has pairs (import one in the Data tab).")
+        try:
+            return view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "")
+        except LabelError as e:
+            return unchanged(str(e))
+
+    def answering(choice: str):
+        def answer(dataset_name, name, served: ServedPair | None, request: gr.Request):
+            if served is None:
+                return unchanged("Start labelling first.")
+            try:
+                queue.label(request.session_hash, name, served, choice)
+                following = queue.next_pair(dataset_name, name, request.session_hash)
+            except LabelError as e:
+                return unchanged(str(e))
+            return view(dataset_name, name, following, f"Saved: {ANSWER_WORDS[choice]}. ")
+        return answer
+
+    def take_back(dataset_name, name, served: ServedPair | None, request: gr.Request):
+        try:
+            back = queue.undo(dataset_name, name, request.session_hash)
+        except LabelError as e:
+            return unchanged(str(e))
+        if back is None:
+            return unchanged("Nothing to undo.")
+        return view(dataset_name, name, back, "Undone: the last label is taken back. ")
+
+    outputs = [current, status, workbench, prompt, left, right, note]
+    start.click(begin, [dataset, annotator], outputs)
+    annotator.submit(begin, [dataset, annotator], outputs)
+    for button, (_, _, choice) in zip(buttons, ANSWER_BUTTONS):
+        button.click(answering(choice), [dataset, annotator, current], outputs)
+    undo.click(take_back, [dataset, annotator, current], outputs)
+    def switch(request: gr.Request):
+        queue.release(request.session_hash)
+        return None, gr.update(visible=False)
+
+    dataset.change(switch, None, [current, workbench])
+    return dataset, queue

@@ -1,0 +1,31 @@
+"""How prompts and responses look in the tabs: a prompt as a conversation, a response as markdown."""
+
+from __future__ import annotations
+
+import json
+
+
+def as_chat(messages: list[dict]) -> list[dict]:
+    """Messages for gr.Chatbot: user and assistant turns as bubbles, a system prompt as a
+    collapsed note (Chatbot has no system role)."""
+    chat = []
+    for m in messages:
+        if m["role"] == "system":
+            chat.append({"role": "assistant", "content": m["content"], "metadata": {"title": "System prompt"}})
+        else:
+            chat.append({"role": "user" if m["role"] == "user" else "assistant", "content": m["content"]})
+    return chat
+
+
+def as_markdown(messages: list[dict]) -> str:
+    """A response (usually one assistant message) as markdown; an empty one says so."""
+    text = "\n\n".join(m["content"] for m in messages if m["content"].strip())
+    return text if text else "*(empty response)*"
+
+
+def preview(messages: list[dict] | str, limit: int = 120) -> str:
+    """The last message of a list (JSON text or parsed), on one line, cut to `limit` characters."""
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    text = " ".join((messages[-1]["content"] if messages else "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
