@@ -16,6 +16,11 @@ def dataset_summaries(store: Store) -> list[dict]:
         FROM datasets d ORDER BY d.id""")
 
 
+def dataset_names(store: Store, with_pairs: bool = False) -> list[str]:
+    """Dataset names in creation order; with_pairs: only those holding pairs (to label or compare)."""
+    return [d["name"] for d in dataset_summaries(store) if d["pairs"] or not with_pairs]
+
+
 def run_summaries(store: Store, limit: int | None = None) -> list[dict]:
     """Each run with its kind, status and final metrics (the last value of each metric)."""
     rows = store.query(f"""

@@ -8,7 +8,7 @@ import gradio as gr
 from store import Store
 from store.labelling import SOURCE_ANNOTATOR, LabelError, agreement
 from store.pairs import get_pair
-from store.queries import dataset_summaries
+from store.queries import dataset_names
 from studio.rendering import preview
 
 EXPLANATION = f"""
@@ -45,9 +45,8 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
     return line, rows, disagreements
 
 
-def build(store: Store) -> gr.Dropdown:
-    """Lay out the tab; returns its dataset picker (the app refreshes its choices)."""
-    with_pairs = [d["name"] for d in dataset_summaries(store) if d["pairs"]]
+def build(tab: gr.Tab, store: Store) -> None:
+    with_pairs = dataset_names(store, with_pairs=True)
     gr.Markdown(EXPLANATION)
     with gr.Row(equal_height=True):
         dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=3)
@@ -59,4 +58,6 @@ def build(store: Store) -> gr.Dropdown:
                                  max_height=420, column_widths=["22%", "48%", "30%"], elem_id="disagreements-table")
     for trigger in (dataset.change, refresh.click):
         trigger(lambda d: agreement_tables(store, d), dataset, [summary, table, disagreements])
-    return dataset
+    # Opening the tab shows the labels given since.
+    tab.select(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset).then(
+        lambda d: agreement_tables(store, d), dataset, [summary, table, disagreements])

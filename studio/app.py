@@ -6,7 +6,6 @@ import threading
 
 import gradio as gr
 
-from store.queries import dataset_summaries
 from studio import agreement_tab, build_tab, data_tab, home_tab, label_tab
 from studio.runner import Runner
 from studio.workspace import Workspace
@@ -29,26 +28,14 @@ def build_app(workspace: Workspace):
         gr.Markdown("# Alignment Studio")
         with gr.Tab("Home"):
             home_tab.build(store, runner, workspace)
-        with gr.Tab("Data") as data:
-            data_dataset = data_tab.build(app, store, workspace)
-        with gr.Tab("Label") as label:
-            label_dataset, queue = label_tab.build(store)
-        with gr.Tab("Agreement") as agree:
-            agreement_dataset = agreement_tab.build(store)
-        with gr.Tab("Build dataset") as build:
-            build_dataset = build_tab.build(app, store, runner)
-
-        # Datasets made in one tab show up in the others' pickers when they are opened.
-        for tab, picker in ((data, data_dataset), (build, build_dataset)):
-            tab.select(lambda: gr.update(choices=data_tab.dataset_names(store)), outputs=picker)
-        for tab, picker in ((label, label_dataset), (agree, agreement_dataset)):
-            tab.select(lambda: gr.update(choices=[d["name"] for d in dataset_summaries(store) if d["pairs"]]),
-                       outputs=picker)
-
-        def release_claims(request: gr.Request):
-            queue.release(request.session_hash)
-
-        app.unload(release_claims)
+        with gr.Tab("Data") as tab:
+            data_tab.build(app, tab, store, workspace)
+        with gr.Tab("Label") as tab:
+            label_tab.build(app, tab, store)
+        with gr.Tab("Agreement") as tab:
+            agreement_tab.build(tab, store)
+        with gr.Tab("Build dataset") as tab:
+            build_tab.build(app, tab, store, runner)
     return app, runner
 
 

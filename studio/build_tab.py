@@ -11,7 +11,7 @@ import pandas as pd
 from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
-from store.queries import dataset_summaries, latest_metrics
+from store.queries import dataset_names, dataset_summaries, latest_metrics
 from studio.rendering import preview
 from studio.runner import RunError, Runner
 
@@ -82,8 +82,7 @@ def extremes(store: Store, scores: list[dict]) -> tuple[list[list], list[list]]:
     return [row(s) for s in ordered[:PREVIEW_ROWS]], [row(s) for s in reversed(ordered[-PREVIEW_ROWS:])]
 
 
-def build(app: gr.Blocks, store: Store, runner: Runner) -> gr.Dropdown:
-    """Lay out the tab; returns its dataset picker (the app refreshes its choices)."""
+def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     datasets = dataset_summaries(store)
     names = [d["name"] for d in datasets]
     with_pairs = [d["name"] for d in datasets if d["pairs"]]
@@ -159,7 +158,7 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> gr.Dropdown:
             summary = save_filtered(store, plan(*controls), name.strip())
         except FilterError as e:
             return f"**{e}**", gr.update()
-        return f"Saved: {summary}.", gr.update(choices=[d["name"] for d in dataset_summaries(store)])
+        return f"Saved: {summary}.", gr.update(choices=dataset_names(store))
 
     controls = [dataset, model, rule, share, max_ppl, per_prompt]
     outputs = [counts, plots, before, after, plausible, implausible]
@@ -176,4 +175,4 @@ def build(app: gr.Blocks, store: Store, runner: Runner) -> gr.Dropdown:
                [job] + controls, outputs)
     save.click(save_dataset, [into] + controls, [saved, dataset])
     app.load(preview, controls, outputs)
-    return dataset
+    tab.select(lambda: gr.update(choices=dataset_names(store)), outputs=dataset)

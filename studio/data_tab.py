@@ -10,7 +10,7 @@ import gradio as gr
 
 from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
 from store.pairs import PAGE_SIZE, CurationError, copy_pairs, find_pairs, get_pair, remove_pairs
-from store.queries import dataset_summaries
+from store.queries import dataset_names
 from studio.rendering import as_chat, as_markdown, preview
 from studio.workspace import Workspace
 
@@ -18,10 +18,6 @@ UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".gz"]
 PAIR_COLUMNS = ["#", "prompt (last turn)", "first response", "second response", "file verdict", "labels"]
 SCOPES = ("This pair", "All pairs matching the search")
 MAX_ERRORS_SHOWN = 20
-
-
-def dataset_names(store: Store) -> list[str]:
-    return [d["name"] for d in dataset_summaries(store)]
 
 
 def import_upload(store: Store, path: str | None, dataset: str, skip_bad: bool) -> str:
@@ -78,8 +74,7 @@ def pair_details(store: Store, pair_id: str) -> tuple[list[dict], str, str, str]
             f"{second_title}\n\n{as_markdown(pair['second'])}")
 
 
-def build(app: gr.Blocks, store: Store, workspace: Workspace) -> gr.Dropdown:
-    """Lay out the tab; returns its dataset picker (the app refreshes its choices)."""
+def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> None:
     names = dataset_names(store)
     with gr.Row(equal_height=True):
         upload = gr.File(label="Import a file", file_types=UPLOAD_TYPES, type="filepath", scale=2, height=120,
@@ -146,7 +141,8 @@ def build(app: gr.Blocks, store: Store, workspace: Workspace) -> gr.Dropdown:
         written = not message.startswith("**")
         picked = (name or "").strip() or (Path(path).name.split(".")[0] if path else None)
         value = picked if written and picked in choices else gr.update()
-        return message, gr.update(choices=choices, value=value)
+        # A file imported is taken off the upload control, so that a second click cannot import it again.
+        return message, gr.update(choices=choices, value=value), None if written else gr.update()
 
     def curate(action, dataset_name, scope_name, target_name, search_text, pair_id):
         whole_search = scope_name == SCOPES[1]
@@ -177,7 +173,7 @@ def build(app: gr.Blocks, store: Store, workspace: Workspace) -> gr.Dropdown:
         return report.summary().replace(str(out), out.name) + ".", gr.update(value=str(out), visible=True)
 
     listing = [table, ids, shown, page, details, selected]
-    do_import.click(run_import, [upload, new_name, skip_bad], [import_result, dataset]).then(
+    do_import.click(run_import, [upload, new_name, skip_bad], [import_result, dataset, upload]).then(
         show, [dataset, search, page], listing)
     dataset.change(lambda d: show(d, "", 1), dataset, listing).then(lambda: "", outputs=search)
     search.submit(lambda d, s: show(d, s, 1), [dataset, search], listing)
@@ -191,4 +187,6 @@ def build(app: gr.Blocks, store: Store, workspace: Workspace) -> gr.Dropdown:
             show, [dataset, search, page], listing)
     do_export.click(run_export, [dataset, fmt, suffix], [exported, download])
     app.load(show, [dataset, search, page], listing)
-    return dataset
+    # Opening the tab shows datasets and labels made elsewhere since.
+    tab.select(lambda: gr.update(choices=dataset_names(store)), outputs=dataset).then(
+        show, [dataset, search, page], listing)

@@ -7,7 +7,7 @@ import gradio as gr
 
 from store import Store
 from store.labelling import LabelError, LabelQueue, ServedPair, progress
-from store.queries import dataset_summaries
+from store.queries import dataset_names
 from studio.rendering import as_chat, as_markdown
 
 # Button label, element id (the keyboard script clicks it), answer.
@@ -22,31 +22,23 @@ ANSWER_WORDS = {"left": "left is better", "right": "right is better", "tie": "ti
                 "skip": "skipped"}
 
 # Keys 1-4, S and U click the buttons while the Label tab is shown and no text field has focus.
-# A key is ignored until the page shows the next pair (or 3 s pass), so a quick double press
-# cannot answer the same pair twice.
+# After a key, further keys are ignored until the status line changes (every answer and undo
+# changes its counts) or 3 s pass, so a quick double press cannot answer the same pair twice.
 KEYBOARD_JS = """
 <script>
 (() => {
   const keys = {"1": "label-left", "2": "label-right", "3": "label-tie", "4": "label-both-bad",
                 "s": "label-skip", "u": "label-undo"};
-  let busyUntil = 0;
-  const observer = new MutationObserver(() => { busyUntil = 0; });
-  let watched = null;
+  const statusText = () => (document.getElementById("label-status") || {}).innerText;
+  let pending = null;  // {status, until} of the last key still being answered
   document.addEventListener("keydown", (event) => {
     const id = keys[event.key.toLowerCase()];
     if (!id || event.ctrlKey || event.metaKey || event.altKey) return;
-    const target = event.target;
-    if (target.closest && target.closest("input, textarea, select, [contenteditable=true]")) return;
+    if (event.target.closest && event.target.closest("input, textarea, select, [contenteditable=true]")) return;
     const button = document.getElementById(id);
     if (!button || button.offsetParent === null || button.disabled) return;
-    const shown = document.getElementById("label-pair-id");
-    if (shown && shown !== watched) {
-      observer.disconnect();
-      observer.observe(shown, {childList: true, subtree: true, characterData: true});
-      watched = shown;
-    }
-    if (Date.now() < busyUntil) return;
-    busyUntil = Date.now() + 3000;
+    if (pending && Date.now() < pending.until && statusText() === pending.status) return;
+    pending = {status: statusText(), until: Date.now() + 3000};
     event.preventDefault();
     button.click();
   });
@@ -71,15 +63,15 @@ def pair_note(served: ServedPair) -> str:
     return f"Pair `{served.pair_id}`{models}"
 
 
-def build(store: Store) -> tuple[gr.Dropdown, LabelQueue]:
-    """Lay out the tab; returns its dataset picker (the app refreshes its choices) and the queue
-    (the app releases a closed tab's claims)."""
+def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
     queue = LabelQueue(store)
-    with_pairs = [d["name"] for d in dataset_summaries(store) if d["pairs"]]
+    with_pairs = dataset_names(store, with_pairs=True)
     with gr.Row(equal_height=True):
         dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=2)
         annotator = gr.Textbox(label="Annotator", placeholder="your name", scale=2)
-        start = gr.Button("Start labelling", variant="primary", scale=1, min_width=160)
+        with gr.Column(scale=1, min_width=160):
+            start = gr.Button("Start labelling", variant="primary")
+            undo = gr.Button("U · Undo last label", elem_id="label-undo", size="sm")
     status = gr.Markdown("Pick a dataset, type your name and start. Keys: **1** left better, **2** right better, "
                          "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
     current = gr.State(None)
@@ -91,7 +83,6 @@ def build(store: Store) -> tuple[gr.Dropdown, LabelQueue]:
         with gr.Row():
             buttons = [gr.Button(text, elem_id=elem_id, variant="primary" if answer in ("left", "right") else "secondary")
                        for text, elem_id, answer in ANSWER_BUTTONS]
-            undo = gr.Button("U · Undo", elem_id="label-undo")
         note = gr.Markdown(elem_id="label-pair-id")
 
     def view(dataset_name: str, name: str, served: ServedPair | None, said: str):
@@ -146,5 +137,9 @@ def build(store: Store) -> tuple[gr.Dropdown, LabelQueue]:
         queue.release(request.session_hash)
         return None, gr.update(visible=False)
 
+    def release_claims(request: gr.Request):  # the browser tab closed
+        queue.release(request.session_hash)
+
     dataset.change(switch, None, [current, workbench])
-    return dataset, queue
+    tab.select(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset)
+    app.unload(release_claims)

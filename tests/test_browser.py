@@ -1,7 +1,9 @@
 """The real app in Debian's Chromium (Playwright drives it; no downloaded browser)."""
 
 import gzip
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,23 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, hh_file, models_dir, tiny_model):
-    """`alignstudio serve` on a free port over a workspace holding the HH sample and one
-    finished perplexity run."""
-    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
-    ws = workspace.root
-    with workspace.open_store() as store:
-        import_file(store, hh_file, "hh")
-        mini = tmp_path / "mini.jsonl"
-        mini.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:5]))
-        import_file(store, mini, "mini")
-        runner = Runner(store, workspace)
-        assert runner.wait(runner.start_perplexity("mini", str(tiny_model)))["status"] == "succeeded"
+def serve(workspace: Workspace, log_path: Path) -> tuple[str, subprocess.Popen]:
+    """Start `alignstudio serve` over `workspace` on a free port; its URL and process."""
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([ALIGNSTUDIO, "serve", "--workspace", ws, "--models-dir", models_dir, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    log = open(log_path, "w")
+    proc = subprocess.Popen([ALIGNSTUDIO, "serve", "--workspace", workspace.root, "--models-dir", workspace.models_dir,
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -52,11 +43,31 @@ def server(tmp_path, hh_file, models_dir, tiny_model):
             break
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError((tmp_path / "serve.log").read_text())
+                raise AssertionError(log_path.read_text())
             time.sleep(0.5)
-    yield url, ws
+    return url, proc
+
+
+@pytest.fixture
+def server(tmp_path, hh_file, models_dir, tiny_model):
+    """The app over a workspace holding the HH sample and one finished perplexity run."""
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    with workspace.open_store() as store:
+        import_file(store, hh_file, "hh")
+        import_file(store, mini_file(tmp_path, hh_file), "mini")
+        runner = Runner(store, workspace)
+        assert runner.wait(runner.start_perplexity("mini", str(tiny_model)))["status"] == "succeeded"
+    url, proc = serve(workspace, tmp_path / "serve.log")
+    yield url, workspace.root
     proc.terminate()
     proc.wait(timeout=30)
+
+
+def mini_file(tmp_path: Path, hh_file: Path, rows: int = 5) -> Path:
+    """The first `rows` HH pairs as a small JSONL file."""
+    path = tmp_path / "mini.jsonl"
+    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:rows]))
+    return path
 
 
 @pytest.fixture
@@ -108,3 +119,168 @@ def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, pag
     page.get_by_role("button", name="Save filtered dataset").click()
     page.get_by_text("Saved: 'hh-plausible' keeps 500 of 1,000 prompts").wait_for(timeout=30_000)
     page.screenshot(path=str(ws.parent / "build.png"), full_page=True)
+
+
+@pytest.fixture
+def mini_workspace(tmp_path, hh_file, models_dir) -> Workspace:
+    """A workspace holding 'mini': the first 5 HH pairs, with the file's verdicts."""
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    with workspace.open_store() as store:
+        import_file(store, mini_file(tmp_path, hh_file), "mini")
+    return workspace
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--headless", "--disable-gpu",
+                                          "--disable-background-networking", "--disable-component-update"])
+        yield browser
+        browser.close()
+
+
+def open_label_tab(browser, url: str, annotator: str, dataset: str = "mini"):
+    """A fresh browser context (its own session) on the Label tab, labelling `dataset` as `annotator`."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.goto(url)
+    page.get_by_role("tab", name="Label").click()
+    page.get_by_role("combobox", name="Dataset").first.click()
+    page.get_by_role("option", name=dataset, exact=True).click()
+    page.get_by_label("Annotator").fill(annotator)
+    page.get_by_role("button", name="Start labelling").click()
+    page.get_by_text(f"{annotator}: 0 of").wait_for(timeout=30_000)
+    return page
+
+
+def shown_pair(page) -> str | None:
+    """The id of the pair the page shows, or None when its queue is done."""
+    if "No more pairs" in page.inner_text("#label-status"):
+        return None
+    return page.inner_text("#label-pair-id").split()[1]
+
+
+def press_and_wait(page, key: str, annotator: str, labelled_after: int) -> None:
+    page.keyboard.press(key)
+    page.get_by_text(f"{annotator}: {labelled_after} of").wait_for(timeout=30_000)
+
+
+def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, hh_file, models_dir, browser):
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    workspace.open_store().close()
+    url, proc = serve(workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Data", exact=True).click()
+
+        # A bad file: nothing is imported and the page names the file, line and reason.
+        bad = tmp_path / "broken.jsonl"
+        bad.write_text(mini_file(tmp_path, hh_file).read_text().splitlines()[0] + "\n{not json\n")
+        page.locator("#import-file input[type=file]").set_input_files(str(bad))
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.locator("#import-result").get_by_text("broken.jsonl:2:").wait_for(timeout=30_000)
+        assert "nothing imported" in page.inner_text("#import-result")
+
+        page.locator("#import-file").get_by_role("button", name="Clear").click()
+        page.locator("#import-file input[type=file]").set_input_files(str(mini_file(tmp_path, hh_file, rows=30)))
+        page.get_by_label("Into dataset").fill("uploaded")
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.locator("#import-result").get_by_text("imported 30 pairs into dataset 'uploaded'").wait_for(timeout=30_000)
+        page.get_by_text("Pairs 1–20 of 30 in 'uploaded' (page 1 of 2)").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Next ▶").click()
+        page.get_by_text("Pairs 21–30 of 30").wait_for(timeout=30_000)
+
+        page.get_by_label("Search").fill("Cuba")
+        page.get_by_label("Search").press("Enter")
+        page.get_by_text("Pairs 1–1 of 1 matching 'Cuba'").wait_for(timeout=30_000)
+        page.locator("#pairs-table").get_by_text("small boat to Cuba").filter(visible=True).first.click()
+        page.locator("#pair-meta").get_by_text("in datasets: uploaded").wait_for(timeout=30_000)
+        assert "Miami" in page.inner_text("#pair-second")  # the whole response, not a preview
+
+        page.get_by_text("Export this dataset").click()
+        page.get_by_role("button", name="Export", exact=True).click()
+        page.get_by_text("wrote 30 pairs to uploaded-conversational.jsonl").wait_for(timeout=30_000)
+        with page.expect_download() as download:
+            page.locator("a[download]").filter(visible=True).first.click()
+        assert len(Path(download.value.path()).read_text().splitlines()) == 30
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_labelling_with_keys_and_undo_commits_exactly_the_given_labels(tmp_path, mini_workspace, browser):
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    page = open_label_tab(browser, url, "alice")
+    answers = {}  # pair id -> the text of the response the key chose (None: no preference)
+    for n, key in enumerate("12342", start=1):
+        pair = shown_pair(page)
+        left, right = (page.inner_text(f"#label-{side}-text") for side in ("left", "right"))
+        answers[pair] = (key, left, right)
+        press_and_wait(page, key, "alice", n)
+    assert shown_pair(page) is None  # all 5 done
+
+    page.keyboard.press("u")  # take back the last one: that pair comes back, shown as before
+    page.get_by_text("alice: 4 of").wait_for(timeout=30_000)
+    undone = shown_pair(page)
+    assert answers[undone][1] == page.inner_text("#label-left-text")
+    answers[undone] = ("1",) + answers[undone][1:]
+    press_and_wait(page, "1", "alice", 5)
+
+    proc.send_signal(signal.SIGKILL)  # no clean shutdown: every label was committed as given
+    proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        rows = store.query("""
+            SELECT l.pair_id, l.verdict, l.swapped, a.messages AS first, b.messages AS second FROM labels l
+            JOIN pairs p ON p.id = l.pair_id JOIN responses a ON a.id = p.first_id
+            JOIN responses b ON b.id = p.second_id WHERE l.annotator = 'alice'""")
+    assert sorted(r["pair_id"] for r in rows) == sorted(answers)
+    expected_verdict = {"3": "tie", "4": "both-bad"}
+    for r in rows:
+        key, left, right = answers[r["pair_id"]]
+        first, second = (words(json.loads(r[side])[0]["content"])[-40:] for side in ("first", "second"))
+        assert words(left if not r["swapped"] else right).endswith(first)  # swapped is recorded truly
+        if key in expected_verdict:
+            assert r["verdict"] == expected_verdict[key]
+        else:
+            chosen = left if key == "1" else right
+            assert words(chosen).endswith(first if r["verdict"] == "first" else second)
+
+
+def words(text: str) -> str:
+    """Text with whitespace runs made single spaces (markdown rendering collapses them)."""
+    return " ".join(text.split())
+
+
+def test_two_annotators_never_hold_the_same_pair_and_their_agreement_shows(tmp_path, mini_workspace, browser):
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        pages = {name: open_label_tab(browser, url, name) for name in ("alice", "bob")}
+        done = {"alice": 0, "bob": 0}
+        for _ in range(12):
+            shown = {name: shown_pair(page) for name, page in pages.items()}
+            held = [p for p in shown.values() if p]
+            assert len(held) == len(set(held)), f"both tabs hold {held}"
+            for name, page in pages.items():
+                if shown[name] is None and done[name] < 5:  # its last pair was held by the other tab
+                    page.get_by_role("button", name="Start labelling").click()
+                    page.wait_for_timeout(500)
+                elif shown[name] is not None:
+                    done[name] += 1
+                    press_and_wait(page, "1" if name == "alice" else "2", name, done[name])
+            if done == {"alice": 5, "bob": 5}:
+                break
+        assert done == {"alice": 5, "bob": 5}
+
+        page = pages["alice"]
+        page.get_by_role("tab", name="Agreement").click()
+        page.get_by_role("combobox", name="Dataset").last.click()
+        page.get_by_role("option", name="mini", exact=True).last.click()
+        page.get_by_text("'mini': 2 annotators (alice, bob)").wait_for(timeout=30_000)
+        table = " ".join(page.inner_text("#agreement-table").split())
+        assert "alice bob 5" in table and "alice source 5" in table and "bob source 5" in table
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
