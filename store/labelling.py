@@ -228,7 +228,10 @@ def cohen_kappa(a: list[str], b: list[str]) -> float | None:
 def agreement(store: Store, dataset: str) -> dict:
     """Agreement between every two annotators (the source file's verdicts count as the annotator
     'source') over the pairs both judged (skips left out): shared pairs, share agreeing, Cohen's
-    kappa; and the pairs where annotators disagree."""
+    kappa; and the pairs where annotators disagree.
+
+    Kappa is left out (None) against 'source': an import stores the preferred response first, so
+    the source's verdict is always 'first' and kappa would be 0 whatever the annotator did."""
     dataset_id = store.dataset_id(dataset)
     if dataset_id is None:
         raise LabelError(f"no dataset named '{dataset}'")
@@ -252,7 +255,7 @@ def agreement(store: Store, dataset: str) -> dict:
         b = [by_annotator[y][p] for p in shared]
         table.append({"a": x, "b": y, "pairs": len(shared),
                       "agreement": sum(u == v for u, v in zip(a, b)) / len(shared),
-                      "kappa": cohen_kappa(a, b)})
+                      "kappa": None if SOURCE_ANNOTATOR in (x, y) else cohen_kappa(a, b)})
     verdicts_by_pair: dict[str, dict[str, str]] = {}
     for name, verdicts in by_annotator.items():
         for pair_id, verdict in verdicts.items():

@@ -15,7 +15,8 @@ EXPLANATION = f"""
 For every two annotators: the pairs both judged (skips left out), the share where they gave the
 same verdict, and Cohen's kappa (agreement corrected for chance: 1 is perfect, 0 is what chance
 gives; blank where it is undefined because both always gave one same verdict). `{SOURCE_ANNOTATOR}`
-is the verdict a pair was imported with.
+is the verdict a pair was imported with; against it only the share counts (an import lists the
+preferred response first, so its verdict never varies and kappa would say nothing).
 """
 AGREEMENT_COLUMNS = ["annotator", "other annotator", "pairs both judged", "agreement", "Cohen's kappa"]
 MAX_DISAGREEMENTS = 200
@@ -48,9 +49,9 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
 def build(tab: gr.Tab, store: Store) -> None:
     with_pairs = dataset_names(store, with_pairs=True)
     gr.Markdown(EXPLANATION)
-    with gr.Row(equal_height=True):
+    with gr.Row():
         dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=3)
-        refresh = gr.Button("Refresh", scale=1)
+        refresh = gr.Button("Refresh", scale=1, size="sm")
     summary = gr.Markdown(elem_id="agreement-summary")
     table = gr.Dataframe(headers=AGREEMENT_COLUMNS, interactive=False, elem_id="agreement-table")
     disagreements = gr.Dataframe(headers=["pair", "prompt (last turn)", "verdicts"], interactive=False, wrap=True,

@@ -22,14 +22,18 @@ ANSWER_WORDS = {"left": "left is better", "right": "right is better", "tie": "ti
                 "skip": "skipped"}
 
 # Keys 1-4, S and U click the buttons while the Label tab is shown and no text field has focus.
-# After a key, further keys are ignored until the status line changes (every answer and undo
-# changes its counts) or 3 s pass, so a quick double press cannot answer the same pair twice.
+# After a key, further keys are ignored until the shown pair or the annotator's count changes
+# (every answer and undo changes one) or 3 s pass, so a quick double press cannot answer the
+# same pair twice.
 KEYBOARD_JS = """
 <script>
 (() => {
   const keys = {"1": "label-left", "2": "label-right", "3": "label-tie", "4": "label-both-bad",
                 "s": "label-skip", "u": "label-undo"};
-  const statusText = () => (document.getElementById("label-status") || {}).innerText;
+  const text = (id) => (document.getElementById(id) || {}).innerText || "";
+  const found = (id, pattern) => (text(id).match(pattern) || [""])[0];
+  // Only the count and the pair id: the loading timer Gradio shows in these fields must not count.
+  const statusText = () => found("label-status", /: [\\d,]+ of/) + found("label-pair-id", /Pair\\s+\\w+/);
   let pending = null;  // {status, until} of the last key still being answered
   document.addEventListener("keydown", (event) => {
     const id = keys[event.key.toLowerCase()];
@@ -51,7 +55,7 @@ def progress_line(store: Store, dataset: str, annotator: str) -> str:
     p = progress(store, dataset)
     mine = sum(p["annotators"].get(annotator, {}).values())
     others = ", ".join(f"{name} {sum(v.values()):,}" for name, v in p["annotators"].items() if name != annotator)
-    return (f"**{annotator}**: {mine:,} of {p['pairs']:,} pairs labelled · labelled by anyone: "
+    return (f"{annotator}: {mine:,} of {p['pairs']:,} pairs labelled · labelled by anyone: "
             f"{p['labelled_by_anyone']:,}" + (f" · others: {others}" if others else ""))
 
 
@@ -76,7 +80,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
                          "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
     current = gr.State(None)
     with gr.Column(visible=False) as workbench:
-        prompt = gr.Chatbot(label="Prompt", height=300, elem_id="label-prompt", buttons=["copy_all"])
+        prompt = gr.Chatbot(label="Prompt", height=None, max_height=340, elem_id="label-prompt", buttons=["copy_all"])
         with gr.Row(equal_height=True):
             left = gr.Markdown(elem_id="label-left-text", container=True, min_height=160)
             right = gr.Markdown(elem_id="label-right-text", container=True, min_height=160)
@@ -128,11 +132,12 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
         return view(dataset_name, name, back, "Undone: the last label is taken back. ")
 
     outputs = [current, status, workbench, prompt, left, right, note]
-    start.click(begin, [dataset, annotator], outputs)
-    annotator.submit(begin, [dataset, annotator], outputs)
+    # No progress overlay: the next pair takes a few ms, and a flickering timer would only distract.
+    start.click(begin, [dataset, annotator], outputs, show_progress="hidden")
+    annotator.submit(begin, [dataset, annotator], outputs, show_progress="hidden")
     for button, (_, _, choice) in zip(buttons, ANSWER_BUTTONS):
-        button.click(answering(choice), [dataset, annotator, current], outputs)
-    undo.click(take_back, [dataset, annotator, current], outputs)
+        button.click(answering(choice), [dataset, annotator, current], outputs, show_progress="hidden")
+    undo.click(take_back, [dataset, annotator, current], outputs, show_progress="hidden")
     def switch(request: gr.Request):
         queue.release(request.session_hash)
         return None, gr.update(visible=False)

@@ -167,6 +167,7 @@ def test_agreement_between_annotators_and_with_the_source_verdicts(tmp_path, sto
     assert report["annotators"] == ["alice", "bob", "source"]
     rows = {(r["a"], r["b"]): r for r in report["pairs"]}
     assert rows[("alice", "source")]["agreement"] == 1.0 and rows[("alice", "source")]["pairs"] == 4
+    assert rows[("alice", "source")]["kappa"] is None  # the source always says 'first': kappa says nothing
     assert rows[("alice", "bob")]["agreement"] == 0.5
     assert rows[("alice", "bob")]["kappa"] == pytest.approx(cohen_kappa(["first"] * 4, ["first"] * 2 + ["tie"] * 2))
     assert {d["pair_id"] for d in report["disagreements"]} == {s.pair_id for s in shown[2:]}
