@@ -211,10 +211,10 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, hh_file,
         proc.wait(timeout=30)
 
 
-def test_labelling_with_keys_and_undo_commits_exactly_the_given_labels(tmp_path, mini_workspace, browser):
-    url, proc = serve(mini_workspace, tmp_path / "serve.log")
-    page = open_label_tab(browser, url, "alice")
-    answers = {}  # pair id -> the text of the response the key chose (None: no preference)
+def label_five_and_undo(page) -> dict:
+    """Label the 5 pairs of 'mini' with keys 1 2 3 4 2, undo the last and answer it 1; returns
+    pair id -> (key, left text, right text)."""
+    answers = {}
     for n, key in enumerate("12342", start=1):
         pair = shown_pair(page)
         left, right = (page.inner_text(f"#label-{side}-text") for side in ("left", "right"))
@@ -228,9 +228,16 @@ def test_labelling_with_keys_and_undo_commits_exactly_the_given_labels(tmp_path,
     assert answers[undone][1] == page.inner_text("#label-left-text")
     answers[undone] = ("1",) + answers[undone][1:]
     press_and_wait(page, "1", "alice", 5)
+    return answers
 
-    proc.send_signal(signal.SIGKILL)  # no clean shutdown: every label was committed as given
-    proc.wait(timeout=30)
+
+def test_labelling_with_keys_and_undo_commits_exactly_the_given_labels(tmp_path, mini_workspace, browser):
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        answers = label_five_and_undo(open_label_tab(browser, url, "alice"))
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no clean shutdown: every label was committed as given
+        proc.wait(timeout=30)
     with mini_workspace.open_store() as store:
         rows = store.query("""
             SELECT l.pair_id, l.verdict, l.swapped, a.messages AS first, b.messages AS second FROM labels l
