@@ -76,14 +76,9 @@ def _as_text(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> di
             "rejected": render_hh(prompt + rejected)[len(head):]}
 
 
-def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
-                 fmt: str = "conversational") -> ExportReport:
-    """Write the pairs (of one dataset, or all) to `out` (.jsonl or .parquet), atomically."""
-    out = Path(out)
-    if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if out.suffix not in (".jsonl", ".parquet"):
-        raise ExportError(f"{out}: the file name must end in .jsonl or .parquet")
+def preference_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
+    """The pairs (of one dataset, or all) with a preference, as conversational records
+    {pair_id, prompt, chosen, rejected} (message lists), and the count of those left out, by why."""
     params = []
     dataset_filter = "true"
     if dataset is not None:
@@ -92,18 +87,29 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
             raise ExportError(f"no dataset named '{dataset}'")
         dataset_filter = "p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)"
         params.append(dataset_id)
-    rows = store.query(PAIRS_WITH_PREFERENCE.replace("$dataset_filter", dataset_filter), params)
-
     records, left_out = [], {}
-    for row in rows:
+    for row in store.query(PAIRS_WITH_PREFERENCE.replace("$dataset_filter", dataset_filter), params):
         if row["verdict"] is None:
             left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
             continue
         first, second = json.loads(row["first"]), json.loads(row["second"])
         chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
-        prompt = json.loads(row["prompt"])
-        records.append(_as_text(prompt, chosen, rejected) if fmt == "trl"
-                       else {"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "chosen": chosen,
+                        "rejected": rejected})
+    return records, left_out
+
+
+def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
+                 fmt: str = "conversational") -> ExportReport:
+    """Write the pairs (of one dataset, or all) to `out` (.jsonl or .parquet), atomically."""
+    out = Path(out)
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ExportError(f"{out}: the file name must end in .jsonl or .parquet")
+    pairs, left_out = preference_records(store, dataset)
+    records = [_as_text(r["prompt"], r["chosen"], r["rejected"]) if fmt == "trl"
+               else {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")

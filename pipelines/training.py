@@ -1,0 +1,165 @@
+"""What the training pipelines share: their common settings, the pairs they read, the LoRA and
+trainer arguments chosen for the device, and a callback that reports progress to the run log and
+turns a cancel request into a checkpoint.
+
+Every trainer writes checkpoints into `<run>/checkpoints/`; a resumed run continues from the last
+one (model, optimizer, scheduler, data order), so cancel + resume gives the same steps as one run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from pipelines.models import Placement, choose_placement
+from pipelines.runlog import RunLog
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class TrainSettings:
+    """Settings every training run has (the pipelines' configs extend it)."""
+    base: str = "default"              # default, a model folder or a hub id
+    models_dir: str = ""
+    inputs: str = "inputs.parquet"     # what the runner wrote: pairs or prompts
+    output: str = "model"              # the trained adapter's folder, inside the run folder
+    learning_rate: float = 5e-5
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 512
+    epochs: float = 1.0
+    max_steps: int = -1                # > 0 overrides epochs
+    seed: int = 0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
+    save_every: int = 50               # checkpoint every N optimizer steps (and on cancel)
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False         # QLoRA: 4-bit base on CUDA (needs bitsandbytes)
+    gradient_checkpointing: bool = False
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Preference records {prompt, chosen, rejected} (message lists) from the runner's Parquet file."""
+    rows = pq.read_table(path).to_pylist()
+    return [{"prompt": json.loads(r["prompt"]), "chosen": json.loads(r["chosen"]),
+             "rejected": json.loads(r["rejected"])} for r in rows]
+
+
+def split(records: list, eval_share: float, seed: int) -> tuple[list, list]:
+    """A seeded shuffle cut into train and eval parts; eval gets at least one record when the
+    share is positive and there are two or more."""
+    if not 0 <= eval_share < 1:
+        raise ValueError(f"eval_share must be in [0, 1), got {eval_share}")
+    order = list(records)
+    random.Random(seed).shuffle(order)
+    n_eval = math.ceil(len(order) * eval_share) if eval_share and len(order) > 1 else 0
+    return order[n_eval:], order[:n_eval]
+
+
+def placement_of(settings: TrainSettings) -> Placement:
+    return choose_placement(settings.device, settings.dtype)
+
+
+def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
+    """`from_pretrained` arguments: dtype, and a 4-bit quantisation config for QLoRA on CUDA."""
+    import torch
+
+    kwargs = {"dtype": getattr(torch, placement.dtype)}
+    if settings.load_in_4bit:
+        if placement.device != "cuda":
+            raise ValueError("a 4-bit base (QLoRA) needs a CUDA device")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, placement.dtype))
+        kwargs["device_map"] = {"": 0}
+    return kwargs
+
+
+def lora_config(settings: TrainSettings, task_type: str, modules_to_save: list[str] | None = None):
+    from peft import LoraConfig
+
+    targets = settings.lora_targets
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=targets[0] if targets == ["all-linear"] else targets,
+                      task_type=task_type, modules_to_save=modules_to_save)
+
+
+def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Path, has_eval: bool) -> dict:
+    """Keyword arguments shared by TRL's configs: precision by device (bf16 only on CUDA cards that
+    have it; TRL's own default of bf16 is about 30x slower on a CPU), checkpoints, logging."""
+    return dict(
+        output_dir=str(run_dir / CHECKPOINTS),
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=placement.dtype == "bfloat16",
+        fp16=placement.dtype == "float16",
+        use_cpu=placement.device == "cpu",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=settings.save_every,
+        save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=settings.save_every if has_eval else None,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / CHECKPOINTS
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def progress_callback(log: RunLog):
+    """A TrainerCallback that reports every logged metric with the step and stops, saving a
+    checkpoint, when the run is asked to cancel."""
+    from transformers import TrainerCallback
+
+    class ReportToRunLog(TrainerCallback):
+        cancelled = False
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            log.progress(state.global_step, state.max_steps, metrics=metrics)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if log.cancel_requested:
+                self.cancelled = True
+                control.should_save = True
+                control.should_training_stop = True
+
+    return ReportToRunLog()
+
+
+def train_with_resume(trainer, callback, run_dir: Path, log: RunLog) -> bool:
+    """Train from the last checkpoint, if any; False if the run was cancelled (checkpoint saved,
+    'cancelled' reported)."""
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint:
+        log.event("running", message=f"resuming from {Path(checkpoint).name}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if callback.cancelled:
+        log.event("cancelled", message=f"cancelled at step {trainer.state.global_step}; checkpoint saved")
+        return False
+    return True
