@@ -111,7 +111,7 @@ def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Pa
         bf16=placement.dtype == "bfloat16",
         fp16=placement.dtype == "float16",
         use_cpu=placement.device == "cpu",
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,
         logging_steps=1,
         save_strategy="steps",
         save_steps=settings.save_every,

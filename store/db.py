@@ -108,6 +108,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (response_id, model)
     );
     """,
+    """
+    ALTER TABLE models ADD COLUMN base VARCHAR;     -- the base model an adapter applies to
+    ALTER TABLE models ADD COLUMN purpose VARCHAR;  -- 'reward' or 'policy'
+    """,
 ]
 
 COUNTED_TABLES = ("prompts", "responses", "pairs", "labels", "datasets", "runs", "models")

@@ -127,6 +127,28 @@ def cmd_generate(ws: Workspace, args) -> int:
         return 0 if args.no_wait else _follow(runner, run_id)
 
 
+TRAIN_KINDS = {"rm": "reward", "dpo": "dpo"}
+# CLI option -> config field, for the settings every training run shares.
+TRAIN_OPTIONS = ("base", "learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "seed",
+                 "lora_r", "lora_alpha", "lora_dropout", "save_every", "device", "dtype", "load_in_4bit",
+                 "gradient_checkpointing", "eval_share")
+
+
+def cmd_train(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    kind = TRAIN_KINDS[args.kind]
+    settings = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
+    if kind == "dpo":
+        settings.update(beta=args.beta, loss_type=args.loss_type, precompute_ref_log_probs=args.precompute_ref)
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_training(kind, args.dataset, args.eval_dataset, **settings)
+        print(f"run {run_id} started: {args.kind} on '{args.dataset}' from '{args.base}' "
+              f"(folder {ws.runs_dir / str(run_id)})")
+        return 0 if args.no_wait else _follow(runner, run_id)
+
+
 def cmd_filter(ws: Workspace, args) -> int:
     from store.filtering import filter_by_perplexity
 
@@ -264,6 +286,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-prompt", action="store_true", help="apply the quantile within each prompt")
     p.add_argument("--into", required=True, help="name of the new dataset")
     p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("train", parents=[common], help="train a reward model (rm) or a policy with DPO (a job)")
+    p.add_argument("kind", choices=list(TRAIN_KINDS))
+    p.add_argument("--base", default="default", help="default, a model folder or a hub id")
+    p.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
+    p.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
+    p.add_argument("--eval-share", type=float, help="held-out share when there is no --eval-dataset (0.1)")
+    p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--max-length", type=int, help="tokens; longer pairs are left out (rm) or cut (dpo)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=int)
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps (and on cancel)")
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--load-in-4bit", action="store_true", default=None, help="QLoRA: 4-bit base (CUDA)")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    p.add_argument("--beta", type=float, default=0.1, help="dpo: strength of the pull to the reference")
+    p.add_argument("--loss-type", default="sigmoid", choices=("sigmoid", "ipo", "hinge", "sigmoid_norm"),
+                   help="dpo: sigmoid (DPO), ipo, hinge, sigmoid_norm (length-normalised)")
+    p.add_argument("--precompute-ref", action="store_true", help="dpo: reference log-probs once, before training")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("runs", parents=[common], help="list runs")
     p.add_argument("--json", action="store_true")

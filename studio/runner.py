@@ -24,16 +24,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.dpo import DPOTrainConfig
 from pipelines.generate import GenerateConfig
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.perplexity import PerplexityConfig
+from pipelines.reward import RewardTrainConfig
 from pipelines.runlog import save_config
 from store import Store
 from store.db import fetch_one, is_empty_response, response_key
+from store.exports import ExportError, preference_records
 from studio.workspace import Workspace
 
 FINAL = ("succeeded", "failed", "cancelled")
-MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate"}
+MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate", "reward": "pipelines.reward",
+           "dpo": "pipelines.dpo"}
+TRAIN_CONFIGS = {"reward": RewardTrainConfig, "dpo": DPOTrainConfig}
+EVAL_INPUTS = "eval_inputs.parquet"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,10 +98,13 @@ class Runner:
             raise RunError(f"no dataset named '{name}'")
         return dataset_id
 
-    def _start(self, kind: str, config, inputs: list[dict]) -> int:
-        """Create the run, write its inputs and config into its folder, and launch it."""
+    def _start(self, kind: str, config, inputs: list[dict], more_inputs: dict[str, list[dict]] | None = None) -> int:
+        """Create the run, write its inputs (and any other input files) and config into its
+        folder, and launch it."""
         run_id, folder = self._new_run(kind, config)
         pq.write_table(pa.Table.from_pylist(inputs), folder / config.inputs)
+        for name, rows in (more_inputs or {}).items():
+            pq.write_table(pa.Table.from_pylist(rows), folder / name)
         save_config(config, folder / "config.json")
         self._launch(run_id)
         return run_id
@@ -136,6 +145,32 @@ class Runner:
                                 device=device, dtype=dtype)
         config.resolved_engine()  # an unknown engine is refused before the run exists
         return self._start("generate", config, rows)
+
+    def _pairs_input(self, dataset: str) -> list[dict]:
+        """A dataset's pairs with a preference, as the training pipelines read them."""
+        try:
+            records, left_out = preference_records(self.store, dataset)
+        except ExportError as e:
+            raise RunError(str(e)) from None
+        if not records:
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "it holds no pairs"
+            raise RunError(f"dataset '{dataset}' has no pairs with a preference to train on ({why})")
+        return [{"pair_id": r["pair_id"], "prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]),
+                 "rejected": json.dumps(r["rejected"])} for r in records]
+
+    def start_training(self, kind: str, dataset: str, eval_dataset: str | None = None, **settings) -> int:
+        """Train a reward model ('reward') or a DPO policy ('dpo') on a dataset's preference pairs;
+        `settings` are the pipeline's config fields (base, learning_rate, max_steps, ...)."""
+        if kind not in TRAIN_CONFIGS:
+            raise RunError(f"unknown training kind {kind!r}; one of {', '.join(TRAIN_CONFIGS)}")
+        inputs = self._pairs_input(dataset)
+        more = {EVAL_INPUTS: self._pairs_input(eval_dataset)} if eval_dataset else {}
+        try:
+            config = TRAIN_CONFIGS[kind](models_dir=str(self.workspace.models_dir),
+                                         eval_inputs=EVAL_INPUTS if eval_dataset else None, **settings)
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{kind} settings: {e}") from None
+        return self._start(kind, config, inputs, more)
 
     # --- following ------------------------------------------------------------------------------
 
@@ -235,6 +270,12 @@ class Runner:
                            SELECT id, prompt_id, messages, is_empty, ?, generation, 'generated' FROM generated
                            WHERE id NOT IN (SELECT id FROM responses)""", [config["model"]])
             cur.unregister("generated")
+        elif run["kind"] in TRAIN_CONFIGS:
+            config = json.loads(run["config"])
+            purpose = "reward" if run["kind"] == "reward" else "policy"
+            cur.execute("INSERT INTO models (name, kind, path, run_id, base, purpose) VALUES (?, 'adapter', ?, ?, ?, ?)",
+                        [f"{run['kind']}-run{run['id']}", str(folder / config["output"]), run["id"], config["base"],
+                         purpose])
 
     def wait(self, run_id: int, poll_s: float = 0.5, on_update=None) -> dict:
         """Follow a run until it ends; `on_update(run)` is called after every sync."""

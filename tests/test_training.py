@@ -1,0 +1,125 @@
+"""Training jobs on the tiny model: reward model and DPO through the job runner and the CLI."""
+
+import json
+
+import pytest
+
+from pipelines.models import Placement
+from pipelines.reward import load_reward_model, score
+from pipelines.training import read_pairs, split
+from store import import_file
+from studio.cli import main as cli_main
+from studio.runner import RunError, Runner
+
+SMALL = dict(batch_size=2, max_length=256, save_every=2, lora_r=4, lora_alpha=8)
+
+
+@pytest.fixture
+def hh40(tmp_path, store, hh_file):
+    """40 HH pairs in a dataset 'hh40'."""
+    import gzip
+
+    path = tmp_path / "hh40.jsonl"
+    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:40]))
+    import_file(store, path, "hh40")
+    return store
+
+
+def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspace, hh40, tiny_model):
+    runner = Runner(hh40, workspace)
+    run_id = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL)
+    run = runner.wait(run_id)
+    assert run["status"] == "succeeded", run["message"]
+    assert "eval accuracy" in run["message"]
+
+    metrics = hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])
+    names = {m["name"] for m in metrics}
+    assert {"loss", "accuracy", "margin", "eval_accuracy", "eval_margin", "progress"} <= names
+    model = hh40.query("SELECT name, kind, path, base, purpose FROM models WHERE run_id = ?", [run_id])[0]
+    assert (model["kind"], model["purpose"], model["base"]) == ("adapter", "reward", str(tiny_model))
+
+    # Reloaded from disk, the RM gives the scores the trained model gave on the eval pairs at the end.
+    folder = workspace.runs_dir / str(run_id)
+    _, held_out = split(read_pairs(folder / "inputs.parquet"), 0.25, 0)
+    tokenizer, rm = load_reward_model(model["path"], Placement("cpu", "float32"))
+    final = {m["name"]: m["value"] for m in hh40.query(
+        "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [run_id])}
+    # TRL leaves out pairs over max_length, and its eval metrics are means over eval batches (of 2
+    # pairs here) of each batch's mean/min/max.
+    def fits(conversation):
+        return len(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]) <= 256
+
+    held_out = [p for p in held_out if fits(p["prompt"] + p["chosen"]) and fits(p["prompt"] + p["rejected"])]
+    batches = [held_out[i:i + 2] for i in range(0, len(held_out), 2)]
+    rewards = [score(tokenizer, rm, [p["prompt"] + p[side] for side in ("chosen", "rejected") for p in batch])
+               for batch in batches]
+    for stat, name in ((min, "eval_min_reward"), (max, "eval_max_reward"), (lambda r: sum(r) / len(r), "eval_mean_reward")):
+        assert sum(stat(r) for r in rewards) / len(rewards) == pytest.approx(final[name], abs=1e-5)
+    # The score head was saved: a fresh random head would not reproduce these.
+    assert (workspace.runs_dir / str(run_id) / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_a_training_run_cancels_with_a_checkpoint_and_resumes_to_the_end(workspace, hh40, tiny_model):
+    runner = Runner(hh40, workspace)
+    run_id = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=400, eval_share=0.0,
+                                   **{**SMALL, "save_every": 100})
+
+    def cancel_after_some_steps(run):
+        step = hh40.scalar("SELECT max(step) FROM run_metrics WHERE run_id = ?", [run_id])
+        if run["status"] == "running" and step and step >= 3 and not cancelled:
+            runner.cancel(run_id)
+            cancelled.append(step)
+
+    cancelled = []
+    run = runner.wait(run_id, poll_s=0.2, on_update=cancel_after_some_steps)
+    assert run["status"] == "cancelled" and "checkpoint saved" in run["message"]
+    folder = workspace.runs_dir / str(run_id)
+    checkpoints = sorted(p.name for p in (folder / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints
+    stopped_at = int(checkpoints[-1].split("-")[1])
+    assert 3 <= stopped_at < 400
+
+    runner.resume(run_id)
+    run = runner.wait(run_id)
+    assert run["status"] == "succeeded", run["message"]
+    assert f"resuming from checkpoint-{stopped_at}" in (folder / "events.jsonl").read_text()
+    assert hh40.scalar("SELECT max(step) FROM run_metrics WHERE run_id = ?", [run_id]) == 400
+
+
+def test_training_needs_pairs_with_a_preference(workspace, store, tiny_model):
+    from store.db import prompt_key
+
+    with store.transaction() as cur:  # a dataset of prompts only
+        cur.execute("INSERT INTO datasets (name) VALUES ('prompts')")
+        cur.execute("INSERT INTO prompts (id, messages) VALUES (?, ?)",
+                    [prompt_key([{"role": "user", "content": "hi"}]), json.dumps([{"role": "user", "content": "hi"}])])
+    runner = Runner(store, workspace)
+    with pytest.raises(RunError, match="no pairs with a preference to train on"):
+        runner.start_training("dpo", "prompts", base=str(tiny_model))
+
+
+def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, tiny_model):
+    runner = Runner(hh40, workspace)
+    with pytest.raises(RunError, match="loss_type must be one of sigmoid, ipo, hinge, sigmoid_norm"):
+        runner.start_training("dpo", "hh40", base=str(tiny_model), loss_type="nope")
+    with pytest.raises(RunError, match="unexpected keyword argument 'learning_rat'"):
+        runner.start_training("reward", "hh40", base=str(tiny_model), learning_rat=1e-3)
+    assert hh40.stats()["runs"] == 0
+
+
+def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, workspace, hh40, tiny_model, capsys):
+    hh40.close()
+    code = cli_main(["train", "dpo", "--base", str(tiny_model), "--dataset", "hh40", "--max-steps", "2",
+                     "--batch-size", "2", "--max-length", "128", "--lora-r", "4", "--beta", "0.2",
+                     "--loss-type", "ipo", "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "succeeded - DPO trained (2 steps)" in out
+    cli_main(["runs", "--json", "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    runs = json.loads(capsys.readouterr().out)
+    dpo = runs[0]
+    assert (dpo["kind"], dpo["status"]) == ("dpo", "succeeded")
+    assert dpo["config"]["loss_type"] == "ipo" and dpo["config"]["beta"] == 0.2
+    assert {"rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "loss"} <= set(dpo["metrics"])
+    with workspace.open_store() as store:
+        assert store.query("SELECT purpose, kind FROM models") == [{"purpose": "policy", "kind": "adapter"}]
