@@ -6,7 +6,7 @@ import threading
 
 import gradio as gr
 
-from studio import agreement_tab, build_tab, data_tab, home_tab, label_tab
+from studio import agreement_tab, build_tab, data_tab, home_tab, label_tab, train_tab
 from studio.runner import Runner
 from studio.workspace import Workspace
 
@@ -36,6 +36,8 @@ def build_app(workspace: Workspace):
             agreement_tab.build(tab, store)
         with gr.Tab("Build dataset") as tab:
             build_tab.build(app, tab, store, runner)
+        with gr.Tab("Train") as tab:
+            train_tab.build(tab, store, runner)
     return app, runner
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,9 +70,11 @@ class Runner:
     # --- starting ---------------------------------------------------------------------------
 
     def _new_run(self, kind: str, config) -> tuple[int, Path]:
+        """`config`: a pipeline's config dataclass, or its fields as a dict."""
+        fields = config if isinstance(config, dict) else dataclasses.asdict(config)
         with self.store.transaction() as cur:
             run_id = fetch_one(cur, "INSERT INTO runs (kind, config, status) VALUES (?, ?, 'queued') RETURNING id",
-                               [kind, json.dumps(dataclasses.asdict(config))])[0]
+                               [kind, json.dumps(fields)])[0]
             folder = self.workspace.runs_dir / str(run_id)
             cur.execute("UPDATE runs SET folder = ? WHERE id = ?", [str(folder), run_id])
         folder.mkdir(parents=True, exist_ok=True)
@@ -171,6 +174,19 @@ class Runner:
         except (TypeError, ValueError) as e:
             raise RunError(f"{kind} settings: {e}") from None
         return self._start(kind, config, inputs, more)
+
+    def rerun(self, run_id: int) -> int:
+        """A new run with the same kind, config and input files as `run_id` (which reproduces it)."""
+        old = self.get(run_id)
+        if old["kind"] not in MODULES:
+            raise RunError(f"run {run_id} has unknown kind {old['kind']!r}")
+        config = json.loads(old["config"])
+        new_id, folder = self._new_run(old["kind"], config)
+        for name in (config["inputs"], config.get("eval_inputs"), "config.json"):
+            if name:
+                shutil.copy2(Path(old["folder"]) / name, folder / name)
+        self._launch(new_id)
+        return new_id
 
     # --- following ------------------------------------------------------------------------------
 
