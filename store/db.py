@@ -111,6 +111,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE models ADD COLUMN base VARCHAR;     -- the base model an adapter applies to
     ALTER TABLE models ADD COLUMN purpose VARCHAR;  -- 'reward' or 'policy'
+    CREATE TABLE rewards (
+        response_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,                     -- the reward model's name
+        reward DOUBLE NOT NULL,
+        run_id INTEGER,
+        PRIMARY KEY (response_id, model)
+    );
     """,
 ]
 

@@ -263,3 +263,34 @@ def agreement(store: Store, dataset: str) -> dict:
     disagreements = [{"pair_id": p, "verdicts": v} for p, v in verdicts_by_pair.items()
                      if len(v) > 1 and len(set(v.values())) > 1]
     return {"annotators": sorted(by_annotator), "pairs": table, "disagreements": disagreements}
+
+
+def reward_opinion(store: Store, pair_id: str) -> dict | None:
+    """The newest reward model that scored both responses of a pair: {model, first, second}."""
+    rows = store.query("""
+        SELECT a.model, a.reward AS first, b.reward AS second FROM pairs p
+        JOIN rewards a ON a.response_id = p.first_id
+        JOIN rewards b ON b.response_id = p.second_id AND b.model = a.model
+        JOIN models m ON m.name = a.model
+        WHERE p.id = ? ORDER BY m.id DESC LIMIT 1""", [pair_id])
+    return rows[0] if rows else None
+
+
+def reward_disagreements(store: Store, dataset: str, reward_model: str) -> list[dict]:
+    """Pairs of a dataset with a preference (labels, else the file) where the reward model scores
+    the other response higher, the most confident first: pair_id, prompt, verdict, margin (the
+    RM's reward of the preferred response minus the other's, negative here)."""
+    dataset_id = store.dataset_id(dataset)
+    if dataset_id is None:
+        raise LabelError(f"no dataset named '{dataset}'")
+    return store.query(f"""
+        WITH preference AS ({PAIR_PREFERENCE})
+        SELECT p.id AS pair_id, pr.messages AS prompt, pref.verdict,
+               CASE WHEN pref.verdict = 'first' THEN a.reward - b.reward ELSE b.reward - a.reward END AS margin
+        FROM pairs p JOIN preference pref ON pref.pair_id = p.id
+        JOIN prompts pr ON pr.id = p.prompt_id
+        JOIN rewards a ON a.response_id = p.first_id AND a.model = $m
+        JOIN rewards b ON b.response_id = p.second_id AND b.model = $m
+        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d) AND pref.verdict IS NOT NULL
+          AND (CASE WHEN pref.verdict = 'first' THEN a.reward - b.reward ELSE b.reward - a.reward END) < 0
+        ORDER BY margin""", {"d": dataset_id, "m": reward_model})

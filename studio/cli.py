@@ -149,6 +149,16 @@ def cmd_train(ws: Workspace, args) -> int:
         return 0 if args.no_wait else _follow(runner, run_id)
 
 
+def cmd_rewards(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_reward_scoring(args.dataset, args.reward_model, args.batch_size, args.device, args.dtype)
+        print(f"run {run_id} started: rewards of '{args.dataset}' by '{args.reward_model}'")
+        return 0 if args.no_wait else _follow(runner, run_id)
+
+
 def cmd_filter(ws: Workspace, args) -> int:
     from store.filtering import filter_by_perplexity
 
@@ -156,6 +166,17 @@ def cmd_filter(ws: Workspace, args) -> int:
         plan = filter_by_perplexity(store, args.dataset, args.model, args.into, args.max_ppl,
                                     args.keep_quantile, args.per_prompt)
     print(plan.summary(args.into))
+    return 0
+
+
+def cmd_models(ws: Workspace, args) -> int:
+    with ws.open_store() as store:
+        rows = store.query("SELECT name, kind, purpose, base, run_id, path, created_at FROM models ORDER BY id")
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['name']:20} {r['purpose'] or r['kind']:8} base {r['base'] or '-':24} {r['path']}")
     return 0
 
 
@@ -314,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precompute-ref", action="store_true", help="dpo: reference log-probs once, before training")
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rewards", parents=[common], help="score a dataset's responses with a reward model (a job)")
+    p.add_argument("--reward-model", required=True, help="its name, e.g. reward-run3 (alignstudio models)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_rewards)
+
+    p = sub.add_parser("models", parents=[common], help="list trained models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("runs", parents=[common], help="list runs")
     p.add_argument("--json", action="store_true")

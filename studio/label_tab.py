@@ -6,9 +6,9 @@ from __future__ import annotations
 import gradio as gr
 
 from store import Store
-from store.labelling import LabelError, LabelQueue, ServedPair, progress
+from store.labelling import LabelError, LabelQueue, ServedPair, progress, reward_disagreements, reward_opinion
 from store.queries import dataset_names
-from studio.rendering import as_chat, as_markdown
+from studio.rendering import as_chat, as_markdown, preview
 
 # Button label, element id (the keyboard script clicks it), answer.
 ANSWER_BUTTONS = [
@@ -59,12 +59,37 @@ def progress_line(store: Store, dataset: str, annotator: str) -> str:
             f"{p['labelled_by_anyone']:,}" + (f" · others: {others}" if others else ""))
 
 
-def pair_note(served: ServedPair) -> str:
-    """The line under a pair: its id (to find it in the Data tab) and, when known, the models."""
-    models = ""
+def pair_note(store: Store, served: ServedPair, show_reward: bool) -> str:
+    """The line under a pair: its id (to find it in the Data tab), the models when known, and,
+    when asked for, the newest reward model's scores of the two sides."""
+    note = f"Pair `{served.pair_id}`"
     if served.left_model or served.right_model:
-        models = f" · left: {served.left_model or 'unknown model'}, right: {served.right_model or 'unknown model'}"
-    return f"Pair `{served.pair_id}`{models}"
+        note += f" · left: {served.left_model or 'unknown model'}, right: {served.right_model or 'unknown model'}"
+    if show_reward:
+        opinion = reward_opinion(store, served.pair_id)
+        if opinion is None:
+            note += " · no reward model has scored this pair"
+        else:
+            left, right = (opinion["second"], opinion["first"]) if served.swapped else (opinion["first"], opinion["second"])
+            note += (f" · reward model `{opinion['model']}`: left {left:.3f}, right {right:.3f} "
+                     f"(prefers {'left' if left > right else 'right'})")
+    return note
+
+
+def disagreement_rows(store: Store, dataset: str | None, reward_model: str | None) -> tuple[str, list[list]]:
+    if not dataset or not reward_model:
+        return "Pick a dataset and a reward model.", []
+    try:
+        rows = reward_disagreements(store, dataset, reward_model)
+    except LabelError as e:
+        return f"*{e}*", []
+    return (f"{len(rows):,} pairs of '{dataset}' where `{reward_model}` prefers the other response "
+            "(most confident first); search a pair id in the Data tab to open it, or relabel it here.",
+            [[r["pair_id"], preview(r["prompt"]), r["verdict"], round(r["margin"], 3)] for r in rows])
+
+
+def reward_models(store: Store) -> list[str]:
+    return [r["name"] for r in store.query("SELECT name FROM models WHERE purpose = 'reward' ORDER BY id DESC")]
 
 
 def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
@@ -88,8 +113,19 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
             buttons = [gr.Button(text, elem_id=elem_id, variant="primary" if answer in ("left", "right") else "secondary")
                        for text, elem_id, answer in ANSWER_BUTTONS]
         note = gr.Markdown(elem_id="label-pair-id")
+    show_reward = gr.Checkbox(False, label="Show the reward model's scores under each pair",
+                              info="off by default: seeing them first would sway the label")
+    with gr.Accordion("Reward model disagreements", open=False):
+        models = reward_models(store)
+        with gr.Row():
+            reward_model = gr.Dropdown(models, value=models[0] if models else None, label="Reward model", scale=3)
+            list_disagreements = gr.Button("List", scale=1, size="sm")
+        disagreements_line = gr.Markdown()
+        disagreements = gr.Dataframe(headers=["pair", "prompt (last turn)", "preference", "RM margin"],
+                                     interactive=False, wrap=True, max_height=360,
+                                     column_widths=["24%", "52%", "12%", "12%"])
 
-    def view(dataset_name: str, name: str, served: ServedPair | None, said: str):
+    def view(dataset_name: str, name: str, served: ServedPair | None, said: str, show_rm: bool):
         """Outputs for showing `served` (or the end of the queue), with `said` before the progress."""
         line = progress_line(store, dataset_name, name.strip())
         if served is None:
@@ -97,21 +133,21 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
             return (None, f"{said}{done} {line}", gr.update(visible=False), [], "", "", "")
         return (served, f"{said}{line}", gr.update(visible=True), as_chat(served.prompt),
                 f"**Left**\n\n{as_markdown(served.left)}", f"**Right**\n\n{as_markdown(served.right)}",
-                pair_note(served))
+                pair_note(store, served, show_rm))
 
     def unchanged(message: str):
         return (gr.update(), f"**{message}**", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
 
-    def begin(dataset_name, name, request: gr.Request):
+    def begin(dataset_name, name, show_rm, request: gr.Request):
         if not dataset_name:
             return unchanged("Pick a dataset that has pairs (import one in the Data tab).")
         try:
-            return view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "")
+            return view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "", show_rm)
         except LabelError as e:
             return unchanged(str(e))
 
     def answering(choice: str):
-        def answer(dataset_name, name, served: ServedPair | None, request: gr.Request):
+        def answer(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
             if served is None:
                 return unchanged("Start labelling first.")
             try:
@@ -119,25 +155,30 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
                 following = queue.next_pair(dataset_name, name, request.session_hash)
             except LabelError as e:
                 return unchanged(str(e))
-            return view(dataset_name, name, following, f"Saved: {ANSWER_WORDS[choice]}. ")
+            return view(dataset_name, name, following, f"Saved: {ANSWER_WORDS[choice]}. ", show_rm)
         return answer
 
-    def take_back(dataset_name, name, served: ServedPair | None, request: gr.Request):
+    def take_back(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
         try:
             back = queue.undo(dataset_name, name, request.session_hash)
         except LabelError as e:
             return unchanged(str(e))
         if back is None:
             return unchanged("Nothing to undo.")
-        return view(dataset_name, name, back, "Undone: the last label is taken back. ")
+        return view(dataset_name, name, back, "Undone: the last label is taken back. ", show_rm)
 
     outputs = [current, status, workbench, prompt, left, right, note]
     # No progress overlay: the next pair takes a few ms, and a flickering timer would only distract.
-    start.click(begin, [dataset, annotator], outputs, show_progress="hidden")
-    annotator.submit(begin, [dataset, annotator], outputs, show_progress="hidden")
+    start.click(begin, [dataset, annotator, show_reward], outputs, show_progress="hidden")
+    annotator.submit(begin, [dataset, annotator, show_reward], outputs, show_progress="hidden")
     for button, (_, _, choice) in zip(buttons, ANSWER_BUTTONS):
-        button.click(answering(choice), [dataset, annotator, current], outputs, show_progress="hidden")
-    undo.click(take_back, [dataset, annotator, current], outputs, show_progress="hidden")
+        button.click(answering(choice), [dataset, annotator, current, show_reward], outputs, show_progress="hidden")
+    undo.click(take_back, [dataset, annotator, current, show_reward], outputs, show_progress="hidden")
+    show_reward.change(lambda served, show_rm: pair_note(store, served, show_rm) if served else "",
+                       [current, show_reward], note)
+    list_disagreements.click(lambda d, m: disagreement_rows(store, d, m), [dataset, reward_model],
+                             [disagreements_line, disagreements])
+
     def switch(request: gr.Request):
         queue.release(request.session_hash)
         return None, gr.update(visible=False)
@@ -146,5 +187,6 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
         queue.release(request.session_hash)
 
     dataset.change(switch, None, [current, workbench])
-    tab.select(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset)
+    tab.select(lambda: (gr.update(choices=dataset_names(store, with_pairs=True)), gr.update(choices=reward_models(store))),
+               outputs=[dataset, reward_model])
     app.unload(release_claims)

@@ -30,6 +30,7 @@ from pipelines.generate import GenerateConfig
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.perplexity import PerplexityConfig
 from pipelines.reward import RewardTrainConfig
+from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import save_config
 from store import Store
 from store.db import fetch_one, is_empty_response, response_key
@@ -38,9 +39,14 @@ from studio.workspace import Workspace
 
 FINAL = ("succeeded", "failed", "cancelled")
 MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate", "reward": "pipelines.reward",
-           "dpo": "pipelines.dpo"}
+           "dpo": "pipelines.dpo", "reward-scoring": "pipelines.reward_scoring"}
 TRAIN_CONFIGS = {"reward": RewardTrainConfig, "dpo": DPOTrainConfig}
 EVAL_INPUTS = "eval_inputs.parquet"
+# The ids of a dataset's responses (parameter $d): both sides of its pairs and its prompts' candidates.
+DATASET_RESPONSES = """
+    SELECT first_id AS id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
+    UNION SELECT second_id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
+    UNION SELECT id FROM responses WHERE prompt_id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = $d)"""
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -116,12 +122,8 @@ class Runner:
                          max_length: int = 2048, device: str = "auto", dtype: str = "auto") -> int:
         """Score every response of `dataset` not yet scored under `model`."""
         dataset_id = self._dataset_id(dataset)
-        rows = self.store.query("""
-            WITH members AS (
-                SELECT first_id AS id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
-                UNION SELECT second_id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
-                UNION SELECT id FROM responses WHERE prompt_id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = $d)
-            )
+        rows = self.store.query(f"""
+            WITH members AS ({DATASET_RESPONSES})
             SELECT r.id AS response_id, pr.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response
             FROM members JOIN responses r USING (id) JOIN prompts pr ON pr.id = r.prompt_id
             WHERE r.id NOT IN (SELECT response_id FROM perplexities WHERE model = $m)
@@ -148,6 +150,24 @@ class Runner:
                                 device=device, dtype=dtype)
         config.resolved_engine()  # an unknown engine is refused before the run exists
         return self._start("generate", config, rows)
+
+    def start_reward_scoring(self, dataset: str, reward_model: str, batch_size: int = 8, device: str = "auto",
+                             dtype: str = "auto") -> int:
+        """Score every response of `dataset` not yet scored by the reward model named `reward_model`."""
+        dataset_id = self._dataset_id(dataset)
+        model = self.store.query("SELECT path FROM models WHERE name = ? AND purpose = 'reward'", [reward_model])
+        if not model:
+            raise RunError(f"no reward model named '{reward_model}' (train one: alignstudio train rm)")
+        rows = self.store.query(f"""
+            WITH members AS ({DATASET_RESPONSES})
+            SELECT r.id AS response_id, pr.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response
+            FROM members JOIN responses r USING (id) JOIN prompts pr ON pr.id = r.prompt_id
+            WHERE r.id NOT IN (SELECT response_id FROM rewards WHERE model = $m)
+            ORDER BY r.id""", {"d": dataset_id, "m": reward_model})
+        if not rows:
+            raise RunError(f"dataset '{dataset}' has no responses left to score with '{reward_model}'")
+        config = RewardScoringConfig(adapter=model[0]["path"], batch_size=batch_size, device=device, dtype=dtype)
+        return self._start("reward-scoring", config, rows)
 
     def _pairs_input(self, dataset: str) -> list[dict]:
         """A dataset's pairs with a preference, as the training pipelines read them."""
@@ -286,6 +306,12 @@ class Runner:
                            SELECT id, prompt_id, messages, is_empty, ?, generation, 'generated' FROM generated
                            WHERE id NOT IN (SELECT id FROM responses)""", [config["model"]])
             cur.unregister("generated")
+        elif run["kind"] == "reward-scoring":
+            config = json.loads(run["config"])
+            name = fetch_one(cur, "SELECT name FROM models WHERE path = ? AND purpose = 'reward'", [config["adapter"]])[0]
+            cur.execute("""INSERT OR REPLACE INTO rewards (response_id, model, reward, run_id)
+                           SELECT response_id, ?, reward, ? FROM read_parquet(?)""",
+                        [name, run["id"], str(folder / config["output"])])
         elif run["kind"] in TRAIN_CONFIGS:
             config = json.loads(run["config"])
             purpose = "reward" if run["kind"] == "reward" else "policy"

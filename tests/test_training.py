@@ -8,6 +8,7 @@ from pipelines.models import Placement
 from pipelines.reward import load_reward_model, score
 from pipelines.training import read_pairs, split
 from store import import_file
+from store.labelling import reward_disagreements, reward_opinion
 from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
@@ -57,6 +58,22 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
         assert sum(stat(r) for r in rewards) / len(rewards) == pytest.approx(final[name], abs=1e-5)
     # The score head was saved: a fresh random head would not reproduce these.
     assert (workspace.runs_dir / str(run_id) / "model" / "adapter_model.safetensors").is_file()
+
+    # The RM scores every response of the dataset as a job; the Label tab's opinion and the
+    # disagreements queue read those scores.
+    scoring = runner.wait(runner.start_reward_scoring("hh40", model["name"]))
+    assert scoring["status"] == "succeeded", scoring["message"]
+    stored = {r["response_id"]: r["reward"] for r in hh40.query("SELECT response_id, reward FROM rewards")}
+    assert len(stored) == 80
+    pairs = hh40.query("SELECT id, first_id, second_id FROM pairs")
+    opinion = reward_opinion(hh40, pairs[0]["id"])
+    assert opinion == {"model": model["name"], "first": stored[pairs[0]["first_id"]],
+                       "second": stored[pairs[0]["second_id"]]}
+    disagreeing = {r["pair_id"] for r in reward_disagreements(hh40, "hh40", model["name"])}
+    # Imported pairs prefer their first response: the RM disagrees where it scores the second higher.
+    assert disagreeing == {p["id"] for p in pairs if stored[p["second_id"]] > stored[p["first_id"]]}
+    with pytest.raises(RunError, match="no responses left to score"):
+        runner.start_reward_scoring("hh40", model["name"])
 
 
 def test_a_training_run_cancels_with_a_checkpoint_and_resumes_to_the_end(workspace, hh40, tiny_model):

@@ -1,0 +1,65 @@
+"""Score responses with a trained reward model: the reward of each prompt + response.
+
+    python -m pipelines.reward_scoring --config runs/<id>/config.json
+
+Inputs (`inputs.parquet`): response_id, prompt and response (JSON message lists). Output:
+`rewards.parquet` with response_id and reward. Rewards are appended to `partial.jsonl` batch by
+batch, so a cancelled run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.models import choose_placement
+from pipelines.reward import load_reward_model, score
+from pipelines.runlog import RunLog, read_partial, run_main
+
+
+@dataclass
+class RewardScoringConfig:
+    """Score responses with a trained reward model."""
+    adapter: str = ""                  # the reward model's adapter folder
+    inputs: str = "inputs.parquet"
+    output: str = "rewards.parquet"
+    batch_size: int = 8
+    max_length: int = 2048
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def run(config: RewardScoringConfig, log: RunLog) -> None:
+    run_dir = log.path.parent
+    table = pq.read_table(run_dir / config.inputs).to_pylist()
+    partial_path = run_dir / "partial.jsonl"
+    done = {row["response_id"]: row["reward"] for row in read_partial(partial_path)}
+    todo = [row for row in table if row["response_id"] not in done]
+    placement = choose_placement(config.device, config.dtype)
+    tokenizer, model = load_reward_model(config.adapter, placement)
+    log.event("running", step=len(done), total=len(table), message=f"scoring {len(todo)} of {len(table)} responses")
+    chunk = config.batch_size * 8  # a checkpoint every few batches
+    with open(partial_path, "a", encoding="utf-8") as partial:
+        for start in range(0, len(todo), chunk):
+            if log.cancel_requested:
+                log.event("cancelled", step=len(done), total=len(table), message="cancelled; resume continues from here")
+                return
+            rows = todo[start:start + chunk]
+            rewards = score(tokenizer, model, [json.loads(r["prompt"]) + json.loads(r["response"]) for r in rows],
+                            config.batch_size, config.max_length)
+            for row, reward in zip(rows, rewards):
+                done[row["response_id"]] = reward
+                partial.write(json.dumps({"response_id": row["response_id"], "reward": reward}) + "\n")
+            partial.flush()
+            log.progress(len(done), len(table))
+    pq.write_table(pa.Table.from_pylist([{"response_id": r["response_id"], "reward": done[r["response_id"]]}
+                                         for r in table]), run_dir / config.output)
+    log.event("succeeded", step=len(table), total=len(table), message=f"scored {len(table)} responses")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(RewardScoringConfig, run))
