@@ -54,6 +54,26 @@ def tiny_model(models_dir, default_model_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def peaked_model(models_dir, tiny_model) -> Path:
+    """The tiny model's shape with large random weights (init std 0.5): its next-token
+    distributions are peaked (entropy about 3 nats rather than the tiny model's near-uniform 10.8),
+    so a few RL steps can visibly move them."""
+    path = models_dir / "tiny-llama-2x64-peaked"
+    if not (path / "config.json").is_file():
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig.from_pretrained(tiny_model)
+        config.initializer_range = 0.5
+        torch.manual_seed(0)
+        partial = path.with_name(path.name + ".partial")
+        LlamaForCausalLM(config).save_pretrained(partial)
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(partial)
+        os.replace(partial, path)
+    return path
+
+
 @pytest.fixture
 def workspace(tmp_path, models_dir) -> Workspace:
     return Workspace.at(tmp_path / "ws", models_dir=models_dir)

@@ -1,0 +1,276 @@
+"""PPO against a reward model: the classic RLHF recipe, written out here because TRL 1.16 no
+longer ships PPO.
+
+    python -m pipelines.ppo --config runs/<id>/config.json
+
+Each iteration: sample answers for a batch of prompts from the LoRA policy; score them with the
+reward (the trained RM, minus a penalty when an answer never ends); per token, the reward is
+-kl_coef * (log pi - log pi_ref), the reference being the same model with its adapter disabled,
+plus the whitened score on the answer's last token; advantages by GAE from a value head on the
+policy's last hidden state; then a few epochs of the clipped surrogate objective and the clipped
+value loss. Logged: reward, KL, response length, entropy, value loss, clip fraction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow.parquet as pq
+
+from pipelines.models import Placement, resolve_model
+from pipelines.reward import STUDIO_META, load_reward_model, score
+from pipelines.runlog import RunLog, run_main
+from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of
+
+RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
+
+
+@dataclass
+class PPOTrainConfig(TrainSettings):
+    """Fine-tune a policy with PPO against a trained reward model."""
+    reward_adapter: str = ""           # the reward model's adapter folder
+    learning_rate: float = 1e-5
+    max_steps: int = 20                # PPO iterations (one rollout batch each)
+    batch_size: int = 8                # prompts per rollout
+    ppo_epochs: int = 2                # optimisation passes over each rollout batch
+    mini_batch_size: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    kl_coef: float = 0.05
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    max_grad_norm: float = 1.0
+    missing_eos_penalty: float = 1.0   # subtracted from the score of an answer that never ends
+    whiten_rewards: bool = True
+    save_every: int = 10
+    lora_dropout: float = 0.0          # no dropout: old and new log-probs must come from the same function
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x, mask, shift_mean: bool = True):
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    whitened = (x - mean) * (var + 1e-8).rsqrt()
+    return whitened if shift_mean else whitened + mean
+
+
+def gae(rewards, values, mask, gamma: float, lam: float):
+    """Advantages and returns by generalised advantage estimation over the answer tokens."""
+    import torch
+
+    values, rewards = values * mask, rewards * mask  # nothing after an answer's end
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[0], device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
+        last = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * last
+        advantages[:, t] = last
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+class PolicyWithValue:
+    """The LoRA policy and a value head (one linear layer) reading its last hidden state."""
+
+    def __init__(self, model, hidden_size: int, device: str):
+        import torch
+
+        self.model = model
+        self.value_head = torch.nn.Linear(hidden_size, 1).to(device)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+
+    def forward(self, input_ids, attention_mask, start: int, with_value: bool = True):
+        """Log-probs of tokens start.. given the ones before, entropies and (optionally) values."""
+        import torch
+
+        # Positions count real tokens only, as in generation (prompts are left-padded).
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         output_hidden_states=with_value)
+        logits = out.logits[:, start - 1:-1].float()
+        logprobs_all = torch.log_softmax(logits, dim=-1)
+        logprobs = logprobs_all.gather(-1, input_ids[:, start:, None]).squeeze(-1)
+        entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
+        values = self.value_head(out.hidden_states[-1][:, start - 1:-1].float()).squeeze(-1) if with_value else None
+        return logprobs, entropy, values
+
+
+def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], config: PPOTrainConfig, device: str):
+    """Sample one answer per prompt; returns the token tensors, the answer mask and texts."""
+    import torch
+
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    with torch.no_grad():
+        generated = policy.model.generate(**batch, do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
+                                          max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    start = batch["input_ids"].shape[1]
+    answers = generated[:, start:]
+    eos = tokenizer.eos_token_id
+    is_eos = answers == eos
+    ended = is_eos.any(dim=1)
+    # Keep each answer up to and including its first end-of-turn token.
+    first_eos = torch.where(ended, is_eos.int().argmax(dim=1), torch.full_like(ended, answers.shape[1] - 1, dtype=torch.long))
+    positions = torch.arange(answers.shape[1], device=device)[None, :]
+    answer_mask = (positions <= first_eos[:, None]).float()
+    attention = torch.cat([batch["attention_mask"], answer_mask.long()], dim=1)
+    answer_texts = [tokenizer.decode(a[m.bool()], skip_special_tokens=True) for a, m in zip(answers, answer_mask)]
+    return generated, attention, start, answer_mask, ended, answer_texts
+
+
+def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
+             config: PPOTrainConfig, device: str) -> dict:
+    """One PPO iteration on a batch of prompts; returns its metrics."""
+    import torch
+
+    policy.model.eval()  # and it stays so: no dropout anywhere
+    generated, attention, start, mask, ended, texts = rollout(policy, tokenizer, prompts, config, device)
+    with torch.no_grad():
+        old_logprobs, _, old_values = policy.forward(generated, attention, start)
+        with policy.model.disable_adapter():
+            ref_logprobs, _, _ = policy.forward(generated, attention, start, with_value=False)
+    scores = torch.tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
+    raw_scores = scores.clone()
+    scores = scores - config.missing_eos_penalty * (~ended).float()
+    if config.whiten_rewards and len(scores) > 1:
+        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+    kl = (old_logprobs - ref_logprobs) * mask
+    rewards = -config.kl_coef * kl
+    last = (mask.sum(dim=1) - 1).long()
+    rewards[torch.arange(len(scores)), last] += scores
+    old_values = old_values * mask
+    advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+    advantages = masked_whiten(advantages, mask)
+
+    stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
+    n = len(prompts)
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(n)
+        for i in range(0, n, config.mini_batch_size):
+            idx = order[i:i + config.mini_batch_size]
+            m = mask[idx]
+            logprobs, entropy, values = policy.forward(generated[idx], attention[idx], start)
+            ratio = torch.exp(logprobs - old_logprobs[idx])
+            adv = advantages[idx]
+            pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip_range, 1 + config.clip_range))
+            policy_loss = masked_mean(pg_losses, m)
+            clipped_values = old_values[idx] + (values - old_values[idx]).clamp(-config.clip_range_value,
+                                                                                config.clip_range_value)
+            value_loss = 0.5 * masked_mean(torch.max((values - returns[idx]) ** 2,
+                                                     (clipped_values - returns[idx]) ** 2), m)
+            loss = policy_loss + config.vf_coef * value_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            stats["policy_loss"].append(policy_loss.item())
+            stats["value_loss"].append(value_loss.item())
+            stats["clip_fraction"].append(masked_mean(((ratio - 1).abs() > config.clip_range).float(), m).item())
+            stats["entropy"].append(masked_mean(entropy, m).item())
+    metrics = {name: sum(v) / len(v) for name, v in stats.items()}
+    metrics.update(reward=raw_scores.mean().item(), kl=kl.sum(dim=1).mean().item(),
+                   response_length=mask.sum(dim=1).mean().item(), ended=ended.float().mean().item())
+    return metrics
+
+
+def reward_model_fn(adapter: str, placement: Placement, max_length: int) -> RewardFn:
+    """The trained RM as a reward function of (prompt, answer text)."""
+    tokenizer, model = load_reward_model(adapter, placement)
+
+    def reward(prompts, answers):
+        conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
+        return score(tokenizer, model, conversations, max_length=max_length)
+
+    return reward
+
+
+def save_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, step: int) -> None:
+    import torch
+
+    partial = folder.with_name(folder.name + ".partial")
+    policy.model.save_pretrained(partial)
+    torch.save({"value_head": policy.value_head.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng": torch.get_rng_state(), "random": random.getstate()}, partial / "ppo_state.pt")
+    partial.rename(folder)
+
+
+def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer) -> int:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(policy.model, load_file(folder / "adapter_model.safetensors"))
+    state = torch.load(folder / "ppo_state.pt", weights_only=False)
+    policy.value_head.load_state_dict(state["value_head"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    random.setstate(state["random"])
+    return state["step"]
+
+
+def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None) -> None:
+    """The PPO loop; `reward_fn` defaults to the trained reward model of the config."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = log.path.parent
+    placement = placement_of(config)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    base_path = resolve_model(config.base, config.models_dir)
+    prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
+    if not prompts:
+        raise ValueError("no prompts to train on")
+    if reward_fn is None:
+        reward_fn = reward_model_fn(config.reward_adapter, placement, config.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
+    model = get_peft_model(model, lora_config(config, "CAUSAL_LM")).to(placement.device)
+    policy = PolicyWithValue(model, model.config.hidden_size, placement.device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
+
+    checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    step = load_checkpoint(checkpoints[-1], policy, optimizer) if checkpoints else 0
+    if step:
+        log.event("running", step=step, total=config.max_steps, message=f"resuming from step-{step}")
+    order = list(range(len(prompts)))
+    while step < config.max_steps:
+        if log.cancel_requested:
+            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step)
+            log.event("cancelled", step=step, total=config.max_steps, message=f"cancelled at step {step}; checkpoint saved")
+            return
+        batch = [prompts[i] for i in random.sample(order, min(config.batch_size, len(order)))]
+        metrics = ppo_step(policy, optimizer, tokenizer, batch, reward_fn, config, placement.device)
+        step += 1
+        log.progress(step, config.max_steps, metrics=metrics)
+        if step % config.save_every == 0 and step < config.max_steps:
+            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step)
+
+    out = run_dir / config.output
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / STUDIO_META).write_text(json.dumps({"kind": "policy", "method": "ppo", "base": config.base,
+                                               "base_path": base_path}))
+    log.event("succeeded", step=step, total=config.max_steps, message=f"PPO trained ({step} iterations)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(PPOTrainConfig, train))
