@@ -163,3 +163,41 @@ def train_with_resume(trainer, callback, run_dir: Path, log: RunLog) -> bool:
         log.event("cancelled", message=f"cancelled at step {trainer.state.global_step}; checkpoint saved")
         return False
     return True
+
+
+def train_online(config, log: RunLog, method: str, trainer_cls, config_cls) -> None:
+    """GRPO or RLOO (TRL's trainers) on the run's prompts, rewarded by the trained reward model
+    with its LoRA merged into its base; saves the policy's adapter like the other trainers."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.models import resolve_model
+    from pipelines.reward import STUDIO_META, load_reward_model
+
+    run_dir = log.path.parent
+    placement = placement_of(config)
+    base_path = resolve_model(config.base, config.models_dir)
+    prompts = [{"prompt": json.loads(r["prompt"])} for r in pq.read_table(run_dir / config.inputs).to_pylist()]
+    if not prompts:
+        raise ValueError("no prompts to train on")
+    reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement)
+    reward_model = reward_model.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
+    args = config_cls(**trainer_arguments(config, placement, run_dir, has_eval=False),
+                      num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+                      temperature=config.temperature, beta=config.beta)
+    callback = progress_callback(log)
+    trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args, train_dataset=Dataset.from_list(prompts),
+                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer, callbacks=[callback],
+                          peft_config=lora_config(config, "CAUSAL_LM"))
+    if not train_with_resume(trainer, callback, run_dir, log):
+        return
+    out = run_dir / config.output
+    trainer.save_model(str(out))
+    (out / STUDIO_META).write_text(json.dumps({"kind": "policy", "method": method, "base": config.base,
+                                               "base_path": base_path}))
+    log.event("succeeded", step=trainer.state.global_step,
+              message=f"{method.upper()} trained ({trainer.state.global_step} steps)")

@@ -127,11 +127,14 @@ def cmd_generate(ws: Workspace, args) -> int:
         return 0 if args.no_wait else _follow(runner, run_id)
 
 
-TRAIN_KINDS = {"rm": "reward", "dpo": "dpo"}
+TRAIN_KINDS = {"rm": "reward", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo", "rloo": "rloo"}
+ONLINE = ("ppo", "grpo", "rloo")
 # CLI option -> config field, for the settings every training run shares.
 TRAIN_OPTIONS = ("base", "learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "seed",
                  "lora_r", "lora_alpha", "lora_dropout", "save_every", "device", "dtype", "load_in_4bit",
                  "gradient_checkpointing", "eval_share")
+PPO_OPTIONS = ("kl_coef", "max_new_tokens", "ppo_epochs", "mini_batch_size", "temperature", "missing_eos_penalty")
+GROUP_OPTIONS = ("beta", "max_new_tokens", "num_generations", "temperature")  # grpo, rloo
 
 
 def cmd_train(ws: Workspace, args) -> int:
@@ -140,12 +143,26 @@ def cmd_train(ws: Workspace, args) -> int:
     kind = TRAIN_KINDS[args.kind]
     settings = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
     if kind == "dpo":
-        settings.update(beta=args.beta, loss_type=args.loss_type, precompute_ref_log_probs=args.precompute_ref)
+        settings.update(loss_type=args.loss_type, precompute_ref_log_probs=args.precompute_ref)
+        if args.beta is not None:
+            settings["beta"] = args.beta
+    if kind in ONLINE:
+        if not args.prompts or args.reward_run is None:
+            raise SystemExit(f"train {kind} needs --prompts DATASET and --reward-run ID")
+        settings.pop("eval_share", None)
+        options = PPO_OPTIONS if kind == "ppo" else GROUP_OPTIONS
+        settings.update({name: getattr(args, name) for name in options if getattr(args, name) is not None})
+    elif not args.dataset:
+        raise SystemExit(f"train {args.kind} needs --dataset")
     with ws.open_store() as store:
         runner = Runner(store, ws)
-        run_id = runner.start_training(kind, args.dataset, args.eval_dataset, **settings)
-        print(f"run {run_id} started: {args.kind} on '{args.dataset}' from '{args.base}' "
-              f"(folder {ws.runs_dir / str(run_id)})")
+        if kind in ONLINE:
+            run_id = runner.start_online(kind, args.prompts, args.reward_run, **settings)
+            what = f"prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
+        else:
+            run_id = runner.start_training(kind, args.dataset, args.eval_dataset, **settings)
+            what = f"'{args.dataset}'"
+        print(f"run {run_id} started: {args.kind} on {what} from '{args.base}' (folder {ws.runs_dir / str(run_id)})")
         return 0 if args.no_wait else _follow(runner, run_id)
 
 
@@ -308,10 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", required=True, help="name of the new dataset")
     p.set_defaults(func=cmd_filter)
 
-    p = sub.add_parser("train", parents=[common], help="train a reward model (rm) or a policy with DPO (a job)")
+    p = sub.add_parser("train", parents=[common], help="train a reward model (rm) or a policy with DPO or PPO (a job)")
     p.add_argument("kind", choices=list(TRAIN_KINDS))
     p.add_argument("--base", default="default", help="default, a model folder or a hub id")
-    p.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
+    p.add_argument("--dataset", help="rm, dpo: pairs with a preference (from the file or from labels)")
+    p.add_argument("--prompts", help="ppo, grpo, rloo: the dataset whose prompts the policy answers")
+    p.add_argument("--reward-run", type=int, help="ppo, grpo, rloo: the run that trained the reward model")
+    p.add_argument("--num-generations", type=int, help="grpo, rloo: answers per prompt (4)")
+    p.add_argument("--kl-coef", type=float, help="ppo: weight of the per-token KL penalty to the base (0.05)")
+    p.add_argument("--max-new-tokens", type=int, help="ppo, grpo, rloo: answer length limit (64)")
+    p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (2)")
+    p.add_argument("--mini-batch-size", type=int, help="ppo: sequences per optimizer step (4)")
+    p.add_argument("--temperature", type=float, help="ppo, grpo, rloo: sampling temperature (1.0)")
+    p.add_argument("--missing-eos-penalty", type=float, help="ppo: subtracted when an answer never ends (1.0)")
     p.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
     p.add_argument("--eval-share", type=float, help="held-out share when there is no --eval-dataset (0.1)")
     p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
@@ -329,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype")
     p.add_argument("--load-in-4bit", action="store_true", default=None, help="QLoRA: 4-bit base (CUDA)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--beta", type=float, default=0.1, help="dpo: strength of the pull to the reference")
+    p.add_argument("--beta", type=float, help="dpo (0.1), grpo and rloo (0.04): strength of the pull to the base")
     p.add_argument("--loss-type", default="sigmoid", choices=("sigmoid", "ipo", "hinge", "sigmoid_norm"),
                    help="dpo: sigmoid (DPO), ipo, hinge, sigmoid_norm (length-normalised)")
     p.add_argument("--precompute-ref", action="store_true", help="dpo: reference log-probs once, before training")

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from pipelines.dpo import DPOTrainConfig
 from pipelines.generate import GenerateConfig
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
+from pipelines.grpo import OnlineTrainConfig
 from pipelines.perplexity import PerplexityConfig
+from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import save_config
@@ -39,8 +41,11 @@ from studio.workspace import Workspace
 
 FINAL = ("succeeded", "failed", "cancelled")
 MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate", "reward": "pipelines.reward",
-           "dpo": "pipelines.dpo", "reward-scoring": "pipelines.reward_scoring"}
-TRAIN_CONFIGS = {"reward": RewardTrainConfig, "dpo": DPOTrainConfig}
+           "dpo": "pipelines.dpo", "reward-scoring": "pipelines.reward_scoring", "ppo": "pipelines.ppo",
+           "grpo": "pipelines.grpo", "rloo": "pipelines.rloo"}
+TRAIN_CONFIGS = {"reward": RewardTrainConfig, "dpo": DPOTrainConfig, "ppo": PPOTrainConfig,
+                 "grpo": OnlineTrainConfig, "rloo": OnlineTrainConfig}
+ONLINE_KINDS = ("ppo", "grpo", "rloo")  # trained on prompts against a reward model, not on pairs
 EVAL_INPUTS = "eval_inputs.parquet"
 # The ids of a dataset's responses (parameter $d): both sides of its pairs and its prompts' candidates.
 DATASET_RESPONSES = """
@@ -184,8 +189,8 @@ class Runner:
     def start_training(self, kind: str, dataset: str, eval_dataset: str | None = None, **settings) -> int:
         """Train a reward model ('reward') or a DPO policy ('dpo') on a dataset's preference pairs;
         `settings` are the pipeline's config fields (base, learning_rate, max_steps, ...)."""
-        if kind not in TRAIN_CONFIGS:
-            raise RunError(f"unknown training kind {kind!r}; one of {', '.join(TRAIN_CONFIGS)}")
+        if kind not in TRAIN_CONFIGS or kind in ONLINE_KINDS:
+            raise RunError(f"unknown training kind {kind!r}; one of reward, dpo")
         inputs = self._pairs_input(dataset)
         more = {EVAL_INPUTS: self._pairs_input(eval_dataset)} if eval_dataset else {}
         try:
@@ -207,6 +212,27 @@ class Runner:
                 shutil.copy2(Path(old["folder"]) / name, folder / name)
         self._launch(new_id)
         return new_id
+
+    def start_online(self, kind: str, prompts: str, reward_run: int, **settings) -> int:
+        """Fine-tune a policy with PPO, GRPO or RLOO on the prompts of a dataset, against the reward model
+        trained by run `reward_run`; `settings` are the pipeline's config fields."""
+        if kind not in ONLINE_KINDS:
+            raise RunError(f"unknown online kind {kind!r}; one of {', '.join(ONLINE_KINDS)}")
+        dataset_id = self._dataset_id(prompts)
+        reward = self.store.query("SELECT path FROM models WHERE run_id = ? AND purpose = 'reward'", [reward_run])
+        if not reward:
+            raise RunError(f"run {reward_run} did not train a reward model (train one: alignstudio train rm)")
+        rows = self.store.query("""
+            SELECT id AS prompt_id, messages::VARCHAR AS prompt FROM prompts
+            WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) ORDER BY rowid""", [dataset_id])
+        if not rows:
+            raise RunError(f"dataset '{prompts}' has no prompts")
+        try:
+            config = TRAIN_CONFIGS[kind](models_dir=str(self.workspace.models_dir), reward_adapter=reward[0]["path"],
+                                         **settings)
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{kind} settings: {e}") from None
+        return self._start(kind, config, rows)
 
     # --- following ------------------------------------------------------------------------------
 

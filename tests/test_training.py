@@ -140,3 +140,19 @@ def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, worksp
     assert {"rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "loss"} <= set(dpo["metrics"])
     with workspace.open_store() as store:
         assert store.query("SELECT purpose, kind FROM models") == [{"purpose": "policy", "kind": "adapter"}]
+
+
+def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace, hh40, tiny_model):
+    runner = Runner(hh40, workspace)
+    reward_run = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0, **SMALL)
+    assert runner.wait(reward_run)["status"] == "succeeded"
+    for kind in ("ppo", "grpo", "rloo"):
+        run_id = runner.start_online(kind, "hh40", reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
+                                     max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8)
+        run = runner.wait(run_id)
+        assert run["status"] == "succeeded", (kind, run["message"])
+        names = {m["name"] for m in hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
+        assert {"reward", "kl"} <= names, (kind, names)
+        assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
+    with pytest.raises(RunError, match="did not train a reward model"):
+        runner.start_online("ppo", "hh40", run_id, base=str(tiny_model))
