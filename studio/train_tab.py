@@ -9,26 +9,43 @@ import gradio as gr
 import pandas as pd
 
 from pipelines.dpo import LOSS_TYPES, DPOTrainConfig
+from pipelines.grpo import OnlineTrainConfig
+from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
 from store import Store
 from store.queries import dataset_names, latest_metrics
-from studio.runner import MODULES, TRAIN_CONFIGS, RunError, Runner
+from studio.runner import MODULES, ONLINE_KINDS, TRAIN_CONFIGS, RunError, Runner
 
-KINDS = {"Reward model": "reward", "DPO": "dpo"}
+KINDS = {"Reward model": "reward", "DPO": "dpo", "PPO": "ppo", "GRPO": "grpo", "RLOO": "rloo"}
+DEFAULTS = {"reward": RewardTrainConfig(), "dpo": DPOTrainConfig(), "ppo": PPOTrainConfig(),
+            "grpo": OnlineTrainConfig(), "rloo": OnlineTrainConfig()}
 # Per kind, the metrics plotted beside the loss.
 PLOTTED = {"reward": ["accuracy", "margin", "eval_accuracy", "eval_margin"],
            "dpo": ["rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                   "eval_rewards/margins"]}
+                   "eval_rewards/margins"],
+           "ppo": ["reward", "kl", "entropy", "clip_fraction", "response_length"],
+           "grpo": ["reward", "kl", "entropy", "reward_std"],
+           "rloo": ["reward", "kl", "entropy", "reward_std"]}
+LOSSES = {"ppo": ["policy_loss", "value_loss"]}  # the others log TRL's "loss" (and "eval_loss")
 FORM_FIELDS = ("learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "lora_r",
                "lora_alpha", "seed", "eval_share")
+ONLINE_FIELDS = ("max_new_tokens", "kl", "num_generations")  # kl: kl_coef for PPO, beta for GRPO/RLOO
 EXPLANATION = """
 **Reward model**: LoRA on the base with a one-number score head, trained so that the chosen
 response of a pair scores above the rejected one (TRL's RewardTrainer); its eval accuracy is the
 share of held-out pairs it orders like the labels. **DPO**: LoRA on the policy, trained directly on
 the pairs (TRL's DPOTrainer), the base with its adapter disabled as the reference. Pairs take their
-preference from labels given here, else from the file they came from. On a CPU a step of the
-default model takes seconds (batch 4 x 512 tokens: RM about 3 s, DPO about 6 s).
+preference from labels given here, else from the file they came from. **PPO** (the studio's own:
+value head, per-token KL penalty to the base, GAE, clipped objective), **GRPO** and **RLOO** (TRL's)
+answer the prompts of a dataset and learn from a trained reward model's scores; GRPO and RLOO need
+no value model and suit small GPUs. Training runs a few seconds a step on a CPU with the default
+model; a GPU is much faster.
 """
+
+
+def reward_runs(store: Store) -> list[tuple[str, int]]:
+    return [(f"{r['name']} (run {r['run_id']})", r["run_id"]) for r in store.query(
+        "SELECT name, run_id FROM models WHERE purpose = 'reward' ORDER BY id DESC")]
 
 
 def training_runs(store: Store) -> list[tuple[str, int]]:
@@ -63,13 +80,14 @@ def run_summary(store: Store, run_id: int) -> str:
         parts.append(f"{latest['progress']:.0%}" + (f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""))
     if run["message"]:
         parts.append(run["message"])
-    module = MODULES[run["kind"]]
-    command = f"accelerate launch -m {module} --config {run['folder']}/config.json"
+    if run["kind"] == "ppo":  # the studio's own loop runs on one device
+        return " · ".join(parts)
+    command = f"accelerate launch -m {MODULES[run['kind']]} --config {run['folder']}/config.json"
     return " · ".join(parts) + f"\n\nOn several GPUs the same run: `{command}`"
 
 
 def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
-    reward_defaults, dpo_defaults = RewardTrainConfig(), DPOTrainConfig()
+    reward_defaults, dpo_defaults = DEFAULTS["reward"], DEFAULTS["dpo"]
     names = dataset_names(store, with_pairs=True)
     gr.Markdown(EXPLANATION)
     with gr.Row():
@@ -92,6 +110,12 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         beta = gr.Number(dpo_defaults.beta, label="DPO beta", visible=False)
         loss_type = gr.Dropdown(list(LOSS_TYPES), value=dpo_defaults.loss_type, label="DPO loss", visible=False)
         precompute = gr.Checkbox(False, label="Precompute reference log-probs", visible=False)
+    with gr.Row(visible=False) as online_row:
+        reward_run = gr.Dropdown(reward_runs(store), label="Reward model", info="the run that trained it")
+        max_new_tokens = gr.Number(DEFAULTS["ppo"].max_new_tokens, label="Max answer tokens", precision=0, minimum=1)
+        kl = gr.Number(DEFAULTS["ppo"].kl_coef, label="KL weight", info="PPO kl_coef; GRPO/RLOO beta")
+        num_generations = gr.Number(DEFAULTS["grpo"].num_generations, label="Answers per prompt", precision=0,
+                                    minimum=2, info="GRPO/RLOO")
     start = gr.Button("Start training", variant="primary")
     started = gr.Markdown(elem_id="train-started")
 
@@ -107,21 +131,41 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         metrics_plot = gr.LinePlot(x="step", y="value", color="metric", label="Metrics", height=340)
 
     def switch_kind(label):
-        is_dpo = KINDS[label] == "dpo"
-        defaults = dpo_defaults if is_dpo else reward_defaults
-        return ([gr.update(value=defaults.learning_rate)] + [gr.update(visible=is_dpo)] * 3)
+        train_kind = KINDS[label]
+        defaults = DEFAULTS[train_kind]
+        online = train_kind in ONLINE_KINDS
+        kl_default = defaults.kl_coef if train_kind == "ppo" else getattr(defaults, "beta", None)
+        choices = dataset_names(store) if online else dataset_names(store, with_pairs=True)
+        return ([gr.update(value=defaults.learning_rate), gr.update(value=defaults.batch_size),
+                 gr.update(value=defaults.max_steps)]
+                + [gr.update(visible=train_kind == "dpo")] * 3
+                + [gr.update(visible=online), gr.update(value=kl_default),
+                   gr.update(label="Prompts" if online else "Pairs", choices=choices),
+                   gr.update(visible=not online), gr.update(visible=not online), gr.update(visible=not online)])
 
-    def start_run(label, base_name, pairs, eval_pairs, *values):
+    def start_run(label, base_name, data, eval_pairs, *values):
         form = dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)]))
-        beta_value, loss_value, precompute_value = values[len(FORM_FIELDS):]
+        beta_value, loss_value, precompute_value, reward_run_id, new_tokens, kl_value, generations = \
+            values[len(FORM_FIELDS):]
         train_kind = KINDS[label]
         settings = {k: v for k, v in form.items() if v is not None}
-        if train_kind == "dpo":
-            settings.update(beta=beta_value, loss_type=loss_value, precompute_ref_log_probs=precompute_value)
-        if not pairs:
-            return "**Pick a dataset of pairs.**", gr.update()
+        if not data:
+            return "**Pick a dataset.**", gr.update()
         try:
-            run_id = runner.start_training(train_kind, pairs, eval_pairs or None, base=base_name.strip(), **settings)
+            if train_kind in ONLINE_KINDS:
+                if not reward_run_id:
+                    return "**Pick a reward model (train one first).**", gr.update()
+                settings.pop("eval_share", None)
+                settings.update(max_new_tokens=int(new_tokens))
+                if train_kind == "ppo":
+                    settings.update(kl_coef=kl_value)
+                else:
+                    settings.update(beta=kl_value, num_generations=int(generations))
+                run_id = runner.start_online(train_kind, data, int(reward_run_id), base=base_name.strip(), **settings)
+            else:
+                if train_kind == "dpo":
+                    settings.update(beta=beta_value, loss_type=loss_value, precompute_ref_log_probs=precompute_value)
+                run_id = runner.start_training(train_kind, data, eval_pairs or None, base=base_name.strip(), **settings)
         except RunError as e:
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
@@ -130,7 +174,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         if not run_id:
             return "Pick a run to follow it.", None, None
         run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
-        return (run_summary(store, run_id), metric_plot(store, run_id, ["loss", "eval_loss"], "Loss"),
+        return (run_summary(store, run_id), metric_plot(store, run_id, LOSSES.get(run_kind, ["loss", "eval_loss"]), "Loss"),
                 metric_plot(store, run_id, PLOTTED[run_kind], "Metrics"))
 
     def control(action, run_id):
@@ -150,15 +194,19 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             gr.update(choices=training_runs(store), value=new_id)
 
     form = [learning_rate, batch_size, grad_accum, max_length, epochs, max_steps, lora_r, lora_alpha, seed, eval_share]
-    kind.change(switch_kind, kind, [learning_rate, beta, loss_type, precompute])
-    start.click(start_run, [kind, base, dataset, eval_dataset, *form, beta, loss_type, precompute], [started, picked])
+    kind.change(switch_kind, kind, [learning_rate, batch_size, max_steps, beta, loss_type, precompute, online_row, kl,
+                                    dataset, eval_dataset, eval_share, epochs])
+    start.click(start_run, [kind, base, dataset, eval_dataset, *form, beta, loss_type, precompute, reward_run,
+                            max_new_tokens, kl, num_generations], [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
     picked.change(show, picked, [summary, loss_plot, metrics_plot])
     gr.Timer(2.0).tick(show, picked, [summary, loss_plot, metrics_plot], show_progress="hidden")
 
-    def refresh():
-        choices = dataset_names(store, with_pairs=True)
-        return gr.update(choices=choices), gr.update(choices=[""] + choices), gr.update(choices=training_runs(store))
+    def refresh(label):
+        pairs = dataset_names(store, with_pairs=True)
+        choices = dataset_names(store) if KINDS[label] in ONLINE_KINDS else pairs
+        return (gr.update(choices=choices), gr.update(choices=[""] + pairs), gr.update(choices=training_runs(store)),
+                gr.update(choices=reward_runs(store)))
 
-    tab.select(refresh, outputs=[dataset, eval_dataset, picked])
+    tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run])
