@@ -176,6 +176,17 @@ def cmd_rewards(ws: Workspace, args) -> int:
         return 0 if args.no_wait else _follow(runner, run_id)
 
 
+def cmd_evaluate(ws: Workspace, args) -> int:
+    from studio.runner import Runner
+
+    settings = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "seed") if getattr(args, k) is not None}
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_evaluation(args.policy_run, args.reward_run, args.prompts, args.limit, **settings)
+        print(f"run {run_id} started: policy of run {args.policy_run} against its base on '{args.prompts}'")
+        return 0 if args.no_wait else _follow(runner, run_id)
+
+
 def cmd_filter(ws: Workspace, args) -> int:
     from store.filtering import filter_by_perplexity
 
@@ -370,6 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_rewards)
+
+    p = sub.add_parser("evaluate", parents=[common], help="policy vs its base, judged by a reward model (a job)")
+    p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
+    p.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
+    p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
+    p.add_argument("--limit", type=int, default=64, help="at most this many prompts")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", parents=[common], help="list trained models")
     p.add_argument("--json", action="store_true")

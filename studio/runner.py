@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.dpo import DPOTrainConfig
+from pipelines.evaluate import EvaluateConfig
 from pipelines.generate import GenerateConfig
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.grpo import OnlineTrainConfig
@@ -42,7 +43,7 @@ from studio.workspace import Workspace
 FINAL = ("succeeded", "failed", "cancelled")
 MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate", "reward": "pipelines.reward",
            "dpo": "pipelines.dpo", "reward-scoring": "pipelines.reward_scoring", "ppo": "pipelines.ppo",
-           "grpo": "pipelines.grpo", "rloo": "pipelines.rloo"}
+           "grpo": "pipelines.grpo", "rloo": "pipelines.rloo", "evaluate": "pipelines.evaluate"}
 TRAIN_CONFIGS = {"reward": RewardTrainConfig, "dpo": DPOTrainConfig, "ppo": PPOTrainConfig,
                  "grpo": OnlineTrainConfig, "rloo": OnlineTrainConfig}
 ONLINE_KINDS = ("ppo", "grpo", "rloo")  # trained on prompts against a reward model, not on pairs
@@ -233,6 +234,30 @@ class Runner:
         except (TypeError, ValueError) as e:
             raise RunError(f"{kind} settings: {e}") from None
         return self._start(kind, config, rows)
+
+    def start_evaluation(self, policy_run: int, reward_run: int, prompts: str, limit: int = 64, **settings) -> int:
+        """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its
+        base, score both with the reward model of `reward_run`, and report win rate, reward gain,
+        KL and length change (stored as the evaluation run's metrics)."""
+        policy = self.store.query("SELECT path FROM models WHERE run_id = ? AND purpose = 'policy'", [policy_run])
+        if not policy:
+            raise RunError(f"run {policy_run} did not train a policy (train one: alignstudio train dpo|ppo|grpo|rloo)")
+        reward = self.store.query("SELECT path FROM models WHERE run_id = ? AND purpose = 'reward'", [reward_run])
+        if not reward:
+            raise RunError(f"run {reward_run} did not train a reward model")
+        dataset_id = self._dataset_id(prompts)
+        rows = self.store.query("""
+            SELECT messages::VARCHAR AS prompt FROM prompts
+            WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) ORDER BY id LIMIT ?""",
+                                [dataset_id, limit])
+        if not rows:
+            raise RunError(f"dataset '{prompts}' has no prompts")
+        try:
+            config = EvaluateConfig(policy_adapter=policy[0]["path"], reward_adapter=reward[0]["path"],
+                                    models_dir=str(self.workspace.models_dir), **settings)
+        except TypeError as e:
+            raise RunError(f"evaluation settings: {e}") from None
+        return self._start("evaluate", config, rows)
 
     # --- following ------------------------------------------------------------------------------
 

@@ -146,6 +146,7 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     runner = Runner(hh40, workspace)
     reward_run = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0, **SMALL)
     assert runner.wait(reward_run)["status"] == "succeeded"
+    policies = {}
     for kind in ("ppo", "grpo", "rloo"):
         run_id = runner.start_online(kind, "hh40", reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
                                      max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8)
@@ -154,5 +155,16 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         names = {m["name"] for m in hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
         assert {"reward", "kl"} <= names, (kind, names)
         assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
+        policies[kind] = run_id
     with pytest.raises(RunError, match="did not train a reward model"):
         runner.start_online("ppo", "hh40", run_id, base=str(tiny_model))
+
+    # After a policy run: both answer held-out prompts, the RM judges, the report is stored with the run.
+    evaluation = runner.wait(runner.start_evaluation(policies["ppo"], reward_run, "hh40", limit=4, max_new_tokens=8))
+    assert evaluation["status"] == "succeeded", evaluation["message"]
+    assert "against its base" in evaluation["message"]
+    final = {m["name"]: m["value"] for m in hh40.query(
+        "SELECT name, value FROM run_metrics WHERE run_id = ?", [evaluation["id"]])}
+    assert 0.0 <= final["win_rate"] <= 1.0
+    assert final["reward_gain"] == pytest.approx(final["reward_policy"] - final["reward_base"])
+    assert {"kl", "length_change"} <= set(final)
