@@ -76,14 +76,19 @@ def run_summary(store: Store, run_id: int) -> str:
     config = json.loads(run["config"])
     latest = latest_metrics(store, run_id)
     parts = [f"**Run {run_id}** ({run['kind']}, base `{config['base']}`): **{run['status']}**"]
+    path = store.scalar("SELECT path FROM models WHERE run_id = ? AND purpose = 'policy'", [run_id])
+    evaluations = store.query("""SELECT id, message FROM runs WHERE kind = 'evaluate' AND status = 'succeeded'
+                                 AND json_extract_string(config, '$.policy_adapter') = ? ORDER BY id""", [path]) \
+        if path else []
     if run["status"] == "running" and "progress" in latest:
         parts.append(f"{latest['progress']:.0%}" + (f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""))
     if run["message"]:
         parts.append(run["message"])
+    text = " · ".join(parts) + "".join(f"\n\nEvaluation (run {e['id']}): {e['message']}" for e in evaluations)
     if run["kind"] == "ppo":  # the studio's own loop runs on one device
-        return " · ".join(parts)
+        return text
     command = f"accelerate launch -m {MODULES[run['kind']]} --config {run['folder']}/config.json"
-    return " · ".join(parts) + f"\n\nOn several GPUs the same run: `{command}`"
+    return text + f"\n\nOn several GPUs the same run: `{command}`"
 
 
 def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
@@ -126,6 +131,12 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         resume = gr.Button("Resume", scale=1, size="sm")
         again = gr.Button("Run again", scale=1, size="sm")
     summary = gr.Markdown(elem_id="train-summary")
+    with gr.Accordion("Evaluate a policy against its base", open=False):
+        with gr.Row():
+            eval_prompts = gr.Dropdown(dataset_names(store), label="Held-out prompts", scale=2)
+            eval_reward = gr.Dropdown(reward_runs(store), label="Judged by the reward model", scale=2)
+            eval_limit = gr.Number(64, label="At most prompts", precision=0, minimum=1, scale=1)
+            evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="value", color="metric", label="Loss", height=340)
         metrics_plot = gr.LinePlot(x="step", y="value", color="metric", label="Metrics", height=340)
@@ -200,6 +211,16 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                             max_new_tokens, kl, num_generations], [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
+    def start_evaluation(run_id, prompts, reward_run_id, limit):
+        if not run_id or not prompts or not reward_run_id:
+            return "**Pick a policy run above, held-out prompts and a reward model.**", gr.update()
+        try:
+            new_id = runner.start_evaluation(int(run_id), int(reward_run_id), prompts, int(limit or 64))
+        except RunError as e:
+            return f"**{e}**", gr.update()
+        return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
+
+    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_limit], [started, picked])
     picked.change(show, picked, [summary, loss_plot, metrics_plot])
     gr.Timer(2.0).tick(show, picked, [summary, loss_plot, metrics_plot], show_progress="hidden")
 
@@ -209,4 +230,6 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return (gr.update(choices=choices), gr.update(choices=[""] + pairs), gr.update(choices=training_runs(store)),
                 gr.update(choices=reward_runs(store)))
 
-    tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run])
+    tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run]).then(
+        lambda: (gr.update(choices=dataset_names(store)), gr.update(choices=reward_runs(store))),
+        outputs=[eval_prompts, eval_reward])

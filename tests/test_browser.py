@@ -291,3 +291,28 @@ def test_two_annotators_never_hold_the_same_pair_and_their_agreement_shows(tmp_p
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_workspace, tiny_model, browser):
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Base model").fill(str(tiny_model))
+        page.get_by_role("spinbutton", name="Max steps").fill("6")
+        page.get_by_role("spinbutton", name="Batch size").fill("2")
+        page.get_by_role("spinbutton", name="Max tokens").fill("256")
+        page.get_by_role("button", name="Start training").click()
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=30_000)
+        summary = page.locator("#train-summary")
+        summary.get_by_text("succeeded").wait_for(timeout=240_000)
+        assert "reward model trained (6 steps)" in summary.inner_text()
+        assert "accelerate launch -m pipelines.reward" in summary.inner_text()
+        page.get_by_text("Metrics: accuracy (blue), margin (orange)").wait_for(timeout=30_000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        assert store.query("SELECT kind, status FROM runs") == [{"kind": "reward", "status": "succeeded"}]
+        assert store.query("SELECT name, purpose FROM models") == [{"name": "reward-run1", "purpose": "reward"}]
