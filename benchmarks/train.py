@@ -1,0 +1,112 @@
+"""Training overhead: DPO seconds per step and peak memory, the studio's pipeline against a plain
+TRL script with the same settings, in the same run.
+
+    python benchmarks/train.py [--base default] [--steps 6] [--pairs 64]
+
+Both train LoRA DPO (sigmoid loss, beta 0.1, r 16 on all linear layers, batch 4, max 512 tokens,
+float32 on a CPU) on the same HH-RLHF pairs from ../shared/data, each in its own process, and
+report TRL's own train_runtime / steps and the process's peak resident memory. Target: no
+overhead (ratio <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def write_inputs(folder: Path, pairs: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from store import Store, import_file
+    from store.exports import preference_records
+
+    with Store(folder / "bench.duckdb") as store:
+        import_file(store, HH, "hh")
+        records, _ = preference_records(store, "hh")
+    rows = [{"prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]), "rejected": json.dumps(r["rejected"])}
+            for r in records[:pairs]]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "inputs.parquet")
+
+
+def studio(folder: Path, base: str, models_dir: str, steps: int) -> float:
+    from pipelines.dpo import DPOTrainConfig, run
+    from pipelines.runlog import RunLog
+
+    config = DPOTrainConfig(base=base, models_dir=models_dir, max_steps=steps, batch_size=4, max_length=512,
+                            eval_share=0.0, save_every=10_000)
+    run(config, RunLog(folder))
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    return next(e["metrics"]["train_runtime"] for e in events if "train_runtime" in e.get("metrics", {}))
+
+
+def plain(folder: Path, base: str, models_dir: str, steps: int) -> float:
+    """What a user would write with TRL directly."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from pipelines.models import resolve_model
+
+    path = resolve_model(base, models_dir)
+    rows = [{k: json.loads(v) for k, v in r.items()} for r in pq.read_table(folder / "inputs.parquet").to_pylist()]
+    args = DPOConfig(output_dir=str(folder / "out"), max_steps=steps, per_device_train_batch_size=4, max_length=512,
+                     bf16=False, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none",
+                     disable_tqdm=True, learning_rate=5e-5, seed=0)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(path),
+                         peft_config=LoraConfig(**LORA))
+    return trainer.train().metrics["train_runtime"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="default")
+    parser.add_argument("--models-dir", default=str(Path.home() / ".cache" / "alignment-studio" / "test-models"))
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--one", choices=("studio", "plain"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:  # a child: train one way, print seconds/step and peak memory
+        folder = Path(args.folder)
+        runtime = (studio if args.one == "studio" else plain)(folder, args.base, args.models_dir, args.steps)
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+        print(json.dumps({"s_per_step": runtime / args.steps, "peak_gb": peak_gb}))
+        return
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for way in ("plain", "studio"):
+            folder = Path(tmp) / way
+            folder.mkdir()
+            write_inputs(folder, args.pairs)
+            out = subprocess.run([sys.executable, __file__, "--one", way, "--folder", str(folder), "--base", args.base,
+                                  "--models-dir", args.models_dir, "--steps", str(args.steps)],
+                                 capture_output=True, text=True, check=True)
+            results[way] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{way:7} DPO: {results[way]['s_per_step']:.2f} s/step, peak memory {results[way]['peak_gb']:.2f} GB",
+                  flush=True)
+    time_ratio = results["studio"]["s_per_step"] / results["plain"]["s_per_step"]
+    memory_ratio = results["studio"]["peak_gb"] / results["plain"]["peak_gb"]
+    print(f"studio / plain TRL: time {time_ratio:.2f}x, memory {memory_ratio:.2f}x "
+          f"({args.steps} steps, batch 4, max 512 tokens, base {args.base}); target <= 1.05")
+
+
+if __name__ == "__main__":
+    main()
