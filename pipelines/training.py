@@ -201,3 +201,30 @@ def train_online(config, log: RunLog, method: str, trainer_cls, config_cls) -> N
                                                "base_path": base_path}))
     log.event("succeeded", step=trainer.state.global_step,
               message=f"{method.upper()} trained ({trainer.state.global_step} steps)")
+
+
+def parameter_count(base: str, models_dir: str | Path) -> float | None:
+    """The base model's parameters in billions, estimated from its local config.json; None when
+    it is not on this machine yet (a hub id) or its config is unusual."""
+    from pipelines.models import DEFAULT_CACHE_NAME, DEFAULT_MODEL
+
+    folder = Path(models_dir) / DEFAULT_CACHE_NAME if base == DEFAULT_MODEL else Path(base).expanduser()
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        config = config.get("text_config", config)
+        h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+        ffn = config.get("intermediate_size", 4 * h)
+    except (OSError, KeyError, ValueError):
+        return None
+    return (layers * (4 * h * h + 3 * h * ffn) + vocab * h) / 1e9
+
+
+def suggested_settings(defaults: TrainSettings, billions: float | None) -> dict:
+    """Settings for a base of this size, from the method's defaults (tuned for models under 1B):
+    larger models get a lower learning rate, smaller batches with gradient accumulation (same
+    effective batch) and gradient checkpointing, so that they fit a single consumer GPU."""
+    if billions is None or billions < 1:
+        return {}
+    scale, batch = (0.5, 2) if billions < 4 else (0.25, 1)
+    return {"learning_rate": defaults.learning_rate * scale, "batch_size": batch,
+            "grad_accum": max(1, defaults.batch_size * defaults.grad_accum // batch), "gradient_checkpointing": True}

@@ -140,8 +140,13 @@ GROUP_OPTIONS = ("beta", "max_new_tokens", "num_generations", "temperature")  # 
 def cmd_train(ws: Workspace, args) -> int:
     from studio.runner import Runner
 
+    from pipelines.training import parameter_count, suggested_settings
+    from studio.runner import TRAIN_CONFIGS
+
     kind = TRAIN_KINDS[args.kind]
-    settings = {name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None}
+    # Options given win; the others default to what suits the base's size.
+    settings = suggested_settings(TRAIN_CONFIGS[kind](), parameter_count(args.base, ws.models_dir))
+    settings.update({name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None})
     if kind == "dpo":
         settings.update(loss_type=args.loss_type, precompute_ref_log_probs=args.precompute_ref)
         if args.beta is not None:

@@ -3,6 +3,7 @@ cancel, resume, or run it again with the same config and inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gradio as gr
@@ -12,6 +13,7 @@ from pipelines.dpo import LOSS_TYPES, DPOTrainConfig
 from pipelines.grpo import OnlineTrainConfig
 from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
+from pipelines.training import parameter_count, suggested_settings
 from store import Store
 from store.queries import dataset_names, latest_metrics
 from studio.runner import MODULES, ONLINE_KINDS, TRAIN_CONFIGS, RunError, Runner
@@ -97,7 +99,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     gr.Markdown(EXPLANATION)
     with gr.Row():
         kind = gr.Radio(list(KINDS), value="Reward model", label="Train")
-        base = gr.Textbox("default", label="Base model", info="default, a local folder or a hub id")
+        base = gr.Textbox("default", label="Base model", info="default, a local folder or a hub id; Enter suggests settings")
         dataset = gr.Dropdown(names, value=names[0] if names else None, label="Pairs")
         eval_dataset = gr.Dropdown([""] + names, value="", label="Eval pairs", info="empty: hold out a share")
     with gr.Row():
@@ -121,6 +123,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         kl = gr.Number(DEFAULTS["ppo"].kl_coef, label="KL weight", info="PPO kl_coef; GRPO/RLOO beta")
         num_generations = gr.Number(DEFAULTS["grpo"].num_generations, label="Answers per prompt", precision=0,
                                     minimum=2, info="GRPO/RLOO")
+    sizing = gr.Markdown(elem_id="train-sizing")
     start = gr.Button("Start training", variant="primary")
     started = gr.Markdown(elem_id="train-started")
 
@@ -205,6 +208,19 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             gr.update(choices=training_runs(store), value=new_id)
 
     form = [learning_rate, batch_size, grad_accum, max_length, epochs, max_steps, lora_r, lora_alpha, seed, eval_share]
+    def suggest(label, base_name):
+        """Fill the form with the method's defaults adjusted to the base's size."""
+        defaults = DEFAULTS[KINDS[label]]
+        billions = parameter_count(base_name.strip(), runner.workspace.models_dir)
+        settings = {**dataclasses.asdict(defaults), **suggested_settings(defaults, billions)}
+        size = (f"`{base_name.strip()}` has about {billions:.2f}B parameters" if billions is not None
+                else f"the size of `{base_name.strip()}` is unknown until it is on this machine")
+        note = f"Settings for this method; {size}." + (
+            " Larger bases get a lower learning rate, a smaller batch with gradient accumulation and gradient "
+            "checkpointing; on a small GPU add 4-bit loading (CLI: --load-in-4bit)." if billions and billions >= 1 else "")
+        return [note] + [gr.update(value=settings[name]) for name in ("learning_rate", "batch_size", "grad_accum")]
+
+    base.submit(suggest, [kind, base], [sizing, learning_rate, batch_size, grad_accum])
     kind.change(switch_kind, kind, [learning_rate, batch_size, max_steps, beta, loss_type, precompute, online_row, kl,
                                     dataset, eval_dataset, eval_share, epochs])
     start.click(start_run, [kind, base, dataset, eval_dataset, *form, beta, loss_type, precompute, reward_run,

@@ -168,3 +168,17 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     assert 0.0 <= final["win_rate"] <= 1.0
     assert final["reward_gain"] == pytest.approx(final["reward_policy"] - final["reward_base"])
     assert {"kl", "length_change"} <= set(final)
+
+
+def test_settings_suggested_by_model_size_keep_the_effective_batch(tiny_model):
+    from pipelines.dpo import DPOTrainConfig
+    from pipelines.training import parameter_count, suggested_settings
+
+    assert 0 < parameter_count(str(tiny_model), "unused") < 0.01
+    assert parameter_count("owner/not-here", "unused") is None
+    defaults = DPOTrainConfig()
+    assert suggested_settings(defaults, 0.15) == {} and suggested_settings(defaults, None) == {}
+    for billions in (1.7, 8.0):
+        s = suggested_settings(defaults, billions)
+        assert s["batch_size"] * s["grad_accum"] == defaults.batch_size * defaults.grad_accum
+        assert s["learning_rate"] < defaults.learning_rate and s["gradient_checkpointing"]
