@@ -119,6 +119,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (response_id, model)
     );
     """,
+    """
+    -- The models that wrote a pair's two sides, for pairs made by comparing two models (arena
+    -- votes, batch comparisons): kept on the pair because two models can write the same text.
+    ALTER TABLE pairs ADD COLUMN first_model VARCHAR;
+    ALTER TABLE pairs ADD COLUMN second_model VARCHAR;
+    """,
 ]
 
 COUNTED_TABLES = ("prompts", "responses", "pairs", "labels", "datasets", "runs", "models")

@@ -154,7 +154,7 @@ class LabelQueue:
     def _serve(self, pair_id: str, swapped: bool) -> ServedPair:
         row = self.store.query("""
             SELECT pr.messages AS prompt, a.messages AS first, b.messages AS second,
-                   a.model AS first_model, b.model AS second_model
+                   coalesce(p.first_model, a.model) AS first_model, coalesce(p.second_model, b.model) AS second_model
             FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
             JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
             WHERE p.id = ?""", [pair_id])[0]

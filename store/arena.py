@@ -1,0 +1,129 @@
+"""Pairs made by comparing two models, blind-arena votes, and the leaderboard.
+
+A compared pair holds one prompt and two models' answers, with the model of each side kept on the
+pair. An arena vote is a label on such a pair (left shown = first), so votes feed the next reward
+model and DPO run like any other label. The leaderboard counts every label given on a compared pair
+(arena votes and labels from the Label tab alike) and rates the models with Elo, votes taken in
+the order given; a tie and "both bad" count half a win each, as in Chatbot Arena.
+"""
+
+from __future__ import annotations
+
+import json
+
+from store.db import Store, content_hash, fetch_one, is_empty_response, prompt_key, response_key
+from store.labelling import check_annotator, verdict_for
+
+ARENA_DATASET = "arena"
+ELO_START = 1000.0
+ELO_K = 32.0
+
+
+class ArenaError(ValueError):
+    pass
+
+
+def _dataset(cur, name: str, recipe: dict) -> int:
+    row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name])
+    if row:
+        return row[0]
+    return fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+                     [name, json.dumps(recipe)])[0]
+
+
+def _response(cur, prompt_id: str, messages: list[dict], model: str, source: str, generation: dict | None) -> str:
+    rid = response_key(prompt_id, messages)
+    cur.execute("""INSERT INTO responses (id, prompt_id, messages, is_empty, model, generation, source)
+                   SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? NOT IN (SELECT id FROM responses)""",
+                [rid, prompt_id, json.dumps(messages, ensure_ascii=False), is_empty_response(messages), model,
+                 json.dumps(generation) if generation else None, source, rid])
+    return rid
+
+
+def add_compared_pair(cur, dataset: str, prompt: list[dict], first: tuple[str, list[dict]],
+                      second: tuple[str, list[dict]], source: str, recipe: dict | None = None,
+                      generation: dict | None = None) -> str:
+    """Store a prompt and two models' answers (model, messages) as an unlabelled pair of `dataset`
+    (created when missing, with `recipe`), inside the caller's transaction; returns the pair id."""
+    if not prompt or not first[1] or not second[1]:
+        raise ArenaError("a compared pair needs a prompt and two answers")
+    dataset_id = _dataset(cur, dataset, recipe or {"source": source})
+    pid = prompt_key(prompt)
+    cur.execute("INSERT INTO prompts (id, messages) SELECT ?, ? WHERE ? NOT IN (SELECT id FROM prompts)",
+                [pid, json.dumps(prompt, ensure_ascii=False), pid])
+    first_id = _response(cur, pid, first[1], first[0], source, generation)
+    second_id = _response(cur, pid, second[1], second[0], source, generation)
+    pair_id = content_hash("pair", pid, first_id, second_id, first[0], second[0])
+    cur.execute("""INSERT INTO pairs (id, prompt_id, first_id, second_id, source, first_model, second_model)
+                   SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? NOT IN (SELECT id FROM pairs)""",
+                [pair_id, pid, first_id, second_id, source, first[0], second[0], pair_id])
+    cur.execute("INSERT OR IGNORE INTO dataset_prompts VALUES (?, ?)", [dataset_id, pid])
+    cur.execute("INSERT OR IGNORE INTO dataset_pairs VALUES (?, ?)", [dataset_id, pair_id])
+    return pair_id
+
+
+def record_vote(store: Store, prompt: list[dict], left: tuple[str, list[dict]], right: tuple[str, list[dict]],
+                answer: str, annotator: str, dataset: str = ARENA_DATASET) -> str:
+    """Store an arena vote: the pair (left as first) in `dataset` and the voter's label on it, in
+    one transaction. `answer` is left, right, tie or both-bad. Returns the pair id."""
+    annotator = check_annotator(annotator)
+    if answer not in ("left", "right", "tie", "both-bad"):
+        raise ArenaError(f"unknown vote {answer!r}; one of left, right, tie, both-bad")
+    with store.transaction() as cur:
+        pair_id = add_compared_pair(cur, dataset, prompt, left, right, source="arena",
+                                    recipe={"source": "arena", "about": "blind votes from the Compare tab"})
+        cur.execute("DELETE FROM labels WHERE pair_id = ? AND annotator = ?", [pair_id, annotator])
+        cur.execute("INSERT INTO labels (pair_id, annotator, verdict, swapped) VALUES (?, ?, ?, false)",
+                    [pair_id, annotator, verdict_for(answer, swapped=False)])
+    return pair_id
+
+
+def leaderboard(store: Store) -> list[dict]:
+    """One row per model that took part in a labelled comparison: battles, wins, losses, ties,
+    both-bad and Elo rating, best first. A model compared with itself is not counted."""
+    votes = store.query("""
+        SELECT p.first_model AS a, p.second_model AS b, l.verdict
+        FROM labels l JOIN pairs p ON p.id = l.pair_id
+        WHERE p.first_model IS NOT NULL AND p.second_model IS NOT NULL AND p.first_model <> p.second_model
+          AND l.verdict <> 'skip'
+        ORDER BY l.id""")
+    board: dict[str, dict] = {}
+
+    def entry(model: str) -> dict:
+        return board.setdefault(model, {"model": model, "battles": 0, "wins": 0, "losses": 0, "ties": 0,
+                                        "both_bad": 0, "elo": ELO_START})
+
+    for v in votes:
+        a, b = entry(v["a"]), entry(v["b"])
+        score_a = {"first": 1.0, "second": 0.0}.get(v["verdict"], 0.5)
+        expected_a = 1.0 / (1.0 + 10 ** ((b["elo"] - a["elo"]) / 400))
+        a["elo"] += ELO_K * (score_a - expected_a)
+        b["elo"] -= ELO_K * (score_a - expected_a)
+        for side, won, lost in ((a, "first", "second"), (b, "second", "first")):
+            side["battles"] += 1
+            if v["verdict"] == won:
+                side["wins"] += 1
+            elif v["verdict"] == lost:
+                side["losses"] += 1
+            elif v["verdict"] == "tie":
+                side["ties"] += 1
+            else:
+                side["both_bad"] += 1
+    for row in board.values():
+        row["elo"] = round(row["elo"], 1)
+    return sorted(board.values(), key=lambda r: (-r["elo"], r["model"]))
+
+
+def reward_win_rate(store: Store, dataset: str, reward_model: str) -> dict | None:
+    """How often the first model's answer of a compared dataset gets the higher reward (a tie
+    counts half); None when no pair of it has both sides scored by `reward_model`."""
+    row = store.query("""
+        SELECT any_value(p.first_model) AS model_a, any_value(p.second_model) AS model_b, count(*) AS pairs,
+               avg(CASE WHEN ra.reward > rb.reward THEN 1.0 WHEN ra.reward = rb.reward THEN 0.5 ELSE 0.0 END) AS win_rate,
+               avg(ra.reward - rb.reward) AS reward_gap
+        FROM pairs p
+        JOIN rewards ra ON ra.response_id = p.first_id AND ra.model = $m
+        JOIN rewards rb ON rb.response_id = p.second_id AND rb.model = $m
+        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = (SELECT id FROM datasets WHERE name = $d))""",
+                      {"m": reward_model, "d": dataset})[0]
+    return row if row["pairs"] else None

@@ -1,0 +1,192 @@
+"""Compare tab: two GGUF models answer the same conversation side by side, streamed from
+llama.cpp with the same sampling. In the blind arena the sides are shuffled and the names hidden
+until the vote; every vote is stored as a labelled pair (dataset `arena`), and the leaderboard
+rates the models by all labelled comparisons."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import gradio as gr
+
+from pipelines.chat import ChatModels, Sampling
+from store import Store
+from store.arena import ARENA_DATASET, leaderboard, record_vote
+from store.labelling import LabelError
+from store.queries import dataset_names
+from studio.rendering import as_chat
+from studio.runner import Runner
+
+VOTE_BUTTONS = [("Left is better", "vote-left", "left"), ("Right is better", "vote-right", "right"),
+                ("Tie", "vote-tie", "tie"), ("Both bad", "vote-both-bad", "both-bad")]
+LEADERBOARD_COLUMNS = ["model", "Elo", "battles", "wins", "losses", "ties", "both bad"]
+STREAM_EVERY_S = 0.05  # the page is updated at most this often while answers stream
+
+
+def side_by_side(left, right):
+    """Pieces of two streams in turn, as (side, piece), side 0 or 1, until both end: each model
+    runs while the other's piece is shown, so neither waits for the other's whole answer."""
+    streams, live = [iter(left), iter(right)], [True, True]
+    while any(live):
+        for side in (0, 1):
+            if live[side]:
+                piece = next(streams[side], None)
+                if piece is None:
+                    live[side] = False
+                else:
+                    yield side, piece
+
+
+def leaderboard_rows(store: Store) -> list[list]:
+    return [[r["model"], r["elo"], r["battles"], r["wins"], r["losses"], r["ties"], r["both_bad"]]
+            for r in leaderboard(store)]
+
+
+def new_conversation(model_a: str, model_b: str, blind: bool, history: list[dict] | None = None) -> dict:
+    """Which model answers on which side (shuffled when blind) and the conversation so far."""
+    left, right = (model_b, model_a) if blind and random.random() < 0.5 else (model_a, model_b)
+    history = history or []
+    return {"left": left, "right": right, "blind": blind, "sides": [list(history), list(history)],
+            "prompt_turns": None, "voted": False}
+
+
+def chatbots(state: dict | None, left=None, right=None) -> tuple[dict, dict]:
+    """Updates for the two chat panes: their conversations (when given) and their titles, which
+    name the models unless a blind battle has no vote yet."""
+    if state is None:
+        titles = ("Left", "Right")
+    elif state["blind"] and not state["voted"]:
+        titles = ("Left: hidden until you vote", "Right: hidden until you vote")
+    else:
+        titles = (f"Left: {state['left']}", f"Right: {state['right']}")
+    values = (left, right)
+    return tuple(gr.update(label=t) if v is None else gr.update(label=t, value=v) for t, v in zip(titles, values))
+
+
+def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) -> None:
+    models = list(runner.gguf_models())
+    gr.Markdown("Two models answer the same messages with the same sampling, from llama.cpp. In the **blind "
+                "arena** the sides are shuffled and the names hidden until you vote; each vote is stored as a "
+                f"labelled pair in the dataset `{ARENA_DATASET}`, ready for the next reward model or DPO run.")
+    with gr.Row(equal_height=True):
+        model_a = gr.Dropdown(models, value=models[0] if models else None, label="Model A", elem_id="compare-model-a")
+        model_b = gr.Dropdown(models, value=models[-1] if models else None, label="Model B", elem_id="compare-model-b")
+        blind = gr.Checkbox(False, label="Blind arena", info="shuffle the sides, hide the names until the vote",
+                            elem_id="compare-blind")
+    with gr.Accordion("Sampling (the same for both)", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            max_tokens = gr.Number(256, label="Max answer tokens", precision=0, minimum=1)
+            seed = gr.Number(0, label="Seed", precision=0)
+    with gr.Row(equal_height=True):
+        left = gr.Chatbot(label="Left", height=420, elem_id="compare-left", buttons=["copy"])
+        right = gr.Chatbot(label="Right", height=420, elem_id="compare-right", buttons=["copy"])
+    with gr.Row(equal_height=True):
+        message = gr.Textbox(placeholder="Type a message for both models, or pick a prompt from a dataset",
+                             show_label=False, scale=5, elem_id="compare-input")
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
+        new = gr.Button("New conversation", scale=1, elem_id="compare-new")
+    with gr.Row(equal_height=True):
+        datasets = dataset_names(store)
+        prompts_from = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Prompts from", scale=3)
+        pick = gr.Button("Random prompt", scale=1, size="sm")
+    with gr.Row(equal_height=True):
+        annotator = gr.Textbox("arena", label="Your name (votes are labels)", scale=2, elem_id="vote-annotator")
+        votes = [gr.Button(text, elem_id=elem_id, scale=1) for text, elem_id, _ in VOTE_BUTTONS]
+    status = gr.Markdown(elem_id="compare-status")
+    with gr.Accordion("Leaderboard", open=True):
+        gr.Markdown("Every labelled comparison of two models counts: arena votes and labels given in the Label "
+                    "tab on compared pairs. Elo starts at 1000; ties and 'both bad' count half a win.")
+        board = gr.Dataframe(leaderboard_rows(store), headers=LEADERBOARD_COLUMNS, interactive=False,
+                             elem_id="leaderboard")
+    state = gr.State(None)
+
+    def reset(a, b, is_blind):
+        conversation = new_conversation(a, b, is_blind) if a and b else None
+        return (conversation, *chatbots(conversation, [], []),
+                "Blind arena: the sides are shuffled and the names hidden." if is_blind else "")
+
+    def pick_prompt(a, b, is_blind, dataset):
+        rows = store.query("""SELECT messages::VARCHAR AS m FROM prompts WHERE id IN
+                              (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
+                               (SELECT id FROM datasets WHERE name = ?)) ORDER BY random() LIMIT 1""", [dataset])
+        if not rows:
+            raise gr.Error(f"'{dataset}' has no prompts")
+        messages = json.loads(rows[0]["m"])
+        conversation = new_conversation(a, b, is_blind, history=messages[:-1])
+        shown = as_chat(messages[:-1])
+        return conversation, *chatbots(conversation, shown, shown), messages[-1]["content"], ""
+
+    def chat(text, a, b, is_blind, temp, p, tokens, sample_seed, conversation):
+        available = runner.gguf_models()
+        if not text or not text.strip():
+            raise gr.Error("Type a message first")
+        if conversation is None or conversation["voted"]:
+            conversation = new_conversation(a, b, is_blind, history=None)
+        for name in (conversation["left"], conversation["right"]):
+            if name not in available:
+                raise gr.Error(f"model '{name}' is not available (its GGUF file is gone?)")
+        sampling = Sampling(float(temp), float(p), int(tokens or 256), int(sample_seed or 0))
+        sides = conversation["sides"]
+        for messages in sides:
+            messages.append({"role": "user", "content": text.strip()})
+        if conversation["prompt_turns"] is None:
+            conversation["prompt_turns"] = len(sides[0])
+        answers = ["", ""]
+        streams = [chat_models.stream(available[conversation[name]], sides[i], sampling, slot=i)
+                   for i, name in enumerate(("left", "right"))]
+
+        def shown():
+            return [as_chat(sides[i] + [{"role": "assistant", "content": answers[i] or "…"}]) for i in (0, 1)]
+
+        yield conversation, *chatbots(conversation, *shown()), "", "Both models are answering…"
+        last = time.monotonic()
+        for side, piece in side_by_side(*streams):
+            answers[side] += piece
+            if time.monotonic() - last >= STREAM_EVERY_S:
+                last = time.monotonic()
+                yield conversation, *chatbots(conversation, *shown()), "", "Both models are answering…"
+        for i in (0, 1):
+            sides[i].append({"role": "assistant", "content": answers[i]})
+        yield (conversation, *chatbots(conversation, as_chat(sides[0]), as_chat(sides[1])), "",
+               "Vote below, or send another message to continue both conversations.")
+
+    def vote(answer, name, conversation):
+        if conversation is None or conversation["prompt_turns"] is None:
+            raise gr.Error("Send a message first: a vote judges two answers")
+        if conversation["voted"]:
+            raise gr.Error("This conversation has its vote; send a new message to start the next one")
+        turns = conversation["prompt_turns"]
+        left_side, right_side = conversation["sides"]
+        try:
+            record_vote(store, left_side[:turns], (conversation["left"], left_side[turns:]),
+                        (conversation["right"], right_side[turns:]), answer, name)
+        except (LabelError, ValueError) as e:
+            raise gr.Error(str(e)) from None
+        conversation["voted"] = True
+        words = {"left": f"{conversation['left']} (left) is better", "right": f"{conversation['right']} (right) is better",
+                 "tie": "a tie", "both-bad": "both bad"}[answer]
+        return (conversation, *chatbots(conversation), leaderboard_rows(store),
+                f"Vote stored: {words}. Left was **{conversation['left']}**, right was **{conversation['right']}**. "
+                "Send a new message for the next battle.")
+
+    sampling_inputs = [temperature, top_p, max_tokens, seed]
+    chat_outputs = [state, left, right, message, status]
+    send.click(chat, [message, model_a, model_b, blind, *sampling_inputs, state], chat_outputs)
+    message.submit(chat, [message, model_a, model_b, blind, *sampling_inputs, state], chat_outputs)
+    for trigger in (new.click, model_a.change, model_b.change, blind.change):
+        trigger(reset, [model_a, model_b, blind], [state, left, right, status])
+    pick.click(pick_prompt, [model_a, model_b, blind, prompts_from], [state, left, right, message, status])
+    for button, (_, _, answer) in zip(votes, VOTE_BUTTONS):
+        button.click(lambda name, conversation, answer=answer: vote(answer, name, conversation),
+                     [annotator, state], [state, left, right, board, status])
+
+    def refresh():
+        choices = list(runner.gguf_models())
+        return (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=dataset_names(store)),
+                leaderboard_rows(store))
+
+    tab.select(refresh, outputs=[model_a, model_b, prompts_from, board])

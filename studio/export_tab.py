@@ -1,0 +1,88 @@
+"""Export tab: merge a trained policy into its base and export GGUF files for llama.cpp and Ollama,
+as a job; the finished export lists each file with the check of its logits against transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.export import QUANTS, REPORT
+from pipelines.models import DEFAULT_MODEL
+from store import Store
+from store.queries import latest_metrics
+from studio.runner import Runner, RunError
+
+FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
+                "answer to the check prompt", "file"]
+EXPLANATION = """
+The adapter is merged into its base and saved (safetensors, tokenizer, chat template); llama.cpp's
+converter writes an f16 GGUF and llama.cpp's quantiser makes the smaller files. Each file is then
+loaded in llama.cpp and checked against the merged model in transformers on a fixed prompt: the next
+token must be the same for f16, and the logits close (q8_0 and q4_k_m drift more; the table says how
+much). Beside every file is an Ollama `Modelfile`. The files appear in the Compare tab.
+"""
+
+
+def exportable(store: Store) -> list[str]:
+    policies = [r["name"] for r in store.query(
+        "SELECT name FROM models WHERE kind = 'adapter' AND purpose = 'policy' ORDER BY id DESC")]
+    return policies + [DEFAULT_MODEL]
+
+
+def export_runs(store: Store) -> list[tuple[str, int]]:
+    return [(f"run {r['id']} · {json.loads(r['config'])['name']} · {r['status']}", r["id"])
+            for r in store.query("SELECT id, config, status FROM runs WHERE kind = 'export' ORDER BY id DESC")]
+
+
+def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]:
+    """The run's state line, its files table and the Ollama commands."""
+    if run_id is None:
+        return "No export yet.", [], ""
+    run = store.query("SELECT * FROM runs WHERE id = ?", [run_id])[0]
+    line = f"Run {run_id}: **{run['status']}**"
+    if run["status"] == "running":
+        progress = latest_metrics(store, run_id).get("progress")
+        line += f" {progress:.0%}" if progress is not None else ""
+    if run["message"]:
+        line += f" · {run['message']}"
+    report_path = Path(run["folder"]) / REPORT
+    if run["status"] != "succeeded" or not report_path.exists():
+        return line, [], ""
+    report = json.loads(report_path.read_text())
+    names = {r["path"]: r["name"] for r in store.query("SELECT name, path FROM models WHERE run_id = ?", [run_id])}
+    rows, commands = [], []
+    for f in report["files"]:
+        name = names.get(f["path"], "?")
+        rows.append([name, f["quant"], round(f["bytes"] / 1e6, 1), "same" if f["argmax_agrees"] else "differs",
+                     round(f["max_abs_diff"], 4), f"{f['top10_overlap']}/10", f["reply"], f["path"]])
+        commands.append(f"ollama create {name} -f {f['modelfile']}")
+    return line, rows, "Use them in Ollama:\n\n```\n" + "\n".join(commands) + "\n```"
+
+
+def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
+    gr.Markdown(EXPLANATION)
+    choices = exportable(store)
+    with gr.Row(equal_height=True):
+        model = gr.Dropdown(choices, value=choices[0], label="Model to export", scale=3, elem_id="export-model",
+                            info="a trained policy (DPO, PPO, GRPO, RLOO), or the default model itself")
+        quants = gr.CheckboxGroup(list(QUANTS), value=list(QUANTS), label="Files", scale=3)
+        start = gr.Button("Export", variant="primary", scale=1, elem_id="export-start")
+    runs = export_runs(store)
+    picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Export run", elem_id="export-run")
+    status = gr.Markdown(elem_id="export-status")
+    files = gr.Dataframe(headers=FILE_COLUMNS, interactive=False, wrap=True, elem_id="export-files")
+    ollama = gr.Markdown()
+
+    def start_export(name, chosen):
+        try:
+            run_id = runner.start_export(model=name, quants=chosen)
+        except RunError as e:
+            raise gr.Error(str(e)) from None
+        return gr.update(choices=export_runs(store), value=run_id)
+
+    start.click(start_export, [model, quants], picked)
+    picked.change(lambda r: export_view(store, r), picked, [status, files, ollama])
+    gr.Timer(2.0).tick(lambda r: export_view(store, r), picked, [status, files, ollama], show_progress="hidden")
+    tab.select(lambda: gr.update(choices=exportable(store)), outputs=model)
