@@ -89,13 +89,14 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                              show_label=False, scale=5, elem_id="compare-input")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
         new = gr.Button("New conversation", scale=1, elem_id="compare-new")
-    with gr.Row(equal_height=True):
+    with gr.Row():
         datasets = dataset_names(store)
         prompts_from = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Prompts from", scale=3)
-        pick = gr.Button("Random prompt", scale=1, size="sm")
-    with gr.Row(equal_height=True):
+        with gr.Column(scale=1):
+            pick = gr.Button("Random prompt from the dataset", size="sm")
         annotator = gr.Textbox("arena", label="Your name (votes are labels)", scale=2, elem_id="vote-annotator")
-        votes = [gr.Button(text, elem_id=elem_id, scale=1) for text, elem_id, _ in VOTE_BUTTONS]
+    with gr.Row():
+        votes = [gr.Button(text, elem_id=elem_id, scale=1, size="md") for text, elem_id, _ in VOTE_BUTTONS]
     status = gr.Markdown(elem_id="compare-status")
     with gr.Accordion("Leaderboard", open=True):
         gr.Markdown("Every labelled comparison of two models counts: arena votes and labels given in the Label "

@@ -118,11 +118,13 @@ class Runner:
             raise RunError(f"no dataset named '{name}'")
         return dataset_id
 
-    def _start(self, kind: str, config, inputs: list[dict], more_inputs: dict[str, list[dict]] | None = None) -> int:
-        """Create the run, write its inputs (and any other input files) and config into its
-        folder, and launch it."""
+    def _start(self, kind: str, config, inputs: list[dict] | None,
+               more_inputs: dict[str, list[dict]] | None = None) -> int:
+        """Create the run, write its inputs (if it reads any; and any other input files) and
+        config into its folder, and launch it."""
         run_id, folder = self._new_run(kind, config)
-        pq.write_table(pa.Table.from_pylist(inputs), folder / config.inputs)
+        if inputs is not None:
+            pq.write_table(pa.Table.from_pylist(inputs), folder / config.inputs)
         for name, rows in (more_inputs or {}).items():
             pq.write_table(pa.Table.from_pylist(rows), folder / name)
         save_config(config, folder / "config.json")
@@ -213,7 +215,7 @@ class Runner:
             raise RunError(f"run {run_id} has unknown kind {old['kind']!r}")
         config = json.loads(old["config"])
         new_id, folder = self._new_run(old["kind"], config)
-        for name in (config["inputs"], config.get("eval_inputs"), "config.json"):
+        for name in (config.get("inputs"), config.get("eval_inputs"), "config.json"):
             if name:
                 shutil.copy2(Path(old["folder"]) / name, folder / name)
         self._launch(new_id)
@@ -291,7 +293,7 @@ class Runner:
             config.check()
         except ValueError as e:
             raise RunError(str(e)) from None
-        return self._start("export", config, [{"name": config.name}])
+        return self._start("export", config, None)
 
     def gguf_models(self) -> dict[str, str]:
         """The models llama.cpp can chat with, name -> GGUF file: the default model's own file and

@@ -316,3 +316,42 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
     with mini_workspace.open_store() as store:
         assert store.query("SELECT kind, status FROM runs") == [{"kind": "reward", "status": "succeeded"}]
         assert store.query("SELECT name, purpose FROM models") == [{"name": "reward-run1", "purpose": "reward"}]
+
+
+def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(tmp_path, mini_workspace, browser):
+    from pipelines.models import default_gguf_path
+
+    with mini_workspace.open_store() as store:  # a second name for the default's GGUF: two models
+        with store.transaction() as cur:
+            cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('twin', 'gguf', ?, 'policy')",
+                        [str(default_gguf_path())])
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_label("Blind arena").check()
+        page.get_by_text("Sampling (the same for both)").click()
+        page.get_by_role("spinbutton", name="Max answer tokens").fill("24")
+        page.locator("#compare-input textarea").fill("Name three colours.")
+        page.locator("#compare-send").click()
+        page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
+        for side in ("left", "right"):
+            bubbles = page.locator(f"#compare-{side} .message-row")
+            assert bubbles.count() == 2 and len(bubbles.last.inner_text().strip()) > 3
+        assert "hidden until you vote" in page.inner_text("#compare-left")
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        page.locator("#vote-left").click()
+        page.get_by_text("Vote stored").wait_for(timeout=30_000)
+        status = page.inner_text("#compare-status")
+        board = " ".join(page.inner_text("#leaderboard").split())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        row = store.query("""SELECT p.first_model, p.second_model, l.verdict, l.annotator FROM labels l
+                             JOIN pairs p ON p.id = l.pair_id""")
+        assert len(row) == 1 and row[0]["verdict"] == "first" and row[0]["annotator"] == "arena"
+        assert {row[0]["first_model"], row[0]["second_model"]} == {"default", "twin"}
+        assert f"Left was {row[0]['first_model']}" in status
+    assert f"{row[0]['first_model']} 1016 1 1 0 0 0" in board and f"{row[0]['second_model']} 984 1 0 1 0 0" in board

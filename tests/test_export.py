@@ -1,0 +1,111 @@
+"""GGUF export: a trained policy merges, converts, quantises, chats in llama.cpp and matches
+transformers; refusals are clear."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.export import chat_template_parts, modelfile
+from store import import_file
+from studio.cli import main as cli_main
+from studio.runner import RunError, Runner
+
+
+@pytest.fixture
+def dpo_run(tmp_path, workspace, store, hh_file, tiny_model):
+    """A DPO policy trained for a few steps on the tiny model; the run id."""
+    import gzip
+
+    path = tmp_path / "hh20.jsonl"
+    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:20]))
+    import_file(store, path, "hh20")
+    runner = Runner(store, workspace)
+    run_id = runner.start_training("dpo", "hh20", base=str(tiny_model), max_steps=3, batch_size=2, max_length=128,
+                                   lora_r=4, lora_alpha=8, learning_rate=5e-2)
+    assert runner.wait(run_id)["status"] == "succeeded"
+    store.close()
+    return run_id
+
+
+def test_a_trained_policy_exports_to_three_gguf_files_that_chat_and_match_transformers(workspace, dpo_run, capsys):
+    from llama_cpp import Llama
+
+    code = cli_main(["export-model", "--run", str(dpo_run), "--workspace", str(workspace.root),
+                     "--models-dir", str(workspace.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    with workspace.open_store() as store:
+        models = {r["name"]: r for r in store.query("SELECT * FROM models")}
+    policy = models[f"dpo-run{dpo_run}"]
+    ggufs = {name: r for name, r in models.items() if r["kind"] == "gguf"}
+    assert set(ggufs) == {f"dpo-run{dpo_run}-{q}" for q in ("f16", "q8_0", "q4_k_m")}
+    export_run = next(iter(ggufs.values()))["run_id"]
+    assert all(r["parent_id"] == policy["id"] and r["run_id"] == export_run for r in ggufs.values())
+    assert models[f"dpo-run{dpo_run}-merged"]["kind"] == "merged"
+    report = json.loads((workspace.runs_dir / str(export_run) / "export.json").read_text())
+    checks = {f["quant"]: f for f in report["files"]}
+    # f16 reproduces the merged model; the smaller files are at least close to it.
+    assert checks["f16"]["argmax_agrees"] and checks["f16"]["relative_diff"] < 0.01
+    assert checks["q8_0"]["top10_overlap"] >= 7 and checks["q4_k_m"]["top10_overlap"] >= 5
+    sizes = {q: Path(f["path"]).stat().st_size for q, f in checks.items()}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+    for name in ggufs:
+        assert name in out
+    # The merged weights are the adapter's, not the base's: the merge changed them.
+    from safetensors.torch import load_file
+
+    merged = load_file(Path(report["model_dir"]) / "model.safetensors")
+    base = load_file(Path(json.loads((workspace.runs_dir / str(dpo_run) / "config.json").read_text())["base"])
+                     / "model.safetensors")
+    assert any((merged[k] - base[k]).abs().max() > 1e-4 for k in base if "proj" in k)
+    # Each file loads and chats in llama.cpp.
+    llm = Llama(checks["q4_k_m"]["path"], n_ctx=256, verbose=False)
+    reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+    text = Path(checks["q8_0"]["modelfile"]).read_text()
+    assert text.splitlines()[1] == f"FROM ./{Path(checks['q8_0']['path']).name}"
+    assert 'PARAMETER stop "<|im_end|>"' in text and "{{ .Content }}" in text
+
+
+def test_modelfile_template_rebuilds_the_chat_template(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    parts = chat_template_parts(tokenizer)
+    conversation = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                    {"role": "user", "content": "and 3+3?"}]
+    rendered = "".join(parts[m["role"]] + m["content"] + parts["suffix"] for m in conversation) + parts["generation"]
+    with_default = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert with_default == parts["system"] + parts["default_system"] + parts["suffix"] + rendered
+    text = modelfile("m.gguf", tokenizer)
+    template = text.split('TEMPLATE """')[1].split('"""')[0]
+    assert template.count("{{ if ") == 1 and template.count("{{ end }}") == 2  # one if, closed, inside one range
+    assert f'SYSTEM """{parts["default_system"]}"""' in text
+
+
+def test_an_architecture_llama_cpp_cannot_convert_fails_with_a_clear_message(workspace, store, tiny_model, tmp_path):
+    foreign = tmp_path / "foreign-model"
+    shutil.copytree(tiny_model, foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    (foreign / "config.json").write_text(json.dumps({**config, "architectures": ["MadeUpForCausalLM"]}))
+    runner = Runner(store, workspace)
+    run = runner.wait(runner.start_export(model=str(foreign), quants=["f16"]))
+    assert run["status"] == "failed"
+    assert "cannot convert the architecture MadeUpForCausalLM" in run["message"]
+    assert not list((workspace.runs_dir / str(run["id"]) / "gguf").glob("*.gguf*"))  # nothing half-written
+    assert store.scalar("SELECT count(*) FROM models") == 0
+
+
+def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, store):
+    with store.transaction() as cur:
+        cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('reward-run1', 'adapter', '/x', 'reward')")
+    runner = Runner(store, workspace)
+    with pytest.raises(RunError, match="scores answers and does not chat"):
+        runner.start_export(model="reward-run1")
+    with pytest.raises(RunError, match="no model named 'nope'"):
+        runner.start_export(model="nope")
+    with pytest.raises(RunError, match="unknown quant q3"):
+        runner.start_export(model="default", quants=["q3"])
+    assert store.scalar("SELECT count(*) FROM runs") == 0
