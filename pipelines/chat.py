@@ -61,12 +61,14 @@ class ChatModels:
                 if piece:
                     yield piece
 
-    def answer(self, path: str | Path, messages: list[dict], sampling: Sampling, slot: int = 0) -> tuple[str, str]:
-        """The whole answer and why it ended: 'stop' or 'length' (max_tokens reached)."""
+    def answer(self, path: str | Path, messages: list[dict], sampling: Sampling, slot: int = 0) -> tuple[str, str, int]:
+        """The whole answer, why it ended ('stop', or 'length' when max_tokens cut it) and its
+        length in tokens."""
         llm, lock = self.get(path, slot)
         with lock:
             result = llm.create_chat_completion(messages=messages, temperature=sampling.temperature,
                                                 top_p=sampling.top_p, max_tokens=sampling.max_tokens,
                                                 seed=sampling.seed)
         choice = result["choices"][0]
-        return choice["message"]["content"] or "", "length" if choice["finish_reason"] == "length" else "stop"
+        return (choice["message"]["content"] or "", "length" if choice["finish_reason"] == "length" else "stop",
+                result["usage"]["completion_tokens"])

@@ -11,6 +11,7 @@ Answers are appended to `partial.jsonl` per prompt, so a cancelled run resumes w
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -44,6 +45,7 @@ def run(config: CompareConfig, log: RunLog) -> None:
     models = ChatModels(max_loaded=2)
     sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
     log.progress(len(done), len(prompts), message=f"{config.model_a} and {config.model_b} answering")
+    tokens, seconds = [0, 0], [0.0, 0.0]  # of the answers made by this process, per model
     for row in prompts:
         if row["prompt_id"] in done:
             continue
@@ -51,16 +53,25 @@ def run(config: CompareConfig, log: RunLog) -> None:
             log.event("cancelled", step=len(done), total=len(prompts), message=f"cancelled after {len(done)} prompts")
             return
         messages = json.loads(row["prompt"])
-        answer_a, finish_a = models.answer(config.path_a, messages, sampling, slot=0)
-        answer_b, finish_b = models.answer(config.path_b, messages, sampling, slot=1)
+        answers = []
+        for side, path in enumerate((config.path_a, config.path_b)):
+            models.get(path, slot=side)  # loading is not answering: not timed
+            start = time.perf_counter()
+            text, finish, n_tokens = models.answer(path, messages, sampling, slot=side)
+            seconds[side] += time.perf_counter() - start
+            tokens[side] += n_tokens
+            answers.append((text, finish))
+        (answer_a, finish_a), (answer_b, finish_b) = answers
         done[row["prompt_id"]] = record = {**row, "answer_a": answer_a, "finish_a": finish_a,
                                            "answer_b": answer_b, "finish_b": finish_b}
         with open(partial, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         log.progress(len(done), len(prompts))
     pq.write_table(pa.Table.from_pylist([done[r["prompt_id"]] for r in prompts]), run_dir / config.output)
-    log.event("succeeded", step=len(prompts), total=len(prompts),
-              message=f"{len(prompts)} prompts answered by {config.model_a} and {config.model_b}")
+    speed = {f"tokens_per_s_{name}": tokens[i] / seconds[i] for i, name in enumerate("ab") if seconds[i] > 0}
+    log.event("succeeded", step=len(prompts), total=len(prompts), metrics=speed,
+              message=f"{len(prompts)} prompts answered by {config.model_a} and {config.model_b}" + (
+                  f" ({speed['tokens_per_s_a']:.0f} and {speed['tokens_per_s_b']:.0f} tokens/s)" if len(speed) == 2 else ""))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from store import EXPORT_FORMATS, FORMATS, ExportError, ImportFailed, StoreError, export_pairs, import_file
@@ -74,6 +75,12 @@ def cmd_datasets(ws: Workspace, args) -> int:
         for r in rows:
             print(f"{r['name']:24} {r['pairs']:7} pairs {r['prompts']:7} prompts")
     return 0
+
+
+def _follow_run(runner, run_id: int) -> dict:
+    """Follow a run with progress lines; the run as it ended."""
+    _follow(runner, run_id)
+    return runner.get(run_id)
 
 
 def _follow(runner, run_id: int) -> int:
@@ -241,6 +248,30 @@ def cmd_compare(ws: Workspace, args) -> int:
             print(f"{args.a} wins {result['win_rate']:.0%} of {result['pairs']} prompts against {args.b} by "
                   f"'{reward_model}' (ties count half; mean reward gap {result['reward_gap']:+.3f})")
         return status
+
+
+def cmd_demo(ws: Workspace, args) -> int:
+    from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
+    from studio.runner import Runner
+
+    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__
+                               and v is not None})
+    started = time.monotonic()
+
+    def show(stage):
+        print(f"== {stage.name} ({stage.seconds:.0f} s): {stage.summary}", flush=True)
+
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        try:
+            stages = run_demo(store, runner, settings, ws, auto=args.auto, follow=lambda r: _follow_run(runner, r),
+                              on_stage=show)
+        except DemoStop as e:
+            print(str(e))
+            return 0
+    print(f"\nThe demo took {(time.monotonic() - started) / 60:.1f} minutes ({len(stages)} stages; report in "
+          f"{ws.root / REPORT}). See the models side by side: alignstudio serve, then the Compare tab.\n{SCALE_UP}")
+    return 0
 
 
 def cmd_filter(ws: Workspace, args) -> int:
@@ -471,6 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", parents=[common], help="the whole loop on the demo prompts, stage by stage")
+    p.add_argument("--auto", action="store_true", help="label with the documented heuristic and run unattended")
+    p.add_argument("--base", help="the model to align (default)")
+    p.add_argument("--prompts", type=int, help="demo prompts that get candidates (40)")
+    p.add_argument("--heldout", type=int, help="other prompts for evaluation and comparison (16)")
+    p.add_argument("--candidates", type=int, help="answers sampled per prompt (4)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length limit (96)")
+    p.add_argument("--rm-steps", type=int, help="reward model steps (30)")
+    p.add_argument("--dpo-steps", type=int, help="DPO steps (30)")
+    p.add_argument("--batch-size", type=int, help="(4)")
+    p.add_argument("--eval-prompts", type=int, help="held-out prompts in the evaluation (16)")
+    p.add_argument("--compare-prompts", type=int, help="held-out prompts in the comparison (8)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", parents=[common], help="list trained and exported models")
     p.add_argument("--json", action="store_true")

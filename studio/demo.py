@@ -1,0 +1,226 @@
+"""The whole loop on the demo prompts, stage by stage: candidates, perplexity filter, labels,
+reward model, DPO, evaluation, GGUF export, comparison.
+
+`alignstudio demo --auto` runs it unattended; without `--auto` it stops once the pairs are ready
+and asks for labels in the Label tab; run again, it goes on from those labels (stages whose
+output exists are not repeated). The
+Home tab's "Guided run" starts the unattended run in the app. Every stage reports what it did,
+its figures and how long it took; the report is kept in `<workspace>/demo-report.json`.
+
+The automatic labeller is a plain, stated rule, not a judge of quality: an answer that ended on
+its own beats one cut off by the length limit; between two that both ended (or both were cut),
+the one with fewer repeated words wins (share of distinct words, to 0.05); then the shorter one;
+otherwise a tie. So the demo teaches the model to finish its answers, not ramble, and keep them
+short, which its evaluation can show, and a user can see each verdict in the Label tab (annotator
+`heuristic`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from store import Store, import_file
+from store.db import fetch_one
+from store.filtering import FilterError, filter_by_perplexity
+from studio.runner import RunError, Runner
+from studio.workspace import ASSETS, Workspace
+
+DEMO_PROMPTS = "demo-prompts"
+TRAIN_PROMPTS, HELDOUT_PROMPTS, PAIRS = "demo-train", "demo-heldout", "demo-pairs"
+LABELLER = "heuristic"
+REPORT = "demo-report.json"
+
+
+class DemoStop(Exception):
+    """The demo waits for the user (labels); the message says what to do."""
+
+
+@dataclass
+class DemoSettings:
+    """Small defaults: the unattended demo finishes in under 30 minutes on a 2-core CPU. On a GPU,
+    raise prompts, candidates and steps (the report says how)."""
+    base: str = "default"
+    prompts: int = 40            # prompts that get candidates
+    heldout: int = 16            # other prompts, for the evaluation and the comparison
+    candidates: int = 4
+    max_new_tokens: int = 96
+    keep_quantile: float = 0.75  # per prompt: 3 of 4 candidates kept, so 3 pairs per prompt
+    rm_steps: int = 30
+    dpo_steps: int = 30
+    batch_size: int = 4
+    max_length: int = 384
+    eval_prompts: int = 16
+    compare_prompts: int = 8
+    seed: int = 0
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    summary: str
+    figures: dict = field(default_factory=dict)
+
+
+def heuristic_verdict(first: dict, second: dict) -> str:
+    """first, second: {'text', 'finish'}; returns 'first', 'second' or 'tie' (rule in the module doc)."""
+    def distinct(text: str) -> float:
+        words = text.lower().split()
+        return round(len(set(words)) / len(words) / 0.05) * 0.05 if words else 0.0
+
+    keys = [((r["finish"] == "stop"), distinct(r["text"]), -len(r["text"].split())) for r in (first, second)]
+    if keys[0] == keys[1]:
+        return "tie"
+    return "first" if keys[0] > keys[1] else "second"
+
+
+def auto_label(store: Store, dataset: str) -> dict:
+    """Label every pair of `dataset` not yet labelled by the heuristic; counts per verdict."""
+    rows = store.query("""
+        SELECT p.id, a.messages AS a, b.messages AS b, a.generation AS ga, b.generation AS gb
+        FROM pairs p JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+          AND p.id NOT IN (SELECT pair_id FROM labels WHERE annotator = ?)""", [store.dataset_id(dataset), LABELLER])
+    counts = {"first": 0, "second": 0, "tie": 0}
+    with store.transaction() as cur:
+        for r in rows:
+            sides = [{"text": " ".join(m["content"] for m in json.loads(r[k])),
+                      "finish": json.loads(r[g] or "{}").get("finish", "stop")} for k, g in (("a", "ga"), ("b", "gb"))]
+            verdict = heuristic_verdict(*sides)
+            counts[verdict] += 1
+            cur.execute("INSERT INTO labels (pair_id, annotator, verdict) VALUES (?, ?, ?)", [r["id"], LABELLER, verdict])
+    return counts
+
+
+def _prompt_subset(store: Store, name: str, offset: int, limit: int) -> int:
+    """A dataset of the demo prompts number offset+1 .. offset+limit (in file order)."""
+    with store.transaction() as cur:
+        if fetch_one(cur, "SELECT 1 FROM datasets WHERE name = ?", [name]):
+            return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = "
+                                  "(SELECT id FROM datasets WHERE name = ?)", [name])[0]
+        new_id = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+                           [name, json.dumps({"source": DEMO_PROMPTS, "offset": offset, "limit": limit})])[0]
+        cur.execute("""INSERT INTO dataset_prompts SELECT ?, id FROM prompts
+                       WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
+                                    (SELECT id FROM datasets WHERE name = ?))
+                       ORDER BY rowid LIMIT ? OFFSET ?""", [new_id, DEMO_PROMPTS, limit, offset])
+        return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [new_id])[0]
+
+
+def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Workspace, auto: bool,
+             follow: Callable[[int], dict], on_stage: Callable[[Stage], None] = lambda stage: None) -> list[Stage]:
+    """Run the stages; `follow(run_id)` waits for a job and returns its run row. Raises DemoStop
+    when labels are needed (without `auto`), RunError when a job fails."""
+    s = settings
+    stages: list[Stage] = []
+
+    def stage(name: str, started: float, summary: str, **figures) -> None:
+        stages.append(Stage(name, round(time.monotonic() - started, 1), summary, figures))
+        (workspace.root / REPORT).write_text(json.dumps({"settings": asdict(s), "stages": [asdict(x) for x in stages]},
+                                                        indent=2), encoding="utf-8")
+        on_stage(stages[-1])
+
+    def job(run_id: int) -> dict:
+        run = follow(run_id)
+        if run["status"] != "succeeded":
+            raise RunError(f"run {run_id} ({run['kind']}) {run['status']}: {run['message']}")
+        return run
+
+    def metrics(run_id: int) -> dict:
+        return {r["name"]: r["value"] for r in store.query(
+            "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [run_id])}
+
+    t = time.monotonic()
+    if store.dataset_id(DEMO_PROMPTS) is None:
+        import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_PROMPTS)
+    n_train = _prompt_subset(store, TRAIN_PROMPTS, 0, s.prompts)
+    n_heldout = _prompt_subset(store, HELDOUT_PROMPTS, s.prompts, s.heldout)
+    stage("prompts", t, f"{n_train} demo prompts get candidates, {n_heldout} others are held out", train=n_train,
+          heldout=n_heldout)
+
+    if store.dataset_id(PAIRS) is None:
+        t = time.monotonic()
+        run = job(runner.start_generation(TRAIN_PROMPTS, s.base, n=s.candidates, max_new_tokens=s.max_new_tokens,
+                                          seed=s.seed))
+        made = store.scalar("SELECT count(*) FROM responses WHERE model = ?", [s.base])
+        stage("candidates", t, f"{made} answers sampled ({s.candidates} per prompt) from {s.base} - {run['message']}",
+              responses=made)
+        t = time.monotonic()
+        try:
+            run = job(runner.start_perplexity(TRAIN_PROMPTS, s.base))
+            message = run["message"]
+        except RunError as e:
+            if "no responses left" not in str(e):
+                raise
+            message = "all were scored already"
+        stage("perplexity", t, f"perplexity of every candidate under {s.base}: {message}")
+        t = time.monotonic()
+        try:
+            plan = filter_by_perplexity(store, TRAIN_PROMPTS, s.base, PAIRS, keep_quantile=s.keep_quantile,
+                                        per_prompt=True)
+        except FilterError as e:
+            raise RunError(str(e)) from None
+        stage("filter", t, plan.summary(PAIRS), kept_responses=len(plan.kept_responses), pairs=len(plan.formed_pairs))
+
+    t = time.monotonic()
+    if auto:
+        counts = auto_label(store, PAIRS)
+        stage("labels", t, f"the heuristic labeller gave {sum(counts.values())} verdicts: {counts['first']} first, "
+              f"{counts['second']} second, {counts['tie']} ties (ties are left out of training)", **counts)
+    else:
+        given = store.scalar("""SELECT count(DISTINCT pair_id) FROM labels WHERE verdict IN ('first', 'second')
+                                AND pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""",
+                             [store.dataset_id(PAIRS)])
+        if not given:
+            raise DemoStop(f"Label the pairs of '{PAIRS}' in the Label tab (alignstudio serve, then Label), then run "
+                           "`alignstudio demo` again to go on from them; or run `alignstudio demo --auto` to let the heuristic label.")
+        stage("labels", t, f"{given} pairs have your labels", labelled=given)
+
+    train = dict(base=s.base, batch_size=s.batch_size, max_length=s.max_length, seed=s.seed)
+    t = time.monotonic()
+    rm_run = runner.start_training("reward", PAIRS, max_steps=s.rm_steps, eval_share=0.2, **train)
+    job(rm_run)
+    m = metrics(rm_run)
+    stage("reward model", t, f"run {rm_run}: eval accuracy {m.get('eval_accuracy', float('nan')):.2f}, "
+          f"margin {m.get('eval_margin', float('nan')):.3f} on the held-out pairs",
+          run=rm_run, eval_accuracy=m.get("eval_accuracy"), eval_margin=m.get("eval_margin"))
+
+    t = time.monotonic()
+    dpo_run = runner.start_training("dpo", PAIRS, max_steps=s.dpo_steps, **train)
+    job(dpo_run)
+    m = metrics(dpo_run)
+    stage("dpo", t, f"run {dpo_run}: last rewards/margins {m.get('rewards/margins', float('nan')):.3f}, "
+          f"accuracies {m.get('rewards/accuracies', float('nan')):.2f}", run=dpo_run,
+          margins=m.get("rewards/margins"), accuracies=m.get("rewards/accuracies"))
+
+    t = time.monotonic()
+    run = job(runner.start_evaluation(dpo_run, rm_run, HELDOUT_PROMPTS, limit=s.eval_prompts,
+                                      max_new_tokens=s.max_new_tokens))
+    m = metrics(run["id"])
+    stage("evaluate", t, f"run {run['id']}: {run['message']}", run=run["id"], win_rate=m.get("win_rate"),
+          reward_gain=m.get("reward_gain"), kl=m.get("kl"), length_change=m.get("length_change"))
+
+    t = time.monotonic()
+    run = job(runner.start_export(run_id=dpo_run, quants=["q8_0"]))
+    gguf = store.query("SELECT name, path FROM models WHERE run_id = ? AND kind = 'gguf'", [run["id"]])[0]
+    m = metrics(run["id"])
+    stage("export", t, f"run {run['id']}: {gguf['name']} ({m.get('q8_0_mb', 0):.0f} MB) at {gguf['path']}",
+          run=run["id"], model=gguf["name"], mb=m.get("q8_0_mb"))
+
+    t = time.monotonic()
+    into = f"demo-compare-run{run['id']}"
+    run = job(runner.start_comparison("default", gguf["name"], HELDOUT_PROMPTS, into=into, limit=s.compare_prompts,
+                                      max_tokens=s.max_new_tokens))
+    m = metrics(run["id"])
+    stage("compare", t, f"run {run['id']}: {run['message']}; the answers are unlabelled pairs in '{into}', and the "
+          "Compare tab chats with both", run=run["id"], tokens_per_s_base=m.get("tokens_per_s_a"),
+          tokens_per_s_policy=m.get("tokens_per_s_b"), dataset=into)
+    return stages
+
+
+SCALE_UP = ("On a GPU, scale up: more prompts and candidates (--prompts 160 --candidates 8), longer answers "
+            "(--max-new-tokens 256) and more steps (--rm-steps 200 --dpo-steps 200); training picks bf16 by "
+            "itself there.")
