@@ -234,13 +234,23 @@ class Store:
             cur.begin()
             try:
                 yield cur
-            except BaseException:
-                cur.rollback()
-                raise
-            else:
                 cur.commit()
+            except (duckdb.IOException, duckdb.TransactionException, OSError) as e:
+                self._rollback(cur)
+                raise StoreError(f"{self.path}: cannot write the workspace database ({e}); is the disk full or the "
+                                 "folder read-only? Nothing of this change was written") from None
+            except BaseException:
+                self._rollback(cur)
+                raise
             finally:
                 cur.close()
+
+    @staticmethod
+    def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+        try:
+            cur.rollback()
+        except duckdb.Error:
+            pass  # a failed commit has ended the transaction already
 
     def query(self, sql: str, params: list | None = None) -> list[dict]:
         cur = self._con.cursor()

@@ -4,6 +4,7 @@ remove pairs, and export a dataset for download."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -73,6 +74,13 @@ def pair_details(store: Store, pair_id: str) -> tuple[list[dict], str, str, str]
     return (as_chat(pair["prompt"]), meta, f"{first_title}\n\n{as_markdown(pair['first'])}",
             f"{second_title}\n\n{as_markdown(pair['second'])}")
 
+
+
+def export_path(workspace: Workspace, dataset: str, fmt: str, suffix: str) -> Path:
+    """Where the Data tab writes a dataset's export: always inside the workspace's exports folder,
+    whatever the dataset is called (a name like '../../x' becomes '_x')."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{dataset}-{fmt}").strip("_") or "export"
+    return workspace.exports_dir / f"{stem}{suffix if suffix in ('.jsonl', '.parquet') else '.jsonl'}"
 
 def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> None:
     names = dataset_names(store)
@@ -165,7 +173,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> No
     def run_export(dataset_name, fmt_name, suffix_name):
         if not dataset_name:
             return "**Pick a dataset.**", gr.update(visible=False)
-        out = workspace.exports_dir / f"{dataset_name}-{fmt_name}{suffix_name}"
+        out = export_path(workspace, dataset_name, fmt_name, suffix_name)
         try:
             report = export_pairs(store, out, dataset_name, fmt_name)
         except ExportError as e:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import html
+import json
+import threading
+import time
 
 import gradio as gr
 
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.queries import dataset_summaries, run_summaries
-from studio.runner import RunError, Runner
+from studio.demo import REPORT, SCALE_UP, DemoSettings, run_demo
+from studio.runner import FINAL, RunError, Runner
 from studio.workspace import Workspace
 
 RUN_COLUMNS = ["run", "kind", "status", "progress", "message", "started", "finished"]
@@ -37,6 +41,60 @@ def runs_table(store: Store) -> list[list]:
     return rows
 
 
+GUIDE = """
+**Guided run.** The whole loop on the demo prompts: sample candidate answers from the default model,
+keep the plausible ones by perplexity and pair them, label the pairs, train a reward model, run
+DPO, evaluate the policy against the base, export it to a q8_0 GGUF and compare the two in llama.cpp.
+To label yourself: `alignstudio demo` prepares the pairs of `demo-pairs` for the Label tab, and
+run again it goes on from your labels. The button below runs it unattended instead, with a plain,
+stated rule as labeller (an answer that ends beats one cut off; then fewer repeated words; then the
+shorter one), in about 20 minutes on a 2-core CPU.
+"""
+
+
+class GuidedRun:
+    """The unattended demo started from the page: one at a time, in a thread; the jobs it starts
+    are followed through the store (the app's sync thread moves them on)."""
+
+    def __init__(self, store: Store, runner: Runner, workspace: Workspace):
+        self.store, self.runner, self.workspace = store, runner, workspace
+        self.thread: threading.Thread | None = None
+        self.outcome = ""
+
+    def follow(self, run_id: int) -> dict:
+        while (run := self.runner.get(run_id))["status"] not in FINAL:
+            time.sleep(1.0)
+        return run
+
+    def start(self) -> str:
+        if self.thread is not None and self.thread.is_alive():
+            return "The guided run is already running."
+        (self.workspace.root / REPORT).unlink(missing_ok=True)
+        self.outcome = "Started."
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self.outcome
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            run_demo(self.store, self.runner, DemoSettings(), self.workspace, auto=True, follow=self.follow)
+        except Exception as e:  # shown in the panel; the runs keep their own logs
+            self.outcome = f"**Stopped:** {e}"
+        else:
+            self.outcome = (f"**Done in {(time.monotonic() - started) / 60:.1f} minutes.** Open the Compare tab to chat "
+                            f"with the base and the aligned model side by side. {SCALE_UP}")
+
+    def report(self) -> str:
+        path = self.workspace.root / REPORT
+        if not path.exists():
+            return self.outcome
+        stages = json.loads(path.read_text())["stages"]
+        lines = [f"{i}. **{s['name']}** ({s['seconds']:.0f} s): {s['summary']}" for i, s in enumerate(stages, 1)]
+        running = self.thread is not None and self.thread.is_alive()
+        return "\n".join(lines) + ("\n\n*working on the next stage…*" if running else f"\n\n{self.outcome}")
+
+
 def build(store: Store, runner: Runner, workspace: Workspace) -> None:
     gr.Markdown(
         f"Workspace `{html.escape(str(workspace.root))}` &middot; default model: {DEFAULT_DESCRIPTION}.")
@@ -54,6 +112,11 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
                 cancel = gr.Button("Cancel run", variant="stop", scale=1)
                 resume = gr.Button("Resume run", scale=1)
             outcome = gr.Markdown()
+    guided = GuidedRun(store, runner, workspace)
+    with gr.Accordion("Guided run: from demo prompts to an aligned GGUF model", open=False):
+        gr.Markdown(GUIDE)
+        start_guided = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
+        guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
     def refresh():
         return stat_cards(store), datasets_table(store), runs_table(store)
@@ -68,5 +131,7 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
         return f"Run {int(run)}: {'cancel requested (it saves a checkpoint first)' if action == 'cancel' else 'resumed'}."
 
     gr.Timer(2.0).tick(refresh, outputs=[cards, datasets, runs], show_progress="hidden")
+    gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
+    start_guided.click(lambda: guided.start(), outputs=guided_report)
     cancel.click(lambda run: control("cancel", run), inputs=run_id, outputs=outcome)
     resume.click(lambda run: control("resume", run), inputs=run_id, outputs=outcome)

@@ -254,6 +254,18 @@ def test_labelling_with_keys_and_undo_commits_exactly_the_given_labels(tmp_path,
         else:
             chosen = left if key == "1" else right
             assert words(chosen).endswith(first if r["verdict"] == "first" else second)
+    # The killed app starts again on the same workspace and knows every label.
+    url, proc = serve(mini_workspace, tmp_path / "serve-again.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Label").click()
+        page.get_by_label("Annotator").fill("alice")
+        page.get_by_role("button", name="Start labelling").click()
+        page.get_by_text(f"alice: {len(rows)} of 5 pairs labelled").wait_for(timeout=30_000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def words(text: str) -> str:
