@@ -108,13 +108,16 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     if not train_with_resume(trainer, callback, run_dir, log):
         return
 
-    final = {k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))} if held_out else {}
+    final = {}
+    if held_out:  # the evaluation at the last step, when the schedule made one, else one now (logged either way)
+        evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+        final = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
     out = run_dir / config.output
     trainer.save_model(str(out))
     (out / STUDIO_META).write_text(json.dumps({"kind": "reward", "base": config.base, "base_path": base_path}))
     accuracy = f"eval accuracy {final['eval_accuracy']:.3f} on {len(trainer.eval_dataset)} pairs" \
         if "eval_accuracy" in final else "no eval pairs"
-    log.event("succeeded", step=trainer.state.global_step, metrics=final,
+    log.event("succeeded", step=trainer.state.global_step,
               message=f"reward model trained ({trainer.state.global_step} steps); {accuracy}")
 
 
