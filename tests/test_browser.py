@@ -351,6 +351,13 @@ def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(t
         for side in ("left", "right"):
             bubbles = page.locator(f"#compare-{side} .message-row")
             assert bubbles.count() == 2 and len(bubbles.last.inner_text().strip()) > 3
+        # A second message continues both conversations.
+        page.locator("#compare-input textarea").fill("And one more?")
+        page.locator("#compare-send").click()
+        page.get_by_text("Both models are answering").wait_for(timeout=30_000)
+        page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
+        for side in ("left", "right"):
+            assert page.locator(f"#compare-{side} .message-row").count() == 4
         assert "hidden until you vote" in page.inner_text("#compare-left")
         page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
         page.locator("#vote-left").click()
@@ -361,9 +368,12 @@ def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(t
         proc.terminate()
         proc.wait(timeout=30)
     with mini_workspace.open_store() as store:
-        row = store.query("""SELECT p.first_model, p.second_model, l.verdict, l.annotator FROM labels l
-                             JOIN pairs p ON p.id = l.pair_id""")
+        row = store.query("""SELECT p.first_model, p.second_model, l.verdict, l.annotator, pr.messages AS prompt,
+                                    a.messages AS answer FROM labels l JOIN pairs p ON p.id = l.pair_id
+                             JOIN prompts pr ON pr.id = p.prompt_id JOIN responses a ON a.id = p.first_id""")
         assert len(row) == 1 and row[0]["verdict"] == "first" and row[0]["annotator"] == "arena"
+        assert [m["role"] for m in json.loads(row[0]["prompt"])] == ["user"]
+        assert [m["role"] for m in json.loads(row[0]["answer"])] == ["assistant", "user", "assistant"]
         assert {row[0]["first_model"], row[0]["second_model"]} == {"default", "twin"}
         assert f"Left was {row[0]['first_model']}" in status
     assert f"{row[0]['first_model']} 1016 1 1 0 0 0" in board and f"{row[0]['second_model']} 984 1 0 1 0 0" in board
