@@ -71,13 +71,16 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
     if not train_with_resume(trainer, callback, run_dir, log):
         return
 
-    final = {k: v for k, v in trainer.evaluate().items() if isinstance(v, (int, float))} if held_out else {}
+    final = {}
+    if held_out:  # the evaluation at the last step, when the schedule made one, else one now (logged either way)
+        evals = [h for h in trainer.state.log_history if "eval_rewards/margins" in h]
+        final = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
     out = run_dir / config.output
     trainer.save_model(str(out))
     (out / STUDIO_META).write_text(json.dumps({"kind": "policy", "method": "dpo", "base": config.base,
                                                "base_path": base_path}))
     margins = f"eval reward margin {final['eval_rewards/margins']:.3f}" if "eval_rewards/margins" in final else "no eval pairs"
-    log.event("succeeded", step=trainer.state.global_step, metrics=final,
+    log.event("succeeded", step=trainer.state.global_step,
               message=f"DPO trained ({trainer.state.global_step} steps); {margins}")
 
 
