@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from store.db import Store, content_hash, fetch_one, is_empty_response, prompt_key, response_key
+from store.db import Store, content_hash, is_empty_response, prompt_key, response_key
+from store.imports import ensure_dataset
 from store.labelling import check_annotator, verdict_for
 
 ARENA_DATASET = "arena"
@@ -21,14 +22,6 @@ ELO_K = 32.0
 
 class ArenaError(ValueError):
     pass
-
-
-def _dataset(cur, name: str, recipe: dict) -> int:
-    row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name])
-    if row:
-        return row[0]
-    return fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                     [name, json.dumps(recipe)])[0]
 
 
 def _response(cur, prompt_id: str, messages: list[dict], model: str, source: str, generation: dict | None) -> str:
@@ -47,7 +40,7 @@ def add_compared_pair(cur, dataset: str, prompt: list[dict], first: tuple[str, l
     (created when missing, with `recipe`), inside the caller's transaction; returns the pair id."""
     if not prompt or not first[1] or not second[1]:
         raise ArenaError("a compared pair needs a prompt and two answers")
-    dataset_id = _dataset(cur, dataset, recipe or {"source": source})
+    dataset_id = ensure_dataset(cur, dataset, recipe or {"source": source})
     pid = prompt_key(prompt)
     cur.execute("INSERT INTO prompts (id, messages) SELECT ?, ? WHERE ? NOT IN (SELECT id FROM prompts)",
                 [pid, json.dumps(prompt, ensure_ascii=False), pid])

@@ -310,7 +310,8 @@ class _Batch:
         self.clear()
 
 
-def _ensure_dataset(cur, name: str, recipe: dict) -> int:
+def ensure_dataset(cur, name: str, recipe: dict) -> int:
+    """The id of dataset `name`, created with `recipe` when missing (inside the caller's transaction)."""
     row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name])
     if row:
         return row[0]
@@ -338,7 +339,7 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
     try:
         with store.transaction() as cur:
             before = _counts(cur)
-            dataset_id = _ensure_dataset(cur, dataset, {"source": "import", "file": path.name})
+            dataset_id = ensure_dataset(cur, dataset, {"source": "import", "file": path.name})
             batch = _Batch(dataset_id, source=path.name)
             parser = None if fmt == "auto" else PARSERS[fmt]
             for line, record in read_records(path, max_row_bytes):
