@@ -106,6 +106,10 @@ def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, sto
         runner.start_export(model="reward-run1")
     with pytest.raises(RunError, match="no model named 'nope'"):
         runner.start_export(model="nope")
+    with store.transaction() as cur:
+        cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('dpo-run2-q8_0', 'gguf', '/x.gguf', 'policy')")
+    with pytest.raises(RunError, match="is a GGUF file already"):
+        runner.start_export(model="dpo-run2-q8_0")
     with pytest.raises(RunError, match="unknown quant q3"):
         runner.start_export(model="default", quants=["q3"])
     assert store.scalar("SELECT count(*) FROM runs") == 0
