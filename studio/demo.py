@@ -25,6 +25,7 @@ from typing import Callable
 from store import Store, import_file
 from store.db import fetch_one
 from store.filtering import FilterError, filter_by_perplexity
+from store.queries import latest_metrics
 from studio.runner import RunError, Runner
 from studio.workspace import ASSETS, Workspace
 
@@ -129,10 +130,6 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
             raise RunError(f"run {run_id} ({run['kind']}) {run['status']}: {run['message']}")
         return run
 
-    def metrics(run_id: int) -> dict:
-        return {r["name"]: r["value"] for r in store.query(
-            "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [run_id])}
-
     t = time.monotonic()
     if store.dataset_id(DEMO_PROMPTS) is None:
         import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_PROMPTS)
@@ -183,7 +180,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     t = time.monotonic()
     rm_run = runner.start_training("reward", PAIRS, max_steps=s.rm_steps, eval_share=0.2, **train)
     job(rm_run)
-    m = metrics(rm_run)
+    m = latest_metrics(store, rm_run)
     stage("reward model", t, f"run {rm_run}: eval accuracy {m.get('eval_accuracy', float('nan')):.2f}, "
           f"margin {m.get('eval_margin', float('nan')):.3f} on the held-out pairs",
           run=rm_run, eval_accuracy=m.get("eval_accuracy"), eval_margin=m.get("eval_margin"))
@@ -191,7 +188,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     t = time.monotonic()
     dpo_run = runner.start_training("dpo", PAIRS, max_steps=s.dpo_steps, **train)
     job(dpo_run)
-    m = metrics(dpo_run)
+    m = latest_metrics(store, dpo_run)
     stage("dpo", t, f"run {dpo_run}: last rewards/margins {m.get('rewards/margins', float('nan')):.3f}, "
           f"accuracies {m.get('rewards/accuracies', float('nan')):.2f}", run=dpo_run,
           margins=m.get("rewards/margins"), accuracies=m.get("rewards/accuracies"))
@@ -199,14 +196,14 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     t = time.monotonic()
     run = job(runner.start_evaluation(dpo_run, rm_run, HELDOUT_PROMPTS, limit=s.eval_prompts,
                                       max_new_tokens=s.max_new_tokens))
-    m = metrics(run["id"])
+    m = latest_metrics(store, run["id"])
     stage("evaluate", t, f"run {run['id']}: {run['message']}", run=run["id"], win_rate=m.get("win_rate"),
           reward_gain=m.get("reward_gain"), kl=m.get("kl"), length_change=m.get("length_change"))
 
     t = time.monotonic()
     run = job(runner.start_export(run_id=dpo_run, quants=["q8_0"]))
     gguf = store.query("SELECT name, path FROM models WHERE run_id = ? AND kind = 'gguf'", [run["id"]])[0]
-    m = metrics(run["id"])
+    m = latest_metrics(store, run["id"])
     stage("export", t, f"run {run['id']}: {gguf['name']} ({m.get('q8_0_mb', 0):.0f} MB) at {gguf['path']}",
           run=run["id"], model=gguf["name"], mb=m.get("q8_0_mb"))
 
@@ -214,7 +211,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     into = f"demo-compare-run{run['id']}"
     run = job(runner.start_comparison("default", gguf["name"], HELDOUT_PROMPTS, into=into, limit=s.compare_prompts,
                                       max_tokens=s.max_new_tokens))
-    m = metrics(run["id"])
+    m = latest_metrics(store, run["id"])
     stage("compare", t, f"run {run['id']}: {run['message']}; the answers are unlabelled pairs in '{into}', and the "
           "Compare tab chats with both", run=run["id"], tokens_per_s_base=m.get("tokens_per_s_a"),
           tokens_per_s_policy=m.get("tokens_per_s_b"), dataset=into)
