@@ -14,7 +14,6 @@ ended its answer, "length" when `max_new_tokens` cut it). Each prompt's samples 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.chat import ChatModels, Sampling
 from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, load_causal_lm
 from pipelines.runlog import RunLog, read_partial, run_main
 
@@ -52,24 +52,17 @@ class GenerateConfig:
 
 class LlamaCppSampler:
     def __init__(self, config: GenerateConfig):
-        from llama_cpp import Llama
-
         path = default_gguf_path() if config.model == DEFAULT_MODEL else Path(config.model)
         if config.model != DEFAULT_MODEL and path.suffix != ".gguf":
             raise ValueError(f"{config.model}: the llama.cpp engine needs a .gguf file")
-        self.config = config
-        self.llm = Llama(str(path), n_ctx=4096, verbose=False, n_threads=os.cpu_count(),
-                         n_threads_batch=os.cpu_count())
+        self.config, self.path = config, path
+        self.models = ChatModels(max_loaded=1)
+        self.models.get(path)  # load now: a missing or broken file fails before the first prompt
 
     def sample(self, prompt: list[dict]) -> list[tuple[str, str]]:
         c = self.config
-        out = []
-        for i in range(c.n):
-            result = self.llm.create_chat_completion(messages=prompt, temperature=c.temperature, top_p=c.top_p,
-                                                     max_tokens=c.max_new_tokens, seed=c.seed + i)
-            choice = result["choices"][0]
-            out.append((choice["message"]["content"] or "", "length" if choice["finish_reason"] == "length" else "stop"))
-        return out
+        return [self.models.answer(self.path, prompt, Sampling(c.temperature, c.top_p, c.max_new_tokens, c.seed + i))[:2]
+                for i in range(c.n)]
 
 
 class TransformersSampler:
