@@ -125,10 +125,12 @@ def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Pa
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint: a process killed while saving leaves a folder without its
+    trainer_state.json (written last), which cannot be resumed from and is skipped."""
     folder = run_dir / CHECKPOINTS
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    complete = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+                and (p / "trainer_state.json").is_file()] if folder.is_dir() else []
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def progress_callback(log: RunLog):
