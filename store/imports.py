@@ -22,7 +22,6 @@ from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord,
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
 BATCH_ROWS = 5000
-BATCH_BYTES = 16 * 2**20  # a batch of long texts is written sooner: memory stays flat
 
 
 @dataclass
@@ -162,7 +161,11 @@ def _csv(f, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
 
     reader = csv.DictReader(lines())
     try:
-        header = reader.fieldnames
+        try:
+            header = reader.fieldnames
+        except csv.Error as e:
+            yield 1, BadRecord(f"not valid CSV: {e}")
+            return
         if not header:
             yield 1, BadRecord("empty file: no header row")
             return
@@ -252,7 +255,6 @@ class _Batch:
         self.prompts: dict[str, str] = {}
         self.responses: dict[str, tuple] = {}
         self.pairs: dict[str, tuple] = {}
-        self.text_bytes = 0
 
     def __len__(self) -> int:
         return len(self.prompts) + len(self.pairs)
@@ -260,13 +262,11 @@ class _Batch:
     def _prompt(self, messages: list[dict]) -> str:
         pid = prompt_key(messages)
         self.prompts[pid] = _dump(messages)
-        self.text_bytes += len(self.prompts[pid])
         return pid
 
     def _response(self, prompt_id: str, messages: list[dict]) -> str:
         rid = response_key(prompt_id, messages)
         self.responses[rid] = (prompt_id, _dump(messages), is_empty_response(messages))
-        self.text_bytes += len(self.responses[rid][1])
         return rid
 
     def add(self, item: PairRecord | PromptRecord) -> None:
@@ -363,7 +363,7 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
                 if report.errors and not skip_bad:
                     continue  # this import will be rolled back: only collect the remaining errors
                 batch.add(item)
-                if len(batch) >= BATCH_ROWS or batch.text_bytes >= BATCH_BYTES:
+                if len(batch) >= BATCH_ROWS:
                     batch.flush(cur)
             if report.errors and not skip_bad:
                 raise ImportFailed(report)

@@ -25,6 +25,7 @@ from typing import Callable
 from store import Store, import_file
 from store.db import fetch_one
 from store.filtering import FilterError, filter_by_perplexity
+from store.imports import ensure_dataset
 from store.queries import latest_metrics
 from studio.runner import RunError, Runner
 from studio.workspace import ASSETS, Workspace
@@ -98,17 +99,15 @@ def auto_label(store: Store, dataset: str) -> dict:
 
 def _prompt_subset(store: Store, name: str, offset: int, limit: int) -> int:
     """A dataset of the demo prompts number offset+1 .. offset+limit (in file order)."""
+    made = store.dataset_id(name) is None
     with store.transaction() as cur:
-        if fetch_one(cur, "SELECT 1 FROM datasets WHERE name = ?", [name]):
-            return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = "
-                                  "(SELECT id FROM datasets WHERE name = ?)", [name])[0]
-        new_id = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                           [name, json.dumps({"source": DEMO_PROMPTS, "offset": offset, "limit": limit})])[0]
-        cur.execute("""INSERT INTO dataset_prompts SELECT ?, id FROM prompts
-                       WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
-                                    (SELECT id FROM datasets WHERE name = ?))
-                       ORDER BY rowid LIMIT ? OFFSET ?""", [new_id, DEMO_PROMPTS, limit, offset])
-        return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [new_id])[0]
+        dataset_id = ensure_dataset(cur, name, {"source": DEMO_PROMPTS, "offset": offset, "limit": limit})
+        if made:
+            cur.execute("""INSERT INTO dataset_prompts SELECT ?, id FROM prompts
+                           WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
+                                        (SELECT id FROM datasets WHERE name = ?))
+                           ORDER BY rowid LIMIT ? OFFSET ?""", [dataset_id, DEMO_PROMPTS, limit, offset])
+        return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id])[0]
 
 
 def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Workspace, auto: bool,

@@ -273,15 +273,15 @@ class Runner:
         if (run_id is None) == (model is None):
             raise RunError("export either a run's policy (run id) or a model (name), not both")
         if run_id is not None:
-            rows = self.store.query("SELECT name, path, purpose FROM models WHERE run_id = ? AND kind = 'adapter'", [run_id])
+            rows = self.store.query("SELECT name, kind, path, purpose FROM models WHERE run_id = ? AND kind = 'adapter'", [run_id])
         else:
             rows = self.store.query("SELECT name, kind, path, purpose FROM models WHERE name = ?", [model])
         if rows and rows[0]["purpose"] != "policy":
             raise RunError(f"{rows[0]['name']} is a {rows[0]['purpose']} model: it scores answers and does not chat; "
                            "export a policy (DPO, PPO, GRPO or RLOO run)")
-        if rows and rows[0].get("kind") == "gguf":
+        if rows and rows[0]["kind"] == "gguf":
             raise RunError(f"{rows[0]['name']} is a GGUF file already ({rows[0]['path']}); export the policy it came from")
-        if rows and rows[0].get("kind") == "merged":  # a merged folder converts as it is
+        if rows and rows[0]["kind"] == "merged":  # a merged folder converts as it is
             config = ExportConfig(name=rows[0]["name"], base=rows[0]["path"], quants=list(quants),
                                   models_dir=str(self.workspace.models_dir))
         elif rows:
