@@ -6,12 +6,15 @@ from the base and the change in answer length.
 
 Answers are sampled (temperature, seeded) so that the KL estimate is honest: it is the mean over
 the policy's answers of sum_t log pi(y_t) - log pi_base(y_t), the base being the same model with
-the adapter disabled. A tie in reward counts half a win.
+the adapter disabled. A tie in reward counts half a win. The reward gain comes with its standard
+error over the prompts, so that a user can tell a gain from noise.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +109,15 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
 
     policy_rewards, base_rewards = rewards(policy_texts), rewards(base_texts)
     n = len(prompts)
+    gains = [a - b for a, b in zip(policy_rewards, base_rewards)]
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy_rewards, base_rewards))
     metrics = {
         "win_rate": wins / n,
         "reward_policy": sum(policy_rewards) / n,
         "reward_base": sum(base_rewards) / n,
-        "reward_gain": (sum(policy_rewards) - sum(base_rewards)) / n,
+        "reward_gain": sum(gains) / n,
+        # Paired: the same prompt answered by both, so prompt-to-prompt spread cancels out.
+        "reward_gain_se": statistics.stdev(gains) / math.sqrt(n) if n > 1 else 0.0,
         "kl": sum(a - b for a, b in zip(policy_logprobs, base_logprobs)) / n,
         "length_policy": sum(map(len, policy_ids)) / n,
         "length_base": sum(map(len, base_ids)) / n,
@@ -123,7 +129,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
         run_dir / config.output)
     log.event("succeeded", step=4, total=4, metrics=metrics,
               message=(f"policy wins {metrics['win_rate']:.0%} of {n} prompts against its base; reward "
-                       f"{metrics['reward_gain']:+.3f}, KL {metrics['kl']:.2f}, length {metrics['length_change']:+.1f} tokens"))
+                       f"{metrics['reward_gain']:+.3f} ± {metrics['reward_gain_se']:.3f}, KL {metrics['kl']:.2f}, length {metrics['length_change']:+.1f} tokens"))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ longer ships PPO.
     python -m pipelines.ppo --config runs/<id>/config.json
 
 Each iteration: sample answers for a batch of prompts from the LoRA policy; score them with the
-reward (the trained RM, minus a penalty when an answer never ends); per token, the reward is
--kl_coef * (log pi - log pi_ref), the reference being the same model with its adapter disabled,
-plus the whitened score on the answer's last token; advantages by GAE from a value head on the
+reward (the trained RM's score, whitened over the batch, minus a penalty when an answer never
+ends); per token, the reward is -kl_coef * (log pi - log pi_ref), the reference being the same
+model with its adapter disabled, plus that score on the answer's last token; advantages by GAE from a value head on the
 policy's last hidden state; then a few epochs of the clipped surrogate objective and the clipped
 value loss. Logged: reward, KL, response length, entropy, value loss, clip fraction.
 """
@@ -47,7 +47,7 @@ class PPOTrainConfig(TrainSettings):
     clip_range_value: float = 0.2
     vf_coef: float = 0.1
     max_grad_norm: float = 1.0
-    missing_eos_penalty: float = 1.0   # subtracted from the score of an answer that never ends
+    missing_eos_penalty: float = 1.0   # subtracted from the (whitened) score of an answer that never ends
     whiten_rewards: bool = True
     save_every: int = 10
     lora_dropout: float = 0.0          # no dropout: old and new log-probs must come from the same function
@@ -57,11 +57,10 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x, mask, shift_mean: bool = True):
+def masked_whiten(x, mask):
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
-    whitened = (x - mean) * (var + 1e-8).rsqrt()
-    return whitened if shift_mean else whitened + mean
+    return (x - mean) * (var + 1e-8).rsqrt()
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):
@@ -146,9 +145,11 @@ def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[d
             ref_logprobs, _, _ = policy.forward(generated, attention, start, with_value=False)
     scores = torch.tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
     raw_scores = scores.clone()
-    scores = scores - config.missing_eos_penalty * (~ended).float()
     if config.whiten_rewards and len(scores) > 1:
         scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+    # After whitening, so that the penalty weighs the same against a weak RM (scores spread ~0.1)
+    # as against a strong one: otherwise it drowns the RM's signal and PPO only learns to stop.
+    scores = scores - config.missing_eos_penalty * (~ended).float()
     kl = (old_logprobs - ref_logprobs) * mask
     rewards = -config.kl_coef * kl
     last = (mask.sum(dim=1) - 1).long()

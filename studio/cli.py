@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (2)")
     p.add_argument("--mini-batch-size", type=int, help="ppo: sequences per optimizer step (4)")
     p.add_argument("--temperature", type=float, help="ppo, grpo, rloo: sampling temperature (1.0)")
-    p.add_argument("--missing-eos-penalty", type=float, help="ppo: subtracted when an answer never ends (1.0)")
+    p.add_argument("--missing-eos-penalty", type=float,
+                   help="ppo: subtracted when an answer never ends, in standard deviations of the batch's rewards (1.0)")
     p.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
     p.add_argument("--eval-share", type=float, help="held-out share when there is no --eval-dataset (0.1)")
     p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")

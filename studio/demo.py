@@ -197,7 +197,8 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
                                       max_new_tokens=s.max_new_tokens))
     m = latest_metrics(store, run["id"])
     stage("evaluate", t, f"run {run['id']}: {run['message']}", run=run["id"], win_rate=m.get("win_rate"),
-          reward_gain=m.get("reward_gain"), kl=m.get("kl"), length_change=m.get("length_change"))
+          reward_gain=m.get("reward_gain"), reward_gain_se=m.get("reward_gain_se"), kl=m.get("kl"),
+          length_change=m.get("length_change"))
 
     t = time.monotonic()
     run = job(runner.start_export(run_id=dpo_run, quants=["q8_0"]))

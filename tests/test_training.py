@@ -1,7 +1,10 @@
 """Training jobs on the tiny model: reward model and DPO through the job runner and the CLI."""
 
 import json
+import statistics
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.models import Placement
@@ -167,6 +170,9 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         "SELECT name, value FROM run_metrics WHERE run_id = ?", [evaluation["id"]])}
     assert 0.0 <= final["win_rate"] <= 1.0
     assert final["reward_gain"] == pytest.approx(final["reward_policy"] - final["reward_base"])
+    answers = pq.read_table(Path(evaluation["folder"]) / "answers.parquet").to_pylist()
+    gains = [a["reward_policy"] - a["reward_base"] for a in answers]
+    assert final["reward_gain_se"] == pytest.approx(statistics.stdev(gains) / len(gains) ** 0.5)
     assert {"kl", "length_change"} <= set(final)
 
 
