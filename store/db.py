@@ -125,7 +125,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE pairs ADD COLUMN first_model VARCHAR;
     ALTER TABLE pairs ADD COLUMN second_model VARCHAR;
     """,
+    """
+    -- An import writes its rows in committed chunks, so that a large file never sits in memory
+    -- as one open transaction. The ids it wrote are staged here: its dataset links are made from
+    -- them in one last small transaction, and a failed or killed import's new rows are removed.
+    CREATE TABLE import_staging (
+        import_id VARCHAR NOT NULL,
+        tbl VARCHAR NOT NULL CHECK (tbl IN ('prompts', 'responses', 'pairs')),
+        id VARCHAR NOT NULL,
+        is_new BOOLEAN NOT NULL             -- added by this import (else it was stored already)
+    );
+    """,
 ]
+
 
 COUNTED_TABLES = ("prompts", "responses", "pairs", "labels", "datasets", "runs", "models")
 
@@ -160,6 +172,27 @@ def fetch_one(cur: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple | 
     return rows[0] if rows else None
 
 
+def discard_import(cur: duckdb.DuckDBPyConnection, import_id: str) -> None:
+    """Undo an import that did not finish: remove the rows it added, except those that something
+    else (a dataset, a label, a score, another import under way) has come to use meanwhile."""
+    def new(table: str) -> str:
+        return f"SELECT id FROM import_staging WHERE import_id = $import AND tbl = '{table}' AND is_new"
+
+    others = "SELECT id FROM import_staging WHERE import_id <> $import"
+    params = {"import": import_id}
+    cur.execute(f"""DELETE FROM pairs WHERE id IN ({new('pairs')}) AND id NOT IN ({others})
+                    AND id NOT IN (SELECT pair_id FROM dataset_pairs) AND id NOT IN (SELECT pair_id FROM labels)""",
+                params)
+    cur.execute(f"""DELETE FROM responses WHERE id IN ({new('responses')}) AND id NOT IN ({others})
+                    AND id NOT IN (SELECT first_id FROM pairs UNION ALL SELECT second_id FROM pairs)
+                    AND id NOT IN (SELECT response_id FROM perplexities UNION ALL SELECT response_id FROM rewards)""",
+                params)
+    cur.execute(f"""DELETE FROM prompts WHERE id IN ({new('prompts')}) AND id NOT IN ({others})
+                    AND id NOT IN (SELECT prompt_id FROM dataset_prompts UNION ALL SELECT prompt_id FROM responses
+                                   UNION ALL SELECT prompt_id FROM pairs)""", params)
+    cur.execute("DELETE FROM import_staging WHERE import_id = $import", params)
+
+
 def _is_duckdb_file(path: Path) -> bool:
     # DuckDB's file header has the magic "DUCK" at byte 8.
     with open(path, "rb") as f:
@@ -188,6 +221,10 @@ class Store:
         self._lock = threading.Lock()
         try:
             self._check_and_migrate(exists, read_only)
+            if not read_only:
+                for (import_id,) in self._con.execute("SELECT DISTINCT import_id FROM import_staging").fetchall():
+                    with self.transaction() as cur:
+                        discard_import(cur, import_id)
         except BaseException:
             self._con.close()
             raise
@@ -235,6 +272,10 @@ class Store:
             try:
                 yield cur
                 cur.commit()
+            except duckdb.OutOfMemoryException as e:
+                self._rollback(cur)
+                raise StoreError(f"{self.path}: out of memory while writing ({str(e).splitlines()[0]}). "
+                                 "Nothing of this change was written") from None
             except (duckdb.IOException, duckdb.TransactionException, OSError) as e:
                 self._rollback(cur)
                 raise StoreError(f"{self.path}: cannot write the workspace database ({e}); is the disk full or the "
@@ -244,6 +285,17 @@ class Store:
                 raise
             finally:
                 cur.close()
+
+    @contextmanager
+    def memory_limit(self, limit: str) -> Iterator[None]:
+        """DuckDB's memory limit (for the whole database) while the block runs, then its default
+        (80% of RAM) again. DuckDB keeps the blocks it wrote cached up to that limit, so without
+        a lower one a long import grows with its file."""
+        self._con.execute(f"SET memory_limit = '{limit}'")
+        try:
+            yield
+        finally:
+            self._con.execute("RESET memory_limit")
 
     @staticmethod
     def _rollback(cur: duckdb.DuckDBPyConnection) -> None:

@@ -1,8 +1,9 @@
 """Import preference pairs and prompts from JSONL, JSON, CSV or Parquet (optionally gzipped).
 
-An import is one transaction: by default any bad row aborts it and nothing is written; with
-`skip_bad` the good rows are written and the bad ones reported. Rows are read and written in
-batches, so a large JSONL, CSV or Parquet file streams instead of being held in memory.
+All or nothing: by default any bad row aborts an import and nothing is written; with `skip_bad`
+the good rows are written and the bad ones reported. Rows are read and committed in chunks (see
+`import_file`), so a large JSONL, CSV or Parquet file streams instead of being held in memory; a
+JSON array is read whole (parsed element by element), so large files are better as JSONL.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -17,11 +19,13 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
-from store.db import Store, content_hash, fetch_one, is_empty_response, prompt_key, response_key
+from store.db import (Store, StoreError, content_hash, discard_import, fetch_one, is_empty_response, prompt_key,
+                      response_key)
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
-BATCH_ROWS = 5000
+BATCH_ROWS = 1000                # rows per committed chunk
+IMPORT_MEMORY_LIMIT = "128MB"    # DuckDB's cache while an import writes: it spills beyond it
 
 
 @dataclass
@@ -245,10 +249,10 @@ def _dump(messages: list[dict]) -> str:
 
 
 class _Batch:
-    """Rows of one batch, keyed by content hash so duplicates inside the file collapse."""
+    """Rows of one chunk, keyed by content hash so duplicates inside the file collapse."""
 
-    def __init__(self, dataset_id: int, source: str):
-        self.dataset_id, self.source = dataset_id, source
+    def __init__(self, source: str):
+        self.source = source
         self.clear()
 
     def clear(self) -> None:
@@ -277,7 +281,8 @@ class _Batch:
         elif item.reference:
             self._response(pid, item.reference)
 
-    def flush(self, cur: duckdb.DuckDBPyConnection) -> None:
+    def write(self, store: Store, import_id: str, report: ImportReport) -> None:
+        """Commit this chunk's new rows and stage its ids under `import_id` (one transaction)."""
         if not self:
             return
         tables = {
@@ -294,19 +299,22 @@ class _Batch:
                       "source_verdict": ["first"] * len(self.pairs),
                       "source": [self.source] * len(self.pairs)},
         }
-        for name, columns in tables.items():
-            # Plain INSERT of the rows not yet stored, in file order (INSERT OR IGNORE would
-            # scramble the order, and exports follow it).
-            cur.register("batch", pa.table({"pos": range(len(columns["id"])), **columns}))
-            names = ", ".join(columns)
-            cur.execute(f"INSERT INTO {name} ({names}) SELECT {names} FROM batch "
-                        f"WHERE id NOT IN (SELECT id FROM {name}) ORDER BY pos")
-            cur.unregister("batch")
-        cur.register("batch", pa.table({"prompt_id": list(self.prompts)}))
-        cur.execute("INSERT OR IGNORE INTO dataset_prompts SELECT ?, prompt_id FROM batch", [self.dataset_id])
-        cur.register("batch", pa.table({"pair_id": list(self.pairs)}))
-        cur.execute("INSERT OR IGNORE INTO dataset_pairs SELECT ?, pair_id FROM batch", [self.dataset_id])
-        cur.unregister("batch")
+        with store.transaction() as cur:
+            for name, columns in tables.items():
+                # Plain INSERT of the rows not yet stored, in file order (INSERT OR IGNORE would
+                # scramble the order, and exports follow it).
+                cur.register("chunk", pa.table({"pos": range(len(columns["id"])), **columns}))
+                names = ", ".join(columns)
+                new = {r[0] for r in cur.execute(
+                    f"INSERT INTO {name} ({names}) SELECT {names} FROM chunk "
+                    f"WHERE id NOT IN (SELECT id FROM {name}) ORDER BY pos RETURNING id").fetchall()}
+                setattr(report, f"new_{name}", getattr(report, f"new_{name}") + len(new))
+                cur.unregister("chunk")
+                # Responses are staged only to be removed again; prompts and pairs also to be linked.
+                ids = list(new) if name == "responses" else columns["id"]
+                cur.register("staged", pa.table({"id": ids, "is_new": [i in new for i in ids]}))
+                cur.execute("INSERT INTO import_staging SELECT ?, ?, id, is_new FROM staged", [import_id, name])
+                cur.unregister("staged")
         self.clear()
 
 
@@ -319,15 +327,14 @@ def ensure_dataset(cur, name: str, recipe: dict) -> int:
                      [name, json.dumps(recipe)])[0]
 
 
-def _counts(cur) -> tuple[int, int, int]:
-    return tuple(fetch_one(cur, f"SELECT count(*) FROM {t}")[0]
-                 for t in ("pairs", "prompts", "responses"))
-
-
 def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt: str = "auto",
                 skip_bad: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> ImportReport:
     """Import one file into `dataset` (default: the file's name). Raises ImportFailed if nothing
-    was written: bad rows without `skip_bad`, or no usable row at all."""
+    was written: bad rows without `skip_bad`, or no usable row at all.
+
+    The rows are committed in chunks as the file is read, so memory stays flat however large the
+    file; the dataset shows them only once the whole file is in (one last small transaction), and
+    an import that fails, or whose process dies, has its new rows removed again."""
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -336,47 +343,65 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
     if not path.is_file():
         report.errors.append(RowError(str(path), 0, "no such file"))
         raise ImportFailed(report)
+    import_id = uuid.uuid4().hex
     try:
+        with store.memory_limit(IMPORT_MEMORY_LIMIT):
+            _read_and_write(store, path, import_id, report, fmt, skip_bad, max_row_bytes)
         with store.transaction() as cur:
-            before = _counts(cur)
             dataset_id = ensure_dataset(cur, dataset, {"source": "import", "file": path.name})
-            batch = _Batch(dataset_id, source=path.name)
-            parser = None if fmt == "auto" else PARSERS[fmt]
-            for line, record in read_records(path, max_row_bytes):
-                report.rows += 1
-                try:
-                    if isinstance(record, BadRecord):
-                        raise record
-                    if parser is None:
-                        report.format = detect_format(record)
-                        # HH transcripts and TRL rows may mix (a TRL text export does that)
-                        parser = PARSERS["prompts" if report.format == "prompts" else "preference"]
-                    item = parser(record)
-                except BadRecord as e:
-                    report.errors.append(RowError(str(path), line, str(e)))
-                    continue
-                if isinstance(item, PairRecord):
-                    report.pairs += 1
-                    report.empty_responses += is_empty_response(item.chosen) + is_empty_response(item.rejected)
-                else:
-                    report.prompts_only += 1
-                if report.errors and not skip_bad:
-                    continue  # this import will be rolled back: only collect the remaining errors
-                batch.add(item)
-                if len(batch) >= BATCH_ROWS:
-                    batch.flush(cur)
+            for table, link, column in (("prompts", "dataset_prompts", "prompt_id"), ("pairs", "dataset_pairs", "pair_id")):
+                cur.execute(f"INSERT OR IGNORE INTO {link} (dataset_id, {column}) SELECT DISTINCT ?, id "
+                            "FROM import_staging WHERE import_id = ? AND tbl = ?", [dataset_id, import_id, table])
+            cur.execute("DELETE FROM import_staging WHERE import_id = ?", [import_id])
+    except BaseException:
+        report.new_pairs = report.new_prompts = report.new_responses = 0
+        try:
+            with store.transaction() as cur:
+                discard_import(cur, import_id)
+        except StoreError:
+            pass  # the disk may be full: the next time the workspace opens, it removes them
+        raise
+    report.written = True
+    return report
+
+
+def _read_and_write(store: Store, path: Path, import_id: str, report: ImportReport, fmt: str, skip_bad: bool,
+                    max_row_bytes: int) -> None:
+    """Read every row, report the bad ones, and write the good ones in committed chunks."""
+    batch = _Batch(source=path.name)
+    parser = None if fmt == "auto" else PARSERS[fmt]
+    try:
+        for line, record in read_records(path, max_row_bytes):
+            report.rows += 1
+            try:
+                if isinstance(record, BadRecord):
+                    raise record
+                if parser is None:
+                    report.format = detect_format(record)
+                    # HH transcripts and TRL rows may mix (a TRL text export does that)
+                    parser = PARSERS["prompts" if report.format == "prompts" else "preference"]
+                item = parser(record)
+            except BadRecord as e:
+                report.errors.append(RowError(str(path), line, str(e)))
+                continue
+            if isinstance(item, PairRecord):
+                report.pairs += 1
+                report.empty_responses += is_empty_response(item.chosen) + is_empty_response(item.rejected)
+            else:
+                report.prompts_only += 1
             if report.errors and not skip_bad:
-                raise ImportFailed(report)
-            if not report.pairs and not report.prompts_only:
-                if not report.errors:
-                    report.errors.append(RowError(str(path), 0, "no rows to import"))
-                raise ImportFailed(report)
-            batch.flush(cur)
-            after = _counts(cur)
-            report.new_pairs, report.new_prompts, report.new_responses = (a - b for a, b in zip(after, before))
-            report.written = True
+                continue  # this import will be undone: only collect the remaining errors
+            batch.add(item)
+            if len(batch) >= BATCH_ROWS:
+                batch.write(store, import_id, report)
     except BadRecord as e:  # the file as a whole cannot be read
         report.errors.append(RowError(str(path), 0, str(e)))
         raise ImportFailed(report) from None
-    return report
+    if report.errors and not skip_bad:
+        raise ImportFailed(report)
+    if not report.pairs and not report.prompts_only:
+        if not report.errors:
+            report.errors.append(RowError(str(path), 0, "no rows to import"))
+        raise ImportFailed(report)
+    batch.write(store, import_id, report)
 

@@ -68,6 +68,75 @@ def test_a_full_disk_gives_a_clear_message_and_writes_nothing(tmp_path, hh_file)
     subprocess.run([ALIGNSTUDIO, "import", hh_file, "--dataset", "hh", "--workspace", ws], check=True, capture_output=True)
 
 
+def _big_jsonl(path: Path, megabytes: int, start: int = 0) -> int:
+    """Distinct pairs of ~10 KB of incompressible text each (hex of random bytes); the row count."""
+    rows, size = 0, 0
+    with open(path, "w") as f:
+        while size < megabytes * 1_000_000:
+            line = json.dumps({"prompt": f"question {start + rows} " + os.urandom(500).hex(),
+                               "chosen": os.urandom(2000).hex(), "rejected": os.urandom(2000).hex()}) + "\n"
+            f.write(line)
+            size, rows = size + len(line), rows + 1
+    return rows
+
+
+# A child imports a file into a new workspace; it prints its peak resident memory and the pairs.
+IMPORT_CHILD = """
+import json, resource, sys
+from store import Store, import_file
+with Store(sys.argv[2]) as store:
+    pairs = import_file(store, sys.argv[1], "big").pairs
+print(json.dumps({"pairs": pairs, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def test_a_large_import_streams_in_flat_memory(tmp_path):
+    results = {}
+    for megabytes in (200, 400):
+        path = tmp_path / f"big{megabytes}.jsonl"
+        rows = _big_jsonl(path, megabytes)
+        out = subprocess.run([sys.executable, "-c", IMPORT_CHILD, path, tmp_path / f"ws{megabytes}.duckdb"],
+                             capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+        results[megabytes] = json.loads(out.stdout)
+        assert results[megabytes]["pairs"] == rows
+        path.unlink()
+    # Holding the rows (the one-transaction import did) costs about 3 MB per MB of file: 600 MB more here.
+    growth = results[400]["peak_mb"] - results[200]["peak_mb"]
+    assert growth < 50, f"peak memory {results[200]['peak_mb']:.0f} MB for 200 MB, {results[400]['peak_mb']:.0f} MB for 400 MB"
+
+
+KILLED_IMPORT_CHILD = """
+import os, signal, sys
+import store.imports
+from store import Store, import_file
+write, chunks = store.imports._Batch.write, []
+def write_then_die(self, *args):
+    write(self, *args)
+    chunks.append(1)
+    if len(chunks) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+store.imports._Batch.write = write_then_die
+with Store(sys.argv[2]) as s:
+    import_file(s, sys.argv[1], "big")
+"""
+
+
+def test_an_import_killed_mid_file_leaves_nothing_once_the_workspace_reopens(tmp_path):
+    from store import Store
+
+    path, db = tmp_path / "big.jsonl", tmp_path / "ws.duckdb"
+    rows = _big_jsonl(path, 40)  # 4,400 pairs, written in chunks of 500
+    child = subprocess.run([sys.executable, "-c", KILLED_IMPORT_CHILD, path, db], cwd=Path(__file__).parents[1])
+    assert child.returncode == -signal.SIGKILL
+    with Store(db, read_only=True) as seen:  # three chunks were committed, and no dataset shows them
+        assert 0 < seen.stats()["pairs"] < rows and seen.stats()["datasets"] == 0
+    with Store(db) as reopened:
+        assert reopened.stats() == {t: 0 for t in reopened.stats()}
+        assert reopened.scalar("SELECT count(*) FROM import_staging") == 0
+        report = import_file(reopened, path, "big")
+        assert (report.pairs, report.new_pairs) == (rows, rows)
+
+
 # Lines a user's file might hold: JSON objects with the keys the formats know, arbitrary values,
 # broken JSON, empty lines.
 TEXT = st.text(alphabet=string.printable + "éü中\u2028", max_size=40)

@@ -142,6 +142,19 @@ def test_one_broken_line_imports_nothing_and_names_the_line(tmp_path, store):
     assert store.stats() == {t: 0 for t in store.stats()}  # not even the dataset was created
 
 
+def test_a_bad_row_after_committed_chunks_undoes_them_and_keeps_what_others_use(tmp_path, store):
+    rows = [{"prompt": f"question {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(2500)]
+    import_file(store, write_jsonl(tmp_path / "some.jsonl", rows[:100]), "some")
+    before = store.stats()
+    path = write_jsonl(tmp_path / "all.jsonl", rows + [{"prompt": "q", "chosen": "a"}])  # chunks of 1,000 are written first
+    with pytest.raises(ImportFailed) as failed:
+        import_file(store, path, "all")
+    assert [str(e) for e in failed.value.report.errors] == [f"{path}:2501: missing column 'rejected'"]
+    assert store.stats() == before and store.dataset_id("all") is None
+    assert store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("some")]) == 100
+    assert store.scalar("SELECT count(*) FROM import_staging") == 0
+
+
 def test_skip_bad_imports_the_good_rows_and_reports_the_rest(tmp_path, store):
     rows = [json.dumps(r) for r in PAIRS] + ['{"prompt": "q", "chosen": "same", "rejected": "same"}']
     path = tmp_path / "mixed.jsonl"
