@@ -48,7 +48,7 @@ DPO, evaluate the policy against the base, export it to a q8_0 GGUF and compare 
 To label yourself: `alignstudio demo` prepares the pairs of `demo-pairs` for the Label tab, and
 run again it goes on from your labels. The button below runs it unattended instead, with a plain,
 stated rule as labeller (an answer that ends beats one cut off; then fewer repeated words; then the
-shorter one), in about 20 minutes on a 2-core CPU.
+shorter one), in about 15 minutes on a 2-core CPU with the sizes below; on a GPU, raise them.
 """
 
 
@@ -66,19 +66,19 @@ class GuidedRun:
             time.sleep(1.0)
         return run
 
-    def start(self) -> str:
+    def start(self, settings: DemoSettings) -> str:
         if self.thread is not None and self.thread.is_alive():
             return "The guided run is already running."
         (self.workspace.root / REPORT).unlink(missing_ok=True)
         self.outcome = "Started."
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(settings,), daemon=True)
         self.thread.start()
         return self.outcome
 
-    def _run(self) -> None:
+    def _run(self, settings: DemoSettings) -> None:
         started = time.monotonic()
         try:
-            run_demo(self.store, self.runner, DemoSettings(), self.workspace, auto=True, follow=self.follow)
+            run_demo(self.store, self.runner, settings, self.workspace, auto=True, follow=self.follow)
         except Exception as e:  # shown in the panel; the runs keep their own logs
             self.outcome = f"**Stopped:** {e}"
         else:
@@ -115,6 +115,16 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
     guided = GuidedRun(store, runner, workspace)
     with gr.Accordion("Guided run: from demo prompts to an aligned GGUF model", open=False):
         gr.Markdown(GUIDE)
+        sizes = DemoSettings()
+        with gr.Row():
+            guided_base = gr.Textbox(sizes.base, label="Base model", elem_id="guided-base", scale=2)
+            guided_prompts = gr.Number(sizes.prompts, label="Prompts", precision=0, minimum=1, elem_id="guided-prompts")
+            guided_candidates = gr.Number(sizes.candidates, label="Candidates per prompt", precision=0, minimum=2)
+            guided_tokens = gr.Number(sizes.max_new_tokens, label="Max new tokens", precision=0, minimum=1,
+                                      elem_id="guided-tokens")
+            guided_rm_steps = gr.Number(sizes.rm_steps, label="RM steps", precision=0, minimum=1, elem_id="guided-rm-steps")
+            guided_dpo_steps = gr.Number(sizes.dpo_steps, label="DPO steps", precision=0, minimum=1,
+                                         elem_id="guided-dpo-steps")
         start_guided = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
@@ -132,6 +142,14 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
 
     gr.Timer(2.0).tick(refresh, outputs=[cards, datasets, runs], show_progress="hidden")
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
-    start_guided.click(lambda: guided.start(), outputs=guided_report)
+    def start(base, prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
+        if None in (prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
+            return "**Give every size a number first.**"
+        return guided.start(DemoSettings(base=base.strip() or "default", prompts=int(prompts), candidates=int(candidates),
+                                         max_new_tokens=int(max_new_tokens), rm_steps=int(rm_steps),
+                                         dpo_steps=int(dpo_steps)))
+
+    start_guided.click(start, inputs=[guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps,
+                                      guided_dpo_steps], outputs=guided_report)
     cancel.click(lambda run: control("cancel", run), inputs=run_id, outputs=outcome)
     resume.click(lambda run: control("resume", run), inputs=run_id, outputs=outcome)

@@ -377,3 +377,30 @@ def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(t
         assert {row[0]["first_model"], row[0]["second_model"]} == {"default", "twin"}
         assert f"Left was {row[0]['first_model']}" in status
     assert f"{row[0]['first_model']} 1016 1 1 0 0 0" in board and f"{row[0]['second_model']} 984 1 0 1 0 0" in board
+
+
+def test_the_guided_run_on_the_home_tab_runs_every_stage_and_reports_it(tmp_path, tiny_model, models_dir, browser):
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    url, proc = serve(workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_text("Guided run: from demo prompts to an aligned GGUF model").click()
+        page.locator("#guided-base textarea").fill(str(tiny_model))
+        for field, value in (("prompts", "4"), ("tokens", "12"), ("rm-steps", "2"), ("dpo-steps", "2")):
+            page.locator(f"#guided-{field} input").fill(value)
+        page.get_by_role("button", name="Run the whole loop unattended").click()
+        report = page.locator("#guided-report")
+        report.get_by_text("Done in").wait_for(timeout=600_000)
+        text = report.inner_text()
+        for stage in ("prompts", "candidates", "perplexity", "filter", "labels", "reward model", "dpo", "evaluate",
+                      "export", "compare"):
+            assert f"{stage} (" in text, text
+        assert "Open the Compare tab" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with workspace.open_store() as store:
+        assert store.query("SELECT kind FROM runs WHERE status <> 'succeeded'") == []
+        assert store.scalar("SELECT count(*) FROM models WHERE kind = 'gguf'") == 1
+        assert store.scalar("SELECT count(*) FROM labels WHERE annotator = 'heuristic'") == 12
