@@ -65,6 +65,7 @@ def test_candidates_per_prompt_form_pairs_among_the_kept(store, tmp_path):
             cur.execute("INSERT INTO perplexities VALUES (?, 'm', ?, 0, 1, 'test', NULL)", [f"r{i}", float(i + 1)])
     plan = filter_by_perplexity(store, "cands", "m", "plausible", keep_quantile=0.5, per_prompt=True)
     assert (len(plan.kept_responses), len(plan.formed_pairs), plan.kept_pairs) == (2, 1, [])
+    assert plan.summary() == "Keeps 1 of 1 prompts, 2 of 4 responses of 'cands'; 1 new pairs formed among kept candidates"
     pair = store.query("SELECT first_id, second_id, source_verdict FROM pairs")
     assert pair == [{"first_id": "r0", "second_id": "r1", "source_verdict": None}]  # unlabelled, ready to label
 
