@@ -32,7 +32,8 @@ def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(workspa
                                    max_length=256, save_every=5, lora_r=4)
     folder = workspace.runs_dir / str(run_id)
     deadline = time.time() + 300
-    while not list((folder / "checkpoints").glob("checkpoint-*")) and time.time() < deadline:
+    # A complete checkpoint (a kill while one is being written leaves one that resume rightly skips).
+    while not list((folder / "checkpoints").glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
         runner.sync(run_id)
         time.sleep(0.2)
     os.kill(runner.get(run_id)["pid"], signal.SIGKILL)
