@@ -110,7 +110,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     policy_rewards, base_rewards = rewards(policy_texts), rewards(base_texts)
     n = len(prompts)
     gains = [a - b for a, b in zip(policy_rewards, base_rewards)]
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy_rewards, base_rewards))
+    wins = sum(1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gains)
     metrics = {
         "win_rate": wins / n,
         "reward_policy": sum(policy_rewards) / n,
@@ -129,7 +129,8 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
         run_dir / config.output)
     log.event("succeeded", step=4, total=4, metrics=metrics,
               message=(f"policy wins {metrics['win_rate']:.0%} of {n} prompts against its base; reward "
-                       f"{metrics['reward_gain']:+.3f} ± {metrics['reward_gain_se']:.3f}, KL {metrics['kl']:.2f}, length {metrics['length_change']:+.1f} tokens"))
+                       f"{metrics['reward_gain']:+.3f} ± {metrics['reward_gain_se']:.3f}, KL {metrics['kl']:.2f}, "
+                       f"length {metrics['length_change']:+.1f} tokens"))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ longer ships PPO.
 Each iteration: sample answers for a batch of prompts from the LoRA policy; score them with the
 reward (the trained RM's score, whitened over the batch, minus a penalty when an answer never
 ends); per token, the reward is -kl_coef * (log pi - log pi_ref), the reference being the same
-model with its adapter disabled, plus that score on the answer's last token; advantages by GAE from a value head on the
-policy's last hidden state; then a few epochs of the clipped surrogate objective and the clipped
-value loss. Logged: reward, KL, response length, entropy, value loss, clip fraction.
+model with its adapter disabled, plus that score on the answer's last token; advantages by GAE
+from a value head on the policy's last hidden state; then a few epochs of the clipped surrogate
+objective and the clipped value loss. Logged: reward, KL, response length, entropy, value loss, clip fraction.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from store.db import (Store, StoreError, content_hash, discard_import, fetch_one
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
-BATCH_ROWS = 1000                # rows per committed chunk
+BATCH_ROWS = 1000                # prompts + pairs per committed chunk: 500 pairs
 IMPORT_MEMORY_LIMIT = "128MB"    # DuckDB's cache while an import writes: it spills beyond it
 
 
