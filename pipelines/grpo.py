@@ -22,6 +22,7 @@ class OnlineTrainConfig(TrainSettings):
     max_steps: int = 20
     batch_size: int = 4                # answers per step; a multiple of num_generations
     num_generations: int = 4           # answers sampled per prompt (the group)
+    num_iterations: int = 1            # optimizer steps on each batch of answers (TRL's mu), clipped like PPO
     max_new_tokens: int = 64
     temperature: float = 1.0
     beta: float = 0.04                 # weight of the KL penalty to the base

@@ -189,7 +189,8 @@ def train_online(config, log: RunLog, method: str, trainer_cls, config_cls) -> N
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     args = config_cls(**trainer_arguments(config, placement, run_dir, has_eval=False),
-                      num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+                      num_generations=config.num_generations, num_iterations=config.num_iterations,
+                      max_completion_length=config.max_new_tokens,
                       temperature=config.temperature, beta=config.beta)
     callback = progress_callback(log)
     trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args, train_dataset=Dataset.from_list(prompts),

@@ -141,7 +141,7 @@ TRAIN_OPTIONS = ("base", "learning_rate", "batch_size", "grad_accum", "max_lengt
                  "lora_r", "lora_alpha", "lora_dropout", "save_every", "device", "dtype", "load_in_4bit",
                  "gradient_checkpointing", "eval_share")
 PPO_OPTIONS = ("kl_coef", "max_new_tokens", "ppo_epochs", "mini_batch_size", "temperature", "missing_eos_penalty")
-GROUP_OPTIONS = ("beta", "max_new_tokens", "num_generations", "temperature")  # grpo, rloo
+GROUP_OPTIONS = ("beta", "max_new_tokens", "num_generations", "num_iterations", "temperature")  # grpo, rloo
 
 
 def cmd_train(ws: Workspace, args) -> int:
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", help="ppo, grpo, rloo: the dataset whose prompts the policy answers")
     p.add_argument("--reward-run", type=int, help="ppo, grpo, rloo: the run that trained the reward model")
     p.add_argument("--num-generations", type=int, help="grpo, rloo: answers per prompt (4)")
+    p.add_argument("--num-iterations", type=int,
+                   help="grpo, rloo: optimizer steps on each batch of answers before sampling new ones (1)")
     p.add_argument("--kl-coef", type=float, help="ppo: weight of the per-token KL penalty to the base (0.05)")
     p.add_argument("--max-new-tokens", type=int, help="ppo, grpo, rloo: answer length limit (64)")
     p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (2)")

@@ -31,7 +31,6 @@ PLOTTED = {"reward": ["accuracy", "margin", "eval_accuracy", "eval_margin"],
 LOSSES = {"ppo": ["policy_loss", "value_loss"]}  # the others log TRL's "loss" (and "eval_loss")
 FORM_FIELDS = ("learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "lora_r",
                "lora_alpha", "seed", "eval_share")
-ONLINE_FIELDS = ("max_new_tokens", "kl", "num_generations")  # kl: kl_coef for PPO, beta for GRPO/RLOO
 EXPLANATION = """
 **Reward model**: LoRA on the base with a one-number score head, trained so that the chosen
 response of a pair scores above the rejected one (TRL's RewardTrainer); its eval accuracy is the
@@ -123,6 +122,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         kl = gr.Number(DEFAULTS["ppo"].kl_coef, label="KL weight", info="PPO kl_coef; GRPO/RLOO beta")
         num_generations = gr.Number(DEFAULTS["grpo"].num_generations, label="Answers per prompt", precision=0,
                                     minimum=2, info="GRPO/RLOO")
+        num_iterations = gr.Number(DEFAULTS["grpo"].num_iterations, label="Updates per batch", precision=0,
+                                   minimum=1, info="GRPO/RLOO: optimizer steps on each batch of answers")
     sizing = gr.Markdown(elem_id="train-sizing")
     start = gr.Button("Start training", variant="primary")
     started = gr.Markdown(elem_id="train-started")
@@ -159,7 +160,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def start_run(label, base_name, data, eval_pairs, *values):
         form = dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)]))
-        beta_value, loss_value, precompute_value, reward_run_id, new_tokens, kl_value, generations = \
+        beta_value, loss_value, precompute_value, reward_run_id, new_tokens, kl_value, generations, iterations = \
             values[len(FORM_FIELDS):]
         train_kind = KINDS[label]
         settings = {k: v for k, v in form.items() if v is not None}
@@ -174,7 +175,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 if train_kind == "ppo":
                     settings.update(kl_coef=kl_value)
                 else:
-                    settings.update(beta=kl_value, num_generations=int(generations))
+                    settings.update(beta=kl_value, num_generations=int(generations), num_iterations=int(iterations))
                 run_id = runner.start_online(train_kind, data, int(reward_run_id), base=base_name.strip(), **settings)
             else:
                 if train_kind == "dpo":
@@ -224,7 +225,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     kind.change(switch_kind, kind, [learning_rate, batch_size, max_steps, beta, loss_type, precompute, online_row, kl,
                                     dataset, eval_dataset, eval_share, epochs])
     start.click(start_run, [kind, base, dataset, eval_dataset, *form, beta, loss_type, precompute, reward_run,
-                            max_new_tokens, kl, num_generations], [started, picked])
+                            max_new_tokens, kl, num_generations, num_iterations], [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
     def start_evaluation(run_id, prompts, reward_run_id, limit):

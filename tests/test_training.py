@@ -150,13 +150,16 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     reward_run = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0, **SMALL)
     assert runner.wait(reward_run)["status"] == "succeeded"
     policies = {}
-    for kind in ("ppo", "grpo", "rloo"):
+    # GRPO makes its two updates on one batch of answers, so the reward model scores only one batch.
+    for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2}, [1]), ("rloo", {}, [1, 2])):
         run_id = runner.start_online(kind, "hh40", reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
-                                     max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8)
+                                     max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra)
         run = runner.wait(run_id)
         assert run["status"] == "succeeded", (kind, run["message"])
         names = {m["name"] for m in hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
         assert {"reward", "kl"} <= names, (kind, names)
+        assert [m["step"] for m in hh40.query("""SELECT step FROM run_metrics WHERE run_id = ? AND name = 'reward'
+                                                 ORDER BY step""", [run_id])] == scored_at, kind
         assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
         policies[kind] = run_id
     with pytest.raises(RunError, match="did not train a reward model"):
