@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-run", type=int, help="ppo, grpo, rloo: the run that trained the reward model")
     p.add_argument("--num-generations", type=int, help="grpo, rloo: answers per prompt (4)")
     p.add_argument("--num-iterations", type=int,
-                   help="grpo, rloo: optimizer steps on each batch of answers before sampling new ones (1)")
+                   help="grpo, rloo: optimizer steps on each batch of answers before sampling new ones (4)")
     p.add_argument("--kl-coef", type=float, help="ppo: weight of the per-token KL penalty to the base (0.05)")
     p.add_argument("--max-new-tokens", type=int, help="ppo, grpo, rloo: answer length limit (64)")
     p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (2)")
