@@ -21,13 +21,16 @@ from studio.runner import MODULES, ONLINE_KINDS, TRAIN_CONFIGS, RunError, Runner
 KINDS = {"Reward model": "reward", "DPO": "dpo", "PPO": "ppo", "GRPO": "grpo", "RLOO": "rloo"}
 DEFAULTS = {"reward": RewardTrainConfig(), "dpo": DPOTrainConfig(), "ppo": PPOTrainConfig(),
             "grpo": OnlineTrainConfig(), "rloo": OnlineTrainConfig()}
-# Per kind, the metrics plotted beside the loss.
+# Per kind, the metrics that can be plotted beside the loss, and those plotted at first: ones on
+# one scale, so that a length of 40 tokens does not flatten a reward of 0.3.
 PLOTTED = {"reward": ["accuracy", "margin", "eval_accuracy", "eval_margin"],
            "dpo": ["rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
                    "eval_rewards/margins"],
-           "ppo": ["reward", "kl", "entropy", "clip_fraction", "response_length"],
-           "grpo": ["reward", "kl", "entropy", "reward_std"],
-           "rloo": ["reward", "kl", "entropy", "reward_std"]}
+           "ppo": ["reward", "kl", "ended", "entropy", "clip_fraction", "response_length"],
+           "grpo": ["reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio"],
+           "rloo": ["reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio"]}
+PLOTTED_FIRST = {"reward": PLOTTED["reward"], "dpo": PLOTTED["dpo"], "ppo": ["reward", "kl"],
+                 "grpo": ["reward", "kl"], "rloo": ["reward", "kl"]}
 LOSSES = {"ppo": ["policy_loss", "value_loss"]}  # the others log TRL's "loss" (and "eval_loss")
 FORM_FIELDS = ("learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "lora_r",
                "lora_alpha", "seed", "eval_share")
@@ -57,7 +60,23 @@ def training_runs(store: Store) -> list[tuple[str, int]]:
 
 # Fixed colours, named in the plot's label: Gradio's own legend is cut off below small plots.
 COLOURS = [("blue", "#1f77b4"), ("orange", "#ff7f0e"), ("green", "#2ca02c"), ("red", "#d62728"),
-           ("purple", "#9467bd")]
+           ("purple", "#9467bd"), ("brown", "#8c564b")]
+
+
+def metric_colours() -> dict[str, tuple[str, str]]:
+    """One colour per metric name, distinct within each kind's plots. Gradio's plot rebuilds its
+    colour scale only when its colour map changes, and otherwise only swaps the data; so every plot
+    keeps this one map, and every name is in every frame (a row without a value if none), for a metric
+    that appears later (an eval metric, another kind's run) to be drawn at all."""
+    colours: dict[str, tuple[str, str]] = {}
+    for names in (*PLOTTED.values(), *LOSSES.values(), ["loss", "eval_loss"]):
+        for name, colour in zip(names, COLOURS):
+            colours.setdefault(name, colour)
+    return colours
+
+
+COLOUR_OF = metric_colours()
+COLOUR_MAP = {name: code for name, (_, code) in COLOUR_OF.items()}
 
 
 def metric_plot(store: Store, run_id: int, names: list[str], title: str) -> gr.LinePlot:
@@ -65,11 +84,13 @@ def metric_plot(store: Store, run_id: int, names: list[str], title: str) -> gr.L
     rows = store.query(f"""SELECT step, name AS metric, value FROM run_metrics
                            WHERE run_id = ? AND name IN ({', '.join('?' * len(names))}) ORDER BY step, rowid""",
                        [run_id, *names])
-    frame = pd.DataFrame(rows or [{"step": 0, "metric": names[0], "value": None}])
-    shown = [n for n in names if n in set(frame["metric"])]
-    colours = dict(zip(shown, COLOURS))
-    label = f"{title}: " + ", ".join(f"{name} ({colours[name][0]})" for name in shown) if shown else title
-    return gr.LinePlot(value=frame, color_map={name: c[1] for name, c in colours.items()}, label=label)
+    logged = {r["metric"] for r in rows}
+    shown = [n for n in names if n in logged]
+    first_step = rows[0]["step"] if rows else 0
+    frame = pd.DataFrame(rows + [{"step": first_step, "metric": name, "value": None}
+                                 for name in COLOUR_OF if name not in logged])
+    label = f"{title}: " + ", ".join(f"{name} ({COLOUR_OF[name][0]})" for name in shown) if shown else title
+    return gr.LinePlot(value=frame, label=label)
 
 
 def run_summary(store: Store, run_id: int) -> str:
@@ -142,8 +163,14 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             eval_limit = gr.Number(64, label="At most prompts", precision=0, minimum=1, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="metric", label="Loss", height=340)
-        metrics_plot = gr.LinePlot(x="step", y="value", color="metric", label="Metrics", height=340)
+        # The mean of a step's values: a metric without a value there gets none, not a sum of 0.
+        loss_plot = gr.LinePlot(x="step", y="value", color="metric", y_aggregate="mean", color_map=COLOUR_MAP,
+                                label="Loss", height=340, elem_id="train-loss-plot")
+        metrics_plot = gr.LinePlot(x="step", y="value", color="metric", y_aggregate="mean", color_map=COLOUR_MAP,
+                                   label="Metrics", height=340, elem_id="train-metrics-plot")
+    plotted = gr.CheckboxGroup(PLOTTED["reward"], value=PLOTTED_FIRST["reward"], label="Metrics plotted",
+                               elem_id="train-plotted")
+    last_shown = gr.State(None)
 
     def switch_kind(label):
         train_kind = KINDS[label]
@@ -185,12 +212,33 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
 
-    def show(run_id):
+    def show(run_id, names):
         if not run_id:
             return "Pick a run to follow it.", None, None
         run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
+        names = [n for n in names if n in PLOTTED[run_kind]] or PLOTTED_FIRST[run_kind]
         return (run_summary(store, run_id), metric_plot(store, run_id, LOSSES.get(run_kind, ["loss", "eval_loss"]), "Loss"),
-                metric_plot(store, run_id, PLOTTED[run_kind], "Metrics"))
+                metric_plot(store, run_id, names, "Metrics"))
+
+    def pick(run_id):
+        """Show the picked run with the metrics first plotted for its kind."""
+        run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id]) if run_id else "reward"
+        names = PLOTTED_FIRST[run_kind]
+        return (*show(run_id, names), gr.update(choices=PLOTTED[run_kind], value=names), shown_state(run_id))
+
+    def shown_state(run_id):
+        """What the shown summary and plots depend on; the timer redraws only when it changes, so a
+        finished run's plots stay still."""
+        return store.query("""SELECT (SELECT status FROM runs WHERE id = ?) AS status,
+                                     (SELECT count(*) FROM run_metrics) AS metrics,
+                                     (SELECT count(*) FROM runs WHERE status NOT IN ('queued', 'running')) AS ended""",
+                           [run_id])[0] | {"run": run_id}
+
+    def tick(run_id, names, last_state):
+        state = shown_state(run_id)
+        if state == last_state:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (*show(run_id, names), state)
 
     def control(action, run_id):
         if not run_id:
@@ -238,8 +286,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
     evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_limit], [started, picked])
-    picked.change(show, picked, [summary, loss_plot, metrics_plot])
-    gr.Timer(2.0).tick(show, picked, [summary, loss_plot, metrics_plot], show_progress="hidden")
+    picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, last_shown])
+    plotted.input(lambda run_id, names: show(run_id, names)[2], [picked, plotted], metrics_plot)
+    gr.Timer(2.0).tick(tick, [picked, plotted, last_shown], [summary, loss_plot, metrics_plot, last_shown],
+                       show_progress="hidden")
 
     def refresh(label):
         pairs = dataset_names(store, with_pairs=True)

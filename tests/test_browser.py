@@ -305,6 +305,15 @@ def test_two_annotators_never_hold_the_same_pair_and_their_agreement_shows(tmp_p
         proc.wait(timeout=30)
 
 
+def wait_for_lines(page, plot: str, metrics: set[str]) -> None:
+    """Wait until the plot draws a line (two points or more: Vega's SVG line marks) for exactly these metrics."""
+    drawn = f"""Array.from(document.querySelectorAll('{plot} path[aria-roledescription="line mark"]'))
+        .filter(p => (p.getAttribute('d') || '').includes('L'))
+        .map(p => (p.getAttribute('aria-label') || '').split('metric: ')[1]).sort()"""
+    page.wait_for_function(f"() => JSON.stringify({drawn}) === '{json.dumps(sorted(metrics), separators=(',', ':'))}'",
+                           timeout=30_000)
+
+
 def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_workspace, tiny_model, browser):
     url, proc = serve(mini_workspace, tmp_path / "serve.log")
     try:
@@ -322,6 +331,11 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
         assert "reward model trained (6 steps)" in summary.inner_text()
         assert "accelerate launch -m pipelines.reward" in summary.inner_text()
         page.get_by_text("Metrics: accuracy (blue), margin (orange)").wait_for(timeout=30_000)
+        wait_for_lines(page, "#train-metrics-plot", {"accuracy", "margin"})
+        # Unticking a metric redraws the plot without it.
+        page.locator("#train-plotted").get_by_label("accuracy", exact=True).uncheck()
+        page.get_by_text("Metrics: margin (orange)").wait_for(timeout=30_000)
+        wait_for_lines(page, "#train-metrics-plot", {"margin"})
     finally:
         proc.terminate()
         proc.wait(timeout=30)
