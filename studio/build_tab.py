@@ -46,8 +46,10 @@ def histogram(scores: list[dict], kept: set[str] | None = None) -> gr.BarPlot:
         if kept is None or r["response_id"] in kept:
             key = (labels[min(int((value - low) / width), HISTOGRAM_BINS - 1)], r.get("side", "candidate"))
             counts[key] = counts.get(key, 0) + 1
+    # Every side, with no responses where it has none: Gradio builds a plot's colour scale from its
+    # first data only, so a side missing then would never be drawn.
     frame = pd.DataFrame([{"perplexity": k[0], "side": k[1], "responses": n} for k, n in counts.items()]
-                         or [{"perplexity": labels[0], "side": "none", "responses": 0}])
+                         + [{"perplexity": labels[0], "side": side, "responses": 0} for side in SIDE_COLORS])
     return gr.BarPlot(value=frame, sort=labels)
 
 
@@ -101,9 +103,9 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     counts = gr.Markdown(elem_id="filter-counts")
     with gr.Row(visible=False) as plots:
         before = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
-                            label="Before: all scored responses", height=280)
+                            label="Before: all scored responses", height=280, elem_id="filter-before")
         after = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
-                           label="After: what the filter keeps", height=280)
+                           label="After: what the filter keeps", height=280, elem_id="filter-after")
     headers = ["perplexity", "side", "prompt (last turn)", "response"]
     with gr.Row():
         widths = ["14%", "14%", "36%", "36%"]

@@ -114,6 +114,12 @@ def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, pag
     page.get_by_text("succeeded - scored 1990 responses").wait_for(timeout=300_000)
     counts = page.locator("#filter-counts")
     counts.get_by_text("Keeps 500 of 1,000 prompts, 1,000 of 2,000 responses, 500 of 1,000 pairs of 'hh'").wait_for(timeout=30_000)
+    # Both histograms draw both sides of the pairs (the plots first showed the fixture's 10 scores).
+    for plot in ("#filter-before", "#filter-after"):
+        page.wait_for_function(f"""() => ['chosen', 'rejected'].every(side => Array.from(document.querySelectorAll(
+            '{plot} path[aria-roledescription="bar"]')).some(p => (p.getAttribute('aria-label') || '')
+            .includes('side: ' + side) && !(p.getAttribute('aria-label') || '').includes('responses: 0')))""",
+                               timeout=30_000)
 
     page.get_by_label("New dataset name").fill("hh-plausible")
     page.get_by_role("button", name="Save filtered dataset").click()
