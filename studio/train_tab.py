@@ -142,9 +142,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         max_new_tokens = gr.Number(DEFAULTS["ppo"].max_new_tokens, label="Max answer tokens", precision=0, minimum=1)
         kl = gr.Number(DEFAULTS["ppo"].kl_coef, label="KL weight", info="PPO kl_coef; GRPO/RLOO beta")
         num_generations = gr.Number(DEFAULTS["grpo"].num_generations, label="Answers per prompt", precision=0,
-                                    minimum=2, info="GRPO/RLOO")
+                                    minimum=2)
         num_iterations = gr.Number(DEFAULTS["grpo"].num_iterations, label="Updates per batch", precision=0,
-                                   minimum=1, info="GRPO/RLOO: optimizer steps on each batch of answers")
+                                   minimum=1, info="optimizer steps on each batch of answers")
     sizing = gr.Markdown(elem_id="train-sizing")
     start = gr.Button("Start training", variant="primary")
     started = gr.Markdown(elem_id="train-started")
@@ -183,7 +183,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 + [gr.update(visible=train_kind == "dpo")] * 3
                 + [gr.update(visible=online), gr.update(value=kl_default),
                    gr.update(label="Prompts" if online else "Pairs", choices=choices),
-                   gr.update(visible=not online), gr.update(visible=not online), gr.update(visible=not online)])
+                   gr.update(visible=not online), gr.update(visible=not online), gr.update(visible=not online)]
+                + [gr.update(visible=train_kind in ("grpo", "rloo"))] * 2)
 
     def start_run(label, base_name, data, eval_pairs, *values):
         form = dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)]))
@@ -271,7 +272,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     base.submit(suggest, [kind, base], [sizing, learning_rate, batch_size, grad_accum])
     kind.change(switch_kind, kind, [learning_rate, batch_size, max_steps, beta, loss_type, precompute, online_row, kl,
-                                    dataset, eval_dataset, eval_share, epochs])
+                                    dataset, eval_dataset, eval_share, epochs, num_generations, num_iterations])
     start.click(start_run, [kind, base, dataset, eval_dataset, *form, beta, loss_type, precompute, reward_run,
                             max_new_tokens, kl, num_generations, num_iterations], [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
