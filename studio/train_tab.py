@@ -31,7 +31,8 @@ PLOTTED = {"reward": ["accuracy", "margin", "eval_accuracy", "eval_margin"],
            "rloo": ["reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio"]}
 PLOTTED_FIRST = {"reward": PLOTTED["reward"], "dpo": PLOTTED["dpo"], "ppo": ["reward", "kl"],
                  "grpo": ["reward", "kl"], "rloo": ["reward", "kl"]}
-LOSSES = {"ppo": ["policy_loss", "value_loss"]}  # the others log TRL's "loss" (and "eval_loss")
+TRL_LOSSES = ["loss", "eval_loss"]
+LOSSES = {"ppo": ["policy_loss", "value_loss"]}  # the others log TRL_LOSSES
 FORM_FIELDS = ("learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "lora_r",
                "lora_alpha", "seed", "eval_share")
 EXPLANATION = """
@@ -69,7 +70,7 @@ def metric_colours() -> dict[str, tuple[str, str]]:
     keeps this one map, and every name is in every frame (a row without a value if none), for a metric
     that appears later (an eval metric, another kind's run) to be drawn at all."""
     colours: dict[str, tuple[str, str]] = {}
-    for names in (*PLOTTED.values(), *LOSSES.values(), ["loss", "eval_loss"]):
+    for names in (*PLOTTED.values(), *LOSSES.values(), TRL_LOSSES):
         for name, colour in zip(names, COLOURS):
             colours.setdefault(name, colour)
     return colours
@@ -213,17 +214,24 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
 
+    def run_kind_of(run_id):
+        return store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
+
+    def metrics_of(run_id, run_kind, names):
+        """The metrics plot of the ticked names that this kind logs (its first ones if none)."""
+        names = [n for n in names if n in PLOTTED[run_kind]] or PLOTTED_FIRST[run_kind]
+        return metric_plot(store, run_id, names, "Metrics")
+
     def show(run_id, names):
         if not run_id:
             return "Pick a run to follow it.", None, None
-        run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
-        names = [n for n in names if n in PLOTTED[run_kind]] or PLOTTED_FIRST[run_kind]
-        return (run_summary(store, run_id), metric_plot(store, run_id, LOSSES.get(run_kind, ["loss", "eval_loss"]), "Loss"),
-                metric_plot(store, run_id, names, "Metrics"))
+        run_kind = run_kind_of(run_id)
+        return (run_summary(store, run_id), metric_plot(store, run_id, LOSSES.get(run_kind, TRL_LOSSES), "Loss"),
+                metrics_of(run_id, run_kind, names))
 
     def pick(run_id):
         """Show the picked run with the metrics first plotted for its kind."""
-        run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id]) if run_id else "reward"
+        run_kind = run_kind_of(run_id) if run_id else "reward"
         names = PLOTTED_FIRST[run_kind]
         return (*show(run_id, names), gr.update(choices=PLOTTED[run_kind], value=names), shown_state(run_id))
 
@@ -231,9 +239,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         """What the shown summary and plots depend on; the timer redraws only when it changes, so a
         finished run's plots stay still."""
         return store.query("""SELECT (SELECT status FROM runs WHERE id = ?) AS status,
-                                     (SELECT count(*) FROM run_metrics) AS metrics,
+                                     (SELECT count(*) FROM run_metrics WHERE run_id = ?) AS metrics,
                                      (SELECT count(*) FROM runs WHERE status NOT IN ('queued', 'running')) AS ended""",
-                           [run_id])[0] | {"run": run_id}
+                           [run_id, run_id])[0] | {"run": run_id}
 
     def tick(run_id, names, last_state):
         state = shown_state(run_id)
@@ -288,7 +296,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_limit], [started, picked])
     picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, last_shown])
-    plotted.input(lambda run_id, names: show(run_id, names)[2], [picked, plotted], metrics_plot)
+    plotted.input(lambda run_id, names: metrics_of(run_id, run_kind_of(run_id), names) if run_id else None,
+                  [picked, plotted], metrics_plot)
     gr.Timer(2.0).tick(tick, [picked, plotted, last_shown], [summary, loss_plot, metrics_plot, last_shown],
                        show_progress="hidden")
 

@@ -151,7 +151,8 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     assert runner.wait(reward_run)["status"] == "succeeded"
     policies = {}
     # GRPO makes its two updates on one batch of answers, so the reward model scores only one batch.
-    for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2}, [1]), ("rloo", {"num_iterations": 1}, [1, 2])):
+    for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2}, [1]),
+                                   ("rloo", {"num_iterations": 1}, [1, 2])):
         run_id = runner.start_online(kind, "hh40", reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
                                      max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra)
         run = runner.wait(run_id)
