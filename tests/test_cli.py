@@ -85,3 +85,12 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == "error: no dataset named 'nope'"
     result = cli("score", "--dataset", "nope", workspace=tmp_path / "ws", check=False)
     assert result.returncode == 2 and result.stderr.strip() == "error: no dataset named 'nope'"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`alignstudio runs | head -3` must not end in a BrokenPipeError traceback."""
+    reader_gone = subprocess.Popen([ALIGNSTUDIO, "stats", "--workspace", str(tmp_path / "ws")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader_gone.stdout.close()
+    assert reader_gone.wait(timeout=120) == 1
+    assert reader_gone.stderr.read() == b""
