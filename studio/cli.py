@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-generations", type=int, help="grpo, rloo: answers per prompt (4)")
     p.add_argument("--num-iterations", type=int,
                    help="grpo, rloo: optimizer steps on each batch of answers before sampling new ones (4)")
-    p.add_argument("--kl-coef", type=float, help="ppo: weight of the per-token KL penalty to the base (0.05)")
+    p.add_argument("--kl-coef", type=float, help="ppo: weight of the per-token KL penalty to the base (0.15)")
     p.add_argument("--max-new-tokens", type=int, help="ppo, grpo, rloo: answer length limit (64)")
     p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (2)")
     p.add_argument("--mini-batch-size", type=int, help="ppo: sequences per optimizer step (4)")
