@@ -152,7 +152,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     gr.Markdown("### Runs")
     with gr.Row():
-        picked = gr.Dropdown(training_runs(store), label="Run", scale=3)
+        runs = training_runs(store)
+        picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Run", scale=3)
         cancel = gr.Button("Cancel", variant="stop", scale=1, size="sm")
         resume = gr.Button("Resume", scale=1, size="sm")
         again = gr.Button("Run again", scale=1, size="sm")
@@ -169,7 +170,12 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                                 label="Loss", height=340, elem_id="train-loss-plot")
         metrics_plot = gr.LinePlot(x="step", y="value", color="metric", y_aggregate="mean", color_map=COLOUR_MAP,
                                    label="Metrics", height=340, elem_id="train-metrics-plot")
-    plotted = gr.CheckboxGroup(PLOTTED["reward"], value=PLOTTED_FIRST["reward"], label="Metrics plotted",
+    def run_kind_of(run_id):
+        return store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id]) if run_id else "reward"
+
+    # A page opens on the newest run without a change event, so the choices start as that run's.
+    first_kind = run_kind_of(picked.value)
+    plotted = gr.CheckboxGroup(PLOTTED[first_kind], value=PLOTTED_FIRST[first_kind], label="Metrics plotted",
                                elem_id="train-plotted")
     last_shown = gr.State(None)
 
@@ -214,9 +220,6 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
 
-    def run_kind_of(run_id):
-        return store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id])
-
     def metrics_of(run_id, run_kind, names):
         """The metrics plot of the ticked names that this kind logs (its first ones if none)."""
         names = [n for n in names if n in PLOTTED[run_kind]] or PLOTTED_FIRST[run_kind]
@@ -231,7 +234,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def pick(run_id):
         """Show the picked run with the metrics first plotted for its kind."""
-        run_kind = run_kind_of(run_id) if run_id else "reward"
+        run_kind = run_kind_of(run_id)
         names = PLOTTED_FIRST[run_kind]
         return (*show(run_id, names), gr.update(choices=PLOTTED[run_kind], value=names), shown_state(run_id))
 

@@ -350,6 +350,35 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
         assert store.query("SELECT name, purpose FROM models") == [{"name": "reward-run1", "purpose": "reward"}]
 
 
+def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_workspace, browser):
+    """The page opens on the newest run (a PPO one here) without a pick; its metric choices must be PPO's."""
+    with mini_workspace.open_store() as store:
+        with store.transaction() as cur:
+            cur.execute("""INSERT INTO runs (kind, config, status, message)
+                           VALUES ('ppo', '{"base": "default"}', 'succeeded', 'PPO trained (3 iterations)')""")
+            for step in (1, 2, 3):
+                for name, value in (("reward", 0.1 * step), ("kl", 0.2 * step), ("ended", 0.3),
+                                    ("policy_loss", -0.01), ("value_loss", 0.1)):
+                    cur.execute("INSERT INTO run_metrics (run_id, step, name, value) VALUES (1, ?, ?, ?)",
+                                [step, name, value])
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-summary").get_by_text("PPO trained (3 iterations)").wait_for(timeout=30_000)
+        wait_for_lines(page, "#train-metrics-plot", {"reward", "kl"})
+        plotted = page.locator("#train-plotted")
+        assert plotted.get_by_label("reward", exact=True).is_checked()
+        assert not plotted.get_by_label("ended", exact=True).is_checked()
+        assert plotted.get_by_label("accuracy", exact=True).count() == 0
+        plotted.get_by_label("ended", exact=True).check()
+        wait_for_lines(page, "#train-metrics-plot", {"reward", "kl", "ended"})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(tmp_path, mini_workspace, browser):
     from pipelines.models import default_gguf_path
 
