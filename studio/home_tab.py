@@ -16,7 +16,7 @@ from studio.demo import REPORT, SCALE_UP, DemoSettings, run_demo
 from studio.runner import FINAL, RunError, Runner
 from studio.workspace import Workspace
 
-RUN_COLUMNS = ["run", "kind", "status", "progress", "message", "started", "finished"]
+RUN_COLUMNS = ["run", "kind", "status", "done", "message", "started", "ended"]
 
 
 def stat_cards(store: Store) -> str:
@@ -37,7 +37,7 @@ def runs_table(store: Store) -> list[list]:
         progress = r["metrics"].get("progress")
         rows.append([r["id"], r["kind"], r["status"],
                      f"{progress:.0%}" if progress is not None else "",
-                     r["message"] or "", str(r["started_at"] or "")[:19], str(r["finished_at"] or "")[:19]])
+                     r["message"] or "", str(r["started_at"] or "")[5:16], str(r["finished_at"] or "")[5:16]])
     return rows
 
 
@@ -106,7 +106,8 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
                                     elem_id="datasets-table")
         with gr.Column(scale=3):
             runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
-                                max_height=320, wrap=True, elem_id="runs-table")
+                                max_height=320, wrap=True, elem_id="runs-table",
+                                column_widths=["6%", "14%", "14%", "8%", "36%", "12%", "10%"])
             with gr.Row():
                 run_id = gr.Number(label="Run", value=None, precision=0, scale=1)
                 cancel = gr.Button("Cancel run", variant="stop", scale=1)
