@@ -18,30 +18,35 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.chat import ChatModels, Sampling
-from pipelines.runlog import RunLog, read_partial, run_main
+from pipelines.runlog import Partial, RunLog, run_main
+from pipelines.settings import setting
 
 
 @dataclass
 class CompareConfig:
     """Answer every prompt with two GGUF models."""
-    model_a: str = ""       # names, as stored with the answers
-    model_b: str = ""
-    path_a: str = ""        # their GGUF files
-    path_b: str = ""
-    into: str = ""          # the dataset the pairs go to
-    inputs: str = "inputs.parquet"
-    output: str = "answers.parquet"
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 256
-    seed: int = 0
+    model_a: str = setting("", "the first model's name, as stored with the answers", internal=True)
+    model_b: str = setting("", "the second model's name", internal=True)
+    path_a: str = setting("", "the first model's GGUF file", internal=True)
+    path_b: str = setting("", "the second model's GGUF file", internal=True)
+    into: str = setting("", "the dataset the pairs go to", internal=True)
+    inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
+    output: str = setting("answers.parquet", "both models' answers", internal=True)
+    temperature: float = setting(0.7, "sampling temperature")
+    top_p: float = setting(0.95, "nucleus sampling: keep the most likely tokens up to this probability")
+    max_tokens: int = setting(256, "answer length limit in tokens")
+    seed: int = setting(0, "sampling seed")
 
 
 def run(config: CompareConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     prompts = pq.read_table(run_dir / config.inputs).to_pylist()
-    partial = run_dir / "partial.jsonl"
-    done = {r["prompt_id"]: r for r in read_partial(partial)}
+    with Partial(run_dir, key="prompt_id") as partial:
+        answer_all(config, log, prompts, partial)
+
+
+def answer_all(config: CompareConfig, log: RunLog, prompts: list[dict], partial: Partial) -> None:
+    run_dir, done = log.path.parent, partial.done
     models = ChatModels(max_loaded=2)
     sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
     log.progress(len(done), len(prompts), message=f"{config.model_a} and {config.model_b} answering")
@@ -62,10 +67,7 @@ def run(config: CompareConfig, log: RunLog) -> None:
             tokens[side] += n_tokens
             answers.append((text, finish))
         (answer_a, finish_a), (answer_b, finish_b) = answers
-        done[row["prompt_id"]] = record = {**row, "answer_a": answer_a, "finish_a": finish_a,
-                                           "answer_b": answer_b, "finish_b": finish_b}
-        with open(partial, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        partial.add({**row, "answer_a": answer_a, "finish_a": finish_a, "answer_b": answer_b, "finish_b": finish_b})
         log.progress(len(done), len(prompts))
     pq.write_table(pa.Table.from_pylist([done[r["prompt_id"]] for r in prompts]), run_dir / config.output)
     speed = {f"tokens_per_s_{name}": tokens[i] / seconds[i] for i, name in enumerate("ab") if seconds[i] > 0}

@@ -10,27 +10,25 @@ before training (one pass over the data; each step then runs the policy only).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from pipelines.models import resolve_model
-from pipelines.reward import STUDIO_META
 from pipelines.runlog import RunLog, run_main
-from pipelines.training import (TrainSettings, lora_config, model_kwargs, placement_of, progress_callback, read_pairs,
-                                split, train_with_resume, trainer_arguments)
+from pipelines.settings import setting
+from pipelines.training import (PairTrainSettings, base_and_tokenizer, final_evaluation, lora_config, model_kwargs,
+                                pair_data, placement_of, progress_callback, save_adapter, train_with_resume,
+                                trainer_arguments)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm")
 
 
 @dataclass
-class DPOTrainConfig(TrainSettings):
+class DPOTrainConfig(PairTrainSettings):
     """Align a policy to preference pairs with DPO (TRL DPOTrainer, LoRA)."""
-    learning_rate: float = 5e-5
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    precompute_ref_log_probs: bool = False
-    eval_inputs: str | None = None
-    eval_share: float = 0.1
+    beta: float = setting(0.1, "strength of the pull to the base: higher keeps the policy closer", label="Beta")
+    loss_type: str = setting("sigmoid", "sigmoid (DPO), ipo, hinge, sigmoid_norm (length-normalised)",
+                             choices=LOSS_TYPES, label="DPO loss")
+    precompute_ref_log_probs: bool = setting(False, "reference log-probs once, before training (each step then "
+                                             "runs the policy only)", label="Precompute reference log-probs")
 
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
@@ -41,23 +39,13 @@ class DPOTrainConfig(TrainSettings):
 
 def run(config: DPOTrainConfig, log: RunLog) -> None:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     run_dir = log.path.parent
     placement = placement_of(config)
-    base_path = resolve_model(config.base, config.models_dir)
-    pairs = read_pairs(run_dir / config.inputs)
-    if config.eval_inputs:
-        train, held_out = pairs, read_pairs(run_dir / config.eval_inputs)
-    else:
-        train, held_out = split(pairs, config.eval_share, config.seed)
-    if not train:
-        raise ValueError("no pairs to train on")
-
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    train, held_out = pair_data(config, run_dir)
+    base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     args = DPOConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
                      beta=config.beta, loss_type=[config.loss_type], max_length=config.max_length,
@@ -70,15 +58,8 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
     log.event("running", message=f"training on {len(train)} pairs" + (f", evaluating on {len(held_out)}" if held_out else ""))
     if not train_with_resume(trainer, callback, run_dir, log):
         return
-
-    final = {}
-    if held_out:  # the evaluation at the last step, when the schedule made one, else one now (logged either way)
-        evals = [h for h in trainer.state.log_history if "eval_rewards/margins" in h]
-        final = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
-    out = run_dir / config.output
-    trainer.save_model(str(out))
-    (out / STUDIO_META).write_text(json.dumps({"kind": "policy", "method": "dpo", "base": config.base,
-                                               "base_path": base_path}))
+    final = final_evaluation(trainer, held_out, "eval_rewards/margins")
+    save_adapter(trainer, config, run_dir, "policy", "dpo")
     margins = f"eval reward margin {final['eval_rewards/margins']:.3f}" if "eval_rewards/margins" in final else "no eval pairs"
     log.event("succeeded", step=trainer.state.global_step,
               message=f"DPO trained ({trainer.state.global_step} steps); {margins}")

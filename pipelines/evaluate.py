@@ -16,30 +16,30 @@ import json
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.models import choose_placement, resolve_model
-from pipelines.reward import STUDIO_META, load_reward_model, score
+from pipelines.models import choose_placement, load_tokenizer, resolve_model
+from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
+from pipelines.settings import setting
 
 
 @dataclass
 class EvaluateConfig:
     """Compare a policy's answers with its base's, scored by a reward model."""
-    policy_adapter: str = ""
-    reward_adapter: str = ""
-    models_dir: str = "models"
-    inputs: str = "inputs.parquet"     # prompts
-    output: str = "answers.parquet"
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    batch_size: int = 8
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
+    policy_adapter: str = setting("", "the policy's adapter folder", internal=True)
+    reward_adapter: str = setting("", "the judging reward model's adapter folder", internal=True)
+    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
+    output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
+    max_new_tokens: int = setting(64, "answer length limit in tokens")
+    temperature: float = setting(0.7, "sampling temperature of both models' answers")
+    batch_size: int = setting(8, "prompts answered at once")
+    seed: int = setting(0, "sampling seed (the same for policy and base)")
+    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu")
+    dtype: str = setting("auto", "auto, bfloat16, float16 or float32")
 
 
 def answer(model, tokenizer, prompts: list[list[dict]], config: EvaluateConfig, device: str):
@@ -75,16 +75,14 @@ def sequence_logprob(model, tokenizer, prompt: list[dict], ids: list[int], devic
 def run(config: EvaluateConfig, log: RunLog) -> None:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     run_dir = log.path.parent
     placement = choose_placement(config.device, config.dtype)
-    meta = json.loads((Path(config.policy_adapter) / STUDIO_META).read_text())
+    meta = read_meta(config.policy_adapter)
     base_path = resolve_model(meta["base"], config.models_dir)
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, placement.dtype))
     policy = PeftModel.from_pretrained(base, config.policy_adapter).to(placement.device).eval()
 

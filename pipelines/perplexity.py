@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.models import choose_placement, load_causal_lm
-from pipelines.runlog import RunLog, read_partial, run_main
+from pipelines.runlog import Partial, RunLog, run_main
+from pipelines.settings import setting
 
 ENGINE = "transformers"
 
@@ -31,14 +32,15 @@ ENGINE = "transformers"
 @dataclass
 class PerplexityConfig:
     """Score responses by their perplexity under a model, given their prompt."""
-    model: str = "default"
-    models_dir: str = "models"
-    inputs: str = "inputs.parquet"
-    output: str = "perplexities.parquet"
-    batch_size: int = 8
-    max_length: int = 2048
-    device: str = "auto"
-    dtype: str = "auto"
+    model: str = setting("default", "the model whose perplexities are computed: default, a folder or a hub id")
+    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    inputs: str = setting("inputs.parquet", "the responses, written by the runner", internal=True)
+    output: str = setting("perplexities.parquet", "each response's perplexity", internal=True)
+    batch_size: int = setting(8, "responses scored at once")
+    max_length: int = setting(2048, "tokens of prompt + response; longer ones are skipped and reported")
+    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu")
+    dtype: str = setting("auto", "auto (bf16 on CUDA cards that have it, float32 on a CPU), bfloat16, float16 or "
+                         "float32")
 
 
 def render(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[str, str]:
@@ -102,21 +104,14 @@ def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
 def score(config: PerplexityConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     table = pq.read_table(run_dir / config.inputs).to_pylist()
-    partial_path = run_dir / "partial.jsonl"
-    done = {row["response_id"]: row for row in read_partial(partial_path)}
-    todo = [row for row in table if row["response_id"] not in done]
     total = len(table)
-
-    placement = choose_placement(config.device, config.dtype)
-    tokenizer, model = load_causal_lm(config.model, config.models_dir, placement)
-    log.event("running", step=len(done), total=total,
-              message=f"scoring {len(todo)} of {total} responses on {placement.device} ({placement.dtype})")
-
-    with open(partial_path, "a", encoding="utf-8") as partial:
-        def record(row: dict) -> None:
-            done[row["response_id"]] = row
-            partial.write(json.dumps(row) + "\n")
-
+    with Partial(run_dir, key="response_id") as partial:
+        done, record = partial.done, lambda row: partial.add(row, flush=False)
+        todo = [row for row in table if row["response_id"] not in done]
+        placement = choose_placement(config.device, config.dtype)
+        tokenizer, model = load_causal_lm(config.model, config.models_dir, placement)
+        log.event("running", step=len(done), total=total,
+                  message=f"scoring {len(todo)} of {total} responses on {placement.device} ({placement.dtype})")
         encoded = []
         for row in todo:
             prompt_ids, response_ids = tokenize(tokenizer, json.loads(row["prompt"]), json.loads(row["response"]))

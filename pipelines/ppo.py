@@ -21,9 +21,10 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
-from pipelines.models import Placement, resolve_model
-from pipelines.reward import STUDIO_META, load_reward_model, score
+from pipelines.models import Placement, load_tokenizer, resolve_model
+from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
+from pipelines.settings import redefault, setting
 from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -32,25 +33,29 @@ RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, ans
 @dataclass
 class PPOTrainConfig(TrainSettings):
     """Fine-tune a policy with PPO against a trained reward model."""
-    reward_adapter: str = ""           # the reward model's adapter folder
-    learning_rate: float = 1e-4        # for LoRA on the default model: 1e-5 barely moved it in 30 iterations
-    max_steps: int = 20                # PPO iterations (one rollout batch each)
-    batch_size: int = 8                # prompts per rollout
-    ppo_epochs: int = 2                # optimisation passes over each rollout batch
-    mini_batch_size: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    kl_coef: float = 0.15              # 0.05 let the default model game a length-biased RM (KL 9 nats/answer)
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    max_grad_norm: float = 1.0
-    missing_eos_penalty: float = 1.0   # subtracted from the (whitened) score of an answer that never ends
-    whiten_rewards: bool = True
-    save_every: int = 10
-    lora_dropout: float = 0.0          # no dropout: old and new log-probs must come from the same function
+    reward_adapter: str = setting("", "the reward model's adapter folder", internal=True)
+    learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-4,
+                                     "for LoRA on the default model: 1e-5 barely moved it in 30 iterations")
+    max_steps: int = setting(20, "PPO iterations (one rollout batch each)", label="Max steps")
+    batch_size: int = setting(8, "prompts per rollout", label="Batch size")
+    ppo_epochs: int = setting(2, "optimisation passes over each rollout batch", label="PPO epochs")
+    mini_batch_size: int = setting(4, "sequences per optimizer step", label="Mini-batch size")
+    max_new_tokens: int = setting(64, "answer length limit in tokens", label="Max answer tokens")
+    temperature: float = setting(1.0, "sampling temperature of the answers", label="Temperature")
+    kl_coef: float = setting(0.15, "weight of the per-token KL penalty to the base (0.05 let the default model "
+                             "game a length-biased reward model: KL 9 nats per answer)", label="KL weight")
+    gamma: float = setting(1.0, "discount of GAE", advanced=True)
+    lam: float = setting(0.95, "lambda of GAE", advanced=True)
+    clip_range: float = setting(0.2, "clip of the policy's probability ratio", advanced=True)
+    clip_range_value: float = setting(0.2, "clip of the value head's update", advanced=True)
+    vf_coef: float = setting(0.1, "weight of the value loss", advanced=True)
+    max_grad_norm: float = setting(1.0, "gradient norm clip", advanced=True)
+    missing_eos_penalty: float = setting(1.0, "subtracted from the (whitened) score of an answer that never ends, "
+                                         "in standard deviations of the batch's rewards", advanced=True)
+    whiten_rewards: bool = setting(True, "whiten the reward model's scores over each batch", advanced=True)
+    save_every: int = redefault(TrainSettings, "save_every", 10)
+    lora_dropout: float = redefault(TrainSettings, "lora_dropout", 0.0,
+                                    "none for PPO: old and new log-probs must come from the same function")
 
 
 def masked_mean(x, mask):
@@ -228,7 +233,7 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     """The PPO loop; `reward_fn` defaults to the trained reward model of the config."""
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     run_dir = log.path.parent
     placement = placement_of(config)
@@ -240,9 +245,7 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
         raise ValueError("no prompts to train on")
     if reward_fn is None:
         reward_fn = reward_model_fn(config.reward_adapter, placement, config.max_length)
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     model = get_peft_model(model, lora_config(config, "CAUSAL_LM")).to(placement.device)
     policy = PolicyWithValue(model, model.config.hidden_size, placement.device)
@@ -268,8 +271,7 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     out = run_dir / config.output
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / STUDIO_META).write_text(json.dumps({"kind": "policy", "method": "ppo", "base": config.base,
-                                               "base_path": base_path}))
+    write_meta(out, "policy", config.base, base_path, "ppo")
     log.event("succeeded", step=step, total=config.max_steps, message=f"PPO trained ({step} iterations)")
 
 

@@ -17,33 +17,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.models import choose_placement
-from pipelines.reward import load_reward_model, score
-from pipelines.runlog import RunLog, read_partial, run_main
+from pipelines.reward_model import load_reward_model, score
+from pipelines.runlog import Partial, RunLog, run_main
+from pipelines.settings import setting
 
 
 @dataclass
 class RewardScoringConfig:
     """Score responses with a trained reward model."""
-    adapter: str = ""                  # the reward model's adapter folder
-    inputs: str = "inputs.parquet"
-    output: str = "rewards.parquet"
-    batch_size: int = 8
-    max_length: int = 2048
-    device: str = "auto"
-    dtype: str = "auto"
+    adapter: str = setting("", "the reward model's adapter folder", internal=True)
+    inputs: str = setting("inputs.parquet", "the responses, written by the runner", internal=True)
+    output: str = setting("rewards.parquet", "each response's reward", internal=True)
+    batch_size: int = setting(8, "responses scored at once")
+    max_length: int = setting(2048, "tokens of prompt + response; longer ones are cut")
+    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu")
+    dtype: str = setting("auto", "auto, bfloat16, float16 or float32")
 
 
 def run(config: RewardScoringConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     table = pq.read_table(run_dir / config.inputs).to_pylist()
-    partial_path = run_dir / "partial.jsonl"
-    done = {row["response_id"]: row["reward"] for row in read_partial(partial_path)}
-    todo = [row for row in table if row["response_id"] not in done]
-    placement = choose_placement(config.device, config.dtype)
-    tokenizer, model = load_reward_model(config.adapter, placement)
-    log.event("running", step=len(done), total=len(table), message=f"scoring {len(todo)} of {len(table)} responses")
     chunk = config.batch_size * 8  # a checkpoint every few batches
-    with open(partial_path, "a", encoding="utf-8") as partial:
+    with Partial(run_dir, key="response_id") as partial:
+        done = partial.done
+        todo = [row for row in table if row["response_id"] not in done]
+        placement = choose_placement(config.device, config.dtype)
+        tokenizer, model = load_reward_model(config.adapter, placement)
+        log.event("running", step=len(done), total=len(table), message=f"scoring {len(todo)} of {len(table)} responses")
         for start in range(0, len(todo), chunk):
             if log.cancel_requested:
                 log.event("cancelled", step=len(done), total=len(table), message="cancelled; resume continues from here")
@@ -52,11 +52,10 @@ def run(config: RewardScoringConfig, log: RunLog) -> None:
             rewards = score(tokenizer, model, [json.loads(r["prompt"]) + json.loads(r["response"]) for r in rows],
                             config.batch_size, config.max_length)
             for row, reward in zip(rows, rewards):
-                done[row["response_id"]] = reward
-                partial.write(json.dumps({"response_id": row["response_id"], "reward": reward}) + "\n")
+                partial.add({"response_id": row["response_id"], "reward": reward}, flush=False)
             partial.flush()
             log.progress(len(done), len(table))
-    pq.write_table(pa.Table.from_pylist([{"response_id": r["response_id"], "reward": done[r["response_id"]]}
+    pq.write_table(pa.Table.from_pylist([{"response_id": r["response_id"], "reward": done[r["response_id"]]["reward"]}
                                          for r in table]), run_dir / config.output)
     log.event("succeeded", step=len(table), total=len(table), message=f"scored {len(table)} responses")
 

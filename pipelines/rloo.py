@@ -7,9 +7,8 @@ settings as GRPO (`pipelines.grpo.OnlineTrainConfig`).
 
 from __future__ import annotations
 
-from pipelines.grpo import OnlineTrainConfig
+from pipelines.grpo import OnlineTrainConfig, train_online
 from pipelines.runlog import RunLog, run_main
-from pipelines.training import train_online
 
 
 def run(config: OnlineTrainConfig, log: RunLog) -> None:

@@ -17,10 +17,12 @@ import traceback
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from common.errors import StudioError
+
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(StudioError, ValueError):
     pass
 
 
@@ -57,6 +59,37 @@ def read_partial(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+class Partial:
+    """The items a pipeline has finished, appended one a line to `partial.jsonl` in its run folder
+    as they are done, so that a cancelled or crashed run resumes with the next one.
+
+        with Partial(run_dir, key="response_id") as partial:
+            for row in todo:
+                if row["response_id"] not in partial.done: partial.add({...})
+    """
+
+    def __init__(self, run_dir: str | Path, key: str):
+        self.path, self.key = Path(run_dir) / "partial.jsonl", key
+        self.done: dict = {row[key]: row for row in read_partial(self.path)}
+        self._file = None
+
+    def __enter__(self) -> "Partial":
+        self._file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def add(self, row: dict, flush: bool = True) -> None:
+        self.done[row[self.key]] = row
+        self._file.write(json.dumps(row) + "\n")
+        if flush:
+            self._file.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 class RunLog:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import Placement, choose_placement
+from pipelines.models import Placement, choose_placement, load_tokenizer, resolve_model
+from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
+from pipelines.settings import setting
 
 CHECKPOINTS = "checkpoints"
 
@@ -25,26 +27,41 @@ CHECKPOINTS = "checkpoints"
 @dataclass
 class TrainSettings:
     """Settings every training run has (the pipelines' configs extend it)."""
-    base: str = "default"              # default, a model folder or a hub id
-    models_dir: str = ""
-    inputs: str = "inputs.parquet"     # what the runner wrote: pairs or prompts
-    output: str = "model"              # the trained adapter's folder, inside the run folder
-    learning_rate: float = 5e-5
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 512
-    epochs: float = 1.0
-    max_steps: int = -1                # > 0 overrides epochs
-    seed: int = 0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["all-linear"])
-    save_every: int = 50               # checkpoint every N optimizer steps (and on cancel)
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_4bit: bool = False         # QLoRA: 4-bit base on CUDA (needs bitsandbytes)
-    gradient_checkpointing: bool = False
+    base: str = setting("default", "the model to train: default, a model folder or a hub id", label="Base model")
+    models_dir: str = setting("", "folder of converted and trained models", internal=True)
+    inputs: str = setting("inputs.parquet", "what the runner wrote: pairs or prompts", internal=True)
+    output: str = setting("model", "the trained adapter's folder, inside the run folder", internal=True)
+    learning_rate: float = setting(5e-5, "peak learning rate of the LoRA weights", label="Learning rate")
+    batch_size: int = setting(4, "examples per device per optimizer step", label="Batch size")
+    grad_accum: int = setting(1, "batches summed into one optimizer step", label="Gradient accumulation")
+    max_length: int = setting(512, "tokens of prompt + answer; longer pairs are left out (reward model) or cut "
+                              "(DPO)", label="Max tokens")
+    epochs: float = setting(1.0, "passes over the data (when max_steps is not set)", label="Epochs")
+    max_steps: int = setting(-1, "optimizer steps; a positive value overrides epochs", label="Max steps")
+    seed: int = setting(0, "seed of the data order, the LoRA initialisation and sampling", label="Seed")
+    lora_r: int = setting(16, "LoRA rank", label="LoRA r")
+    lora_alpha: int = setting(32, "LoRA scaling (alpha / r multiplies the update)", label="LoRA alpha")
+    lora_dropout: float = setting(0.05, "dropout on the LoRA path", label="LoRA dropout", advanced=True)
+    lora_targets: list[str] = setting(["all-linear"], "modules that get LoRA: all-linear, or module names",
+                                      label="LoRA modules", advanced=True)
+    save_every: int = setting(50, "checkpoint every N optimizer steps (and on cancel)", label="Checkpoint every",
+                              advanced=True)
+    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu", label="Device", advanced=True)
+    dtype: str = setting("auto", "auto (bf16 on cards that have it, fp16 on older ones, float32 on a CPU), "
+                         "bfloat16, float16 or float32", label="Precision", advanced=True)
+    load_in_4bit: bool = setting(False, "QLoRA: load the base in 4 bits (CUDA, needs bitsandbytes)",
+                                 label="4-bit base (QLoRA)", advanced=True)
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
+                                           "about 30% slower", label="Gradient checkpointing", advanced=True)
+
+
+@dataclass
+class PairTrainSettings(TrainSettings):
+    """Settings of the methods that learn from preference pairs (they also evaluate on some)."""
+    eval_inputs: str | None = setting(None, "pairs to evaluate on, written by the runner; else a held-out share",
+                                      internal=True)
+    eval_share: float = setting(0.1, "share of the pairs held out for evaluation when no eval dataset is given",
+                                label="Held-out share")
 
 
 def read_pairs(path: str | Path) -> list[dict]:
@@ -167,43 +184,39 @@ def train_with_resume(trainer, callback, run_dir: Path, log: RunLog) -> bool:
     return True
 
 
-def train_online(config, log: RunLog, method: str, trainer_cls, config_cls) -> None:
-    """GRPO or RLOO (TRL's trainers) on the run's prompts, rewarded by the trained reward model
-    with its LoRA merged into its base; saves the policy's adapter like the other trainers."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def pair_data(config: PairTrainSettings, run_dir: Path) -> tuple[list, list]:
+    """The pairs to train on and those to evaluate on (the eval dataset, else a held-out share)."""
+    pairs = read_pairs(run_dir / config.inputs)
+    if config.eval_inputs:
+        train, held_out = pairs, read_pairs(run_dir / config.eval_inputs)
+    else:
+        train, held_out = split(pairs, config.eval_share, config.seed)
+    if not train:
+        raise ValueError("no pairs to train on")
+    return train, held_out
 
-    from pipelines.models import resolve_model
-    from pipelines.reward import STUDIO_META, load_reward_model
 
-    run_dir = log.path.parent
-    placement = placement_of(config)
-    base_path = resolve_model(config.base, config.models_dir)
-    prompts = [{"prompt": json.loads(r["prompt"])} for r in pq.read_table(run_dir / config.inputs).to_pylist()]
-    if not prompts:
-        raise ValueError("no prompts to train on")
-    reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement)
-    reward_model = reward_model.merge_and_unload()
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
-    args = config_cls(**trainer_arguments(config, placement, run_dir, has_eval=False),
-                      num_generations=config.num_generations, num_iterations=config.num_iterations,
-                      max_completion_length=config.max_new_tokens,
-                      temperature=config.temperature, beta=config.beta)
-    callback = progress_callback(log)
-    trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args, train_dataset=Dataset.from_list(prompts),
-                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer, callbacks=[callback],
-                          peft_config=lora_config(config, "CAUSAL_LM"))
-    if not train_with_resume(trainer, callback, run_dir, log):
-        return
+def final_evaluation(trainer, held_out: list, key: str) -> dict:
+    """The evaluation at the last step, when the schedule made one, else one now (logged either
+    way); {} without eval pairs. `key`: a metric every evaluation logs."""
+    if not held_out:
+        return {}
+    evals = [h for h in trainer.state.log_history if key in h]
+    return evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+
+
+def save_adapter(trainer, config: TrainSettings, run_dir: Path, kind: str, method: str) -> Path:
+    """Save the trained adapter (and tokenizer) with its meta file; the folder."""
     out = run_dir / config.output
     trainer.save_model(str(out))
-    (out / STUDIO_META).write_text(json.dumps({"kind": "policy", "method": method, "base": config.base,
-                                               "base_path": base_path}))
-    log.event("succeeded", step=trainer.state.global_step,
-              message=f"{method.upper()} trained ({trainer.state.global_step} steps)")
+    write_meta(out, kind, config.base, resolve_model(config.base, config.models_dir), method)
+    return out
+
+
+def base_and_tokenizer(config: TrainSettings) -> tuple[str, object]:
+    """The base's local folder (the default model converted once) and its tokenizer."""
+    base_path = resolve_model(config.base, config.models_dir)
+    return base_path, load_tokenizer(base_path)
 
 
 def parameter_count(base: str, models_dir: str | Path) -> float | None:

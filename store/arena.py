@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from common.errors import StudioError
 from store.db import Store, content_hash, is_empty_response, prompt_key, response_key
 from store.imports import ensure_dataset
 from store.labelling import check_annotator, verdict_for
@@ -20,7 +21,7 @@ ELO_START = 1000.0
 ELO_K = 32.0
 
 
-class ArenaError(ValueError):
+class ArenaError(StudioError, ValueError):
     pass
 
 

@@ -16,6 +16,8 @@ from typing import Iterator
 
 import duckdb
 
+from common.errors import StudioError
+
 APP_ID = "alignment-studio"
 
 # Each entry is one schema version; append, never edit a released one.
@@ -136,13 +138,17 @@ MIGRATIONS: list[str] = [
         is_new BOOLEAN NOT NULL             -- added by this import (else it was stored already)
     );
     """,
+    """
+    -- One name per training method everywhere: the reward model's runs are 'rm', as on the CLI.
+    UPDATE runs SET kind = 'rm' WHERE kind = 'reward';
+    """,
 ]
 
 
 COUNTED_TABLES = ("prompts", "responses", "pairs", "labels", "datasets", "runs", "models")
 
 
-class StoreError(RuntimeError):
+class StoreError(StudioError, RuntimeError):
     """The workspace database cannot be used; the message says why."""
 
 

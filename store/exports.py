@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.errors import StudioError
 from store.db import Store
 from store.formats import render_hh
 from store.labelling import PAIR_PREFERENCE
@@ -40,7 +41,7 @@ ORDER BY p.rowid
 """
 
 
-class ExportError(ValueError):
+class ExportError(StudioError, ValueError):
     pass
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from common.errors import StudioError
 from store.db import Store, content_hash, fetch_one
 
 
-class FilterError(ValueError):
+class FilterError(StudioError, ValueError):
     pass
 
 

@@ -19,6 +19,7 @@ from typing import Iterator
 import duckdb
 import pyarrow as pa
 
+from common.errors import StudioError
 from store.db import (Store, StoreError, content_hash, discard_import, fetch_one, is_empty_response, prompt_key,
                       response_key)
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
@@ -70,7 +71,7 @@ class ImportReport:
         return d
 
 
-class ImportFailed(Exception):
+class ImportFailed(StudioError):
     """Raised when an import writes nothing; carries the report with every bad row."""
 
     def __init__(self, report: ImportReport):
@@ -316,6 +317,20 @@ class _Batch:
                 cur.execute("INSERT INTO import_staging SELECT ?, ?, id, is_new FROM staged", [import_id, name])
                 cur.unregister("staged")
         self.clear()
+
+
+def prompt_subset(store: Store, name: str, source: str, offset: int, limit: int) -> int:
+    """A dataset `name` of the prompts number offset+1 .. offset+limit of the dataset `source` (in the
+    order they were stored), made once; its prompt count."""
+    made = store.dataset_id(name) is None
+    with store.transaction() as cur:
+        dataset_id = ensure_dataset(cur, name, {"source": source, "offset": offset, "limit": limit})
+        if made:
+            cur.execute("""INSERT INTO dataset_prompts SELECT ?, id FROM prompts
+                           WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
+                                        (SELECT id FROM datasets WHERE name = ?))
+                           ORDER BY rowid LIMIT ? OFFSET ?""", [dataset_id, source, limit, offset])
+        return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id])[0]
 
 
 def ensure_dataset(cur, name: str, recipe: dict) -> int:

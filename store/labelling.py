@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from itertools import combinations
 
+from common.errors import StudioError
 from store.db import Store, fetch_one
 
 VERDICTS = ("first", "second", "tie", "both-bad", "skip")
@@ -57,7 +58,7 @@ FROM pairs p LEFT JOIN votes v ON v.pair_id = p.id
 """
 
 
-class LabelError(ValueError):
+class LabelError(StudioError, ValueError):
     pass
 
 
@@ -193,6 +194,13 @@ class LabelQueue:
         with self._lock:
             self._claim(session, last[1])
         return self._serve(last[1], swapped=last[2])
+
+
+def add_rule_labels(store: Store, annotator: str, verdicts: list[tuple[str, str]]) -> None:
+    """Labels given by a rule (pair_id, verdict in first/second/tie), all in one transaction."""
+    with store.transaction() as cur:
+        for pair_id, verdict in verdicts:
+            cur.execute("INSERT INTO labels (pair_id, annotator, verdict) VALUES (?, ?, ?)", [pair_id, annotator, verdict])
 
 
 def progress(store: Store, dataset: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from common.errors import StudioError
 from store.db import Store, fetch_one
 
 PAGE_SIZE = 20
@@ -16,7 +17,7 @@ PAGE_SIZE = 20
 _TEXT = "array_to_string(json_extract_string({}, '$[*].content'), ' ')"
 
 
-class CurationError(ValueError):
+class CurationError(StudioError, ValueError):
     pass
 
 

@@ -1,4 +1,4 @@
-"""Read-only queries the studio shows: dataset and run summaries."""
+"""Read-only queries: what the studio shows (dataset and run summaries) and what its jobs read."""
 
 from __future__ import annotations
 
@@ -42,3 +42,31 @@ def latest_metrics(store: Store, run_id: int) -> dict[str, float]:
     """The last value logged of each metric of one run (progress, eta_s, loss, ...)."""
     return {m["name"]: m["value"] for m in store.query(
         "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [run_id])}
+
+
+def dataset_prompts(store: Store, dataset_id: int, limit: int | None = None) -> list[dict]:
+    """A dataset's prompts (prompt_id, prompt as JSON text) in the order they were stored."""
+    return store.query("""
+        SELECT id AS prompt_id, messages::VARCHAR AS prompt FROM prompts
+        WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) ORDER BY rowid LIMIT ?""",
+                       [dataset_id, limit if limit is not None else 2**62])
+
+
+# The ids of a dataset's responses (parameter $d): both sides of its pairs and its prompts' candidates.
+DATASET_RESPONSES = """
+    SELECT first_id AS id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
+    UNION SELECT second_id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)
+    UNION SELECT id FROM responses WHERE prompt_id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = $d)"""
+
+
+def unscored_responses(store: Store, dataset_id: int, scores: str, model: str) -> list[dict]:
+    """A dataset's responses (response_id, prompt, response as JSON text) without a score of
+    `model` in the table `scores` ('perplexities' or 'rewards')."""
+    if scores not in ("perplexities", "rewards"):
+        raise ValueError(f"no score table {scores!r}")
+    return store.query(f"""
+        WITH members AS ({DATASET_RESPONSES})
+        SELECT r.id AS response_id, pr.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response
+        FROM members JOIN responses r USING (id) JOIN prompts pr ON pr.id = r.prompt_id
+        WHERE r.id NOT IN (SELECT response_id FROM {scores} WHERE model = $m)
+        ORDER BY r.id""", {"d": dataset_id, "m": model})

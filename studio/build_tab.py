@@ -13,6 +13,7 @@ from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
 from store.queries import dataset_names, dataset_summaries, latest_metrics
 from studio.rendering import preview
+from studio import jobs
 from studio.runner import RunError, Runner
 
 METHOD = f"""
@@ -135,7 +136,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def start(dataset_name, model_name, batch):
         try:
-            run_id = runner.start_perplexity(dataset_name, model_name, batch_size=int(batch or 8))
+            run_id = jobs.start_perplexity(runner, dataset_name, model=model_name, batch_size=int(batch or 8))
         except RunError as e:
             return f"**{e}**"
         return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."

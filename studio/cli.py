@@ -9,8 +9,19 @@ import sys
 import time
 from pathlib import Path
 
-from store import EXPORT_FORMATS, FORMATS, ExportError, ImportFailed, StoreError, export_pairs, import_file
+from common.errors import StudioError
+from pipelines.compare import CompareConfig
+from pipelines.evaluate import EvaluateConfig
+from pipelines.generate import GenerateConfig
+from pipelines.perplexity import PerplexityConfig
+from pipelines.reward_scoring import RewardScoringConfig
+from pipelines.settings import default_of, help_of, user_fields, value_type
+from store import EXPORT_FORMATS, FORMATS, ImportFailed, export_pairs, import_file
 from store.imports import DEFAULT_MAX_ROW_BYTES
+from studio import jobs
+from studio.demo import HEURISTIC_RULE, DemoSettings
+from studio.methods import METHODS
+from studio.runner import Runner
 from studio.workspace import ASSETS, Workspace
 
 SHOWN_ERRORS = 50
@@ -78,6 +89,33 @@ def cmd_datasets(ws: Workspace, args) -> int:
     return 0
 
 
+def config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
+    """A flag for every setting of a pipeline config (`--learning-rate`, ...), with the field's own
+    help and default. A flag not given stays None, so the config's (or a suggested) default applies."""
+    for f in user_fields(config_cls):
+        if f.name in skip:
+            continue
+        kind, default = value_type(f), default_of(f)
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = f"{help_of(f)} (default: {shown})".replace("%", "%%")  # argparse formats help with %
+        flags = [f"-{f.name}"] if len(f.name) == 1 else [f"--{f.name.replace('_', '-')}"]
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        elif kind is list:
+            parser.add_argument(*flags, dest=f.name, default=None, help=help_text + "; separate with commas",
+                                type=lambda text: [part.strip() for part in text.split(",") if part.strip()])
+        else:
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
+                                help=help_text)
+
+
+def given_settings(args, config_cls: type) -> dict:
+    """The settings of `config_cls` given on the command line."""
+    return {f.name: getattr(args, f.name) for f in user_fields(config_cls)
+            if getattr(args, f.name, None) is not None}
+
+
 def _follow_run(runner, run_id: int) -> dict:
     """Follow a run with progress lines; the run as it ended."""
     _follow(runner, run_id)
@@ -109,154 +147,117 @@ def _follow(runner, run_id: int) -> int:
     return 0 if run["status"] == "succeeded" else 1
 
 
-def cmd_score(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
+def run_job(ws: Workspace, args, start, what, after=None) -> int:
+    """Open the workspace, start a job (`start(runner)` -> run id), say what it does, and follow it
+    unless --no-wait; `after(runner, run_id, status)` may add to a followed run's report."""
     with ws.open_store() as store:
         runner = Runner(store, ws)
-        run_id = runner.start_perplexity(args.dataset, args.model, args.batch_size, args.max_length,
-                                         args.device, args.dtype)
-        print(f"run {run_id} started: perplexity of '{args.dataset}' under '{args.model}' "
-              f"(folder {ws.runs_dir / str(run_id)})")
+        run_id = start(runner)
+        print(f"run {run_id} started: {what(runner, run_id) if callable(what) else what} "
+              f"(folder {ws.runs_dir / str(run_id)})", flush=True)
         if args.no_wait:
             return 0
-        return _follow(runner, run_id)
+        status = _follow(runner, run_id)
+        return after(runner, run_id, status) if after else status
+
+
+def cmd_score(ws: Workspace, args) -> int:
+    settings = given_settings(args, PerplexityConfig)
+    return run_job(ws, args, lambda runner: jobs.start_perplexity(runner, args.dataset, **settings),
+                   f"perplexity of '{args.dataset}' under '{settings.get('model', 'default')}'")
 
 
 def cmd_generate(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
-    with ws.open_store() as store:
-        runner = Runner(store, ws)
-        run_id = runner.start_generation(args.dataset, args.model, args.n, args.temperature, args.top_p,
-                                         args.max_new_tokens, args.seed, args.engine, args.device, args.dtype)
-        print(f"run {run_id} started: {args.n} samples per prompt of '{args.dataset}' from '{args.model}' "
-              f"(folder {ws.runs_dir / str(run_id)})")
-        return 0 if args.no_wait else _follow(runner, run_id)
-
-
-TRAIN_KINDS = {"rm": "reward", "dpo": "dpo", "ppo": "ppo", "grpo": "grpo", "rloo": "rloo"}
-ONLINE = ("ppo", "grpo", "rloo")
-# CLI option -> config field, for the settings every training run shares.
-TRAIN_OPTIONS = ("base", "learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "seed",
-                 "lora_r", "lora_alpha", "lora_dropout", "save_every", "device", "dtype", "load_in_4bit",
-                 "gradient_checkpointing", "eval_share")
-PPO_OPTIONS = ("kl_coef", "max_new_tokens", "ppo_epochs", "mini_batch_size", "temperature", "missing_eos_penalty")
-GROUP_OPTIONS = ("beta", "max_new_tokens", "num_generations", "num_iterations", "temperature")  # grpo, rloo
+    settings = given_settings(args, GenerateConfig)
+    return run_job(ws, args, lambda runner: jobs.start_generation(runner, args.dataset, **settings),
+                   lambda runner, run_id: "{n} samples per prompt of '{dataset}' from '{model}'".format(
+                       dataset=args.dataset, **json.loads(runner.get(run_id)["config"])))
 
 
 def cmd_train(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
     from pipelines.training import parameter_count, suggested_settings
-    from studio.runner import TRAIN_CONFIGS
 
-    kind = TRAIN_KINDS[args.kind]
+    method = METHODS[args.method]
     # Options given win; the others default to what suits the base's size.
-    settings = suggested_settings(TRAIN_CONFIGS[kind](), parameter_count(args.base, ws.models_dir))
-    settings.update({name: getattr(args, name) for name in TRAIN_OPTIONS if getattr(args, name) is not None})
-    if kind == "dpo":
-        settings.update(loss_type=args.loss_type, precompute_ref_log_probs=args.precompute_ref)
-        if args.beta is not None:
-            settings["beta"] = args.beta
-    if kind in ONLINE:
-        if not args.prompts or args.reward_run is None:
-            raise SystemExit(f"train {kind} needs --prompts DATASET and --reward-run ID")
-        settings.pop("eval_share", None)
-        options = PPO_OPTIONS if kind == "ppo" else GROUP_OPTIONS
-        settings.update({name: getattr(args, name) for name in options if getattr(args, name) is not None})
-    elif not args.dataset:
-        raise SystemExit(f"train {args.kind} needs --dataset")
-    with ws.open_store() as store:
-        runner = Runner(store, ws)
-        if kind in ONLINE:
-            run_id = runner.start_online(kind, args.prompts, args.reward_run, **settings)
-            what = f"prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
-        else:
-            run_id = runner.start_training(kind, args.dataset, args.eval_dataset, **settings)
-            what = f"'{args.dataset}'"
-        print(f"run {run_id} started: {args.kind} on {what} from '{args.base}' (folder {ws.runs_dir / str(run_id)})")
-        return 0 if args.no_wait else _follow(runner, run_id)
+    settings = suggested_settings(method.config(), parameter_count(args.base or "default", ws.models_dir))
+    settings.update(given_settings(args, method.config))
+    if method.online:
+        what = f"{method.name} on the prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
+        start = lambda runner: jobs.start_training(runner, method.name, prompts=args.prompts,  # noqa: E731
+                                                   reward_run=args.reward_run, **settings)
+    else:
+        what = f"{method.name} on '{args.dataset}'"
+        start = lambda runner: jobs.start_training(runner, method.name, dataset=args.dataset,  # noqa: E731
+                                                   eval_dataset=args.eval_dataset, **settings)
+    return run_job(ws, args, start, f"{what} from '{settings.get('base', 'default')}'")
 
 
 def cmd_rewards(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
-    with ws.open_store() as store:
-        runner = Runner(store, ws)
-        run_id = runner.start_reward_scoring(args.dataset, args.reward_model, args.batch_size, args.device, args.dtype)
-        print(f"run {run_id} started: rewards of '{args.dataset}' by '{args.reward_model}'")
-        return 0 if args.no_wait else _follow(runner, run_id)
+    settings = given_settings(args, RewardScoringConfig)
+    return run_job(ws, args, lambda runner: jobs.start_reward_scoring(runner, args.dataset, args.reward_model,
+                                                                      **settings),
+                   f"rewards of '{args.dataset}' by '{args.reward_model}'")
 
 
 def cmd_evaluate(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
-    settings = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "seed") if getattr(args, k) is not None}
-    with ws.open_store() as store:
-        runner = Runner(store, ws)
-        run_id = runner.start_evaluation(args.policy_run, args.reward_run, args.prompts, args.limit, **settings)
-        print(f"run {run_id} started: policy of run {args.policy_run} against its base on '{args.prompts}'")
-        return 0 if args.no_wait else _follow(runner, run_id)
+    settings = given_settings(args, EvaluateConfig)
+    return run_job(ws, args, lambda runner: jobs.start_evaluation(runner, args.policy_run, args.reward_run,
+                                                                  args.prompts, args.limit, **settings),
+                   f"policy of run {args.policy_run} against its base on '{args.prompts}'")
 
 
 def cmd_export_model(ws: Workspace, args) -> int:
     from pipelines.export import QUANTS, REPORT
-    from studio.runner import Runner
 
     quants = [q.strip() for q in ",".join(args.quant or QUANTS).split(",") if q.strip()]
-    with ws.open_store() as store:
-        runner = Runner(store, ws)
-        run_id = runner.start_export(run_id=args.run, model=args.model, quants=quants)
-        print(f"run {run_id} started: export of {f'run {args.run}' if args.run is not None else args.model} "
-              f"to {', '.join(quants)} GGUF")
-        if args.no_wait:
-            return 0
-        status = _follow(runner, run_id)
-        if status == 0:
-            report = json.loads((ws.runs_dir / str(run_id) / REPORT).read_text())
-            names = {r["path"]: r["name"] for r in store.query("SELECT name, path FROM models WHERE run_id = ?", [run_id])}
-            for f in report["files"]:
-                print(f"{names.get(f['path'], '?'):24} {f['bytes'] / 1e6:7.1f} MB  next token "
-                      f"{'agrees' if f['argmax_agrees'] else 'DIFFERS'}, logits within {f['max_abs_diff']:.4f}, "
-                      f"top-10 overlap {f['top10_overlap']}/10  {f['path']}")
-                print(f"{'':24} Ollama: ollama create {names.get(f['path'], 'model')} -f {f['modelfile']}")
+
+    def report(runner, run_id, status):
+        if status != 0:
+            return status
+        exported = json.loads((ws.runs_dir / str(run_id) / REPORT).read_text())
+        names = {r["path"]: r["name"] for r in runner.store.query("SELECT name, path FROM models WHERE run_id = ?",
+                                                                  [run_id])}
+        for f in exported["files"]:
+            print(f"{names.get(f['path'], '?'):24} {f['bytes'] / 1e6:7.1f} MB  next token "
+                  f"{'agrees' if f['argmax_agrees'] else 'DIFFERS'}, logits within {f['max_abs_diff']:.4f}, "
+                  f"top-10 overlap {f['top10_overlap']}/10  {f['path']}")
+            print(f"{'':24} Ollama: ollama create {names.get(f['path'], 'model')} -f {f['modelfile']}")
         return status
+
+    return run_job(ws, args, lambda runner: jobs.start_export(runner, run_id=args.run, model=args.model, quants=quants),
+                   f"export of {f'run {args.run}' if args.run is not None else args.model} to {', '.join(quants)} GGUF",
+                   after=report)
 
 
 def cmd_compare(ws: Workspace, args) -> int:
     from store.arena import reward_win_rate
-    from studio.runner import Runner
 
-    sampling = {k: getattr(args, k) for k in ("temperature", "top_p", "max_tokens", "seed") if getattr(args, k) is not None}
-    with ws.open_store() as store:
-        runner = Runner(store, ws)
-        run_id = runner.start_comparison(args.a, args.b, args.dataset, args.into, args.limit, **sampling)
+    sampling = given_settings(args, CompareConfig)
+
+    def score_both(runner, run_id, status):
         into = json.loads(runner.get(run_id)["config"])["into"]
-        print(f"run {run_id} started: '{args.a}' and '{args.b}' answer the prompts of '{args.dataset}' "
-              f"(pairs go to '{into}')")
-        if args.no_wait:
-            return 0
-        status = _follow(runner, run_id)
-        reward_model = args.reward_model or store.scalar(
+        reward_model = args.reward_model or runner.store.scalar(
             "SELECT name FROM models WHERE purpose = 'reward' ORDER BY id DESC LIMIT 1")
         if status != 0 or reward_model in (None, "none"):
             return status
         print(f"scoring both answers with '{reward_model}'")
-        status = _follow(runner, runner.start_reward_scoring(into, reward_model))
-        result = reward_win_rate(store, into, reward_model)
+        status = _follow(runner, jobs.start_reward_scoring(runner, into, reward_model))
+        result = reward_win_rate(runner.store, into, reward_model)
         if status == 0 and result:
             print(f"{args.a} wins {result['win_rate']:.0%} of {result['pairs']} prompts against {args.b} by "
                   f"'{reward_model}' (ties count half; mean reward gap {result['reward_gap']:+.3f})")
         return status
 
+    return run_job(ws, args, lambda runner: jobs.start_comparison(runner, args.a, args.b, args.dataset, args.into,
+                                                                  args.limit, **sampling),
+                   lambda runner, run_id: f"'{args.a}' and '{args.b}' answer the prompts of '{args.dataset}' "
+                                          f"(pairs go to '{json.loads(runner.get(run_id)['config'])['into']}')",
+                   after=score_both)
+
 
 def cmd_demo(ws: Workspace, args) -> int:
-    from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
-    from studio.runner import Runner
-
-    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k in DemoSettings.__dataclass_fields__
-                               and v is not None})
+    from studio.demo import REPORT, SCALE_UP, DemoStop, run_demo
+    settings = DemoSettings(**given_settings(args, DemoSettings))
     started = time.monotonic()
 
     def show(stage):
@@ -298,8 +299,6 @@ def cmd_models(ws: Workspace, args) -> int:
 
 def cmd_runs(ws: Workspace, args) -> int:
     from store.queries import run_summaries
-    from studio.runner import Runner
-
     with ws.open_store() as store:
         Runner(store, ws)  # brings the status of runs left running up to date
         rows = run_summaries(store)
@@ -312,8 +311,6 @@ def cmd_runs(ws: Workspace, args) -> int:
 
 
 def cmd_cancel(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
     with ws.open_store() as store:
         runner = Runner(store, ws)
         runner.cancel(args.run)
@@ -321,8 +318,6 @@ def cmd_cancel(ws: Workspace, args) -> int:
 
 
 def cmd_resume(ws: Workspace, args) -> int:
-    from studio.runner import Runner
-
     with ws.open_store() as store:
         runner = Runner(store, ws)
         runner.resume(args.run)
@@ -390,27 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("score", parents=[common], help="perplexity of a dataset's responses under a model (a job)")
-    p.add_argument("--model", default="default")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    config_arguments(p, PerplexityConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("generate", parents=[common], help="sample N candidate responses per prompt (a job)")
-    p.add_argument("--model", default="default")
     p.add_argument("--dataset", required=True)
-    p.add_argument("-n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--engine", default="auto", choices=("auto", "llama.cpp", "transformers"),
-                   help="auto: llama.cpp for a GGUF model (the default is one), else transformers")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    config_arguments(p, GenerateConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_generate)
 
@@ -424,52 +406,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", required=True, help="name of the new dataset")
     p.set_defaults(func=cmd_filter)
 
-    p = sub.add_parser("train", parents=[common], help="train a reward model (rm) or a policy with DPO or PPO (a job)")
-    p.add_argument("kind", choices=list(TRAIN_KINDS))
-    p.add_argument("--base", default="default", help="default, a model folder or a hub id")
-    p.add_argument("--dataset", help="rm, dpo: pairs with a preference (from the file or from labels)")
-    p.add_argument("--prompts", help="ppo, grpo, rloo: the dataset whose prompts the policy answers")
-    p.add_argument("--reward-run", type=int, help="ppo, grpo, rloo: the run that trained the reward model")
-    p.add_argument("--num-generations", type=int, help="grpo, rloo: answers per prompt (4)")
-    p.add_argument("--num-iterations", type=int,
-                   help="grpo, rloo: optimizer steps on each batch of answers before sampling new ones (4)")
-    p.add_argument("--kl-coef", type=float, help="ppo: weight of the per-token KL penalty to the base (0.15)")
-    p.add_argument("--max-new-tokens", type=int, help="ppo, grpo, rloo: answer length limit (64)")
-    p.add_argument("--ppo-epochs", type=int, help="ppo: passes over each rollout batch (2)")
-    p.add_argument("--mini-batch-size", type=int, help="ppo: sequences per optimizer step (4)")
-    p.add_argument("--temperature", type=float, help="ppo, grpo, rloo: sampling temperature (1.0)")
-    p.add_argument("--missing-eos-penalty", type=float,
-                   help="ppo: subtracted when an answer never ends, in standard deviations of the batch's rewards (1.0)")
-    p.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
-    p.add_argument("--eval-share", type=float, help="held-out share when there is no --eval-dataset (0.1)")
-    p.add_argument("--learning-rate", "--lr", type=float, dest="learning_rate")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--max-length", type=int, help="tokens; longer pairs are left out (rm) or cut (dpo)")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--lora-r", type=int)
-    p.add_argument("--lora-alpha", type=int)
-    p.add_argument("--lora-dropout", type=float)
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (and on cancel)")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("--load-in-4bit", action="store_true", default=None, help="QLoRA: 4-bit base (CUDA)")
-    p.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    p.add_argument("--beta", type=float, help="dpo (0.1), grpo and rloo (0.04): strength of the pull to the base")
-    p.add_argument("--loss-type", default="sigmoid", choices=("sigmoid", "ipo", "hinge", "sigmoid_norm"),
-                   help="dpo: sigmoid (DPO), ipo, hinge, sigmoid_norm (length-normalised)")
-    p.add_argument("--precompute-ref", action="store_true", help="dpo: reference log-probs once, before training")
-    p.add_argument("--no-wait", action="store_true", help="start the job and return")
-    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train", help="train a reward model or a policy (a job): "
+                       + ", ".join(f"{m.name} ({m.label})" for m in METHODS.values()),
+                       description="Train with one of the studio's methods; `alignstudio train METHOD --help` lists "
+                                   "that method's settings.")
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for method in METHODS.values():
+        m = methods.add_parser(method.name, parents=[common], help=method.summary,
+                               description=f"{method.label}: {method.summary}.")
+        if method.online:
+            m.add_argument("--prompts", required=True, help="the dataset whose prompts the policy answers")
+            m.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
+        else:
+            m.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
+            m.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
+        config_arguments(m, method.config)
+        m.add_argument("--no-wait", action="store_true", help="start the job and return")
+        m.set_defaults(func=cmd_train)
 
     p = sub.add_parser("rewards", parents=[common], help="score a dataset's responses with a reward model (a job)")
-    p.add_argument("--reward-model", required=True, help="its name, e.g. reward-run3 (alignstudio models)")
+    p.add_argument("--reward-model", required=True, help="its name, e.g. rm-run3 (alignstudio models)")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    config_arguments(p, RewardScoringConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_rewards)
 
@@ -477,10 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
     p.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
-    p.add_argument("--limit", type=int, default=64, help="at most this many prompts")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, default=64, help="at most this many prompts (default: 64)")
+    config_arguments(p, EvaluateConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_evaluate)
 
@@ -500,25 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", help="the new dataset of pairs (default <dataset>-<a>-vs-<b>)")
     p.add_argument("--limit", type=int, help="at most this many prompts")
     p.add_argument("--reward-model", help="score both answers with it (default: the latest; 'none' to skip)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--max-tokens", type=int)
-    p.add_argument("--seed", type=int)
+    config_arguments(p, CompareConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", parents=[common], help="the whole loop on the demo prompts, stage by stage")
-    p.add_argument("--auto", action="store_true", help="label with the documented heuristic and run unattended")
-    p.add_argument("--base", help="the model to align (default)")
-    p.add_argument("--prompts", type=int, help="demo prompts that get candidates (40)")
-    p.add_argument("--heldout", type=int, help="other prompts for evaluation and comparison (16)")
-    p.add_argument("--candidates", type=int, help="answers sampled per prompt (4)")
-    p.add_argument("--max-new-tokens", type=int, help="answer length limit (96)")
-    p.add_argument("--rm-steps", type=int, help="reward model steps (30)")
-    p.add_argument("--dpo-steps", type=int, help="DPO steps (30)")
-    p.add_argument("--batch-size", type=int, help="(4)")
-    p.add_argument("--eval-prompts", type=int, help="held-out prompts in the evaluation (16)")
-    p.add_argument("--compare-prompts", type=int, help="held-out prompts in the comparison (8)")
+    p.add_argument("--auto", action="store_true",
+                   help=f"label with a plain, stated rule and run unattended; the rule: {HEURISTIC_RULE}")
+    config_arguments(p, DemoSettings)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", parents=[common], help="list trained and exported models")
@@ -551,15 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.models import ModelError
-    from store.filtering import FilterError
-    from studio.runner import RunError
-
     args = build_parser().parse_args(argv)
     ws = Workspace.at(args.workspace, args.models_dir)
     try:
         return args.func(ws, args)
-    except (StoreError, ExportError, RunError, ModelError, FilterError) as e:
+    except StudioError as e:  # anything else is a bug, and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

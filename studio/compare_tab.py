@@ -17,6 +17,7 @@ from store.arena import ARENA_DATASET, leaderboard, record_vote
 from store.labelling import LabelError
 from store.queries import dataset_names
 from studio.rendering import as_chat
+from studio import jobs
 from studio.runner import Runner
 
 VOTE_BUTTONS = [("Left is better", "vote-left", "left"), ("Right is better", "vote-right", "right"),
@@ -66,7 +67,7 @@ def chatbots(state: dict | None, left=None, right=None) -> tuple[dict, dict]:
 
 
 def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) -> None:
-    models = list(runner.gguf_models())
+    models = list(jobs.gguf_models(runner.store))
     gr.Markdown("Two models answer the same messages with the same sampling, from llama.cpp. In the **blind "
                 "arena** the sides are shuffled and the names hidden until you vote; each vote is stored as a "
                 f"labelled pair in the dataset `{ARENA_DATASET}`, ready for the next reward model or DPO run.")
@@ -122,7 +123,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
         return conversation, *chatbots(conversation, shown, shown), messages[-1]["content"], ""
 
     def chat(text, a, b, is_blind, temp, p, tokens, sample_seed, conversation):
-        available = runner.gguf_models()
+        available = jobs.gguf_models(runner.store)
         if not text or not text.strip():
             raise gr.Error("Type a message first")
         if conversation is None or conversation["voted"]:
@@ -186,7 +187,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                      [annotator, state], [state, left, right, board, status])
 
     def refresh():
-        choices = list(runner.gguf_models())
+        choices = list(jobs.gguf_models(runner.store))
         return (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=dataset_names(store)),
                 leaderboard_rows(store))
 

@@ -7,12 +7,9 @@ output exists are not repeated). The
 Home tab's "Guided run" starts the unattended run in the app. Every stage reports what it did,
 its figures and how long it took; the report is kept in `<workspace>/demo-report.json`.
 
-The automatic labeller is a plain, stated rule, not a judge of quality: an answer that ended on
-its own beats one cut off by the length limit; between two that both ended (or both were cut),
-the one with fewer repeated words wins (share of distinct words, to 0.05); then the shorter one;
-otherwise a tie. So the demo teaches the model to finish its answers, not ramble, and keep them
-short, which its evaluation can show, and a user can see each verdict in the Label tab (annotator
-`heuristic`).
+The automatic labeller is a plain, stated rule (`HEURISTIC_RULE`), not a judge of quality. The
+demo teaches the model to finish its answers, not ramble, and keep them short, which its evaluation
+can show, and a user can see each verdict in the Label tab (annotator `heuristic`).
 """
 
 from __future__ import annotations
@@ -22,11 +19,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from pipelines.settings import setting
 from store import Store, import_file
-from store.db import fetch_one
 from store.filtering import FilterError, filter_by_perplexity
-from store.imports import ensure_dataset
+from store.imports import prompt_subset
+from store.labelling import add_rule_labels
 from store.queries import latest_metrics
+from studio import jobs
 from studio.runner import RunError, Runner
 from studio.workspace import ASSETS, Workspace
 
@@ -34,6 +33,10 @@ DEMO_PROMPTS = "demo-prompts"
 TRAIN_PROMPTS, HELDOUT_PROMPTS, PAIRS = "demo-train", "demo-heldout", "demo-pairs"
 LABELLER = "heuristic"
 REPORT = "demo-report.json"
+# The heuristic labeller's rule, written once: the CLI's help, the Home tab and the README quote it.
+HEURISTIC_RULE = ("an answer that ended on its own beats one cut off by the length limit; between two that "
+                  "both ended (or both were cut), the one with fewer repeated words (share of distinct words, "
+                  "to 0.05); then the shorter one; else a tie (left out of training)")
 
 
 class DemoStop(Exception):
@@ -44,19 +47,20 @@ class DemoStop(Exception):
 class DemoSettings:
     """Small defaults: the unattended demo finishes in under 30 minutes on a 2-core CPU. On a GPU,
     raise prompts, candidates and steps (the report says how)."""
-    base: str = "default"
-    prompts: int = 40            # prompts that get candidates
-    heldout: int = 16            # other prompts, for the evaluation and the comparison
-    candidates: int = 4
-    max_new_tokens: int = 96
-    keep_quantile: float = 0.75  # per prompt: 3 of 4 candidates kept, so 3 pairs per prompt
-    rm_steps: int = 30
-    dpo_steps: int = 30
-    batch_size: int = 4
-    max_length: int = 384
-    eval_prompts: int = 16
-    compare_prompts: int = 8
-    seed: int = 0
+    base: str = setting("default", "the model to align")
+    prompts: int = setting(40, "demo prompts that get candidates")
+    heldout: int = setting(16, "other prompts, for the evaluation and the comparison")
+    candidates: int = setting(4, "answers sampled per prompt")
+    max_new_tokens: int = setting(96, "answer length limit in tokens")
+    keep_quantile: float = setting(0.75, "per prompt, the share of candidates kept by perplexity (3 of 4: 3 pairs "
+                                   "per prompt)")
+    rm_steps: int = setting(30, "reward model steps")
+    dpo_steps: int = setting(30, "DPO steps")
+    batch_size: int = setting(4, "training batch size")
+    max_length: int = setting(384, "training tokens of prompt + answer")
+    eval_prompts: int = setting(16, "held-out prompts in the evaluation")
+    compare_prompts: int = setting(8, "held-out prompts in the comparison")
+    seed: int = setting(0, "seed of sampling and training")
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Stage:
 
 
 def heuristic_verdict(first: dict, second: dict) -> str:
-    """first, second: {'text', 'finish'}; returns 'first', 'second' or 'tie' (rule in the module doc)."""
+    """first, second: {'text', 'finish'}; returns 'first', 'second' or 'tie' (HEURISTIC_RULE)."""
     def distinct(text: str) -> float:
         words = text.lower().split()
         return round(len(set(words)) / len(words) / 0.05) * 0.05 if words else 0.0
@@ -86,28 +90,13 @@ def auto_label(store: Store, dataset: str) -> dict:
         FROM pairs p JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
         WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
           AND p.id NOT IN (SELECT pair_id FROM labels WHERE annotator = ?)""", [store.dataset_id(dataset), LABELLER])
-    counts = {"first": 0, "second": 0, "tie": 0}
-    with store.transaction() as cur:
-        for r in rows:
-            sides = [{"text": " ".join(m["content"] for m in json.loads(r[k])),
-                      "finish": json.loads(r[g] or "{}").get("finish", "stop")} for k, g in (("a", "ga"), ("b", "gb"))]
-            verdict = heuristic_verdict(*sides)
-            counts[verdict] += 1
-            cur.execute("INSERT INTO labels (pair_id, annotator, verdict) VALUES (?, ?, ?)", [r["id"], LABELLER, verdict])
-    return counts
-
-
-def _prompt_subset(store: Store, name: str, offset: int, limit: int) -> int:
-    """A dataset of the demo prompts number offset+1 .. offset+limit (in file order)."""
-    made = store.dataset_id(name) is None
-    with store.transaction() as cur:
-        dataset_id = ensure_dataset(cur, name, {"source": DEMO_PROMPTS, "offset": offset, "limit": limit})
-        if made:
-            cur.execute("""INSERT INTO dataset_prompts SELECT ?, id FROM prompts
-                           WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
-                                        (SELECT id FROM datasets WHERE name = ?))
-                           ORDER BY rowid LIMIT ? OFFSET ?""", [dataset_id, DEMO_PROMPTS, limit, offset])
-        return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id])[0]
+    verdicts = []
+    for r in rows:
+        sides = [{"text": " ".join(m["content"] for m in json.loads(r[k])),
+                  "finish": json.loads(r[g] or "{}").get("finish", "stop")} for k, g in (("a", "ga"), ("b", "gb"))]
+        verdicts.append((r["id"], heuristic_verdict(*sides)))
+    add_rule_labels(store, LABELLER, verdicts)
+    return {v: sum(verdict == v for _, verdict in verdicts) for v in ("first", "second", "tie")}
 
 
 def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Workspace, auto: bool,
@@ -132,21 +121,21 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     t = time.monotonic()
     if store.dataset_id(DEMO_PROMPTS) is None:
         import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_PROMPTS)
-    n_train = _prompt_subset(store, TRAIN_PROMPTS, 0, s.prompts)
-    n_heldout = _prompt_subset(store, HELDOUT_PROMPTS, s.prompts, s.heldout)
+    n_train = prompt_subset(store, TRAIN_PROMPTS, DEMO_PROMPTS, 0, s.prompts)
+    n_heldout = prompt_subset(store, HELDOUT_PROMPTS, DEMO_PROMPTS, s.prompts, s.heldout)
     stage("prompts", t, f"{n_train} demo prompts get candidates, {n_heldout} others are held out", train=n_train,
           heldout=n_heldout)
 
     if store.dataset_id(PAIRS) is None:
         t = time.monotonic()
-        run = job(runner.start_generation(TRAIN_PROMPTS, s.base, n=s.candidates, max_new_tokens=s.max_new_tokens,
+        run = job(jobs.start_generation(runner, TRAIN_PROMPTS, model=s.base, n=s.candidates, max_new_tokens=s.max_new_tokens,
                                           seed=s.seed))
         made = store.scalar("SELECT count(*) FROM responses WHERE model = ?", [s.base])
         stage("candidates", t, f"{made} answers sampled ({s.candidates} per prompt) from {s.base} - {run['message']}",
               responses=made)
         t = time.monotonic()
         try:
-            run = job(runner.start_perplexity(TRAIN_PROMPTS, s.base))
+            run = job(jobs.start_perplexity(runner, TRAIN_PROMPTS, model=s.base))
             message = run["message"]
         except RunError as e:
             if "no responses left" not in str(e):
@@ -177,7 +166,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
 
     train = dict(base=s.base, batch_size=s.batch_size, max_length=s.max_length, seed=s.seed)
     t = time.monotonic()
-    rm_run = runner.start_training("reward", PAIRS, max_steps=s.rm_steps, eval_share=0.2, **train)
+    rm_run = jobs.start_training(runner, "rm", PAIRS, max_steps=s.rm_steps, eval_share=0.2, **train)
     job(rm_run)
     m = latest_metrics(store, rm_run)
     stage("reward model", t, f"run {rm_run}: eval accuracy {m.get('eval_accuracy', float('nan')):.2f}, "
@@ -185,7 +174,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
           run=rm_run, eval_accuracy=m.get("eval_accuracy"), eval_margin=m.get("eval_margin"))
 
     t = time.monotonic()
-    dpo_run = runner.start_training("dpo", PAIRS, max_steps=s.dpo_steps, **train)
+    dpo_run = jobs.start_training(runner, "dpo", PAIRS, max_steps=s.dpo_steps, **train)
     job(dpo_run)
     m = latest_metrics(store, dpo_run)
     stage("dpo", t, f"run {dpo_run}: last rewards/margins {m.get('rewards/margins', float('nan')):.3f}, "
@@ -193,7 +182,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
           margins=m.get("rewards/margins"), accuracies=m.get("rewards/accuracies"))
 
     t = time.monotonic()
-    run = job(runner.start_evaluation(dpo_run, rm_run, HELDOUT_PROMPTS, limit=s.eval_prompts,
+    run = job(jobs.start_evaluation(runner, dpo_run, rm_run, HELDOUT_PROMPTS, limit=s.eval_prompts,
                                       max_new_tokens=s.max_new_tokens))
     m = latest_metrics(store, run["id"])
     stage("evaluate", t, f"run {run['id']}: {run['message']}", run=run["id"], win_rate=m.get("win_rate"),
@@ -201,7 +190,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
           length_change=m.get("length_change"))
 
     t = time.monotonic()
-    run = job(runner.start_export(run_id=dpo_run, quants=["q8_0"]))
+    run = job(jobs.start_export(runner, run_id=dpo_run, quants=["q8_0"]))
     gguf = store.query("SELECT name, path FROM models WHERE run_id = ? AND kind = 'gguf'", [run["id"]])[0]
     m = latest_metrics(store, run["id"])
     stage("export", t, f"run {run['id']}: {gguf['name']} ({m.get('q8_0_mb', 0):.0f} MB) at {gguf['path']}",
@@ -209,7 +198,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
 
     t = time.monotonic()
     into = f"demo-compare-run{run['id']}"
-    run = job(runner.start_comparison("default", gguf["name"], HELDOUT_PROMPTS, into=into, limit=s.compare_prompts,
+    run = job(jobs.start_comparison(runner, "default", gguf["name"], HELDOUT_PROMPTS, into=into, limit=s.compare_prompts,
                                       max_tokens=s.max_new_tokens))
     m = latest_metrics(store, run["id"])
     stage("compare", t, f"run {run['id']}: {run['message']}; the answers are unlabelled pairs in '{into}', and the "

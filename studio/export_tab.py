@@ -12,6 +12,7 @@ from pipelines.export import QUANTS, REPORT
 from pipelines.models import DEFAULT_MODEL
 from store import Store
 from store.queries import latest_metrics
+from studio import jobs
 from studio.runner import Runner, RunError
 
 FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
@@ -77,7 +78,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def start_export(name, chosen):
         try:
-            run_id = runner.start_export(model=name, quants=chosen)
+            run_id = jobs.start_export(runner, model=name, quants=chosen)
         except RunError as e:
             raise gr.Error(str(e)) from None
         return gr.update(choices=export_runs(store), value=run_id)

@@ -12,7 +12,7 @@ import gradio as gr
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.queries import dataset_summaries, run_summaries
-from studio.demo import REPORT, SCALE_UP, DemoSettings, run_demo
+from studio.demo import HEURISTIC_RULE, REPORT, SCALE_UP, DemoSettings, run_demo
 from studio.runner import FINAL, RunError, Runner
 from studio.workspace import Workspace
 
@@ -41,14 +41,14 @@ def runs_table(store: Store) -> list[list]:
     return rows
 
 
-GUIDE = """
+GUIDE = f"""
 **Guided run.** The whole loop on the demo prompts: sample candidate answers from the default model,
 keep the plausible ones by perplexity and pair them, label the pairs, train a reward model, run
 DPO, evaluate the policy against the base, export it to a q8_0 GGUF and compare the two in llama.cpp.
 To label yourself: `alignstudio demo` prepares the pairs of `demo-pairs` for the Label tab, and
-run again it goes on from your labels. The button below runs it unattended instead, with a plain,
-stated rule as labeller (an answer that ends beats one cut off; then fewer repeated words; then the
-shorter one), in about 15 minutes on a 2-core CPU with the sizes below; on a GPU, raise them.
+run again it goes on from your labels. The button below runs it unattended instead, in about 15
+minutes on a 2-core CPU with the sizes below (on a GPU, raise them), with a plain, stated rule as
+labeller: {HEURISTIC_RULE}.
 """
 
 

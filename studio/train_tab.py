@@ -1,5 +1,6 @@
-"""Train tab: start a reward-model or DPO run from a form, follow its loss and metrics live,
-cancel, resume, or run it again with the same config and inputs."""
+"""Train tab: start a run of any training method from a form generated from its config, follow its
+loss and metrics live, cancel, resume, or run it again with the same config and inputs, and
+evaluate a policy against its base."""
 
 from __future__ import annotations
 
@@ -9,43 +10,68 @@ import json
 import gradio as gr
 import pandas as pd
 
-from pipelines.dpo import LOSS_TYPES, DPOTrainConfig
-from pipelines.grpo import OnlineTrainConfig
-from pipelines.ppo import PPOTrainConfig
-from pipelines.reward import RewardTrainConfig
+from pipelines.settings import default_of, help_of, label_of, user_fields, value_type
 from pipelines.training import parameter_count, suggested_settings
 from store import Store
 from store.queries import dataset_names, latest_metrics
-from studio.runner import MODULES, ONLINE_KINDS, TRAIN_CONFIGS, RunError, Runner
+from studio import jobs
+from studio.methods import METHODS, TRL_LOSSES, Method, method_by_label
+from studio.runner import RunError, Runner
 
-KINDS = {"Reward model": "reward", "DPO": "dpo", "PPO": "ppo", "GRPO": "grpo", "RLOO": "rloo"}
-DEFAULTS = {"reward": RewardTrainConfig(), "dpo": DPOTrainConfig(), "ppo": PPOTrainConfig(),
-            "grpo": OnlineTrainConfig(), "rloo": OnlineTrainConfig()}
-# Per kind, the metrics that can be plotted beside the loss, and those plotted at first: ones on
-# one scale, so that a length of 40 tokens does not flatten a reward of 0.3.
-PLOTTED = {"reward": ["accuracy", "margin", "eval_accuracy", "eval_margin"],
-           "dpo": ["rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                   "eval_rewards/margins"],
-           "ppo": ["reward", "kl", "ended", "entropy", "clip_fraction", "response_length"],
-           "grpo": ["reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio"],
-           "rloo": ["reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio"]}
-PLOTTED_FIRST = {"reward": PLOTTED["reward"], "dpo": PLOTTED["dpo"], "ppo": ["reward", "kl"],
-                 "grpo": ["reward", "kl"], "rloo": ["reward", "kl"]}
-TRL_LOSSES = ["loss", "eval_loss"]
-LOSSES = {"ppo": ["policy_loss", "value_loss"]}  # the others log TRL_LOSSES
-FORM_FIELDS = ("learning_rate", "batch_size", "grad_accum", "max_length", "epochs", "max_steps", "lora_r",
-               "lora_alpha", "seed", "eval_share")
-EXPLANATION = """
-**Reward model**: LoRA on the base with a one-number score head, trained so that the chosen
-response of a pair scores above the rejected one (TRL's RewardTrainer); its eval accuracy is the
-share of held-out pairs it orders like the labels. **DPO**: LoRA on the policy, trained directly on
-the pairs (TRL's DPOTrainer), the base with its adapter disabled as the reference. Pairs take their
-preference from labels given here, else from the file they came from. **PPO** (the studio's own:
-value head, per-token KL penalty to the base, GAE, clipped objective), **GRPO** and **RLOO** (TRL's)
-answer the prompts of a dataset and learn from a trained reward model's scores; GRPO and RLOO need
-no value model and suit small GPUs. Training runs a few seconds a step on a CPU with the default
-model; a GPU is much faster.
+FIRST_METHOD = next(iter(METHODS.values()))
+EXPLANATION = "\n".join(f"**{m.label}**: {m.summary}." for m in METHODS.values()) + """
+
+Pairs take their preference from labels given here, else from the file they came from. The online
+methods (PPO, GRPO, RLOO) need a trained reward model; GRPO and RLOO need no value model and suit
+small GPUs. Training runs a few seconds a step on a CPU with the default model; a GPU is much faster.
 """
+# Chosen beside the form, not fields of it: what the method reads.
+INPUT_FIELDS = ("base",)
+
+
+def form_fields() -> dict[str, dataclasses.Field]:
+    """Every user setting of every method, by name (the first method's field where several have it)."""
+    fields: dict[str, dataclasses.Field] = {}
+    for method in METHODS.values():
+        for f in user_fields(method.config):
+            fields.setdefault(f.name, f)
+    return fields
+
+
+def field_of(method: Method, name: str) -> dataclasses.Field | None:
+    return next((f for f in user_fields(method.config) if f.name == name), None)
+
+
+def shown_value(f: dataclasses.Field):
+    value = default_of(f)
+    return ", ".join(value) if isinstance(value, list) else value
+
+
+def setting_component(f: dataclasses.Field, visible: bool):
+    """The form control of one config field: its label, help, default and type from the field."""
+    kind, common = value_type(f), dict(label=label_of(f), info=help_of(f), visible=visible,
+                                       elem_id=f"train-{f.name.replace('_', '-')}")
+    if kind is bool:
+        return gr.Checkbox(value=default_of(f), **common)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(list(f.metadata["choices"]), value=default_of(f), **common)
+    if kind in (int, float):
+        return gr.Number(value=default_of(f), precision=0 if kind is int else None, **common)
+    return gr.Textbox(value=shown_value(f), **common)
+
+
+def form_value(f: dataclasses.Field, value):
+    """A form value as the config field takes it; None when left empty (the default applies)."""
+    if value is None or value == "":
+        return None
+    kind = value_type(f)
+    if kind is list:
+        return [part.strip() for part in str(value).split(",") if part.strip()]
+    if kind is int:
+        return int(value)
+    if kind is float:
+        return float(value)
+    return value.strip() if isinstance(value, str) else value
 
 
 def reward_runs(store: Store) -> list[tuple[str, int]]:
@@ -54,8 +80,8 @@ def reward_runs(store: Store) -> list[tuple[str, int]]:
 
 
 def training_runs(store: Store) -> list[tuple[str, int]]:
-    rows = store.query(f"""SELECT id, kind, status FROM runs WHERE kind IN ({', '.join('?' * len(TRAIN_CONFIGS))})
-                           ORDER BY id DESC""", list(TRAIN_CONFIGS))
+    rows = store.query(f"""SELECT id, kind, status FROM runs WHERE kind IN ({', '.join('?' * len(METHODS))})
+                           ORDER BY id DESC""", list(METHODS))
     return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"]) for r in rows]
 
 
@@ -65,12 +91,12 @@ COLOURS = [("blue", "#1f77b4"), ("orange", "#ff7f0e"), ("green", "#2ca02c"), ("r
 
 
 def metric_colours() -> dict[str, tuple[str, str]]:
-    """One colour per metric name, distinct within each kind's plots. Gradio's plot rebuilds its
+    """One colour per metric name, distinct within each method's plots. Gradio's plot rebuilds its
     colour scale only when its colour map changes, and otherwise only swaps the data; so every plot
     keeps this one map, and every name is in every frame (a row without a value if none), for a metric
-    that appears later (an eval metric, another kind's run) to be drawn at all."""
+    that appears later (an eval metric, another method's run) to be drawn at all."""
     colours: dict[str, tuple[str, str]] = {}
-    for names in (*PLOTTED.values(), *LOSSES.values(), TRL_LOSSES):
+    for names in (*(m.plotted for m in METHODS.values()), *(m.losses for m in METHODS.values()), TRL_LOSSES):
         for name, colour in zip(names, COLOURS):
             colours.setdefault(name, colour)
     return colours
@@ -108,46 +134,43 @@ def run_summary(store: Store, run_id: int) -> str:
     if run["message"]:
         parts.append(run["message"])
     text = " · ".join(parts) + "".join(f"\n\nEvaluation (run {e['id']}): {e['message']}" for e in evaluations)
-    if run["kind"] == "ppo":  # the studio's own loop runs on one device
+    method = METHODS.get(run["kind"])
+    if method is None or not method.multi_gpu:  # the studio's own PPO runs on one device
         return text
-    command = f"accelerate launch -m {MODULES[run['kind']]} --config {run['folder']}/config.json"
+    command = f"accelerate launch -m {method.module} --config {run['folder']}/config.json"
     return text + f"\n\nOn several GPUs the same run: `{command}`"
 
 
 def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
-    reward_defaults, dpo_defaults = DEFAULTS["reward"], DEFAULTS["dpo"]
+    fields = form_fields()
     names = dataset_names(store, with_pairs=True)
     gr.Markdown(EXPLANATION)
+
+    def in_first(name):
+        return field_of(FIRST_METHOD, name) is not None
+
     with gr.Row():
-        kind = gr.Radio(list(KINDS), value="Reward model", label="Train")
-        base = gr.Textbox("default", label="Base model", info="default, a local folder or a hub id; Enter suggests settings")
+        kind = gr.Radio([m.label for m in METHODS.values()], value=FIRST_METHOD.label, label="Train")
+        base = setting_component(fields["base"], True)
         dataset = gr.Dropdown(names, value=names[0] if names else None, label="Pairs")
         eval_dataset = gr.Dropdown([""] + names, value="", label="Eval pairs", info="empty: hold out a share")
-    with gr.Row():
-        learning_rate = gr.Number(reward_defaults.learning_rate, label="Learning rate")
-        batch_size = gr.Number(reward_defaults.batch_size, label="Batch size", precision=0, minimum=1)
-        grad_accum = gr.Number(reward_defaults.grad_accum, label="Gradient accumulation", precision=0, minimum=1)
-        max_length = gr.Number(reward_defaults.max_length, label="Max tokens", precision=0, minimum=16)
-        epochs = gr.Number(reward_defaults.epochs, label="Epochs", minimum=0)
-        max_steps = gr.Number(reward_defaults.max_steps, label="Max steps", precision=0, info="-1: use epochs")
-    with gr.Row():
-        lora_r = gr.Number(reward_defaults.lora_r, label="LoRA r", precision=0, minimum=1)
-        lora_alpha = gr.Number(reward_defaults.lora_alpha, label="LoRA alpha", precision=0, minimum=1)
-        seed = gr.Number(reward_defaults.seed, label="Seed", precision=0)
-        eval_share = gr.Number(reward_defaults.eval_share, label="Held-out share", minimum=0, maximum=0.9)
-        beta = gr.Number(dpo_defaults.beta, label="DPO beta", visible=False)
-        loss_type = gr.Dropdown(list(LOSS_TYPES), value=dpo_defaults.loss_type, label="DPO loss", visible=False)
-        precompute = gr.Checkbox(False, label="Precompute reference log-probs", visible=False)
-    with gr.Row(visible=False) as online_row:
-        reward_run = gr.Dropdown(reward_runs(store), label="Reward model", info="the run that trained it")
-        max_new_tokens = gr.Number(DEFAULTS["ppo"].max_new_tokens, label="Max answer tokens", precision=0, minimum=1)
-        kl = gr.Number(DEFAULTS["ppo"].kl_coef, label="KL weight", info="PPO kl_coef; GRPO/RLOO beta")
-        num_generations = gr.Number(DEFAULTS["grpo"].num_generations, label="Answers per prompt", precision=0,
-                                    minimum=2)
-        num_iterations = gr.Number(DEFAULTS["grpo"].num_iterations, label="Updates per batch", precision=0,
-                                   minimum=1, info="optimizer steps on each batch of answers")
+        reward_run = gr.Dropdown(reward_runs(store), label="Reward model", info="the run that trained it",
+                                 visible=FIRST_METHOD.online)
+    controls: dict[str, gr.components.Component] = {"base": base}
+    main = [f for name, f in fields.items() if name not in INPUT_FIELDS and not f.metadata.get("advanced")]
+    advanced = [f for f in fields.values() if f.metadata.get("advanced")]
+    for start in range(0, len(main), 6):
+        with gr.Row():
+            for f in main[start:start + 6]:
+                controls[f.name] = setting_component(f, in_first(f.name))
+    with gr.Accordion("All settings", open=False):
+        for start in range(0, len(advanced), 4):
+            with gr.Row():
+                for f in advanced[start:start + 4]:
+                    controls[f.name] = setting_component(f, in_first(f.name))
+    name_of = {component: name for name, component in controls.items()}
     sizing = gr.Markdown(elem_id="train-sizing")
-    start = gr.Button("Start training", variant="primary")
+    start_button = gr.Button("Start training", variant="primary")
     started = gr.Markdown(elem_id="train-started")
 
     gr.Markdown("### Runs")
@@ -170,73 +193,76 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                                 label="Loss", height=340, elem_id="train-loss-plot")
         metrics_plot = gr.LinePlot(x="step", y="value", color="metric", y_aggregate="mean", color_map=COLOUR_MAP,
                                    label="Metrics", height=340, elem_id="train-metrics-plot")
-    def run_kind_of(run_id):
-        return store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id]) if run_id else "reward"
+
+    def method_of_run(run_id) -> Method:
+        run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id]) if run_id else None
+        return METHODS.get(run_kind, FIRST_METHOD)
 
     # A page opens on the newest run without a change event, so the choices start as that run's.
-    first_kind = run_kind_of(picked.value)
-    plotted = gr.CheckboxGroup(PLOTTED[first_kind], value=PLOTTED_FIRST[first_kind], label="Metrics plotted",
-                               elem_id="train-plotted")
+    first_run_method = method_of_run(picked.value)
+    plotted = gr.CheckboxGroup(list(first_run_method.plotted), value=list(first_run_method.plotted_first),
+                               label="Metrics plotted", elem_id="train-plotted")
     last_shown = gr.State(None)
 
-    def switch_kind(label):
-        train_kind = KINDS[label]
-        defaults = DEFAULTS[train_kind]
-        online = train_kind in ONLINE_KINDS
-        kl_default = defaults.kl_coef if train_kind == "ppo" else getattr(defaults, "beta", None)
-        choices = dataset_names(store) if online else dataset_names(store, with_pairs=True)
-        return ([gr.update(value=defaults.learning_rate), gr.update(value=defaults.batch_size),
-                 gr.update(value=defaults.max_steps)]
-                + [gr.update(visible=train_kind == "dpo")] * 3
-                + [gr.update(visible=online), gr.update(value=kl_default),
-                   gr.update(label="Prompts" if online else "Pairs", choices=choices),
-                   gr.update(visible=not online), gr.update(visible=not online), gr.update(visible=not online)]
-                + [gr.update(visible=train_kind in ("grpo", "rloo"))] * 2)
+    def switch_method(label):
+        """Each setting shows when the method has it, with that method's default and help."""
+        method = method_by_label(label)
+        updates = {}
+        for name, component in controls.items():
+            f = field_of(method, name)
+            updates[component] = gr.update(visible=False) if f is None else gr.update(
+                visible=True, value=shown_value(f), label=label_of(f), info=help_of(f))
+        choices = dataset_names(store) if method.online else dataset_names(store, with_pairs=True)
+        updates[dataset] = gr.update(label="Prompts" if method.online else "Pairs", choices=choices)
+        updates[eval_dataset] = gr.update(visible=not method.online)
+        updates[reward_run] = gr.update(visible=method.online, choices=reward_runs(store))
+        return updates
 
-    def start_run(label, base_name, data, eval_pairs, *values):
-        form = dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)]))
-        beta_value, loss_value, precompute_value, reward_run_id, new_tokens, kl_value, generations, iterations = \
-            values[len(FORM_FIELDS):]
-        train_kind = KINDS[label]
-        settings = {k: v for k, v in form.items() if v is not None}
-        if not data:
-            return "**Pick a dataset.**", gr.update()
+    def start_run(values):
+        method = method_by_label(values[kind])
+        settings = {}
+        for component, name in name_of.items():
+            f = field_of(method, name)
+            if f is None:
+                continue
+            try:
+                value = form_value(f, values[component])
+            except (TypeError, ValueError):
+                return f"**{label_of(f)}: '{values[component]}' is not a valid value.**", gr.update()
+            if value is not None:
+                settings[name] = value
+        if not values[dataset]:
+            return f"**Pick a dataset of {'prompts' if method.online else 'pairs'}.**", gr.update()
         try:
-            if train_kind in ONLINE_KINDS:
-                if not reward_run_id:
+            if method.online:
+                if not values[reward_run]:
                     return "**Pick a reward model (train one first).**", gr.update()
-                settings.pop("eval_share", None)
-                settings.update(max_new_tokens=int(new_tokens))
-                if train_kind == "ppo":
-                    settings.update(kl_coef=kl_value)
-                else:
-                    settings.update(beta=kl_value, num_generations=int(generations), num_iterations=int(iterations))
-                run_id = runner.start_online(train_kind, data, int(reward_run_id), base=base_name.strip(), **settings)
+                run_id = jobs.start_training(runner, method.name, prompts=values[dataset],
+                                             reward_run=int(values[reward_run]), **settings)
             else:
-                if train_kind == "dpo":
-                    settings.update(beta=beta_value, loss_type=loss_value, precompute_ref_log_probs=precompute_value)
-                run_id = runner.start_training(train_kind, data, eval_pairs or None, base=base_name.strip(), **settings)
+                run_id = jobs.start_training(runner, method.name, dataset=values[dataset],
+                                             eval_dataset=values[eval_dataset] or None, **settings)
         except RunError as e:
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
 
-    def metrics_of(run_id, run_kind, names):
-        """The metrics plot of the ticked names that this kind logs (its first ones if none)."""
-        names = [n for n in names if n in PLOTTED[run_kind]] or PLOTTED_FIRST[run_kind]
+    def metrics_of(run_id, method: Method, names):
+        """The metrics plot of the ticked names that this method logs (its first ones if none)."""
+        names = [n for n in names if n in method.plotted] or list(method.plotted_first)
         return metric_plot(store, run_id, names, "Metrics")
 
     def show(run_id, names):
         if not run_id:
             return "Pick a run to follow it.", None, None
-        run_kind = run_kind_of(run_id)
-        return (run_summary(store, run_id), metric_plot(store, run_id, LOSSES.get(run_kind, TRL_LOSSES), "Loss"),
-                metrics_of(run_id, run_kind, names))
+        method = method_of_run(run_id)
+        return (run_summary(store, run_id), metric_plot(store, run_id, list(method.losses), "Loss"),
+                metrics_of(run_id, method, names))
 
     def pick(run_id):
-        """Show the picked run with the metrics first plotted for its kind."""
-        run_kind = run_kind_of(run_id)
-        names = PLOTTED_FIRST[run_kind]
-        return (*show(run_id, names), gr.update(choices=PLOTTED[run_kind], value=names), shown_state(run_id))
+        """Show the picked run with the metrics first plotted for its method."""
+        method = method_of_run(run_id)
+        names = list(method.plotted_first)
+        return (*show(run_id, names), gr.update(choices=list(method.plotted), value=names), shown_state(run_id))
 
     def shown_state(run_id):
         """What the shown summary and plots depend on; the timer redraws only when it changes, so a
@@ -268,45 +294,46 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return f"Run {new_id} started with the config and inputs of run {run_id}.", \
             gr.update(choices=training_runs(store), value=new_id)
 
-    form = [learning_rate, batch_size, grad_accum, max_length, epochs, max_steps, lora_r, lora_alpha, seed, eval_share]
+    suggested = ("learning_rate", "batch_size", "grad_accum", "gradient_checkpointing")
+
     def suggest(label, base_name):
         """Fill the form with the method's defaults adjusted to the base's size."""
-        defaults = DEFAULTS[KINDS[label]]
+        defaults = method_by_label(label).config()
         billions = parameter_count(base_name.strip(), runner.workspace.models_dir)
         settings = {**dataclasses.asdict(defaults), **suggested_settings(defaults, billions)}
         size = (f"`{base_name.strip()}` has about {billions:.2f}B parameters" if billions is not None
                 else f"the size of `{base_name.strip()}` is unknown until it is on this machine")
         note = f"Settings for this method; {size}." + (
             " Larger bases get a lower learning rate, a smaller batch with gradient accumulation and gradient "
-            "checkpointing; on a small GPU add 4-bit loading (CLI: --load-in-4bit)." if billions and billions >= 1 else "")
-        return [note] + [gr.update(value=settings[name]) for name in ("learning_rate", "batch_size", "grad_accum")]
+            "checkpointing; on a small GPU also tick 4-bit base (QLoRA) under All settings."
+            if billions and billions >= 1 else "")
+        return [note] + [gr.update(value=settings[name]) for name in suggested]
 
-    base.submit(suggest, [kind, base], [sizing, learning_rate, batch_size, grad_accum])
-    kind.change(switch_kind, kind, [learning_rate, batch_size, max_steps, beta, loss_type, precompute, online_row, kl,
-                                    dataset, eval_dataset, eval_share, epochs, num_generations, num_iterations])
-    start.click(start_run, [kind, base, dataset, eval_dataset, *form, beta, loss_type, precompute, reward_run,
-                            max_new_tokens, kl, num_generations, num_iterations], [started, picked])
+    base.submit(suggest, [kind, base], [sizing, *(controls[name] for name in suggested)])
+    kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run])
+    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, *controls.values()}, [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
+
     def start_evaluation(run_id, prompts, reward_run_id, limit):
         if not run_id or not prompts or not reward_run_id:
             return "**Pick a policy run above, held-out prompts and a reward model.**", gr.update()
         try:
-            new_id = runner.start_evaluation(int(run_id), int(reward_run_id), prompts, int(limit or 64))
+            new_id = jobs.start_evaluation(runner, int(run_id), int(reward_run_id), prompts, int(limit or 64))
         except RunError as e:
             return f"**{e}**", gr.update()
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
     evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_limit], [started, picked])
     picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, last_shown])
-    plotted.input(lambda run_id, names: metrics_of(run_id, run_kind_of(run_id), names) if run_id else None,
+    plotted.input(lambda run_id, names: metrics_of(run_id, method_of_run(run_id), names) if run_id else None,
                   [picked, plotted], metrics_plot)
     gr.Timer(2.0).tick(tick, [picked, plotted, last_shown], [summary, loss_plot, metrics_plot, last_shown],
                        show_progress="hidden")
 
     def refresh(label):
         pairs = dataset_names(store, with_pairs=True)
-        choices = dataset_names(store) if KINDS[label] in ONLINE_KINDS else pairs
+        choices = dataset_names(store) if method_by_label(label).online else pairs
         return (gr.update(choices=choices), gr.update(choices=[""] + pairs), gr.update(choices=training_runs(store)),
                 gr.update(choices=reward_runs(store)))
 

@@ -9,6 +9,7 @@ from pipelines.models import default_gguf_path
 from store import import_file
 from store.arena import ELO_K, ELO_START, leaderboard, record_vote, reward_win_rate
 from store.exports import preference_records
+from studio import jobs
 from studio.runner import RunError, Runner
 from studio.workspace import ASSETS
 
@@ -65,8 +66,8 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
                     [str(default_gguf_path())])
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no GGUF model named 'nope'"):
-        runner.start_comparison("default", "nope", "demo")
-    run = runner.wait(runner.start_comparison("default", "twin", "demo", limit=3, max_tokens=12, temperature=0.0))
+        jobs.start_comparison(runner, "default", "nope", "demo")
+    run = runner.wait(jobs.start_comparison(runner, "default", "twin", "demo", limit=3, max_tokens=12, temperature=0.0))
     assert run["status"] == "succeeded", run["message"]
     pairs = store.query("""SELECT p.first_model, p.second_model, p.source_verdict, a.messages AS a, b.messages AS b
                            FROM pairs p JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
@@ -77,7 +78,7 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
     # Same file, greedy: the same answers, each a real one.
     assert all(p["a"] == p["b"] and json.loads(p["a"])[0]["content"].strip() for p in pairs)
     with pytest.raises(RunError, match="exists already"):
-        runner.start_comparison("default", "twin", "demo", into="demo-default-vs-twin")
+        jobs.start_comparison(runner, "default", "twin", "demo", into="demo-default-vs-twin")
     ids = store.query("SELECT first_id, second_id FROM pairs WHERE first_model = 'default'")
     with store.transaction() as cur:
         for p in ids:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from store import import_file
+from studio import jobs
 from studio.runner import Runner
 from studio.workspace import Workspace
 
@@ -56,7 +57,7 @@ def server(tmp_path, hh_file, models_dir, tiny_model):
         import_file(store, hh_file, "hh")
         import_file(store, mini_file(tmp_path, hh_file), "mini")
         runner = Runner(store, workspace)
-        assert runner.wait(runner.start_perplexity("mini", str(tiny_model)))["status"] == "succeeded"
+        assert runner.wait(jobs.start_perplexity(runner, "mini", model=str(tiny_model)))["status"] == "succeeded"
     url, proc = serve(workspace, tmp_path / "serve.log")
     yield url, workspace.root
     proc.terminate()
@@ -346,8 +347,8 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
         proc.terminate()
         proc.wait(timeout=30)
     with mini_workspace.open_store() as store:
-        assert store.query("SELECT kind, status FROM runs") == [{"kind": "reward", "status": "succeeded"}]
-        assert store.query("SELECT name, purpose FROM models") == [{"name": "reward-run1", "purpose": "reward"}]
+        assert store.query("SELECT kind, status FROM runs") == [{"kind": "rm", "status": "succeeded"}]
+        assert store.query("SELECT name, purpose FROM models") == [{"name": "rm-run1", "purpose": "reward"}]
 
 
 def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_workspace, browser):

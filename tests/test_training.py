@@ -8,11 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.models import Placement
-from pipelines.reward import load_reward_model, score
+from pipelines.reward_model import load_reward_model, score
 from pipelines.training import read_pairs, split
 from store import import_file
 from store.labelling import reward_disagreements, reward_opinion
 from studio.cli import main as cli_main
+from studio import jobs
 from studio.runner import RunError, Runner
 
 SMALL = dict(batch_size=2, max_length=256, save_every=2, lora_r=4, lora_alpha=8)
@@ -31,7 +32,7 @@ def hh40(tmp_path, store, hh_file):
 
 def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    run_id = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL)
+    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL)
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert "eval accuracy" in run["message"]
@@ -64,7 +65,7 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
 
     # The RM scores every response of the dataset as a job; the Label tab's opinion and the
     # disagreements queue read those scores.
-    scoring = runner.wait(runner.start_reward_scoring("hh40", model["name"]))
+    scoring = runner.wait(jobs.start_reward_scoring(runner, "hh40", model["name"]))
     assert scoring["status"] == "succeeded", scoring["message"]
     stored = {r["response_id"]: r["reward"] for r in hh40.query("SELECT response_id, reward FROM rewards")}
     assert len(stored) == 80
@@ -76,12 +77,12 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     # Imported pairs prefer their first response: the RM disagrees where it scores the second higher.
     assert disagreeing == {p["id"] for p in pairs if stored[p["second_id"]] > stored[p["first_id"]]}
     with pytest.raises(RunError, match="no responses left to score"):
-        runner.start_reward_scoring("hh40", model["name"])
+        jobs.start_reward_scoring(runner, "hh40", model["name"])
 
 
 def test_a_training_run_cancels_with_a_checkpoint_and_resumes_to_the_end(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    run_id = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=400, eval_share=0.0,
+    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=400, eval_share=0.0,
                                    **{**SMALL, "save_every": 100})
 
     def cancel_after_some_steps(run):
@@ -115,15 +116,15 @@ def test_training_needs_pairs_with_a_preference(workspace, store, tiny_model):
                     [prompt_key([{"role": "user", "content": "hi"}]), json.dumps([{"role": "user", "content": "hi"}])])
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no pairs with a preference to train on"):
-        runner.start_training("dpo", "prompts", base=str(tiny_model))
+        jobs.start_training(runner, "dpo", "prompts", base=str(tiny_model))
 
 
 def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
     with pytest.raises(RunError, match="loss_type must be one of sigmoid, ipo, hinge, sigmoid_norm"):
-        runner.start_training("dpo", "hh40", base=str(tiny_model), loss_type="nope")
-    with pytest.raises(RunError, match="unexpected keyword argument 'learning_rat'"):
-        runner.start_training("reward", "hh40", base=str(tiny_model), learning_rat=1e-3)
+        jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope")
+    with pytest.raises(RunError, match="unknown setting learning_rat"):
+        jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3)
     assert hh40.stats()["runs"] == 0
 
 
@@ -147,13 +148,13 @@ def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, worksp
 
 def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    reward_run = runner.start_training("reward", "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0, **SMALL)
+    reward_run = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0, **SMALL)
     assert runner.wait(reward_run)["status"] == "succeeded"
     policies = {}
     # GRPO makes its two updates on one batch of answers, so the reward model scores only one batch.
     for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2}, [1]),
                                    ("rloo", {"num_iterations": 1}, [1, 2])):
-        run_id = runner.start_online(kind, "hh40", reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
+        run_id = jobs.start_training(runner, kind, prompts="hh40", reward_run=reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
                                      max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra)
         run = runner.wait(run_id)
         assert run["status"] == "succeeded", (kind, run["message"])
@@ -164,10 +165,10 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
         policies[kind] = run_id
     with pytest.raises(RunError, match="did not train a reward model"):
-        runner.start_online("ppo", "hh40", run_id, base=str(tiny_model))
+        jobs.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model))
 
     # After a policy run: both answer held-out prompts, the RM judges, the report is stored with the run.
-    evaluation = runner.wait(runner.start_evaluation(policies["ppo"], reward_run, "hh40", limit=4, max_new_tokens=8))
+    evaluation = runner.wait(jobs.start_evaluation(runner, policies["ppo"], reward_run, "hh40", limit=4, max_new_tokens=8))
     assert evaluation["status"] == "succeeded", evaluation["message"]
     assert "against its base" in evaluation["message"]
     final = {m["name"]: m["value"] for m in hh40.query(

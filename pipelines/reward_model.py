@@ -1,0 +1,72 @@
+"""A trained model as an artefact: the meta file beside every adapter the studio saves, and the
+reward model's loading and scoring (used by DPO's and PPO's neighbours: evaluation, export,
+reward scoring, the online trainers).
+
+A reward model is LoRA on a causal LM with a one-output score head. Its adapter carries the head
+(`modules_to_save=["score"]`; without it a reloaded RM scores with a random head) and its meta
+file names the base's local folder, so it reloads offline with identical scores. `score()` reads
+a prompt + response the way training did: the chat template over the whole conversation, the score
+taken at its last token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.models import Placement, load_tokenizer
+
+STUDIO_META = "studio_model.json"  # beside an adapter: what kind of model it is and its base
+
+
+def write_meta(adapter_dir: str | Path, kind: str, base: str, base_path: str, method: str | None = None) -> None:
+    """Record beside a saved adapter what it is ('reward' or 'policy'), how it was trained and
+    the base it applies to (its name and local folder)."""
+    meta = {"kind": kind, "base": base, "base_path": base_path}
+    if method:
+        meta["method"] = method
+    (Path(adapter_dir) / STUDIO_META).write_text(json.dumps(meta))
+
+
+def read_meta(adapter_dir: str | Path) -> dict:
+    return json.loads((Path(adapter_dir) / STUDIO_META).read_text())
+
+
+def load_reward_model(adapter: str | Path, placement: Placement):
+    """Tokenizer and reward model (base + adapter with its score head), in eval mode."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    meta = read_meta(adapter)
+    tokenizer = load_tokenizer(adapter)
+    base = AutoModelForSequenceClassification.from_pretrained(meta["base_path"], num_labels=1,
+                                                              dtype=getattr(torch, placement.dtype))
+    base.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(base, str(adapter))
+    model.to(placement.device).eval()
+    return tokenizer, model
+
+
+def score(tokenizer, model, conversations: list[list[dict]], batch_size: int = 8, max_length: int = 2048) -> list[float]:
+    """The reward of each conversation (prompt messages + response messages)."""
+    import torch
+
+    ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"][:max_length]
+           for c in conversations]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths batch together
+    rewards = [0.0] * len(ids)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+                mask[row, :len(ids[i])] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+            for row, i in enumerate(chunk):
+                rewards[i] = float(logits[row])
+    return rewards

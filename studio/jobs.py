@@ -1,0 +1,274 @@
+"""What each kind of job reads and leaves. For every kind: its pipeline module and config, the
+inputs the studio exports for it from the store (as Parquet files in the run folder), and what
+its outputs become in the store when it succeeds (written by `store.runs`). The job runner
+(`studio.runner`) knows none of this: it starts, follows, cancels and resumes any kind alike.
+
+Training methods come from `studio.methods.METHODS`; the other kinds are listed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from common.errors import StudioError
+from pipelines.compare import CompareConfig
+from pipelines.evaluate import EvaluateConfig
+from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
+from pipelines.generate import GenerateConfig
+from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
+from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
+from pipelines.reward_scoring import RewardScoringConfig
+from store import Store
+from store.exports import ExportError, preference_records
+from store.queries import dataset_prompts, unscored_responses
+from store.runs import (record_adapter, record_compared, record_export, record_generated, record_perplexities,
+                        record_rewards)
+from studio.methods import METHODS
+
+EVAL_INPUTS = "eval_inputs.parquet"
+
+
+class RunError(StudioError, RuntimeError):
+    """A job cannot start or be controlled as asked; the message says why."""
+
+
+# What a succeeded run leaves: record(cur, run, config, final event, run folder).
+Recorder = Callable[[object, dict, dict, dict, Path], None]
+
+
+def _perplexities(cur, run, config, final, folder):
+    record_perplexities(cur, run["id"], config["model"], final.get("engine", PERPLEXITY_ENGINE),
+                        folder / config["output"])
+
+
+def _generated(cur, run, config, final, folder):
+    settings = {k: config[k] for k in ("temperature", "top_p", "max_new_tokens", "seed")}
+    record_generated(cur, config["model"], {**settings, "engine": final.get("engine")}, folder / config["output"])
+
+
+def _rewards(cur, run, config, final, folder):
+    record_rewards(cur, run["id"], config["adapter"], folder / config["output"])
+
+
+def _export(cur, run, config, final, folder):
+    report = json.loads((folder / EXPORT_REPORT).read_text())
+    record_export(cur, run["id"], config["name"], config["adapter"] or None, config["base"], report)
+
+
+def _compared(cur, run, config, final, folder):
+    generation = {k: config[k] for k in ("temperature", "top_p", "max_tokens", "seed")}
+    record_compared(cur, run["id"], config["into"], (config["model_a"], config["model_b"]), generation,
+                    folder / config["output"])
+
+
+def _trained(cur, run, config, final, folder):
+    record_adapter(cur, run["id"], f"{run['kind']}-run{run['id']}", folder / config["output"], config["base"],
+                   METHODS[run["kind"]].makes)
+
+
+@dataclass(frozen=True)
+class Job:
+    module: str
+    config: type
+    record: Recorder | None = None    # None: the run leaves only its metrics
+
+
+JOBS: dict[str, Job] = {
+    "perplexity": Job("pipelines.perplexity", PerplexityConfig, _perplexities),
+    "generate": Job("pipelines.generate", GenerateConfig, _generated),
+    "reward-scoring": Job("pipelines.reward_scoring", RewardScoringConfig, _rewards),
+    "evaluate": Job("pipelines.evaluate", EvaluateConfig),
+    "export": Job("pipelines.export", ExportConfig, _export),
+    "compare": Job("pipelines.compare", CompareConfig, _compared),
+    **{m.name: Job(m.module, m.config, _trained) for m in METHODS.values()},
+}
+
+
+def make_config(cls: type, what: str, **fields):
+    """The config, or a RunError that names the setting at fault."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise RunError(f"{what}: unknown setting {', '.join(unknown)}")
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{what} settings: {e}") from None
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+def dataset_id(store: Store, name: str) -> int:
+    found = store.dataset_id(name)
+    if found is None:
+        raise RunError(f"no dataset named '{name}'")
+    return found
+
+
+def prompts_of(store: Store, dataset: str, limit: int | None = None) -> list[dict]:
+    rows = dataset_prompts(store, dataset_id(store, dataset), limit)
+    if not rows:
+        raise RunError(f"dataset '{dataset}' has no prompts")
+    return rows
+
+
+def pairs_of(store: Store, dataset: str) -> list[dict]:
+    """A dataset's pairs with a preference, as the pair-training pipelines read them."""
+    try:
+        records, left_out = preference_records(store, dataset)
+    except ExportError as e:
+        raise RunError(str(e)) from None
+    if not records:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "it holds no pairs"
+        raise RunError(f"dataset '{dataset}' has no pairs with a preference to train on ({why})")
+    return [{"pair_id": r["pair_id"], "prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]),
+             "rejected": json.dumps(r["rejected"])} for r in records]
+
+
+def model_path(store: Store, purpose: str, run_id: int | None = None, name: str | None = None) -> str | None:
+    """The folder of the model of `purpose` trained by a run, or named `name`."""
+    column, value = ("run_id", run_id) if name is None else ("name", name)
+    return store.scalar(f"SELECT path FROM models WHERE {column} = ? AND purpose = ?", [value, purpose])
+
+
+# --- starting each kind --------------------------------------------------------------------------
+
+def start_perplexity(runner, dataset: str, **settings) -> int:
+    """Score every response of `dataset` not yet scored under the model (`model`, default `default`)."""
+    config = make_config(PerplexityConfig, "perplexity", models_dir=str(runner.workspace.models_dir), **settings)
+    rows = unscored_responses(runner.store, dataset_id(runner.store, dataset), "perplexities", config.model)
+    if not rows:
+        raise RunError(f"dataset '{dataset}' has no responses left to score under '{config.model}'")
+    return runner.start("perplexity", config, {config.inputs: rows})
+
+
+def start_generation(runner, dataset: str, **settings) -> int:
+    """Sample `n` candidate responses for every prompt of `dataset`."""
+    config = make_config(GenerateConfig, "generation", models_dir=str(runner.workspace.models_dir), **settings)
+    try:
+        config.resolved_engine()  # an unknown engine is refused before the run exists
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset)})
+
+
+def start_reward_scoring(runner, dataset: str, reward_model: str, **settings) -> int:
+    """Score every response of `dataset` not yet scored by the reward model named `reward_model`."""
+    path = model_path(runner.store, "reward", name=reward_model)
+    if not path:
+        raise RunError(f"no reward model named '{reward_model}' (train one: alignstudio train rm)")
+    config = make_config(RewardScoringConfig, "reward scoring", adapter=path, **settings)
+    rows = unscored_responses(runner.store, dataset_id(runner.store, dataset), "rewards", reward_model)
+    if not rows:
+        raise RunError(f"dataset '{dataset}' has no responses left to score with '{reward_model}'")
+    return runner.start("reward-scoring", config, {config.inputs: rows})
+
+
+def start_training(runner, method: str, dataset: str | None = None, eval_dataset: str | None = None,
+                   prompts: str | None = None, reward_run: int | None = None, **settings) -> int:
+    """Train with a method of `METHODS`: on a dataset's preference pairs (`dataset`, and
+    `eval_dataset` or a held-out share), or on the prompts of `prompts` against the reward model
+    trained by run `reward_run`. `settings` are the method's config fields."""
+    if method not in METHODS:
+        raise RunError(f"unknown training method {method!r}; one of {', '.join(METHODS)}")
+    m = METHODS[method]
+    fields = dict(settings, models_dir=str(runner.workspace.models_dir))
+    if m.online:
+        if not prompts or reward_run is None:
+            raise RunError(f"{m.label} needs a dataset of prompts and a reward model (the run that trained it)")
+        reward = model_path(runner.store, "reward", run_id=reward_run)
+        if not reward:
+            raise RunError(f"run {reward_run} did not train a reward model (train one: alignstudio train rm)")
+        config = make_config(m.config, m.label, reward_adapter=reward, **fields)
+        return runner.start(method, config, {config.inputs: prompts_of(runner.store, prompts)})
+    if not dataset:
+        raise RunError(f"{m.label} needs a dataset of pairs")
+    pairs = pairs_of(runner.store, dataset)
+    eval_pairs = pairs_of(runner.store, eval_dataset) if eval_dataset else None
+    config = make_config(m.config, m.label, eval_inputs=EVAL_INPUTS if eval_pairs else None, **fields)
+    return runner.start(method, config, {config.inputs: pairs, **({EVAL_INPUTS: eval_pairs} if eval_pairs else {})})
+
+
+def start_evaluation(runner, policy_run: int, reward_run: int, prompts: str, limit: int = 64, **settings) -> int:
+    """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its
+    base, score both with the reward model of `reward_run`, and report win rate, reward gain,
+    KL and length change (stored as the evaluation run's metrics)."""
+    policy = model_path(runner.store, "policy", run_id=policy_run)
+    if not policy:
+        raise RunError(f"run {policy_run} did not train a policy (train one: alignstudio train "
+                       f"{'|'.join(m.name for m in METHODS.values() if m.makes == 'policy')})")
+    reward = model_path(runner.store, "reward", run_id=reward_run)
+    if not reward:
+        raise RunError(f"run {reward_run} did not train a reward model")
+    config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, reward_adapter=reward,
+                         models_dir=str(runner.workspace.models_dir), **settings)
+    return runner.start("evaluate", config, {config.inputs: prompts_of(runner.store, prompts, limit)})
+
+
+def start_export(runner, run_id: int | None = None, model: str | None = None,
+                 quants: list[str] | tuple[str, ...] = tuple(QUANTS)) -> int:
+    """Export the policy trained by `run_id`, or the model named `model` (a policy adapter's name,
+    `default`, or a model folder), to GGUF files of the given quants."""
+    store, models_dir = runner.store, str(runner.workspace.models_dir)
+    if (run_id is None) == (model is None):
+        raise RunError("export either a run's policy (run id) or a model (name), not both")
+    if run_id is not None:
+        rows = store.query("SELECT name, kind, path, purpose FROM models WHERE run_id = ? AND kind = 'adapter'", [run_id])
+    else:
+        rows = store.query("SELECT name, kind, path, purpose FROM models WHERE name = ?", [model])
+    if rows and rows[0]["purpose"] != "policy":
+        raise RunError(f"{rows[0]['name']} is a {rows[0]['purpose']} model: it scores answers and does not chat; "
+                       "export a policy (DPO, PPO, GRPO or RLOO run)")
+    if rows and rows[0]["kind"] == "gguf":
+        raise RunError(f"{rows[0]['name']} is a GGUF file already ({rows[0]['path']}); export the policy it came from")
+    if rows and rows[0]["kind"] == "merged":  # a merged folder converts as it is
+        config = ExportConfig(name=rows[0]["name"], base=rows[0]["path"], quants=list(quants), models_dir=models_dir)
+    elif rows:
+        config = ExportConfig(name=rows[0]["name"], adapter=rows[0]["path"], quants=list(quants), models_dir=models_dir)
+    elif run_id is not None:
+        raise RunError(f"run {run_id} trained no policy to export")
+    elif model == DEFAULT_MODEL or Path(model).expanduser().is_dir():
+        config = ExportConfig(name=Path(model).name, base=model, quants=list(quants), models_dir=models_dir)
+    else:
+        raise RunError(f"no model named '{model}' (see: alignstudio models)")
+    try:
+        config.check()
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    return runner.start("export", config, {})
+
+
+def gguf_models(store: Store) -> dict[str, str]:
+    """The models llama.cpp can chat with, name -> GGUF file: the default model's own file and
+    every exported GGUF still on disk."""
+    found = {}
+    try:
+        found[DEFAULT_MODEL] = str(default_gguf_path())
+    except ModelError:
+        pass
+    for row in store.query("SELECT name, path FROM models WHERE kind = 'gguf' ORDER BY id"):
+        if Path(row["path"]).is_file():
+            found[row["name"]] = row["path"]
+    return found
+
+
+def start_comparison(runner, model_a: str, model_b: str, prompts: str, into: str | None = None,
+                     limit: int | None = None, **sampling) -> int:
+    """Answer the prompts of a dataset with two GGUF models; the answers become unlabelled
+    pairs (with both model names) of the dataset `into`."""
+    available = gguf_models(runner.store)
+    for name in (model_a, model_b):
+        if name not in available:
+            raise RunError(f"no GGUF model named '{name}'; known: {', '.join(available) or 'none'} "
+                           "(export one: alignstudio export-model)")
+    into = into or f"{prompts}-{model_a}-vs-{model_b}"
+    if runner.store.dataset_id(into) is not None:
+        raise RunError(f"a dataset named '{into}' exists already; choose another name (--into)")
+    rows = prompts_of(runner.store, prompts, limit)
+    config = make_config(CompareConfig, "comparison", model_a=model_a, model_b=model_b, path_a=available[model_a],
+                         path_b=available[model_b], into=into, **sampling)
+    return runner.start("compare", config, {config.inputs: rows})

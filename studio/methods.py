@@ -1,0 +1,74 @@
+"""The training methods, described once. The CLI's `train` subcommands, the Train tab's form and
+plots, and the job runner all read this table; a setting's default and help live on its config
+field (`pipelines.settings`). Adding a method is one entry here plus its pipeline module.
+
+A method's `name` is its name everywhere: the CLI subcommand (`alignstudio train rm`), the run's
+kind in the store, and the prefix of the model it makes (`rm-run3`); `label` is what the UI shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.dpo import DPOTrainConfig
+from pipelines.grpo import OnlineTrainConfig
+from pipelines.ppo import PPOTrainConfig
+from pipelines.reward import RewardTrainConfig
+
+TRL_LOSSES = ("loss", "eval_loss")
+# TRL's GRPO and RLOO trainers log the same names.
+GROUP_METRICS = ("reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str                        # CLI subcommand, run kind, model name prefix
+    label: str                       # what the UI calls it
+    module: str                      # the pipeline: python -m <module> --config config.json
+    config: type                     # its config dataclass (settings, defaults, help)
+    reads: str                       # "pairs": preference pairs; "prompts": prompts + a reward model
+    makes: str                       # "reward" (a reward model) or "policy"
+    summary: str                     # one line, for `--help` and the Train tab
+    plotted: tuple[str, ...]         # metrics worth plotting beside the loss
+    plotted_first: tuple[str, ...]   # those plotted at first: one scale, so a length of 40 tokens
+                                     # does not flatten a reward of 0.3
+    losses: tuple[str, ...] = TRL_LOSSES
+    multi_gpu: bool = True           # can run under `accelerate launch` on several devices
+
+    @property
+    def online(self) -> bool:
+        """Trained on its own answers to prompts, scored by a reward model (not on pairs)."""
+        return self.reads == "prompts"
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("rm", "Reward model", "pipelines.reward", RewardTrainConfig, reads="pairs", makes="reward",
+           summary="a LoRA reward model with a one-number score head, trained so that the chosen answer of a "
+                   "pair scores above the rejected one (TRL's RewardTrainer)",
+           plotted=("accuracy", "margin", "eval_accuracy", "eval_margin"),
+           plotted_first=("accuracy", "margin", "eval_accuracy", "eval_margin")),
+    Method("dpo", "DPO", "pipelines.dpo", DPOTrainConfig, reads="pairs", makes="policy",
+           summary="LoRA on the policy trained directly on the pairs (TRL's DPOTrainer), the base with its "
+                   "adapter disabled as the reference",
+           plotted=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                    "eval_rewards/margins"),
+           plotted_first=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                          "eval_rewards/margins")),
+    Method("ppo", "PPO", "pipelines.ppo", PPOTrainConfig, reads="prompts", makes="policy",
+           summary="the studio's own PPO: value head, per-token KL penalty to the base, GAE, clipped objective; "
+                   "answers the prompts and learns from a trained reward model's scores",
+           plotted=("reward", "kl", "ended", "entropy", "clip_fraction", "response_length"),
+           plotted_first=("reward", "kl"), losses=("policy_loss", "value_loss"), multi_gpu=False),
+    Method("grpo", "GRPO", "pipelines.grpo", OnlineTrainConfig, reads="prompts", makes="policy",
+           summary="TRL's GRPO against a trained reward model: several answers per prompt, each judged against "
+                   "its group's mean (no value model)",
+           plotted=GROUP_METRICS, plotted_first=("reward", "kl")),
+    Method("rloo", "RLOO", "pipelines.rloo", OnlineTrainConfig, reads="prompts", makes="policy",
+           summary="TRL's RLOO against a trained reward model: each answer's baseline is the mean reward of the "
+                   "others for its prompt",
+           plotted=GROUP_METRICS, plotted_first=("reward", "kl")),
+)}
+
+
+def method_by_label(label: str) -> Method:
+    return next(m for m in METHODS.values() if m.label == label)
