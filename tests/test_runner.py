@@ -89,7 +89,7 @@ def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspac
 def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, workspace, hh_file, tmp_path, tiny_model):
     import_hh(store, hh_file, tmp_path, 20)
     first = Runner(store, workspace)
-    finished = first.start_perplexity("hh", str(tiny_model))
+    finished = jobs.start_perplexity(first, "hh", model=str(tiny_model))
     first._procs[finished].wait()  # the job ends while "the studio is down": nobody syncs it
     # A run whose process vanished without a word (its pid now belongs to nobody).
     gone = subprocess.Popen(["true"])
