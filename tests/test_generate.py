@@ -52,6 +52,6 @@ def test_a_dataset_without_prompts_and_an_unknown_engine_are_refused(store, work
     with pytest.raises(RunError, match="no dataset named 'x'"):
         jobs.start_generation(runner, "x")
     import_file(store, prompts_file(tmp_path, 1), "p")
-    with pytest.raises(ValueError, match="unknown engine 'vllm'"):
+    with pytest.raises(RunError, match="unknown engine 'vllm'"):
         jobs.start_generation(runner, "p", engine="vllm")
     assert store.stats()["runs"] == 0
