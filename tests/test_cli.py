@@ -94,3 +94,52 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     reader_gone.stdout.close()
     assert reader_gone.wait(timeout=120) == 1
     assert reader_gone.stderr.read() == b""
+
+
+def test_each_training_method_lists_only_its_own_settings_with_their_defaults(tmp_path):
+    def help_of(method):  # argparse wraps lines; the words are what matter
+        return " ".join(cli("train", method, "--help", workspace=tmp_path).stdout.split())
+
+    rm = help_of("rm")
+    assert "--learning-rate" in rm and "(default: 0.0001)" in rm and "--eval-share" in rm and "--dataset" in rm
+    for foreign in ("--kl-coef", "--num-generations", "--beta", "--prompts", "--reward-run", "--loss-type"):
+        assert foreign not in rm, foreign
+    ppo = help_of("ppo")
+    assert "--kl-coef" in ppo and "(default: 0.15)" in ppo and "--clip-range" in ppo and "--reward-run" in ppo
+    assert "--eval-share" not in ppo and "--loss-type" not in ppo and "--dataset " not in ppo
+    dpo = help_of("dpo")
+    assert "{sigmoid,ipo,hinge,sigmoid_norm}" in dpo and "--precompute-ref-log-probs" in dpo
+
+
+def test_every_flag_the_readme_shows_is_one_the_command_takes():
+    """The README's command lines (indented `alignstudio ...`) name only flags that --help lists."""
+    import re
+
+    from studio.cli import build_parser
+
+    def subparsers(parser):
+        return next((a.choices for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)), {})
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [line.strip() for line in readme.splitlines() if line.startswith("    alignstudio ")]
+    assert len(lines) > 15
+    for line in lines:
+        words = line.split("#")[0].split()[1:]
+        parser = build_parser()
+        while words and words[0] in subparsers(parser):
+            parser = subparsers(parser)[words.pop(0)]
+        known = {option for action in parser._actions for option in action.option_strings}
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", " ".join(words)):
+            assert flag in known, f"README: {line!r}: {flag} is not an option of this command"
+
+
+def test_a_bad_setting_is_one_line_of_error_not_a_traceback(tmp_path):
+    cli("import", Path(__file__).resolve().parents[1] / "assets" / "demo_prompts.jsonl", "--dataset", "p",
+        workspace=tmp_path)
+    result = cli("train", "dpo", "--dataset", "nope", "--no-wait", workspace=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr == "error: no dataset named 'nope'\n"
+    result = cli("generate", "--dataset", "p", "--engine", "vllm", workspace=tmp_path, check=False)
+    assert result.returncode == 2 and "invalid choice: 'vllm'" in result.stderr
+    result = cli("train", "ppo", "--prompts", "p", "--reward-run", "7", workspace=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr == ("error: run 7 did not train a reward model "
+                                                        "(train one: alignstudio train rm)\n")
