@@ -77,9 +77,7 @@ def _as_text(prompt: list[dict], chosen: list[dict], rejected: list[dict]) -> di
             "rejected": render_hh(prompt + rejected)[len(head):]}
 
 
-def preference_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
-    """The pairs (of one dataset, or all) with a preference, as conversational records
-    {pair_id, prompt, chosen, rejected} (message lists), and the count of those left out, by why."""
+def _pairs_with_preference(store: Store, dataset: str | None) -> list[dict]:
     params = []
     dataset_filter = "true"
     if dataset is not None:
@@ -88,8 +86,34 @@ def preference_records(store: Store, dataset: str | None = None) -> tuple[list[d
             raise ExportError(f"no dataset named '{dataset}'")
         dataset_filter = "p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)"
         params.append(dataset_id)
+    return store.query(PAIRS_WITH_PREFERENCE.replace("$dataset_filter", dataset_filter), params)
+
+
+def unpaired_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
+    """The answers of a dataset's pairs as unpaired verdicts (KTO's data): {pair_id, prompt,
+    completion, label} with label True for a preferred side, False for the other side and for both
+    sides of a pair labelled both-bad; and the count of pairs left out, by why (ties, skips, ...)."""
     records, left_out = [], {}
-    for row in store.query(PAIRS_WITH_PREFERENCE.replace("$dataset_filter", dataset_filter), params):
+    for row in _pairs_with_preference(store, dataset):
+        first, second = json.loads(row["first"]), json.loads(row["second"])
+        if row["verdict"] is not None:
+            labels = (row["verdict"] == "first", row["verdict"] == "second")
+        elif row["outcome"] == "both-bad":
+            labels = (False, False)
+        else:
+            left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
+            continue
+        for side, label in zip((first, second), labels):
+            records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "completion": side,
+                            "label": label})
+    return records, left_out
+
+
+def preference_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
+    """The pairs (of one dataset, or all) with a preference, as conversational records
+    {pair_id, prompt, chosen, rejected} (message lists), and the count of those left out, by why."""
+    records, left_out = [], {}
+    for row in _pairs_with_preference(store, dataset):
         if row["verdict"] is None:
             left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
             continue

@@ -23,7 +23,7 @@ from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from store import Store
-from store.exports import ExportError, preference_records
+from store.exports import ExportError, preference_records, unpaired_records
 from store.queries import dataset_prompts, unscored_responses
 from store.runs import (record_adapter, record_compared, record_export, record_generated, record_perplexities,
                         record_rewards)
@@ -129,6 +129,19 @@ def pairs_of(store: Store, dataset: str) -> list[dict]:
              "rejected": json.dumps(r["rejected"])} for r in records]
 
 
+def verdicts_of(store: Store, dataset: str) -> list[dict]:
+    """A dataset's answers with a verdict each (desirable or not), as KTO reads them."""
+    try:
+        records, left_out = unpaired_records(store, dataset)
+    except ExportError as e:
+        raise RunError(str(e)) from None
+    if not records:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "it holds no pairs"
+        raise RunError(f"dataset '{dataset}' has no labelled answers to train on ({why})")
+    return [{"pair_id": r["pair_id"], "prompt": json.dumps(r["prompt"]), "completion": json.dumps(r["completion"]),
+             "label": r["label"]} for r in records]
+
+
 def model_path(store: Store, purpose: str, run_id: int | None = None, name: str | None = None) -> str | None:
     """The folder of the model of `purpose` trained by a run, or named `name`."""
     column, value = ("run_id", run_id) if name is None else ("name", name)
@@ -170,7 +183,7 @@ def start_reward_scoring(runner, dataset: str, reward_model: str, **settings) ->
 
 def start_training(runner, method: str, dataset: str | None = None, eval_dataset: str | None = None,
                    prompts: str | None = None, reward_run: int | None = None, **settings) -> int:
-    """Train with a method of `METHODS`: on a dataset's preference pairs (`dataset`, and
+    """Train with a method of `METHODS`: on a dataset's preference pairs or verdicts (`dataset`, and
     `eval_dataset` or a held-out share), or on the prompts of `prompts` against the reward model
     trained by run `reward_run`. `settings` are the method's config fields."""
     if method not in METHODS:
@@ -187,8 +200,9 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
         return runner.start(method, config, {config.inputs: prompts_of(runner.store, prompts)})
     if not dataset:
         raise RunError(f"{m.label} needs a dataset of pairs")
-    pairs = pairs_of(runner.store, dataset)
-    eval_pairs = pairs_of(runner.store, eval_dataset) if eval_dataset else None
+    read = verdicts_of if m.reads == "verdicts" else pairs_of
+    pairs = read(runner.store, dataset)
+    eval_pairs = read(runner.store, eval_dataset) if eval_dataset else None
     config = make_config(m.config, m.label, eval_inputs=EVAL_INPUTS if eval_pairs else None, **fields)
     return runner.start(method, config, {config.inputs: pairs, **({EVAL_INPUTS: eval_pairs} if eval_pairs else {})})
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pipelines.dpo import DPOTrainConfig
 from pipelines.grpo import OnlineTrainConfig
+from pipelines.kto import KTOTrainConfig
 from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
 
@@ -26,7 +27,8 @@ class Method:
     label: str                       # what the UI calls it
     module: str                      # the pipeline: python -m <module> --config config.json
     config: type                     # its config dataclass (settings, defaults, help)
-    reads: str                       # "pairs": preference pairs; "prompts": prompts + a reward model
+    reads: str                       # "pairs": preference pairs; "verdicts": each answer desirable or not
+                                     # (from the same labels); "prompts": prompts + a reward model
     makes: str                       # "reward" (a reward model) or "policy"
     summary: str                     # one line, for `--help` and the Train tab
     plotted: tuple[str, ...]         # metrics worth plotting beside the loss
@@ -54,6 +56,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                     "eval_rewards/margins"),
            plotted_first=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
                           "eval_rewards/margins")),
+    Method("kto", "KTO", "pipelines.kto", KTOTrainConfig, reads="verdicts", makes="policy",
+           summary="LoRA on the policy trained on each answer's own verdict, desirable or not (TRL's KTOTrainer): "
+                   "the preferred side of a pair is desirable, the other and both sides of a both-bad pair are not",
+           plotted=("rewards/margins", "rewards/chosen", "rewards/rejected", "kl", "eval_rewards/margins"),
+           plotted_first=("rewards/margins", "rewards/chosen", "rewards/rejected", "kl", "eval_rewards/margins")),
     Method("ppo", "PPO", "pipelines.ppo", PPOTrainConfig, reads="prompts", makes="policy",
            summary="the studio's own PPO: value head, per-token KL penalty to the base, GAE, clipped objective; "
                    "answers the prompts and learns from a trained reward model's scores",
