@@ -67,7 +67,7 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
     meta = read_meta(config.adapter)
     if meta.get("kind") != "policy":
         raise ConversionError(f"{config.adapter}: a {meta.get('kind')} model scores answers and does not chat; "
-                          "export a policy (DPO, PPO, GRPO or RLOO run)")
+                          "export a policy (a run that trained one)")
     log.event("running", step=0, total=4, message=f"merging the adapter into {meta['base']}")
     base = AutoModelForCausalLM.from_pretrained(meta["base_path"], dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, config.adapter).merge_and_unload()

@@ -13,6 +13,7 @@ from pipelines.models import DEFAULT_MODEL
 from store import Store
 from store.queries import latest_metrics
 from studio import jobs
+from studio.jobs import POLICY_METHODS
 from studio.runner import Runner, RunError
 
 FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
@@ -67,7 +68,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     choices = exportable(store)
     with gr.Row(equal_height=True):
         model = gr.Dropdown(choices, value=choices[0], label="Model to export", scale=3, elem_id="export-model",
-                            info="a trained policy (DPO, PPO, GRPO, RLOO), or the default model itself")
+                            info=f"a trained policy ({POLICY_METHODS}), or the default model itself")
         quants = gr.CheckboxGroup(list(QUANTS), value=list(QUANTS), label="Files", scale=3)
         start = gr.Button("Export", variant="primary", scale=1, elem_id="export-start")
     runs = export_runs(store)

@@ -30,6 +30,7 @@ from store.runs import (record_adapter, record_compared, record_export, record_g
 from studio.methods import METHODS
 
 EVAL_INPUTS = "eval_inputs.parquet"
+POLICY_METHODS = ", ".join(m.label for m in METHODS.values() if m.makes == "policy")
 
 
 class RunError(StudioError, RuntimeError):
@@ -236,7 +237,7 @@ def start_export(runner, run_id: int | None = None, model: str | None = None,
         rows = store.query("SELECT name, kind, path, purpose FROM models WHERE name = ?", [model])
     if rows and rows[0]["purpose"] != "policy":
         raise RunError(f"{rows[0]['name']} is a {rows[0]['purpose']} model: it scores answers and does not chat; "
-                       "export a policy (DPO, PPO, GRPO or RLOO run)")
+                       f"export a policy ({POLICY_METHODS} run)")
     if rows and rows[0]["kind"] == "gguf":
         raise RunError(f"{rows[0]['name']} is a GGUF file already ({rows[0]['path']}); export the policy it came from")
     if rows and rows[0]["kind"] == "merged":  # a merged folder converts as it is
