@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from pipelines.reward_model import load_reward_model
 from pipelines.runlog import RunLog, run_main
-from pipelines.settings import redefault, setting
+from pipelines.settings import not_used, redefault, setting
 from pipelines.training import (TrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
                                 progress_callback, save_adapter, train_with_resume, trainer_arguments)
 
@@ -36,6 +36,7 @@ class OnlineTrainConfig(TrainSettings):
     temperature: float = setting(1.0, "sampling temperature of the answers", label="Temperature")
     beta: float = setting(0.04, "weight of the KL penalty to the base", label="KL weight")
     save_every: int = redefault(TrainSettings, "save_every", 10)
+    max_length: int = not_used(TrainSettings, "max_length", "not used: max_new_tokens limits the answers")
 
 
 def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cls, config_cls) -> None:

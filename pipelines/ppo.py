@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pipelines.models import Placement, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
-from pipelines.settings import redefault, setting
+from pipelines.settings import not_used, redefault, setting
 from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -54,6 +54,10 @@ class PPOTrainConfig(TrainSettings):
                                          "in standard deviations of the batch's rewards", advanced=True)
     whiten_rewards: bool = setting(True, "whiten the reward model's scores over each batch", advanced=True)
     save_every: int = redefault(TrainSettings, "save_every", 10)
+    max_length: int = setting(512, "tokens of prompt + answer the reward model reads", label="Max tokens")
+    grad_accum: int = not_used(TrainSettings, "grad_accum", "not used: each mini-batch is one optimizer step")
+    epochs: float = not_used(TrainSettings, "epochs", "not used: max_steps counts PPO iterations")
+    gradient_checkpointing: bool = not_used(TrainSettings, "gradient_checkpointing", "not yet used by PPO")
     lora_dropout: float = redefault(TrainSettings, "lora_dropout", 0.0,
                                     "none for PPO: old and new log-probs must come from the same function")
 

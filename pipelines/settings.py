@@ -30,6 +30,12 @@ def redefault(parent: type, name: str, default: Any, why: str = ""):
     return setting(default, **{k: v for k, v in metadata.items()})
 
 
+def not_used(parent: type, name: str, why: str):
+    """The parent config's field `name`, kept (configs stay interchangeable) but hidden from the
+    CLI and the form, because this method does not use it; `why` says so in the saved config's help."""
+    return setting(default_of(parent.__dataclass_fields__[name]), why, internal=True)
+
+
 def user_fields(config_cls: type) -> list[dataclasses.Field]:
     """The fields a user sets (not the ones the runner fills in), in declaration order."""
     return [f for f in dataclasses.fields(config_cls) if not f.metadata.get("internal")]
