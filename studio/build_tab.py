@@ -8,13 +8,14 @@ import math
 import gradio as gr
 import pandas as pd
 
+from common.errors import StudioError
 from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
 from store.queries import dataset_names, dataset_summaries, latest_metrics
 from studio.rendering import preview
 from studio import jobs
-from studio.runner import RunError, Runner
+from studio.runner import Runner
 
 METHOD = f"""
 **Perplexity filtering.** Each response is scored by its perplexity under the target model:
@@ -137,7 +138,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     def start(dataset_name, model_name, batch):
         try:
             run_id = jobs.start_perplexity(runner, dataset_name, model=model_name, batch_size=int(batch or 8))
-        except RunError as e:
+        except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**"
         return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
 

@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
     p.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
-    p.add_argument("--limit", type=int, default=64, help="at most this many prompts (default: 64)")
+    p.add_argument("--limit", type=int, default=jobs.EVAL_PROMPTS,
+                   help=f"at most this many prompts (default: {jobs.EVAL_PROMPTS})")
     config_arguments(p, EvaluateConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_evaluate)

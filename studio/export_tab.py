@@ -8,13 +8,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from common.errors import StudioError
 from pipelines.export import QUANTS, REPORT
 from pipelines.models import DEFAULT_MODEL
 from store import Store
 from store.queries import latest_metrics
 from studio import jobs
 from studio.jobs import POLICY_METHODS
-from studio.runner import Runner, RunError
+from studio.runner import Runner
 
 FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
                 "answer to the check prompt", "file"]
@@ -80,7 +81,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     def start_export(name, chosen):
         try:
             run_id = jobs.start_export(runner, model=name, quants=chosen)
-        except RunError as e:
+        except StudioError as e:  # every error a user can act on, said as a sentence
             raise gr.Error(str(e)) from None
         return gr.update(choices=export_runs(store), value=run_id)
 

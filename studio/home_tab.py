@@ -9,11 +9,12 @@ import time
 
 import gradio as gr
 
+from common.errors import StudioError
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.queries import dataset_summaries, run_summaries
 from studio.demo import HEURISTIC_RULE, REPORT, SCALE_UP, DemoSettings, run_demo
-from studio.runner import FINAL, RunError, Runner
+from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
 
 RUN_COLUMNS = ["run", "kind", "status", "done", "message", "started", "ended"]
@@ -137,7 +138,7 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
             return "Pick a run by its number first."
         try:
             (runner.cancel if action == "cancel" else runner.resume)(int(run))
-        except RunError as e:
+        except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**"
         return f"Run {int(run)}: {'cancel requested (it saves a checkpoint first)' if action == 'cancel' else 'resumed'}."
 

@@ -30,6 +30,7 @@ from store.runs import (record_adapter, record_compared, record_export, record_g
 from studio.methods import METHODS
 
 EVAL_INPUTS = "eval_inputs.parquet"
+EVAL_PROMPTS = 64  # prompts an evaluation answers unless told otherwise
 POLICY_METHODS = ", ".join(m.label for m in METHODS.values() if m.makes == "policy")
 
 
@@ -208,7 +209,8 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
     return runner.start(method, config, {config.inputs: pairs, **({EVAL_INPUTS: eval_pairs} if eval_pairs else {})})
 
 
-def start_evaluation(runner, policy_run: int, reward_run: int, prompts: str, limit: int = 64, **settings) -> int:
+def start_evaluation(runner, policy_run: int, reward_run: int, prompts: str, limit: int = EVAL_PROMPTS,
+                     **settings) -> int:
     """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its
     base, score both with the reward model of `reward_run`, and report win rate, reward gain,
     KL and length change (stored as the evaluation run's metrics)."""

@@ -10,13 +10,14 @@ import json
 import gradio as gr
 import pandas as pd
 
+from common.errors import StudioError
 from pipelines.settings import default_of, help_of, label_of, user_fields, value_type
 from pipelines.training import parameter_count, suggested_settings
 from store import Store
 from store.queries import dataset_names, latest_metrics
 from studio import jobs
 from studio.methods import METHODS, TRL_LOSSES, Method, method_by_label
-from studio.runner import RunError, Runner
+from studio.runner import Runner
 
 FIRST_METHOD = next(iter(METHODS.values()))
 EXPLANATION = "\n".join(f"**{m.label}**: {m.summary}." for m in METHODS.values()) + """
@@ -185,7 +186,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         with gr.Row():
             eval_prompts = gr.Dropdown(dataset_names(store), label="Held-out prompts", scale=2)
             eval_reward = gr.Dropdown(reward_runs(store), label="Judged by the reward model", scale=2)
-            eval_limit = gr.Number(64, label="At most prompts", precision=0, minimum=1, scale=1)
+            eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, minimum=1, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
         # The mean of a step's values: a metric without a value there gets none, not a sum of 0.
@@ -242,7 +243,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             else:
                 run_id = jobs.start_training(runner, method.name, dataset=values[dataset],
                                              eval_dataset=values[eval_dataset] or None, **settings)
-        except RunError as e:
+        except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
 
@@ -289,7 +290,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 runner.resume(run_id)
                 return f"Run {run_id} resumed from its last checkpoint.", gr.update()
             new_id = runner.rerun(run_id)
-        except RunError as e:
+        except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {new_id} started with the config and inputs of run {run_id}.", \
             gr.update(choices=training_runs(store), value=new_id)
@@ -319,8 +320,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         if not run_id or not prompts or not reward_run_id:
             return "**Pick a policy run above, held-out prompts and a reward model.**", gr.update()
         try:
-            new_id = jobs.start_evaluation(runner, int(run_id), int(reward_run_id), prompts, int(limit or 64))
-        except RunError as e:
+            new_id = jobs.start_evaluation(runner, int(run_id), int(reward_run_id), prompts,
+                                            int(limit or jobs.EVAL_PROMPTS))
+        except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
