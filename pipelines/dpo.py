@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
-from pipelines.training import (PairTrainSettings, base_and_tokenizer, final_evaluation, lora_config, model_kwargs,
-                                pair_data, placement_of, progress_callback, save_adapter, train_with_resume,
-                                trainer_arguments)
+from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
+                                placement_of, progress_callback, train_and_save, trainer_arguments)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm")
 
@@ -56,10 +55,9 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
                          processing_class=tokenizer, callbacks=[callback],
                          peft_config=lora_config(config, "CAUSAL_LM"))
     log.event("running", message=f"training on {len(train)} pairs" + (f", evaluating on {len(held_out)}" if held_out else ""))
-    if not train_with_resume(trainer, callback, run_dir, log):
+    final = train_and_save(trainer, callback, config, log, "policy", "dpo", held_out, "eval_rewards/margins")
+    if final is None:
         return
-    final = final_evaluation(trainer, held_out, "eval_rewards/margins")
-    save_adapter(trainer, config, run_dir, "policy", "dpo")
     margins = f"eval reward margin {final['eval_rewards/margins']:.3f}" if "eval_rewards/margins" in final else "no eval pairs"
     log.event("succeeded", step=trainer.state.global_step,
               message=f"DPO trained ({trainer.state.global_step} steps); {margins}")

@@ -17,7 +17,7 @@ from pipelines.reward_model import load_reward_model
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
 from pipelines.training import (TrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
-                                progress_callback, save_adapter, train_with_resume, trainer_arguments)
+                                progress_callback, train_and_save, trainer_arguments)
 
 
 @dataclass
@@ -62,9 +62,8 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
     trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args, train_dataset=Dataset.from_list(prompts),
                           processing_class=tokenizer, reward_processing_classes=reward_tokenizer, callbacks=[callback],
                           peft_config=lora_config(config, "CAUSAL_LM"))
-    if not train_with_resume(trainer, callback, run_dir, log):
+    if train_and_save(trainer, callback, config, log, "policy", method) is None:
         return
-    save_adapter(trainer, config, run_dir, "policy", method)
     log.event("succeeded", step=trainer.state.global_step,
               message=f"{method.upper()} trained ({trainer.state.global_step} steps)")
 

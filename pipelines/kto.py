@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
-from pipelines.training import (PairTrainSettings, base_and_tokenizer, final_evaluation, lora_config, model_kwargs,
-                                placement_of, progress_callback, save_adapter, split, train_with_resume,
-                                trainer_arguments)
+from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
+                                progress_callback, split, train_and_save, trainer_arguments)
 
 
 @dataclass
@@ -76,10 +75,9 @@ def run(config: KTOTrainConfig, log: RunLog) -> None:
     desirable = sum(r["label"] for r in train)
     log.event("running", message=f"training on {len(train)} answers ({desirable} desirable, "
               f"{len(train) - desirable} not)" + (f", evaluating on {len(held_out)}" if held_out else ""))
-    if not train_with_resume(trainer, callback, run_dir, log):
+    final = train_and_save(trainer, callback, config, log, "policy", "kto", held_out, "eval_rewards/margins")
+    if final is None:
         return
-    final = final_evaluation(trainer, held_out, "eval_rewards/margins")
-    save_adapter(trainer, config, run_dir, "policy", "kto")
     margins = f"eval reward margin {final['eval_rewards/margins']:.3f}" if "eval_rewards/margins" in final else "no eval answers"
     log.event("succeeded", step=trainer.state.global_step,
               message=f"KTO trained ({trainer.state.global_step} steps); {margins}")

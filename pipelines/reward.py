@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import redefault
-from pipelines.training import (PairTrainSettings, base_and_tokenizer, final_evaluation, lora_config, model_kwargs,
-                                pair_data, placement_of, progress_callback, save_adapter, train_with_resume,
-                                trainer_arguments)
+from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
+                                placement_of, progress_callback, train_and_save, trainer_arguments)
 
 
 @dataclass
@@ -47,10 +46,9 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
               + (f" ({dropped} longer than {config.max_length} tokens left out)" if dropped else "")
               + (f", evaluating on {len(trainer.eval_dataset)}" if held_out else ""))
-    if not train_with_resume(trainer, callback, run_dir, log):
+    final = train_and_save(trainer, callback, config, log, "reward", "rm", held_out, "eval_accuracy")
+    if final is None:
         return
-    final = final_evaluation(trainer, held_out, "eval_accuracy")
-    save_adapter(trainer, config, run_dir, "reward", "rm")
     accuracy = f"eval accuracy {final['eval_accuracy']:.3f} on {len(trainer.eval_dataset)} pairs" \
         if "eval_accuracy" in final else "no eval pairs"
     log.event("succeeded", step=trainer.state.global_step,

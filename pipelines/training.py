@@ -196,21 +196,23 @@ def pair_data(config: PairTrainSettings, run_dir: Path) -> tuple[list, list]:
     return train, held_out
 
 
-def final_evaluation(trainer, held_out: list, key: str) -> dict:
-    """The evaluation at the last step, when the schedule made one, else one now (logged either
-    way); {} without eval pairs. `key`: a metric every evaluation logs."""
-    if not held_out:
-        return {}
-    evals = [h for h in trainer.state.log_history if key in h]
-    return evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
-
-
-def save_adapter(trainer, config: TrainSettings, run_dir: Path, kind: str, method: str) -> Path:
-    """Save the trained adapter (and tokenizer) with its meta file; the folder."""
+def train_and_save(trainer, callback, config: TrainSettings, log: RunLog, kind: str, method: str,
+                   held_out: list = (), eval_key: str = "") -> dict | None:
+    """Train from the last checkpoint, if any; then the evaluation at the last step (the one the
+    schedule made, else one now; {} without eval records; `eval_key` is a metric every evaluation
+    logs) and the adapter saved with its meta file. The final eval metrics, or None when the run
+    was cancelled (checkpoint saved, 'cancelled' reported)."""
+    run_dir = log.path.parent
+    if not train_with_resume(trainer, callback, run_dir, log):
+        return None
+    final = {}
+    if held_out:
+        evals = [h for h in trainer.state.log_history if eval_key in h]
+        final = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
     out = run_dir / config.output
     trainer.save_model(str(out))
     write_meta(out, kind, config.base, resolve_model(config.base, config.models_dir), method)
-    return out
+    return final
 
 
 def base_and_tokenizer(config: TrainSettings) -> tuple[str, object]:
