@@ -26,19 +26,28 @@ class ConfigError(StudioError, ValueError):
     pass
 
 
+def config_from(cls: type[C], fields: dict) -> C:
+    """A config of `cls` from its fields by name; a ConfigError that names an unknown setting, or
+    says why a value is refused (a wrong type, or the config's own check)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def load_config(cls: type[C], path: str | Path) -> C:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the config: {e}") from None
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown config keys {unknown}; known: {sorted(known)}")
     try:
-        return cls(**data)
-    except TypeError as e:
+        return config_from(cls, data)
+    except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 

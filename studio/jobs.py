@@ -8,7 +8,6 @@ Training methods come from `studio.methods.METHODS`; the other kinds are listed 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pipelines.generate import GenerateConfig
 from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
+from pipelines.runlog import ConfigError, config_from
 from store import Store
 from store.exports import ExportError, preference_records, unpaired_records
 from store.queries import dataset_prompts, unscored_responses
@@ -92,13 +92,9 @@ JOBS: dict[str, Job] = {
 
 def make_config(cls: type, what: str, **fields):
     """The config, or a RunError that names the setting at fault."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise RunError(f"{what}: unknown setting {', '.join(unknown)}")
     try:
-        return cls(**fields)
-    except (TypeError, ValueError) as e:
+        return config_from(cls, fields)
+    except ConfigError as e:
         raise RunError(f"{what} settings: {e}") from None
 
 
@@ -118,30 +114,20 @@ def prompts_of(store: Store, dataset: str, limit: int | None = None) -> list[dic
     return rows
 
 
-def pairs_of(store: Store, dataset: str) -> list[dict]:
-    """A dataset's pairs with a preference, as the pair-training pipelines read them."""
+def training_records(store: Store, dataset: str, reads: str) -> list[dict]:
+    """A dataset's labelled pairs as a method that learns from them reads them (`Method.reads`):
+    "pairs" (prompt, chosen, rejected) or "verdicts" (prompt, completion, label: one row per answer),
+    with pair_id and the message lists as JSON text."""
+    read, what = (unpaired_records, "labelled answers") if reads == "verdicts" else \
+        (preference_records, "pairs with a preference")
     try:
-        records, left_out = preference_records(store, dataset)
+        records, left_out = read(store, dataset)
     except ExportError as e:
         raise RunError(str(e)) from None
     if not records:
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "it holds no pairs"
-        raise RunError(f"dataset '{dataset}' has no pairs with a preference to train on ({why})")
-    return [{"pair_id": r["pair_id"], "prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]),
-             "rejected": json.dumps(r["rejected"])} for r in records]
-
-
-def verdicts_of(store: Store, dataset: str) -> list[dict]:
-    """A dataset's answers with a verdict each (desirable or not), as KTO reads them."""
-    try:
-        records, left_out = unpaired_records(store, dataset)
-    except ExportError as e:
-        raise RunError(str(e)) from None
-    if not records:
-        why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "it holds no pairs"
-        raise RunError(f"dataset '{dataset}' has no labelled answers to train on ({why})")
-    return [{"pair_id": r["pair_id"], "prompt": json.dumps(r["prompt"]), "completion": json.dumps(r["completion"]),
-             "label": r["label"]} for r in records]
+        raise RunError(f"dataset '{dataset}' has no {what} to train on ({why})")
+    return [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in records]
 
 
 def model_path(store: Store, purpose: str, run_id: int | None = None, name: str | None = None) -> str | None:
@@ -202,11 +188,10 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
         return runner.start(method, config, {config.inputs: prompts_of(runner.store, prompts)})
     if not dataset:
         raise RunError(f"{m.label} needs a dataset of pairs")
-    read = verdicts_of if m.reads == "verdicts" else pairs_of
-    pairs = read(runner.store, dataset)
-    eval_pairs = read(runner.store, eval_dataset) if eval_dataset else None
-    config = make_config(m.config, m.label, eval_inputs=EVAL_INPUTS if eval_pairs else None, **fields)
-    return runner.start(method, config, {config.inputs: pairs, **({EVAL_INPUTS: eval_pairs} if eval_pairs else {})})
+    records = training_records(runner.store, dataset, m.reads)
+    held_out = training_records(runner.store, eval_dataset, m.reads) if eval_dataset else None
+    config = make_config(m.config, m.label, eval_inputs=EVAL_INPUTS if held_out else None, **fields)
+    return runner.start(method, config, {config.inputs: records, **({EVAL_INPUTS: held_out} if held_out else {})})
 
 
 def start_evaluation(runner, policy_run: int, reward_run: int, prompts: str, limit: int = EVAL_PROMPTS,
