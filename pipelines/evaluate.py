@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pipelines.models import choose_placement, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
-from pipelines.settings import setting
+from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
 
 @dataclass
@@ -31,15 +31,15 @@ class EvaluateConfig:
     """Compare a policy's answers with its base's, scored by a reward model."""
     policy_adapter: str = setting("", "the policy's adapter folder", internal=True)
     reward_adapter: str = setting("", "the judging reward model's adapter folder", internal=True)
-    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
     max_new_tokens: int = setting(64, "answer length limit in tokens")
     temperature: float = setting(0.7, "sampling temperature of both models' answers")
     batch_size: int = setting(8, "prompts answered at once")
     seed: int = setting(0, "sampling seed (the same for policy and base)")
-    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu")
-    dtype: str = setting("auto", "auto, bfloat16, float16 or float32")
+    device: str = setting("auto", DEVICE_HELP)
+    dtype: str = setting("auto", DTYPE_HELP)
 
 
 def answer(model, tokenizer, prompts: list[list[dict]], config: EvaluateConfig, device: str):

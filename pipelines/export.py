@@ -26,7 +26,7 @@ from common.errors import StudioError
 from pipelines.models import resolve_model
 from pipelines.reward_model import read_meta
 from pipelines.runlog import RunLog, run_main
-from pipelines.settings import setting
+from pipelines.settings import MODELS_DIR_HELP, setting
 
 QUANTS = {"f16": None, "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 CHECK_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -45,7 +45,7 @@ class ExportConfig:
     name: str = setting("model", "file names: <name>-<quant>.gguf", internal=True)
     adapter: str = setting("", "a policy adapter's folder; empty: export `base` as it is", internal=True)
     base: str = setting("default", "the model exported when there is no adapter", internal=True)
-    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     quants: list[str] = setting(["f16", "q8_0", "q4_k_m"], "GGUF files to write: f16, q8_0, q4_k_m")
     output: str = setting("gguf", "the GGUF files' folder, inside the run folder", internal=True)
 

@@ -24,14 +24,14 @@ import pyarrow.parquet as pq
 from pipelines.chat import ChatModels, Sampling
 from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, load_causal_lm
 from pipelines.runlog import Partial, RunLog, run_main
-from pipelines.settings import setting
+from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
 
 @dataclass
 class GenerateConfig:
     """Sample N responses per prompt from a model."""
     model: str = setting(DEFAULT_MODEL, "the model that answers: default, a .gguf file, a folder or a hub id")
-    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("responses.parquet", "the sampled responses", internal=True)
     n: int = setting(4, "samples per prompt")
@@ -41,8 +41,8 @@ class GenerateConfig:
     seed: int = setting(0, "sampling seed (sample i uses seed + i)")
     engine: str = setting("auto", "auto: llama.cpp for a GGUF model (the default is one), else transformers",
                           choices=("auto", "llama.cpp", "transformers"))
-    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu (transformers engine)")
-    dtype: str = setting("auto", "auto, bfloat16, float16 or float32 (transformers engine)")
+    device: str = setting("auto", f"{DEVICE_HELP} (transformers engine)")
+    dtype: str = setting("auto", f"{DTYPE_HELP} (transformers engine)")
 
     def resolved_engine(self) -> str:
         if self.engine == "auto":

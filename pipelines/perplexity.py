@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipelines.models import choose_placement, load_causal_lm
 from pipelines.runlog import Partial, RunLog, run_main
-from pipelines.settings import setting
+from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
 ENGINE = "transformers"
 
@@ -33,14 +33,13 @@ ENGINE = "transformers"
 class PerplexityConfig:
     """Score responses by their perplexity under a model, given their prompt."""
     model: str = setting("default", "the model whose perplexities are computed: default, a folder or a hub id")
-    models_dir: str = setting("models", "folder of converted and trained models", internal=True)
+    models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the responses, written by the runner", internal=True)
     output: str = setting("perplexities.parquet", "each response's perplexity", internal=True)
     batch_size: int = setting(8, "responses scored at once")
     max_length: int = setting(2048, "tokens of prompt + response; longer ones are skipped and reported")
-    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu")
-    dtype: str = setting("auto", "auto (bf16 on CUDA cards that have it, float32 on a CPU), bfloat16, float16 or "
-                         "float32")
+    device: str = setting("auto", DEVICE_HELP)
+    dtype: str = setting("auto", DTYPE_HELP)
 
 
 def render(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipelines.models import choose_placement
 from pipelines.reward_model import load_reward_model, score
 from pipelines.runlog import Partial, RunLog, run_main
-from pipelines.settings import setting
+from pipelines.settings import DEVICE_HELP, DTYPE_HELP, setting
 
 
 @dataclass
@@ -30,8 +30,8 @@ class RewardScoringConfig:
     output: str = setting("rewards.parquet", "each response's reward", internal=True)
     batch_size: int = setting(8, "responses scored at once")
     max_length: int = setting(2048, "tokens of prompt + response; longer ones are cut")
-    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu")
-    dtype: str = setting("auto", "auto, bfloat16, float16 or float32")
+    device: str = setting("auto", DEVICE_HELP)
+    dtype: str = setting("auto", DTYPE_HELP)
 
 
 def run(config: RewardScoringConfig, log: RunLog) -> None:

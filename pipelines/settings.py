@@ -12,6 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# Help texts that several configs share, written once.
+MODELS_DIR_HELP = "folder of converted and trained models"
+DEVICE_HELP = "auto (CUDA when there is one), cuda or cpu"
+DTYPE_HELP = ("auto (bf16 on CUDA cards that have it, fp16 on older ones, float32 on a CPU), bfloat16, float16 "
+              "or float32")
+
 
 def setting(default: Any, help: str, *, choices: tuple | None = None, label: str | None = None,
             internal: bool = False, advanced: bool = False):
@@ -27,7 +33,7 @@ def redefault(parent: type, name: str, default: Any, why: str = ""):
     metadata = dict(parent.__dataclass_fields__[name].metadata)
     if why:
         metadata["help"] = f"{metadata['help']} ({why})"
-    return setting(default, **{k: v for k, v in metadata.items()})
+    return setting(default, **metadata)
 
 
 def not_used(parent: type, name: str, why: str):

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipelines.models import Placement, choose_placement, load_tokenizer, resolve_model
 from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
-from pipelines.settings import setting
+from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
 CHECKPOINTS = "checkpoints"
 
@@ -28,7 +28,7 @@ CHECKPOINTS = "checkpoints"
 class TrainSettings:
     """Settings every training run has (the pipelines' configs extend it)."""
     base: str = setting("default", "the model to train: default, a model folder or a hub id", label="Base model")
-    models_dir: str = setting("", "folder of converted and trained models", internal=True)
+    models_dir: str = setting("", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "what the runner wrote: pairs or prompts", internal=True)
     output: str = setting("model", "the trained adapter's folder, inside the run folder", internal=True)
     learning_rate: float = setting(5e-5, "peak learning rate of the LoRA weights", label="Learning rate")
@@ -46,9 +46,8 @@ class TrainSettings:
                                       label="LoRA modules", advanced=True)
     save_every: int = setting(50, "checkpoint every N optimizer steps (and on cancel)", label="Checkpoint every",
                               advanced=True)
-    device: str = setting("auto", "auto (CUDA when there is one), cuda or cpu", label="Device", advanced=True)
-    dtype: str = setting("auto", "auto (bf16 on cards that have it, fp16 on older ones, float32 on a CPU), "
-                         "bfloat16, float16 or float32", label="Precision", advanced=True)
+    device: str = setting("auto", DEVICE_HELP, label="Device", advanced=True)
+    dtype: str = setting("auto", DTYPE_HELP, label="Precision", advanced=True)
     load_in_4bit: bool = setting(False, "QLoRA: load the base in 4 bits (CUDA, needs bitsandbytes)",
                                  label="4-bit base (QLoRA)", advanced=True)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
