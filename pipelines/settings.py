@@ -42,6 +42,11 @@ def not_used(parent: type, name: str, why: str):
     return setting(default_of(parent.__dataclass_fields__[name]), why, internal=True)
 
 
+def split_list(text: str) -> list[str]:
+    """A list setting typed as text: comma-separated, blanks dropped."""
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
 def user_fields(config_cls: type) -> list[dataclasses.Field]:
     """The fields a user sets (not the ones the runner fills in), in declaration order."""
     return [f for f in dataclasses.fields(config_cls) if not f.metadata.get("internal")]

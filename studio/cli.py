@@ -15,7 +15,7 @@ from pipelines.evaluate import EvaluateConfig
 from pipelines.generate import GenerateConfig
 from pipelines.perplexity import PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
-from pipelines.settings import default_of, help_of, user_fields, value_type
+from pipelines.settings import default_of, help_of, split_list, user_fields, value_type
 from store import EXPORT_FORMATS, FORMATS, ImportFailed, export_pairs, import_file
 from store.imports import DEFAULT_MAX_ROW_BYTES
 from studio import jobs
@@ -89,12 +89,10 @@ def cmd_datasets(ws: Workspace, args) -> int:
     return 0
 
 
-def config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
+def config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """A flag for every setting of a pipeline config (`--learning-rate`, ...), with the field's own
     help and default. A flag not given stays None, so the config's (or a suggested) default applies."""
     for f in user_fields(config_cls):
-        if f.name in skip:
-            continue
         kind, default = value_type(f), default_of(f)
         shown = ",".join(default) if isinstance(default, list) else default
         help_text = f"{help_of(f)} (default: {shown})".replace("%", "%%")  # argparse formats help with %
@@ -104,7 +102,7 @@ def config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: tu
                                 help=help_text)
         elif kind is list:
             parser.add_argument(*flags, dest=f.name, default=None, help=help_text + "; separate with commas",
-                                type=lambda text: [part.strip() for part in text.split(",") if part.strip()])
+                                type=split_list)
         else:
             parser.add_argument(*flags, dest=f.name, type=kind, default=None, choices=f.metadata.get("choices"),
                                 help=help_text)
@@ -182,14 +180,13 @@ def cmd_train(ws: Workspace, args) -> int:
     settings = suggested_settings(method.config(), parameter_count(args.base or "default", ws.models_dir))
     settings.update(given_settings(args, method.config))
     if method.online:
+        data = dict(prompts=args.prompts, reward_run=args.reward_run)
         what = f"{method.name} on the prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
-        start = lambda runner: jobs.start_training(runner, method.name, prompts=args.prompts,  # noqa: E731
-                                                   reward_run=args.reward_run, **settings)
     else:
+        data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset)
         what = f"{method.name} on '{args.dataset}'"
-        start = lambda runner: jobs.start_training(runner, method.name, dataset=args.dataset,  # noqa: E731
-                                                   eval_dataset=args.eval_dataset, **settings)
-    return run_job(ws, args, start, f"{what} from '{settings.get('base', 'default')}'")
+    return run_job(ws, args, lambda runner: jobs.start_training(runner, method.name, **data, **settings),
+                   f"{what} from '{settings.get('base', 'default')}'")
 
 
 def cmd_rewards(ws: Workspace, args) -> int:
@@ -209,7 +206,7 @@ def cmd_evaluate(ws: Workspace, args) -> int:
 def cmd_export_model(ws: Workspace, args) -> int:
     from pipelines.export import QUANTS, REPORT
 
-    quants = [q.strip() for q in ",".join(args.quant or QUANTS).split(",") if q.strip()]
+    quants = split_list(",".join(args.quant or QUANTS))
 
     def report(runner, run_id, status):
         if status != 0:

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from common.errors import StudioError
-from pipelines.settings import default_of, help_of, label_of, user_fields, value_type
+from pipelines.settings import default_of, help_of, label_of, split_list, user_fields, value_type
 from pipelines.training import parameter_count, suggested_settings
 from store import Store
 from store.queries import dataset_names, latest_metrics
@@ -20,11 +20,11 @@ from studio.methods import METHODS, TRL_LOSSES, Method, method_by_label
 from studio.runner import Runner
 
 FIRST_METHOD = next(iter(METHODS.values()))
-EXPLANATION = "\n".join(f"**{m.label}**: {m.summary}." for m in METHODS.values()) + """
+EXPLANATION = "\n".join(f"**{m.label}**: {m.summary}." for m in METHODS.values()) + f"""
 
 Pairs take their preference from labels given here, else from the file they came from. The online
-methods (PPO, GRPO, RLOO) need a trained reward model; GRPO and RLOO need no value model and suit
-small GPUs. Training runs a few seconds a step on a CPU with the default model; a GPU is much faster.
+methods ({", ".join(m.label for m in METHODS.values() if m.online)}) need a trained reward model.
+Training runs a few seconds a step on a CPU with the default model; a GPU is much faster.
 """
 # Chosen beside the form, not fields of it: what the method reads.
 INPUT_FIELDS = ("base",)
@@ -67,7 +67,7 @@ def form_value(f: dataclasses.Field, value):
         return None
     kind = value_type(f)
     if kind is list:
-        return [part.strip() for part in str(value).split(",") if part.strip()]
+        return split_list(value)
     if kind is int:
         return int(value)
     if kind is float:
