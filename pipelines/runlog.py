@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import time
 import traceback
@@ -106,6 +107,9 @@ class RunLog:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / "events.jsonl"
+        # Under `accelerate launch` every rank runs the pipeline; only the main one writes the log,
+        # so that the studio reads one started, one line per step and one final event.
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.cancel_requested = False
         self._started = time.monotonic()
         self._first_step: int | None = None
@@ -115,6 +119,8 @@ class RunLog:
         self.cancel_requested = True
 
     def event(self, status: str, **fields) -> None:
+        if not self.is_main:
+            return
         record = {"time": time.time(), "status": status, **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -141,7 +147,9 @@ def run_main(config_cls: type[C], run: Callable[[C, RunLog], None], argv: list[s
     log = RunLog(Path(args.config).resolve().parent)
     try:
         config = load_config(config_cls, args.config)
-        log.event("started", message=f"{config_cls.__name__} from {args.config}")
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))
+        log.event("started", message=f"{config_cls.__name__} from {args.config}"
+                  + (f" on {ranks} processes" if ranks > 1 else ""))
         run(config, log)
     except Exception as e:  # the run fails; the error is its message
         traceback.print_exc()

@@ -209,8 +209,9 @@ def train_and_save(trainer, callback, config: TrainSettings, log: RunLog, kind: 
         evals = [h for h in trainer.state.log_history if eval_key in h]
         final = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
     out = run_dir / config.output
-    trainer.save_model(str(out))
-    write_meta(out, kind, config.base, resolve_model(config.base, config.models_dir), method)
+    trainer.save_model(str(out))  # TRL/transformers save from the main process only
+    if trainer.accelerator.is_main_process:
+        write_meta(out, kind, config.base, resolve_model(config.base, config.models_dir), method)
     return final
 
 

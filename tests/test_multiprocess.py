@@ -1,0 +1,45 @@
+"""A pair-trained pipeline under Accelerate's real two-process launcher on the CPU (torchrun,
+gloo): one event stream, one saved adapter with its meta file.
+
+`accelerate launch --cpu --num_processes 2` starts ONE process on a machine without GPUs (Accelerate
+1.15 takes --cpu to its single-process launcher); `--multi_gpu --num_processes 2` without a GPU
+starts two CPU ranks, which is what this test runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.dpo import DPOTrainConfig
+from pipelines.runlog import save_config
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+
+
+def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny_model, models_dir):
+    def messages(role, text):
+        return json.dumps([{"role": role, "content": text}])
+
+    pairs = [{"pair_id": f"p{i}", "prompt": messages("user", f"What is {i} plus {i}?"),
+              "chosen": messages("assistant", f"{2 * i}."), "rejected": messages("assistant", f"I won't say, {i}.")}
+             for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "inputs.parquet")
+    save_config(DPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=3, batch_size=2,
+                               max_length=96, lora_r=4, lora_alpha=8, eval_share=0.25), tmp_path / "config.json")
+    result = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.dpo",
+                             "--config", str(tmp_path / "config.json")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    statuses = [e["status"] for e in events]
+    assert statuses.count("started") == 1 and statuses.count("succeeded") == 1 and statuses[-1] == "succeeded"
+    assert events[0]["message"].endswith("on 2 processes")  # two ranks really ran
+    train_steps = [e["step"] for e in events if "loss" in e.get("metrics", {})]
+    assert train_steps == [1, 2, 3]
+    meta = json.loads((tmp_path / "model" / "studio_model.json").read_text())
+    assert meta["kind"] == "policy" and meta["method"] == "dpo"
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
