@@ -14,6 +14,7 @@ objective and the clipped value loss. Logged: reward, KL, response length, entro
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,10 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Not data-parallel yet: each rank would train its own copy into the same folder.
+        raise ValueError("the studio's PPO runs in one process; start it without accelerate launch "
+                         "(GRPO and RLOO run on several GPUs)")
     run_dir = log.path.parent
     placement = placement_of(config)
     torch.manual_seed(config.seed)

@@ -19,6 +19,17 @@ from pipelines.runlog import save_config
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 
+def launch(tmp_path, module: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module,
+                           "--config", str(tmp_path / "config.json")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def events_of(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+
+
 def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny_model, models_dir):
     def messages(role, text):
         return json.dumps([{"role": role, "content": text}])
@@ -29,12 +40,9 @@ def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny
     pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "inputs.parquet")
     save_config(DPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=3, batch_size=2,
                                max_length=96, lora_r=4, lora_alpha=8, eval_share=0.25), tmp_path / "config.json")
-    result = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pipelines.dpo",
-                             "--config", str(tmp_path / "config.json")],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = launch(tmp_path, "pipelines.dpo")
     assert result.returncode == 0, result.stderr[-3000:]
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = events_of(tmp_path)
     statuses = [e["status"] for e in events]
     assert statuses.count("started") == 1 and statuses.count("succeeded") == 1 and statuses[-1] == "succeeded"
     assert events[0]["message"].endswith("on 2 processes")  # two ranks really ran
@@ -43,3 +51,14 @@ def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny
     meta = json.loads((tmp_path / "model" / "studio_model.json").read_text())
     assert meta["kind"] == "policy" and meta["method"] == "dpo"
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_ppo_on_two_ranks_is_refused_with_a_reason(tmp_path, tiny_model, models_dir):
+    from pipelines.ppo import PPOTrainConfig
+
+    save_config(PPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir)), tmp_path / "config.json")
+    assert launch(tmp_path, "pipelines.ppo").returncode != 0
+    events = events_of(tmp_path)
+    assert [e["status"] for e in events] == ["started", "failed"]
+    assert "the studio's PPO runs in one process" in events[-1]["message"]
+    assert not (tmp_path / "model").exists()
