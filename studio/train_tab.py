@@ -204,6 +204,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     plotted = gr.CheckboxGroup(list(first_run_method.plotted), value=list(first_run_method.plotted_first),
                                label="Metrics plotted", elem_id="train-plotted")
     last_shown = gr.State(None)
+    # The ticked metrics, kept apart from the checkboxes: the timer reads this, for a tick sent while
+    # a newly picked run changes the checkboxes' choices would carry the old run's names, which
+    # Gradio refuses ("Value: 'accuracy' is not in the list of choices").
+    ticked = gr.State(list(first_run_method.plotted_first))
 
     def switch_method(label):
         """Each setting shows when the method has it, with that method's default and help."""
@@ -263,7 +267,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         """Show the picked run with the metrics first plotted for its method."""
         method = method_of_run(run_id)
         names = list(method.plotted_first)
-        return (*show(run_id, names), gr.update(choices=list(method.plotted), value=names), shown_state(run_id))
+        return (*show(run_id, names), gr.update(choices=list(method.plotted), value=names), names,
+                shown_state(run_id))
 
     def shown_state(run_id):
         """What the shown summary and plots depend on; the timer redraws only when it changes, so a
@@ -327,10 +332,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
     evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_limit], [started, picked])
-    picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, last_shown])
-    plotted.input(lambda run_id, names: metrics_of(run_id, method_of_run(run_id), names) if run_id else None,
-                  [picked, plotted], metrics_plot)
-    gr.Timer(2.0).tick(tick, [picked, plotted, last_shown], [summary, loss_plot, metrics_plot, last_shown],
+    picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, ticked, last_shown])
+    plotted.input(lambda run_id, names: (metrics_of(run_id, method_of_run(run_id), names) if run_id else None, names),
+                  [picked, plotted], [metrics_plot, ticked])
+    gr.Timer(2.0).tick(tick, [picked, ticked, last_shown], [summary, loss_plot, metrics_plot, last_shown],
                        show_progress="hidden")
 
     def refresh(label):

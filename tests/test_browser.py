@@ -351,6 +351,33 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
         assert store.query("SELECT name, purpose FROM models") == [{"name": "rm-run1", "purpose": "reward"}]
 
 
+def test_train_tab_starts_another_method_from_an_empty_page_without_an_error(tmp_path, mini_workspace, tiny_model,
+                                                                            browser):
+    """The page opens with the reward model's metric choices (no run yet); a DPO run started there
+    swaps them for DPO's while the 2 s timer runs, which must never show a refused-value error."""
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("DPO", exact=True).check()
+        page.get_by_label("Base model").fill(str(tiny_model))
+        page.get_by_role("spinbutton", name="Max steps").fill("2")
+        page.get_by_role("spinbutton", name="Batch size").fill("2")
+        page.get_by_role("spinbutton", name="Max tokens").fill("128")
+        page.get_by_role("button", name="Start training").click()
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=30_000)
+        page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=240_000)
+        page.wait_for_timeout(4_000)  # two more timer ticks
+        assert page.locator("#train-plotted").get_by_label("rewards/margins", exact=True).is_checked()
+        assert page.locator("#train-plotted").get_by_label("accuracy", exact=True).count() == 0
+        errors = [t for t in page.locator(".toast-body, .error").all_inner_texts() if t.strip()]
+        assert not errors, errors
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_workspace, browser):
     """The page opens on the newest run (a PPO one here) without a pick; its metric choices must be PPO's."""
     with mini_workspace.open_store() as store:
