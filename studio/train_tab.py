@@ -26,7 +26,7 @@ Pairs take their preference from labels given here, else from the file they came
 methods ({", ".join(m.label for m in METHODS.values() if m.online)}) need a trained reward model.
 Training runs a few seconds a step on a CPU with the default model; a GPU is much faster.
 """
-# Chosen beside the form, not fields of it: what the method reads.
+# Settings shown in the top row, beside the method and its data, not in the rows of settings.
 INPUT_FIELDS = ("base",)
 
 
@@ -50,15 +50,15 @@ def shown_value(f: dataclasses.Field):
 
 def setting_component(f: dataclasses.Field, visible: bool):
     """The form control of one config field: its label, help, default and type from the field."""
-    kind, common = value_type(f), dict(label=label_of(f), info=help_of(f), visible=visible,
+    kind, common = value_type(f), dict(value=shown_value(f), label=label_of(f), info=help_of(f), visible=visible,
                                        elem_id=f"train-{f.name.replace('_', '-')}")
     if kind is bool:
-        return gr.Checkbox(value=default_of(f), **common)
+        return gr.Checkbox(**common)
     if f.metadata.get("choices"):
-        return gr.Dropdown(list(f.metadata["choices"]), value=default_of(f), **common)
+        return gr.Dropdown(list(f.metadata["choices"]), **common)
     if kind in (int, float):
-        return gr.Number(value=default_of(f), precision=0 if kind is int else None, **common)
-    return gr.Textbox(value=shown_value(f), **common)
+        return gr.Number(precision=0 if kind is int else None, **common)
+    return gr.Textbox(**common)
 
 
 def form_value(f: dataclasses.Field, value):
