@@ -3,8 +3,9 @@
 A compared pair holds one prompt and two models' answers, with the model of each side kept on the
 pair. An arena vote is a label on such a pair (left shown = first), so votes feed the next reward
 model and DPO run like any other label. The leaderboard counts every label given on a compared pair
-(arena votes and labels from the Label tab alike) and rates the models with Elo, votes taken in
-the order given; a tie and "both bad" count half a win each, as in Chatbot Arena.
+(arena votes and labels from the Label tab alike) and rates the models with a Bradley-Terry fit and
+bootstrap 95% intervals (as Chatbot Arena does: unlike online Elo, the fit does not depend on the
+order of the votes); online Elo stays beside it. A tie and "both bad" count half a win each.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 
 from common.errors import StudioError
+from common.stats import bradley_terry, bradley_terry_intervals
 from store.db import Store, content_hash, is_empty_response, prompt_key, response_key
 from store.imports import ensure_dataset
 from store.labelling import check_annotator, verdict_for
@@ -19,6 +21,7 @@ from store.labelling import check_annotator, verdict_for
 ARENA_DATASET = "arena"
 ELO_START = 1000.0
 ELO_K = 32.0
+MIN_BATTLES_TO_RANK = 10  # fewer battles per model: the leaderboard says the order is not settled
 
 
 class ArenaError(StudioError, ValueError):
@@ -74,7 +77,9 @@ def record_vote(store: Store, prompt: list[dict], left: tuple[str, list[dict]], 
 
 def leaderboard(store: Store) -> list[dict]:
     """One row per model that took part in a labelled comparison: battles, wins, losses, ties,
-    both-bad and Elo rating, best first. A model compared with itself is not counted."""
+    both-bad, the Bradley-Terry rating with its bootstrap 95% interval (`rating`, `rating_low`,
+    `rating_high`), online Elo, and `ranked` (enough battles to read its place), best first. A model
+    compared with itself is not counted."""
     votes = store.query("""
         SELECT p.first_model AS a, p.second_model AS b, l.verdict
         FROM labels l JOIN pairs p ON p.id = l.pair_id
@@ -82,6 +87,7 @@ def leaderboard(store: Store) -> list[dict]:
           AND l.verdict <> 'skip'
         ORDER BY l.id""")
     board: dict[str, dict] = {}
+    battles = []
 
     def entry(model: str) -> dict:
         return board.setdefault(model, {"model": model, "battles": 0, "wins": 0, "losses": 0, "ties": 0,
@@ -90,6 +96,7 @@ def leaderboard(store: Store) -> list[dict]:
     for v in votes:
         a, b = entry(v["a"]), entry(v["b"])
         score_a = {"first": 1.0, "second": 0.0}.get(v["verdict"], 0.5)
+        battles.append((v["a"], v["b"], score_a))
         expected_a = 1.0 / (1.0 + 10 ** ((b["elo"] - a["elo"]) / 400))
         a["elo"] += ELO_K * (score_a - expected_a)
         b["elo"] -= ELO_K * (score_a - expected_a)
@@ -103,9 +110,14 @@ def leaderboard(store: Store) -> list[dict]:
                 side["ties"] += 1
             else:
                 side["both_bad"] += 1
+    ratings = bradley_terry(battles)
+    intervals = bradley_terry_intervals(battles) if battles else {}
     for row in board.values():
         row["elo"] = round(row["elo"], 1)
-    return sorted(board.values(), key=lambda r: (-r["elo"], r["model"]))
+        row["rating"] = round(ratings[row["model"]], 1)
+        row["rating_low"], row["rating_high"] = (round(x, 1) for x in intervals[row["model"]])
+        row["ranked"] = row["battles"] >= MIN_BATTLES_TO_RANK
+    return sorted(board.values(), key=lambda r: (-r["rating"], r["model"]))
 
 
 def reward_win_rate(store: Store, dataset: str, reward_model: str) -> dict | None:

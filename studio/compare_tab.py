@@ -13,7 +13,7 @@ import gradio as gr
 
 from pipelines.chat import ChatModels, Sampling
 from store import Store
-from store.arena import ARENA_DATASET, leaderboard, record_vote
+from store.arena import ARENA_DATASET, MIN_BATTLES_TO_RANK, leaderboard, record_vote
 from store.labelling import LabelError
 from store.queries import dataset_names
 from studio.rendering import as_chat
@@ -22,7 +22,7 @@ from studio.runner import Runner
 
 VOTE_BUTTONS = [("Left is better", "vote-left", "left"), ("Right is better", "vote-right", "right"),
                 ("Tie", "vote-tie", "tie"), ("Both bad", "vote-both-bad", "both-bad")]
-LEADERBOARD_COLUMNS = ["model", "Elo", "battles", "wins", "losses", "ties", "both bad"]
+LEADERBOARD_COLUMNS = ["model", "rating (95% interval)", "battles", "wins", "losses", "ties", "both bad", "online Elo"]
 STREAM_EVERY_S = 0.05  # the page is updated at most this often while answers stream
 
 
@@ -41,7 +41,9 @@ def side_by_side(left, right):
 
 
 def leaderboard_rows(store: Store) -> list[list]:
-    return [[r["model"], r["elo"], r["battles"], r["wins"], r["losses"], r["ties"], r["both_bad"]]
+    return [[r["model"], f"{r['rating']:.0f} ({r['rating_low']:.0f}-{r['rating_high']:.0f})"
+             + ("" if r["ranked"] else f", fewer than {MIN_BATTLES_TO_RANK} battles: not settled"),
+             r["battles"], r["wins"], r["losses"], r["ties"], r["both_bad"], r["elo"]]
             for r in leaderboard(store)]
 
 
@@ -101,7 +103,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
     status = gr.Markdown(elem_id="compare-status")
     with gr.Accordion("Leaderboard", open=True):
         gr.Markdown("Every labelled comparison of two models counts: arena votes and labels given in the Label "
-                    "tab on compared pairs. Elo starts at 1000; ties and 'both bad' count half a win.")
+                    "tab on compared pairs. Ratings are a Bradley-Terry fit on the Elo scale (1000 = average, "
+                    "+200 = wins about 3 of 4 against it) with a 95% bootstrap interval: two models whose "
+                    "intervals overlap are not clearly ranked. Ties and 'both bad' count half a win; online "
+                    "Elo (which depends on the order of the votes) is kept for reference.")
         board = gr.Dataframe(leaderboard_rows(store), headers=LEADERBOARD_COLUMNS, interactive=False,
                              elem_id="leaderboard")
     state = gr.State(None)

@@ -2,9 +2,11 @@
 batch comparison stores both models' answers as pairs ready for labelling."""
 
 import json
+import math
 
 import pytest
 
+from common.stats import bradley_terry, bradley_terry_intervals, wilson_interval, win_summary
 from pipelines.models import default_gguf_path
 from store import import_file
 from store.arena import ELO_K, ELO_START, leaderboard, record_vote, reward_win_rate
@@ -49,6 +51,44 @@ def test_the_leaderboard_counts_votes_and_rates_them_with_elo(store):
     a, c = a + gain, c - gain
     assert [r["model"] for r in leaderboard(store)] == ["a", "c", "b"]
     assert (board["a"]["elo"], board["b"]["elo"], board["c"]["elo"]) == (round(a, 1), round(b, 1), round(c, 1))
+    # The Bradley-Terry rating is the fit of the same three battles, with its bootstrap interval.
+    fit = bradley_terry([("a", "b", 1.0), ("b", "a", 0.0), ("a", "c", 0.5)])
+    for model in "abc":
+        assert board[model]["rating"] == round(fit[model], 1)
+        assert board[model]["rating_low"] <= board[model]["rating"] <= board[model]["rating_high"]
+        assert not board[model]["ranked"]  # three battles rank nobody
+
+
+def test_bradley_terry_matches_a_fit_by_hand_and_ignores_the_order_of_votes():
+    # a beats b 3 times of 4: the MLE has strength ratio 3, i.e. 400 * log10(3) = 190.8 Elo points.
+    fit = bradley_terry([("a", "b", 1.0)] * 3 + [("a", "b", 0.0)], prior=0)
+    assert fit["a"] - fit["b"] == pytest.approx(400 * math.log10(3), abs=1e-6)
+    # Three models, a > b > c with ties: the MLE's score equations hold (each model's expected
+    # score equals its observed score), whatever order the votes came in.
+    battles = [("a", "b", 1.0)] * 6 + [("a", "b", 0.0)] * 2 + [("b", "c", 1.0)] * 5 + [("c", "b", 1.0)] * 3 \
+        + [("a", "c", 0.5)] * 4 + [("c", "a", 0.0)] * 3
+    fit = bradley_terry(battles, prior=0)
+    for model in "abc":
+        observed = expected = 0.0
+        for x, y, s in battles:
+            if model in (x, y):
+                other = y if model == x else x
+                observed += s if model == x else 1 - s
+                expected += 1 / (1 + 10 ** ((fit[other] - fit[model]) / 400))
+        assert expected == pytest.approx(observed, abs=1e-6)
+    assert bradley_terry(battles[::-1], prior=0) == pytest.approx(fit)
+    assert fit["a"] > fit["b"] > fit["c"]
+    # Intervals: seeded (same votes, same intervals), and they shrink as votes add up.
+    few, many = bradley_terry_intervals(battles), bradley_terry_intervals(battles * 10)
+    assert few == bradley_terry_intervals(battles)
+    assert many["a"][1] - many["a"][0] < (few["a"][1] - few["a"][0]) / 2
+
+
+def test_rates_come_with_a_wilson_interval_and_a_verdict():
+    assert wilson_interval(13, 16) == pytest.approx((0.570, 0.934), abs=1e-3)  # the textbook Wilson figures
+    assert win_summary([1, 1, 1, 0.5, 0])["verdict"] == "no clear difference"  # 70% of 5 is not a win
+    assert win_summary([1.0] * 40 + [0.0] * 10)["verdict"] == "better"
+    assert win_summary([0.0] * 40 + [1.0] * 10)["verdict"] == "worse"
 
 
 def test_votes_need_a_voter_and_a_known_answer(store):
