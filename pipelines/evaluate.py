@@ -1,25 +1,26 @@
-"""Evaluate a policy against its base: both answer the same prompts, a reward model scores the
-answers, and the report gives the policy's win rate over the base, the mean reward gain, the KL
-from the base and the change in answer length.
+"""Evaluate a policy against its base: both answer the same prompts, and each judge given says
+which answer is better (`pipelines.judges`): the proxy (the reward model the policy optimised,
+labelled as such), a judge reward model trained on other prompts, and/or a named rule. The report
+gives, per judge, the policy's win rate with its 95% interval (and for reward models the mean
+reward gain with its standard error), plus the KL from the base and the change in answer length.
 
     python -m pipelines.evaluate --config runs/<id>/config.json
 
 Answers are sampled (temperature, seeded) so that the KL estimate is honest: it is the mean over
 the policy's answers of sum_t log pi(y_t) - log pi_base(y_t), the base being the same model with
-the adapter disabled. A tie in reward counts half a win. The reward gain comes with its standard
-error over the prompts, so that a user can tell a gain from noise.
+the adapter disabled.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.errors import StudioError
+from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics
 from pipelines.models import choose_placement, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
@@ -28,9 +29,17 @@ from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
 @dataclass
 class EvaluateConfig:
-    """Compare a policy's answers with its base's, scored by a reward model."""
+    """Compare a policy's answers with its base's, by one or more judges."""
     policy_adapter: str = setting("", "the policy's adapter folder", internal=True)
-    reward_adapter: str = setting("", "the judging reward model's adapter folder", internal=True)
+    proxy_adapter: str = setting("", "the reward model the policy was trained against (its proxy), if any",
+                                 internal=True)
+    judge_adapter: str = setting("", "a reward model trained on prompts disjoint from the policy's and the "
+                                 "proxy's (checked by the studio)", internal=True)
+    judge_name: str = setting("", "the judge reward model's name, for the report", internal=True)
+    proxy_name: str = setting("", "the proxy's name, for the report", internal=True)
+    seen_in_training: int = setting(0, "how many of the prompts the policy trained on (the report says so)",
+                                    internal=True)
+    rule: str = setting("", "judge by a named rule over the two answers as well", choices=["", *RULES])
     models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
@@ -43,7 +52,8 @@ class EvaluateConfig:
 
 
 def answer(model, tokenizer, prompts: list[list[dict]], config: EvaluateConfig, device: str):
-    """Sampled answers (texts) and their token ids, one per prompt."""
+    """Sampled answers (texts) and their token ids, one per prompt; an answer that ended on its own
+    ends with the end-of-sequence id, one cut at max_new_tokens does not."""
     import torch
 
     texts, token_ids = [], []
@@ -78,6 +88,10 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     from transformers import AutoModelForCausalLM
 
     run_dir = log.path.parent
+    if not (config.proxy_adapter or config.judge_adapter or config.rule):
+        raise StudioError("nothing to judge by: give a judge reward model, the proxy or a rule")
+    if config.rule and config.rule not in RULES:
+        raise StudioError(f"unknown rule {config.rule!r}; one of {', '.join(RULES)}")
     placement = choose_placement(config.device, config.dtype)
     meta = read_meta(config.policy_adapter)
     base_path = resolve_model(meta["base"], config.models_dir)
@@ -98,37 +112,39 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     log.progress(2, 4, message="KL from the base")
     policy_logprobs = [sequence_logprob(policy, tokenizer, p, ids, placement.device) for p, ids in zip(prompts, policy_ids)]
     del policy, base
-    log.progress(3, 4, message="scoring with the reward model")
-    reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement)
-
-    def rewards(texts):
-        return score(reward_tokenizer, reward_model, [p + [{"role": "assistant", "content": t}]
-                                                      for p, t in zip(prompts, texts)], config.batch_size)
-
-    policy_rewards, base_rewards = rewards(policy_texts), rewards(base_texts)
     n = len(prompts)
-    gains = [a - b for a, b in zip(policy_rewards, base_rewards)]
-    wins = sum(1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gains)
-    metrics = {
-        "win_rate": wins / n,
-        "reward_policy": sum(policy_rewards) / n,
-        "reward_base": sum(base_rewards) / n,
-        "reward_gain": sum(gains) / n,
-        # Paired: the same prompt answered by both, so prompt-to-prompt spread cancels out.
-        "reward_gain_se": statistics.stdev(gains) / math.sqrt(n) if n > 1 else 0.0,
-        "kl": sum(a - b for a, b in zip(policy_logprobs, base_logprobs)) / n,
-        "length_policy": sum(map(len, policy_ids)) / n,
-        "length_base": sum(map(len, base_ids)) / n,
-    }
+    judged = []  # (role, name, verdict)
+    if config.rule:
+        finish = ["stop" if ids and ids[-1] == tokenizer.eos_token_id else "length" for ids in policy_ids + base_ids]
+        judged.append(("rule", config.rule, by_rule(
+            config.rule, [{"text": t, "finish": f} for t, f in zip(policy_texts, finish[:n])],
+            [{"text": t, "finish": f} for t, f in zip(base_texts, finish[n:])])))
+    scored = {}
+    for role, adapter, name in (("proxy", config.proxy_adapter, config.proxy_name),
+                                ("judge", config.judge_adapter, config.judge_name)):
+        if not adapter:
+            continue
+        log.progress(3, 4, message=f"scoring with the {role} reward model")
+        reward_tokenizer, reward_model = load_reward_model(adapter, placement)
+        scored[role] = tuple(score(reward_tokenizer, reward_model, [p + [{"role": "assistant", "content": t}]
+                                                                    for p, t in zip(prompts, texts)], config.batch_size)
+                             for texts in (policy_texts, base_texts))
+        judged.append((role, name, by_reward(*scored[role])))
+    metrics = {"prompts": n, "kl": sum(a - b for a, b in zip(policy_logprobs, base_logprobs)) / n,
+               "length_policy": sum(map(len, policy_ids)) / n, "length_base": sum(map(len, base_ids)) / n}
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]
-    pq.write_table(pa.Table.from_pylist([
-        {"prompt": json.dumps(p), "policy": a, "base": b, "reward_policy": ra, "reward_base": rb}
-        for p, a, b, ra, rb in zip(prompts, policy_texts, base_texts, policy_rewards, base_rewards)]),
-        run_dir / config.output)
+    for role, _, verdict in judged:
+        metrics.update(flat_metrics(role, verdict))
+    columns = {"prompt": [json.dumps(p) for p in prompts], "policy": policy_texts, "base": base_texts}
+    for role, (policy_rewards, base_rewards) in scored.items():
+        columns[f"{role}_policy"], columns[f"{role}_base"] = policy_rewards, base_rewards
+    pq.write_table(pa.table(columns), run_dir / config.output)
+    lines = [describe(role, verdict, name) for role, name, verdict in judged]
     log.event("succeeded", step=4, total=4, metrics=metrics,
-              message=(f"policy wins {metrics['win_rate']:.0%} of {n} prompts against its base; reward "
-                       f"{metrics['reward_gain']:+.3f} ± {metrics['reward_gain_se']:.3f}, KL {metrics['kl']:.2f}, "
-                       f"length {metrics['length_change']:+.1f} tokens"))
+              message="\n".join(lines + [f"KL from the base {metrics['kl']:.2f}; answer length "
+                                         f"{metrics['length_change']:+.1f} tokens ({n} prompts)"]
+                        + ([f"{config.seen_in_training} of the {n} prompts were in the policy's training data: "
+                            "not held out"] if config.seen_in_training else [])))
 
 
 if __name__ == "__main__":

@@ -3,16 +3,26 @@ TRL's RewardTrainer on preference pairs (pairwise loss: -log sigmoid(r_chosen - 
 
     python -m pipelines.reward --config runs/<id>/config.json
 
-The trained model as an artefact (its meta file, loading it, scoring with it) is
-`pipelines.reward_model`.
+During training it evaluates on a fixed subset of the held-out pairs (`eval_during`), so that
+evaluation does not dominate the run; at the end it scores every held-out pair once and writes the
+report card (`report_card.json`, and each pair's two rewards in `held_out_scores.parquet`):
+accuracy with its 95% interval, length bias, calibration. The trained model as an artefact (its
+meta file, loading it, scoring with it) is `pipelines.reward_model`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.stats import wilson_interval
+from pipelines.reward_model import score
 from pipelines.runlog import RunLog, run_main
-from pipelines.settings import redefault
+from pipelines.settings import redefault, setting
 from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
                                 placement_of, progress_callback, train_and_save, trainer_arguments)
 
@@ -21,6 +31,95 @@ from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_conf
 class RewardTrainConfig(PairTrainSettings):
     """Train a LoRA reward model on preference pairs (TRL RewardTrainer)."""
     learning_rate: float = redefault(PairTrainSettings, "learning_rate", 1e-4)
+    judge_split: str = setting("", "which half of a judge split this model learns from (proxy or judge): the "
+                               "halves share no prompt", internal=True)
+    eval_during: int = setting(200, "held-out pairs evaluated during training (a fixed subset; every held-out "
+                               "pair is scored once at the end)", label="Pairs evaluated during training",
+                               advanced=True)
+
+REPORT_CARD = "report_card.json"
+HELD_OUT_SCORES = "held_out_scores.parquet"
+CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def report_card(rows: list[dict]) -> dict:
+    """What a reward model learned, from its rewards on held-out pairs: rows of {reward_chosen,
+    reward_rejected, length_chosen, length_rejected} (lengths in tokens).
+
+    - accuracy: share of pairs where the chosen answer gets the higher reward (a tie counts half),
+      with its 95% interval;
+    - length bias: accuracy on the pairs whose chosen answer is the longer one and on those where it
+      is the shorter one, and how often the reward model prefers the longer answer against how often
+      the labels do (pairs of equal length left out);
+    - calibration: the model's confidence in the side it prefers, sigmoid(|margin|), in bins, against
+      how often that side is the chosen one; the summary is the expected calibration error (the bins'
+      gaps weighted by their pairs).
+    """
+    n = len(rows)
+    wins = [1.0 if r["reward_chosen"] > r["reward_rejected"] else 0.5 if r["reward_chosen"] == r["reward_rejected"]
+            else 0.0 for r in rows]
+    low, high = wilson_interval(sum(wins), n)
+    card = {"pairs": n, "accuracy": sum(wins) / n if n else float("nan"), "accuracy_low": low, "accuracy_high": high}
+    longer = [(w, r) for w, r in zip(wins, rows) if r["length_chosen"] > r["length_rejected"]]
+    shorter = [(w, r) for w, r in zip(wins, rows) if r["length_chosen"] < r["length_rejected"]]
+    for name, group in (("chosen_longer", longer), ("chosen_shorter", shorter)):
+        card[f"{name}_pairs"] = len(group)
+        card[f"accuracy_{name}"] = sum(w for w, _ in group) / len(group) if group else None
+    unequal = len(longer) + len(shorter)
+    rm_longer = sum(1 for _, r in longer if r["reward_chosen"] > r["reward_rejected"]) + \
+        sum(1 for _, r in shorter if r["reward_rejected"] > r["reward_chosen"])
+    card["rm_prefers_longer"] = rm_longer / unequal if unequal else None
+    card["labels_prefer_longer"] = len(longer) / unequal if unequal else None
+    # Confidence in the preferred side: sigmoid(|margin|), which is the Bradley-Terry probability.
+    confident = [(1 / (1 + math.exp(-abs(r["reward_chosen"] - r["reward_rejected"]))), w) for w, r in zip(wins, rows)]
+    bins = []
+    for lo, hi in zip(CALIBRATION_BINS, CALIBRATION_BINS[1:]):
+        members = [(c, w) for c, w in confident if lo <= c < hi or (hi == CALIBRATION_BINS[-1] and c == hi)]
+        if members:
+            bins.append({"from": lo, "to": hi, "pairs": len(members),
+                         "confidence": sum(c for c, _ in members) / len(members),
+                         "observed": sum(w for _, w in members) / len(members)})
+    card["calibration"] = bins
+    card["calibration_error"] = sum(b["pairs"] * abs(b["confidence"] - b["observed"]) for b in bins) / n if n else None
+    return card
+
+
+def describe_card(card: dict) -> list[str]:
+    """The report card as lines a user can read."""
+    def pct(x):
+        return "-" if x is None else f"{x:.0%}"
+
+    lines = [f"accuracy {card['accuracy']:.3f} on {card['pairs']} held-out pairs (95% interval "
+             f"{card['accuracy_low']:.3f}-{card['accuracy_high']:.3f})"]
+    if card["rm_prefers_longer"] is not None:
+        lines.append(f"length: prefers the longer answer in {pct(card['rm_prefers_longer'])} of pairs, the labels in "
+                     f"{pct(card['labels_prefer_longer'])}; accuracy {pct(card['accuracy_chosen_longer'])} when the "
+                     f"chosen answer is the longer ({card['chosen_longer_pairs']} pairs), "
+                     f"{pct(card['accuracy_chosen_shorter'])} when it is the shorter ({card['chosen_shorter_pairs']})")
+    if card["calibration"]:
+        lines.append("calibration (confidence -> observed): " + ", ".join(
+            f"{b['confidence']:.0%} -> {b['observed']:.0%} ({b['pairs']})" for b in card["calibration"])
+            + f"; calibration error {card['calibration_error']:.3f} (0 is perfect)")
+    return lines
+
+
+def score_held_out(model, tokenizer, held_out: list[dict], config: "RewardTrainConfig") -> list[dict]:
+    """Each held-out pair short enough to train on, with both rewards and both answers' lengths."""
+    rows = []
+    for r in held_out:
+        conversations = [r["prompt"] + r["chosen"], r["prompt"] + r["rejected"]]
+        ids = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in conversations]
+        if max(map(len, ids)) > config.max_length:
+            continue  # left out of training and of TRL's evaluation alike
+        head = len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, return_dict=True)["input_ids"])
+        rows.append({"pair_id": r.get("pair_id", ""), "chosen_side": r.get("chosen_side", ""),
+                     "conversations": conversations, "length_chosen": len(ids[0]) - head,
+                     "length_rejected": len(ids[1]) - head})
+    rewards = score(tokenizer, model, [c for row in rows for c in row.pop("conversations")], config.batch_size,
+                    config.max_length)
+    for i, row in enumerate(rows):
+        row["reward_chosen"], row["reward_rejected"] = rewards[2 * i], rewards[2 * i + 1]
+    return rows
 
 
 def run(config: RewardTrainConfig, log: RunLog) -> None:
@@ -38,21 +137,38 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     args = RewardConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
                         max_length=config.max_length)
     callback = progress_callback(log)
+    during = held_out[:config.eval_during] if config.eval_during > 0 else held_out
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
-                            eval_dataset=Dataset.from_list(held_out) if held_out else None,
+                            eval_dataset=Dataset.from_list(during) if held_out else None,
                             processing_class=tokenizer, callbacks=[callback],
                             peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]))
     dropped = len(train) - len(trainer.train_dataset)
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
               + (f" ({dropped} longer than {config.max_length} tokens left out)" if dropped else "")
-              + (f", evaluating on {len(trainer.eval_dataset)}" if held_out else ""))
-    final = train_and_save(trainer, callback, config, log, "reward", "rm", held_out, "eval_accuracy")
+              + (f", evaluating on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs during the run"
+                 if held_out else ""))
+    # No separate final evaluation of the subset: every held-out pair is scored below.
+    final = train_and_save(trainer, callback, config, log, "reward", "rm")
     if final is None:
         return
-    accuracy = f"eval accuracy {final['eval_accuracy']:.3f} on {len(trainer.eval_dataset)} pairs" \
-        if "eval_accuracy" in final else "no eval pairs"
-    log.event("succeeded", step=trainer.state.global_step,
-              message=f"reward model trained ({trainer.state.global_step} steps); {accuracy}")
+    steps = trainer.state.global_step
+    if not held_out:
+        log.event("succeeded", step=steps, message=f"reward model trained ({steps} steps); no held-out pairs")
+        return
+    log.event("running", step=steps, message=f"evaluating on all {len(held_out)} held-out pairs")
+    rows = []
+    if trainer.accelerator.is_main_process:
+        trainer.model.eval()
+        rows = score_held_out(trainer.model, tokenizer, held_out, config)
+        pq.write_table(pa.Table.from_pylist(rows), run_dir / HELD_OUT_SCORES)
+    card = report_card(rows)
+    if trainer.accelerator.is_main_process:
+        (run_dir / REPORT_CARD).write_text(json.dumps(card, indent=2))
+    metrics = {f"card/{k}": v for k, v in card.items() if isinstance(v, (int, float))}
+    metrics.update(eval_accuracy=card["accuracy"], eval_accuracy_low=card["accuracy_low"],
+                   eval_accuracy_high=card["accuracy_high"], eval_pairs=card["pairs"])
+    log.event("succeeded", step=steps, metrics=metrics,
+              message=f"reward model trained ({steps} steps); " + "; ".join(describe_card(card)))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,9 @@ def progress_callback(log: RunLog):
             log.progress(state.global_step, state.max_steps, metrics=metrics)
 
         def on_step_end(self, args, state, control, **kwargs):
+            if control.should_evaluate:  # set by the trainer's flow callback, which runs first
+                log.event("running", step=state.global_step, total=state.max_steps,
+                          message=f"evaluating at step {state.global_step}")
             if log.cancel_requested:
                 self.cancelled = True
                 control.should_save = True

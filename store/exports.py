@@ -111,7 +111,8 @@ def unpaired_records(store: Store, dataset: str | None = None) -> tuple[list[dic
 
 def preference_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
     """The pairs (of one dataset, or all) with a preference, as conversational records
-    {pair_id, prompt, chosen, rejected} (message lists), and the count of those left out, by why."""
+    {pair_id, prompt, chosen, rejected} (message lists) and chosen_side (first or second: which side
+    of the stored pair was preferred), and the count of those left out, by why."""
     records, left_out = [], {}
     for row in _pairs_with_preference(store, dataset):
         if row["verdict"] is None:
@@ -120,7 +121,7 @@ def preference_records(store: Store, dataset: str | None = None) -> tuple[list[d
         first, second = json.loads(row["first"]), json.loads(row["second"])
         chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
         records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "chosen": chosen,
-                        "rejected": rejected})
+                        "rejected": rejected, "chosen_side": row["verdict"]})
     return records, left_out
 
 

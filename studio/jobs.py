@@ -8,10 +8,13 @@ Training methods come from `studio.methods.METHODS`; the other kinds are listed 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import pyarrow.parquet as pq
 
 from common.errors import StudioError
 from pipelines.compare import CompareConfig
@@ -23,6 +26,7 @@ from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import ConfigError, config_from
 from store import Store
+from store.db import prompt_key
 from store.exports import ExportError, preference_records, unpaired_records
 from store.queries import dataset_prompts, unscored_responses
 from store.runs import (record_adapter, record_compared, record_export, record_generated, record_perplexities,
@@ -194,21 +198,97 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
     return runner.start(method, config, {config.inputs: records, **({EVAL_INPUTS: held_out} if held_out else {})})
 
 
-def start_evaluation(runner, policy_run: int, reward_run: int, prompts: str, limit: int = EVAL_PROMPTS,
-                     **settings) -> int:
-    """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its
-    base, score both with the reward model of `reward_run`, and report win rate, reward gain,
-    KL and length change (stored as the evaluation run's metrics)."""
-    policy = model_path(runner.store, "policy", run_id=policy_run)
+def split_by_prompt(records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """Two halves of a dataset's records that share no prompt: the prompts ordered by a seeded hash
+    and cut in half (every record of a prompt goes with it)."""
+    by_prompt: dict[str, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(prompt_key(json.loads(r["prompt"])), []).append(r)
+    order = sorted(by_prompt, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    half = len(order) // 2
+    return ([r for k in order[:half] for r in by_prompt[k]], [r for k in order[half:] for r in by_prompt[k]])
+
+
+def start_judge_split(runner, dataset: str, **settings) -> tuple[int, int]:
+    """Two reward models from one dataset's labelled pairs, split by prompt: the proxy (for the
+    online methods to optimise) on one half and the judge (to evaluate policies by) on the other.
+    Returns the two run ids."""
+    m = METHODS["rm"]
+    records = training_records(runner.store, dataset, m.reads)
+    proxy_half, judge_half = split_by_prompt(records, settings.get("seed", 0))
+    if not proxy_half or not judge_half:
+        raise RunError(f"dataset '{dataset}' has pairs on only {len(proxy_half) + len(judge_half) and 1} prompt: a "
+                       "judge split needs two or more prompts")
+    runs = []
+    for role, half in (("proxy", proxy_half), ("judge", judge_half)):
+        config = make_config(m.config, m.label, judge_split=role, models_dir=str(runner.workspace.models_dir),
+                             **settings)
+        runs.append(runner.start("rm", config, {config.inputs: half}))
+    return runs[0], runs[1]
+
+
+def trained_prompts(runner, run_id: int) -> set[str]:
+    """The ids of every prompt a training run read (its pairs or prompts, held-out share included,
+    and its eval dataset), from the input files in its folder."""
+    folder = runner.workspace.runs_dir / str(run_id)
+    config = json.loads((folder / "config.json").read_text())
+    keys = set()
+    for name in (config.get("inputs"), config.get("eval_inputs")):
+        if name and (folder / name).is_file():
+            table = pq.read_table(folder / name)
+            if "prompt_id" in table.column_names:
+                keys.update(table.column("prompt_id").to_pylist())
+            else:
+                keys.update(prompt_key(json.loads(p)) for p in table.column("prompt").to_pylist())
+    return keys
+
+
+def _reward_model_of(store: Store, path: str) -> dict | None:
+    rows = store.query("SELECT name, run_id FROM models WHERE path = ? AND purpose = 'reward'", [path])
+    return rows[0] if rows else None
+
+
+def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | None = None, rule: str = "",
+                     limit: int = EVAL_PROMPTS, **settings) -> int:
+    """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its base,
+    and judge the answers by the policy's proxy (the reward model it was trained against, if any),
+    by the reward model of `judge_run` (refused unless it was trained on prompts that neither the
+    policy nor the proxy saw) and/or by a named `rule`. Reports per judge the win rate with its
+    interval, and the KL and length change (stored as the evaluation run's metrics)."""
+    store = runner.store
+    policy = model_path(store, "policy", run_id=policy_run)
     if not policy:
         raise RunError(f"run {policy_run} did not train a policy (train one: alignstudio train "
                        f"{'|'.join(m.name for m in METHODS.values() if m.makes == 'policy')})")
-    reward = model_path(runner.store, "reward", run_id=reward_run)
-    if not reward:
-        raise RunError(f"run {reward_run} did not train a reward model")
-    config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, reward_adapter=reward,
-                         models_dir=str(runner.workspace.models_dir), **settings)
-    return runner.start("evaluate", config, {config.inputs: prompts_of(runner.store, prompts, limit)})
+    policy_config = json.loads(runner.get(policy_run)["config"])
+    proxy = _reward_model_of(store, policy_config.get("reward_adapter") or "")
+    fields = {"proxy_adapter": policy_config["reward_adapter"], "proxy_name": proxy["name"]} if proxy else {}
+    if judge_run is not None:
+        judge = model_path(store, "reward", run_id=judge_run)
+        if not judge:
+            raise RunError(f"run {judge_run} did not train a reward model")
+        if proxy and proxy["run_id"] == judge_run:
+            raise RunError(f"run {judge_run} trained the reward model this policy optimised (its proxy): it cannot "
+                           "judge it independently; its verdict is shown as the proxy's anyway. Judge by a reward "
+                           "model trained on other prompts (alignstudio train rm --judge-split) or by a rule")
+        # Independent = no labelled pair in common by prompt with what taught the policy: its own
+        # pairs (offline methods) or its proxy's (online methods, whose prompts carry no labels).
+        taught_by = ("its proxy", proxy["run_id"]) if proxy else ("the policy", policy_run)
+        shared = len(trained_prompts(runner, judge_run) & trained_prompts(runner, taught_by[1]))
+        if shared:
+            raise RunError(f"the reward model of run {judge_run} is not an independent judge: it was trained on "
+                           f"{shared} prompts that {taught_by[0]} (run {taught_by[1]}) was trained on too. Train one on "
+                           "the other prompts (alignstudio train rm --judge-split, or a dataset that shares no "
+                           "prompt with it), or judge by a rule")
+        fields.update(judge_adapter=judge, judge_name=_reward_model_of(store, judge)["name"])
+    if not fields and not rule:
+        raise RunError(f"run {policy_run}'s policy has no proxy reward model to report; give a judge: a reward model "
+                       "trained on other prompts (judge run) or a rule")
+    rows = prompts_of(store, prompts, limit)
+    seen = len({r["prompt_id"] for r in rows} & trained_prompts(runner, policy_run))
+    config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, rule=rule, seen_in_training=seen,
+                         models_dir=str(runner.workspace.models_dir), **fields, **settings)
+    return runner.start("evaluate", config, {config.inputs: rows})
 
 
 def start_export(runner, run_id: int | None = None, model: str | None = None,

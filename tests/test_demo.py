@@ -4,7 +4,7 @@ for labels and goes on from them."""
 import json
 
 from studio.cli import main as cli_main
-from studio.demo import heuristic_verdict
+from pipelines.judges import heuristic_verdict
 
 
 def test_the_heuristic_labeller_follows_its_stated_rule():

@@ -35,7 +35,7 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL)
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
-    assert "eval accuracy" in run["message"]
+    assert "held-out pairs (95% interval" in run["message"]
 
     metrics = hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])
     names = {m["name"] for m in metrics}
@@ -58,8 +58,21 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     batches = [held_out[i:i + 2] for i in range(0, len(held_out), 2)]
     rewards = [score(tokenizer, rm, [p["prompt"] + p[side] for side in ("chosen", "rejected") for p in batch])
                for batch in batches]
+    trl_final = {m["name"]: m["value"] for m in hh40.query(
+        """SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? AND name LIKE 'eval_%reward'
+           GROUP BY name""", [run_id])}
     for stat, name in ((min, "eval_min_reward"), (max, "eval_max_reward"), (lambda r: sum(r) / len(r), "eval_mean_reward")):
-        assert sum(stat(r) for r in rewards) / len(rewards) == pytest.approx(final[name], abs=1e-5)
+        assert sum(stat(r) for r in rewards) / len(rewards) == pytest.approx(trl_final[name], abs=1e-5)
+    # At the end every held-out pair that fits is scored once, by the saved model too, and the
+    # report card's accuracy (with its interval) is counted from those scores.
+    card = json.loads((folder / "report_card.json").read_text())
+    scored = pq.read_table(folder / "held_out_scores.parquet").to_pylist()
+    assert card["pairs"] == len(scored) == len(held_out)
+    again = score(tokenizer, rm, [p["prompt"] + p[side] for p in held_out for side in ("chosen", "rejected")])
+    assert [x for r in scored for x in (r["reward_chosen"], r["reward_rejected"])] == pytest.approx(again, abs=1e-5)
+    assert card["accuracy"] == pytest.approx(sum(r["reward_chosen"] > r["reward_rejected"] for r in scored) / len(scored))
+    assert final["eval_accuracy"] == card["accuracy"] and final["eval_pairs"] == len(scored)
+    assert final["eval_accuracy_low"] <= card["accuracy"] <= final["eval_accuracy_high"]
     # The score head was saved: a fresh random head would not reproduce these.
     assert (workspace.runs_dir / str(run_id) / "model" / "adapter_model.safetensors").is_file()
 

@@ -1,0 +1,85 @@
+"""Judges of a policy against its base: who says which answer is better, and how sure.
+
+- **proxy**: the reward model the policy was trained against. Its verdict is always labelled: a
+  policy optimised against a reward model raises that reward whether or not it got better.
+- **judge**: a reward model trained on pairs that share no prompt with the policy's (or the
+  proxy's) training data. The studio checks the disjointness before calling it a judge.
+- **rule**: a named, transparent rule over two answers (below), for when the labels came from
+  that rule: it is then the gold standard the reward model only imitates.
+
+Each verdict is a win rate over prompts (a tie counts half) with its 95% Wilson interval, and
+for reward models the mean score gain with its standard error. An interval that includes 50% is
+"no clear difference", never a win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from common.stats import mean_and_se, win_summary
+
+ROLES = {
+    "proxy": "proxy: the reward model this policy optimised; it cannot tell improvement from reward hacking",
+    "judge": "judge reward model: trained on prompts the policy and its proxy never saw",
+    "rule": "rule",
+}
+
+# The heuristic labeller's rule, written once: the demo's labeller, the rule judge, the CLI's help,
+# the Home tab and the README quote it.
+HEURISTIC_RULE = ("an answer that ended on its own beats one cut off by the length limit; between two that "
+                  "both ended (or both were cut), the one with fewer repeated words (share of distinct words, "
+                  "to 0.05); then the shorter one; else a tie")
+
+
+def heuristic_verdict(first: dict, second: dict) -> str:
+    """first, second: {'text', 'finish'} (finish 'stop' or 'length'); 'first', 'second' or 'tie'
+    (HEURISTIC_RULE)."""
+    def distinct(text: str) -> float:
+        words = text.lower().split()
+        return round(len(set(words)) / len(words) / 0.05) * 0.05 if words else 0.0
+
+    keys = [((r["finish"] == "stop"), distinct(r["text"]), -len(r["text"].split())) for r in (first, second)]
+    if keys[0] == keys[1]:
+        return "tie"
+    return "first" if keys[0] > keys[1] else "second"
+
+
+@dataclass(frozen=True)
+class Rule:
+    description: str
+    verdict: Callable[[dict, dict], str]
+
+
+RULES = {"heuristic": Rule(HEURISTIC_RULE, heuristic_verdict)}
+
+
+def by_rule(rule: str, policy: list[dict], base: list[dict]) -> dict:
+    """The rule's verdict on each prompt's two answers ({'text', 'finish'}), summed up."""
+    outcomes = [{"first": 1.0, "second": 0.0}.get(RULES[rule].verdict(p, b), 0.5) for p, b in zip(policy, base)]
+    return win_summary(outcomes)
+
+
+def by_reward(policy_rewards: list[float], base_rewards: list[float]) -> dict:
+    """A reward model's verdict: win rate (higher reward wins, equal is a tie) and mean gain."""
+    gains = [p - b for p, b in zip(policy_rewards, base_rewards)]
+    summary = win_summary([1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gains])
+    # Paired: the same prompt answered by both, so prompt-to-prompt spread cancels out.
+    summary["gain"], summary["gain_se"] = mean_and_se(gains)
+    summary["policy"], summary["base"] = mean_and_se(policy_rewards)[0], mean_and_se(base_rewards)[0]
+    return summary
+
+
+def describe(role: str, result: dict, name: str = "") -> str:
+    """One line of a report: who judged, the win rate with its interval, and what it means."""
+    who = f"rule '{name}'" if role == "rule" else f"{ROLES[role]} ({name})" if name else ROLES[role]
+    line = (f"{who}: policy wins {result['win_rate']:.0%} of {result['n']} prompts "
+            f"(95% interval {result['win_low']:.0%}-{result['win_high']:.0%}): {result['verdict']}")
+    if "gain" in result:
+        line += f"; reward {result['gain']:+.3f} ± {result['gain_se']:.3f}"
+    return line
+
+
+def flat_metrics(role: str, result: dict) -> dict:
+    """The numbers of a verdict as run metrics, keyed '<role>/<figure>'."""
+    return {f"{role}/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
