@@ -70,3 +70,20 @@ def unscored_responses(store: Store, dataset_id: int, scores: str, model: str) -
         FROM members JOIN responses r USING (id) JOIN prompts pr ON pr.id = r.prompt_id
         WHERE r.id NOT IN (SELECT response_id FROM {scores} WHERE model = $m)
         ORDER BY r.id""", {"d": dataset_id, "m": model})
+
+
+def pair_verdicts(store: Store, pair_ids: list[str]) -> dict[str, dict[str, str]]:
+    """pair_id -> {annotator: 'first' or 'second'} for the given pairs: every label with a side
+    (ties, both-bad and skips left out), and the verdict the pair was imported with as annotator
+    'source'."""
+    if not pair_ids:
+        return {}
+    rows = store.query("""
+        SELECT pair_id, annotator, verdict FROM labels WHERE verdict IN ('first', 'second') AND pair_id IN (SELECT unnest($ids))
+        UNION ALL
+        SELECT id, 'source', source_verdict FROM pairs WHERE source_verdict IN ('first', 'second') AND id IN (SELECT unnest($ids))""",
+                       {"ids": list(pair_ids)})
+    found: dict[str, dict[str, str]] = {}
+    for r in rows:
+        found.setdefault(r["pair_id"], {})[r["annotator"]] = r["verdict"]
+    return found

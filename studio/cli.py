@@ -13,13 +13,14 @@ from common.errors import StudioError
 from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.generate import GenerateConfig
+from pipelines.judges import HEURISTIC_RULE
 from pipelines.perplexity import PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.settings import default_of, help_of, split_list, user_fields, value_type
 from store import EXPORT_FORMATS, FORMATS, ImportFailed, export_pairs, import_file
 from store.imports import DEFAULT_MAX_ROW_BYTES
 from studio import jobs
-from studio.demo import HEURISTIC_RULE, DemoSettings
+from studio.demo import DemoSettings
 from studio.methods import METHODS
 from studio.runner import Runner
 from studio.workspace import ASSETS, Workspace
@@ -179,6 +180,8 @@ def cmd_train(ws: Workspace, args) -> int:
     # Options given win; the others default to what suits the base's size.
     settings = suggested_settings(method.config(), parameter_count(args.base or "default", ws.models_dir))
     settings.update(given_settings(args, method.config))
+    if getattr(args, "judge_split", False):
+        return _judge_split(ws, args, settings)
     if method.online:
         data = dict(prompts=args.prompts, reward_run=args.reward_run)
         what = f"{method.name} on the prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
@@ -187,6 +190,30 @@ def cmd_train(ws: Workspace, args) -> int:
         what = f"{method.name} on '{args.dataset}'"
     return run_job(ws, args, lambda runner: jobs.start_training(runner, method.name, **data, **settings),
                    f"{what} from '{settings.get('base', 'default')}'")
+
+
+def _judge_split(ws: Workspace, args, settings: dict) -> int:
+    """Two reward models on the two prompt-disjoint halves of a dataset: proxy and judge."""
+    if args.eval_dataset:
+        raise jobs.RunError("--judge-split holds out a share of each half; leave out --eval-dataset")
+    with ws.open_store() as store:
+        runner = Runner(store, ws)
+        proxy, judge = jobs.start_judge_split(runner, args.dataset, **settings)
+        print(f"run {proxy} started: the proxy reward model, on one half of the prompts of '{args.dataset}' (for PPO, "
+              f"GRPO and RLOO to optimise)\nrun {judge} started: the judge reward model, on the other half (to evaluate "
+              f"policies by: alignstudio evaluate --judge-run {judge})", flush=True)
+        if args.no_wait:
+            return 0
+        return max(_follow(runner, proxy), _follow(runner, judge))
+
+
+def cmd_rm_report(ws: Workspace, args) -> int:
+    with ws.open_store() as store:
+        lines = jobs.rm_report(Runner(store, ws), args.run)
+    print(f"reward model of run {args.run}:")
+    for line in lines:
+        print(f"  {line}")
+    return 0
 
 
 def cmd_rewards(ws: Workspace, args) -> int:
@@ -198,8 +225,8 @@ def cmd_rewards(ws: Workspace, args) -> int:
 
 def cmd_evaluate(ws: Workspace, args) -> int:
     settings = given_settings(args, EvaluateConfig)
-    return run_job(ws, args, lambda runner: jobs.start_evaluation(runner, args.policy_run, args.reward_run,
-                                                                  args.prompts, args.limit, **settings),
+    return run_job(ws, args, lambda runner: jobs.start_evaluation(runner, args.policy_run, args.prompts, args.judge_run,
+                                                                  limit=args.limit, **settings),
                    f"policy of run {args.policy_run} against its base on '{args.prompts}'")
 
 
@@ -417,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             m.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
             m.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
+        if method.name == "rm":
+            m.add_argument("--judge-split", action="store_true",
+                           help="train two reward models on the two halves of the dataset's prompts: a proxy (for "
+                                "PPO, GRPO, RLOO to optimise) and a judge that shares no prompt with it (to evaluate "
+                                "policies by)")
         config_arguments(m, method.config)
         m.add_argument("--no-wait", action="store_true", help="start the job and return")
         m.set_defaults(func=cmd_train)
@@ -428,15 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_rewards)
 
-    p = sub.add_parser("evaluate", parents=[common], help="policy vs its base, judged by a reward model (a job)")
+    p = sub.add_parser("evaluate", parents=[common], help="policy vs its base, by its proxy and independent judges (a job)",
+                       description="Both answer the same prompts. The policy's proxy (the reward model it was trained "
+                                   "against, if any) is always reported, labelled as such; give at least one "
+                                   "independent judge: --judge-run (a reward model trained on other prompts) or --rule.")
     p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
-    p.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
+    p.add_argument("--judge-run", type=int, help="a reward-model run trained on prompts that share nothing with the "
+                   "policy's or its proxy's training pairs (alignstudio train rm --judge-split makes one)")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
     p.add_argument("--limit", type=int, default=jobs.EVAL_PROMPTS,
                    help=f"at most this many prompts (default: {jobs.EVAL_PROMPTS})")
     config_arguments(p, EvaluateConfig)
     p.add_argument("--no-wait", action="store_true", help="start the job and return")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("rm-report", parents=[common], help="a reward model's report card: accuracy with its interval, "
+                       "length bias, calibration, agreement with each annotator")
+    p.add_argument("run", type=int, help="the run that trained the reward model")
+    p.set_defaults(func=cmd_rm_report)
 
     p = sub.add_parser("export-model", parents=[common], help="merge a policy and export it to GGUF (a job)")
     source = p.add_mutually_exclusive_group(required=True)

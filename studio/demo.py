@@ -8,8 +8,9 @@ Home tab's "Guided run" starts the unattended run in the app. Every stage report
 its figures and how long it took; the report is kept in `<workspace>/demo-report.json`.
 
 The automatic labeller is a plain, stated rule (`HEURISTIC_RULE`), not a judge of quality. The
-demo teaches the model to finish its answers, not ramble, and keep them short, which its evaluation
-can show, and a user can see each verdict in the Label tab (annotator `heuristic`).
+demo teaches the model to finish its answers, not ramble, and keep them short; a user can see each
+verdict in the Label tab (annotator `heuristic`). The evaluation judges the policy by that same
+rule on fresh answers to held-out prompts: the rule is the gold standard the labels came from.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from pipelines.judges import heuristic_verdict
 from pipelines.settings import setting
 from store import Store, import_file
 from store.filtering import FilterError, filter_by_perplexity
@@ -33,12 +35,6 @@ DEMO_PROMPTS = "demo-prompts"
 TRAIN_PROMPTS, HELDOUT_PROMPTS, PAIRS = "demo-train", "demo-heldout", "demo-pairs"
 LABELLER = "heuristic"
 REPORT = "demo-report.json"
-# The heuristic labeller's rule, written once: the CLI's help, the Home tab and the README quote it.
-HEURISTIC_RULE = ("an answer that ended on its own beats one cut off by the length limit; between two that "
-                  "both ended (or both were cut), the one with fewer repeated words (share of distinct words, "
-                  "to 0.05); then the shorter one; else a tie (left out of training)")
-
-
 class DemoStop(Exception):
     """The demo waits for the user (labels); the message says what to do."""
 
@@ -69,18 +65,6 @@ class Stage:
     seconds: float
     summary: str
     figures: dict = field(default_factory=dict)
-
-
-def heuristic_verdict(first: dict, second: dict) -> str:
-    """first, second: {'text', 'finish'}; returns 'first', 'second' or 'tie' (HEURISTIC_RULE)."""
-    def distinct(text: str) -> float:
-        words = text.lower().split()
-        return round(len(set(words)) / len(words) / 0.05) * 0.05 if words else 0.0
-
-    keys = [((r["finish"] == "stop"), distinct(r["text"]), -len(r["text"].split())) for r in (first, second)]
-    if keys[0] == keys[1]:
-        return "tie"
-    return "first" if keys[0] > keys[1] else "second"
 
 
 def auto_label(store: Store, dataset: str) -> dict:
@@ -169,9 +153,10 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     rm_run = jobs.start_training(runner, "rm", PAIRS, max_steps=s.rm_steps, eval_share=0.2, **train)
     job(rm_run)
     m = latest_metrics(store, rm_run)
-    stage("reward model", t, f"run {rm_run}: eval accuracy {m.get('eval_accuracy', float('nan')):.2f}, "
-          f"margin {m.get('eval_margin', float('nan')):.3f} on the held-out pairs",
-          run=rm_run, eval_accuracy=m.get("eval_accuracy"), eval_margin=m.get("eval_margin"))
+    stage("reward model", t, f"run {rm_run}: held-out accuracy {m.get('eval_accuracy', float('nan')):.2f} "
+          f"(95% interval {m.get('eval_accuracy_low', 0):.2f}-{m.get('eval_accuracy_high', 1):.2f}) on "
+          f"{m.get('eval_pairs', 0):.0f} pairs", run=rm_run, eval_accuracy=m.get("eval_accuracy"),
+          eval_accuracy_low=m.get("eval_accuracy_low"), eval_accuracy_high=m.get("eval_accuracy_high"))
 
     t = time.monotonic()
     dpo_run = jobs.start_training(runner, "dpo", PAIRS, max_steps=s.dpo_steps, **train)
@@ -182,11 +167,11 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
           margins=m.get("rewards/margins"), accuracies=m.get("rewards/accuracies"))
 
     t = time.monotonic()
-    run = job(jobs.start_evaluation(runner, dpo_run, rm_run, HELDOUT_PROMPTS, limit=s.eval_prompts,
+    run = job(jobs.start_evaluation(runner, dpo_run, HELDOUT_PROMPTS, rule="heuristic", limit=s.eval_prompts,
                                       max_new_tokens=s.max_new_tokens))
     m = latest_metrics(store, run["id"])
-    stage("evaluate", t, f"run {run['id']}: {run['message']}", run=run["id"], win_rate=m.get("win_rate"),
-          reward_gain=m.get("reward_gain"), reward_gain_se=m.get("reward_gain_se"), kl=m.get("kl"),
+    stage("evaluate", t, f"run {run['id']}: {run['message']}", run=run["id"], win_rate=m.get("rule/win_rate"),
+          win_low=m.get("rule/win_low"), win_high=m.get("rule/win_high"), kl=m.get("kl"),
           length_change=m.get("length_change"))
 
     t = time.monotonic()

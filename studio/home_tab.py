@@ -10,10 +10,11 @@ import time
 import gradio as gr
 
 from common.errors import StudioError
+from pipelines.judges import HEURISTIC_RULE
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.queries import dataset_summaries, run_summaries
-from studio.demo import HEURISTIC_RULE, REPORT, SCALE_UP, DemoSettings, run_demo
+from studio.demo import REPORT, SCALE_UP, DemoSettings, run_demo
 from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
 

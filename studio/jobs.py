@@ -17,18 +17,20 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
+from common.stats import wilson_interval
 from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
 from pipelines.generate import GenerateConfig
 from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
+from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import ConfigError, config_from
 from store import Store
 from store.db import prompt_key
 from store.exports import ExportError, preference_records, unpaired_records
-from store.queries import dataset_prompts, unscored_responses
+from store.queries import dataset_prompts, pair_verdicts, unscored_responses
 from store.runs import (record_adapter, record_compared, record_export, record_generated, record_perplexities,
                         record_rewards)
 from studio.methods import METHODS
@@ -217,8 +219,7 @@ def start_judge_split(runner, dataset: str, **settings) -> tuple[int, int]:
     records = training_records(runner.store, dataset, m.reads)
     proxy_half, judge_half = split_by_prompt(records, settings.get("seed", 0))
     if not proxy_half or not judge_half:
-        raise RunError(f"dataset '{dataset}' has pairs on only {len(proxy_half) + len(judge_half) and 1} prompt: a "
-                       "judge split needs two or more prompts")
+        raise RunError(f"dataset '{dataset}' has labelled pairs on only one prompt: a judge split needs two or more")
     runs = []
     for role, half in (("proxy", proxy_half), ("judge", judge_half)):
         config = make_config(m.config, m.label, judge_split=role, models_dir=str(runner.workspace.models_dir),
@@ -241,6 +242,34 @@ def trained_prompts(runner, run_id: int) -> set[str]:
             else:
                 keys.update(prompt_key(json.loads(p)) for p in table.column("prompt").to_pylist())
     return keys
+
+
+def rm_report(runner, run_id: int) -> list[str]:
+    """The report card of a reward-model run, as lines: accuracy with its interval, length bias and
+    calibration (from the run), and agreement with each annotator of the held-out pairs (from the
+    store: who labelled them which way, and the verdicts their file came with, as 'source')."""
+    run = runner.get(run_id)
+    if run is None or run["kind"] != "rm":
+        raise RunError(f"run {run_id} is not a reward-model run")
+    folder = runner.workspace.runs_dir / str(run_id)
+    if not (folder / REPORT_CARD).is_file():
+        raise RunError(f"run {run_id} has no report card ({'it has not finished' if run['status'] != 'succeeded' else 'it had no held-out pairs, or was trained before report cards existed'})")
+    lines = describe_card(json.loads((folder / REPORT_CARD).read_text()))
+    scored = pq.read_table(folder / HELD_OUT_SCORES).to_pylist()
+    verdicts = pair_verdicts(runner.store, [r["pair_id"] for r in scored if r["pair_id"]])
+    agree: dict[str, list[int]] = {}
+    for r in scored:
+        if r["reward_chosen"] == r["reward_rejected"]:
+            continue
+        rm_side = r["chosen_side"] if r["reward_chosen"] > r["reward_rejected"] else \
+            {"first": "second", "second": "first"}.get(r["chosen_side"])
+        for annotator, verdict in verdicts.get(r["pair_id"], {}).items():
+            agree.setdefault(annotator, []).append(verdict == rm_side)
+    for annotator, hits in sorted(agree.items()):
+        low, high = wilson_interval(sum(hits), len(hits))
+        lines.append(f"agrees with {'the file' if annotator == 'source' else annotator} on {sum(hits) / len(hits):.0%} of "
+                     f"{len(hits)} held-out pairs (95% interval {low:.0%}-{high:.0%})")
+    return lines
 
 
 def _reward_model_of(store: Store, path: str) -> dict | None:

@@ -11,6 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from common.errors import StudioError
+from pipelines.judges import RULES
 from pipelines.settings import default_of, help_of, label_of, split_list, user_fields, value_type
 from pipelines.training import parameter_count, suggested_settings
 from store import Store
@@ -121,7 +122,12 @@ def metric_plot(store: Store, run_id: int, names: list[str], title: str) -> gr.L
     return gr.LinePlot(value=frame, label=label)
 
 
-def run_summary(store: Store, run_id: int) -> str:
+def bullets(lines) -> str:
+    return "".join(f"\n- {line}" for line in lines)
+
+
+def run_summary(runner: Runner, run_id: int) -> str:
+    store = runner.store
     run = store.query("SELECT * FROM runs WHERE id = ?", [run_id])[0]
     config = json.loads(run["config"])
     latest = latest_metrics(store, run_id)
@@ -132,9 +138,20 @@ def run_summary(store: Store, run_id: int) -> str:
         if path else []
     if run["status"] == "running" and "progress" in latest:
         parts.append(f"{latest['progress']:.0%}" + (f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""))
-    if run["message"]:
+    card = []
+    if run["kind"] == "rm" and run["status"] == "succeeded":
+        try:
+            card = jobs.rm_report(runner, run_id)
+        except StudioError:
+            pass  # no held-out pairs, or an older run: its message says what it has
+    if config.get("judge_split"):
+        parts.append(f"the {config['judge_split']} half of a judge split")
+    if run["message"] and not card:
         parts.append(run["message"])
-    text = " · ".join(parts) + "".join(f"\n\nEvaluation (run {e['id']}): {e['message']}" for e in evaluations)
+    text = " · ".join(parts)
+    if card:
+        text += "\n\n**Report card** (held-out pairs)" + bullets(card)
+    text += "".join(f"\n\n**Evaluation (run {e['id']})**" + bullets(e["message"].splitlines()) for e in evaluations)
     method = METHODS.get(run["kind"])
     if method is None or not method.multi_gpu:  # the studio's own PPO runs on one device
         return text
@@ -157,6 +174,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         eval_dataset = gr.Dropdown([""] + names, value="", label="Eval pairs", info="empty: hold out a share")
         reward_run = gr.Dropdown(reward_runs(store), label="Reward model", info="the run that trained it",
                                  visible=FIRST_METHOD.online)
+        judge_split = gr.Checkbox(False, label="Judge split", visible=FIRST_METHOD.name == "rm",
+                                  info="two reward models on the two halves of the prompts: a proxy to optimise and "
+                                       "a judge that shares no prompt with it, to evaluate policies by")
     controls: dict[str, gr.components.Component] = {"base": base}
     main = [f for name, f in fields.items() if name not in INPUT_FIELDS and not f.metadata.get("advanced")]
     advanced = [f for f in fields.values() if f.metadata.get("advanced")]
@@ -183,9 +203,17 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         again = gr.Button("Run again", scale=1, size="sm")
     summary = gr.Markdown(elem_id="train-summary")
     with gr.Accordion("Evaluate a policy against its base", open=False):
+        gr.Markdown("Both answer the same held-out prompts. A policy trained against a reward model is always "
+                    "judged by it too, labelled **proxy**: it rises whether or not the model got better. Pick at "
+                    "least one judge it was not trained against. Each verdict comes with a 95% interval; one that "
+                    "includes 50% says *no clear difference*.")
         with gr.Row():
             eval_prompts = gr.Dropdown(dataset_names(store), label="Held-out prompts", scale=2)
-            eval_reward = gr.Dropdown(reward_runs(store), label="Judged by the reward model", scale=2)
+            eval_reward = gr.Dropdown([("none", "")] + reward_runs(store), value="", scale=2,
+                                      label="Judge reward model",
+                                      info="trained on prompts the policy and its proxy never saw (judge split)")
+            eval_rule = gr.Dropdown([("none", ""), *((f"{name}: {rule.description}", name) for name, rule in RULES.items())],
+                                    value="", label="Judge by a rule", scale=2)
             eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, minimum=1, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
@@ -221,6 +249,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         updates[dataset] = gr.update(label="Prompts" if method.online else "Pairs", choices=choices)
         updates[eval_dataset] = gr.update(visible=not method.online)
         updates[reward_run] = gr.update(visible=method.online, choices=reward_runs(store))
+        updates[judge_split] = gr.update(visible=method.name == "rm")
         return updates
 
     def start_run(values):
@@ -244,6 +273,12 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                     return "**Pick a reward model (train one first).**", gr.update()
                 run_id = jobs.start_training(runner, method.name, prompts=values[dataset],
                                              reward_run=int(values[reward_run]), **settings)
+            elif method.name == "rm" and values[judge_split]:
+                if values[eval_dataset]:
+                    return "**A judge split holds out a share of each half: leave Eval pairs empty.**", gr.update()
+                proxy, judge = jobs.start_judge_split(runner, values[dataset], **settings)
+                return (f"Runs {proxy} (proxy: for PPO, GRPO and RLOO to optimise) and {judge} (judge: to evaluate "
+                        "policies by) started.", gr.update(choices=training_runs(store), value=proxy))
             else:
                 run_id = jobs.start_training(runner, method.name, dataset=values[dataset],
                                              eval_dataset=values[eval_dataset] or None, **settings)
@@ -260,7 +295,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         if not run_id:
             return "Pick a run to follow it.", None, None
         method = method_of_run(run_id)
-        return (run_summary(store, run_id), metric_plot(store, run_id, list(method.losses), "Loss"),
+        return (run_summary(runner, run_id), metric_plot(store, run_id, list(method.losses), "Loss"),
                 metrics_of(run_id, method, names))
 
     def pick(run_id):
@@ -316,22 +351,23 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return [note] + [gr.update(value=settings[name]) for name in suggested]
 
     base.submit(suggest, [kind, base], [sizing, *(controls[name] for name in suggested)])
-    kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run])
-    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, *controls.values()}, [started, picked])
+    kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run, judge_split])
+    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_split, *controls.values()},
+                       [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
 
-    def start_evaluation(run_id, prompts, reward_run_id, limit):
-        if not run_id or not prompts or not reward_run_id:
-            return "**Pick a policy run above, held-out prompts and a reward model.**", gr.update()
+    def start_evaluation(run_id, prompts, judge_run_id, rule, limit):
+        if not run_id or not prompts:
+            return "**Pick a policy run above and held-out prompts.**", gr.update()
         try:
-            new_id = jobs.start_evaluation(runner, int(run_id), int(reward_run_id), prompts,
-                                            int(limit or jobs.EVAL_PROMPTS))
+            new_id = jobs.start_evaluation(runner, int(run_id), prompts, int(judge_run_id) if judge_run_id else None,
+                                           rule or "", limit=int(limit or jobs.EVAL_PROMPTS))
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
-    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_limit], [started, picked])
+    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_rule, eval_limit], [started, picked])
     picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, ticked, last_shown])
     plotted.input(lambda run_id, names: (metrics_of(run_id, method_of_run(run_id), names) if run_id else None, names),
                   [picked, plotted], [metrics_plot, ticked])
@@ -345,5 +381,5 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 gr.update(choices=reward_runs(store)))
 
     tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run]).then(
-        lambda: (gr.update(choices=dataset_names(store)), gr.update(choices=reward_runs(store))),
+        lambda: (gr.update(choices=dataset_names(store)), gr.update(choices=[("none", "")] + reward_runs(store))),
         outputs=[eval_prompts, eval_reward])
