@@ -161,8 +161,12 @@ def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, worksp
 
 def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    reward_run = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0, **SMALL)
-    assert runner.wait(reward_run)["status"] == "succeeded"
+    # A judge split: the proxy (to optimise) and the judge (to evaluate by) share no prompt.
+    reward_run, judge_run = jobs.start_judge_split(runner, "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0,
+                                                   **SMALL)
+    assert runner.wait(reward_run)["status"] == "succeeded" and runner.wait(judge_run)["status"] == "succeeded"
+    halves = [jobs.trained_prompts(runner, r) for r in (reward_run, judge_run)]
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 40 and abs(len(halves[0]) - len(halves[1])) <= 1
     policies = {}
     # GRPO makes its two updates on one batch of answers, so the reward model scores only one batch.
     for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2}, [1]),
@@ -180,17 +184,35 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     with pytest.raises(RunError, match="did not train a reward model"):
         jobs.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model))
 
-    # After a policy run: both answer held-out prompts, the RM judges, the report is stored with the run.
-    evaluation = runner.wait(jobs.start_evaluation(runner, policies["ppo"], reward_run, "hh40", limit=4, max_new_tokens=8))
+    # A reward model is a judge only if it shares no prompt with the proxy's pairs; the proxy is no judge.
+    everything = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
+    assert runner.wait(everything)["status"] == "succeeded"
+    with pytest.raises(RunError, match=rf"not an independent judge: it was trained on {len(halves[0])} prompts that "
+                                       rf"its proxy \(run {reward_run}\)"):
+        jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=everything)
+    with pytest.raises(RunError, match="optimised \\(its proxy\\): it cannot judge it independently"):
+        jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=reward_run)
+
+    # After a policy run: both answer held-out prompts; proxy, judge and rule each give their verdict.
+    evaluation = runner.wait(jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=judge_run,
+                                                   rule="heuristic", limit=4, max_new_tokens=8))
     assert evaluation["status"] == "succeeded", evaluation["message"]
-    assert "against its base" in evaluation["message"]
+    lines = evaluation["message"].splitlines()
+    assert lines[0].startswith("rule 'heuristic': policy wins")
+    assert lines[1].startswith(f"proxy: the reward model this policy optimised; it cannot tell improvement from "
+                               f"reward hacking (rm-run{reward_run}): policy wins")
+    assert lines[2].startswith(f"judge reward model: trained on prompts the policy and its proxy never saw "
+                               f"(rm-run{judge_run})")
+    assert "4 of the 4 prompts were in the policy's training data: not held out" in lines[-1]
     final = {m["name"]: m["value"] for m in hh40.query(
         "SELECT name, value FROM run_metrics WHERE run_id = ?", [evaluation["id"]])}
-    assert 0.0 <= final["win_rate"] <= 1.0
-    assert final["reward_gain"] == pytest.approx(final["reward_policy"] - final["reward_base"])
     answers = pq.read_table(Path(evaluation["folder"]) / "answers.parquet").to_pylist()
-    gains = [a["reward_policy"] - a["reward_base"] for a in answers]
-    assert final["reward_gain_se"] == pytest.approx(statistics.stdev(gains) / len(gains) ** 0.5)
+    for role in ("proxy", "judge"):
+        assert final[f"{role}/win_low"] <= final[f"{role}/win_rate"] <= final[f"{role}/win_high"]
+        assert final[f"{role}/gain"] == pytest.approx(final[f"{role}/policy"] - final[f"{role}/base"])
+        gains = [a[f"{role}_policy"] - a[f"{role}_base"] for a in answers]
+        assert final[f"{role}/gain_se"] == pytest.approx(statistics.stdev(gains) / len(gains) ** 0.5)
+    assert 0.0 <= final["rule/win_rate"] <= 1.0 and "rule/gain" not in final
     assert {"kl", "length_change"} <= set(final)
 
 
