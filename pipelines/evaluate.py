@@ -51,20 +51,21 @@ class EvaluateConfig:
     dtype: str = setting("auto", DTYPE_HELP)
 
 
-def answer(model, tokenizer, prompts: list[list[dict]], config: EvaluateConfig, device: str):
+def answer(model, tokenizer, prompts: list[list[dict]], device: str, max_new_tokens: int, temperature: float,
+           batch_size: int):
     """Sampled answers (texts) and their token ids, one per prompt; an answer that ended on its own
     ends with the end-of-sequence id, one cut at max_new_tokens does not."""
     import torch
 
     texts, token_ids = [], []
     tokenizer.padding_side = "left"
-    for start in range(0, len(prompts), config.batch_size):
-        chunk = prompts[start:start + config.batch_size]
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
         rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
         batch = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
-            out = model.generate(**batch, do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
-                                 max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(**batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             ids = row[:row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row
             token_ids.append(ids)
@@ -102,11 +103,13 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
 
     log.event("running", step=0, total=4, message=f"answering {len(prompts)} prompts with the policy")
     torch.manual_seed(config.seed)
-    policy_texts, policy_ids = answer(policy, tokenizer, prompts, config, placement.device)
+    policy_texts, policy_ids = answer(policy, tokenizer, prompts, placement.device, config.max_new_tokens, config.temperature,
+                                          config.batch_size)
     log.progress(1, 4, message="answering with the base")
     torch.manual_seed(config.seed)
     with policy.disable_adapter():
-        base_texts, base_ids = answer(policy, tokenizer, prompts, config, placement.device)
+        base_texts, base_ids = answer(policy, tokenizer, prompts, placement.device, config.max_new_tokens, config.temperature,
+                                          config.batch_size)
         base_logprobs = [sequence_logprob(policy, tokenizer, p, ids, placement.device)
                          for p, ids in zip(prompts, policy_ids)]
     log.progress(2, 4, message="KL from the base")

@@ -1,7 +1,9 @@
 """GRPO against a reward model, with TRL's GRPOTrainer: for each prompt a group of answers is
 sampled, each answer's advantage is its reward against the group's mean (no value model), and a
 KL penalty (`beta`) keeps the policy near the base. LoRA on the policy; the reward model's LoRA is
-merged into its base before TRL gets it. `train_online` serves RLOO too (`pipelines.rloo`).
+merged into its base before TRL gets it. `train_online` serves RLOO too (`pipelines.rloo`). Every
+few steps the over-optimisation watch (`pipelines.watch`) checks proxy, judge and KL on prompts
+held out of training.
 
     python -m pipelines.grpo --config runs/<id>/config.json
 """
@@ -13,15 +15,16 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from pipelines.reward_model import load_reward_model
+from pipelines.reward_model import load_reward_model, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
 from pipelines.training import (TrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
                                 progress_callback, train_and_save, trainer_arguments)
+from pipelines.watch import Watch, WatchSettings, check_every, hold_out_watch_prompts
 
 
 @dataclass
-class OnlineTrainConfig(TrainSettings):
+class OnlineTrainConfig(WatchSettings, TrainSettings):
     """Fine-tune a policy against a trained reward model with TRL's GRPO or RLOO."""
     reward_adapter: str = setting("", "the reward model's adapter folder", internal=True)
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-4, "for LoRA, as PPO's")
@@ -47,9 +50,10 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
 
     run_dir = log.path.parent
     placement = placement_of(config)
-    prompts = [{"prompt": json.loads(r["prompt"])} for r in pq.read_table(run_dir / config.inputs).to_pylist()]
+    prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
     if not prompts:
         raise ValueError("no prompts to train on")
+    prompts, watch_prompts = hold_out_watch_prompts(prompts, config, config.seed)
     reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement)
     reward_model = reward_model.merge_and_unload()
     base_path, tokenizer = base_and_tokenizer(config)
@@ -59,13 +63,40 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
                       max_completion_length=config.max_new_tokens,
                       temperature=config.temperature, beta=config.beta)
     callback = progress_callback(log)
-    trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args, train_dataset=Dataset.from_list(prompts),
-                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer, callbacks=[callback],
+    callbacks = [callback]
+    watch = None
+    if watch_prompts:
+        def rewards_by(tokenizer_, model_):
+            return lambda ps, answers: score(tokenizer_, model_, [p + [{"role": "assistant", "content": a}]
+                                                                   for p, a in zip(ps, answers)])
+
+        judge_fn = rewards_by(*load_reward_model(config.judge_adapter, placement)) if config.judge_adapter else None
+        watch = Watch(watch_prompts, tokenizer, rewards_by(reward_tokenizer, reward_model), run_dir, log,
+                      config.max_new_tokens, judge_fn=judge_fn, rule=config.judge_rule, seed=config.seed)
+        callbacks.append(watch_callback(watch, check_every(config, config.max_steps), placement.device))
+        log.event("running", message=f"{len(watch_prompts)} prompts held out for the over-optimisation watch, checked "
+                                     f"every {check_every(config, config.max_steps)} steps")
+    trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer, callbacks=callbacks,
                           peft_config=lora_config(config, "CAUSAL_LM"))
     if train_and_save(trainer, callback, config, log, "policy", method) is None:
         return
-    log.event("succeeded", step=trainer.state.global_step,
-              message=f"{method.upper()} trained ({trainer.state.global_step} steps)")
+    steps = trainer.state.global_step
+    kept = watch.keep_best(run_dir / config.output, steps) if watch else ""
+    log.event("succeeded", step=steps, message=f"{method.upper()} trained ({steps} steps){kept}")
+
+
+def watch_callback(watch: Watch, every: int, device: str):
+    """A TrainerCallback that runs the watch every `every` steps and at the last one."""
+    from transformers import TrainerCallback
+
+    class RunTheWatch(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                watch.check(model, state.global_step, device)
+
+    return RunTheWatch()
 
 
 def run(config: OnlineTrainConfig, log: RunLog) -> None:

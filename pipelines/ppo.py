@@ -9,6 +9,8 @@ ends); per token, the reward is -kl_coef * (log pi - log pi_ref), the reference 
 model with its adapter disabled, plus that score on the answer's last token; advantages by GAE
 from a value head on the policy's last hidden state; then a few epochs of the clipped surrogate
 objective and the clipped value loss. Logged: reward, KL, response length, entropy, value loss, clip fraction.
+Every few steps the over-optimisation watch (`pipelines.watch`) checks proxy, judge and KL on
+prompts held out of training.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
 from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of
+from pipelines.watch import Watch, WatchSettings, check_every, hold_out_watch_prompts
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
 
 
 @dataclass
-class PPOTrainConfig(TrainSettings):
+class PPOTrainConfig(WatchSettings, TrainSettings):
     """Fine-tune a policy with PPO against a trained reward model."""
     reward_adapter: str = setting("", "the reward model's adapter folder", internal=True)
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-4,
@@ -234,8 +237,10 @@ def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer) -> int:
     return state["step"]
 
 
-def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None) -> None:
-    """The PPO loop; `reward_fn` defaults to the trained reward model of the config."""
+def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None,
+          judge_fn: RewardFn | None = None) -> None:
+    """The PPO loop; `reward_fn` defaults to the trained reward model of the config, `judge_fn`
+    (the watch's judge) to its judge reward model, if any."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -252,13 +257,22 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
     if not prompts:
         raise ValueError("no prompts to train on")
+    prompts, watch_prompts = hold_out_watch_prompts(prompts, config, config.seed)
     if reward_fn is None:
         reward_fn = reward_model_fn(config.reward_adapter, placement, config.max_length)
+    if judge_fn is None and config.judge_adapter:
+        judge_fn = reward_model_fn(config.judge_adapter, placement, config.max_length)
     tokenizer = load_tokenizer(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     model = get_peft_model(model, lora_config(config, "CAUSAL_LM")).to(placement.device)
     policy = PolicyWithValue(model, model.config.hidden_size, placement.device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
+    watch = Watch(watch_prompts, tokenizer, reward_fn, run_dir, log, config.max_new_tokens, judge_fn=judge_fn,
+                  rule=config.judge_rule, seed=config.seed) if watch_prompts else None
+    every = check_every(config, config.max_steps)
+    if watch:
+        log.event("running", message=f"{len(watch_prompts)} prompts held out for the over-optimisation watch, "
+                                     f"checked every {every} steps")
 
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     step = load_checkpoint(checkpoints[-1], policy, optimizer) if checkpoints else 0
@@ -274,6 +288,8 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
         metrics = ppo_step(policy, optimizer, tokenizer, batch, reward_fn, config, placement.device)
         step += 1
         log.progress(step, config.max_steps, metrics=metrics)
+        if watch and (step % every == 0 or step == config.max_steps):
+            watch.check(policy.model, step, placement.device)
         if step % config.save_every == 0 and step < config.max_steps:
             save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step)
 
@@ -281,7 +297,8 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_meta(out, "policy", config.base, base_path, "ppo")
-    log.event("succeeded", step=step, total=config.max_steps, message=f"PPO trained ({step} iterations)")
+    kept = watch.keep_best(out, step) if watch else ""
+    log.event("succeeded", step=step, total=config.max_steps, message=f"PPO trained ({step} iterations){kept}")
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def cmd_train(ws: Workspace, args) -> int:
     if getattr(args, "judge_split", False):
         return _judge_split(ws, args, settings)
     if method.online:
-        data = dict(prompts=args.prompts, reward_run=args.reward_run)
+        data = dict(prompts=args.prompts, reward_run=args.reward_run, judge_run=args.judge_run)
         what = f"{method.name} on the prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
     else:
         data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset)
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         if method.online:
             m.add_argument("--prompts", required=True, help="the dataset whose prompts the policy answers")
             m.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
+            m.add_argument("--judge-run", type=int, help="a reward model that shares no prompt with it, to judge the "
+                           "over-optimisation watch (alignstudio train rm --judge-split makes both)")
         else:
             m.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
             m.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")

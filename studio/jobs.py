@@ -176,10 +176,12 @@ def start_reward_scoring(runner, dataset: str, reward_model: str, **settings) ->
 
 
 def start_training(runner, method: str, dataset: str | None = None, eval_dataset: str | None = None,
-                   prompts: str | None = None, reward_run: int | None = None, **settings) -> int:
+                   prompts: str | None = None, reward_run: int | None = None, judge_run: int | None = None,
+                   **settings) -> int:
     """Train with a method of `METHODS`: on a dataset's preference pairs or verdicts (`dataset`, and
     `eval_dataset` or a held-out share), or on the prompts of `prompts` against the reward model
-    trained by run `reward_run`. `settings` are the method's config fields."""
+    trained by run `reward_run`, its over-optimisation watch judged by the reward model of
+    `judge_run` (refused unless independent of the proxy). `settings` are the method's config fields."""
     if method not in METHODS:
         raise RunError(f"unknown training method {method!r}; one of {', '.join(METHODS)}")
     m = METHODS[method]
@@ -190,8 +192,18 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
         reward = model_path(runner.store, "reward", run_id=reward_run)
         if not reward:
             raise RunError(f"run {reward_run} did not train a reward model (train one: alignstudio train rm)")
+        if judge_run is not None:
+            judge = model_path(runner.store, "reward", run_id=judge_run)
+            if not judge:
+                raise RunError(f"run {judge_run} did not train a reward model")
+            if judge_run == reward_run:
+                raise RunError(f"run {judge_run} trained the reward model this run optimises: it cannot judge it")
+            check_independent(runner, judge_run, "the proxy", reward_run)
+            fields["judge_adapter"] = judge
         config = make_config(m.config, m.label, reward_adapter=reward, **fields)
         return runner.start(method, config, {config.inputs: prompts_of(runner.store, prompts)})
+    if judge_run is not None:
+        raise RunError(f"{m.label} learns from pairs, not against a reward model: judge it afterwards (evaluate)")
     if not dataset:
         raise RunError(f"{m.label} needs a dataset of pairs")
     records = training_records(runner.store, dataset, m.reads)
@@ -272,6 +284,17 @@ def rm_report(runner, run_id: int) -> list[str]:
     return lines
 
 
+def check_independent(runner, judge_run: int, what: str, taught_by: int) -> None:
+    """Refuse the reward model of `judge_run` as a judge when it shares a prompt with the training
+    data of run `taught_by` (`what`: the policy, its proxy, ...)."""
+    shared = len(trained_prompts(runner, judge_run) & trained_prompts(runner, taught_by))
+    if shared:
+        raise RunError(f"the reward model of run {judge_run} is not an independent judge: it was trained on {shared} "
+                       f"prompts that {what} (run {taught_by}) was trained on too. Train one on the other prompts "
+                       "(alignstudio train rm --judge-split, or a dataset that shares no prompt with it), or judge by "
+                       "a rule")
+
+
 def _reward_model_of(store: Store, path: str) -> dict | None:
     rows = store.query("SELECT name, run_id FROM models WHERE path = ? AND purpose = 'reward'", [path])
     return rows[0] if rows else None
@@ -302,13 +325,7 @@ def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | Non
                            "model trained on other prompts (alignstudio train rm --judge-split) or by a rule")
         # Independent = no labelled pair in common by prompt with what taught the policy: its own
         # pairs (offline methods) or its proxy's (online methods, whose prompts carry no labels).
-        taught_by = ("its proxy", proxy["run_id"]) if proxy else ("the policy", policy_run)
-        shared = len(trained_prompts(runner, judge_run) & trained_prompts(runner, taught_by[1]))
-        if shared:
-            raise RunError(f"the reward model of run {judge_run} is not an independent judge: it was trained on "
-                           f"{shared} prompts that {taught_by[0]} (run {taught_by[1]}) was trained on too. Train one on "
-                           "the other prompts (alignstudio train rm --judge-split, or a dataset that shares no "
-                           "prompt with it), or judge by a rule")
+        check_independent(runner, judge_run, *(("its proxy", proxy["run_id"]) if proxy else ("the policy", policy_run)))
         fields.update(judge_adapter=judge, judge_name=_reward_model_of(store, judge)["name"])
     if not fields and not rule:
         raise RunError(f"run {policy_run}'s policy has no proxy reward model to report; give a judge: a reward model "

@@ -19,6 +19,9 @@ from pipelines.reward import RewardTrainConfig
 TRL_LOSSES = ("loss", "eval_loss")
 # TRL's GRPO and RLOO trainers log the same names.
 GROUP_METRICS = ("reward", "kl", "reward_std", "entropy", "completions/mean_length", "completions/clipped_ratio")
+# The over-optimisation watch of the online methods (pipelines.watch): win rates against the base
+# on held-out prompts by the proxy and by the judge, and the KL there.
+WATCH_METRICS = ("watch/proxy_win", "watch/judge_win", "watch/kl")
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ppo", "PPO", "pipelines.ppo", PPOTrainConfig, reads="prompts", makes="policy",
            summary="the studio's own PPO: value head, per-token KL penalty to the base, GAE, clipped objective; "
                    "answers the prompts and learns from a trained reward model's scores",
-           plotted=("reward", "kl", "ended", "entropy", "clip_fraction", "response_length"),
+           plotted=("reward", "kl", "ended", "entropy", "clip_fraction", "response_length", *WATCH_METRICS),
            plotted_first=("reward", "kl"), losses=("policy_loss", "value_loss"), multi_gpu=False),
     Method("grpo", "GRPO", "pipelines.grpo", OnlineTrainConfig, reads="prompts", makes="policy",
            summary="TRL's GRPO against a trained reward model: several answers per prompt, each judged against "
                    "its group's mean (no value model)",
-           plotted=GROUP_METRICS, plotted_first=("reward", "kl")),
+           plotted=(*GROUP_METRICS, *WATCH_METRICS), plotted_first=("reward", "kl")),
     Method("rloo", "RLOO", "pipelines.rloo", OnlineTrainConfig, reads="prompts", makes="policy",
            summary="TRL's RLOO against a trained reward model: each answer's baseline is the mean reward of the "
                    "others for its prompt",
-           plotted=GROUP_METRICS, plotted_first=("reward", "kl")),
+           plotted=(*GROUP_METRICS, *WATCH_METRICS), plotted_first=("reward", "kl")),
 )}
 
 

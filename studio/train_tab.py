@@ -89,7 +89,8 @@ def training_runs(store: Store) -> list[tuple[str, int]]:
 
 # Fixed colours, named in the plot's label: Gradio's own legend is cut off below small plots.
 COLOURS = [("blue", "#1f77b4"), ("orange", "#ff7f0e"), ("green", "#2ca02c"), ("red", "#d62728"),
-           ("purple", "#9467bd"), ("brown", "#8c564b")]
+           ("purple", "#9467bd"), ("brown", "#8c564b"), ("pink", "#e377c2"), ("grey", "#7f7f7f"),
+           ("olive", "#bcbd22"), ("cyan", "#17becf")]
 
 
 def metric_colours() -> dict[str, tuple[str, str]]:
@@ -120,6 +121,23 @@ def metric_plot(store: Store, run_id: int, names: list[str], title: str) -> gr.L
                                  for name in COLOUR_OF if name not in logged])
     label = f"{title}: " + ", ".join(f"{name} ({COLOUR_OF[name][0]})" for name in shown) if shown else title
     return gr.LinePlot(value=frame, label=label)
+
+
+def watch_plot(store: Store, run_id: int) -> gr.LinePlot:
+    """The over-optimisation watch of an online run: the proxy's and the judge's win rates against
+    the base on held-out prompts, by KL from the base (the gold-vs-proxy picture); hidden for
+    runs without a watch."""
+    rows = store.query("""SELECT k.value AS kl, m.name AS metric, m.value FROM run_metrics m
+                          JOIN run_metrics k ON k.run_id = m.run_id AND k.step = m.step AND k.name = 'watch/kl'
+                          WHERE m.run_id = ? AND m.name IN ('watch/proxy_win', 'watch/judge_win')
+                          ORDER BY k.value""", [run_id])
+    names = ("watch/proxy_win", "watch/judge_win")
+    frame = pd.DataFrame(rows + [{"kl": rows[0]["kl"] if rows else 0.0, "metric": n, "value": None}
+                                 for n in names if n not in {r["metric"] for r in rows}],
+                         columns=["kl", "metric", "value"])
+    label = ("Watch, on held-out prompts: win rate against the base by KL from it: proxy (the reward model "
+             f"optimised, {COLOUR_OF[names[0]][0]}), judge ({COLOUR_OF[names[1]][0]})")
+    return gr.LinePlot(value=frame, label=label, visible=bool(rows))
 
 
 def bullets(lines) -> str:
@@ -174,6 +192,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         eval_dataset = gr.Dropdown([""] + names, value="", label="Eval pairs", info="empty: hold out a share")
         reward_run = gr.Dropdown(reward_runs(store), label="Reward model", info="the run that trained it",
                                  visible=FIRST_METHOD.online)
+        judge_run = gr.Dropdown([("none", "")] + reward_runs(store), value="", label="Judge reward model",
+                                info="for the over-optimisation watch: shares no prompt with the reward model",
+                                visible=FIRST_METHOD.online)
         judge_split = gr.Checkbox(False, label="Judge split", visible=FIRST_METHOD.name == "rm",
                                   info="two reward models on the two halves of the prompts: a proxy to optimise and "
                                        "a judge that shares no prompt with it, to evaluate policies by")
@@ -222,6 +243,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                                 label="Loss", height=340, elem_id="train-loss-plot")
         metrics_plot = gr.LinePlot(x="step", y="value", color="metric", y_aggregate="mean", color_map=COLOUR_MAP,
                                    label="Metrics", height=340, elem_id="train-metrics-plot")
+    watch = gr.LinePlot(x="kl", y="value", color="metric", color_map=COLOUR_MAP, height=300, visible=False,
+                        x_title="KL from the base (nats per answer)", y_title="win rate against the base",
+                        elem_id="train-watch-plot")
 
     def method_of_run(run_id) -> Method:
         run_kind = store.scalar("SELECT kind FROM runs WHERE id = ?", [run_id]) if run_id else None
@@ -250,6 +274,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         updates[eval_dataset] = gr.update(visible=not method.online)
         updates[reward_run] = gr.update(visible=method.online, choices=reward_runs(store))
         updates[judge_split] = gr.update(visible=method.name == "rm")
+        updates[judge_run] = gr.update(visible=method.online, choices=[("none", "")] + reward_runs(store))
         return updates
 
     def start_run(values):
@@ -272,7 +297,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 if not values[reward_run]:
                     return "**Pick a reward model (train one first).**", gr.update()
                 run_id = jobs.start_training(runner, method.name, prompts=values[dataset],
-                                             reward_run=int(values[reward_run]), **settings)
+                                             reward_run=int(values[reward_run]),
+                                             judge_run=int(values[judge_run]) if values[judge_run] else None,
+                                             **settings)
             elif method.name == "rm" and values[judge_split]:
                 if values[eval_dataset]:
                     return "**A judge split holds out a share of each half: leave Eval pairs empty.**", gr.update()
@@ -293,10 +320,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def show(run_id, names):
         if not run_id:
-            return "Pick a run to follow it.", None, None
+            return "Pick a run to follow it.", None, None, gr.update(visible=False)
         method = method_of_run(run_id)
         return (run_summary(runner, run_id), metric_plot(store, run_id, list(method.losses), "Loss"),
-                metrics_of(run_id, method, names))
+                metrics_of(run_id, method, names), watch_plot(store, run_id))
 
     def pick(run_id):
         """Show the picked run with the metrics first plotted for its method."""
@@ -316,7 +343,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     def tick(run_id, names, last_state):
         state = shown_state(run_id)
         if state == last_state:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (*show(run_id, names), state)
 
     def control(action, run_id):
@@ -351,9 +378,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return [note] + [gr.update(value=settings[name]) for name in suggested]
 
     base.submit(suggest, [kind, base], [sizing, *(controls[name] for name in suggested)])
-    kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run, judge_split])
-    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_split, *controls.values()},
-                       [started, picked])
+    kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run, judge_run, judge_split])
+    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_run, judge_split,
+                                   *controls.values()}, [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
 
@@ -368,10 +395,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
     evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_rule, eval_limit], [started, picked])
-    picked.change(pick, picked, [summary, loss_plot, metrics_plot, plotted, ticked, last_shown])
+    picked.change(pick, picked, [summary, loss_plot, metrics_plot, watch, plotted, ticked, last_shown])
     plotted.input(lambda run_id, names: (metrics_of(run_id, method_of_run(run_id), names) if run_id else None, names),
                   [picked, plotted], [metrics_plot, ticked])
-    gr.Timer(2.0).tick(tick, [picked, ticked, last_shown], [summary, loss_plot, metrics_plot, last_shown],
+    gr.Timer(2.0).tick(tick, [picked, ticked, last_shown], [summary, loss_plot, metrics_plot, watch, last_shown],
                        show_progress="hidden")
 
     def refresh(label):

@@ -128,3 +128,40 @@ def test_ppo_cancels_with_a_checkpoint_and_resumes_to_the_same_end(tmp_path, pea
     b = load_file(interrupted / "model" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # the same 6 steps, same result
+
+
+def test_the_watch_sees_a_judge_fall_while_the_proxy_rises_and_keeps_the_judges_best(tmp_path, peaked_model,
+                                                                                      token_reward):
+    """The proxy is the token reward PPO raises; the judge is its opposite, so every gain by the
+    proxy is a loss by the judge: the gamed case, made certain."""
+    reward_fn, _ = token_reward
+
+    def judge_fn(prompts, answers):
+        return [-r for r in reward_fn(prompts, answers)]
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    prompts = PROMPTS + [[{"role": "user", "content": f"Say something about {w}."}]
+                         for w in ("clouds", "roads", "maps", "tea", "ice", "wood", "glass", "sand")]
+    pq.write_table(pa.Table.from_pylist([{"prompt": json.dumps(p)} for p in prompts]), run_dir / "inputs.parquet")
+    train(config(peaked_model, max_steps=12, watch_prompts=4, watch_every=4), RunLog(run_dir), reward_fn=reward_fn,
+          judge_fn=judge_fn)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[0]["message"] == "4 prompts held out for the over-optimisation watch, checked every 4 steps"
+    checks = [e for e in events if "watch/proxy_win" in e.get("metrics", {})]
+    assert [e["step"] for e in checks] == [4, 8, 12]
+    for e in checks:
+        m = e["metrics"]
+        assert m["watch/judge_win"] == pytest.approx(1 - m["watch/proxy_win"])  # opposite scores, no ties
+        assert "watch/kl" in m
+    wins = [e["metrics"]["watch/proxy_win"] for e in checks]
+    assert wins[-1] > wins[0], wins  # PPO raises the proxy on prompts it never trained on
+    assert any("the proxy may be being gamed since step" in (e.get("message") or "") for e in events)
+    # The run's output is the adapter of the judge's best check (the first, here), the last one kept aside.
+    best_step = checks[[e["metrics"]["watch/judge_win"] for e in checks].index(max(e["metrics"]["watch/judge_win"]
+                                                                                  for e in checks))]["step"]
+    assert best_step < 12
+    assert f"kept the adapter of step {best_step}, the judge's best" in events[-1]["message"]
+    model = (run_dir / "model" / "adapter_model.safetensors").read_bytes()
+    assert model == (run_dir / "best" / "adapter_model.safetensors").read_bytes()
+    assert model != (run_dir / "last" / "adapter_model.safetensors").read_bytes()
