@@ -169,20 +169,25 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 40 and abs(len(halves[0]) - len(halves[1])) <= 1
     policies = {}
     # GRPO makes its two updates on one batch of answers, so the reward model scores only one batch.
-    for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2}, [1]),
-                                   ("rloo", {"num_iterations": 1}, [1, 2])):
+    # GRPO's over-optimisation watch is judged by the judge reward model, RLOO's by the rule.
+    for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2, "judge_run": judge_run}, [1]),
+                                   ("rloo", {"num_iterations": 1, "judge_rule": "heuristic"}, [1, 2])):
         run_id = jobs.start_training(runner, kind, prompts="hh40", reward_run=reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
                                      max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra)
         run = runner.wait(run_id)
         assert run["status"] == "succeeded", (kind, run["message"])
         names = {m["name"] for m in hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
-        assert {"reward", "kl"} <= names, (kind, names)
+        assert {"reward", "kl", "watch/proxy_win", "watch/kl"} <= names, (kind, names)
+        assert ("watch/judge_win" in names) == (kind != "ppo"), kind
+        assert (Path(run["folder"]) / "best").is_dir() == (kind != "ppo"), kind
         assert [m["step"] for m in hh40.query("""SELECT step FROM run_metrics WHERE run_id = ? AND name = 'reward'
                                                  ORDER BY step""", [run_id])] == scored_at, kind
         assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
         policies[kind] = run_id
     with pytest.raises(RunError, match="did not train a reward model"):
         jobs.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model))
+    with pytest.raises(RunError, match="cannot judge it"):
+        jobs.start_training(runner, "ppo", prompts="hh40", reward_run=reward_run, judge_run=reward_run)
 
     # A reward model is a judge only if it shares no prompt with the proxy's pairs; the proxy is no judge.
     everything = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
