@@ -88,6 +88,15 @@ def store(workspace):
 
 @pytest.fixture
 def hh_file() -> Path:
+    """The real HH-RLHF sample: only for the tests about that format (the others use pairs_file)."""
     if not HH_FILE.is_file():
         pytest.skip(f"{HH_FILE} is missing (the shared data folder beside the project)")
     return HH_FILE
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory) -> Path:
+    """1,000 preference pairs the tests make themselves, in the HH layout (tests/made_pairs.py)."""
+    from made_pairs import write_pairs
+
+    return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz")

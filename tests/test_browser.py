@@ -50,12 +50,12 @@ def serve(workspace: Workspace, log_path: Path) -> tuple[str, subprocess.Popen]:
 
 
 @pytest.fixture
-def server(tmp_path, hh_file, models_dir, tiny_model):
+def server(tmp_path, pairs_file, models_dir, tiny_model):
     """The app over a workspace holding the HH sample and one finished perplexity run."""
     workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
     with workspace.open_store() as store:
-        import_file(store, hh_file, "hh")
-        import_file(store, mini_file(tmp_path, hh_file), "mini")
+        import_file(store, pairs_file, "hh")
+        import_file(store, mini_file(tmp_path, pairs_file), "mini")
         runner = Runner(store, workspace)
         assert runner.wait(jobs.start_perplexity(runner, "mini", model=str(tiny_model)))["status"] == "succeeded"
     url, proc = serve(workspace, tmp_path / "serve.log")
@@ -64,10 +64,10 @@ def server(tmp_path, hh_file, models_dir, tiny_model):
     proc.wait(timeout=30)
 
 
-def mini_file(tmp_path: Path, hh_file: Path, rows: int = 5) -> Path:
+def mini_file(tmp_path: Path, pairs_file: Path, rows: int = 5) -> Path:
     """The first `rows` HH pairs as a small JSONL file."""
     path = tmp_path / "mini.jsonl"
-    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:rows]))
+    path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:rows]))
     return path
 
 
@@ -129,11 +129,11 @@ def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, pag
 
 
 @pytest.fixture
-def mini_workspace(tmp_path, hh_file, models_dir) -> Workspace:
+def mini_workspace(tmp_path, pairs_file, models_dir) -> Workspace:
     """A workspace holding 'mini': the first 5 HH pairs, with the file's verdicts."""
     workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
     with workspace.open_store() as store:
-        import_file(store, mini_file(tmp_path, hh_file), "mini")
+        import_file(store, mini_file(tmp_path, pairs_file), "mini")
     return workspace
 
 
@@ -174,7 +174,7 @@ def press_and_wait(page, key: str, annotator: str, labelled_after: int) -> None:
     page.get_by_text(f"{annotator}: {labelled_after} of").wait_for(timeout=30_000)
 
 
-def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, hh_file, models_dir, browser):
+def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, pairs_file, models_dir, browser):
     workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
     workspace.open_store().close()
     url, proc = serve(workspace, tmp_path / "serve.log")
@@ -185,14 +185,14 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, hh_file,
 
         # A bad file: nothing is imported and the page names the file, line and reason.
         bad = tmp_path / "broken.jsonl"
-        bad.write_text(mini_file(tmp_path, hh_file).read_text().splitlines()[0] + "\n{not json\n")
+        bad.write_text(mini_file(tmp_path, pairs_file).read_text().splitlines()[0] + "\n{not json\n")
         page.locator("#import-file input[type=file]").set_input_files(str(bad))
         page.get_by_role("button", name="Import", exact=True).click()
         page.locator("#import-result").get_by_text("broken.jsonl:2:").wait_for(timeout=30_000)
         assert "nothing imported" in page.inner_text("#import-result")
 
         page.locator("#import-file").get_by_role("button", name="Clear").click()
-        page.locator("#import-file input[type=file]").set_input_files(str(mini_file(tmp_path, hh_file, rows=30)))
+        page.locator("#import-file input[type=file]").set_input_files(str(mini_file(tmp_path, pairs_file, rows=30)))
         page.get_by_label("Into dataset").fill("uploaded")
         page.get_by_role("button", name="Import", exact=True).click()
         page.locator("#import-result").get_by_text("imported 30 pairs into dataset 'uploaded'").wait_for(timeout=30_000)

@@ -35,9 +35,9 @@ def test_import_export_reimport_the_hh_sample(tmp_path, hh_file):
     assert stats(other)["pairs"] == 1000 and stats(other)["datasets"] == 2
 
 
-def test_a_broken_line_imports_nothing_exits_non_zero_and_names_the_line(tmp_path, hh_file):
+def test_a_broken_line_imports_nothing_exits_non_zero_and_names_the_line(tmp_path, pairs_file):
     import gzip
-    lines = gzip.open(hh_file, "rt", encoding="utf-8").read().splitlines()[:10]
+    lines = gzip.open(pairs_file, "rt", encoding="utf-8").read().splitlines()[:10]
     lines[6] = lines[6][:-20]  # cut short: no longer valid JSON
     broken = tmp_path / "broken.jsonl"
     broken.write_text("\n".join(lines) + "\n")
@@ -50,11 +50,11 @@ def test_a_broken_line_imports_nothing_exits_non_zero_and_names_the_line(tmp_pat
     assert "imported 9 pairs" in skipped.stdout and f"{broken}:7:" in skipped.stderr
 
 
-def test_score_job_runs_listing_and_filter(tmp_path, hh_file, tiny_model, models_dir):
+def test_score_job_runs_listing_and_filter(tmp_path, pairs_file, tiny_model, models_dir):
     ws = tmp_path / "ws"
     subset = tmp_path / "hh10.jsonl"
     import gzip
-    subset.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:10]))
+    subset.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:10]))
     cli("import", subset, "--dataset", "hh", workspace=ws)
     out = cli("score", "--dataset", "hh", "--model", tiny_model, workspace=ws, models_dir=models_dir).stdout
     assert "run 1: succeeded - scored 20 responses" in out

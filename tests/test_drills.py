@@ -21,11 +21,11 @@ from studio.runner import Runner
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
 
 
-def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(workspace, store, hh_file, tiny_model, tmp_path):
+def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(workspace, store, pairs_file, tiny_model, tmp_path):
     import gzip
 
     path = tmp_path / "hh40.jsonl"
-    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:40]))
+    path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:40]))
     import_file(store, path, "hh40")
     before = store.stats()
     runner = Runner(store, workspace)
@@ -57,17 +57,17 @@ def _fill_the_disk_at(limit_bytes: int):
     return limit
 
 
-def test_a_full_disk_gives_a_clear_message_and_writes_nothing(tmp_path, hh_file):
+def test_a_full_disk_gives_a_clear_message_and_writes_nothing(tmp_path, pairs_file):
     ws = tmp_path / "ws"
     subprocess.run([ALIGNSTUDIO, "stats", "--workspace", ws], check=True, capture_output=True)  # a new, empty workspace
-    result = subprocess.run([ALIGNSTUDIO, "import", hh_file, "--dataset", "hh", "--workspace", ws],
+    result = subprocess.run([ALIGNSTUDIO, "import", pairs_file, "--dataset", "hh", "--workspace", ws],
                             capture_output=True, text=True, preexec_fn=_fill_the_disk_at(400_000))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot write the workspace database" in result.stderr and "Nothing of this change was written" in result.stderr
     stats = subprocess.run([ALIGNSTUDIO, "stats", "--json", "--workspace", ws], capture_output=True, text=True, check=True)
     assert json.loads(stats.stdout)["pairs"] == 0
     # With room again, the same import goes through.
-    subprocess.run([ALIGNSTUDIO, "import", hh_file, "--dataset", "hh", "--workspace", ws], check=True, capture_output=True)
+    subprocess.run([ALIGNSTUDIO, "import", pairs_file, "--dataset", "hh", "--workspace", ws], check=True, capture_output=True)
 
 
 def _big_jsonl(path: Path, megabytes: int, start: int = 0) -> int:

@@ -15,12 +15,12 @@ from studio.runner import RunError, Runner
 
 
 @pytest.fixture
-def dpo_run(tmp_path, workspace, store, hh_file, tiny_model):
+def dpo_run(tmp_path, workspace, store, pairs_file, tiny_model):
     """A DPO policy trained for a few steps on the tiny model; the run id."""
     import gzip
 
     path = tmp_path / "hh20.jsonl"
-    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:20]))
+    path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:20]))
     import_file(store, path, "hh20")
     runner = Runner(store, workspace)
     run_id = jobs.start_training(runner, "dpo", "hh20", base=str(tiny_model), max_steps=3, batch_size=2, max_length=128,

@@ -153,8 +153,8 @@ def test_cohen_kappa_matches_a_hand_computed_example():
     assert cohen_kappa(a, a) == pytest.approx(1.0)
 
 
-def test_agreement_between_annotators_and_with_the_source_verdicts(tmp_path, store, hh_file):
-    import_file(store, hh_file, "hh")
+def test_agreement_between_annotators_and_with_the_source_verdicts(tmp_path, store, pairs_file):
+    import_file(store, pairs_file, "hh")
     queue = LabelQueue(store, seed=0)
     shown = []
     for _ in range(4):
@@ -195,8 +195,8 @@ def test_labels_decide_the_training_pairs_and_what_is_left_out_is_counted(tmp_pa
     assert "left out 5 without a preference" in report.summary()
 
 
-def test_find_pairs_searches_and_pages(tmp_path, store, hh_file):
-    import_file(store, hh_file, "hh")
+def test_find_pairs_searches_and_pages(tmp_path, store, pairs_file):
+    import_file(store, pairs_file, "hh")
     rows, total = find_pairs(store, "hh", page=2, page_size=10)
     assert total == 1000 and len(rows) == 10
     everything, _ = find_pairs(store, "hh", page_size=20)
@@ -209,8 +209,8 @@ def test_find_pairs_searches_and_pages(tmp_path, store, hh_file):
     assert pair["datasets"] == ["hh"] and pair["source_verdict"] == "first" and pair["labels"] == []
 
 
-def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, hh_file):
-    import_file(store, hh_file, "hh")
+def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, pairs_file):
+    import_file(store, pairs_file, "hh")
     _, bombs = find_pairs(store, "hh", search="bomb")
     assert copy_pairs(store, "hh", "bombs", search="bomb") == bombs
     assert find_pairs(store, "bombs")[1] == bombs

@@ -14,9 +14,9 @@ from studio import jobs
 from studio.runner import RunError, Runner
 
 
-def import_hh(store, hh_file, tmp_path, n):
+def import_hh(store, pairs_file, tmp_path, n):
     subset = tmp_path / f"hh{n}.jsonl"
-    with gzip.open(hh_file, "rt", encoding="utf-8") as f:
+    with gzip.open(pairs_file, "rt", encoding="utf-8") as f:
         subset.write_text("".join(line for _, line in zip(range(n), f)))
     import_file(store, subset, "hh")
 
@@ -37,8 +37,8 @@ def partial_ids(run):
     return [json.loads(line)["response_id"] for line in lines]
 
 
-def test_a_job_runs_reports_progress_and_its_scores_land_in_the_store(store, workspace, hh_file, tmp_path, tiny_model):
-    import_hh(store, hh_file, tmp_path, 100)
+def test_a_job_runs_reports_progress_and_its_scores_land_in_the_store(store, workspace, pairs_file, tmp_path, tiny_model):
+    import_hh(store, pairs_file, tmp_path, 100)
     runner = Runner(store, workspace)
     run_id = jobs.start_perplexity(runner, "hh", model=str(tiny_model))
     run = runner.wait(run_id)
@@ -50,8 +50,8 @@ def test_a_job_runs_reports_progress_and_its_scores_land_in_the_store(store, wor
         jobs.start_perplexity(runner, "hh", model=str(tiny_model))
 
 
-def test_cancel_checkpoints_and_resume_finishes_the_rest(store, workspace, hh_file, tmp_path, tiny_model):
-    import_hh(store, hh_file, tmp_path, 300)
+def test_cancel_checkpoints_and_resume_finishes_the_rest(store, workspace, pairs_file, tmp_path, tiny_model):
+    import_hh(store, pairs_file, tmp_path, 300)
     runner = Runner(store, workspace)
     run_id = jobs.start_perplexity(runner, "hh", model=str(tiny_model), batch_size=1)
     wait_for_progress(runner, run_id)
@@ -69,8 +69,8 @@ def test_cancel_checkpoints_and_resume_finishes_the_rest(store, workspace, hh_fi
     assert store.scalar("SELECT count(*) FROM perplexities") == 600
 
 
-def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspace, hh_file, tmp_path, tiny_model):
-    import_hh(store, hh_file, tmp_path, 300)
+def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspace, pairs_file, tmp_path, tiny_model):
+    import_hh(store, pairs_file, tmp_path, 300)
     runner = Runner(store, workspace)
     run_id = jobs.start_perplexity(runner, "hh", model=str(tiny_model), batch_size=1)
     wait_for_progress(runner, run_id)
@@ -86,8 +86,8 @@ def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspac
     assert store.scalar("SELECT count(*) FROM perplexities") == 600
 
 
-def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, workspace, hh_file, tmp_path, tiny_model):
-    import_hh(store, hh_file, tmp_path, 20)
+def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, workspace, pairs_file, tmp_path, tiny_model):
+    import_hh(store, pairs_file, tmp_path, 20)
     first = Runner(store, workspace)
     finished = jobs.start_perplexity(first, "hh", model=str(tiny_model))
     first._procs[finished].wait()  # the job ends while "the studio is down": nobody syncs it

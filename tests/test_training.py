@@ -20,12 +20,12 @@ SMALL = dict(batch_size=2, max_length=256, save_every=2, lora_r=4, lora_alpha=8)
 
 
 @pytest.fixture
-def hh40(tmp_path, store, hh_file):
+def hh40(tmp_path, store, pairs_file):
     """40 HH pairs in a dataset 'hh40'."""
     import gzip
 
     path = tmp_path / "hh40.jsonl"
-    path.write_text("".join(gzip.open(hh_file, "rt", encoding="utf-8").readlines()[:40]))
+    path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:40]))
     import_file(store, path, "hh40")
     return store
 

@@ -1,0 +1,56 @@
+"""Preference pairs the tests make themselves, in the HH-RLHF layout (a transcript per side:
+"\\n\\nHuman: ...\\n\\nAssistant: ..."), so that a bare clone of the project tests everything. Only
+the tests about the HH-RLHF format itself read the real sample in ../shared/data.
+
+The pairs are varied the way real ones are: one to three turns, answers from a few words to a few
+hundred (some longer than a training run's max length), non-ASCII text, and a few prompts about
+bombs (the curation tests search for them). Every prompt is distinct and both sides always differ.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+TOPICS = ["cats", "bread", "the sea", "rain", "music", "trees", "stars", "tea", "maps", "ice", "glass", "sand",
+          "bicycles", "bees", "coffee", "snow", "rivers", "clocks", "paper", "bridges", "café culture", "Zürich",
+          "origami", "volcanoes", "a bomb in a film plot", "bomb shelters"]
+ASKS = ["Can you tell me about {t}?", "What should I know about {t}?", "Why do people like {t}?",
+        "How would you explain {t} to a child?", "Is there anything dangerous about {t}?",
+        "Write two sentences about {t}.", "What is the history of {t}?"]
+FOLLOW_UPS = ["Can you say more?", "Why is that?", "Give me an example.", "Is that always true?"]
+GOOD = ["{T} is a broad subject; here is a short, careful overview.", "Happy to help. {T} has a long history.",
+        "In short: {t} matters to many people, for different reasons.", "Here is what I know about {t}, plainly."]
+BAD = ["I don't know.", "{t} {t} {t}.", "Why would you ask about {t}?", "Whatever you like about {t} is fine."]
+FILLER = ("It depends on where you are and what you need, and it helps to ask someone who knows the place well. "
+          "Many details change over time, so check a recent source before you rely on any of it. ")
+
+
+def _answer(rng: random.Random, templates: list[str], topic: str) -> str:
+    text = rng.choice(templates).format(t=topic, T=topic[:1].upper() + topic[1:])
+    return text + (" " + FILLER * rng.choice([0, 0, 0, 1, 2, 4, 12]) if rng.random() < 0.7 else "")
+
+
+def make_pairs(n: int = 1000, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        question = rng.choice(ASKS).format(t=topic) + f" (question {i})"
+        transcript = f"\n\nHuman: {question}"
+        for _ in range(rng.choice([0, 0, 1, 2])):  # earlier turns
+            transcript += f"\n\nAssistant: {_answer(rng, GOOD, topic)}\n\nHuman: {rng.choice(FOLLOW_UPS)}"
+        chosen, rejected = _answer(rng, GOOD, topic), _answer(rng, BAD, topic)
+        rows.append({"chosen": f"{transcript}\n\nAssistant: {chosen}",
+                     "rejected": f"{transcript}\n\nAssistant: {rejected}"})
+    return rows
+
+
+def write_pairs(path: Path, n: int = 1000, seed: int = 0) -> Path:
+    """The pairs as a gzipped JSON-lines file (like the HH sample); returns the path."""
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for row in make_pairs(n, seed):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
