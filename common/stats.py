@@ -100,7 +100,8 @@ def bradley_terry(battles: list[tuple[str, str, float]], iterations: int = 500, 
     return {m: BT_CENTRE + BT_SCALE * math.log(v) for m, v in strength.items()}
 
 
-def bradley_terry_intervals(battles: list[tuple[str, str, float]], rounds: int = 200, seed: int = 0) -> dict[str, tuple[float, float]]:
+def bradley_terry_intervals(battles: list[tuple[str, str, float]], rounds: int = 200,
+                            seed: int = 0) -> dict[str, tuple[float, float]]:
     """95% bootstrap intervals of each model's rating: the battles resampled with replacement
     `rounds` times (seeded, so the same votes give the same intervals)."""
     rng = random.Random(seed)

@@ -102,14 +102,13 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     policy = PeftModel.from_pretrained(base, config.policy_adapter).to(placement.device).eval()
 
     log.event("running", step=0, total=4, message=f"answering {len(prompts)} prompts with the policy")
+    sampling = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, batch_size=config.batch_size)
     torch.manual_seed(config.seed)
-    policy_texts, policy_ids = answer(policy, tokenizer, prompts, placement.device, config.max_new_tokens, config.temperature,
-                                          config.batch_size)
+    policy_texts, policy_ids = answer(policy, tokenizer, prompts, placement.device, **sampling)
     log.progress(1, 4, message="answering with the base")
     torch.manual_seed(config.seed)
     with policy.disable_adapter():
-        base_texts, base_ids = answer(policy, tokenizer, prompts, placement.device, config.max_new_tokens, config.temperature,
-                                          config.batch_size)
+        base_texts, base_ids = answer(policy, tokenizer, prompts, placement.device, **sampling)
         base_logprobs = [sequence_logprob(policy, tokenizer, p, ids, placement.device)
                          for p, ids in zip(prompts, policy_ids)]
     log.progress(2, 4, message="KL from the base")
