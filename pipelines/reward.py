@@ -40,6 +40,17 @@ class RewardTrainConfig(PairTrainSettings):
 REPORT_CARD = "report_card.json"
 HELD_OUT_SCORES = "held_out_scores.parquet"
 CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+NEAR_IDENTICAL = 0.9  # two answers this similar (difflib's ratio of their texts) differ only trivially
+
+
+def answer_similarity(chosen: list[dict], rejected: list[dict]) -> float:
+    """How alike two answers' texts are, 0-1 (difflib's ratio, case and spacing ignored)."""
+    import difflib
+
+    def text(messages):
+        return " ".join(" ".join(m["content"] for m in messages).lower().split())
+
+    return difflib.SequenceMatcher(None, text(chosen), text(rejected), autojunk=False).ratio()
 
 
 def report_card(rows: list[dict]) -> dict:
@@ -53,7 +64,9 @@ def report_card(rows: list[dict]) -> dict:
       the labels do (pairs of equal length left out);
     - calibration: the model's confidence in the side it prefers, sigmoid(|margin|), in bins, against
       how often that side is the chosen one; the summary is the expected calibration error (the bins'
-      gaps weighted by their pairs).
+      gaps weighted by their pairs);
+    - distinct pairs: accuracy on the pairs whose two answers differ in more than trivial ways
+      (`similarity` below NEAR_IDENTICAL, when the rows have it), and how many those are.
     """
     n = len(rows)
     wins = [1.0 if r["reward_chosen"] > r["reward_rejected"] else 0.5 if r["reward_chosen"] == r["reward_rejected"]
@@ -79,6 +92,9 @@ def report_card(rows: list[dict]) -> dict:
             bins.append({"from": lo, "to": hi, "pairs": len(members),
                          "confidence": sum(c for c, _ in members) / len(members),
                          "observed": sum(w for _, w in members) / len(members)})
+    distinct = [w for w, r in zip(wins, rows) if r.get("similarity", 0.0) < NEAR_IDENTICAL]
+    card["distinct_pairs"] = len(distinct)
+    card["accuracy_distinct"] = sum(distinct) / len(distinct) if distinct else None
     card["calibration"] = bins
     card["calibration_error"] = sum(b["pairs"] * abs(b["confidence"] - b["observed"]) for b in bins) / n if n else None
     return card
@@ -96,6 +112,10 @@ def describe_card(card: dict) -> list[str]:
                      f"{pct(card['labels_prefer_longer'])}; accuracy {pct(card['accuracy_chosen_longer'])} when the "
                      f"chosen answer is the longer ({card['chosen_longer_pairs']} pairs), "
                      f"{pct(card['accuracy_chosen_shorter'])} when it is the shorter ({card['chosen_shorter_pairs']})")
+    if card["distinct_pairs"] < card["pairs"]:
+        lines.append(f"near-identical answers (at least {NEAR_IDENTICAL:.0%} alike) in "
+                     f"{card['pairs'] - card['distinct_pairs']} of {card['pairs']} pairs; accuracy on the other "
+                     f"{card['distinct_pairs']}: {pct(card['accuracy_distinct'])}")
     if card["calibration"]:
         lines.append("calibration (confidence -> observed): " + ", ".join(
             f"{b['confidence']:.0%} -> {b['observed']:.0%} ({b['pairs']})" for b in card["calibration"])
@@ -114,7 +134,7 @@ def score_held_out(model, tokenizer, held_out: list[dict], config: "RewardTrainC
         head = len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, return_dict=True)["input_ids"])
         rows.append({"pair_id": r.get("pair_id", ""), "chosen_side": r.get("chosen_side", ""),
                      "conversations": conversations, "length_chosen": len(ids[0]) - head,
-                     "length_rejected": len(ids[1]) - head})
+                     "length_rejected": len(ids[1]) - head, "similarity": answer_similarity(r["chosen"], r["rejected"])})
     rewards = score(tokenizer, model, [c for row in rows for c in row.pop("conversations")], config.batch_size,
                     config.max_length)
     for i, row in enumerate(rows):

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from pipelines.judges import by_reward, by_rule, describe, heuristic_verdict
-from pipelines.reward import describe_card, report_card
+from pipelines.reward import answer_similarity, describe_card, report_card
 
 
 def sigmoid(x):
@@ -20,8 +20,8 @@ def test_the_report_card_counts_accuracy_length_bias_and_calibration_as_by_hand(
         dict(reward_chosen=0.0, reward_rejected=1.0, length_chosen=3, length_rejected=8),
         # right, the chosen answer is the shorter one (sigmoid(0.5) = 0.62)
         dict(reward_chosen=0.5, reward_rejected=0.0, length_chosen=4, length_rejected=9),
-        # a tie on equal lengths: half right, confidence 0.5
-        dict(reward_chosen=1.0, reward_rejected=1.0, length_chosen=6, length_rejected=6),
+        # a tie on equal lengths: half right, confidence 0.5; the two answers nearly the same
+        dict(reward_chosen=1.0, reward_rejected=1.0, length_chosen=6, length_rejected=6, similarity=0.95),
     ]
     card = report_card(rows)
     assert card["pairs"] == 4 and card["accuracy"] == 0.625
@@ -35,9 +35,17 @@ def test_the_report_card_counts_accuracy_length_bias_and_calibration_as_by_hand(
     assert card["calibration"][2]["confidence"] == pytest.approx(sigmoid(1))
     expected_error = (abs(sigmoid(2) - 1) + sigmoid(1) + abs(sigmoid(0.5) - 1) + 0) / 4
     assert card["calibration_error"] == pytest.approx(expected_error)
+    assert (card["distinct_pairs"], card["accuracy_distinct"]) == (3, pytest.approx(2 / 3))
     text = "\n".join(describe_card(card))
+    assert "near-identical answers (at least 90% alike) in 1 of 4 pairs; accuracy on the other 3: 67%" in text
     assert "accuracy 0.625 on 4 held-out pairs (95% interval" in text
     assert "prefers the longer answer in 67% of pairs, the labels in 33%" in text
+
+
+def test_answers_that_differ_only_in_case_and_spacing_are_near_identical():
+    a = [{"role": "assistant", "content": "Paris is the capital of France."}]
+    assert answer_similarity(a, [{"role": "assistant", "content": "paris is  the capital of France."}]) == 1.0
+    assert answer_similarity(a, [{"role": "assistant", "content": "I would rather not say."}]) < 0.5
 
 
 def test_a_reward_judge_gives_a_win_rate_with_its_interval_and_the_mean_gain():
