@@ -6,6 +6,7 @@ store (another dataset may hold it, and labels are never thrown away).
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from common.errors import StudioError
@@ -142,3 +143,45 @@ def copy_pairs(store: Store, dataset: str, into: str, pair_ids: list[str] | None
         if move:
             _take_out(cur, dataset_id, chosen)
     return len(chosen)
+
+
+def seeded_order(keys, seed: int) -> list[str]:
+    """The keys in an order fixed by a seed (a hash of seed and key), whatever order they came in."""
+    return sorted(set(keys), key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+
+
+def split_pairs(store: Store, dataset: str, into: tuple[str, str], share: float = 0.5, by: str = "prompt",
+                seed: int = 0) -> tuple[int, int]:
+    """Split a dataset's pairs into two new datasets: `share` of them into the first, the rest into
+    the second, in a seeded order. By "prompt", every pair of a prompt goes with it, so the two
+    share no prompt (a judge trained on one is independent of a policy trained on the other); by
+    "pair", the pairs are drawn one by one (a random sample). Returns the two pair counts."""
+    if by not in ("prompt", "pair"):
+        raise CurationError(f"split by 'prompt' or 'pair', not {by!r}")
+    if not 0 < share < 1:
+        raise CurationError(f"the share of the first part must be between 0 and 1, got {share}")
+    names = [n.strip() for n in into]
+    if not all(names) or names[0] == names[1]:
+        raise CurationError("name two different datasets to split into")
+    with store.transaction() as cur:
+        dataset_id = _dataset_id(store, dataset)
+        for name in names:
+            if fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name]):
+                raise CurationError(f"a dataset named '{name}' exists already; choose another name")
+        rows = cur.execute("""SELECT id, prompt_id FROM pairs
+                              WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""",
+                           [dataset_id]).fetchall()
+        key_of = {pair_id: (prompt_id if by == "prompt" else pair_id) for pair_id, prompt_id in rows}
+        order = seeded_order(key_of.values(), seed)
+        if len(order) < 2:
+            raise CurationError(f"'{dataset}' has pairs on fewer than two {by}s: nothing to split")
+        cut = min(max(1, round(len(order) * share)), len(order) - 1)
+        first = set(order[:cut])
+        parts = ([p for p, k in key_of.items() if k in first], [p for p, k in key_of.items() if k not in first])
+        for half, (name, pair_ids) in enumerate(zip(names, parts)):
+            target = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+                               [name, json.dumps({"source": "split", "from": dataset, "by": by, "share": share,
+                                                  "part": half + 1, "seed": seed})])[0]
+            cur.execute("INSERT INTO dataset_pairs SELECT ?, unnest(?::VARCHAR[])", [target, pair_ids])
+            _add_prompts(cur, target, pair_ids)
+    return len(parts[0]), len(parts[1])

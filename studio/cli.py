@@ -310,6 +310,16 @@ def cmd_filter(ws: Workspace, args) -> int:
     return 0
 
 
+def cmd_split(ws: Workspace, args) -> int:
+    from store.pairs import split_pairs
+
+    with ws.open_store() as store:
+        first, second = split_pairs(store, args.dataset, tuple(args.into), args.share, args.by, args.seed)
+    print(f"'{args.dataset}' split by {args.by}: {first} pairs into '{args.into[0]}', {second} into '{args.into[1]}'"
+          + (" (no prompt in both)" if args.by == "prompt" else ""))
+    return 0
+
+
 def cmd_models(ws: Workspace, args) -> int:
     with ws.open_store() as store:
         rows = store.query("SELECT name, kind, purpose, base, run_id, path, created_at FROM models ORDER BY id")
@@ -429,6 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-prompt", action="store_true", help="apply the quantile within each prompt")
     p.add_argument("--into", required=True, help="name of the new dataset")
     p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("split", parents=[common], help="split a dataset's pairs into two new datasets (by prompt: "
+                       "they share no prompt)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--into", nargs=2, required=True, metavar=("FIRST", "SECOND"), help="names of the two new datasets")
+    p.add_argument("--share", type=float, default=0.5, help="share of the prompts (or pairs) in the first (default 0.5)")
+    p.add_argument("--by", choices=["prompt", "pair"], default="prompt",
+                   help="prompt: all pairs of a prompt go together (default); pair: a random sample of pairs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order (default 0)")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a reward model or a policy (a job): "
                        + ", ".join(f"{m.name} ({m.label})" for m in METHODS.values()),

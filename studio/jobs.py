@@ -8,7 +8,6 @@ Training methods come from `studio.methods.METHODS`; the other kinds are listed 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from pipelines.runlog import ConfigError, config_from
 from store import Store
 from store.db import prompt_key
 from store.exports import ExportError, preference_records, unpaired_records
+from store.pairs import seeded_order
 from store.queries import dataset_prompts, pair_verdicts, unscored_responses
 from store.runs import (record_adapter, record_compared, record_export, record_generated, record_perplexities,
                         record_rewards)
@@ -218,7 +218,7 @@ def split_by_prompt(records: list[dict], seed: int) -> tuple[list[dict], list[di
     by_prompt: dict[str, list[dict]] = {}
     for r in records:
         by_prompt.setdefault(prompt_key(json.loads(r["prompt"])), []).append(r)
-    order = sorted(by_prompt, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    order = seeded_order(by_prompt, seed)
     half = len(order) // 2
     return ([r for k in order[:half] for r in by_prompt[k]], [r for k in order[half:] for r in by_prompt[k]])
 

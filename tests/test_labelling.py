@@ -7,7 +7,7 @@ import pytest
 
 from store import export_pairs, import_file
 from store.labelling import LabelError, LabelQueue, agreement, cohen_kappa, progress
-from store.pairs import CurationError, copy_pairs, find_pairs, get_pair, remove_pairs
+from store.pairs import CurationError, copy_pairs, find_pairs, get_pair, remove_pairs, split_pairs
 
 
 @pytest.fixture
@@ -228,3 +228,25 @@ def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, pairs_file
         copy_pairs(store, "hh", "hh")
     with pytest.raises(CurationError, match="no dataset named"):
         remove_pairs(store, "nope")
+
+
+def test_a_split_by_prompt_shares_no_prompt_and_a_split_by_pair_samples_pairs(store, pairs_file):
+    import_file(store, pairs_file, "all")
+    # Two answers to one prompt asked twice: a split by prompt must keep them together.
+    repeated = [{"prompt": "Same question?", "chosen": f"Answer {i}.", "rejected": f"Other {i}."} for i in range(2)]
+    (pairs_file.parent / "repeated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in repeated))
+    import_file(store, pairs_file.parent / "repeated.jsonl", "all")
+
+    assert split_pairs(store, "all", ("a", "b"), share=0.5, seed=1) in ((501, 501), (500, 502), (502, 500))
+    prompts = {name: {r["prompt_id"] for r in store.query(
+        "SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id(name)])} for name in "ab"}
+    assert not prompts["a"] & prompts["b"] and len(prompts["a"]) + len(prompts["b"]) == 1001
+    # The same seed, the same split; by pair, a sample of the asked share.
+    assert split_pairs(store, "all", ("c", "d"), share=0.5, seed=1) == split_pairs(store, "all", ("e", "f"), 0.5, "prompt", 1)
+    assert find_pairs(store, "c")[1] == find_pairs(store, "a")[1]
+    assert split_pairs(store, "a", ("sample", "rest"), share=0.2, by="pair") == (100, find_pairs(store, "a")[1] - 100)
+    with pytest.raises(CurationError, match="exists already"):
+        split_pairs(store, "all", ("a", "new"))
+    with pytest.raises(CurationError, match="between 0 and 1"):
+        split_pairs(store, "all", ("x", "y"), share=1.0)
+    assert store.dataset_id("x") is None and store.dataset_id("new") is None

@@ -11,7 +11,7 @@ from pipelines.models import Placement
 from pipelines.reward_model import load_reward_model, score
 from pipelines.training import read_pairs, split
 from store import import_file
-from store.labelling import reward_disagreements, reward_opinion
+from store.labelling import add_rule_labels, reward_disagreements, reward_opinion
 from studio.cli import main as cli_main
 from studio import jobs
 from studio.runner import RunError, Runner
@@ -73,6 +73,16 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     assert card["accuracy"] == pytest.approx(sum(r["reward_chosen"] > r["reward_rejected"] for r in scored) / len(scored))
     assert final["eval_accuracy"] == card["accuracy"] and final["eval_pairs"] == len(scored)
     assert final["eval_accuracy_low"] <= card["accuracy"] <= final["eval_accuracy_high"]
+    # The report card (alignstudio rm-report) adds agreement with the file's verdicts and with each
+    # annotator of the held-out pairs: alice, who prefers the other side of one of them.
+    add_rule_labels(hh40, "alice", [(scored[0]["pair_id"], "second")])
+    lines = jobs.rm_report(runner, run_id)
+    decided = [r for r in scored if r["reward_chosen"] != r["reward_rejected"]]
+    right = sum(r["reward_chosen"] > r["reward_rejected"] for r in decided)
+    assert f"agrees with the file on {right / len(decided):.0%} of {len(decided)} held-out pairs" in "\n".join(lines)
+    alice_agrees = scored[0]["reward_rejected"] > scored[0]["reward_chosen"]
+    assert f"agrees with alice on {alice_agrees:.0%} of 1 held-out pairs" in "\n".join(lines)
+    assert lines[0].startswith(f"accuracy {card['accuracy']:.3f} on {len(scored)} held-out pairs (95% interval")
     # The score head was saved: a fresh random head would not reproduce these.
     assert (workspace.runs_dir / str(run_id) / "model" / "adapter_model.safetensors").is_file()
 
