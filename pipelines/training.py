@@ -162,17 +162,17 @@ def progress_callback(log: RunLog):
             log.progress(state.global_step, state.max_steps, metrics=metrics)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if control.should_evaluate:  # set by the trainer's flow callback, which runs first
+            if log.cancel_requested:
+                self.cancelled = True
+                control.should_save = True
+                control.should_training_stop = True
+            elif control.should_evaluate:  # set by the trainer's flow callback, which runs first
                 log.event("running", step=state.global_step, total=state.max_steps,
                           message=f"evaluating at step {state.global_step}")
 
         def on_evaluate(self, args, state, control, **kwargs):
             log.event("running", step=state.global_step, total=state.max_steps,
                       message=f"training (evaluated at step {state.global_step})")
-            if log.cancel_requested:
-                self.cancelled = True
-                control.should_save = True
-                control.should_training_stop = True
 
     return ReportToRunLog()
 

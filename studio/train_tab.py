@@ -164,8 +164,8 @@ def run_summary(runner: Runner, run_id: int) -> str:
             pass  # no held-out pairs, or an older run: its message says what it has
     if config.get("judge_split"):
         parts.append(f"the {config['judge_split']} half of a judge split")
-    if run["message"] and not card:
-        parts.append(run["message"])
+    if run["message"]:  # with a report card below, only what the run did
+        parts.append(run["message"].split(";")[0] if card else run["message"])
     text = " · ".join(parts)
     if card:
         text += "\n\n**Report card** (held-out pairs)" + bullets(card)

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from made_pairs import make_pairs
 
 from store import import_file
 from studio import jobs
@@ -200,12 +201,14 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, pairs_fi
         page.get_by_role("button", name="Next ▶").click()
         page.get_by_text("Pairs 21–30 of 30").wait_for(timeout=30_000)
 
-        page.get_by_label("Search").fill("Cuba")
+        page.get_by_label("Search").fill("zürich")
         page.get_by_label("Search").press("Enter")
-        page.get_by_text("Pairs 1–1 of 1 matching 'Cuba'").wait_for(timeout=30_000)
-        page.locator("#pairs-table").get_by_text("small boat to Cuba").filter(visible=True).first.click()
+        page.get_by_text("Pairs 1–1 of 1 matching 'zürich'").wait_for(timeout=30_000)
+        page.locator("#pairs-table").get_by_text("history of Zürich").filter(visible=True).first.click()
         page.locator("#pair-meta").get_by_text("in datasets: uploaded").wait_for(timeout=30_000)
-        assert "Miami" in page.inner_text("#pair-second")  # the whole response, not a preview
+        rejected = make_pairs()[21]["rejected"].split("Assistant: ")[-1]  # the 22nd pair asks about Zürich
+        # The whole response, not a preview.
+        assert " ".join(rejected.split()) in " ".join(page.inner_text("#pair-second").split())
 
         page.get_by_text("Export this dataset").click()
         page.get_by_role("button", name="Export", exact=True).click()
@@ -336,6 +339,7 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
         summary = page.locator("#train-summary")
         summary.get_by_text("succeeded").wait_for(timeout=240_000)
         assert "reward model trained (6 steps)" in summary.inner_text()
+        assert "Report card" in summary.inner_text() and "held-out pairs (95% interval" in summary.inner_text()
         assert "accelerate launch -m pipelines.reward" in summary.inner_text()
         page.get_by_text("Metrics: accuracy (blue), margin (orange)").wait_for(timeout=30_000)
         wait_for_lines(page, "#train-metrics-plot", {"accuracy", "margin"})

@@ -58,7 +58,8 @@ def run_dir_with_prompts(tmp_path):
 
 def config(peaked_model, **overrides):
     settings = dict(base=str(peaked_model), max_steps=20, batch_size=8, mini_batch_size=4, max_new_tokens=4,
-                    learning_rate=3e-3, lora_r=8, lora_alpha=16, kl_coef=0.0, missing_eos_penalty=0.0, save_every=5)
+                    learning_rate=3e-3, lora_r=8, lora_alpha=16, kl_coef=0.0, missing_eos_penalty=0.0, save_every=5,
+                    watch_prompts=0)  # no watch unless a test asks: it would hold out prompts and call the reward
     return PPOTrainConfig(**{**settings, **overrides})
 
 
