@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
 from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
-                                placement_of, progress_callback, train_and_save, trainer_arguments)
+                                pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm")
 
@@ -37,7 +37,6 @@ class DPOTrainConfig(PairTrainSettings):
 
 
 def run(config: DPOTrainConfig, log: RunLog) -> None:
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
@@ -50,8 +49,8 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
                      beta=config.beta, loss_type=[config.loss_type], max_length=config.max_length,
                      precompute_ref_log_probs=config.precompute_ref_log_probs)
     callback = progress_callback(log)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
-                         eval_dataset=Dataset.from_list(held_out) if held_out else None,
+    trainer = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(train),
+                         eval_dataset=pair_dataset(held_out) if held_out else None,
                          processing_class=tokenizer, callbacks=[callback],
                          peft_config=lora_config(config, "CAUSAL_LM"))
     log.event("running", message=f"training on {len(train)} pairs" + (f", evaluating on {len(held_out)}" if held_out else ""))

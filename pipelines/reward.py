@@ -24,7 +24,7 @@ from pipelines.reward_model import score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import redefault, setting
 from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
-                                placement_of, progress_callback, train_and_save, trainer_arguments)
+                                pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
 
 
 @dataclass
@@ -143,7 +143,6 @@ def score_held_out(model, tokenizer, held_out: list[dict], config: "RewardTrainC
 
 
 def run(config: RewardTrainConfig, log: RunLog) -> None:
-    from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
@@ -158,8 +157,8 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
                         max_length=config.max_length)
     callback = progress_callback(log)
     during = held_out[:config.eval_during] if config.eval_during > 0 else held_out
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
-                            eval_dataset=Dataset.from_list(during) if held_out else None,
+    trainer = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(train),
+                            eval_dataset=pair_dataset(during) if held_out else None,
                             processing_class=tokenizer, callbacks=[callback],
                             peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]))
     dropped = len(train) - len(trainer.train_dataset)

@@ -66,8 +66,17 @@ class PairTrainSettings(TrainSettings):
 def read_pairs(path: str | Path) -> list[dict]:
     """Preference records {prompt, chosen, rejected} (message lists) from the runner's Parquet file."""
     rows = pq.read_table(path).to_pylist()
+    # pair_id and chosen_side (when the store wrote them) let a report find each pair's labels.
     return [{"prompt": json.loads(r["prompt"]), "chosen": json.loads(r["chosen"]),
-             "rejected": json.loads(r["rejected"])} for r in rows]
+             "rejected": json.loads(r["rejected"]),
+             **{k: r[k] for k in ("pair_id", "chosen_side") if r.get(k) is not None}} for r in rows]
+
+
+def pair_dataset(records: list[dict]):
+    """A datasets.Dataset of the records' prompt, chosen and rejected only (what TRL reads)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
 
 
 def split(records: list, eval_share: float, seed: int) -> tuple[list, list]:

@@ -73,16 +73,6 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     assert card["accuracy"] == pytest.approx(sum(r["reward_chosen"] > r["reward_rejected"] for r in scored) / len(scored))
     assert final["eval_accuracy"] == card["accuracy"] and final["eval_pairs"] == len(scored)
     assert final["eval_accuracy_low"] <= card["accuracy"] <= final["eval_accuracy_high"]
-    # The report card (alignstudio rm-report) adds agreement with the file's verdicts and with each
-    # annotator of the held-out pairs: alice, who prefers the other side of one of them.
-    add_rule_labels(hh40, "alice", [(scored[0]["pair_id"], "second")])
-    lines = jobs.rm_report(runner, run_id)
-    decided = [r for r in scored if r["reward_chosen"] != r["reward_rejected"]]
-    right = sum(r["reward_chosen"] > r["reward_rejected"] for r in decided)
-    assert f"agrees with the file on {right / len(decided):.0%} of {len(decided)} held-out pairs" in "\n".join(lines)
-    alice_agrees = scored[0]["reward_rejected"] > scored[0]["reward_chosen"]
-    assert f"agrees with alice on {alice_agrees:.0%} of 1 held-out pairs" in "\n".join(lines)
-    assert lines[0].startswith(f"accuracy {card['accuracy']:.3f} on {len(scored)} held-out pairs (95% interval")
     # The score head was saved: a fresh random head would not reproduce these.
     assert (workspace.runs_dir / str(run_id) / "model" / "adapter_model.safetensors").is_file()
 
@@ -101,6 +91,16 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     assert disagreeing == {p["id"] for p in pairs if stored[p["second_id"]] > stored[p["first_id"]]}
     with pytest.raises(RunError, match="no responses left to score"):
         jobs.start_reward_scoring(runner, "hh40", model["name"])
+    # The report card (alignstudio rm-report) adds agreement with the file's verdicts and with each
+    # annotator of the held-out pairs: alice, who prefers the other side of one of them.
+    add_rule_labels(hh40, "alice", [(scored[0]["pair_id"], "second")])
+    lines = jobs.rm_report(runner, run_id)
+    decided = [r for r in scored if r["reward_chosen"] != r["reward_rejected"]]
+    right = sum(r["reward_chosen"] > r["reward_rejected"] for r in decided)
+    assert f"agrees with the file on {right / len(decided):.0%} of {len(decided)} held-out pairs" in "\n".join(lines)
+    alice_agrees = scored[0]["reward_rejected"] > scored[0]["reward_chosen"]
+    assert f"agrees with alice on {alice_agrees:.0%} of 1 held-out pairs" in "\n".join(lines)
+    assert lines[0].startswith(f"accuracy {card['accuracy']:.3f} on {len(scored)} held-out pairs (95% interval")
 
 
 def test_a_training_run_cancels_with_a_checkpoint_and_resumes_to_the_end(workspace, hh40, tiny_model):
