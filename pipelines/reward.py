@@ -184,8 +184,9 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     if trainer.accelerator.is_main_process:
         (run_dir / REPORT_CARD).write_text(json.dumps(card, indent=2))
     metrics = {f"card/{k}": v for k, v in card.items() if isinstance(v, (int, float))}
-    metrics.update(eval_accuracy=card["accuracy"], eval_accuracy_low=card["accuracy_low"],
-                   eval_accuracy_high=card["accuracy_high"], eval_pairs=card["pairs"])
+    # Named apart from TRL's eval_accuracy, which is the curve on the subset evaluated during training.
+    metrics.update(heldout_accuracy=card["accuracy"], heldout_accuracy_low=card["accuracy_low"],
+                   heldout_accuracy_high=card["accuracy_high"], heldout_pairs=card["pairs"])
     log.event("succeeded", step=steps, metrics=metrics,
               message=f"reward model trained ({steps} steps); " + "; ".join(describe_card(card)))
 

@@ -153,10 +153,10 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     rm_run = jobs.start_training(runner, "rm", PAIRS, max_steps=s.rm_steps, eval_share=0.2, **train)
     job(rm_run)
     m = latest_metrics(store, rm_run)
-    stage("reward model", t, f"run {rm_run}: held-out accuracy {m.get('eval_accuracy', float('nan')):.2f} "
-          f"(95% interval {m.get('eval_accuracy_low', 0):.2f}-{m.get('eval_accuracy_high', 1):.2f}) on "
-          f"{m.get('eval_pairs', 0):.0f} pairs", run=rm_run, eval_accuracy=m.get("eval_accuracy"),
-          eval_accuracy_low=m.get("eval_accuracy_low"), eval_accuracy_high=m.get("eval_accuracy_high"))
+    stage("reward model", t, f"run {rm_run}: held-out accuracy {m.get('heldout_accuracy', float('nan')):.2f} "
+          f"(95% interval {m.get('heldout_accuracy_low', 0):.2f}-{m.get('heldout_accuracy_high', 1):.2f}) on "
+          f"{m.get('heldout_pairs', 0):.0f} pairs", run=rm_run, eval_accuracy=m.get("heldout_accuracy"),
+          eval_accuracy_low=m.get("heldout_accuracy_low"), eval_accuracy_high=m.get("heldout_accuracy_high"))
 
     t = time.monotonic()
     dpo_run = jobs.start_training(runner, "dpo", PAIRS, max_steps=s.dpo_steps, **train)

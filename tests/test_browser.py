@@ -204,7 +204,7 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, pairs_fi
         page.get_by_label("Search").fill("zürich")
         page.get_by_label("Search").press("Enter")
         page.get_by_text("Pairs 1–1 of 1 matching 'zürich'").wait_for(timeout=30_000)
-        page.locator("#pairs-table").get_by_text("history of Zürich").filter(visible=True).first.click()
+        page.locator("#pairs-table").get_by_text("Zürich").filter(visible=True).first.click()
         page.locator("#pair-meta").get_by_text("in datasets: uploaded").wait_for(timeout=30_000)
         rejected = make_pairs()[21]["rejected"].split("Assistant: ")[-1]  # the 22nd pair asks about Zürich
         # The whole response, not a preview.
@@ -320,8 +320,11 @@ def wait_for_lines(page, plot: str, metrics: set[str]) -> None:
     drawn = f"""Array.from(document.querySelectorAll('{plot} path[aria-roledescription="line mark"]'))
         .filter(p => (p.getAttribute('d') || '').includes('L'))
         .map(p => (p.getAttribute('aria-label') || '').split('metric: ')[1]).sort()"""
-    page.wait_for_function(f"() => JSON.stringify({drawn}) === '{json.dumps(sorted(metrics), separators=(',', ':'))}'",
-                           timeout=30_000)
+    try:
+        page.wait_for_function(f"() => JSON.stringify({drawn}) === '{json.dumps(sorted(metrics), separators=(',', ':'))}'",
+                               timeout=30_000)
+    except Exception:
+        raise AssertionError(f"{plot} draws {page.evaluate(f'() => {drawn}')}, not {sorted(metrics)}") from None
 
 
 def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_workspace, tiny_model, browser):

@@ -71,8 +71,8 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     again = score(tokenizer, rm, [p["prompt"] + p[side] for p in held_out for side in ("chosen", "rejected")])
     assert [x for r in scored for x in (r["reward_chosen"], r["reward_rejected"])] == pytest.approx(again, abs=1e-5)
     assert card["accuracy"] == pytest.approx(sum(r["reward_chosen"] > r["reward_rejected"] for r in scored) / len(scored))
-    assert final["eval_accuracy"] == card["accuracy"] and final["eval_pairs"] == len(scored)
-    assert final["eval_accuracy_low"] <= card["accuracy"] <= final["eval_accuracy_high"]
+    assert final["heldout_accuracy"] == card["accuracy"] and final["heldout_pairs"] == len(scored)
+    assert final["heldout_accuracy_low"] <= card["accuracy"] <= final["heldout_accuracy_high"]
     # The score head was saved: a fresh random head would not reproduce these.
     assert (workspace.runs_dir / str(run_id) / "model" / "adapter_model.safetensors").is_file()
 
