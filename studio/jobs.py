@@ -327,9 +327,10 @@ def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | Non
         # pairs (offline methods) or its proxy's (online methods, whose prompts carry no labels).
         check_independent(runner, judge_run, *(("its proxy", proxy["run_id"]) if proxy else ("the policy", policy_run)))
         fields.update(judge_adapter=judge, judge_name=_reward_model_of(store, judge)["name"])
-    if not fields and not rule:
-        raise RunError(f"run {policy_run}'s policy has no proxy reward model to report; give a judge: a reward model "
-                       "trained on other prompts (judge run) or a rule")
+    if judge_run is None and not rule:  # never the proxy alone: it cannot tell improvement from reward hacking
+        raise RunError(f"give an independent judge for run {policy_run}'s policy: a reward model trained on other "
+                       "prompts (judge run; alignstudio train rm --judge-split makes one) or a rule"
+                       + (f"; its proxy ({proxy['name']}) is reported beside it, never alone" if proxy else ""))
     rows = prompts_of(store, prompts, limit)
     seen = len({r["prompt_id"] for r in rows} & trained_prompts(runner, policy_run))
     config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, rule=rule, seen_in_training=seen,

@@ -207,6 +207,9 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=everything)
     with pytest.raises(RunError, match="optimised \\(its proxy\\): it cannot judge it independently"):
         jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=reward_run)
+    with pytest.raises(RunError, match=f"give an independent judge .*its proxy \\(rm-run{reward_run}\\) is reported "
+                                       "beside it, never alone"):
+        jobs.start_evaluation(runner, policies["ppo"], "hh40")
 
     # After a policy run: both answer held-out prompts; proxy, judge and rule each give their verdict.
     evaluation = runner.wait(jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=judge_run,
