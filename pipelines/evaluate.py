@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
-from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics
+from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
 from pipelines.models import choose_placement, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
@@ -117,10 +117,9 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     n = len(prompts)
     judged = []  # (role, name, verdict)
     if config.rule:
-        finish = ["stop" if ids and ids[-1] == tokenizer.eos_token_id else "length" for ids in policy_ids + base_ids]
         judged.append(("rule", config.rule, by_rule(
-            config.rule, [{"text": t, "finish": f} for t, f in zip(policy_texts, finish[:n])],
-            [{"text": t, "finish": f} for t, f in zip(base_texts, finish[n:])])))
+            config.rule, rule_answers(policy_texts, policy_ids, tokenizer.eos_token_id),
+            rule_answers(base_texts, base_ids, tokenizer.eos_token_id))))
     scored = {}
     for role, adapter, name in (("proxy", config.proxy_adapter, config.proxy_name),
                                 ("judge", config.judge_adapter, config.judge_name)):

@@ -54,6 +54,13 @@ class Rule:
 RULES = {"heuristic": Rule(HEURISTIC_RULE, heuristic_verdict)}
 
 
+def rule_answers(texts: list[str], token_ids: list[list[int]], eos_token_id: int) -> list[dict]:
+    """Answers as a rule reads them: {'text', 'finish'}, 'stop' when the answer ended with the end
+    token, 'length' when it was cut at the limit."""
+    return [{"text": t, "finish": "stop" if ids and ids[-1] == eos_token_id else "length"}
+            for t, ids in zip(texts, token_ids)]
+
+
 def by_rule(rule: str, policy: list[dict], base: list[dict]) -> dict:
     """The rule's verdict on each prompt's two answers ({'text', 'finish'}), summed up."""
     outcomes = [{"first": 1.0, "second": 0.0}.get(RULES[rule].verdict(p, b), 0.5) for p, b in zip(policy, base)]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pipelines.judges import RULES
+from pipelines.judges import RULES, by_reward, by_rule, rule_answers
 from pipelines.settings import setting
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -61,10 +61,6 @@ def check_every(settings: WatchSettings, max_steps: int) -> int:
     return settings.watch_every if settings.watch_every > 0 else max(1, max_steps // CHECKS_PER_RUN)
 
 
-def win_rate(policy: list[float], base: list[float]) -> float:
-    return sum(1.0 if p > b else 0.5 if p == b else 0.0 for p, b in zip(policy, base)) / len(policy)
-
-
 class Watch:
     """Checks a policy (a PEFT model whose adapter can be disabled) against its base on fixed
     prompts; `judge_fn` (a reward function) or `rule` judge it, `proxy_fn` is what it optimises."""
@@ -99,9 +95,6 @@ class Watch:
         self.tokenizer.padding_side = padding_side
         return found
 
-    def _ended(self, ids: list[list[int]]) -> list[bool]:
-        return [bool(i) and i[-1] == self.tokenizer.eos_token_id for i in ids]
-
     def check(self, model, step: int, device: str) -> dict:
         """Answer the watch prompts, compare with the base, record the metrics; returns them."""
         from pipelines.evaluate import sequence_logprob
@@ -111,7 +104,8 @@ class Watch:
         if self.base is None:
             with model.disable_adapter():
                 texts, ids = self._answers(model, device)
-            self.base = {"texts": texts, "ended": self._ended(ids), "proxy": self.proxy_fn(self.prompts, texts),
+            self.base = {"answers": rule_answers(texts, ids, self.tokenizer.eos_token_id),
+                         "proxy": self.proxy_fn(self.prompts, texts),
                          "judge": self.judge_fn(self.prompts, texts) if self.judge_fn else None}
         texts, ids = self._answers(model, device)
         policy_lp = [sequence_logprob(model, self.tokenizer, p, i, device) for p, i in zip(self.prompts, ids)]
@@ -119,15 +113,13 @@ class Watch:
             base_lp = [sequence_logprob(model, self.tokenizer, p, i, device) for p, i in zip(self.prompts, ids)]
         if was_training:
             model.train()
-        metrics = {"watch/proxy_win": win_rate(self.proxy_fn(self.prompts, texts), self.base["proxy"]),
+        metrics = {"watch/proxy_win": by_reward(self.proxy_fn(self.prompts, texts), self.base["proxy"])["win_rate"],
                    "watch/kl": sum(a - b for a, b in zip(policy_lp, base_lp)) / len(ids)}
         if self.judge_fn is not None:
-            metrics["watch/judge_win"] = win_rate(self.judge_fn(self.prompts, texts), self.base["judge"])
+            metrics["watch/judge_win"] = by_reward(self.judge_fn(self.prompts, texts), self.base["judge"])["win_rate"]
         elif self.rule:
-            verdicts = [RULES[self.rule].verdict({"text": t, "finish": "stop" if e else "length"},
-                                                 {"text": bt, "finish": "stop" if be else "length"})
-                        for t, e, bt, be in zip(texts, self._ended(ids), self.base["texts"], self.base["ended"])]
-            metrics["watch/judge_win"] = sum({"first": 1.0, "second": 0.0}.get(v, 0.5) for v in verdicts) / len(verdicts)
+            metrics["watch/judge_win"] = by_rule(self.rule, rule_answers(texts, ids, self.tokenizer.eos_token_id),
+                                                 self.base["answers"])["win_rate"]
         message = None
         if self.has_judge:
             judge, proxy = metrics["watch/judge_win"], metrics["watch/proxy_win"]
