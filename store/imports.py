@@ -8,16 +8,19 @@ JSON array is read whole (parsed element by element), so large files are better 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import io
 import json
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common.errors import StudioError
 from store.db import (Store, StoreError, content_hash, discard_import, fetch_one, is_empty_response, prompt_key,
@@ -81,6 +84,9 @@ class ImportFailed(StudioError):
 
 # --- readers: yield (line, record | BadRecord) ------------------------------------------------
 
+DAMAGED_TAIL = "nothing after it could be read"
+
+
 def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -107,25 +113,73 @@ def _as_object(value: object) -> dict:
     return value
 
 
-def _jsonl(f, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
-    for line, raw in enumerate(f, 1):
-        if not raw.strip():
-            continue
+def _json_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRecord(f"not valid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise BadRecord("JSON nested too deeply to read (over about 900 levels)") from None
+
+
+class _Damaged(Exception):
+    """The file cannot be read past this point (a damaged gzip stream, a broken Parquet page)."""
+
+
+def _stream_damage(error: Exception) -> str:
+    if isinstance(error, EOFError):
+        return f"the gzip stream ends early; {DAMAGED_TAIL}"
+    if isinstance(error, gzip.BadGzipFile):
+        return "not a gzip file (the name ends in .gz)"
+    return f"the compressed data is damaged ({error}); {DAMAGED_TAIL}"
+
+
+class _Lines:
+    """The file's physical lines as bytes, numbered in `line`. A line over the row limit is
+    skipped while it is read (so one huge line, say from a gzip bomb, never sits in memory) and
+    comes out as a BadRecord; damage to the stream raises `_Damaged` with the reason."""
+
+    def __init__(self, f, max_row_bytes: int):
+        self.f, self.max_row_bytes, self.line = f, max_row_bytes, 0
+
+    def _read(self, limit: int) -> bytes:
         try:
-            if len(raw) > max_row_bytes:
-                raise BadRecord(f"row is {len(raw):,} bytes, over the {max_row_bytes:,}-byte limit")
+            return self.f.readline(limit)
+        except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise _Damaged(_stream_damage(e)) from None
+
+    def __iter__(self) -> Iterator[bytes | BadRecord]:
+        while raw := self._read(self.max_row_bytes + 2):  # room for "\r\n"
+            self.line += 1
+            if self.line == 1 and raw.startswith(codecs.BOM_UTF8):  # Excel's "CSV UTF-8" and others
+                raw = raw[len(codecs.BOM_UTF8):]
+            size = len(raw.rstrip(b"\r\n"))
+            while not raw.endswith(b"\n") and size > self.max_row_bytes:  # drain the rest of the line
+                raw = self._read(1 << 20)
+                if not raw:
+                    break
+                size += len(raw.rstrip(b"\r\n"))
+            if size > self.max_row_bytes:
+                yield BadRecord(f"row is {size:,} bytes, over the {self.max_row_bytes:,}-byte limit")
+            else:
+                yield raw
+
+
+def _jsonl(lines: _Lines) -> Iterator[tuple[int, dict | BadRecord]]:
+    for raw in lines:
+        if isinstance(raw, BadRecord):
+            yield lines.line, raw
+        elif raw.strip():
             try:
-                yield line, _as_object(json.loads(_decode(raw.rstrip(b"\r\n"))))
-            except json.JSONDecodeError as e:
-                raise BadRecord(f"not valid JSON: {e.msg} (column {e.colno})") from None
-        except BadRecord as e:
-            yield line, e
+                yield lines.line, _as_object(_json_value(_decode(raw.rstrip(b"\r\n"))))
+            except BadRecord as e:
+                yield lines.line, e
 
 
 def _json_array(data: bytes, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
     """A JSON array is parsed element by element so each error can name its line."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         yield data.count(b"\n", 0, e.start) + 1, BadRecord(f"not valid UTF-8 (byte 0x{data[e.start]:02x})")
         return
@@ -145,6 +199,9 @@ def _json_array(data: bytes, max_row_bytes: int) -> Iterator[tuple[int, dict | B
         except json.JSONDecodeError as e:
             yield text.count("\n", 0, e.pos) + 1, BadRecord(f"not valid JSON: {e.msg}")
             return
+        except RecursionError:  # the element's end is unknown: nothing after it can be read
+            yield line, BadRecord(f"JSON nested too deeply to read (over about 900 levels); {DAMAGED_TAIL}")
+            return
         if end - pos > max_row_bytes:
             yield line, BadRecord(f"row is {end - pos:,} bytes, over the {max_row_bytes:,}-byte limit")
         else:
@@ -155,73 +212,122 @@ def _json_array(data: bytes, max_row_bytes: int) -> Iterator[tuple[int, dict | B
         pos = end
 
 
-def _csv(f, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
-    """CSV cells are text; a cell holding a JSON list (a conversation) is decoded."""
-    state = {"line": 0}
-
-    def lines() -> Iterator[str]:
-        for raw in f:
-            state["line"] += 1
-            yield _decode(raw)
-
-    reader = csv.DictReader(lines())
+def _read_whole(f) -> tuple[bytes, str | None]:
+    """All of a file, or what could be read of it and why the rest could not."""
+    chunks = []
     try:
+        while chunk := f.read(1 << 20):
+            chunks.append(chunk)
+    except (EOFError, OSError, zlib.error) as e:
+        return b"".join(chunks), _stream_damage(e)
+    return b"".join(chunks), None
+
+
+def _csv(lines: _Lines, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
+    """CSV cells are text; a cell holding a JSON list (a conversation) is decoded.
+
+    Every row is accounted for: a row that cannot be read is reported and the reader goes on
+    from the next line (csv's strict mode resynchronises there), so `skip_bad` drops nothing
+    silently. Bytes that are not UTF-8 fail only the row they are in."""
+    pending: list[tuple[int, BadRecord]] = []  # over-long lines, reported beside the rows
+
+    def text_lines() -> Iterator[str]:
+        for raw in lines:
+            if isinstance(raw, BadRecord):
+                pending.append((lines.line, raw))
+                yield "\n"  # an empty row, which the reader skips
+            else:
+                yield raw.decode("utf-8", errors="surrogateescape")
+
+    # A legal cell may be as long as a row may be (Python's csv stops at 128 KiB by default).
+    csv.field_size_limit(max(csv.field_size_limit(), max_row_bytes + 1))
+    reader = csv.reader(text_lines(), strict=True)
+    header = None
+    while True:
+        start = lines.line + 1
         try:
-            header = reader.fieldnames
+            row = next(reader)
+        except StopIteration:
+            break
         except csv.Error as e:
-            yield 1, BadRecord(f"not valid CSV: {e}")
-            return
-        if not header:
-            yield 1, BadRecord("empty file: no header row")
-            return
-        while True:
-            start = state["line"] + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield start, BadRecord(f"not valid CSV: {e}")
-                return
-            if None in row:
-                yield start, BadRecord(f"{len(header) + len(row[None])} cells, header has {len(header)}")
-                continue
-            size = sum(len(v or "") for v in row.values())
-            if size > max_row_bytes:
-                yield start, BadRecord(f"row is {size:,} bytes, over the {max_row_bytes:,}-byte limit")
-                continue
-            record = {}
-            for key, value in row.items():
-                if value is None:
-                    continue  # a short row: the column is missing, and the parser will say so
-                if value.startswith("[{"):
-                    try:
-                        value = json.loads(value)
-                    except json.JSONDecodeError:
-                        pass
-                record[key] = value
-            yield start, record
-    except BadRecord as e:  # a line that is not UTF-8 stops the CSV reader: it cannot resync
-        yield state["line"], e
+            reason = ("a quoted cell opened here is never closed; it runs to the end of the file"
+                      if "unexpected end of data" in str(e) else f"not valid CSV: {e}")
+            yield start, BadRecord(reason)
+            continue
+        finally:
+            yield from pending
+            pending.clear()
+        if not row:
+            continue
+        undecodable = next((cell for cell in row if _has_bad_bytes(cell)), None)
+        if undecodable is not None:
+            yield start, _bad_bytes(undecodable)
+            continue
+        if header is None:
+            header = row
+            continue
+        if len(row) != len(header):
+            yield start, BadRecord(f"{len(row)} cells, header has {len(header)}")
+            continue
+        size = sum(len(v) for v in row)
+        if size > max_row_bytes:
+            yield start, BadRecord(f"row is {size:,} bytes, over the {max_row_bytes:,}-byte limit")
+            continue
+        record = {}
+        for key, value in zip(header, row):
+            if value.startswith("[{"):
+                try:
+                    value = json.loads(value)
+                except (json.JSONDecodeError, RecursionError):
+                    pass
+            record[key] = value
+        yield start, record
+    if header is None:
+        yield 1, BadRecord("empty file: no header row")
+
+
+def _has_bad_bytes(cell: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in cell)
+
+
+def _bad_bytes(cell: str) -> BadRecord:
+    column = next(i for i, ch in enumerate(cell) if "\udc80" <= ch <= "\udcff")
+    return BadRecord(f"not valid UTF-8 (byte 0x{ord(cell[column]) - 0xdc00:02x} in a cell)")
 
 
 def _parquet(path: Path, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRecord]]:
-    con = duckdb.connect()
+    """Row group by row group, so that damage in one (a bad page) fails only its own rows."""
     try:
-        reader = con.sql("SELECT * FROM read_parquet($path)", params={"path": str(path)}).to_arrow_reader(BATCH_ROWS)
-    except duckdb.Error as e:
-        yield 1, BadRecord(f"not a readable Parquet file: {str(e).splitlines()[0]}")
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        yield 1, BadRecord(f"not a readable Parquet file: {_first_line(e)}")
         return
     line = 0
-    for batch in reader:
-        for record in batch.to_pylist():
-            line += 1
-            size = len(json.dumps(record, default=str))
-            if size > max_row_bytes:
-                yield line, BadRecord(f"row is {size:,} bytes, over the {max_row_bytes:,}-byte limit")
-            else:
-                yield line, record
-    con.close()
+    for group in range(parquet.num_row_groups):
+        try:
+            batches = parquet.read_row_group(group).to_batches(BATCH_ROWS)
+        except (pa.ArrowException, OSError) as e:
+            damaged = parquet.metadata.row_group(group).num_rows
+            reason = f"in a damaged part of the file (row group {group + 1}: {_first_line(e)})"
+            for line in range(line + 1, line + damaged + 1):
+                yield line, BadRecord(reason)
+            continue
+        for batch in batches:
+            for record in batch.to_pylist():
+                line += 1
+                try:
+                    size = len(json.dumps(record, default=str))
+                except RecursionError:
+                    yield line, BadRecord("nested too deeply to read")
+                    continue
+                if size > max_row_bytes:
+                    yield line, BadRecord(f"row is {size:,} bytes, over the {max_row_bytes:,}-byte limit")
+                else:
+                    yield line, record
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def read_records(path: Path, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iterator[tuple[int, dict | BadRecord]]:
@@ -231,16 +337,24 @@ def read_records(path: Path, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iter
         yield from _parquet(path, max_row_bytes)
         return
     with _open(path) as f:
-        if kind == "json":
-            head = f.read(64).lstrip()
-            f.seek(0)
-            if head.startswith(b"["):
-                yield from _json_array(f.read(), max_row_bytes)
-                return
-        if kind == "csv":
-            yield from _csv(f, max_row_bytes)
-        else:
-            yield from _jsonl(f, max_row_bytes)
+        lines = _Lines(f, max_row_bytes)
+        try:
+            if kind == "json":
+                data, damage = _read_whole(f)
+                if data.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
+                    records = list(_json_array(data, max_row_bytes))
+                    if damage:  # what was read ends early: say why, not "the array is not closed"
+                        if isinstance(records[-1][1], BadRecord):
+                            records.pop()
+                        records.append((data.count(b"\n") + 1, BadRecord(damage)))
+                    yield from records
+                    return
+                if damage:
+                    raise _Damaged(damage)
+                lines = _Lines(io.BytesIO(data), max_row_bytes)
+            yield from (_csv(lines, max_row_bytes) if kind == "csv" else _jsonl(lines))
+        except _Damaged as e:
+            yield lines.line + 1, BadRecord(str(e))
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -355,8 +469,10 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     dataset = dataset or path.name.split(".")[0]
     report = ImportReport(file=str(path), dataset=dataset, format=fmt)
+    if max_row_bytes < 1:
+        raise ValueError(f"the row limit must be a positive number of bytes, not {max_row_bytes}")
     if not path.is_file():
-        report.errors.append(RowError(str(path), 0, "no such file"))
+        report.errors.append(RowError(str(path), 0, "is a folder, not a file" if path.is_dir() else "no such file"))
         raise ImportFailed(report)
     import_id = uuid.uuid4().hex
     try:

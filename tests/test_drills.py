@@ -1,5 +1,6 @@
 """Failure drills: what a user meets when things go wrong, and that nothing is lost or half-written."""
 
+import gzip
 import json
 import os
 import resource
@@ -140,29 +141,45 @@ def test_an_import_killed_mid_file_leaves_nothing_once_the_workspace_reopens(tmp
 
 
 # Lines a user's file might hold: JSON objects with the keys the formats know, arbitrary values,
-# broken JSON, empty lines.
+# broken JSON, empty lines, CSV quoting gone wrong, nesting past any parser's depth.
 TEXT = st.text(alphabet=string.printable + "éü中\u2028", max_size=40)
 VALUE = st.recursive(st.none() | st.booleans() | st.integers() | TEXT,
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3), max_leaves=6)
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "bot", ""]), "content": VALUE})
 RECORD = st.dictionaries(st.sampled_from(["prompt", "chosen", "rejected", "messages", "text", "other"]),
                          VALUE | st.lists(MESSAGE, max_size=3), max_size=4)
-LINE = RECORD.map(json.dumps) | TEXT | st.just("") | RECORD.map(lambda r: json.dumps(r)[:-1])
+CSV_LINE = st.lists(st.sampled_from(['"', '""', ",", "q", "a b", '"x"y', "\r", "\x00"]), max_size=6).map("".join)
+NESTED = st.integers(900, 3000).map(lambda depth: '{"prompt": "q", "x": ' + "[" * depth + "]" * depth + "}")
+LINE = (RECORD.map(json.dumps) | TEXT | st.just("") | RECORD.map(lambda r: json.dumps(r)[:-1]) | CSV_LINE | NESTED
+        | st.just("prompt,chosen,rejected"))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(LINE, min_size=1, max_size=6), suffix=st.sampled_from([".jsonl", ".json", ".csv"]))
-def test_fuzzed_imports_never_crash_and_never_write_partial_data(tmp_path, store, lines, suffix):
-    path = tmp_path / f"fuzz{suffix}"
-    path.write_text("\n".join(lines), encoding="utf-8")
+def wrap(data: bytes, how: str) -> bytes:
+    """The file as saved: plain, with Excel's byte order mark, gzipped, or gzipped and cut short."""
+    if how == "bom":
+        return b"\xef\xbb\xbf" + data
+    if how.startswith("gzip"):
+        packed = gzip.compress(data)
+        return packed[: len(packed) // 2] if how == "gzip-cut" else packed
+    return data
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(LINE, min_size=1, max_size=6), suffix=st.sampled_from([".jsonl", ".json", ".csv"]),
+       how=st.sampled_from(["plain", "bom", "gzip", "gzip-cut"]), skip_bad=st.booleans())
+def test_fuzzed_imports_never_crash_and_never_write_partial_data(tmp_path, store, lines, suffix, how, skip_bad):
+    path = tmp_path / f"fuzz{suffix}{'.gz' if how.startswith('gzip') else ''}"
+    path.write_bytes(wrap("\n".join(lines).encode("utf-8", "surrogatepass"), how))
     before = store.stats()
     try:
-        report = import_file(store, path, "fuzz")
+        report = import_file(store, path, "fuzz", skip_bad=skip_bad)
     except ImportFailed as e:
         assert e.report.errors and all(str(path) in str(err) for err in e.report.errors)
         assert store.stats() == before  # refused: nothing written
     else:
         assert report.written and report.pairs + report.prompts_only > 0
+        # every row of the file is imported or reported
+        assert report.rows == report.pairs + report.prompts_only + len(report.errors)
 
 
 @pytest.mark.parametrize("name", ["../../escape", "/etc/passwd", "..", "a/b\\c", "ok name"])

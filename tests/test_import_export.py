@@ -170,7 +170,7 @@ def test_skip_bad_imports_the_good_rows_and_reports_the_rest(tmp_path, store):
     (b'{"prompt": "q", "chosen": "a"}', "missing column 'rejected'"),
     (b'{"prompt": "q", "chosen": "a", "rejected": "a"}', "chosen and rejected are identical"),
     (b'["not", "an", "object"]', "expected a JSON object, got list"),
-    (b'{"prompt": "q", "chosen": "' + b"x" * 2000 + b'", "rejected": "b"}', "row is 2,047 bytes, over the 1,000-byte limit"),
+    (b'{"prompt": "q", "chosen": "' + b"x" * 2000 + b'", "rejected": "b"}', "row is 2,046 bytes, over the 1,000-byte limit"),
 ])
 def test_each_bad_input_reason(tmp_path, store, line, reason):
     path = tmp_path / "bad.jsonl"
