@@ -44,7 +44,7 @@ def add_compared_pair(cur, dataset: str, prompt: list[dict], first: tuple[str, l
     (created when missing, with `recipe`), inside the caller's transaction; returns the pair id."""
     if not prompt or not first[1] or not second[1]:
         raise ArenaError("a compared pair needs a prompt and two answers")
-    dataset_id = ensure_dataset(cur, dataset, recipe or {"source": source})
+    dataset_id = ensure_dataset(cur, dataset, recipe or {"source": source}, internal=True)
     pid = prompt_key(prompt)
     cur.execute("INSERT INTO prompts (id, messages) SELECT ?, ? WHERE ? NOT IN (SELECT id FROM prompts)",
                 [pid, json.dumps(prompt, ensure_ascii=False), pid])

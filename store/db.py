@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import threading
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -152,6 +153,31 @@ class StoreError(StudioError, RuntimeError):
     """The workspace database cannot be used; the message says why."""
 
 
+class BadName(StudioError, ValueError):
+    """A dataset name the studio will not create."""
+
+
+RESERVED_DATASETS = ("arena", "demo-prompts")  # made and filled by the studio itself
+MAX_NAME_CHARS = 80
+
+
+def check_dataset_name(name: str, internal: bool = False) -> str:
+    """The name, trimmed, if a new dataset may take it: 1-80 characters, no control characters (tabs,
+    new lines), at least one letter or digit, not one the studio reserves for its own datasets."""
+    trimmed = (name or "").strip()
+    if not trimmed:
+        raise BadName("give the dataset a name")
+    if len(trimmed) > MAX_NAME_CHARS:
+        raise BadName(f"a dataset name is at most {MAX_NAME_CHARS} characters (this one has {len(trimmed):,})")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in trimmed):
+        raise BadName("a dataset name cannot hold tabs, new lines or other control characters")
+    if not any(ch.isalnum() for ch in trimmed):
+        raise BadName(f"a dataset name needs a letter or a digit, not only {trimmed!r}")
+    if not internal and trimmed.lower() in RESERVED_DATASETS:
+        raise BadName(f"'{trimmed}' is the studio's own dataset; pick another name")
+    return trimmed
+
+
 def content_hash(*parts: object) -> str:
     """Stable id for content: sha256 over canonical JSON, 32 hex characters."""
     canonical = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
@@ -199,6 +225,24 @@ def discard_import(cur: duckdb.DuckDBPyConnection, import_id: str) -> None:
     cur.execute("DELETE FROM import_staging WHERE import_id = $import", params)
 
 
+def damaged(path: Path, why: str) -> str:
+    return (f"{path}: the workspace database is damaged ({why}). Restore studio.duckdb from a backup, or move "
+            "the workspace folder aside and start a new one; the studio never repairs a workspace in place")
+
+
+def _describe_process(pid: int) -> str:
+    """'PID 123: alignstudio import pairs.jsonl', as far as this system tells."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"PID {pid}"
+    words = [w.decode(errors="replace") for w in words if w]
+    # python .../alignstudio import x  ->  alignstudio import x
+    start = next((i for i, w in enumerate(words) if Path(w).name == "alignstudio" or w == "studio.cli"), None)
+    shown = ["alignstudio"] + words[start + 1:] if start is not None else words
+    return f"PID {pid}: {' '.join(' '.join(shown).split())[:120]}" if shown else f"PID {pid}"
+
+
 def _is_duckdb_file(path: Path) -> bool:
     # DuckDB's file header has the magic "DUCK" at byte 8.
     with open(path, "rb") as f:
@@ -208,6 +252,8 @@ def _is_duckdb_file(path: Path) -> bool:
 class Store:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, not a workspace database; move it aside")
         exists = self.path.exists() and self.path.stat().st_size > 0
         if exists and not _is_duckdb_file(self.path):
             raise StoreError(f"{self.path}: not a DuckDB database; refusing to open it")
@@ -219,13 +265,17 @@ class Store:
         except duckdb.IOException as e:
             held = re.search(r"Conflicting lock is held in .*? \(PID (\d+)\)", str(e))
             if held:
-                raise StoreError(f"{self.path}: the workspace is open in another process (PID {held.group(1)}), "
-                                 "most likely `alignstudio serve`; use the app, or stop it first") from None
+                pid = int(held.group(1))
+                raise StoreError(f"{self.path}: the workspace is open in another process ({_describe_process(pid)}); "
+                                 "wait for it to finish, use the app if it is `alignstudio serve`, or stop it first"
+                                 ) from None
             raise StoreError(f"{self.path}: cannot open the workspace database: {e}") from None
         except OSError as e:
             raise StoreError(f"{self.path.parent}: cannot create the workspace: {e.strerror}") from None
         self._lock = threading.Lock()
         try:
+            if exists:
+                self._check_whole()
             self._check_and_migrate(exists, read_only)
             if not read_only:
                 for (import_id,) in self._con.execute("SELECT DISTINCT import_id FROM import_staging").fetchall():
@@ -234,6 +284,23 @@ class Store:
         except BaseException:
             self._con.close()
             raise
+
+    def _check_whole(self) -> None:
+        """Refuse a database file cut short (by a copy, a full disk or a crash) before any of it is
+        used: DuckDB opens such a file, reports every count as healthy, and fails only on the first
+        read of a missing block. The check: the last block that holds a table's data lies inside
+        the file (free blocks may lie past its end, DuckDB trims them)."""
+        if self.path.with_name(self.path.name + ".wal").exists():
+            return  # blocks replayed from the log are not on disk yet: no check then
+        block_size = self._con.execute("PRAGMA database_size").fetchone()[2]
+        tables = [r[0] for r in self._con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()]
+        last = max((self._con.execute("SELECT max(block_id) FROM pragma_storage_info(?)", [t]).fetchone()[0] or -1
+                    for t in tables), default=-1)
+        size = self.path.stat().st_size
+        if (last + 1) * block_size > size:
+            raise StoreError(damaged(self.path, f"the file is {size:,} bytes, but its data goes on to block {last:,} "
+                                                f"of {block_size:,} bytes"))
 
     def _check_and_migrate(self, existed: bool, read_only: bool) -> None:
         tables = {r[0] for r in self._con.execute(
@@ -310,22 +377,26 @@ class Store:
         except duckdb.Error:
             pass  # a failed commit has ended the transaction already
 
-    def query(self, sql: str, params: list | None = None) -> list[dict]:
+    @contextmanager
+    def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
         cur = self._con.cursor()
         try:
-            result = cur.execute(sql, params or [])
-            names = [d[0] for d in result.description]
-            return [dict(zip(names, row)) for row in result.fetchall()]
+            yield cur
+        except duckdb.IOException as e:  # a block that cannot be read: the file is damaged
+            raise StoreError(damaged(self.path, str(e).splitlines()[0])) from None
         finally:
             cur.close()
 
+    def query(self, sql: str, params: list | None = None) -> list[dict]:
+        with self._reading() as cur:
+            result = cur.execute(sql, params or [])
+            names = [d[0] for d in result.description]
+            return [dict(zip(names, row)) for row in result.fetchall()]
+
     def scalar(self, sql: str, params: list | None = None):
-        cur = self._con.cursor()
-        try:
+        with self._reading() as cur:
             row = fetch_one(cur, sql, params)
             return None if row is None else row[0]
-        finally:
-            cur.close()
 
     def stats(self) -> dict[str, int]:
         return {t: self.scalar(f"SELECT count(*) FROM {t}") for t in COUNTED_TABLES}

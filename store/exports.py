@@ -131,15 +131,17 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
     out = Path(out)
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if out.is_dir():
+        raise ExportError(f"{out}: is a folder; give a file name ending in .jsonl or .parquet")
     if out.suffix not in (".jsonl", ".parquet"):
         raise ExportError(f"{out}: the file name must end in .jsonl or .parquet")
     pairs, left_out = preference_records(store, dataset)
     records = [_as_text(r["prompt"], r["chosen"], r["rejected"]) if fmt == "trl"
                else {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".parquet":
             pq.write_table(pa.Table.from_pylist(records), partial)
         else:
@@ -147,6 +149,12 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
                 for record in records:
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(partial, out)
+    except (OSError, pa.ArrowException) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ExportError(f"{out}: cannot write the export ({reason}); nothing was written") from None
     finally:
-        partial.unlink(missing_ok=True)
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass  # its folder could not be made: there is no partial file
     return ExportReport(str(out), len(records), left_out)

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 
 from common.errors import StudioError
-from store.db import Store, content_hash, fetch_one
+from store.db import Store, check_dataset_name, content_hash, fetch_one
 
 
 class FilterError(StudioError, ValueError):
@@ -136,6 +136,7 @@ def save_filtered(store: Store, plan: FilterPlan, into: str) -> str:
     """Write the plan's pairs as the new dataset `into`; returns the summary."""
     if store.dataset_id(into) is not None:
         raise FilterError(f"a dataset named '{into}' already exists; choose another name")
+    check_dataset_name(into)
     with store.transaction() as cur:
         new_id = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
                            [into, json.dumps(plan.recipe)])[0]

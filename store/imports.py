@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
-from store.db import (Store, StoreError, content_hash, discard_import, fetch_one, is_empty_response, prompt_key,
-                      response_key)
+from store.db import (Store, StoreError, check_dataset_name, content_hash, discard_import, fetch_one,
+                      is_empty_response, prompt_key, response_key)
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
@@ -438,7 +439,7 @@ def prompt_subset(store: Store, name: str, source: str, offset: int, limit: int)
     order they were stored), made once; its prompt count."""
     made = store.dataset_id(name) is None
     with store.transaction() as cur:
-        dataset_id = ensure_dataset(cur, name, {"source": source, "offset": offset, "limit": limit})
+        dataset_id = ensure_dataset(cur, name, {"source": source, "offset": offset, "limit": limit}, internal=True)
         if made:
             cur.execute("""INSERT INTO dataset_prompts SELECT ?, id FROM prompts
                            WHERE id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
@@ -447,19 +448,22 @@ def prompt_subset(store: Store, name: str, source: str, offset: int, limit: int)
         return fetch_one(cur, "SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [dataset_id])[0]
 
 
-def ensure_dataset(cur, name: str, recipe: dict) -> int:
-    """The id of dataset `name`, created with `recipe` when missing (inside the caller's transaction)."""
+def ensure_dataset(cur, name: str, recipe: dict, internal: bool = False) -> int:
+    """The id of dataset `name`, created with `recipe` when missing (inside the caller's transaction);
+    a new name must pass `check_dataset_name` (`internal`: the studio's own, reserved names)."""
     row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name])
     if row:
         return row[0]
+    check_dataset_name(name, internal)
     return fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
                      [name, json.dumps(recipe)])[0]
 
 
 def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt: str = "auto",
-                skip_bad: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES) -> ImportReport:
+                skip_bad: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES, internal: bool = False) -> ImportReport:
     """Import one file into `dataset` (default: the file's name). Raises ImportFailed if nothing
-    was written: bad rows without `skip_bad`, or no usable row at all.
+    was written: bad rows without `skip_bad`, or no usable row at all. `internal`: the studio's
+    own import of its assets, which may use the names it reserves.
 
     The rows are committed in chunks as the file is read, so memory stays flat however large the
     file; the dataset shows them only once the whole file is in (one last small transaction), and
@@ -467,7 +471,9 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    dataset = dataset or path.name.split(".")[0]
+    dataset = (dataset or "").strip() or path.name.split(".")[0]
+    if store.dataset_id(dataset) is None:
+        check_dataset_name(dataset, internal)
     report = ImportReport(file=str(path), dataset=dataset, format=fmt)
     if max_row_bytes < 1:
         raise ValueError(f"the row limit must be a positive number of bytes, not {max_row_bytes}")
@@ -479,18 +485,20 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
         with store.memory_limit(IMPORT_MEMORY_LIMIT):
             _read_and_write(store, path, import_id, report, fmt, skip_bad, max_row_bytes)
         with store.transaction() as cur:
-            dataset_id = ensure_dataset(cur, dataset, {"source": "import", "file": path.name})
+            dataset_id = ensure_dataset(cur, dataset, {"source": "import", "file": path.name}, internal)
             for table, link, column in (("prompts", "dataset_prompts", "prompt_id"), ("pairs", "dataset_pairs", "pair_id")):
                 cur.execute(f"INSERT OR IGNORE INTO {link} (dataset_id, {column}) SELECT DISTINCT ?, id "
                             "FROM import_staging WHERE import_id = ? AND tbl = ?", [dataset_id, import_id, table])
             cur.execute("DELETE FROM import_staging WHERE import_id = ?", [import_id])
-    except BaseException:
+    except BaseException as e:
         report.new_pairs = report.new_prompts = report.new_responses = 0
         try:
             with store.transaction() as cur:
                 discard_import(cur, import_id)
         except StoreError:
             pass  # the disk may be full: the next time the workspace opens, it removes them
+        if isinstance(e, duckdb.InterruptException) or "Query interrupted" in str(e):  # Ctrl-C inside DuckDB
+            raise KeyboardInterrupt from None
         raise
     report.written = True
     return report

@@ -10,7 +10,7 @@ import hashlib
 import json
 
 from common.errors import StudioError
-from store.db import Store, fetch_one
+from store.db import Store, check_dataset_name, fetch_one
 
 PAGE_SIZE = 20
 
@@ -135,6 +135,8 @@ def copy_pairs(store: Store, dataset: str, into: str, pair_ids: list[str] | None
         if not chosen:
             raise CurationError("no pair selected")
         row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [into])
+        if row is None:
+            check_dataset_name(into)
         target = row[0] if row else fetch_one(
             cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
             [into, json.dumps({"source": "curation", "from": dataset, "search": search or None})])[0]
@@ -168,6 +170,7 @@ def split_pairs(store: Store, dataset: str, into: tuple[str, str], share: float 
         for name in names:
             if fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name]):
                 raise CurationError(f"a dataset named '{name}' exists already; choose another name")
+            check_dataset_name(name)
         rows = cur.execute("""SELECT id, prompt_id FROM pairs
                               WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""",
                            [dataset_id]).fetchall()

@@ -43,6 +43,10 @@ def build_app(workspace: Workspace):
             export_tab.build(tab, store, runner)
         with gr.Tab("Compare") as tab:
             compare_tab.build(tab, store, runner, ChatModels())
+    # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
+    # description (every dataset name among its allowed values) even in the login page.
+    for fn in app.fns.values():
+        fn.api_visibility = "private"
     return app, runner
 
 

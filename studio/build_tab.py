@@ -160,7 +160,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
             return "**Give the new dataset a name.**", gr.update()
         try:
             summary = save_filtered(store, plan(*controls), name.strip())
-        except FilterError as e:
+        except StudioError as e:  # no pairs kept, a taken or unusable name
             return f"**{e}**", gr.update()
         return f"Saved: {summary}.", gr.update(choices=dataset_names(store))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -41,10 +42,20 @@ def _print_errors(errors) -> None:
         print(f"... and {len(errors) - SHOWN_ERRORS} more bad rows", file=sys.stderr)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {value}")
+    return value
+
+
 def cmd_import(ws: Workspace, args) -> int:
     with ws.open_store() as store:
         try:
             report = import_file(store, args.file, args.dataset, args.format, args.skip_bad, args.max_row_bytes)
+        except KeyboardInterrupt:  # import_file has removed what it wrote
+            print(f"{args.file}: import cancelled; nothing was written", file=sys.stderr)
+            return 130
         except ImportFailed as e:
             _print_errors(e.report.errors)
             print(e.report.summary(), file=sys.stderr)
@@ -367,7 +378,7 @@ def cmd_prepare(ws: Workspace, args) -> int:
     print(f"default model ready: {path}")
     with ws.open_store() as store:
         if store.dataset_id(DEMO_DATASET) is None:
-            print(import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_DATASET).summary())
+            print(import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_DATASET, internal=True).summary())
         print(f"workspace ready: {ws.root}")
     return 0
 
@@ -384,6 +395,13 @@ def cmd_serve(ws: Workspace, args) -> int:
     if args.host not in LOOPBACK and auth is None:
         raise SystemExit(f"refusing to serve on {args.host} without --auth user:password: anyone who "
                          "can reach this machine could read and change the workspace")
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise SystemExit(f"cannot serve on {args.host}:{args.port}: {e.strerror} (another studio, or another "
+                             "program, may be using that port: pass --port with a free one)") from None
     serve(ws, args.host, args.port, auth)
     return 0
 
@@ -400,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset to add to (default: the file's name)")
     p.add_argument("--format", default="auto", choices=FORMATS)
     p.add_argument("--skip-bad", action="store_true", help="import the good rows, report the bad ones")
-    p.add_argument("--max-row-bytes", type=int, default=DEFAULT_MAX_ROW_BYTES)
+    p.add_argument("--max-row-bytes", type=positive_int, default=DEFAULT_MAX_ROW_BYTES,
+                   help=f"a longer row is bad (default {DEFAULT_MAX_ROW_BYTES:,})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_import)
 

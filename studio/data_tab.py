@@ -3,12 +3,14 @@ remove pairs, and export a dataset for download."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
 
 import gradio as gr
 
+from common.errors import StudioError
 from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
 from store.pairs import PAGE_SIZE, CurationError, copy_pairs, find_pairs, get_pair, remove_pairs
 from store.queries import dataset_names
@@ -30,6 +32,8 @@ def import_upload(store: Store, path: str | None, dataset: str, skip_bad: bool) 
         report = import_file(store, path, (dataset or "").strip() or None, skip_bad=skip_bad)
     except ImportFailed as e:
         report = e.report
+    except StudioError as e:  # an unusable dataset name
+        return f"**{e}**"
     errors = [f"{name}:{e.line}: {e.reason}" for e in report.errors]
     shown = "\n".join(f"- `{e}`" for e in errors[:MAX_ERRORS_SHOWN])
     more = f"\n- … and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
@@ -78,9 +82,13 @@ def pair_details(store: Store, pair_id: str) -> tuple[list[dict], str, str, str]
 
 def export_path(workspace: Workspace, dataset: str, fmt: str, suffix: str) -> Path:
     """Where the Data tab writes a dataset's export: always inside the workspace's exports folder,
-    whatever the dataset is called (a name like '../../x' becomes '_x')."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{dataset}-{fmt}").strip("_") or "export"
-    return workspace.exports_dir / f"{stem}{suffix if suffix in ('.jsonl', '.parquet') else '.jsonl'}"
+    whatever the dataset is called, and one file per dataset: a name that had to be changed to
+    be a file name ('../x' -> '_x', spaces, slashes) gets a short hash of itself, so that '../x' and
+    'x' (or '_x') never share a file. Letters of any script are kept."""
+    safe = re.sub(r"[^\w.-]+", "_", dataset).strip("_.") or "dataset"
+    if safe != dataset:
+        safe += "-" + hashlib.sha256(dataset.encode()).hexdigest()[:8]
+    return workspace.exports_dir / f"{safe}-{fmt}{suffix if suffix in ('.jsonl', '.parquet') else '.jsonl'}"
 
 def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> None:
     names = dataset_names(store)
@@ -166,7 +174,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> No
                 n = copy_pairs(store, dataset_name, target_name, pair_ids, search_text, move=action == "move")
                 verb = "Moved" if action == "move" else "Copied"
                 message = f"{verb} {n:,} pairs from '{dataset_name}' to '{target_name.strip()}'."
-        except CurationError as e:
+        except StudioError as e:  # nothing selected, a taken or unusable name
             return f"**{e}**", gr.update()
         return message, gr.update(choices=dataset_names(store))
 

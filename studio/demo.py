@@ -104,7 +104,7 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
 
     t = time.monotonic()
     if store.dataset_id(DEMO_PROMPTS) is None:
-        import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_PROMPTS)
+        import_file(store, ASSETS / "demo_prompts.jsonl", DEMO_PROMPTS, internal=True)
     n_train = prompt_subset(store, TRAIN_PROMPTS, DEMO_PROMPTS, 0, s.prompts)
     n_heldout = prompt_subset(store, HELDOUT_PROMPTS, DEMO_PROMPTS, s.prompts, s.heldout)
     stage("prompts", t, f"{n_train} demo prompts get candidates, {n_heldout} others are held out", train=n_train,

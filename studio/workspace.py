@@ -41,6 +41,8 @@ class Workspace:
         return self.root / "exports"
 
     def open_store(self) -> Store:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: is a file, not a workspace folder; pass --workspace with a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"

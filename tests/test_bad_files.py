@@ -154,3 +154,151 @@ def test_a_gzip_bomb_is_stopped_while_it_decompresses(tmp_path, store):
     assert report.pairs == 3 and [str(e) for e in report.errors] == [
         f"{path}:2: row is 100,000,014 bytes, over the 1,000,000-byte limit"]
     assert peak < 50_000_000  # the line was never held whole
+
+
+# --- the workspace and the command line ---------------------------------------------------------
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from store import Store, export_pairs
+from store.db import BadName, check_dataset_name
+
+ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
+
+
+def cli(*args, workspace):
+    return subprocess.run([ALIGNSTUDIO, *map(str, args), "--workspace", str(workspace)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(result) -> str:
+    """The command failed with one line of error and no traceback."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_workspace_database_cut_short_is_called_damaged_not_healthy(tmp_path):
+    ws = tmp_path / "ws"
+    with Store(ws / "studio.duckdb") as store:
+        path = tmp_path / "many.jsonl"
+        path.write_text("".join(json.dumps({**pair(i), "chosen": "long " * 300 + str(i)}) + "\n" for i in range(3000)))
+        import_file(store, path, "many")
+    db = ws / "studio.duckdb"
+    os.truncate(db, db.stat().st_size // 2)
+    for command in (["stats"], ["datasets"], ["export", "--out", tmp_path / "x.jsonl"], ["import", path]):
+        line = one_error_line(cli(*command, workspace=ws))
+        assert "the workspace database is damaged" in line and "Restore studio.duckdb from a backup" in line
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_odd_workspace_paths_get_a_sentence(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert "is a file, not a workspace folder" in one_error_line(cli("stats", workspace=tmp_path / "afile"))
+    (tmp_path / "ws" / "studio.duckdb").mkdir(parents=True)
+    assert "is a folder, not a workspace database" in one_error_line(cli("stats", workspace=tmp_path / "ws"))
+
+
+def test_bad_command_line_values_and_export_targets(tmp_path):
+    ws = tmp_path / "ws"
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl_bytes(3))
+    assert "must be a positive number, not -5" in one_error_line(cli("import", data, "--max-row-bytes", "-5", workspace=ws))
+    assert "is a folder, not a file" in cli("import", tmp_path, workspace=ws).stderr
+    cli("import", data, "--dataset", "d", workspace=ws)
+    (tmp_path / "a-file").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    for out, reason in ((tmp_path, "is a folder"), (tmp_path / "a-file" / "x.jsonl", "cannot write the export"),
+                        (locked / "x.jsonl", "cannot write the export")):
+        if reason.startswith("cannot") and out.parent == locked and os.geteuid() == 0:
+            continue  # root writes anywhere
+        assert reason in one_error_line(cli("export", "--out", out, workspace=ws))
+    assert not list(tmp_path.glob("**/*.partial"))
+
+
+def test_a_full_disk_during_export_writes_nothing(tmp_path, store):
+    import resource
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl_bytes(200))
+    import_file(store, data, "d")
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2000, old[1]))
+    try:
+        with pytest.raises(Exception, match="cannot write the export .*nothing was written"):
+            export_pairs(store, tmp_path / "out.jsonl", "d")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.partial").exists()
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("   ", "give the dataset a name"), ("\t\n", "give the dataset a name"), ("x" * 10_000, "at most 80 characters"),
+    ("a\tb", "control characters"), ("a\nb", "control characters"), ("---", "needs a letter or a digit"),
+    ("arena", "the studio's own dataset"), ("Demo-Prompts", "the studio's own dataset"),
+])
+def test_dataset_names_follow_rules(tmp_path, store, name, reason):
+    with pytest.raises(BadName, match=reason):
+        check_dataset_name(name)
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl_bytes(1))
+    if name.strip():  # a blank name falls back to the file's name
+        with pytest.raises(BadName, match=reason):
+            import_file(store, data, name)
+    assert store.stats()["datasets"] == 0 or name.strip() == ""
+    assert check_dataset_name(" données v2 ") == "données v2"
+
+
+def test_the_port_in_use_is_a_sentence(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error_line(cli("serve", "--port", port, workspace=tmp_path / "ws"))
+    assert f"cannot serve on 127.0.0.1:{port}" in line and "pass --port" in line
+
+
+def test_ctrl_c_during_an_import_says_nothing_was_written(tmp_path):
+    ws, data = tmp_path / "ws", tmp_path / "big.jsonl"
+    data.write_bytes(jsonl_bytes(200_000))
+    child = subprocess.Popen([ALIGNSTUDIO, "import", str(data), "--workspace", str(ws)], stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130 and "import cancelled; nothing was written" in err and "Traceback" not in err
+    with Store(ws / "studio.duckdb", read_only=True) as store:
+        assert store.stats()["datasets"] == 0
+
+
+def test_the_login_page_says_nothing_about_the_workspace(tmp_path):
+    import urllib.request
+    ws, data = tmp_path / "ws", tmp_path / "d.jsonl"
+    data.write_bytes(jsonl_bytes(2))
+    assert cli("import", data, "--dataset", "secret-project-x", workspace=ws).returncode == 0
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server = subprocess.Popen([ALIGNSTUDIO, "serve", "--workspace", str(ws), "--port", str(port), "--auth", "u:pw"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("the server did not start")
+        assert '"auth_required":true' in page
+        assert "secret-project-x" not in page and '"named_endpoints":{}' in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
