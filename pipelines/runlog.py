@@ -34,10 +34,28 @@ def config_from(cls: type[C], fields: dict) -> C:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"unknown setting {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for f in dataclasses.fields(cls):
+        check_range(f, fields.get(f.name))
     try:
         return cls(**fields)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+
+
+# Counts that must be at least 1 (a batch of 0, no tokens, rank 0 cannot run).
+AT_LEAST_ONE = {"batch_size", "mini_batch_size", "grad_accum", "max_new_tokens", "max_tokens", "n",
+                "num_generations", "num_iterations", "lora_r", "lora_alpha", "ppo_epochs", "max_length"}
+
+
+def check_range(f: dataclasses.Field, value) -> None:
+    """Numbers a config cannot mean: a negative size, rate or weight (below a negative default,
+    which is a sentinel such as -1 for "off"), or 0 of what must be counted from 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    default = f.default if f.default is not dataclasses.MISSING else 0
+    floor = 1 if f.name in AT_LEAST_ONE else min(0, default if isinstance(default, (int, float)) else 0)
+    if value < floor:
+        raise ConfigError(f"{f.name} must be at least {floor}, not {value}")
 
 
 def load_config(cls: type[C], path: str | Path) -> C:

@@ -66,6 +66,9 @@ def record_vote(store: Store, prompt: list[dict], left: tuple[str, list[dict]], 
     annotator = check_annotator(annotator)
     if answer not in ("left", "right", "tie", "both-bad"):
         raise ArenaError(f"unknown vote {answer!r}; one of left, right, tie, both-bad")
+    if left[1] == right[1]:
+        raise ArenaError("the two answers are the same, so there is nothing to vote on (nothing was stored); "
+                         "send another message, or pick two different models or another seed")
     with store.transaction() as cur:
         pair_id = add_compared_pair(cur, dataset, prompt, left, right, source="arena",
                                     recipe={"source": "arena", "about": "blind votes from the Compare tab"})

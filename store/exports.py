@@ -119,6 +119,9 @@ def preference_records(store: Store, dataset: str | None = None) -> tuple[list[d
             left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
             continue
         first, second = json.loads(row["first"]), json.loads(row["second"])
+        if first == second:  # stored before identical answers were refused; no import would take it back
+            left_out["identical sides"] = left_out.get("identical sides", 0) + 1
+            continue
         chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
         records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "chosen": chosen,
                         "rejected": rejected, "chosen_side": row["verdict"]})

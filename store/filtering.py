@@ -84,12 +84,13 @@ def plan_filter(store: Store, dataset: str, model: str, max_ppl: float | None = 
     params = {"d": dataset_id, "m": model}
     rows = store.query(RESPONSES, params)
     if not rows:
-        raise FilterError(f"dataset '{dataset}' has no responses to filter")
+        raise FilterError(f"dataset '{dataset}' has no responses to filter: generate candidate answers to its "
+                          "prompts first (Build dataset tab: Generate candidates; or `alignstudio generate`)")
     unscored = {r["response_id"] for r in rows if r["ppl"] is None}
     if unscored:
         raise FilterError(f"{len(unscored):,} responses of '{dataset}' have no perplexity under '{model}' "
-                          f"(responses too long to score, or not scored yet: alignstudio score --dataset {dataset} "
-                          f"--model {model})")
+                          "(responses too long to score, or not scored yet): score them first (Build dataset tab: "
+                          f"Score perplexity; or `alignstudio score --dataset {dataset} --model {model}`)")
 
     group = "prompt_id" if per_prompt else "1"
     if max_ppl is not None:

@@ -217,8 +217,8 @@ def progress(store: Store, dataset: str) -> dict:
     for r in rows:
         annotators.setdefault(r["annotator"], dict.fromkeys(VERDICTS, 0))[r["verdict"]] = r["n"]
     labelled_by_anyone = store.scalar("""
-        SELECT count(DISTINCT pair_id) FROM labels
-        WHERE pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""", [dataset_id])
+        SELECT count(DISTINCT pair_id) FROM labels WHERE verdict <> 'skip'
+        AND pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""", [dataset_id])
     return {"pairs": total, "labelled_by_anyone": labelled_by_anyone, "annotators": annotators}
 
 

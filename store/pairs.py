@@ -63,6 +63,26 @@ def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
     return rows, total
 
 
+def find_prompts(store: Store, dataset: str, search: str = "", page: int = 1,
+                 page_size: int = PAGE_SIZE) -> tuple[list[dict], int]:
+    """One page of a dataset's prompts (in stored order) matching `search`, with how many answers
+    each has in the store, and how many match: a prompts-only dataset is browsed this way."""
+    dataset_id = _dataset_id(store, dataset)
+    condition, params = "true", []
+    if search.strip():
+        pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        condition, params = f"{_TEXT.format('pr.messages')} ILIKE ? ESCAPE '\\'", [pattern]
+    where = f"pr.id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) AND {condition}"
+    total = store.scalar(f"SELECT count(*) FROM prompts pr WHERE {where}", [dataset_id, *params])
+    rows = store.query(f"""
+        SELECT pr.id, pr.messages AS prompt, (SELECT count(*) FROM responses r WHERE r.prompt_id = pr.id) AS answers
+        FROM prompts pr WHERE {where} ORDER BY pr.rowid LIMIT ? OFFSET ?""",
+        [dataset_id, *params, page_size, (max(page, 1) - 1) * page_size])
+    for r in rows:
+        r["prompt"] = json.loads(r["prompt"])
+    return rows, total
+
+
 def get_pair(store: Store, pair_id: str) -> dict:
     """A pair in full: prompt and both responses (messages, model), its source verdict, its labels
     and the datasets holding it."""

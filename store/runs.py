@@ -126,6 +126,8 @@ def record_compared(cur, run_id: int, into: str, models: tuple[str, str], genera
     """Two models' answers to the same prompts, as unlabelled pairs of the dataset `into`."""
     recipe = {"source": "compare", "models": list(models), "run": run_id, **generation}
     for r in pq.read_table(parquet).to_pylist():
+        # The same answer twice is kept: it is a tie in the reward win rate. It is never exported
+        # (no import would take chosen == rejected back) and the arena refuses a vote on it.
         add_compared_pair(cur, into, json.loads(r["prompt"]),
                           (models[0], [{"role": "assistant", "content": r["answer_a"]}]),
                           (models[1], [{"role": "assistant", "content": r["answer_b"]}]),

@@ -9,7 +9,7 @@ from store import Store
 from store.labelling import SOURCE_ANNOTATOR, LabelError, agreement
 from store.pairs import get_pair
 from store.queries import dataset_names
-from studio.rendering import preview
+from studio.rendering import SIDES_EXPLAINED, VERDICT_WORDS, preview
 
 EXPLANATION = f"""
 For every two annotators: the pairs both judged (skips left out), the share where they gave the
@@ -17,7 +17,8 @@ same verdict, and Cohen's kappa (agreement corrected for chance: 1 is perfect, 0
 gives; blank where it is undefined because both always gave one same verdict). `{SOURCE_ANNOTATOR}`
 is the verdict a pair was imported with; against it only the share counts (an import lists the
 preferred response first, so its verdict never varies and kappa would say nothing).
-"""
+
+""" + SIDES_EXPLAINED
 AGREEMENT_COLUMNS = ["annotator", "other annotator", "pairs both judged", "agreement", "Cohen's kappa"]
 MAX_DISAGREEMENTS = 200
 
@@ -35,7 +36,7 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
     disagreements = []
     for d in report["disagreements"][:MAX_DISAGREEMENTS]:
         pair = get_pair(store, d["pair_id"])
-        verdicts = ", ".join(f"{name}: {verdict}" for name, verdict in sorted(d["verdicts"].items()))
+        verdicts = ", ".join(f"{name}: {VERDICT_WORDS.get(verdict, verdict)}" for name, verdict in sorted(d["verdicts"].items()))
         disagreements.append([d["pair_id"], preview(pair["prompt"]), verdicts])
     if not rows:
         line = (f"'{dataset}': labelled by {', '.join(names)}; no pair has two verdicts yet." if names
@@ -46,7 +47,7 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
     return line, rows, disagreements
 
 
-def build(tab: gr.Tab, store: Store) -> None:
+def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
     with_pairs = dataset_names(store, with_pairs=True)
     gr.Markdown(EXPLANATION)
     with gr.Row():
@@ -60,5 +61,6 @@ def build(tab: gr.Tab, store: Store) -> None:
     for trigger in (dataset.change, refresh.click):
         trigger(lambda d: agreement_tables(store, d), dataset, [summary, table, disagreements])
     # Opening the tab shows the labels given since.
+    app.load(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset)
     tab.select(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset).then(
         lambda d: agreement_tables(store, d), dataset, [summary, table, disagreements])

@@ -34,7 +34,7 @@ def build_app(workspace: Workspace):
         with gr.Tab("Label") as tab:
             label_tab.build(app, tab, store)
         with gr.Tab("Agreement") as tab:
-            agreement_tab.build(tab, store)
+            agreement_tab.build(app, tab, store)
         with gr.Tab("Build dataset") as tab:
             build_tab.build(app, tab, store, runner)
         with gr.Tab("Train") as tab:

@@ -92,15 +92,27 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     with_pairs = [d["name"] for d in datasets if d["pairs"]]
     gr.Markdown(METHOD)
     with gr.Row():
-        dataset = gr.Dropdown(names, value=(with_pairs or names or [None])[0], label="Dataset", allow_custom_value=True)
+        dataset = gr.Dropdown(names, value=(with_pairs or names or [None])[0], label="Dataset", elem_id="build-dataset")
         model = gr.Textbox("default", label="Target model", info="default, a local folder or a hub id")
-        batch_size = gr.Number(8, label="Batch size", precision=0, minimum=1)
-        score = gr.Button("Score perplexity", variant="primary")
-    job = gr.Markdown()
+        batch_size = gr.Number(8, label="Batch size", precision=0)
+        score = gr.Button("Score perplexity", variant="primary", elem_id="build-score")
+    with gr.Accordion("Generate candidates: answers to the dataset's prompts, to pair and filter", open=False,
+                      elem_id="build-generate-box"):
+        gr.Markdown("For a dataset of prompts (or to add answers to one of pairs): a model writes N answers to "
+                    "every prompt, stored as candidates of the dataset. Score them above, and the filter pairs the "
+                    "plausible ones of each prompt; label the pairs in the Label tab.")
+        with gr.Row():
+            gen_model = gr.Textbox("default", label="Model", info="default, a .gguf file, a folder or a hub id")
+            gen_n = gr.Number(4, label="Answers per prompt", precision=0, elem_id="build-gen-n")
+            gen_temperature = gr.Number(0.8, label="Temperature")
+            gen_tokens = gr.Number(256, label="Max tokens", precision=0)
+            generate = gr.Button("Generate candidates", variant="primary", elem_id="build-generate")
+    said = gr.Markdown(elem_id="build-said")  # the answer to a click (kept: the status line below refreshes)
+    job = gr.Markdown(elem_id="build-job")
     with gr.Row():
         rule = gr.Radio(list(RULES), value=RULES[0], label="Rule")
         share = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Share to keep (lowest perplexity first)")
-        max_ppl = gr.Number(20.0, label="Maximum perplexity", minimum=1.0, visible=False)
+        max_ppl = gr.Number(20.0, label="Maximum perplexity", visible=False)
         per_prompt = gr.Checkbox(False, label="Per prompt", info="apply the share within each prompt")
     counts = gr.Markdown(elem_id="filter-counts")
     with gr.Row(visible=False) as plots:
@@ -142,10 +154,23 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
             return f"**{e}**"
         return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
 
+    def start_candidates(dataset_name, model_name, n, temperature, tokens):
+        if not dataset_name:
+            return "**Pick a dataset of prompts first (import one in the Data tab).**"
+        if None in (n, temperature, tokens):
+            return "**Give every generation setting a number.**"
+        try:
+            run_id = jobs.start_generation(runner, dataset_name, model=(model_name or "").strip() or "default",
+                                           n=int(n), temperature=float(temperature), max_new_tokens=int(tokens))
+        except StudioError as e:  # a bad setting, a dataset without prompts, the same job running
+            return f"**{e}**"
+        return f"Run {run_id} started: {int(n)} answers to each prompt of '{dataset_name}'."
+
     def job_status(dataset_name, model_name):
+        # the newest scoring run under this model, or candidate generation, whichever is newer
         rows = store.query("""
-            SELECT id, status, message FROM runs
-            WHERE kind = 'perplexity' AND json_extract_string(config, '$.model') = ?
+            SELECT id, kind, status, message FROM runs
+            WHERE (kind = 'perplexity' AND json_extract_string(config, '$.model') = ?) OR kind = 'generate'
             ORDER BY id DESC LIMIT 1""", [model_name])
         if not rows:
             return gr.update()
@@ -153,7 +178,8 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
         latest = latest_metrics(store, r["id"]) if r["status"] == "running" else {}
         progress = f" {latest['progress']:.0%}" if "progress" in latest else ""
         eta = f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""
-        return f"Run {r['id']} ({ENGINE}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
+        what = "generating candidates" if r["kind"] == "generate" else f"perplexity, {ENGINE}"
+        return f"Run {r['id']} ({what}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
 
     def save_dataset(name, *controls):
         if not name or not name.strip():
@@ -172,7 +198,8 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     max_ppl.submit(preview, controls, outputs)
     model.submit(preview, controls, outputs)
     rule.change(lambda r: (gr.update(visible=r == RULES[0]), gr.update(visible=r == RULES[1])), rule, [share, max_ppl])
-    score.click(start, [dataset, model, batch_size], job)
+    score.click(start, [dataset, model, batch_size], said)
+    generate.click(start_candidates, [dataset, gen_model, gen_n, gen_temperature, gen_tokens], said)
     timer = gr.Timer(2.0)
     timer.tick(job_status, [dataset, model], job, show_progress="hidden")
     job.change(lambda text, *c: preview(*c) if text and "succeeded" in text else (gr.update(),) * len(outputs),
@@ -180,3 +207,4 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     save.click(save_dataset, [into] + controls, [saved, dataset])
     app.load(preview, controls, outputs)
     tab.select(lambda: gr.update(choices=dataset_names(store)), outputs=dataset)
+    app.load(lambda: gr.update(choices=dataset_names(store)), outputs=dataset)

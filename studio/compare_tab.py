@@ -68,6 +68,14 @@ def chatbots(state: dict | None, left=None, right=None) -> tuple[dict, dict]:
     return tuple(gr.update(label=t) if v is None else gr.update(label=t, value=v) for t, v in zip(titles, values))
 
 
+ONLY_ONE_MODEL = ("Only one model is available ({name}): a model compared with itself differs by sampling noise "
+                  "alone. Train a policy (Train tab) and export it (Export tab) to compare it with its base.")
+
+
+def model_note(models: list[str]) -> str:
+    return ONLY_ONE_MODEL.format(name=models[0]) if len(models) == 1 else ""
+
+
 def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) -> None:
     models = list(jobs.gguf_models(runner.store))
     gr.Markdown("Two models answer the same messages with the same sampling, from llama.cpp. In the **blind "
@@ -75,14 +83,16 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                 f"labelled pair in the dataset `{ARENA_DATASET}`, ready for the next reward model or DPO run.")
     with gr.Row(equal_height=True):
         model_a = gr.Dropdown(models, value=models[0] if models else None, label="Model A", elem_id="compare-model-a")
-        model_b = gr.Dropdown(models, value=models[-1] if models else None, label="Model B", elem_id="compare-model-b")
+        # two different models by default: the first two listed (the newest export and the next)
+        model_b = gr.Dropdown(models, value=models[1] if len(models) > 1 else (models[0] if models else None),
+                              label="Model B", elem_id="compare-model-b")
         blind = gr.Checkbox(False, label="Blind arena", info="shuffle the sides, hide the names until the vote",
                             elem_id="compare-blind")
     with gr.Accordion("Sampling (the same for both)", open=False):
         with gr.Row():
             temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-            max_tokens = gr.Number(256, label="Max answer tokens", precision=0, minimum=1)
+            max_tokens = gr.Number(256, label="Max answer tokens", precision=0)
             seed = gr.Number(0, label="Seed", precision=0)
     with gr.Row(equal_height=True):
         left = gr.Chatbot(label="Left", height=420, elem_id="compare-left", buttons=["copy"])
@@ -100,7 +110,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
         annotator = gr.Textbox("arena", label="Your name (votes are labels)", scale=2, elem_id="vote-annotator")
     with gr.Row():
         votes = [gr.Button(text, elem_id=elem_id, scale=1, size="md") for text, elem_id, _ in VOTE_BUTTONS]
-    status = gr.Markdown(elem_id="compare-status")
+    status = gr.Markdown(model_note(models), elem_id="compare-status")
     with gr.Accordion("Leaderboard", open=True):
         gr.Markdown("Every labelled comparison of two models counts: arena votes and labels given in the Label "
                     "tab on compared pairs. Ratings are a Bradley-Terry fit on the Elo scale (1000 = average, "
@@ -121,21 +131,33 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                               (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
                                (SELECT id FROM datasets WHERE name = ?)) ORDER BY random() LIMIT 1""", [dataset])
         if not rows:
-            raise gr.Error(f"'{dataset}' has no prompts")
+            return gr.update(), gr.update(), gr.update(), gr.update(), "**Pick a dataset that has prompts.**"
         messages = json.loads(rows[0]["m"])
         conversation = new_conversation(a, b, is_blind, history=messages[:-1])
         shown = as_chat(messages[:-1])
         return conversation, *chatbots(conversation, shown, shown), messages[-1]["content"], ""
 
+    def refused(message: str):
+        """Nothing on the screen changes but the status line (the conversation stays)."""
+        return gr.update(), gr.update(), gr.update(), gr.update(), f"**{message}**"
+
     def chat(text, a, b, is_blind, temp, p, tokens, sample_seed, conversation):
         available = jobs.gguf_models(runner.store)
         if not text or not text.strip():
-            raise gr.Error("Type a message first")
+            yield refused("Type a message first.")
+            return
+        if not a or not b:
+            yield refused("Pick two models (export one in the Export tab).")
+            return
         if conversation is None or conversation["voted"]:
             conversation = new_conversation(a, b, is_blind, history=None)
         for name in (conversation["left"], conversation["right"]):
             if name not in available:
-                raise gr.Error(f"model '{name}' is not available (its GGUF file is gone?)")
+                yield refused(f"Model '{name}' is not available (its GGUF file is gone?); pick another.")
+                return
+        if tokens is not None and tokens < 1:
+            yield refused("Max answer tokens must be at least 1.")
+            return
         sampling = Sampling(float(temp), float(p), int(tokens or 256), int(sample_seed or 0))
         sides = conversation["sides"]
         for messages in sides:
@@ -162,17 +184,20 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                "Vote below, or send another message to continue both conversations.")
 
     def vote(answer, name, conversation):
+        def unchanged(message: str):  # the conversation stays on the screen
+            return conversation, gr.update(), gr.update(), gr.update(), f"**{message}**"
+
         if conversation is None or conversation["prompt_turns"] is None:
-            raise gr.Error("Send a message first: a vote judges two answers")
+            return unchanged("Send a message first: a vote judges two answers.")
         if conversation["voted"]:
-            raise gr.Error("This conversation has its vote; send a new message to start the next one")
+            return unchanged("This conversation has its vote; send a new message to start the next one.")
         turns = conversation["prompt_turns"]
         left_side, right_side = conversation["sides"]
         try:
             record_vote(store, left_side[:turns], (conversation["left"], left_side[turns:]),
                         (conversation["right"], right_side[turns:]), answer, name)
         except (LabelError, ValueError) as e:
-            raise gr.Error(str(e)) from None
+            return unchanged(str(e))
         conversation["voted"] = True
         words = {"left": f"{conversation['left']} (left) is better", "right": f"{conversation['right']} (right) is better",
                  "tie": "a tie", "both-bad": "both bad"}[answer]
@@ -191,9 +216,11 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
         button.click(lambda name, conversation, answer=answer: vote(answer, name, conversation),
                      [annotator, state], [state, left, right, board, status])
 
-    def refresh():
+    def refresh(a, b):
         choices = list(jobs.gguf_models(runner.store))
-        return (gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=dataset_names(store)),
-                leaderboard_rows(store))
+        a = a if a in choices else (choices[0] if choices else None)
+        b = b if b in choices else next((m for m in choices if m != a), a)
+        return (gr.update(choices=choices, value=a), gr.update(choices=choices, value=b),
+                gr.update(choices=dataset_names(store)), leaderboard_rows(store), model_note(choices))
 
-    tab.select(refresh, outputs=[model_a, model_b, prompts_from, board])
+    tab.select(refresh, [model_a, model_b], [model_a, model_b, prompts_from, board, status])

@@ -12,13 +12,13 @@ import gradio as gr
 
 from common.errors import StudioError
 from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
-from store.pairs import PAGE_SIZE, CurationError, copy_pairs, find_pairs, get_pair, remove_pairs
+from store.pairs import PAGE_SIZE, CurationError, copy_pairs, find_pairs, find_prompts, get_pair, remove_pairs
 from store.queries import dataset_names
-from studio.rendering import as_chat, as_markdown, preview
+from studio.rendering import SIDES_EXPLAINED, VERDICT_WORDS, as_chat, as_markdown, preview
 from studio.workspace import Workspace
 
 UPLOAD_TYPES = [".jsonl", ".json", ".csv", ".parquet", ".gz"]
-PAIR_COLUMNS = ["#", "prompt (last turn)", "first response", "second response", "file verdict", "labels"]
+PAIR_COLUMNS = ["#", "prompt (last turn)", "response A", "response B", "file verdict", "labels"]
 SCOPES = ("This pair", "All pairs matching the search")
 MAX_ERRORS_SHOWN = 20
 
@@ -50,6 +50,8 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
         return [], [], "Pick a dataset.", 1
     try:
         _, total = find_pairs(store, dataset, search, page=1, page_size=1)
+        if not total and not find_pairs(store, dataset, "", page=1, page_size=1)[1]:
+            return prompts_page(store, dataset, search, page)
         pages = max(1, math.ceil(total / PAGE_SIZE))
         page = min(max(int(page or 1), 1), pages)
         rows, _ = find_pairs(store, dataset, search, page=page)
@@ -57,7 +59,7 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
         return [], [], f"*{e}*", 1
     first = (page - 1) * PAGE_SIZE
     table = [[first + i + 1, preview(r["prompt"]), preview(r["first"]) or "(empty)", preview(r["second"]) or "(empty)",
-              r["source_verdict"] or "", r["labels"]] for i, r in enumerate(rows)]
+              VERDICT_WORDS[r["source_verdict"]], r["labels"]] for i, r in enumerate(rows)]
     matching = f" matching '{search.strip()}'" if search.strip() else ""
     if not total:
         line = f"No pairs{matching} in '{dataset}'."
@@ -66,15 +68,33 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
     return table, [r["id"] for r in rows], line, page
 
 
+def prompts_page(store: Store, dataset: str, search: str, page: int) -> tuple[list[list], list[str], str, int]:
+    """A dataset without pairs, listed by its prompts (and how many answers each has)."""
+    _, total = find_prompts(store, dataset, search, page=1, page_size=1)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(max(int(page or 1), 1), pages)
+    rows, _ = find_prompts(store, dataset, search, page=page)
+    first = (page - 1) * PAGE_SIZE
+    table = [[first + i + 1, preview(r["prompt"]), f"{r['answers']:,} answers" if r["answers"] else "no answers yet",
+              "", "", 0] for i, r in enumerate(rows)]
+    matching = f" matching '{search.strip()}'" if search.strip() else ""
+    hint = (" It has no pairs yet: generate candidate answers in the Build dataset tab, then score and filter "
+            "them into pairs.")
+    if not total:
+        return [], [], f"No prompts{matching} in '{dataset}'.", 1
+    return (table, [], f"Prompts {first + 1:,}–{first + len(rows):,} of {total:,}{matching} in '{dataset}' "
+                       f"(page {page} of {pages}).{hint}", page)
+
+
 def pair_details(store: Store, pair_id: str) -> tuple[list[dict], str, str, str]:
     pair = get_pair(store, pair_id)
-    verdict = {"first": "the file prefers the first response", "second": "the file prefers the second response",
+    verdict = {"first": "the file prefers A", "second": "the file prefers B",
                None: "no verdict in the file"}[pair["source_verdict"]]
-    labels = ", ".join(f"{lab['annotator']}: {lab['verdict']}" for lab in pair["labels"]) or "none yet"
+    labels = ", ".join(f"{lab['annotator']}: {VERDICT_WORDS[lab['verdict']]}" for lab in pair["labels"]) or "none yet"
     meta = (f"Pair `{pair['id']}` · {verdict} · labels: {labels} · in datasets: {', '.join(pair['datasets'])}"
             + (f" · from {pair['source']}" if pair["source"] else ""))
-    first_title = "**First response**" + (f" · {pair['first_model']}" if pair["first_model"] else "")
-    second_title = "**Second response**" + (f" · {pair['second_model']}" if pair["second_model"] else "")
+    first_title = "**Response A**" + (f" · {pair['first_model']}" if pair["first_model"] else "")
+    second_title = "**Response B**" + (f" · {pair['second_model']}" if pair["second_model"] else "")
     return (as_chat(pair["prompt"]), meta, f"{first_title}\n\n{as_markdown(pair['first'])}",
             f"{second_title}\n\n{as_markdown(pair['second'])}")
 
@@ -105,11 +125,12 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> No
         dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", scale=2)
         search = gr.Textbox(label="Search", placeholder="words in a prompt or a response, or a pair id; Enter",
                             scale=3)
-        page = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
+        page = gr.Number(1, label="Page", precision=0, scale=1)  # any number: the list clamps it
         with gr.Column(scale=1, min_width=120):
             previous = gr.Button("◀ Previous", size="sm")
             following = gr.Button("Next ▶", size="sm")
     shown = gr.Markdown(elem_id="pairs-shown")
+    gr.Markdown(SIDES_EXPLAINED)
     table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, wrap=True, max_height=460, elem_id="pairs-table",
                          column_widths=["5%", "29%", "26%", "26%", "8%", "6%"])
     ids = gr.State([])
@@ -156,9 +177,10 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> No
         choices = dataset_names(store)
         written = not message.startswith("**")
         picked = (name or "").strip() or (Path(path).name.split(".")[0] if path else None)
-        value = picked if written and picked in choices else gr.update()
+        picked_update = gr.update(choices=choices, value=picked) if written and picked in choices \
+            else gr.update(choices=choices)
         # A file imported is taken off the upload control, so that a second click cannot import it again.
-        return message, gr.update(choices=choices, value=value), None if written else gr.update()
+        return message, picked_update, None if written else gr.update()
 
     def curate(action, dataset_name, scope_name, target_name, search_text, pair_id):
         whole_search = scope_name == SCOPES[1]

@@ -25,6 +25,11 @@ converter writes an f16 GGUF and llama.cpp's quantiser makes the smaller files. 
 loaded in llama.cpp and checked against the merged model in transformers on a fixed prompt: the next
 token must be the same for f16, and the logits close (q8_0 and q4_k_m drift more; the table says how
 much). Beside every file is an Ollama `Modelfile`. The files appear in the Compare tab.
+
+How to read the check: *next token* must be the same; the *largest logit difference* is the biggest
+gap between the file's and transformers' scores over the whole vocabulary. Those scores span tens of
+units, so a difference below about 1 is a faithful file (quantised files sit there), and several units
+means the file answers differently: look at its top-10 overlap and its answer before using it.
 """
 
 
@@ -35,7 +40,8 @@ def exportable(store: Store) -> list[str]:
 
 
 def export_runs(store: Store) -> list[tuple[str, int]]:
-    return [(f"run {r['id']} · {json.loads(r['config'])['name']} · {r['status']}", r["id"])
+    # No status in the names: a list does not refresh while it is open; the line under it says it.
+    return [(f"run {r['id']} · {json.loads(r['config'])['name']}", r["id"])
             for r in store.query("SELECT id, config, status FROM runs WHERE kind = 'export' ORDER BY id DESC")]
 
 

@@ -29,8 +29,19 @@ def stat_cards(store: Store) -> str:
     return f'<div class="stat-cards">{cards}</div>'
 
 
+def short(name: str, limit: int = 40) -> str:
+    """A long name cut for a table cell, so that it cannot push the other columns out of view."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def datasets_table(store: Store) -> list[list]:
-    return [[d["name"], d["pairs"], d["prompts"], str(d["created_at"])[:19]] for d in dataset_summaries(store)]
+    return [[short(d["name"]), d["pairs"], d["prompts"], str(d["created_at"])[:19]] for d in dataset_summaries(store)]
+
+
+def controllable_runs(store: Store) -> list[tuple[str, int]]:
+    """Runs that can be cancelled (queued, running) or resumed (cancelled, failed), newest first."""
+    return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"]) for r in store.query(
+        "SELECT id, kind, status FROM runs WHERE status <> 'succeeded' ORDER BY id DESC LIMIT 100")]
 
 
 def runs_table(store: Store) -> list[list]:
@@ -104,16 +115,17 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
-                                    label="Datasets", interactive=False, max_height=320,
-                                    elem_id="datasets-table")
+                                    label="Datasets", interactive=False, max_height=320, wrap=True,
+                                    elem_id="datasets-table", column_widths=["44%", "14%", "14%", "28%"])
         with gr.Column(scale=3):
             runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
                                 max_height=320, wrap=True, elem_id="runs-table",
                                 column_widths=["6%", "14%", "14%", "8%", "36%", "12%", "10%"])
-            with gr.Row():
-                run_id = gr.Number(label="Run", value=None, precision=0, scale=1)
-                cancel = gr.Button("Cancel run", variant="stop", scale=1)
-                resume = gr.Button("Resume run", scale=1)
+            with gr.Row(equal_height=True):
+                run_id = gr.Dropdown(controllable_runs(store), value=None, label="Run to cancel or resume", scale=2,
+                                     elem_id="home-run", info="queued or running: cancel; cancelled or failed: resume")
+                cancel = gr.Button("Cancel run", variant="stop", scale=1, size="sm")
+                resume = gr.Button("Resume run", scale=1, size="sm")
             outcome = gr.Markdown()
     guided = GuidedRun(store, runner, workspace)
     with gr.Accordion("Guided run: from demo prompts to an aligned GGUF model", open=False):
@@ -121,12 +133,12 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
         sizes = DemoSettings()
         with gr.Row():
             guided_base = gr.Textbox(sizes.base, label="Base model", elem_id="guided-base", scale=2)
-            guided_prompts = gr.Number(sizes.prompts, label="Prompts", precision=0, minimum=1, elem_id="guided-prompts")
-            guided_candidates = gr.Number(sizes.candidates, label="Candidates per prompt", precision=0, minimum=2)
-            guided_tokens = gr.Number(sizes.max_new_tokens, label="Max new tokens", precision=0, minimum=1,
+            guided_prompts = gr.Number(sizes.prompts, label="Prompts", precision=0, elem_id="guided-prompts")
+            guided_candidates = gr.Number(sizes.candidates, label="Candidates per prompt", precision=0)
+            guided_tokens = gr.Number(sizes.max_new_tokens, label="Max new tokens", precision=0,
                                       elem_id="guided-tokens")
-            guided_rm_steps = gr.Number(sizes.rm_steps, label="RM steps", precision=0, minimum=1, elem_id="guided-rm-steps")
-            guided_dpo_steps = gr.Number(sizes.dpo_steps, label="DPO steps", precision=0, minimum=1,
+            guided_rm_steps = gr.Number(sizes.rm_steps, label="RM steps", precision=0, elem_id="guided-rm-steps")
+            guided_dpo_steps = gr.Number(sizes.dpo_steps, label="DPO steps", precision=0,
                                          elem_id="guided-dpo-steps")
         start_guided = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
@@ -136,23 +148,27 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
 
     def control(action, run):
         if not run:
-            return "Pick a run by its number first."
+            return "Pick a run first.", gr.update(choices=controllable_runs(store))
         try:
             (runner.cancel if action == "cancel" else runner.resume)(int(run))
         except StudioError as e:  # every error a user can act on, said as a sentence
-            return f"**{e}**"
-        return f"Run {int(run)}: {'cancel requested (it saves a checkpoint first)' if action == 'cancel' else 'resumed'}."
+            return f"**{e}**", gr.update(choices=controllable_runs(store))
+        done = 'cancel requested (it saves a checkpoint first)' if action == 'cancel' else 'resumed'
+        return f"Run {int(run)}: {done}.", gr.update(choices=controllable_runs(store), value=None)
 
     gr.Timer(2.0).tick(refresh, outputs=[cards, datasets, runs], show_progress="hidden")
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
     def start(base, prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
         if None in (prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
             return "**Give every size a number first.**"
+        if min(prompts, max_new_tokens, rm_steps, dpo_steps) < 1 or candidates < 2:
+            return "**Every size must be at least 1, and candidates per prompt at least 2 (to make pairs).**"
         return guided.start(DemoSettings(base=base.strip() or "default", prompts=int(prompts), candidates=int(candidates),
                                          max_new_tokens=int(max_new_tokens), rm_steps=int(rm_steps),
                                          dpo_steps=int(dpo_steps)))
 
     start_guided.click(start, inputs=[guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps,
                                       guided_dpo_steps], outputs=guided_report)
-    cancel.click(lambda run: control("cancel", run), inputs=run_id, outputs=outcome)
-    resume.click(lambda run: control("resume", run), inputs=run_id, outputs=outcome)
+    cancel.click(lambda run: control("cancel", run), inputs=run_id, outputs=[outcome, run_id])
+    resume.click(lambda run: control("resume", run), inputs=run_id, outputs=[outcome, run_id])
+    run_id.focus(lambda: gr.update(choices=controllable_runs(store)), outputs=run_id)

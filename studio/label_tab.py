@@ -53,9 +53,14 @@ KEYBOARD_JS = """
 
 def progress_line(store: Store, dataset: str, annotator: str) -> str:
     p = progress(store, dataset)
-    mine = sum(p["annotators"].get(annotator, {}).values())
-    others = ", ".join(f"{name} {sum(v.values()):,}" for name, v in p["annotators"].items() if name != annotator)
-    return (f"{annotator}: {mine:,} of {p['pairs']:,} pairs labelled · labelled by anyone: "
+
+    def answered(verdicts: dict) -> int:  # a skip is not a label
+        return sum(n for verdict, n in verdicts.items() if verdict != "skip")
+
+    counts = p["annotators"].get(annotator, {})
+    skipped = f" ({counts['skip']:,} skipped)" if counts.get("skip") else ""
+    others = ", ".join(f"{name} {answered(v):,}" for name, v in p["annotators"].items() if name != annotator)
+    return (f"{annotator}: {answered(counts):,} of {p['pairs']:,} pairs labelled{skipped} · labelled by anyone: "
             f"{p['labelled_by_anyone']:,}" + (f" · others: {others}" if others else ""))
 
 
@@ -97,10 +102,11 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
     with_pairs = dataset_names(store, with_pairs=True)
     with gr.Row(equal_height=True):
         dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=2)
-        annotator = gr.Textbox(label="Annotator", placeholder="your name", scale=2)
+        annotator = gr.Textbox(label="Annotator", placeholder="your name", scale=2, elem_id="label-annotator")
         with gr.Column(scale=1, min_width=160):
             start = gr.Button("Start labelling", variant="primary")
             undo = gr.Button("U · Undo last label", elem_id="label-undo", size="sm")
+            rename = gr.Button("Change annotator", size="sm", visible=False, elem_id="label-rename")
     status = gr.Markdown("Pick a dataset, type your name and start. Keys: **1** left better, **2** right better, "
                          "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
     current = gr.State(None)
@@ -139,12 +145,22 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
         return (gr.update(), f"**{message}**", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
 
     def begin(dataset_name, name, show_rm, request: gr.Request):
+        """The first pair, and the name locked (keys now answer pairs, never type into it)."""
         if not dataset_name:
-            return unchanged("Pick a dataset that has pairs (import one in the Data tab).")
+            return unchanged("Pick a dataset that has pairs (import one in the Data tab).") + (gr.update(),) * 2
         try:
-            return view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "", show_rm)
+            shown = view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "", show_rm)
         except LabelError as e:
-            return unchanged(str(e))
+            return unchanged(str(e)) + (gr.update(),) * 2
+        return shown + (gr.update(interactive=False), gr.update(visible=True))
+
+    def change_annotator(confirmed: bool, request: gr.Request):
+        """Asked first (a confirm in the browser): labels given so far stay under the old name."""
+        if not confirmed:
+            return (gr.update(),) * 9
+        queue.release(request.session_hash)
+        return (None, "Type the new name and start again; the labels given so far stay under the old name.",
+                gr.update(visible=False), [], "", "", "", gr.update(interactive=True), gr.update(visible=False))
 
     def answering(choice: str):
         def answer(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
@@ -169,8 +185,12 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
 
     outputs = [current, status, workbench, prompt, left, right, note]
     # No progress overlay: the next pair takes a few ms, and a flickering timer would only distract.
-    start.click(begin, [dataset, annotator, show_reward], outputs, show_progress="hidden")
-    annotator.submit(begin, [dataset, annotator, show_reward], outputs, show_progress="hidden")
+    start.click(begin, [dataset, annotator, show_reward], outputs + [annotator, rename], show_progress="hidden")
+    annotator.submit(begin, [dataset, annotator, show_reward], outputs + [annotator, rename], show_progress="hidden",
+                     js="(...args) => { document.activeElement && document.activeElement.blur(); return args; }")
+    confirmed = gr.Checkbox(visible=False)
+    rename.click(change_annotator, confirmed, outputs + [annotator, rename], show_progress="hidden",
+                 js="() => confirm('Label under another name from now on? The labels given so far keep the old name.')")
     for button, (_, _, choice) in zip(buttons, ANSWER_BUTTONS):
         button.click(answering(choice), [dataset, annotator, current, show_reward], outputs, show_progress="hidden")
     undo.click(take_back, [dataset, annotator, current, show_reward], outputs, show_progress="hidden")
@@ -187,6 +207,12 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
         queue.release(request.session_hash)
 
     dataset.change(switch, None, [current, workbench])
-    tab.select(lambda: (gr.update(choices=dataset_names(store, with_pairs=True)), gr.update(choices=reward_models(store))),
-               outputs=[dataset, reward_model])
+    def fresh_lists(picked: str | None, model: str | None):
+        """The datasets and reward models as they are now (the page may be older than them)."""
+        names, rms = dataset_names(store, with_pairs=True), reward_models(store)
+        return (gr.update(choices=names, value=picked if picked in names else (names[0] if names else None)),
+                gr.update(choices=rms, value=model if model in rms else (rms[0] if rms else None)))
+
+    app.load(fresh_lists, [dataset, reward_model], [dataset, reward_model])
+    tab.select(fresh_lists, [dataset, reward_model], [dataset, reward_model])
     app.unload(release_claims)

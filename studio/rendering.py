@@ -29,3 +29,13 @@ def preview(messages: list[dict] | str, limit: int = 120) -> str:
         messages = json.loads(messages)
     text = " ".join((messages[-1]["content"] if messages else "").split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+# The two responses of a stored pair are A and B everywhere but the Label tab (which shows them in
+# random order as left and right). A is the side the file listed first: its preferred one when the
+# file came with verdicts.
+SIDES_EXPLAINED = ("A and B are a pair's two responses as stored: A is the one its file listed first (the "
+                   "preferred one, when the file came with verdicts). The Label tab shows them in random order, "
+                   "as left and right, and stores each answer as A or B.")
+VERDICT_WORDS = {"first": "A better", "second": "B better", "tie": "tie", "both-bad": "both bad", "skip": "skip",
+                 None: ""}

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class Runner:
     def __init__(self, store: Store, workspace: Workspace):
         self.store, self.workspace = store, workspace
         self._procs: dict[int, subprocess.Popen] = {}
+        self._starting = threading.Lock()
         self.recover()
 
     # --- starting ---------------------------------------------------------------------------
@@ -81,7 +83,14 @@ class Runner:
         its folder, then launched; its id."""
         if kind not in JOBS:
             raise RunError(f"unknown kind of job {kind!r}")
-        run_id, folder = create_run(self.store, kind, dataclasses.asdict(config), self.workspace.runs_dir)
+        settings = dataclasses.asdict(config)
+        with self._starting:  # a double click must not slip two identical runs past the check
+            for other in self.store.query("SELECT id, config FROM runs WHERE kind = ? AND status IN ('queued', 'running')",
+                                          [kind]):
+                if json.loads(other["config"]) == json.loads(json.dumps(settings)):
+                    raise RunError(f"the same {kind} job is running already (run {other['id']}); "
+                                   "follow it, or cancel it first")
+            run_id, folder = create_run(self.store, kind, settings, self.workspace.runs_dir)
         folder.mkdir(parents=True, exist_ok=True)
         for name, rows in inputs.items():
             pq.write_table(pa.Table.from_pylist(rows), folder / name)

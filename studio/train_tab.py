@@ -235,7 +235,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                                       info="trained on prompts the policy and its proxy never saw (judge split)")
             eval_rule = gr.Dropdown([("none", ""), *((f"{name}: {rule.description}", name) for name, rule in RULES.items())],
                                     value="", label="Judge by a rule", scale=2)
-            eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, minimum=1, scale=1)
+            eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
         # The mean of a step's values: a metric without a value there gets none, not a sum of 0.

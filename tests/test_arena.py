@@ -9,7 +9,7 @@ import pytest
 from common.stats import bradley_terry, bradley_terry_intervals, wilson_interval, win_summary
 from pipelines.models import default_gguf_path
 from store import import_file
-from store.arena import ELO_K, ELO_START, leaderboard, record_vote, reward_win_rate
+from store.arena import ELO_K, ELO_START, ArenaError, leaderboard, record_vote, reward_win_rate
 from store.exports import preference_records
 from studio import jobs
 from studio.runner import RunError, Runner
@@ -29,10 +29,12 @@ def test_a_vote_is_a_labelled_pair_with_both_models_that_training_can_use(store)
     assert store.query("SELECT annotator, verdict FROM labels") == [{"annotator": "ann", "verdict": "first"}]
     records, _ = preference_records(store, "arena")
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in records] == [("Hi!", "Go away.")]
-    # Two models can write the same text: the pair still knows which model wrote which side.
-    same = record_vote(store, PROMPT, ("model-b", answer("Hi!")), ("model-a", answer("Hi!")), "tie", "ann")
-    assert store.query("SELECT first_model, second_model FROM pairs WHERE id = ?", [same])[0] == \
-        {"first_model": "model-b", "second_model": "model-a"}
+    # Two models can write the same text: there is nothing to vote on, and nothing is stored (such a
+    # pair would export as chosen == rejected, which no import takes back).
+    before = store.stats()
+    with pytest.raises(ArenaError, match="the two answers are the same"):
+        record_vote(store, PROMPT, ("model-b", answer("Hi!")), ("model-a", answer("Hi!")), "tie", "ann")
+    assert store.stats() == before
 
 
 def test_the_leaderboard_counts_votes_and_rates_them_with_elo(store):

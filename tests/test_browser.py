@@ -95,10 +95,12 @@ def test_home_shows_the_workspace_counts_datasets_and_runs(server, page):
     assert "hh 1000 1000" in datasets and "mini 5 5" in datasets
     assert "1 perplexity succeeded 100% scored 10 responses" in runs
 
-    # Run controls answer in the page: a finished run cannot be resumed.
-    page.get_by_role("spinbutton", name="Run").fill("1")
+    # Run controls answer in the page: only runs that can be cancelled or resumed are offered
+    # (the one run succeeded), and a click with none picked says what to do.
+    page.locator("#home-run").click()
+    assert page.get_by_role("option").count() == 0
     page.get_by_role("button", name="Resume run").click()
-    page.get_by_text("only cancelled or failed runs resume").wait_for(timeout=30_000)
+    page.get_by_text("Pick a run first.").wait_for(timeout=30_000)
 
 
 def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, page, tiny_model):
@@ -414,21 +416,44 @@ def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_w
         proc.wait(timeout=30)
 
 
-def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(tmp_path, mini_workspace, browser):
+def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(tmp_path, mini_workspace, browser,
+                                                                               tiny_model):
+    from pipelines.export import convert
     from pipelines.models import default_gguf_path
 
-    with mini_workspace.open_store() as store:  # a second name for the default's GGUF: two models
+    tiny_gguf = tmp_path / "tiny.gguf"
+    convert(tiny_model, tiny_gguf)  # a second, different model (random weights: it answers nonsense)
+    with mini_workspace.open_store() as store:  # and a second name for the default's GGUF: the same model
         with store.transaction() as cur:
             cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('twin', 'gguf', ?, 'policy')",
                         [str(default_gguf_path())])
+            cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('tiny', 'gguf', ?, 'policy')",
+                        [str(tiny_gguf)])
     url, proc = serve(mini_workspace, tmp_path / "serve.log")
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
         page.get_by_role("tab", name="Compare").click()
-        page.get_by_label("Blind arena").check()
+        # Out of the box, two different models face each other.
+        a, b = (page.locator(f"#compare-model-{side} input").input_value() for side in ("a", "b"))
+        assert a != b
         page.get_by_text("Sampling (the same for both)").click()
         page.get_by_role("spinbutton", name="Max answer tokens").fill("24")
+        # Voting before any message, and on two identical answers, stores nothing and loses nothing.
+        page.locator("#vote-left").click()
+        page.get_by_text("Send a message first").wait_for(timeout=10_000)
+        for side, name in (("a", "default"), ("b", "twin")):
+            page.locator(f"#compare-model-{side}").click()
+            page.get_by_role("option", name=name, exact=True).click()
+        page.locator("#compare-input textarea").fill("Say hello.")
+        page.locator("#compare-send").click()
+        page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
+        page.locator("#vote-left").click()
+        page.get_by_text("the two answers are the same").wait_for(timeout=10_000)
+        assert page.locator("#compare-left .message-row").count() == 2
+        page.locator("#compare-model-b").click()
+        page.get_by_role("option", name="tiny", exact=True).click()
+        page.get_by_label("Blind arena").check()
         page.locator("#compare-input textarea").fill("Name three colours.")
         page.locator("#compare-send").click()
         page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
@@ -458,7 +483,7 @@ def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(t
         assert len(row) == 1 and row[0]["verdict"] == "first" and row[0]["annotator"] == "arena"
         assert [m["role"] for m in json.loads(row[0]["prompt"])] == ["user"]
         assert [m["role"] for m in json.loads(row[0]["answer"])] == ["assistant", "user", "assistant"]
-        assert {row[0]["first_model"], row[0]["second_model"]} == {"default", "twin"}
+        assert {row[0]["first_model"], row[0]["second_model"]} == {"default", "tiny"}
         assert f"Left was {row[0]['first_model']}" in status
     # One battle: Bradley-Terry (with its small prior) 1131 vs 869, too few battles to rank; Elo 1016 vs 984.
     assert f"{row[0]['first_model']} 1131 (" in board and f"{row[0]['second_model']} 869 (" in board
