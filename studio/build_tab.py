@@ -13,7 +13,7 @@ from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
 from store.queries import dataset_names, dataset_summaries, latest_metrics
-from studio.rendering import preview
+from studio.rendering import Slider, preview
 from studio import jobs
 from studio.runner import Runner
 
@@ -111,7 +111,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     job = gr.Markdown(elem_id="build-job")
     with gr.Row():
         rule = gr.Radio(list(RULES), value=RULES[0], label="Rule")
-        share = gr.Slider(0.05, 1.0, value=0.5, step=0.05, label="Share to keep (lowest perplexity first)")
+        share = Slider(0.05, 1.0, value=0.5, step=0.05, label="Share to keep (lowest perplexity first)")
         max_ppl = gr.Number(20.0, label="Maximum perplexity", visible=False)
         per_prompt = gr.Checkbox(False, label="Per prompt", info="apply the share within each prompt")
     counts = gr.Markdown(elem_id="filter-counts")

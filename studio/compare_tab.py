@@ -16,7 +16,7 @@ from store import Store
 from store.arena import ARENA_DATASET, MIN_BATTLES_TO_RANK, leaderboard, record_vote
 from store.labelling import LabelError
 from store.queries import dataset_names
-from studio.rendering import as_chat
+from studio.rendering import Slider, as_chat
 from studio import jobs
 from studio.runner import Runner
 
@@ -90,8 +90,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                             elem_id="compare-blind")
     with gr.Accordion("Sampling (the same for both)", open=False):
         with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+            temperature = Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
+            top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
             max_tokens = gr.Number(256, label="Max answer tokens", precision=0)
             seed = gr.Number(0, label="Seed", precision=0)
     with gr.Row(equal_height=True):

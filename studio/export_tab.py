@@ -80,18 +80,24 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         start = gr.Button("Export", variant="primary", scale=1, elem_id="export-start")
     runs = export_runs(store)
     picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Export run", elem_id="export-run")
+    said = gr.Markdown(elem_id="export-said")  # the answer to a click; the status line below refreshes
     status = gr.Markdown(elem_id="export-status")
     files = gr.Dataframe(headers=FILE_COLUMNS, interactive=False, wrap=True, elem_id="export-files")
     ollama = gr.Markdown()
 
     def start_export(name, chosen):
+        if not name:
+            return "**Pick a model to export.**", gr.update()
+        if not chosen:
+            return "**Tick at least one file type.**", gr.update()
         try:
             run_id = jobs.start_export(runner, model=name, quants=chosen)
         except StudioError as e:  # every error a user can act on, said as a sentence
-            raise gr.Error(str(e)) from None
-        return gr.update(choices=export_runs(store), value=run_id)
+            return f"**{e}**", gr.update()
+        return f"Run {run_id} started.", gr.update(choices=export_runs(store), value=run_id)
 
-    start.click(start_export, [model, quants], picked)
+    start.click(start_export, [model, quants], [said, picked])
     picked.change(lambda r: export_view(store, r), picked, [status, files, ollama])
     gr.Timer(2.0).tick(lambda r: export_view(store, r), picked, [status, files, ollama], show_progress="hidden")
-    tab.select(lambda: gr.update(choices=exportable(store)), outputs=model)
+    tab.select(lambda: (gr.update(choices=exportable(store)), gr.update(choices=export_runs(store))),
+               outputs=[model, picked])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import gradio as gr
+
 
 def as_chat(messages: list[dict]) -> list[dict]:
     """Messages for gr.Chatbot: user and assistant turns as bubbles, a system prompt as a
@@ -39,3 +41,16 @@ SIDES_EXPLAINED = ("A and B are a pair's two responses as stored: A is the one i
                    "as left and right, and stores each answer as A or B.")
 VERDICT_WORDS = {"first": "A better", "second": "B better", "tie": "tie", "both-bad": "both bad", "skip": "skip",
                  None: ""}
+
+
+class Slider(gr.Slider):
+    """gr.Slider whose number box takes any number typed into it, moved into the range (Gradio's
+    own refuses one outside it with an error badge and a "Value -3 is less than minimum" toast).
+    A template of gr.Slider: the page draws it as one."""
+
+    is_template = True
+
+    def preprocess(self, payload: float | None) -> float | None:
+        if payload is not None:
+            payload = min(max(payload, self.minimum), self.maximum)
+        return super().preprocess(payload)

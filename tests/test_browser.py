@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -172,6 +173,21 @@ def shown_pair(page) -> str | None:
     return page.inner_text("#label-pair-id").split()[1]
 
 
+# What an internal error looks like in the page: Gradio's red "Error" badge on a component, or a
+# toast holding Python's words (a raw exception, a validation message about values).
+PYTHON_WORDS = re.compile(r"Traceback|__type__|is not in the list of choices|is (less|greater) than (minimum|maximum)|"
+                          r"\b[A-Z][A-Za-z]+(Error|Exception)\b|object has no attribute|NoneType|unexpected keyword")
+
+
+def internal_errors(page) -> list[str]:
+    """Error badges and exception-like toasts now on the page (empty when there are none)."""
+    badges = page.evaluate("""() => Array.from(document.querySelectorAll('*')).filter(e => e.childElementCount === 0
+        && e.offsetParent !== null && (e.textContent || '').trim() === 'Error'
+        && !e.closest('[class*=toast]')).length""")  # a toast's title is no badge: its text is checked below
+    toasts = [t.inner_text() for t in page.locator(".toast-body").all()]
+    return ([f"{badges} Error badges"] if badges else []) + [t for t in toasts if PYTHON_WORDS.search(t)]
+
+
 def press_and_wait(page, key: str, annotator: str, labelled_after: int) -> None:
     page.keyboard.press(key)
     page.get_by_text(f"{annotator}: {labelled_after} of").wait_for(timeout=30_000)
@@ -193,8 +209,26 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, pairs_fi
         page.get_by_role("button", name="Import", exact=True).click()
         page.locator("#import-result").get_by_text("broken.jsonl:2:").wait_for(timeout=30_000)
         assert "nothing imported" in page.inner_text("#import-result")
+        assert internal_errors(page) == []
 
+        # No file, or a picture: a sentence each, and the tab goes on working.
         page.locator("#import-file").get_by_role("button", name="Clear").click()
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.locator("#import-result").get_by_text("Choose a file to import first").wait_for(timeout=30_000)
+        picture = tmp_path / "picture.png"
+        picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+        page.locator("#import-file input[type=file]").set_input_files(str(picture))
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.wait_for_timeout(2000)  # the browser refuses it: "Invalid file type: picture.png. Only .jsonl, ..."
+        assert internal_errors(page) == []
+
+        # A file of prompts only: its prompts are listed, with what to do to make pairs of them.
+        prompts = tmp_path / "questions.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(3)))
+        page.locator("#import-file input[type=file]").set_input_files(str(prompts))
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.get_by_text("Prompts 1–3 of 3 in 'questions' (page 1 of 1)").wait_for(timeout=30_000)
+        assert "generate candidate answers in the Build dataset tab" in page.inner_text("#pairs-shown")
         page.locator("#import-file input[type=file]").set_input_files(str(mini_file(tmp_path, pairs_file, rows=30)))
         page.get_by_label("Into dataset").fill("uploaded")
         page.get_by_role("button", name="Import", exact=True).click()
@@ -202,6 +236,10 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, pairs_fi
         page.get_by_text("Pairs 1–20 of 30 in 'uploaded' (page 1 of 2)").wait_for(timeout=30_000)
         page.get_by_role("button", name="Next ▶").click()
         page.get_by_text("Pairs 21–30 of 30").wait_for(timeout=30_000)
+        page.get_by_label("Page").fill("-3")  # any number is taken: the list clamps it
+        page.get_by_label("Page").press("Enter")
+        page.get_by_text("Pairs 1–20 of 30 in 'uploaded' (page 1 of 2)").wait_for(timeout=30_000)
+        assert internal_errors(page) == []
 
         page.get_by_label("Search").fill("zürich")
         page.get_by_label("Search").press("Enter")
@@ -515,3 +553,136 @@ def test_the_guided_run_on_the_home_tab_runs_every_stage_and_reports_it(tmp_path
         assert store.query("SELECT kind FROM runs WHERE status <> 'succeeded'") == []
         assert store.scalar("SELECT count(*) FROM models WHERE kind = 'gguf'") == 1
         assert store.scalar("SELECT count(*) FROM labels WHERE annotator = 'heuristic'") == 12
+
+
+# Buttons the walk leaves alone: each starts real work even on an empty workspace (the guided run
+# loads the demo prompts itself; Export has the default model picked), and the upload area opens a
+# file chooser.
+WALK_SKIPS = ("Run the whole loop unattended", "Export", "Drop File Here")
+
+
+def click_every_button(page, tab: str) -> list[str]:
+    """Open the tab and its accordions, click each button on it; the internal errors seen, by button."""
+    page.get_by_role("tab", name=tab, exact=True).click()
+    page.wait_for_timeout(500)
+    for accordion in page.locator("button.label-wrap:visible").all():
+        if "open" not in (accordion.get_attribute("class") or ""):
+            accordion.click()
+    found = []
+    # The buttons as they are now (a click may add or hide some: a toast's close button, a pane).
+    for button in page.query_selector_all("button:not([role=tab]):not([tabindex='-1']):not(.label-wrap)"):
+        name = " ".join(button.inner_text().split())
+        if not button.is_visible() or not name or name.startswith(WALK_SKIPS) or name in ("↺", "Clear", "×"):
+            continue
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        button.click(timeout=5_000)
+        page.wait_for_timeout(1_000)
+        found += [f"{tab} / {name}: {error}" for error in internal_errors(page)]
+        for close in page.locator(".toast-close:visible").all():
+            close.click()
+    return found
+
+
+def test_every_button_with_empty_or_wrong_inputs_answers_in_words(tmp_path, models_dir, browser):
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    workspace.open_store().close()
+    url, proc = serve(workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("[data-stat=pairs]", timeout=60_000)
+        tabs = [t.inner_text() for t in page.get_by_role("tab").all()]
+        assert len(tabs) == 8
+        found = []
+        for tab in tabs:  # empty inputs: nothing is picked or typed on a fresh workspace
+            found += click_every_button(page, tab)
+        for tab in tabs:  # wrong inputs: nonsense in every text field, -3 in every number
+            page.get_by_role("tab", name=tab, exact=True).click()
+            for field in page.locator("textarea:visible, input[type=text]:visible").all():
+                if field.is_editable():
+                    field.fill("../no such thing\t")
+            for number in page.get_by_role("spinbutton").filter(visible=True).all():
+                number.fill("-3")
+            found += click_every_button(page, tab)
+        page.screenshot(path=str(tmp_path / "walk.png"), full_page=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert found == []
+    with workspace.open_store() as store:  # and nothing was started or written by a wrong click
+        assert store.stats()["runs"] == 0 and store.stats()["datasets"] == 0
+
+
+def test_enter_in_the_name_then_a_key_labels_the_pair_and_a_new_name_asks_first(tmp_path, mini_workspace, browser):
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        page.goto(url)
+        page.get_by_role("tab", name="Label").click()
+        page.get_by_role("combobox", name="Dataset").first.click()
+        page.get_by_role("option", name="mini", exact=True).click()
+        page.get_by_label("Annotator").fill("alice")
+        page.get_by_label("Annotator").press("Enter")
+        page.get_by_text("alice: 0 of 5").wait_for(timeout=30_000)
+        page.keyboard.press("1")  # the focus was in the name: the key still answers the pair
+        page.get_by_text("Saved: left is better. alice: 1 of 5").wait_for(timeout=30_000)
+        assert page.get_by_label("Annotator").input_value() == "alice" and not page.get_by_label("Annotator").is_editable()
+        page.once("dialog", lambda dialog: dialog.dismiss())  # "Label under another name?" No.
+        page.get_by_role("button", name="Change annotator").click()
+        page.wait_for_timeout(1_000)
+        assert not page.get_by_label("Annotator").is_editable()
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Change annotator").click()
+        page.get_by_text("Type the new name and start again").wait_for(timeout=30_000)
+        assert page.get_by_label("Annotator").is_editable()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        assert store.query("SELECT annotator, count(*) AS n FROM labels GROUP BY 1") == [{"annotator": "alice", "n": 1}]
+
+
+def test_from_a_prompts_file_to_labelled_pairs_without_a_terminal(tmp_path, models_dir, browser):
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    with workspace.open_store() as store:
+        prompts = tmp_path / "questions.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in
+                                   ("What is the capital of France?", "Name a colour.", "How many legs has a cat?")))
+        import_file(store, prompts, "questions")
+    url, proc = serve(workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url)
+        page.get_by_role("tab", name="Build dataset").click()
+        page.get_by_role("combobox", name="Dataset").click()
+        page.get_by_role("option", name="questions", exact=True).click()
+        page.get_by_text("has no responses to filter: generate candidate answers").wait_for(timeout=30_000)
+        page.get_by_text("Generate candidates: answers").click()
+        page.get_by_label("Answers per prompt").fill("3")
+        page.get_by_label("Max tokens").fill("16")
+        page.locator("#build-generate").click()
+        page.locator("#build-said").get_by_text("started: 3 answers to each prompt").wait_for(timeout=30_000)
+        page.locator("#build-generate").click()  # again, while it runs: refused, and said so
+        page.locator("#build-said").get_by_text("is running already").wait_for(timeout=30_000)
+        page.locator("#build-job").get_by_text("succeeded").wait_for(timeout=300_000)
+        page.get_by_role("button", name="Score perplexity").click()
+        page.locator("#build-job").get_by_text("perplexity").wait_for(timeout=30_000)
+        page.locator("#build-job").get_by_text("succeeded").wait_for(timeout=300_000)
+        page.locator("#filter-counts").get_by_text("Keeps").wait_for(timeout=60_000)
+        page.get_by_label("New dataset name").fill("question-pairs")
+        page.get_by_role("button", name="Save filtered dataset").click()
+        page.get_by_text("Saved: 'question-pairs'").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Label").click()  # the new dataset is there to label
+        page.get_by_role("combobox", name="Dataset").first.click()
+        page.get_by_role("option", name="question-pairs", exact=True).click()
+        page.get_by_label("Annotator").fill("bob")
+        page.get_by_role("button", name="Start labelling").click()
+        page.get_by_text("bob: 0 of").wait_for(timeout=30_000)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with workspace.open_store() as store:
+        assert store.scalar("SELECT count(*) FROM runs WHERE kind = 'generate'") == 1
+        assert store.scalar("SELECT count(*) FROM responses") == 9
+        pairs = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("question-pairs")])
+        assert pairs > 0
