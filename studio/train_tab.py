@@ -254,7 +254,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     # A page opens on the newest run without a change event, so the choices start as that run's.
     first_run_method = method_of_run(picked.value)
     plotted = gr.CheckboxGroup(list(first_run_method.plotted), value=list(first_run_method.plotted_first),
-                               label="Metrics plotted", elem_id="train-plotted")
+                               label=f"Metrics of run {picked.value} ({first_run_method.label})" if picked.value
+                               else "Metrics plotted", elem_id="train-plotted")
     last_shown = gr.State(None)
     # The ticked metrics, kept apart from the checkboxes: the timer reads this, for a tick sent while
     # a newly picked run changes the checkboxes' choices would carry the old run's names, which
@@ -329,7 +330,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         """Show the picked run with the metrics first plotted for its method."""
         method = method_of_run(run_id)
         names = list(method.plotted_first)
-        return (*show(run_id, names), gr.update(choices=list(method.plotted), value=names), names,
+        # Named after the run: the method picked in the form above may be another one.
+        label = f"Metrics of run {run_id} ({method.label})" if run_id else "Metrics plotted"
+        return (*show(run_id, names), gr.update(choices=list(method.plotted), value=names, label=label), names,
                 shown_state(run_id))
 
     def shown_state(run_id):

@@ -116,3 +116,16 @@ def test_unknown_kinds_and_runs_are_refused(runner, store):
     with pytest.raises(RunError, match="no run 42"):
         runner.cancel(42)
     assert store.stats()["runs"] == 0
+
+
+def test_a_second_identical_job_while_the_first_runs_is_refused(runner):
+    first = start(runner, steps=40, sleep_s=0.1)
+    with pytest.raises(RunError, match=f"the same fake job is running already \\(run {first}\\)"):
+        start(runner, steps=40, sleep_s=0.1)  # a double click
+    other = start(runner, steps=2, sleep_s=0.1)  # other settings: a job of its own
+    assert runner.wait(other)["status"] == "succeeded"
+    runner.cancel(first)
+    assert runner.wait(first)["status"] == "cancelled"
+    again = start(runner, steps=40, sleep_s=0.1)  # the first has ended: the same job may run again
+    runner.cancel(again)
+    runner.wait(again)
