@@ -480,17 +480,17 @@ def test_compare_streams_two_answers_and_a_blind_vote_lands_as_a_labelled_pair(t
         # Voting before any message, and on two identical answers, stores nothing and loses nothing.
         page.locator("#vote-left").click()
         page.get_by_text("Send a message first").wait_for(timeout=10_000)
-        for side, name in (("a", "default"), ("b", "twin")):
-            page.locator(f"#compare-model-{side}").click()
-            page.get_by_role("option", name=name, exact=True).click()
+        for side, name in (("A", "default"), ("B", "twin")):
+            page.get_by_role("combobox", name=f"Model {side}").click()
+            page.locator(f"#compare-model-{side.lower()}").get_by_role("option", name=name, exact=True).click()
         page.locator("#compare-input textarea").fill("Say hello.")
         page.locator("#compare-send").click()
         page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
         page.locator("#vote-left").click()
         page.get_by_text("the two answers are the same").wait_for(timeout=10_000)
         assert page.locator("#compare-left .message-row").count() == 2
-        page.locator("#compare-model-b").click()
-        page.get_by_role("option", name="tiny", exact=True).click()
+        page.get_by_role("combobox", name="Model B").click()
+        page.locator("#compare-model-b").get_by_role("option", name="tiny", exact=True).click()
         page.get_by_label("Blind arena").check()
         page.locator("#compare-input textarea").fill("Name three colours.")
         page.locator("#compare-send").click()
