@@ -17,6 +17,10 @@ CSS = """
              border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary); }
 .stat-value { font-size: 1.6em; font-weight: 600; }
 .stat-name { opacity: 0.7; text-transform: capitalize; }
+/* Chatbot's own Clear (trash) button would only blank the view, never the store: prompts shown to
+   read, and the Compare panes (whose reset is "New conversation"), go without it. */
+#pair-prompt button[aria-label="Clear"], #label-prompt button[aria-label="Clear"],
+#compare-left button[aria-label="Clear"], #compare-right button[aria-label="Clear"] { display: none; }
 """
 SYNC_EVERY_S = 1.0
 

@@ -144,8 +144,9 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
                                 AND pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""",
                              [store.dataset_id(PAIRS)])
         if not given:
-            raise DemoStop(f"Label the pairs of '{PAIRS}' in the Label tab (alignstudio serve, then Label), then run "
-                           "`alignstudio demo` again to go on from them; or run `alignstudio demo --auto` to let the heuristic label.")
+            raise DemoStop(f"Label the pairs of '{PAIRS}' in the Label tab, then go on from your labels (the Home tab's "
+                           "'Go on from my labels', or `alignstudio demo` when the app is not running); or let the "
+                           "heuristic label them (the unattended run, or `alignstudio demo --auto`).")
         stage("labels", t, f"{given} pairs have your labels", labelled=given)
 
     train = dict(base=s.base, batch_size=s.batch_size, max_length=s.max_length, seed=s.seed)

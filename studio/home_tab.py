@@ -14,7 +14,7 @@ from pipelines.judges import HEURISTIC_RULE
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.queries import dataset_summaries, run_summaries
-from studio.demo import REPORT, SCALE_UP, DemoSettings, run_demo
+from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
 from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
 
@@ -58,10 +58,10 @@ GUIDE = f"""
 **Guided run.** The whole loop on the demo prompts: sample candidate answers from the default model,
 keep the plausible ones by perplexity and pair them, label the pairs, train a reward model, run
 DPO, evaluate the policy against the base, export it to a q8_0 GGUF and compare the two in llama.cpp.
-To label yourself: `alignstudio demo` prepares the pairs of `demo-pairs` for the Label tab, and
-run again it goes on from your labels. The button below runs it unattended instead, in about 15
-minutes on a 2-core CPU with the sizes below (on a GPU, raise them), with a plain, stated rule as
-labeller: {HEURISTIC_RULE}.
+To label yourself: *Prepare pairs to label* makes the pairs of `demo-pairs` for the Label tab,
+and *Go on from my labels* (the same button) trains on them. *Run the whole loop unattended* does
+it all in about 15 minutes on a 2-core CPU with the sizes below (on a GPU, raise them), with a
+plain, stated rule as labeller: {HEURISTIC_RULE}.
 """
 
 
@@ -79,19 +79,23 @@ class GuidedRun:
             time.sleep(1.0)
         return run
 
-    def start(self, settings: DemoSettings) -> str:
+    def start(self, settings: DemoSettings, auto: bool = True) -> str:
+        """The loop in a thread: unattended (`auto`: the heuristic labels), or up to the pairs to
+        label and, once they have labels, on from them."""
         if self.thread is not None and self.thread.is_alive():
             return "The guided run is already running."
         (self.workspace.root / REPORT).unlink(missing_ok=True)
         self.outcome = "Started."
-        self.thread = threading.Thread(target=self._run, args=(settings,), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(settings, auto), daemon=True)
         self.thread.start()
         return self.outcome
 
-    def _run(self, settings: DemoSettings) -> None:
+    def _run(self, settings: DemoSettings, auto: bool) -> None:
         started = time.monotonic()
         try:
-            run_demo(self.store, self.runner, settings, self.workspace, auto=True, follow=self.follow)
+            run_demo(self.store, self.runner, settings, self.workspace, auto=auto, follow=self.follow)
+        except DemoStop as e:  # waiting for the user's labels: what to do next
+            self.outcome = f"**Your turn:** {e}"
         except Exception as e:  # shown in the panel; the runs keep their own logs
             self.outcome = f"**Stopped:** {e}"
         else:
@@ -140,7 +144,9 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
             guided_rm_steps = gr.Number(sizes.rm_steps, label="RM steps", precision=0, elem_id="guided-rm-steps")
             guided_dpo_steps = gr.Number(sizes.dpo_steps, label="DPO steps", precision=0,
                                          elem_id="guided-dpo-steps")
-        start_guided = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
+        with gr.Row():
+            start_guided = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
+            start_manual = gr.Button("Prepare pairs to label / Go on from my labels", elem_id="guided-manual")
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
     def refresh():
@@ -158,17 +164,18 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
 
     gr.Timer(2.0).tick(refresh, outputs=[cards, datasets, runs], show_progress="hidden")
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
-    def start(base, prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
+    def start(base, prompts, candidates, max_new_tokens, rm_steps, dpo_steps, auto=True):
         if None in (prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
             return "**Give every size a number first.**"
         if min(prompts, max_new_tokens, rm_steps, dpo_steps) < 1 or candidates < 2:
             return "**Every size must be at least 1, and candidates per prompt at least 2 (to make pairs).**"
         return guided.start(DemoSettings(base=base.strip() or "default", prompts=int(prompts), candidates=int(candidates),
                                          max_new_tokens=int(max_new_tokens), rm_steps=int(rm_steps),
-                                         dpo_steps=int(dpo_steps)))
+                                         dpo_steps=int(dpo_steps)), auto)
 
-    start_guided.click(start, inputs=[guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps,
-                                      guided_dpo_steps], outputs=guided_report)
+    sizes_in = [guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps, guided_dpo_steps]
+    start_guided.click(start, inputs=sizes_in, outputs=guided_report)
+    start_manual.click(lambda *sizes: start(*sizes, auto=False), inputs=sizes_in, outputs=guided_report)
     cancel.click(lambda run: control("cancel", run), inputs=run_id, outputs=[outcome, run_id])
     resume.click(lambda run: control("resume", run), inputs=run_id, outputs=[outcome, run_id])
     run_id.focus(lambda: gr.update(choices=controllable_runs(store)), outputs=run_id)

@@ -246,6 +246,7 @@ def test_data_tab_imports_an_upload_browses_opens_and_exports(tmp_path, pairs_fi
         page.get_by_text("Pairs 1–1 of 1 matching 'zürich'").wait_for(timeout=30_000)
         page.locator("#pairs-table").get_by_text("Zürich").filter(visible=True).first.click()
         page.locator("#pair-meta").get_by_text("in datasets: uploaded").wait_for(timeout=30_000)
+        assert not page.locator("#pair-prompt button[aria-label=Clear]").is_visible()  # no trash on a read-only view
         rejected = make_pairs()[21]["rejected"].split("Assistant: ")[-1]  # the 22nd pair asks about Zürich
         # The whole response, not a preview.
         assert " ".join(rejected.split()) in " ".join(page.inner_text("#pair-second").split())
@@ -555,10 +556,10 @@ def test_the_guided_run_on_the_home_tab_runs_every_stage_and_reports_it(tmp_path
         assert store.scalar("SELECT count(*) FROM labels WHERE annotator = 'heuristic'") == 12
 
 
-# Buttons the walk leaves alone: each starts real work even on an empty workspace (the guided run
+# Buttons the walk leaves alone: each starts real work even on an empty workspace (the guided runs
 # loads the demo prompts itself; Export has the default model picked), and the upload area opens a
 # file chooser.
-WALK_SKIPS = ("Run the whole loop unattended", "Export", "Drop File Here")
+WALK_SKIPS = ("Run the whole loop unattended", "Prepare pairs to label", "Export", "Drop File Here")
 
 
 def click_every_button(page, tab: str) -> list[str]:
