@@ -73,7 +73,7 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
         judge_fn = rewards_by(*load_reward_model(config.judge_adapter, placement)) if config.judge_adapter else None
         watch = Watch(watch_prompts, tokenizer, rewards_by(reward_tokenizer, reward_model), run_dir, log,
                       config.max_new_tokens, judge_fn=judge_fn, rule=config.judge_rule, seed=config.seed)
-        callbacks.append(watch_callback(watch, check_every(config, config.max_steps), placement.device))
+        callbacks.append(watch_callback(watch, check_every(config, config.max_steps)))
         log.event("running", message=f"{len(watch_prompts)} prompts held out for the over-optimisation watch, checked "
                                      f"every {check_every(config, config.max_steps)} steps")
     trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args,
@@ -87,14 +87,14 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
     log.event("succeeded", step=steps, message=f"{method.upper()} trained ({steps} steps){kept}")
 
 
-def watch_callback(watch: Watch, every: int, device: str):
+def watch_callback(watch: Watch, every: int):
     """A TrainerCallback that runs the watch every `every` steps and at the last one."""
     from transformers import TrainerCallback
 
     class RunTheWatch(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if state.global_step % every == 0 or state.global_step == state.max_steps:
-                watch.check(model, state.global_step, device)
+                watch.check(model, state.global_step, args.device)  # this rank's device
 
     return RunTheWatch()
 

@@ -45,7 +45,9 @@ def convert_default_model(target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = default_gguf_path()
-    partial = target.with_name(target.name + ".partial")
+    # One folder per process: the ranks of `accelerate launch` may all convert at once; the first
+    # to finish puts its folder in place and the others drop theirs.
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -57,7 +59,12 @@ def convert_default_model(target: Path) -> Path:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "SOURCE.txt").write_text(f"{DEFAULT_DESCRIPTION}\nconverted from {gguf}\n")
-    os.replace(partial, target)
+    try:
+        os.replace(partial, target)
+    except OSError:  # another process put its conversion there first (a folder is not replaced)
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
@@ -85,6 +92,14 @@ class Placement:
     dtype: str    # "bfloat16", "float16" or "float32"
 
 
+def rank_device(device: str) -> str:
+    """This process's own device: under `accelerate launch` rank r of a machine uses cuda:LOCAL_RANK
+    (plain "cuda" would put every rank's copy on GPU 0 before Accelerate sets the device)."""
+    if device == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     """CUDA with bf16 where the card supports it (fp16 on older cards), else CPU with fp32.
 
@@ -97,7 +112,8 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
         raise ModelError("device 'cuda' asked for, but torch sees no CUDA device")
     if dtype == "auto":
         if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            # Real bf16 only: T4, V100 and RTX 20xx emulate it slowly, and take fp16 instead.
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
         else:
             dtype = "float32"
     if dtype not in ("bfloat16", "float16", "float32"):

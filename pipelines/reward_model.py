@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.models import Placement, load_tokenizer
+from pipelines.models import Placement, load_tokenizer, rank_device
 
 STUDIO_META = "studio_model.json"  # beside an adapter: what kind of model it is and its base
 
@@ -44,7 +44,7 @@ def load_reward_model(adapter: str | Path, placement: Placement):
                                                               dtype=getattr(torch, placement.dtype))
     base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, str(adapter))
-    model.to(placement.device).eval()
+    model.to(rank_device(placement.device)).eval()
     return tokenizer, model
 
 

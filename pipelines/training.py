@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,8 @@ def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, placement.dtype))
-        kwargs["device_map"] = {"": 0}
+        # Each process's own GPU (under `accelerate launch`, rank r uses cuda:LOCAL_RANK), not GPU 0 for all.
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return kwargs
 
 
@@ -158,6 +160,20 @@ def last_checkpoint(run_dir: Path) -> str | None:
     return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
+def cancel_agreed(requested: bool, device) -> bool:
+    """Whether any process was asked to cancel. Under `accelerate launch` the ranks may see the
+    stop request at different steps; one that stopped alone would leave the others waiting in
+    their next all-reduce for ever. One small all-reduce a step makes them stop together."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return requested
+    flag = torch.tensor([1 if requested else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def progress_callback(log: RunLog):
     """A TrainerCallback that reports every logged metric with the step and stops, saving a
     checkpoint, when the run is asked to cancel."""
@@ -171,7 +187,7 @@ def progress_callback(log: RunLog):
             log.progress(state.global_step, state.max_steps, metrics=metrics)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if log.cancel_requested:
+            if cancel_agreed(log.cancel_requested, args.device):
                 self.cancelled = True
                 control.should_save = True
                 control.should_training_stop = True

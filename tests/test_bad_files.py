@@ -302,3 +302,12 @@ def test_the_login_page_says_nothing_about_the_workspace(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_each_dataset_gets_its_own_export_file(workspace):
+    from studio.data_tab import export_path
+
+    names = ["x", "../x", "_x", "x/", "données", "数据", "a b", "a_b"]
+    files = {export_path(workspace, name, "conversational", ".jsonl") for name in names}
+    assert len(files) == len(names) and all(f.parent == workspace.exports_dir for f in files)
+    assert export_path(workspace, "données", "trl", ".jsonl").name == "données-trl.jsonl"  # letters of any script kept

@@ -53,6 +53,45 @@ def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
 
 
+def test_a_cancel_seen_by_one_rank_stops_both_at_one_step_and_resumes(tmp_path, tiny_model, models_dir):
+    """Only rank 0 gets the stop request (the worst case: the ranks see it at different steps);
+    both must stop together after the same step, save, and report one 'cancelled', not hang."""
+    import signal
+    import time
+
+    import psutil
+
+    pairs = [{"pair_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Add {i} and {i}."}]),
+              "chosen": json.dumps([{"role": "assistant", "content": f"{2 * i}."}]),
+              "rejected": json.dumps([{"role": "assistant", "content": "No."}])} for i in range(40)]
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "inputs.parquet")
+    save_config(DPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=200, batch_size=2,
+                               max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0, save_every=1000),
+                tmp_path / "config.json")
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "-m", "pipelines.dpo", "--config", str(tmp_path / "config.json")]
+    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (tmp_path / "events.jsonl").exists() and any(e.get("step", 0) >= 2 for e in events_of(tmp_path)):
+                break
+            time.sleep(0.5)
+        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                 if "pipelines.dpo" in " ".join(p.cmdline()) and p.pid != launcher.pid]
+        rank0 = next(p for p in ranks if p.environ().get("RANK") == "0")
+        rank0.send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=180)  # a hang fails here
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    events = events_of(tmp_path)
+    assert events[-1]["status"] == "cancelled"
+    stopped = int(events[-1]["message"].split("at step ")[1].split(";")[0])
+    assert stopped < 200 and (tmp_path / "checkpoints" / f"checkpoint-{stopped}" / "trainer_state.json").is_file()
+
+
 def test_ppo_on_two_ranks_is_refused_with_a_reason(tmp_path, tiny_model, models_dir):
     from pipelines.ppo import PPOTrainConfig
 
