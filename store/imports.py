@@ -63,6 +63,8 @@ class ImportReport:
         if self.prompts_only:
             kept += (", " if kept else "") + f"{self.prompts_only} prompts"
         if not self.written:
+            if not self.rows and self.errors:  # the file as a whole: say why
+                return f"{self.file}: nothing imported ({self.errors[0].reason})"
             return f"{self.file}: nothing imported ({len(self.errors)} bad rows of {self.rows})"
         return (f"{self.file}: imported {kept} into dataset '{self.dataset}' as {self.format} "
                 f"({self.new_pairs} new pairs, {self.new_prompts} new prompts, "
@@ -471,6 +473,8 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
     path = Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if dataset is not None and not dataset.strip():
+        check_dataset_name(dataset)  # a name given blank is refused; None means the file's name
     dataset = (dataset or "").strip() or path.name.split(".")[0]
     if store.dataset_id(dataset) is None:
         check_dataset_name(dataset, internal)

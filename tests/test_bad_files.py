@@ -250,10 +250,9 @@ def test_dataset_names_follow_rules(tmp_path, store, name, reason):
         check_dataset_name(name)
     data = tmp_path / "d.jsonl"
     data.write_bytes(jsonl_bytes(1))
-    if name.strip():  # a blank name falls back to the file's name
-        with pytest.raises(BadName, match=reason):
-            import_file(store, data, name)
-    assert store.stats()["datasets"] == 0 or name.strip() == ""
+    with pytest.raises(BadName, match=reason):  # a name given blank too (no name at all: the file's)
+        import_file(store, data, name)
+    assert store.stats()["datasets"] == 0
     assert check_dataset_name(" données v2 ") == "données v2"
 
 
