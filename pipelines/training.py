@@ -227,6 +227,24 @@ def pair_data(config: PairTrainSettings, run_dir: Path) -> tuple[list, list]:
     return train, held_out
 
 
+def trainable_in_fp32(model, settings: TrainSettings) -> int:
+    """Trainable parameters in float32 whatever the base's dtype; how many were cast. A bf16 copy
+    of the reward model's score head rounds away Adam steps below ~6e-5 (it barely learns at the
+    learning rates suggested for 7B bases) and an fp16 one fails ("Attempting to unscale FP16
+    gradients"). The base stays in its dtype; mixed precision's autocast bridges the two. QLoRA's
+    own preparation decides for a 4-bit base."""
+    import torch
+
+    if settings.load_in_4bit:
+        return 0
+    cast = 0
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+            cast += 1
+    return cast
+
+
 def train_and_save(trainer, callback, config: TrainSettings, log: RunLog, kind: str, method: str,
                    held_out: list = (), eval_key: str = "") -> dict | None:
     """Train from the last checkpoint, if any; then the evaluation at the last step (the one the
@@ -234,6 +252,7 @@ def train_and_save(trainer, callback, config: TrainSettings, log: RunLog, kind: 
     logs) and the adapter saved with its meta file. The final eval metrics, or None when the run
     was cancelled (checkpoint saved, 'cancelled' reported)."""
     run_dir = log.path.parent
+    trainable_in_fp32(trainer.model, config)  # before train() makes the optimizer over them
     if not train_with_resume(trainer, callback, run_dir, log):
         return None
     final = {}

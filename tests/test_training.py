@@ -246,3 +246,39 @@ def test_settings_suggested_by_model_size_keep_the_effective_batch(tiny_model):
         s = suggested_settings(defaults, billions)
         assert s["batch_size"] * s["grad_accum"] == defaults.batch_size * defaults.grad_accum
         assert s["learning_rate"] < defaults.learning_rate and s["gradient_checkpointing"]
+
+
+def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file, tiny_model, models_dir):
+    """bf16 runs on a CPU (slowly): the score head, the one whole layer a LoRA reward model trains,
+    is kept and saved in float32, and moves at a learning rate whose steps a bf16 copy would round
+    away (1e-5 against bf16's spacing of ~1e-4 at the head's scale)."""
+    import gzip
+
+    import pyarrow as pa
+    import torch
+    from safetensors import safe_open
+
+    from pipelines.reward import RewardTrainConfig, run as train_reward
+    from pipelines.runlog import RunLog
+    from store.formats import parse_hh_record
+
+    records = []
+    for i, line in enumerate(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:12]):
+        pair = parse_hh_record(json.loads(line))
+        records.append({"pair_id": f"p{i}", "prompt": json.dumps(pair.prompt), "chosen": json.dumps(pair.chosen),
+                        "rejected": json.dumps(pair.rejected), "chosen_side": "first"})
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "inputs.parquet")
+    config = RewardTrainConfig(base=str(tiny_model), models_dir=str(models_dir), device="cpu", dtype="bfloat16",
+                               max_steps=3, save_every=1, batch_size=2, max_length=128, lora_r=4, lora_alpha=8,
+                               eval_share=0.0, learning_rate=1e-5)
+    train_reward(config, RunLog(tmp_path))
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["status"] == "succeeded", events[-1]
+
+    def score_head(folder):
+        with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if "score" in k}
+
+    final, after_two = score_head(tmp_path / "model"), score_head(tmp_path / "checkpoints" / "checkpoint-2")
+    assert final and all(t.dtype == torch.float32 for t in final.values())
+    assert any(not torch.equal(final[k], after_two[k]) for k in final)  # the third step moved it
