@@ -270,7 +270,7 @@ def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file,
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "inputs.parquet")
     config = RewardTrainConfig(base=str(tiny_model), models_dir=str(models_dir), device="cpu", dtype="bfloat16",
                                max_steps=3, save_every=1, batch_size=2, max_length=128, lora_r=4, lora_alpha=8,
-                               eval_share=0.0, learning_rate=1e-5)
+                               eval_share=0.25, learning_rate=1e-5)
     train_reward(config, RunLog(tmp_path))
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert events[-1]["status"] == "succeeded", events[-1]
