@@ -10,7 +10,7 @@ PORT ?= 7860
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
 
-.PHONY: install install-test browser run test clean
+.PHONY: install install-test browser run test clean gpu
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ run: install
 
 test: install-test browser
 	$(BIN)/python -m pytest -q
+
+# On a CUDA machine: llama.cpp rebuilt with CUDA (pip would reuse its cached CPU wheel, and the
+# install stamp would skip it) and bitsandbytes for 4-bit bases.
+gpu: install
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
+		"llama-cpp-python>=0.3.36"
+	$(BIN)/pip install -e '.[gpu]'
 
 clean:
 	rm -rf $(VENV) *.egg-info

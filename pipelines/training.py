@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import Placement, choose_placement, load_tokenizer, resolve_model
+from pipelines.models import ModelError, Placement, choose_placement, load_tokenizer, resolve_model
 from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -92,7 +92,22 @@ def split(records: list, eval_share: float, seed: int) -> tuple[list, list]:
 
 
 def placement_of(settings: TrainSettings) -> Placement:
-    return choose_placement(settings.device, settings.dtype)
+    """Where and in what precision to train; a 4-bit base is checked here, before anything loads."""
+    placement = choose_placement(settings.device, settings.dtype)
+    if settings.load_in_4bit:
+        check_4bit(placement.device)
+    return placement
+
+
+def check_4bit(device: str) -> None:
+    """QLoRA needs a CUDA device and bitsandbytes (the `gpu` extra): said before any model loads,
+    not deep inside `from_pretrained` after the reward model has loaded."""
+    import importlib.util
+
+    if device != "cuda":
+        raise ModelError("a 4-bit base (QLoRA) needs a CUDA device; this run would be on the CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("a 4-bit base (QLoRA) needs bitsandbytes: pip install -e '.[gpu]' (or make gpu)")
 
 
 def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
@@ -101,8 +116,7 @@ def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
 
     kwargs = {"dtype": getattr(torch, placement.dtype)}
     if settings.load_in_4bit:
-        if placement.device != "cuda":
-            raise ValueError("a 4-bit base (QLoRA) needs a CUDA device")
+        check_4bit(placement.device)
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(

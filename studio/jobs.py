@@ -26,6 +26,7 @@ from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import ConfigError, config_from
+from pipelines.training import placement_of
 from store import Store
 from store.db import prompt_key
 from store.exports import ExportError, preference_records, unpaired_records
@@ -201,6 +202,7 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
             check_independent(runner, judge_run, "the proxy", reward_run)
             fields["judge_adapter"] = judge
         config = make_config(m.config, m.label, reward_adapter=reward, **fields)
+        check_placement(config)
         return runner.start(method, config, {config.inputs: prompts_of(runner.store, prompts)})
     if judge_run is not None:
         raise RunError(f"{m.label} learns from pairs, not against a reward model: judge it afterwards (evaluate)")
@@ -209,7 +211,16 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
     records = training_records(runner.store, dataset, m.reads)
     held_out = training_records(runner.store, eval_dataset, m.reads) if eval_dataset else None
     config = make_config(m.config, m.label, eval_inputs=EVAL_INPUTS if held_out else None, **fields)
+    check_placement(config)
     return runner.start(method, config, {config.inputs: records, **({EVAL_INPUTS: held_out} if held_out else {})})
+
+
+def check_placement(config) -> None:
+    """The device, precision and 4-bit settings this machine can run, checked before a run exists."""
+    try:
+        placement_of(config)
+    except (ModelError, ValueError) as e:
+        raise RunError(str(e)) from None
 
 
 def split_by_prompt(records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:

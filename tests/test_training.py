@@ -148,6 +148,11 @@ def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, 
         jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope")
     with pytest.raises(RunError, match="unknown setting learning_rat"):
         jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3)
+    with pytest.raises(RunError, match="batch_size must be at least 1, not -3"):
+        jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), batch_size=-3)
+    # QLoRA on a machine without CUDA: said before a run exists, not deep inside from_pretrained
+    with pytest.raises(RunError, match="a 4-bit base \\(QLoRA\\) needs a CUDA device"):
+        jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True)
     assert hh40.stats()["runs"] == 0
 
 
