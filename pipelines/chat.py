@@ -23,6 +23,14 @@ class Sampling:
     seed: int = 0
 
 
+def gpu_layers() -> int:
+    """All layers on the GPU when this llama.cpp build can offload (a CUDA or Metal build: `make
+    gpu`), none otherwise; llama.cpp's own default keeps everything on the CPU."""
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
 class ChatModels:
     """Loaded llama.cpp models, least recently used dropped beyond `max_loaded`."""
 
@@ -44,7 +52,7 @@ class ChatModels:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such GGUF file")
             llm = Llama(key[0], n_ctx=self.n_ctx, n_threads=self.n_threads, n_threads_batch=self.n_threads,
-                        verbose=False)
+                        n_gpu_layers=gpu_layers(), verbose=False)
             self._loaded[key] = (llm, threading.Lock())
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
