@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from common.errors import StudioError
 from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
-from pipelines.models import choose_placement, load_tokenizer, resolve_model
+from pipelines.models import choose_placement, end_ids, first_end, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -66,8 +66,10 @@ def answer(model, tokenizer, prompts: list[list[dict]], device: str, max_new_tok
         with torch.no_grad():
             out = model.generate(**batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        ends = end_ids(model, tokenizer)
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
-            ids = row[:row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row
+            end = first_end(row, ends)
+            ids = row[:end + 1] if end is not None else row
             token_ids.append(ids)
             texts.append(tokenizer.decode(ids, skip_special_tokens=True))
     return texts, token_ids
@@ -113,13 +115,13 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
                          for p, ids in zip(prompts, policy_ids)]
     log.progress(2, 4, message="KL from the base")
     policy_logprobs = [sequence_logprob(policy, tokenizer, p, ids, placement.device) for p, ids in zip(prompts, policy_ids)]
+    ends = end_ids(policy, tokenizer)
     del policy, base
     n = len(prompts)
     judged = []  # (role, name, verdict)
     if config.rule:
         judged.append(("rule", config.rule, by_rule(
-            config.rule, rule_answers(policy_texts, policy_ids, tokenizer.eos_token_id),
-            rule_answers(base_texts, base_ids, tokenizer.eos_token_id))))
+            config.rule, rule_answers(policy_texts, policy_ids, ends), rule_answers(base_texts, base_ids, ends))))
     scored = {}
     for role, adapter, name in (("proxy", config.proxy_adapter, config.proxy_name),
                                 ("judge", config.judge_adapter, config.judge_name)):

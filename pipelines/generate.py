@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.chat import ChatModels, Sampling
-from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, load_causal_lm
+from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, end_ids, first_end, load_causal_lm
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
@@ -79,7 +79,7 @@ class TransformersSampler:
         c = self.config
         ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)["input_ids"].to(self.model.device)
-        eos = self.tokenizer.eos_token_id
+        ends = end_ids(self.model, self.tokenizer)
         out = []
         for i in range(c.n):
             torch.manual_seed(c.seed + i)
@@ -87,9 +87,10 @@ class TransformersSampler:
                 generated = self.model.generate(ids, do_sample=True, temperature=c.temperature, top_p=c.top_p,
                                                 max_new_tokens=c.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
             new = generated[0, ids.shape[1]:].tolist()
-            ended = eos in new
+            end = first_end(new, ends)
+            ended = end is not None
             if ended:
-                new = new[:new.index(eos)]
+                new = new[:end]
             out.append((self.tokenizer.decode(new, skip_special_tokens=True), "stop" if ended else "length"))
         return out
 

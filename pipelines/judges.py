@@ -54,10 +54,10 @@ class Rule:
 RULES = {"heuristic": Rule(HEURISTIC_RULE, heuristic_verdict)}
 
 
-def rule_answers(texts: list[str], token_ids: list[list[int]], eos_token_id: int) -> list[dict]:
-    """Answers as a rule reads them: {'text', 'finish'}, 'stop' when the answer ended with the end
-    token, 'length' when it was cut at the limit."""
-    return [{"text": t, "finish": "stop" if ids and ids[-1] == eos_token_id else "length"}
+def rule_answers(texts: list[str], token_ids: list[list[int]], end_ids: list[int]) -> list[dict]:
+    """Answers as a rule reads them: {'text', 'finish'}, 'stop' when the answer ended with an end
+    token (`models.end_ids`), 'length' when it was cut at the limit."""
+    return [{"text": t, "finish": "stop" if ids and ids[-1] in end_ids else "length"}
             for t, ids in zip(texts, token_ids)]
 
 

@@ -92,6 +92,20 @@ class Placement:
     dtype: str    # "bfloat16", "float16" or "float32"
 
 
+def end_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends an answer: the model's generation config may list several (Llama 3
+    ends a turn with <|eot_id|> as well as <|end_of_text|>), and the tokenizer's own."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, (list, tuple)) else [configured]
+    found = [i for i in [*ids, tokenizer.eos_token_id] if isinstance(i, int)]
+    return list(dict.fromkeys(found))
+
+
+def first_end(ids: list[int], ends: list[int]) -> int | None:
+    """The position of the first end id in an answer's ids, or None when it was cut at the limit."""
+    return next((i for i, token in enumerate(ids) if token in ends), None)
+
+
 def rank_device(device: str) -> str:
     """This process's own device: under `accelerate launch` rank r of a machine uses cuda:LOCAL_RANK
     (plain "cuda" would put every rank's copy on GPU 0 before Accelerate sets the device)."""

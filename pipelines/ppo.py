@@ -24,7 +24,7 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
-from pipelines.models import Placement, load_tokenizer, resolve_model
+from pipelines.models import Placement, end_ids, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
@@ -133,8 +133,7 @@ def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], confi
                                           max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     start = batch["input_ids"].shape[1]
     answers = generated[:, start:]
-    eos = tokenizer.eos_token_id
-    is_eos = answers == eos
+    is_eos = torch.isin(answers, torch.tensor(end_ids(policy.model, tokenizer), device=answers.device))
     ended = is_eos.any(dim=1)
     # Keep each answer up to and including its first end-of-turn token.
     first_eos = torch.where(ended, is_eos.int().argmax(dim=1), torch.full_like(ended, answers.shape[1] - 1, dtype=torch.long))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.judges import RULES, by_reward, by_rule, rule_answers
+from pipelines.models import end_ids
 from pipelines.settings import setting
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -104,7 +105,7 @@ class Watch:
         if self.base is None:
             with model.disable_adapter():
                 texts, ids = self._answers(model, device)
-            self.base = {"answers": rule_answers(texts, ids, self.tokenizer.eos_token_id),
+            self.base = {"answers": rule_answers(texts, ids, end_ids(model, self.tokenizer)),
                          "proxy": self.proxy_fn(self.prompts, texts),
                          "judge": self.judge_fn(self.prompts, texts) if self.judge_fn else None}
         texts, ids = self._answers(model, device)
@@ -118,7 +119,7 @@ class Watch:
         if self.judge_fn is not None:
             metrics["watch/judge_win"] = by_reward(self.judge_fn(self.prompts, texts), self.base["judge"])["win_rate"]
         elif self.rule:
-            metrics["watch/judge_win"] = by_rule(self.rule, rule_answers(texts, ids, self.tokenizer.eos_token_id),
+            metrics["watch/judge_win"] = by_rule(self.rule, rule_answers(texts, ids, end_ids(model, self.tokenizer)),
                                                  self.base["answers"])["win_rate"]
         message = None
         if self.has_judge:

@@ -43,3 +43,21 @@ def test_cpu_gets_float32_and_cuda_is_checked():
         with pytest.raises(ModelError, match="no CUDA device"):
             choose_placement("cuda")
     assert choose_placement("cpu", "bfloat16") == Placement("cpu", "bfloat16")
+
+
+def test_every_end_id_of_the_model_ends_an_answer():
+    """Llama 3 ends a turn with <|eot_id|> (128009) as well as <|end_of_text|> (128001): both count,
+    with the tokenizer's own, once each; an answer without any was cut at the limit."""
+    from types import SimpleNamespace
+
+    from pipelines.judges import rule_answers
+    from pipelines.models import end_ids, first_end
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[128001, 128009]))
+    tokenizer = SimpleNamespace(eos_token_id=128009)
+    ends = end_ids(model, tokenizer)
+    assert ends == [128001, 128009]
+    assert end_ids(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=2)), SimpleNamespace(eos_token_id=2)) == [2]
+    assert first_end([5, 6, 128009, 7], ends) == 2 and first_end([5, 6, 7], ends) is None
+    answers = rule_answers(["a", "b"], [[5, 128009], [5, 6]], ends)
+    assert [a["finish"] for a in answers] == ["stop", "length"]
