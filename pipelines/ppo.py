@@ -38,6 +38,7 @@ RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, ans
 class PPOTrainConfig(WatchSettings, TrainSettings):
     """Fine-tune a policy with PPO against a trained reward model."""
     reward_adapter: str = setting("", "the reward model's adapter folder", internal=True)
+    num_processes: int = not_used(TrainSettings, "num_processes", "the studio's PPO runs in one process")
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-4,
                                      "for LoRA on the default model: 1e-5 barely moved it in 30 iterations")
     max_steps: int = setting(20, "PPO iterations (one rollout batch each)", label="Max steps")

@@ -53,6 +53,8 @@ class TrainSettings:
                                  label="4-bit base (QLoRA)", advanced=True)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
                                            "about 30% slower", label="Gradient checkpointing", advanced=True)
+    num_processes: int = setting(1, "processes to train in, one per GPU; more than 1 runs through accelerate "
+                                 "launch (data-parallel)", label="Processes (GPUs)", advanced=True)
 
 
 @dataclass

@@ -38,7 +38,6 @@ class Method:
     plotted_first: tuple[str, ...]   # those plotted at first: one scale, so a length of 40 tokens
                                      # does not flatten a reward of 0.3
     losses: tuple[str, ...] = TRL_LOSSES
-    multi_gpu: bool = True           # can run under `accelerate launch` on several devices
 
     @property
     def online(self) -> bool:
@@ -68,7 +67,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="the studio's own PPO: value head, per-token KL penalty to the base, GAE, clipped objective; "
                    "answers the prompts and learns from a trained reward model's scores",
            plotted=("reward", "kl", "ended", "entropy", "clip_fraction", "response_length", *WATCH_METRICS),
-           plotted_first=("reward", "kl"), losses=("policy_loss", "value_loss"), multi_gpu=False),
+           plotted_first=("reward", "kl"), losses=("policy_loss", "value_loss")),
     Method("grpo", "GRPO", "pipelines.grpo", OnlineTrainConfig, reads="prompts", makes="policy",
            summary="TRL's GRPO against a trained reward model: several answers per prompt, each judged against "
                    "its group's mean (no value model)",

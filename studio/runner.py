@@ -105,10 +105,17 @@ class Runner:
         folder = Path(run["folder"])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        module_and_config = ["-m", JOBS[run["kind"]].module, "--config", str(folder / "config.json")]
+        processes = int(json.loads(run["config"]).get("num_processes") or 1)
+        if processes > 1:  # data-parallel through Accelerate's launcher: one rank per GPU
+            command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                       str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       *module_and_config]
+        else:
+            command = [sys.executable, *module_and_config]
         with open(folder / "log.txt", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", JOBS[run["kind"]].module, "--config", str(folder / "config.json")],
-                cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)  # a job outlives a Ctrl-C in the studio's terminal
         self._procs[run_id] = proc
         mark_running(self.store, run_id, proc.pid)
@@ -196,9 +203,25 @@ class Runner:
         if run["status"] not in ("queued", "running"):
             raise RunError(f"run {run_id} is {run['status']}, not running")
         if self._is_alive(run):
-            os.kill(run["pid"], signal.SIGTERM)
+            for pid in self._pipeline_pids(run):
+                os.kill(pid, signal.SIGTERM)
         else:
             self.sync(run_id)
+
+    @staticmethod
+    def _pipeline_pids(run: dict) -> list[int]:
+        """The processes that run the pipeline: the run's own process, or under Accelerate's
+        launcher its ranks (signalled themselves: they agree on the stop, checkpoint and exit, and
+        the launcher ends with them; the launcher would SIGKILL ranks still saving after 30 s)."""
+        import psutil
+
+        module = JOBS[run["kind"]].module
+        try:
+            launched = psutil.Process(run["pid"])
+            ranks = [p.pid for p in launched.children(recursive=True) if module in " ".join(p.cmdline())]
+        except psutil.Error:
+            return [run["pid"]]
+        return ranks or [run["pid"]]
 
     def resume(self, run_id: int) -> None:
         """Start a cancelled or failed run again in its folder; it continues from its checkpoint."""

@@ -170,11 +170,7 @@ def run_summary(runner: Runner, run_id: int) -> str:
     if card:
         text += "\n\n**Report card** (held-out pairs)" + bullets(card)
     text += "".join(f"\n\n**Evaluation (run {e['id']})**" + bullets(e["message"].splitlines()) for e in evaluations)
-    method = METHODS.get(run["kind"])
-    if method is None or not method.multi_gpu:  # the studio's own PPO runs on one device
-        return text
-    command = f"accelerate launch -m {method.module} --config {run['folder']}/config.json"
-    return text + f"\n\nOn several GPUs the same run: `{command}`"
+    return text
 
 
 def build(tab: gr.Tab, store: Store, runner: Runner) -> None:

@@ -101,3 +101,49 @@ def test_ppo_on_two_ranks_is_refused_with_a_reason(tmp_path, tiny_model, models_
     assert [e["status"] for e in events] == ["started", "failed"]
     assert "the studio's PPO runs in one process" in events[-1]["message"]
     assert not (tmp_path / "model").exists()
+
+
+def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store, tiny_model):
+    """`--num-processes 2` through the runner (as the Train tab and `alignstudio train` start it):
+    Accelerate's launcher, one event stream, a cancel that stops both ranks, a resume that ends."""
+    import time
+
+    from store import import_file
+    from studio import jobs
+    from studio.runner import Runner
+
+    rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}.", "rejected": f"No, {i}."} for i in range(40)]
+    data = workspace.root / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import_file(store, data, "sums")
+    runner = Runner(store, workspace)
+    run_id = jobs.start_training(runner, "dpo", "sums", base=str(tiny_model), num_processes=2, max_steps=30,
+                                 batch_size=2, max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0, save_every=100)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        runner.sync(run_id)
+        if (store.scalar("SELECT max(step) FROM run_metrics WHERE run_id = ?", [run_id]) or 0) >= 2:
+            break
+        time.sleep(0.5)
+    def ended(timeout):  # a hang fails here, not the whole suite
+        stop = time.time() + timeout
+        while time.time() < stop:
+            run = runner.sync(run_id)
+            if run["status"] not in ("queued", "running"):
+                return run
+            time.sleep(0.5)
+        raise AssertionError(f"run {run_id} still {run['status']} after {timeout} s")
+
+    runner.cancel(run_id)
+    run = ended(180)
+    assert run["status"] == "cancelled", run["message"]
+    runner.resume(run_id)
+    run = ended(300)
+    assert run["status"] == "succeeded", run["message"]
+    folder = workspace.runs_dir / str(run_id)
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    started = [e for e in events if e["status"] == "started"]
+    assert len(started) == 2 and all(e["message"].endswith("on 2 processes") for e in started)  # run, then resume
+    steps = [e["step"] for e in events if "loss" in e.get("metrics", {})]
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # each step once across both launches
+    assert store.scalar("SELECT count(*) FROM models WHERE run_id = ?", [run_id]) == 1
