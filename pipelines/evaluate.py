@@ -100,7 +100,8 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     base_path = resolve_model(meta["base"], config.models_dir)
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
     tokenizer = load_tokenizer(base_path)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, placement.dtype))
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, placement.dtype),
+                                                device_map=placement.device)  # straight onto it
     policy = PeftModel.from_pretrained(base, config.policy_adapter).to(placement.device).eval()
 
     log.event("running", step=0, total=4, message=f"answering {len(prompts)} prompts with the policy")

@@ -41,10 +41,11 @@ def load_reward_model(adapter: str | Path, placement: Placement):
     meta = read_meta(adapter)
     tokenizer = load_tokenizer(adapter)
     base = AutoModelForSequenceClassification.from_pretrained(meta["base_path"], num_labels=1,
-                                                              dtype=getattr(torch, placement.dtype))
+                                                              dtype=getattr(torch, placement.dtype),
+                                                              device_map=rank_device(placement.device))
     base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, str(adapter))
-    model.to(rank_device(placement.device)).eval()
+    model.to(rank_device(placement.device)).eval()  # the score head copy PEFT adds, too
     return tokenizer, model
 
 
