@@ -39,6 +39,13 @@ def mark_running(store: Store, run_id: int, pid: int) -> None:
                     "started_at = coalesce(started_at, current_timestamp) WHERE id = ?", [pid, run_id])
 
 
+def mark_waiting(store: Store, run_id: int, message: str) -> None:
+    """A run that waits for its turn (one GPU job at a time): queued, no process yet."""
+    with store.transaction() as cur:
+        cur.execute("UPDATE runs SET status = 'queued', pid = NULL, message = ?, finished_at = NULL WHERE id = ?",
+                    [message, run_id])
+
+
 def record_events(store: Store, run_id: int, events: list[dict], offset: int, status: str, message: str | None,
                   record_outputs: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> None:
     """One transaction: the events' metrics (and progress, ETA), the run's new status, message and

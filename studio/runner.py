@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipelines.runlog import save_config
 from store import Store
-from store.runs import FINAL, create_run, mark_running, record_events
+from store.runs import FINAL, create_run, mark_running, mark_waiting, record_events
 from studio.jobs import JOBS, RunError
 from studio.workspace import Workspace
 
@@ -69,11 +69,21 @@ def read_new_events(path: Path, offset: int) -> tuple[list[dict], int]:
     return events, offset
 
 
+def gpu_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class Runner:
-    def __init__(self, store: Store, workspace: Workspace):
+    def __init__(self, store: Store, workspace: Workspace, one_job_at_a_time: bool | None = None):
+        """`one_job_at_a_time` (default: when there is a GPU): a job started while another runs
+        waits, says for which, and starts when that one ends; two jobs on one card would run it
+        out of memory."""
         self.store, self.workspace = store, workspace
         self._procs: dict[int, subprocess.Popen] = {}
         self._starting = threading.Lock()
+        self.one_job_at_a_time = gpu_present() if one_job_at_a_time is None else one_job_at_a_time
         self.recover()
 
     # --- starting ---------------------------------------------------------------------------
@@ -91,12 +101,38 @@ class Runner:
                     raise RunError(f"the same {kind} job is running already (run {other['id']}); "
                                    "follow it, or cancel it first")
             run_id, folder = create_run(self.store, kind, settings, self.workspace.runs_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, rows in inputs.items():
-            pq.write_table(pa.Table.from_pylist(rows), folder / name)
-        save_config(config, folder / "config.json")
-        self._launch(run_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, rows in inputs.items():
+                pq.write_table(pa.Table.from_pylist(rows), folder / name)
+            save_config(config, folder / "config.json")
+            self._launch_or_wait(run_id)
         return run_id
+
+    def _busy_with(self, run_id: int) -> int | None:
+        """The run that has the machine when jobs run one at a time (None: free, or no such rule)."""
+        if not self.one_job_at_a_time:
+            return None
+        return self.store.scalar("SELECT min(id) FROM runs WHERE status = 'running' AND id <> ?", [run_id])
+
+    def _launch_or_wait(self, run_id: int) -> None:
+        """Launch now, or mark the run as waiting for the one that has the GPU (under _starting)."""
+        busy = self._busy_with(run_id)
+        if busy is None:
+            self._launch(run_id)
+        else:
+            mark_waiting(self.store, run_id, f"waiting for run {busy} to end (one GPU job at a time)")
+
+    def _is_waiting(self, run: dict) -> bool:
+        return self.one_job_at_a_time and run["status"] == "queued" and run["pid"] is None
+
+    def _launch_next(self) -> None:
+        """Start the oldest waiting run when no run has the GPU."""
+        if not self.one_job_at_a_time:
+            return
+        with self._starting:
+            waiting = self.store.scalar("SELECT min(id) FROM runs WHERE status = 'queued' AND pid IS NULL")
+            if waiting is not None and self._busy_with(waiting) is None:
+                self._launch(waiting)
 
     def _launch(self, run_id: int) -> None:
         run = self.get(run_id)
@@ -131,7 +167,8 @@ class Runner:
         for name in (config.get("inputs"), config.get("eval_inputs"), "config.json"):
             if name and (Path(old["folder"]) / name).exists():
                 shutil.copy2(Path(old["folder"]) / name, folder / name)
-        self._launch(new_id)
+        with self._starting:
+            self._launch_or_wait(new_id)
         return new_id
 
     # --- following ------------------------------------------------------------------------------
@@ -157,6 +194,9 @@ class Runner:
         run = self.get(run_id)
         if run["status"] not in ("queued", "running") or not run["folder"]:
             return run
+        if self._is_waiting(run):  # not started yet: perhaps its turn has come
+            self._launch_next()
+            return self.get(run_id)
         alive = self._is_alive(run)  # asked before reading, so no final event can slip between
         events, offset = read_new_events(Path(run["folder"]) / "events.jsonl", run["events_offset"])
         final = next((e for e in events if e.get("status") in FINAL), None)
@@ -194,6 +234,7 @@ class Runner:
     def sync_all(self) -> None:
         for run_id in self.active():
             self.sync(run_id)
+        self._launch_next()
 
     # --- control --------------------------------------------------------------------------------
 
@@ -202,6 +243,9 @@ class Runner:
         run = self.get(run_id)
         if run["status"] not in ("queued", "running"):
             raise RunError(f"run {run_id} is {run['status']}, not running")
+        if self._is_waiting(run):  # never started: nothing to checkpoint
+            record_events(self.store, run_id, [], run["events_offset"], "cancelled", "cancelled before it started")
+            return
         if self._is_alive(run):
             for pid in self._pipeline_pids(run):
                 os.kill(pid, signal.SIGTERM)
@@ -228,7 +272,8 @@ class Runner:
         run = self.get(run_id)
         if run["status"] not in ("cancelled", "failed"):
             raise RunError(f"run {run_id} is {run['status']}; only cancelled or failed runs resume")
-        self._launch(run_id)
+        with self._starting:
+            self._launch_or_wait(run_id)
 
     def recover(self) -> None:
         """At start-up: catch up on runs left 'running'; those whose process is gone and that

@@ -129,3 +129,21 @@ def test_a_second_identical_job_while_the_first_runs_is_refused(runner):
     again = start(runner, steps=40, sleep_s=0.1)  # the first has ended: the same job may run again
     runner.cancel(again)
     runner.wait(again)
+
+
+def test_with_one_gpu_a_second_job_waits_says_for_which_and_starts_after(runner, store, workspace):
+    gpu = Runner(store, workspace, one_job_at_a_time=True)  # as on a machine with a GPU
+    first = start(gpu, steps=40, sleep_s=0.1)
+    second = start(gpu, steps=3, sleep_s=0.05)
+    third = start(gpu, steps=2, sleep_s=0.05)
+    waiting = gpu.get(second)
+    assert (waiting["status"], waiting["pid"]) == ("queued", None)
+    assert waiting["message"] == f"waiting for run {first} to end (one GPU job at a time)"
+    gpu.cancel(third)  # a waiting run is cancelled without ever starting
+    assert gpu.get(third)["status"] == "cancelled" and not (Path(gpu.get(third)["folder"]) / "events.jsonl").exists()
+    wait_for_step(gpu, first, 1)
+    gpu.cancel(first)
+    assert gpu.wait(first)["status"] == "cancelled"
+    assert gpu.wait(second)["status"] == "succeeded"  # its turn came when the first ended
+    gpu.resume(first)
+    assert gpu.wait(first)["status"] == "succeeded"
