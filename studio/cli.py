@@ -199,7 +199,11 @@ def cmd_train(ws: Workspace, args) -> int:
     else:
         data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset)
         what = f"{method.name} on '{args.dataset}'"
-    return run_job(ws, args, lambda runner: jobs.start_training(runner, method.name, **data, **settings),
+    estimate = jobs.memory_plan(ws.models_dir, method.name, settings)
+    if estimate is not None:
+        print(estimate.describe(), flush=True)
+    return run_job(ws, args, lambda runner: jobs.start_training(runner, method.name, **data, force=args.force,
+                                                                 **settings),
                    f"{what} from '{settings.get('base', 'default')}'")
 
 
@@ -491,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "PPO, GRPO, RLOO to optimise) and a judge that shares no prompt with it (to evaluate "
                                 "policies by)")
         config_arguments(m, method.config)
+        m.add_argument("--force", action="store_true",
+                       help="start even when the memory plan says the run will not fit the GPU")
         m.add_argument("--no-wait", action="store_true", help="start the job and return")
         m.set_defaults(func=cmd_train)
 

@@ -26,6 +26,7 @@ from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import ConfigError, config_from
+from pipelines.memory import MemoryPlan, base_config, free_gpu_gb, plan
 from pipelines.training import placement_of
 from store import Store
 from store.db import prompt_key
@@ -176,9 +177,37 @@ def start_reward_scoring(runner, dataset: str, reward_model: str, **settings) ->
     return runner.start("reward-scoring", config, {config.inputs: rows})
 
 
+def memory_plan(models_dir, method: str, settings: dict) -> MemoryPlan | None:
+    """The estimated peak GPU memory of training `method` with these config fields (the method's
+    defaults for the rest); None when the base's config is not on this machine."""
+    m = METHODS[method]
+    config = make_config(m.config, m.label, models_dir=str(models_dir),
+                         **{k: v for k, v in settings.items() if k != "models_dir"})
+    base = base_config(config.base, models_dir)
+    if base is None:
+        return None
+    dtype = "bfloat16" if config.dtype == "auto" else config.dtype  # what a GPU of today picks
+    length = getattr(config, "max_length", 512) if not m.online else getattr(config, "max_new_tokens", 256) + 256
+    return plan(base, method, dtype=dtype, load_in_4bit=config.load_in_4bit, lora_r=config.lora_r,
+                lora_targets=config.lora_targets, batch_size=config.batch_size, max_length=length,
+                gradient_checkpointing=config.gradient_checkpointing)
+
+
+def check_memory(models_dir, method: str, settings: dict, force: bool) -> None:
+    """Refuse a run that cannot fit this machine's GPU (none: nothing to check), unless forced."""
+    free = free_gpu_gb()
+    if free is None or force:
+        return
+    estimate = memory_plan(models_dir, method, settings)
+    if estimate is not None and estimate.total_gb > free:
+        raise RunError(f"{estimate.describe()}; the GPU has {free:.1f} GB free. Try --load-in-4bit, "
+                       "--gradient-checkpointing or a smaller --batch-size (or try anyway: --force, or the Train "
+                       "tab's Start anyway)")
+
+
 def start_training(runner, method: str, dataset: str | None = None, eval_dataset: str | None = None,
                    prompts: str | None = None, reward_run: int | None = None, judge_run: int | None = None,
-                   **settings) -> int:
+                   force: bool = False, **settings) -> int:
     """Train with a method of `METHODS`: on a dataset's preference pairs or verdicts (`dataset`, and
     `eval_dataset` or a held-out share), or on the prompts of `prompts` against the reward model
     trained by run `reward_run`, its over-optimisation watch judged by the reward model of
@@ -187,6 +216,7 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
         raise RunError(f"unknown training method {method!r}; one of {', '.join(METHODS)}")
     m = METHODS[method]
     fields = dict(settings, models_dir=str(runner.workspace.models_dir))
+    check_memory(runner.workspace.models_dir, method, settings, force)
     if m.online:
         if not prompts or reward_run is None:
             raise RunError(f"{m.label} needs a dataset of prompts and a reward model (the run that trained it)")

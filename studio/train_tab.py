@@ -208,7 +208,10 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                     controls[f.name] = setting_component(f, in_first(f.name))
     name_of = {component: name for name, component in controls.items()}
     sizing = gr.Markdown(elem_id="train-sizing")
-    start_button = gr.Button("Start training", variant="primary")
+    with gr.Row(equal_height=True):
+        start_button = gr.Button("Start training", variant="primary", scale=3)
+        force = gr.Checkbox(False, label="Start anyway", scale=1, elem_id="train-force",
+                            info="even if the memory plan says the run will not fit the GPU")
     started = gr.Markdown(elem_id="train-started")
 
     gr.Markdown("### Runs")
@@ -296,7 +299,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 run_id = jobs.start_training(runner, method.name, prompts=values[dataset],
                                              reward_run=int(values[reward_run]),
                                              judge_run=int(values[judge_run]) if values[judge_run] else None,
-                                             **settings)
+                                             force=values[force], **settings)
             elif method.name == "rm" and values[judge_split]:
                 if values[eval_dataset]:
                     return "**A judge split holds out a share of each half: leave Eval pairs empty.**", gr.update()
@@ -305,10 +308,13 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                         "policies by) started.", gr.update(choices=training_runs(store), value=proxy))
             else:
                 run_id = jobs.start_training(runner, method.name, dataset=values[dataset],
-                                             eval_dataset=values[eval_dataset] or None, **settings)
+                                             eval_dataset=values[eval_dataset] or None, force=values[force],
+                                             **settings)
+            estimate = jobs.memory_plan(runner.workspace.models_dir, method.name, settings)
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
-        return f"Run {run_id} started.", gr.update(choices=training_runs(store), value=run_id)
+        plan_line = f" {estimate.describe()[0].upper()}{estimate.describe()[1:]}." if estimate else ""
+        return f"Run {run_id} started.{plan_line}", gr.update(choices=training_runs(store), value=run_id)
 
     def metrics_of(run_id, method: Method, names):
         """The metrics plot of the ticked names that this method logs (its first ones if none)."""
@@ -378,7 +384,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     base.submit(suggest, [kind, base], [sizing, *(controls[name] for name in suggested)])
     kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run, judge_run, judge_split])
-    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_run, judge_split,
+    start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_run, judge_split, force,
                                    *controls.values()}, [started, picked])
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])

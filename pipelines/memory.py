@@ -1,0 +1,130 @@
+"""A training run's peak GPU memory, estimated before it starts from the base's config alone.
+
+The parameters are counted on the `meta` device (the model is built without weights, in about a
+second even for 47B), so the count is exact for any architecture transformers knows, MoE
+included. The rest is arithmetic, each part stated so that a user can see what to change:
+
+- weights: parameters x bytes of the dtype; a 4-bit base (QLoRA) keeps its linear layers at about
+  0.56 bytes a parameter (4 bits plus the double-quantised scales) and the rest in 16 bits;
+- adapters: LoRA's A and B of every targeted linear layer (or all of them: "all-linear", the output
+  layer excepted), each parameter with its gradient and Adam's two moments, all in float32
+  (16 bytes a parameter);
+- activations: per layer and token, about 34 x hidden bytes kept for the backward pass at 16 bits
+  (Korthikanti et al., 2022, with attention's s^2 term gone under SDPA/flash attention), or only the
+  layer's input (2 x hidden) with gradient checkpointing, plus one layer recomputed at a time;
+- logits: every token's scores over the vocabulary in 16 bits, their float32 copy for the loss and
+  its gradient (10 bytes per token and vocabulary entry): at 128k vocabularies, often the largest
+  single tensor;
+- the method's extra models: the reward model (GRPO, RLOO, PPO) loaded like the policy; pair
+  methods (reward model, DPO) run both sides of a pair, so twice the sequences;
+- 0.8 GB for the CUDA context and the allocator's reserve.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GB = 1024 ** 3
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+FOUR_BIT_BYTES = 0.56
+ACTIVATION_FACTOR = 34      # bytes per token per hidden unit per layer, at 16 bits
+LOGIT_BYTES = 10            # 16-bit logits + float32 copy + its gradient
+CUDA_OVERHEAD_GB = 0.8
+PAIR_METHODS = {"rm", "dpo"}          # both sides of a pair in every batch
+REWARD_MODEL_METHODS = {"ppo", "grpo", "rloo"}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    parameters: int
+    weights_gb: float
+    adapters_gb: float
+    activations_gb: float
+    logits_gb: float
+    extra_gb: float
+    overhead_gb: float = CUDA_OVERHEAD_GB
+
+    @property
+    def total_gb(self) -> float:
+        return (self.weights_gb + self.adapters_gb + self.activations_gb + self.logits_gb + self.extra_gb
+                + self.overhead_gb)
+
+    def describe(self) -> str:
+        parts = [f"weights {self.weights_gb:.1f}", f"LoRA and optimizer {self.adapters_gb:.1f}",
+                 f"activations {self.activations_gb:.1f}", f"logits {self.logits_gb:.1f}"]
+        if self.extra_gb:
+            parts.append(f"reward model {self.extra_gb:.1f}")
+        return (f"memory plan: about {self.total_gb:.1f} GB of GPU memory at the peak, for a base of "
+                f"{self.parameters / 1e9:.2f}B parameters ({', '.join(parts)}, CUDA {self.overhead_gb:.1f} GB)")
+
+
+def base_config(base: str, models_dir: str | Path):
+    """The base's transformers config from a local folder (the default model once converted, a
+    model folder) or the hub's local cache; None when this machine does not have it."""
+    from transformers import AutoConfig
+
+    from pipelines.models import DEFAULT_CACHE_NAME, DEFAULT_MODEL
+
+    folder = Path(models_dir) / DEFAULT_CACHE_NAME if base == DEFAULT_MODEL else Path(base).expanduser()
+    try:
+        if (folder / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(folder))
+        return AutoConfig.from_pretrained(base, local_files_only=True)
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+
+
+def count_on_meta(config) -> tuple[int, list[tuple[str, int, int]]]:
+    """All parameters of the causal LM `config` describes, and its linear layers (name, in, out),
+    from a model built on the meta device: no weights, no memory."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # not done on the meta device by itself: a tied output layer would count twice
+    linears = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear)]
+    return sum(p.numel() for p in model.parameters()), linears
+
+
+def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = False, lora_r: int = 16,
+         lora_targets: list[str] | tuple[str, ...] = ("all-linear",), batch_size: int = 4, max_length: int = 512,
+         gradient_checkpointing: bool = False) -> MemoryPlan:
+    """The estimate for training `method` on the base `config` with these settings."""
+    config = getattr(config, "text_config", None) or config
+    parameters, linears = count_on_meta(config)
+    output_layer = linears[-1][0] if linears and linears[-1][2] == config.vocab_size else None
+    targeted = [(n, i, o) for n, i, o in linears if n != output_layer and
+                ("all-linear" in lora_targets or n.split(".")[-1] in lora_targets)]
+    linear_parameters = sum(i * o for n, i, o in linears if n != output_layer)
+    weight_bytes = DTYPE_BYTES.get(dtype, 2)
+    if load_in_4bit:
+        weights = linear_parameters * FOUR_BIT_BYTES + (parameters - linear_parameters) * 2
+    else:
+        weights = parameters * weight_bytes
+    adapters = sum(lora_r * (i + o) for _, i, o in targeted) * 16
+    sequences = batch_size * (2 if method in PAIR_METHODS else 1)
+    tokens = sequences * max_length
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    activation_bytes = max(weight_bytes, 2) / 2  # the factor is for 16 bits; float32 doubles it
+    if gradient_checkpointing:
+        activations = tokens * hidden * (2 * layers + ACTIVATION_FACTOR) * activation_bytes
+    else:
+        activations = tokens * hidden * ACTIVATION_FACTOR * layers * activation_bytes
+    logits = tokens * config.vocab_size * LOGIT_BYTES
+    extra = weights if method in REWARD_MODEL_METHODS else 0.0  # a reward model of the same base
+    return MemoryPlan(parameters, weights / GB, adapters / GB, activations / GB, logits / GB, extra / GB)
+
+
+def free_gpu_gb() -> float | None:
+    """Free memory of this process's GPU, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return free / GB

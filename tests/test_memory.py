@@ -1,0 +1,92 @@
+"""The memory plan against real models' configs (written here: no download), counted on the meta
+device. Parameter counts must match the published ones within 1%; the totals must agree with
+what people commonly report for those sizes on a 24 GB card."""
+
+import pytest
+from transformers import AutoConfig
+
+from pipelines.memory import plan
+
+# The published configs (config.json of each model on the hub), and their published sizes.
+CONFIGS = {
+    "Llama-3-8B": (dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                        tie_word_embeddings=False), 8.03e9),
+    "Qwen2.5-1.5B": (dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                          num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                          tie_word_embeddings=True), 1.54e9),
+    "Qwen2.5-7B": (dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                        tie_word_embeddings=False), 7.62e9),
+    "Mistral-7B": (dict(model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                        tie_word_embeddings=False), 7.24e9),
+    "Mixtral-8x7B": (dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
+                          num_experts_per_tok=2, tie_word_embeddings=False), 46.7e9),
+}
+
+
+def config_of(name):
+    fields = dict(CONFIGS[name][0])
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parameters_counted_on_meta_match_the_published_sizes(name):
+    counted = plan(config_of(name), "dpo").parameters
+    assert counted == pytest.approx(CONFIGS[name][1], rel=0.01)
+
+
+def test_what_fits_a_24_gb_card_agrees_with_common_experience():
+    llama = config_of("Llama-3-8B")
+    # QLoRA on an 8B base, one pair of 512 tokens, checkpointing: people run it on 12-16 GB cards.
+    qlora = plan(llama, "dpo", load_in_4bit=True, batch_size=1, max_length=512, gradient_checkpointing=True)
+    assert 6 < qlora.total_gb < 12 and qlora.weights_gb < 6
+    # LoRA on the bf16 8B base, batch 1, checkpointing: the usual "just fits a 24 GB card".
+    lora = plan(llama, "rm", batch_size=1, max_length=512, gradient_checkpointing=True)
+    assert 16 < lora.total_gb < 24
+    # ... but not at batch 4 x 1024 tokens without checkpointing.
+    assert plan(llama, "dpo", batch_size=4, max_length=1024).total_gb > 24
+    # A 1.5B base in bf16 trains DPO at batch 4 x 512 on a 24 GB card with room to spare.
+    assert plan(config_of("Qwen2.5-1.5B"), "dpo", batch_size=4, max_length=512).total_gb < 16
+    # GRPO holds a reward model beside the policy: a whole second 8B in bf16 does not fit.
+    assert plan(llama, "grpo", batch_size=4, max_length=512, gradient_checkpointing=True).total_gb > 24
+
+
+def test_checkpointing_and_4_bits_shrink_what_they_should():
+    llama = config_of("Llama-3-8B")
+    full = plan(llama, "dpo", batch_size=2, max_length=1024)
+    checkpointed = plan(llama, "dpo", batch_size=2, max_length=1024, gradient_checkpointing=True)
+    four_bit = plan(llama, "dpo", batch_size=2, max_length=1024, load_in_4bit=True)
+    assert checkpointed.activations_gb < full.activations_gb / 5 and checkpointed.weights_gb == full.weights_gb
+    # 5.6 GB: what bitsandbytes' 4-bit Llama-3-8B takes (its 1B embedding parameters stay 16-bit)
+    assert 5 < four_bit.weights_gb < 6 and four_bit.activations_gb == full.activations_gb
+    # LoRA on attention only trains far fewer parameters than on every linear layer
+    attention = plan(llama, "dpo", lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert attention.adapters_gb < plan(llama, "dpo").adapters_gb / 2
+
+
+def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, store, tmp_path, monkeypatch):
+    """An 8B base (its config only) on a card with 10 GB free: refused with the plan and what to try."""
+    import json
+
+    from store import import_file
+    from studio import jobs
+    from studio.runner import RunError, Runner
+
+    base = tmp_path / "llama-3-8b"
+    base.mkdir()
+    config_of("Llama-3-8B").save_pretrained(base)
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    import_file(store, data, "p")
+    monkeypatch.setattr(jobs, "free_gpu_gb", lambda: 10.0)
+    runner = Runner(store, workspace)
+    with pytest.raises(RunError, match=r"memory plan: about 18\.\d GB .* a base of 8\.03B parameters .* the GPU has 10\.0 GB free\. "
+                                       r"Try --load-in-4bit"):
+        jobs.start_training(runner, "rm", "p", base=str(base), batch_size=1, gradient_checkpointing=True)
+    assert store.stats()["runs"] == 0
+    estimate = jobs.memory_plan(workspace.models_dir, "rm", {"base": str(base), "load_in_4bit": True,
+                                                              "batch_size": 1, "gradient_checkpointing": True})
+    assert estimate.total_gb < 10  # what the message suggests would fit
