@@ -10,7 +10,7 @@ PORT ?= 7860
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
 
-.PHONY: install install-test browser run test clean gpu
+.PHONY: install install-test browser run test clean gpu gpu-smoke
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,10 @@ gpu: install
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
 		"llama-cpp-python>=0.3.36"
 	$(BIN)/pip install -e '.[gpu]'
+
+# Every pipeline once on the GPU, with seconds and peak memory per stage (a few minutes).
+gpu-smoke: install
+	$(BIN)/python scripts/gpu_smoke.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -120,6 +121,14 @@ class Partial:
         self._file.flush()
 
 
+def peak_gpu_gb() -> float | None:
+    """The most GPU memory this process has held in tensors, in GB; None where it used no GPU."""
+    torch = sys.modules.get("torch")  # not imported for it: a job without torch used no GPU
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024 ** 3, 2)
+
+
 class RunLog:
     """Appends events to `<run_dir>/events.jsonl` and turns SIGTERM into a cancel request."""
 
@@ -131,6 +140,7 @@ class RunLog:
         self.cancel_requested = False
         self._started = time.monotonic()
         self._first_step: int | None = None
+        self._last_step = 0
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -139,6 +149,13 @@ class RunLog:
     def event(self, status: str, **fields) -> None:
         if not self.is_main:
             return
+        if status in ("succeeded", "failed", "cancelled"):
+            peak = peak_gpu_gb()
+            if peak is not None:  # what the run took of its GPU at the most (the Train tab shows it)
+                fields["metrics"] = {**(fields.get("metrics") or {}), "peak_gpu_gb": peak}
+                fields.setdefault("step", self._last_step)  # a metric is stored at a step
+        if fields.get("step") is not None:
+            self._last_step = fields["step"]
         record = {"time": time.time(), "status": status, **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

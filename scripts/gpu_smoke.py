@@ -1,0 +1,121 @@
+"""Every pipeline once, through the job runner, on the default model: the check to run on a GPU
+machine (`make gpu-smoke`), and on the CPU path a machine without one can exercise (`--cpu`).
+
+A throw-away workspace gets made-up pairs and prompts; each stage starts a job as the studio
+does, waits for it, and the table says: stage, seconds, the run's peak GPU memory (from its own
+report), ok or the run's message. QLoRA is tried where bitsandbytes is installed. The exit code is
+the number of stages that failed.
+
+    python scripts/gpu_smoke.py            # on the GPU (every stage, a few minutes)
+    python scripts/gpu_smoke.py --cpu      # the same stages on the CPU (slow: minutes per stage)
+    python scripts/gpu_smoke.py --cpu --only perplexity,rm,dpo,evaluate
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from store import import_file  # noqa: E402
+from store.queries import latest_metrics  # noqa: E402
+from studio import jobs  # noqa: E402
+from studio.runner import Runner  # noqa: E402
+from studio.workspace import Workspace  # noqa: E402
+
+STAGES = ("perplexity", "generate", "rm", "dpo", "kto", "ppo", "grpo", "rloo", "evaluate", "qlora", "export",
+          "compare")
+TOPICS = ("tea", "rain", "cats", "bread", "the sea", "maps", "bees", "glass")
+
+
+def made_pairs(n: int) -> list[dict]:
+    """Pairs whose preferred side is short and plain, the other long and repetitive."""
+    return [{"prompt": f"Tell me one thing about {TOPICS[i % len(TOPICS)]} (question {i}).",
+             "chosen": f"{TOPICS[i % len(TOPICS)].capitalize()} is worth a look.",
+             "rejected": " ".join([f"{TOPICS[i % len(TOPICS)]}"] * 12) + " and so on."} for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (the path a machine without a GPU has)")
+    parser.add_argument("--only", default="", help=f"comma-separated stages of: {', '.join(STAGES)}")
+    parser.add_argument("--workspace", help="where to work (default: a temporary folder)")
+    parser.add_argument("--models-dir", help="where the converted default model is kept (default: the workspace's, "
+                                             "or $ALIGNSTUDIO_MODELS_DIR)")
+    args = parser.parse_args(argv)
+    stages = [s for s in args.only.split(",") if s] or list(STAGES)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages: {', '.join(sorted(unknown))}")
+    device = "cpu" if args.cpu else "cuda"
+    root = Path(args.workspace or tempfile.mkdtemp(prefix="gpu-smoke-"))
+    workspace = Workspace.at(root, args.models_dir)
+    data = root / "pairs.jsonl"
+    root.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(p) + "\n" for p in made_pairs(24)))
+    small = dict(device=device, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8)
+    rows, runs = [], {}
+    with workspace.open_store() as store:
+        import_file(store, data, "pairs")
+        runner = Runner(store, workspace, one_job_at_a_time=False)
+
+        def start(stage: str) -> int | None:
+            if stage == "perplexity":
+                return jobs.start_perplexity(runner, "pairs", device=device, batch_size=4)
+            if stage == "generate":
+                return jobs.start_generation(runner, "pairs", n=2, max_new_tokens=16)
+            if stage in ("rm", "dpo", "kto"):
+                return jobs.start_training(runner, stage, "pairs", eval_share=0.25, max_length=128, **small)
+            if stage in ("ppo", "grpo", "rloo"):
+                if "rm" not in runs:
+                    return None
+                extra = {"num_generations": 2} if stage != "ppo" else {"mini_batch_size": 2}
+                return jobs.start_training(runner, stage, prompts="pairs", reward_run=runs["rm"], max_new_tokens=16,
+                                           watch_prompts=0, **small, **extra)
+            if stage == "evaluate":
+                if "dpo" not in runs:
+                    return None
+                return jobs.start_evaluation(runner, runs["dpo"], "pairs", rule="heuristic", limit=4,
+                                             max_new_tokens=16, device=device)
+            if stage == "qlora":
+                if args.cpu or importlib.util.find_spec("bitsandbytes") is None:
+                    return None
+                return jobs.start_training(runner, "dpo", "pairs", load_in_4bit=True, max_length=128, **small)
+            if stage == "export":
+                return jobs.start_export(runner, run_id=runs["dpo"], quants=["f16"]) if "dpo" in runs else None
+            if stage == "compare":
+                exported = store.scalar("SELECT name FROM models WHERE kind = 'gguf' ORDER BY id DESC LIMIT 1")
+                if exported is None:
+                    return None
+                return jobs.start_comparison(runner, "default", exported, "pairs", limit=2, max_tokens=16)
+            raise ValueError(stage)
+
+        for stage in stages:
+            began = time.monotonic()
+            try:
+                run_id = start(stage)
+            except Exception as e:  # a refusal is a failure of this stage; the others go on
+                rows.append((stage, time.monotonic() - began, None, f"not started: {e}"))
+                continue
+            if run_id is None:
+                rows.append((stage, 0.0, None, "skipped (needs an earlier stage, a GPU or bitsandbytes)"))
+                continue
+            run = runner.wait(run_id)
+            runs[stage] = run_id
+            peak = latest_metrics(store, run_id).get("peak_gpu_gb")
+            outcome = "ok" if run["status"] == "succeeded" else f"{run['status']}: {run['message']}"
+            rows.append((stage, time.monotonic() - began, peak, outcome))
+    print(f"{'stage':12} {'seconds':>8} {'peak GPU GB':>12}  outcome  ({device}, workspace {root})")
+    for stage, seconds, peak, outcome in rows:
+        print(f"{stage:12} {seconds:8.1f} {'' if peak is None else f'{peak:.2f}':>12}  {outcome}")
+    return sum(1 for row in rows if row[3] != "ok" and not row[3].startswith("skipped"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
