@@ -589,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as e:  # anything else is a bug, and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C anywhere else: a short line, not a traceback
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`alignstudio runs | head`): stop quietly, as other commands do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

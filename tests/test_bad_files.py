@@ -269,10 +269,13 @@ def test_ctrl_c_during_an_import_says_nothing_was_written(tmp_path):
     ws, data = tmp_path / "ws", tmp_path / "big.jsonl"
     data.write_bytes(jsonl_bytes(200_000))
     child = subprocess.Popen([ALIGNSTUDIO, "import", str(data), "--workspace", str(ws)], stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    wal = ws / "studio.duckdb.wal"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (wal.exists() and wal.stat().st_size > 1_000_000):
+        time.sleep(0.1)  # until the import is writing its chunks (a loaded machine starts slowly)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=120)
-    assert child.returncode == 130 and "import cancelled; nothing was written" in err and "Traceback" not in err
+    assert child.returncode == 130 and "import cancelled; nothing was written" in err and "Traceback" not in err, err
     with Store(ws / "studio.duckdb", read_only=True) as store:
         assert store.stats()["datasets"] == 0
 
