@@ -65,9 +65,9 @@ def base_config(base: str, models_dir: str | Path):
     model folder) or the hub's local cache; None when this machine does not have it."""
     from transformers import AutoConfig
 
-    from pipelines.models import DEFAULT_CACHE_NAME, DEFAULT_MODEL
+    from pipelines.models import local_folder
 
-    folder = Path(models_dir) / DEFAULT_CACHE_NAME if base == DEFAULT_MODEL else Path(base).expanduser()
+    folder = local_folder(base, models_dir)
     try:
         if (folder / "config.json").is_file():
             return AutoConfig.from_pretrained(str(folder))

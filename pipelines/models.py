@@ -68,6 +68,12 @@ def convert_default_model(target: Path) -> Path:
     return target
 
 
+def local_folder(name: str, models_dir: str | Path) -> Path:
+    """Where a model named `name` is (or would be) on this machine: the default model's converted
+    folder, or the path it names (which may not exist: a hub id)."""
+    return Path(models_dir) / DEFAULT_CACHE_NAME if name == DEFAULT_MODEL else Path(name).expanduser()
+
+
 def resolve_model(name: str, models_dir: str | Path) -> str:
     """What `from_pretrained` should load for `name`: a local folder, or a hub id as it is."""
     if name == DEFAULT_MODEL:

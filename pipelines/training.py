@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import ModelError, Placement, choose_placement, load_tokenizer, resolve_model
+from pipelines.models import (ModelError, Placement, choose_placement, load_tokenizer, local_folder, rank_device,
+                              resolve_model)
 from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -117,15 +117,13 @@ def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
     import torch
 
     kwargs = {"dtype": getattr(torch, placement.dtype)}
-    if settings.load_in_4bit:
-        check_4bit(placement.device)
+    if settings.load_in_4bit:  # placement_of has checked that it can be (CUDA, bitsandbytes)
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=getattr(torch, placement.dtype))
-        # Each process's own GPU (under `accelerate launch`, rank r uses cuda:LOCAL_RANK), not GPU 0 for all.
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        kwargs["device_map"] = {"": rank_device(placement.device)}  # each rank's own GPU, not GPU 0 for all
     return kwargs
 
 
@@ -291,11 +289,8 @@ def base_and_tokenizer(config: TrainSettings) -> tuple[str, object]:
 def parameter_count(base: str, models_dir: str | Path) -> float | None:
     """The base model's parameters in billions, estimated from its local config.json; None when
     it is not on this machine yet (a hub id) or its config is unusual."""
-    from pipelines.models import DEFAULT_CACHE_NAME, DEFAULT_MODEL
-
-    folder = Path(models_dir) / DEFAULT_CACHE_NAME if base == DEFAULT_MODEL else Path(base).expanduser()
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((local_folder(base, models_dir) / "config.json").read_text())
         config = config.get("text_config", config)
         h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
         ffn = config.get("intermediate_size", 4 * h)
