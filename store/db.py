@@ -178,6 +178,15 @@ def check_dataset_name(name: str, internal: bool = False) -> str:
     return trimmed
 
 
+def create_dataset(cur, name: str, recipe: dict, internal: bool = False) -> int:
+    """A new dataset `name` made by `recipe`, inside the caller's transaction; its id. The one
+    place datasets are created, so every new name passes `check_dataset_name` (`internal`: the
+    studio's own, which may use the reserved names)."""
+    check_dataset_name(name, internal)
+    return fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
+                     [name, json.dumps(recipe)])[0]
+
+
 def content_hash(*parts: object) -> str:
     """Stable id for content: sha256 over canonical JSON, 32 hex characters."""
     canonical = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))

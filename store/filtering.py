@@ -14,11 +14,10 @@ The result is a new dataset whose recipe records how it was made.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from common.errors import StudioError
-from store.db import Store, check_dataset_name, content_hash, fetch_one
+from store.db import Store, content_hash, create_dataset
 
 
 class FilterError(StudioError, ValueError):
@@ -137,10 +136,8 @@ def save_filtered(store: Store, plan: FilterPlan, into: str) -> str:
     """Write the plan's pairs as the new dataset `into`; returns the summary."""
     if store.dataset_id(into) is not None:
         raise FilterError(f"a dataset named '{into}' already exists; choose another name")
-    check_dataset_name(into)
     with store.transaction() as cur:
-        new_id = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                           [into, json.dumps(plan.recipe)])[0]
+        new_id = create_dataset(cur, into, plan.recipe)
         for pair_id in plan.kept_pairs:
             cur.execute("INSERT INTO dataset_pairs VALUES (?, ?)", [new_id, pair_id])
         for pair_id, prompt_id, a, b in plan.formed_pairs:

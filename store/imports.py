@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
-from store.db import (Store, StoreError, check_dataset_name, content_hash, discard_import, fetch_one,
+from store.db import (Store, StoreError, check_dataset_name, content_hash, create_dataset, discard_import, fetch_one,
                       is_empty_response, prompt_key, response_key)
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
@@ -454,11 +454,7 @@ def ensure_dataset(cur, name: str, recipe: dict, internal: bool = False) -> int:
     """The id of dataset `name`, created with `recipe` when missing (inside the caller's transaction);
     a new name must pass `check_dataset_name` (`internal`: the studio's own, reserved names)."""
     row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name])
-    if row:
-        return row[0]
-    check_dataset_name(name, internal)
-    return fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                     [name, json.dumps(recipe)])[0]
+    return row[0] if row else create_dataset(cur, name, recipe, internal)
 
 
 def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt: str = "auto",

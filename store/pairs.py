@@ -10,7 +10,7 @@ import hashlib
 import json
 
 from common.errors import StudioError
-from store.db import Store, check_dataset_name, fetch_one
+from store.db import Store, create_dataset, fetch_one
 
 PAGE_SIZE = 20
 
@@ -29,18 +29,22 @@ def _dataset_id(store: Store, name: str) -> int:
     return dataset_id
 
 
+def _contains(search: str) -> str:
+    """An ILIKE pattern (ESCAPE '\\') for text containing `search` literally."""
+    return "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _matching(search: str) -> tuple[str, list]:
     """SQL condition (over pairs p) for pairs whose prompt or responses contain `search`, or
     whose id it is."""
     if not search.strip():
         return "true", []
-    pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     condition = " OR ".join(
         f"{_TEXT.format(col)} ILIKE ? ESCAPE '\\'" for col in
         ("(SELECT messages FROM prompts WHERE id = p.prompt_id)",
          "(SELECT messages FROM responses WHERE id = p.first_id)",
          "(SELECT messages FROM responses WHERE id = p.second_id)"))
-    return f"(p.id = ? OR {condition})", [search.strip()] + [pattern] * 3
+    return f"(p.id = ? OR {condition})", [search.strip()] + [_contains(search)] * 3
 
 
 def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
@@ -70,8 +74,7 @@ def find_prompts(store: Store, dataset: str, search: str = "", page: int = 1,
     dataset_id = _dataset_id(store, dataset)
     condition, params = "true", []
     if search.strip():
-        pattern = "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        condition, params = f"{_TEXT.format('pr.messages')} ILIKE ? ESCAPE '\\'", [pattern]
+        condition, params = f"{_TEXT.format('pr.messages')} ILIKE ? ESCAPE '\\'", [_contains(search)]
     where = f"pr.id IN (SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?) AND {condition}"
     total = store.scalar(f"SELECT count(*) FROM prompts pr WHERE {where}", [dataset_id, *params])
     rows = store.query(f"""
@@ -155,11 +158,8 @@ def copy_pairs(store: Store, dataset: str, into: str, pair_ids: list[str] | None
         if not chosen:
             raise CurationError("no pair selected")
         row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [into])
-        if row is None:
-            check_dataset_name(into)
-        target = row[0] if row else fetch_one(
-            cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-            [into, json.dumps({"source": "curation", "from": dataset, "search": search or None})])[0]
+        target = row[0] if row else create_dataset(
+            cur, into, {"source": "curation", "from": dataset, "search": search or None})
         cur.execute("INSERT OR IGNORE INTO dataset_pairs SELECT ?, unnest(?::VARCHAR[])", [target, chosen])
         _add_prompts(cur, target, chosen)
         if move:
@@ -187,10 +187,12 @@ def split_pairs(store: Store, dataset: str, into: tuple[str, str], share: float 
         raise CurationError("name two different datasets to split into")
     with store.transaction() as cur:
         dataset_id = _dataset_id(store, dataset)
-        for name in names:
+        targets = []  # made first (a bad name is refused before any work); undone with the rest on an error
+        for half, name in enumerate(names):
             if fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [name]):
                 raise CurationError(f"a dataset named '{name}' exists already; choose another name")
-            check_dataset_name(name)
+            targets.append(create_dataset(cur, name, {"source": "split", "from": dataset, "by": by, "share": share,
+                                                       "part": half + 1, "seed": seed}))
         rows = cur.execute("""SELECT id, prompt_id FROM pairs
                               WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""",
                            [dataset_id]).fetchall()
@@ -201,10 +203,7 @@ def split_pairs(store: Store, dataset: str, into: tuple[str, str], share: float 
         cut = min(max(1, round(len(order) * share)), len(order) - 1)
         first = set(order[:cut])
         parts = ([p for p, k in key_of.items() if k in first], [p for p, k in key_of.items() if k not in first])
-        for half, (name, pair_ids) in enumerate(zip(names, parts)):
-            target = fetch_one(cur, "INSERT INTO datasets (name, recipe) VALUES (?, ?) RETURNING id",
-                               [name, json.dumps({"source": "split", "from": dataset, "by": by, "share": share,
-                                                  "part": half + 1, "seed": seed})])[0]
+        for target, pair_ids in zip(targets, parts):
             cur.execute("INSERT INTO dataset_pairs SELECT ?, unnest(?::VARCHAR[])", [target, pair_ids])
             _add_prompts(cur, target, pair_ids)
     return len(parts[0]), len(parts[1])
