@@ -16,6 +16,7 @@ The runner knows no kind of job: each kind's module, config and recorded outputs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -83,8 +84,14 @@ class Runner:
         self.store, self.workspace = store, workspace
         self._procs: dict[int, subprocess.Popen] = {}
         self._starting = threading.Lock()
-        self.one_job_at_a_time = gpu_present() if one_job_at_a_time is None else one_job_at_a_time
+        self._one_job_at_a_time = one_job_at_a_time
         self.recover()
+
+    @functools.cached_property
+    def one_job_at_a_time(self) -> bool:
+        # Asked only when a run starts or waits: finding the GPU imports torch (seconds), which
+        # `alignstudio runs`, `cancel` and the app's start need not pay.
+        return gpu_present() if self._one_job_at_a_time is None else self._one_job_at_a_time
 
     # --- starting ---------------------------------------------------------------------------
 
@@ -123,15 +130,13 @@ class Runner:
             mark_waiting(self.store, run_id, f"waiting for run {busy} to end (one GPU job at a time)")
 
     def _is_waiting(self, run: dict) -> bool:
-        return self.one_job_at_a_time and run["status"] == "queued" and run["pid"] is None
+        return run["status"] == "queued" and run["pid"] is None and self.one_job_at_a_time
 
     def _launch_next(self) -> None:
         """Start the oldest waiting run when no run has the GPU."""
-        if not self.one_job_at_a_time:
-            return
         with self._starting:
             waiting = self.store.scalar("SELECT min(id) FROM runs WHERE status = 'queued' AND pid IS NULL")
-            if waiting is not None and self._busy_with(waiting) is None:
+            if waiting is not None and self.one_job_at_a_time and self._busy_with(waiting) is None:
                 self._launch(waiting)
 
     def _launch(self, run_id: int) -> None:
