@@ -44,20 +44,27 @@ def import_upload(store: Store, path: str | None, dataset: str, skip_bad: bool) 
     return summary + (f"\n\n{shown}{more}" if errors else "")
 
 
+def page_window(total: int, page) -> tuple[int, int, int]:
+    """The page actually shown (any number asked for is clamped), the page count, and the index
+    of the page's first row."""
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(max(int(page or 1), 1), pages)
+    return page, pages, (page - 1) * PAGE_SIZE
+
+
 def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tuple[list[list], list[str], str, int]:
     """Table rows, their pair ids, a line saying what is shown, and the page actually shown."""
     if not dataset:
         return [], [], "Pick a dataset.", 1
     try:
         _, total = find_pairs(store, dataset, search, page=1, page_size=1)
-        if not total and not find_pairs(store, dataset, "", page=1, page_size=1)[1]:
+        # No pairs at all (not only none matching): a dataset of prompts
+        if not total and (not search.strip() or not find_pairs(store, dataset, "", page=1, page_size=1)[1]):
             return prompts_page(store, dataset, search, page)
-        pages = max(1, math.ceil(total / PAGE_SIZE))
-        page = min(max(int(page or 1), 1), pages)
+        page, pages, first = page_window(total, page)
         rows, _ = find_pairs(store, dataset, search, page=page)
     except CurationError as e:
         return [], [], f"*{e}*", 1
-    first = (page - 1) * PAGE_SIZE
     table = [[first + i + 1, preview(r["prompt"]), preview(r["first"]) or "(empty)", preview(r["second"]) or "(empty)",
               VERDICT_WORDS[r["source_verdict"]], r["labels"]] for i, r in enumerate(rows)]
     matching = f" matching '{search.strip()}'" if search.strip() else ""
@@ -71,10 +78,8 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
 def prompts_page(store: Store, dataset: str, search: str, page: int) -> tuple[list[list], list[str], str, int]:
     """A dataset without pairs, listed by its prompts (and how many answers each has)."""
     _, total = find_prompts(store, dataset, search, page=1, page_size=1)
-    pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(max(int(page or 1), 1), pages)
+    page, pages, first = page_window(total, page)
     rows, _ = find_prompts(store, dataset, search, page=page)
-    first = (page - 1) * PAGE_SIZE
     table = [[first + i + 1, preview(r["prompt"]), f"{r['answers']:,} answers" if r["answers"] else "no answers yet",
               "", "", 0] for i, r in enumerate(rows)]
     matching = f" matching '{search.strip()}'" if search.strip() else ""
