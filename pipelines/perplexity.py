@@ -10,6 +10,9 @@ Inputs (`inputs.parquet` in the run folder): response_id, prompt and response (J
 lists). Output: `perplexities.parquet` with response_id, ppl, mean_logprob, n_tokens and, for a
 response that could not be scored, `skipped` (the reason). Scores are appended to
 `partial.jsonl` as they are computed, so a cancelled or crashed run resumes where it stopped.
+The responses of one prompt are scored together on one evaluation of their prompt, and the
+scores are recorded with the engine and dtype that made them (bf16 on a GPU and float32 on a CPU
+differ in the last digits).
 """
 
 from __future__ import annotations
@@ -66,38 +69,87 @@ def tokenize(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[
             tokenizer(tail, add_special_tokens=False).input_ids)
 
 
-def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[tuple[float, int]]:
-    """(summed NLL, token count) of each response given its prompt, for one padded batch.
-
-    The output layer runs on response positions only: on a 49k vocabulary it is most of the
-    cost of a forward pass, and the prompt's logits are never needed."""
+def _padded(rows: list[list[int]], pad_id: int):
+    """Right-padded ids and their attention mask."""
     import torch
 
-    lengths = [len(p) + len(r) for p, r in batch]
-    width = max(lengths)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each response given its prompt, for one batch.
+
+    Each distinct prompt is evaluated once (the two sides of a pair, or N candidates, share one):
+    a first pass runs every prompt but its last token and keeps the attention cache; a second pass
+    runs that last token and the responses on the cache of their own prompt. Only the second pass's
+    logits are computed, through the model's own output (so logit soft-capping or scaling applies).
+    Same scores as running each prompt + response on its own, to float rounding."""
+    import torch
+
     device = next(model.parameters()).device
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    rows, positions, targets = [], [], []
-    for i, (p, r) in enumerate(batch):
-        seq = p + r
-        ids[i, :len(seq)] = torch.tensor(seq)
-        mask[i, :len(seq)] = 1
-        for j in range(len(p), len(seq)):  # token j is predicted at position j - 1
-            rows.append(i)
-            positions.append(j - 1)
-            targets.append(seq[j])
+    prompts: dict[tuple, int] = {}
+    for p, _ in batch:
+        prompts.setdefault(tuple(p), len(prompts))
+    heads = [list(p[:-1]) for p in prompts]
+    row_of = [prompts[tuple(p)] for p, _ in batch]
+    # A one-token prompt has no head to cache: the whole batch then runs in one pass.
+    two_pass = all(heads)
+    kept = [len(p) - 1 for p, _ in batch] if two_pass else [0] * len(batch)
+    tails = [(p + r)[k:] for (p, r), k in zip(batch, kept)]
+    tail_ids, tail_mask = _padded(tails, pad_id)
     with torch.inference_mode():
-        hidden = getattr(model, model.base_model_prefix)(
-            input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[torch.tensor(rows), torch.tensor(positions)])
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        nll = -logprobs[torch.arange(len(targets)), torch.tensor(targets, device=device)].cpu()
+        if two_pass:
+            head_ids, head_mask = _padded(heads, pad_id)
+            cache = model(input_ids=head_ids.to(device), attention_mask=head_mask.to(device), use_cache=True,
+                          logits_to_keep=1).cache
+            rows = torch.tensor(row_of, device=device)
+            cache.batch_select_indices(rows)  # one copy of a prompt's cache per response
+            attention = torch.cat([head_mask.to(device)[rows], tail_mask.to(device)], dim=1)
+            offsets = torch.tensor([len(h) for h in heads], device=device)[rows]
+        else:
+            cache, attention, offsets = None, tail_mask.to(device), torch.zeros(len(batch), dtype=torch.long,
+                                                                                 device=device)
+        # Positions count real tokens: a short prompt's padding sits between its head and its tail.
+        positions = offsets[:, None] + torch.arange(tail_ids.shape[1], device=device)[None, :]
+        # Logits only where a response token is predicted: on a 49k vocabulary the output layer is
+        # most of a forward pass, and a prompt's logits are never needed.
+        wanted = torch.zeros(tail_ids.shape, dtype=torch.bool)
+        targets = []
+        for i, ((p, r), k) in enumerate(zip(batch, kept)):
+            at = len(p) - 1 - k  # the tail position that predicts the response's first token
+            wanted[i, at:at + len(r)] = True
+            targets.extend(r)
+        logits = model(input_ids=tail_ids.to(device), attention_mask=attention, position_ids=positions,
+                       cache=cache, use_cache=cache is not None, logits_to_keep=wanted.to(device)).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # one row per response token, batch order
+        nll = -logprobs.gather(-1, torch.tensor(targets, device=device)[:, None])[:, 0].cpu()
     out, start = [], 0
-    for p, r in batch:
+    for _, r in batch:
         out.append((float(nll[start:start + len(r)].sum()), len(r)))
         start += len(r)
     return out
+
+
+def batches_by_prompt(encoded: list, size: int) -> list[list]:
+    """Responses in batches of about `size`, the responses of one prompt kept together (their
+    prompt is then evaluated once) and similar lengths side by side (little padding)."""
+    groups: dict[tuple, list] = {}
+    for item in encoded:
+        groups.setdefault(tuple(item[1]), []).append(item)
+    ordered = sorted(groups.values(), key=lambda g: len(g[0][1]) + max(len(e[2]) for e in g))
+    out, current = [], []
+    for group in (g[i:i + size] for g in ordered for i in range(0, len(g), size)):
+        if current and len(current) + len(group) > size:
+            out.append(current)
+            current = []
+        current.extend(group)
+    return out + [current] if current else out
 
 
 def score(config: PerplexityConfig, log: RunLog) -> None:
@@ -122,14 +174,11 @@ def score(config: PerplexityConfig, log: RunLog) -> None:
                         "skipped": f"prompt + response is {n} tokens, over max_length {config.max_length}"})
             else:
                 encoded.append((row["response_id"], prompt_ids, response_ids))
-        # Sorting by length keeps each batch's padding small.
-        encoded.sort(key=lambda e: len(e[1]) + len(e[2]))
-        for start in range(0, len(encoded), config.batch_size):
+        for batch in batches_by_prompt(encoded, config.batch_size):
             if log.cancel_requested:
                 partial.flush()
                 log.event("cancelled", step=len(done), total=total, message="cancelled; resume continues from here")
                 return
-            batch = encoded[start:start + config.batch_size]
             for (response_id, _, _), (nll, n) in zip(batch, response_nll(
                     model, [(p, r) for _, p, r in batch], tokenizer.pad_token_id)):
                 mean = nll / n
@@ -147,7 +196,8 @@ def score(config: PerplexityConfig, log: RunLog) -> None:
     summary = {"scored": len(scored), "skipped": skipped}
     if scored:
         summary["median_ppl"] = scored[len(scored) // 2]
-    log.event("succeeded", step=total, total=total, metrics=summary, engine=ENGINE,
+    log.event("succeeded", step=total, total=total, metrics=summary,
+              engine=f"{ENGINE} ({placement.dtype})",
               message=f"scored {len(scored)} responses" + (f", skipped {skipped}" if skipped else ""))
 
 

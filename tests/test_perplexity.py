@@ -88,3 +88,43 @@ def test_a_resumed_run_scores_only_what_is_left(tmp_path, tiny_model):
     second, events = run_pipeline(tmp_path, tiny_model, rows)
     assert {k: second[k] for k in first} == first
     assert "scoring 2 of 4 responses" in next(e["message"] for e in events[::-1] if "scoring" in (e.get("message") or ""))
+
+
+def model_loss_ppl(model, prompt_ids, response_ids):
+    """The model's own loss on prompt + response with the prompt masked out: the plain way."""
+    ids = torch.tensor([prompt_ids + response_ids])
+    labels = ids.clone()
+    labels[0, :len(prompt_ids)] = -100
+    with torch.no_grad():
+        return math.exp(model(input_ids=ids, labels=labels).loss.item())
+
+
+def test_prompts_of_different_lengths_evaluated_once_score_as_each_alone(tiny):
+    """Several prompts in one batch, each shared by two or three responses (evaluated once, their
+    padding between prompt and response), and a one-token prompt: every perplexity is the one the
+    model gives the prompt + response on its own."""
+    tokenizer, model = tiny
+    prompts = [PROMPT, [{"role": "user", "content": "Hi"}],
+               [{"role": "user", "content": "Tell me about rivers, " * 12},
+                {"role": "assistant", "content": "Which rivers?"}, {"role": "user", "content": "Long ones."}]]
+    encoded = [tokenize(tokenizer, p, reply(a)) for p in prompts for a in ANSWERS[:3]]
+    batch = [encoded[i] for i in (4, 0, 8, 1, 5, 3, 7, 2, 6)]  # shuffled: groups are found, not assumed
+    for (p, r), (nll, n) in zip(batch, response_nll(model, batch, tokenizer.pad_token_id)):
+        assert n == len(r) and math.exp(nll / n) == pytest.approx(model_loss_ppl(model, p, r), rel=1e-4)
+    one_token = [([p[-1]], r) for p, r in encoded[:3]] + encoded[3:5]  # one pass for all, mixed lengths
+    for (p, r), (nll, n) in zip(one_token, response_nll(model, one_token, tokenizer.pad_token_id)):
+        assert math.exp(nll / n) == pytest.approx(model_loss_ppl(model, p, r), rel=1e-4)
+
+
+def test_batches_keep_the_responses_of_a_prompt_together():
+    from pipelines.perplexity import batches_by_prompt
+
+    encoded = [(f"r{i}", [1, 2, 3 + i % 4], [5] * (i % 3 + 1)) for i in range(20)]  # 4 prompts, 5 responses each
+    batches = batches_by_prompt(encoded, 8)
+    assert sorted(e[0] for b in batches for e in b) == sorted(e[0] for e in encoded)
+    for b in batches:
+        assert len(b) <= 8
+        prompts = {tuple(e[1]) for e in b}
+        assert all(sum(tuple(e[1]) == p for e in b) == 5 for p in prompts)  # whole groups only
+    big = batches_by_prompt([(str(i), [1, 2], [3]) for i in range(10)], 4)
+    assert [len(b) for b in big] == [4, 4, 2]  # a group larger than a batch is cut
