@@ -70,7 +70,10 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
         raise ConversionError(f"{config.adapter}: a {meta.get('kind')} model scores answers and does not chat; "
                           "export a policy (a run that trained one)")
     log.event("running", step=0, total=4, message=f"merging the adapter into {meta['base']}")
-    base = AutoModelForCausalLM.from_pretrained(meta["base_path"], dtype=torch.float32)
+    # In the base's own dtype (an 8B base in float32 would be 32 GB of RAM and of files), on the
+    # GPU where there is one; the GGUF is written in 16 bits anyway.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = AutoModelForCausalLM.from_pretrained(meta["base_path"], dtype="auto", device_map={"": device})
     merged = PeftModel.from_pretrained(base, config.adapter).merge_and_unload()
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -117,9 +120,11 @@ def reference_logits(model_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = tokenizer.apply_chat_template(CHECK_PROMPT, add_generation_prompt=True, tokenize=True,
                                         return_dict=True)["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    # float32 for an exact reference; on the GPU where there is one, what does not fit it on the CPU.
+    placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, **placement).eval()
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, -1].float().cpu().numpy()
     return tokenizer, ids, logits
 
 

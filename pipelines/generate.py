@@ -2,8 +2,9 @@
 
 The engine is llama.cpp when the model is a GGUF (the `default` model is one): on a CPU it
 generates several times faster than transformers. Any other model generates through
-transformers, with its chat template. Sample i of a prompt uses seed `seed + i`, so a run is
-reproducible.
+transformers, with its chat template, `batch_size` prompts and all their samples in one batch.
+Runs are reproducible: with llama.cpp sample i of a prompt uses seed `seed + i`; with transformers
+each batch of prompts (fixed chunks of the input order) is seeded with `seed` + its first index.
 
 Inputs (`inputs.parquet` in the run folder): prompt_id, prompt (JSON messages). Output
 (`responses.parquet`): prompt_id, sample, response (JSON messages), finish ("stop" when the model
@@ -39,6 +40,7 @@ class GenerateConfig:
     top_p: float = setting(0.95, "nucleus sampling: keep the most likely tokens up to this probability")
     max_new_tokens: int = setting(256, "answer length limit in tokens")
     seed: int = setting(0, "sampling seed (sample i uses seed + i)")
+    batch_size: int = setting(8, "prompts sampled at once, each with its n samples (transformers engine)")
     engine: str = setting("auto", "auto: llama.cpp for a GGUF model (the default is one), else transformers",
                           choices=("auto", "llama.cpp", "transformers"))
     device: str = setting("auto", f"{DEVICE_HELP} (transformers engine)")
@@ -61,10 +63,13 @@ class LlamaCppSampler:
         self.models = ChatModels(max_loaded=1)
         self.models.get(path)  # load now: a missing or broken file fails before the first prompt
 
-    def sample(self, prompt: list[dict]) -> list[tuple[str, str]]:
+    def sample(self, prompts: list[list[dict]], seed: int) -> list[list[tuple[str, str]]]:
+        """n (text, finish) samples of each prompt, one after another (`seed` is not used: each
+        sample has its own seed)."""
         c = self.config
-        return [self.models.answer(self.path, prompt, Sampling(c.temperature, c.top_p, c.max_new_tokens, c.seed + i))[:2]
-                for i in range(c.n)]
+        return [[self.models.answer(self.path, prompt, Sampling(c.temperature, c.top_p, c.max_new_tokens,
+                                                                c.seed + i))[:2] for i in range(c.n)]
+                for prompt in prompts]
 
 
 class TransformersSampler:
@@ -73,26 +78,26 @@ class TransformersSampler:
         self.tokenizer, self.model = load_causal_lm(config.model, config.models_dir,
                                                     choose_placement(config.device, config.dtype))
 
-    def sample(self, prompt: list[dict]) -> list[tuple[str, str]]:
+    def sample(self, prompts: list[list[dict]], seed: int) -> list[list[tuple[str, str]]]:
+        """n (text, finish) samples of each prompt, all in one batch (prompts left-padded)."""
         import torch
 
         c = self.config
-        ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                                 return_dict=True)["input_ids"].to(self.model.device)
+        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        self.tokenizer.padding_side = "left"
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         ends = end_ids(self.model, self.tokenizer)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            generated = self.model.generate(**batch, do_sample=True, temperature=c.temperature, top_p=c.top_p,
+                                            num_return_sequences=c.n, max_new_tokens=c.max_new_tokens,
+                                            pad_token_id=self.tokenizer.pad_token_id)
         out = []
-        for i in range(c.n):
-            torch.manual_seed(c.seed + i)
-            with torch.inference_mode():
-                generated = self.model.generate(ids, do_sample=True, temperature=c.temperature, top_p=c.top_p,
-                                                max_new_tokens=c.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
-            new = generated[0, ids.shape[1]:].tolist()
-            end = first_end(new, ends)
-            ended = end is not None
-            if ended:
-                new = new[:end]
-            out.append((self.tokenizer.decode(new, skip_special_tokens=True), "stop" if ended else "length"))
-        return out
+        for row in generated[:, batch["input_ids"].shape[1]:].tolist():  # prompt by prompt, n rows each
+            end = first_end(row, ends)
+            text = self.tokenizer.decode(row if end is None else row[:end], skip_special_tokens=True)
+            out.append((text, "length" if end is None else "stop"))
+        return [out[i * c.n:(i + 1) * c.n] for i in range(len(prompts))]
 
 
 def generate(config: GenerateConfig, log: RunLog) -> None:
@@ -104,14 +109,18 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
         sampler = LlamaCppSampler(config) if engine == "llama.cpp" else TransformersSampler(config)
         log.event("running", step=len(done), total=len(prompts),
                   message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
-        for row in prompts:
-            if row["prompt_id"] in done:
+        # Fixed chunks of the input order: a resumed run seeds each chunk as the first run did.
+        chunk = config.batch_size if engine == "transformers" else 1
+        for start in range(0, len(prompts), chunk):
+            rows = [row for row in prompts[start:start + chunk] if row["prompt_id"] not in done]
+            if not rows:
                 continue
             if log.cancel_requested:
                 log.event("cancelled", step=len(done), total=len(prompts), message="cancelled; resume continues from here")
                 return
-            samples = [{"text": text, "finish": finish} for text, finish in sampler.sample(json.loads(row["prompt"]))]
-            partial.add({"prompt_id": row["prompt_id"], "samples": samples})
+            for row, samples in zip(rows, sampler.sample([json.loads(r["prompt"]) for r in rows], config.seed + start)):
+                partial.add({"prompt_id": row["prompt_id"],
+                             "samples": [{"text": text, "finish": finish} for text, finish in samples]})
             log.progress(len(done), len(prompts))
     rows = [{"prompt_id": row["prompt_id"], "sample": i,
              "response": json.dumps([{"role": "assistant", "content": s["text"]}], ensure_ascii=False),

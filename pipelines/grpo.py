@@ -1,9 +1,9 @@
 """GRPO against a reward model, with TRL's GRPOTrainer: for each prompt a group of answers is
 sampled, each answer's advantage is its reward against the group's mean (no value model), and a
 KL penalty (`beta`) keeps the policy near the base. LoRA on the policy; the reward model's LoRA is
-merged into its base before TRL gets it. `train_online` serves RLOO too (`pipelines.rloo`). Every
-few steps the over-optimisation watch (`pipelines.watch`) checks proxy, judge and KL on prompts
-held out of training.
+merged into its base before TRL gets it (kept apart on a 4-bit base). `train_online` serves RLOO
+too (`pipelines.rloo`). Every few steps the over-optimisation watch (`pipelines.watch`) checks
+proxy, judge and KL on prompts held out of training.
 
     python -m pipelines.grpo --config runs/<id>/config.json
 """
@@ -54,8 +54,9 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
     if not prompts:
         raise ValueError("no prompts to train on")
     prompts, watch_prompts = hold_out_watch_prompts(prompts, config, config.seed)
-    reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement)
-    reward_model = reward_model.merge_and_unload()
+    reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement, config.load_in_4bit)
+    if not config.load_in_4bit:  # merging into 4-bit weights would round the adapter away
+        reward_model = reward_model.merge_and_unload()
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     args = config_cls(**trainer_arguments(config, placement, run_dir, has_eval=False),
@@ -70,7 +71,8 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
             return lambda ps, answers: score(tokenizer_, model_, [p + [{"role": "assistant", "content": a}]
                                                                    for p, a in zip(ps, answers)])
 
-        judge_fn = rewards_by(*load_reward_model(config.judge_adapter, placement)) if config.judge_adapter else None
+        judge_fn = (rewards_by(*load_reward_model(config.judge_adapter, placement, config.load_in_4bit))
+                    if config.judge_adapter else None)
         watch = Watch(watch_prompts, tokenizer, rewards_by(reward_tokenizer, reward_model), run_dir, log,
                       config.max_new_tokens, judge_fn=judge_fn, rule=config.judge_rule, seed=config.seed)
         callbacks.append(watch_callback(watch, check_every(config, config.max_steps)))

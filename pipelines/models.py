@@ -141,6 +141,21 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device, dtype)
 
 
+def load_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
+    """`from_pretrained` arguments: the dtype, straight onto this rank's device, and for a 4-bit
+    base (QLoRA; CUDA and bitsandbytes checked before) the quantisation config."""
+    import torch
+
+    kwargs = {"dtype": getattr(torch, placement.dtype), "device_map": {"": rank_device(placement.device)}}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, placement.dtype))
+    return kwargs
+
+
 def load_tokenizer(source: str | Path):
     """A model's tokenizer, with its end-of-sequence token as padding where it has none (most
     chat models): batches need a pad id, and the attention mask hides it."""

@@ -28,7 +28,8 @@ from pipelines.models import Placement, end_ids, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
-from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of
+from pipelines.training import (CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of,
+                                trainable_in_fp32)
 from pipelines.watch import Watch, WatchSettings, check_every, hold_out_watch_prompts
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -62,7 +63,6 @@ class PPOTrainConfig(WatchSettings, TrainSettings):
     max_length: int = setting(512, "tokens of prompt + answer the reward model reads", label="Max tokens")
     grad_accum: int = not_used(TrainSettings, "grad_accum", "not used: each mini-batch is one optimizer step")
     epochs: float = not_used(TrainSettings, "epochs", "not used: max_steps counts PPO iterations")
-    gradient_checkpointing: bool = not_used(TrainSettings, "gradient_checkpointing", "not yet used by PPO")
     lora_dropout: float = redefault(TrainSettings, "lora_dropout", 0.0,
                                     "none for PPO: old and new log-probs must come from the same function")
 
@@ -106,20 +106,43 @@ class PolicyWithValue:
     def parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
 
-    def forward(self, input_ids, attention_mask, start: int, with_value: bool = True):
-        """Log-probs of tokens start.. given the ones before, entropies and (optionally) values."""
+    def forward(self, input_ids, attention_mask, start: int, with_value: bool = True, with_entropy: bool = False):
+        """Log-probs of tokens start.. given the ones before, and (optionally) values and entropies.
+
+        Logits are computed for the answer positions only (a prompt's full-vocabulary logits would be
+        most of the memory: ~10 GB at 16 x 256 tokens with a 152k vocabulary); entropies are only
+        logged, so they are computed without a graph."""
         import torch
 
         # Positions count real tokens only, as in generation (prompts are left-padded).
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        answer_width = input_ids.shape[1] - start
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         output_hidden_states=with_value)
-        logits = out.logits[:, start - 1:-1].float()
-        logprobs_all = torch.log_softmax(logits, dim=-1)
+                         output_hidden_states=with_value, use_cache=False, logits_to_keep=answer_width + 1)
+        logprobs_all = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
         logprobs = logprobs_all.gather(-1, input_ids[:, start:, None]).squeeze(-1)
-        entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = -(logprobs_all.exp() * logprobs_all).sum(-1)
         values = self.value_head(out.hidden_states[-1][:, start - 1:-1].float()).squeeze(-1) if with_value else None
         return logprobs, entropy, values
+
+    def score_rollout(self, input_ids, attention_mask, start: int, mini_batch_size: int):
+        """Old-policy log-probs and values, and the reference's log-probs (the adapter disabled), in
+        mini-batches, without a graph."""
+        import torch
+
+        old, values, ref = [], [], []
+        with torch.no_grad():
+            for i in range(0, len(input_ids), mini_batch_size):
+                ids, mask = input_ids[i:i + mini_batch_size], attention_mask[i:i + mini_batch_size]
+                logprobs, _, value = self.forward(ids, mask, start)
+                old.append(logprobs)
+                values.append(value)
+                with self.model.disable_adapter():
+                    ref.append(self.forward(ids, mask, start, with_value=False)[0])
+        return torch.cat(old), torch.cat(values), torch.cat(ref)
 
 
 def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], config: PPOTrainConfig, device: str):
@@ -146,16 +169,14 @@ def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], confi
 
 
 def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
-             config: PPOTrainConfig, device: str) -> dict:
-    """One PPO iteration on a batch of prompts; returns its metrics."""
+             config: PPOTrainConfig, device: str, scaler=None) -> dict:
+    """One PPO iteration on a batch of prompts; returns its metrics. `scaler` scales the loss of
+    an fp16 base (a torch.amp.GradScaler; none in bf16 or float32)."""
     import torch
 
-    policy.model.eval()  # and it stays so: no dropout anywhere
+    policy.model.eval()  # sampling and scoring; the model has no dropout (see no_dropout)
     generated, attention, start, mask, ended, texts = rollout(policy, tokenizer, prompts, config, device)
-    with torch.no_grad():
-        old_logprobs, _, old_values = policy.forward(generated, attention, start)
-        with policy.model.disable_adapter():
-            ref_logprobs, _, _ = policy.forward(generated, attention, start, with_value=False)
+    old_logprobs, old_values, ref_logprobs = policy.score_rollout(generated, attention, start, config.mini_batch_size)
     scores = torch.tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
     raw_scores = scores.clone()
     if config.whiten_rewards and len(scores) > 1:
@@ -173,12 +194,14 @@ def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[d
 
     stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
     n = len(prompts)
+    # Training mode only for gradient checkpointing's sake (transformers skips it in eval mode).
+    policy.model.train(config.gradient_checkpointing)
     for _ in range(config.ppo_epochs):
         order = torch.randperm(n)
         for i in range(0, n, config.mini_batch_size):
             idx = order[i:i + config.mini_batch_size]
             m = mask[idx]
-            logprobs, entropy, values = policy.forward(generated[idx], attention[idx], start)
+            logprobs, entropy, values = policy.forward(generated[idx], attention[idx], start, with_entropy=True)
             ratio = torch.exp(logprobs - old_logprobs[idx])
             adv = advantages[idx]
             pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip_range, 1 + config.clip_range))
@@ -189,22 +212,31 @@ def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[d
                                                      (clipped_values - returns[idx]) ** 2), m)
             loss = policy_loss + config.vf_coef * value_loss
             optimizer.zero_grad()
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when fp16 overflowed; the scale then shrinks
+                scaler.update()
+            else:
+                optimizer.step()
             stats["policy_loss"].append(policy_loss.item())
             stats["value_loss"].append(value_loss.item())
             stats["clip_fraction"].append(masked_mean(((ratio - 1).abs() > config.clip_range).float(), m).item())
             stats["entropy"].append(masked_mean(entropy, m).item())
+    policy.model.eval()
     metrics = {name: sum(v) / len(v) for name, v in stats.items()}
     metrics.update(reward=raw_scores.mean().item(), kl=kl.sum(dim=1).mean().item(),
                    response_length=mask.sum(dim=1).mean().item(), ended=ended.float().mean().item())
     return metrics
 
 
-def reward_model_fn(adapter: str, placement: Placement, max_length: int) -> RewardFn:
+def reward_model_fn(adapter: str, placement: Placement, max_length: int, load_in_4bit: bool = False) -> RewardFn:
     """The trained RM as a reward function of (prompt, answer text)."""
-    tokenizer, model = load_reward_model(adapter, placement)
+    tokenizer, model = load_reward_model(adapter, placement, load_in_4bit)
 
     def reward(prompts, answers):
         conversations = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
@@ -213,28 +245,47 @@ def reward_model_fn(adapter: str, placement: Placement, max_length: int) -> Rewa
     return reward
 
 
-def save_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, step: int) -> None:
+def save_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, step: int, scaler=None) -> None:
+    """Adapter, value head, optimizer and every random state (CPU, each CUDA device, Python's), so
+    that a resumed run samples what the uninterrupted one would have."""
     import torch
 
     partial = folder.with_name(folder.name + ".partial")
     policy.model.save_pretrained(partial)
     torch.save({"value_head": policy.value_head.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": torch.get_rng_state(), "random": random.getstate()}, partial / "ppo_state.pt")
+                "rng": torch.get_rng_state(), "random": random.getstate(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "scaler": scaler.state_dict() if scaler is not None else None}, partial / "ppo_state.pt")
     partial.rename(folder)
 
 
-def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer) -> int:
+def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, scaler=None) -> int:
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(policy.model, load_file(folder / "adapter_model.safetensors"))
-    state = torch.load(folder / "ppo_state.pt", weights_only=False)
+    device = str(policy.value_head.weight.device)
+    set_peft_model_state_dict(policy.model, load_file(folder / "adapter_model.safetensors", device=device))
+    state = torch.load(folder / "ppo_state.pt", weights_only=False, map_location="cpu")
     policy.value_head.load_state_dict(state["value_head"])
-    optimizer.load_state_dict(state["optimizer"])
+    optimizer.load_state_dict(state["optimizer"])  # moves its state onto the parameters' device
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     random.setstate(state["random"])
     return state["step"]
+
+
+def no_dropout(model) -> None:
+    """Every dropout off, so that training mode (needed by gradient checkpointing) computes the
+    same function as the rollout: PPO's ratio compares old and new log-probs of one function."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None,
@@ -259,14 +310,20 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
         raise ValueError("no prompts to train on")
     prompts, watch_prompts = hold_out_watch_prompts(prompts, config, config.seed)
     if reward_fn is None:
-        reward_fn = reward_model_fn(config.reward_adapter, placement, config.max_length)
+        reward_fn = reward_model_fn(config.reward_adapter, placement, config.max_length, config.load_in_4bit)
     if judge_fn is None and config.judge_adapter:
-        judge_fn = reward_model_fn(config.judge_adapter, placement, config.max_length)
+        judge_fn = reward_model_fn(config.judge_adapter, placement, config.max_length, config.load_in_4bit)
     tokenizer = load_tokenizer(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     model = get_peft_model(model, lora_config(config, "CAUSAL_LM")).to(placement.device)
+    trainable_in_fp32(model, config)
+    no_dropout(model)
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     policy = PolicyWithValue(model, model.config.hidden_size, placement.device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
+    # fp16 needs loss scaling (its small gradients underflow); bf16 and float32 do not.
+    scaler = torch.amp.GradScaler("cuda") if placement.dtype == "float16" else None
     watch = Watch(watch_prompts, tokenizer, reward_fn, run_dir, log, config.max_new_tokens, judge_fn=judge_fn,
                   rule=config.judge_rule, seed=config.seed) if watch_prompts else None
     every = check_every(config, config.max_steps)
@@ -275,23 +332,23 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
                                      f"checked every {every} steps")
 
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    step = load_checkpoint(checkpoints[-1], policy, optimizer) if checkpoints else 0
+    step = load_checkpoint(checkpoints[-1], policy, optimizer, scaler) if checkpoints else 0
     if step:
         log.event("running", step=step, total=config.max_steps, message=f"resuming from step-{step}")
     order = list(range(len(prompts)))
     while step < config.max_steps:
         if log.cancel_requested:
-            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step)
+            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, scaler)
             log.event("cancelled", step=step, total=config.max_steps, message=f"cancelled at step {step}; checkpoint saved")
             return
         batch = [prompts[i] for i in random.sample(order, min(config.batch_size, len(order)))]
-        metrics = ppo_step(policy, optimizer, tokenizer, batch, reward_fn, config, placement.device)
+        metrics = ppo_step(policy, optimizer, tokenizer, batch, reward_fn, config, placement.device, scaler)
         step += 1
         log.progress(step, config.max_steps, metrics=metrics)
         if watch and (step % every == 0 or step == config.max_steps):
             watch.check(policy.model, step, placement.device)
         if step % config.save_every == 0 and step < config.max_steps:
-            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step)
+            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, scaler)
 
     out = run_dir / config.output
     model.save_pretrained(out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.models import Placement, load_tokenizer, rank_device
+from pipelines.models import Placement, load_kwargs, load_tokenizer, rank_device
 
 STUDIO_META = "studio_model.json"  # beside an adapter: what kind of model it is and its base
 
@@ -32,20 +32,21 @@ def read_meta(adapter_dir: str | Path) -> dict:
     return json.loads((Path(adapter_dir) / STUDIO_META).read_text())
 
 
-def load_reward_model(adapter: str | Path, placement: Placement):
-    """Tokenizer and reward model (base + adapter with its score head), in eval mode."""
-    import torch
+def load_reward_model(adapter: str | Path, placement: Placement, load_in_4bit: bool = False):
+    """Tokenizer and reward model (base + adapter with its score head), in eval mode; its base in
+    4 bits when the policy's is (a 4-bit 7B policy beside a 15 GB reward model fits no 24 GB card)."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
     meta = read_meta(adapter)
     tokenizer = load_tokenizer(adapter)
     base = AutoModelForSequenceClassification.from_pretrained(meta["base_path"], num_labels=1,
-                                                              dtype=getattr(torch, placement.dtype),
-                                                              device_map=rank_device(placement.device))
+                                                              **load_kwargs(placement, load_in_4bit))
     base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, str(adapter))
-    model.to(rank_device(placement.device)).eval()  # the score head copy PEFT adds, too
+    if not load_in_4bit:  # a 4-bit model is placed by its loading and cannot be moved
+        model.to(rank_device(placement.device))  # the score head copy PEFT adds, too
+    model.eval()
     return tokenizer, model
 
 

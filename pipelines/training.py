@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import (ModelError, Placement, choose_placement, load_tokenizer, local_folder, rank_device,
-                              resolve_model)
+from pipelines.models import ModelError, Placement, choose_placement, load_kwargs, load_tokenizer, resolve_model
 from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -113,17 +112,12 @@ def check_4bit(device: str) -> None:
 
 
 def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
-    """`from_pretrained` arguments: dtype, and a 4-bit quantisation config for QLoRA on CUDA."""
-    import torch
-
-    kwargs = {"dtype": getattr(torch, placement.dtype)}
-    if settings.load_in_4bit:  # placement_of has checked that it can be (CUDA, bitsandbytes)
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=getattr(torch, placement.dtype))
-        kwargs["device_map"] = {"": rank_device(placement.device)}  # each rank's own GPU, not GPU 0 for all
+    """`from_pretrained` arguments of the base: dtype, device and, for QLoRA, 4 bits (placement_of
+    has checked that it can be: CUDA, bitsandbytes)."""
+    kwargs = load_kwargs(placement, settings.load_in_4bit)
+    if not settings.load_in_4bit:
+        # Accelerate (and PPO) place a trainable base themselves; a 4-bit one must load on its GPU.
+        del kwargs["device_map"]
     return kwargs
 
 
@@ -287,24 +281,37 @@ def base_and_tokenizer(config: TrainSettings) -> tuple[str, object]:
 
 
 def parameter_count(base: str, models_dir: str | Path) -> float | None:
-    """The base model's parameters in billions, estimated from its local config.json; None when
-    it is not on this machine yet (a hub id) or its config is unusual."""
-    try:
-        config = json.loads((local_folder(base, models_dir) / "config.json").read_text())
-        config = config.get("text_config", config)
-        h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-        ffn = config.get("intermediate_size", 4 * h)
-    except (OSError, KeyError, ValueError):
+    """The base model's parameters in billions, counted from its config on the meta device (exact
+    for any architecture transformers knows, a mixture of experts' every expert included); None
+    when its config is on neither this machine (a folder, the default model once converted) nor
+    the hub's local cache."""
+    from pipelines.memory import base_config, count_on_meta
+
+    config = base_config(base, models_dir)
+    if config is None:
         return None
-    return (layers * (4 * h * h + 3 * h * ffn) + vocab * h) / 1e9
+    try:
+        return count_on_meta(getattr(config, "text_config", None) or config)[0] / 1e9
+    except (ValueError, KeyError, AttributeError, TypeError):  # an architecture this transformers cannot build
+        return None
 
 
-def suggested_settings(defaults: TrainSettings, billions: float | None) -> dict:
-    """Settings for a base of this size, from the method's defaults (tuned for models under 1B):
-    larger models get a lower learning rate, smaller batches with gradient accumulation (same
-    effective batch) and gradient checkpointing, so that they fit a single consumer GPU."""
+def suggested_settings(defaults: TrainSettings, billions: float | None, gpu_gb: float | None = None) -> dict:
+    """Settings for a base of this size, from the method's defaults (tuned for models under 1B).
+
+    Larger models get a lower learning rate and gradient checkpointing; the pair methods a smaller
+    batch with gradient accumulation (same effective batch), PPO smaller mini-batches (its rollout
+    batch stays: rewards are whitened over it), GRPO and RLOO keep their batch (a multiple of the
+    answers per prompt). On a GPU (`gpu_gb`, its memory) where the base's 16-bit weights would take
+    more than half the card, a 4-bit base (QLoRA): an 8B base on a 24 GB card."""
     if billions is None or billions < 1:
         return {}
     scale, batch = (0.5, 2) if billions < 4 else (0.25, 1)
-    return {"learning_rate": defaults.learning_rate * scale, "batch_size": batch,
-            "grad_accum": max(1, defaults.batch_size * defaults.grad_accum // batch), "gradient_checkpointing": True}
+    settings = {"learning_rate": defaults.learning_rate * scale, "gradient_checkpointing": True}
+    if hasattr(defaults, "mini_batch_size"):
+        settings["mini_batch_size"] = min(defaults.mini_batch_size, batch)
+    elif not hasattr(defaults, "num_generations"):
+        settings.update(batch_size=batch, grad_accum=max(1, defaults.batch_size * defaults.grad_accum // batch))
+    if gpu_gb is not None and 2 * billions > gpu_gb / 2:
+        settings["load_in_4bit"] = True
+    return settings

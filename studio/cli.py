@@ -185,11 +185,13 @@ def cmd_generate(ws: Workspace, args) -> int:
 
 
 def cmd_train(ws: Workspace, args) -> int:
+    from pipelines.memory import free_gpu_gb
     from pipelines.training import parameter_count, suggested_settings
 
     method = METHODS[args.method]
-    # Options given win; the others default to what suits the base's size.
-    settings = suggested_settings(method.config(), parameter_count(args.base or "default", ws.models_dir))
+    # Options given win; the others default to what suits the base's size (and the GPU's memory).
+    settings = suggested_settings(method.config(), parameter_count(args.base or "default", ws.models_dir),
+                                  free_gpu_gb())
     settings.update(given_settings(args, method.config))
     if getattr(args, "judge_split", False):
         return _judge_split(ws, args, settings)

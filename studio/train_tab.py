@@ -12,6 +12,7 @@ import pandas as pd
 
 from common.errors import StudioError
 from pipelines.judges import RULES
+from pipelines.memory import free_gpu_gb
 from pipelines.settings import default_of, help_of, label_of, split_list, user_fields, value_type
 from pipelines.training import parameter_count, suggested_settings
 from store import Store
@@ -367,20 +368,25 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         return f"Run {new_id} started with the config and inputs of run {run_id}.", \
             gr.update(choices=training_runs(store), value=new_id)
 
-    suggested = ("learning_rate", "batch_size", "grad_accum", "gradient_checkpointing")
+    suggested = ("learning_rate", "batch_size", "grad_accum", "mini_batch_size", "gradient_checkpointing",
+                 "load_in_4bit")
 
     def suggest(label, base_name):
-        """Fill the form with the method's defaults adjusted to the base's size."""
-        defaults = method_by_label(label).config()
+        """Fill the form with the method's defaults adjusted to the base's size (and the GPU's)."""
+        method = method_by_label(label)
+        defaults = method.config()
         billions = parameter_count(base_name.strip(), runner.workspace.models_dir)
-        settings = {**dataclasses.asdict(defaults), **suggested_settings(defaults, billions)}
+        gpu_gb = free_gpu_gb()
+        settings = {**dataclasses.asdict(defaults), **suggested_settings(defaults, billions, gpu_gb)}
         size = (f"`{base_name.strip()}` has about {billions:.2f}B parameters" if billions is not None
-                else f"the size of `{base_name.strip()}` is unknown until it is on this machine")
+                else f"the size of `{base_name.strip()}` is unknown: its config is not on this machine (a folder, "
+                     "or the hub's cache once it has been downloaded)")
         note = f"Settings for this method; {size}." + (
-            " Larger bases get a lower learning rate, a smaller batch with gradient accumulation and gradient "
-            "checkpointing; on a small GPU also tick 4-bit base (QLoRA) under All settings."
+            " Larger bases get a lower learning rate, smaller batches and gradient checkpointing"
+            + ("; this GPU also needs a 4-bit base (QLoRA)." if settings.get("load_in_4bit") else ".")
             if billions and billions >= 1 else "")
-        return [note] + [gr.update(value=settings[name]) for name in suggested]
+        return [note] + [gr.update(value=settings[name]) if field_of(method, name) else gr.update()
+                         for name in suggested]
 
     base.submit(suggest, [kind, base], [sizing, *(controls[name] for name in suggested)])
     kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run, judge_run, judge_split])

@@ -55,3 +55,38 @@ def test_a_dataset_without_prompts_and_an_unknown_engine_are_refused(store, work
     with pytest.raises(RunError, match="unknown engine 'vllm'"):
         jobs.start_generation(runner, "p", engine="vllm")
     assert store.stats()["runs"] == 0
+
+
+def test_batched_sampling_resumes_to_the_samples_of_a_straight_run(tmp_path, tiny_model, monkeypatch):
+    """Prompts are sampled in batches (n samples each, in one generate call); a run cancelled after
+    its first batch and resumed gives exactly the samples of a run that went straight through."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.generate import GenerateConfig, generate
+    from pipelines.runlog import RunLog
+
+    rows = [{"prompt_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Count to {i}."}])}
+            for i in range(5)]
+    config = GenerateConfig(model=str(tiny_model), engine="transformers", n=3, batch_size=2, max_new_tokens=5,
+                            models_dir=str(tmp_path))
+
+    def run(folder, cancel_after_first=False):
+        folder.mkdir()
+        pq.write_table(pa.Table.from_pylist(rows), folder / "inputs.parquet")
+        log = RunLog(folder)
+        if cancel_after_first:
+            progress = log.progress
+            monkeypatch.setattr(log, "progress", lambda *a, **k: (progress(*a, **k),
+                                                                  setattr(log, "cancel_requested", True)))
+        generate(config, log)
+        return log
+
+    run(tmp_path / "straight")
+    run(tmp_path / "cut", cancel_after_first=True)
+    assert not (tmp_path / "cut" / "responses.parquet").exists()
+    generate(config, RunLog(tmp_path / "cut"))
+    straight, resumed = (pq.read_table(tmp_path / d / "responses.parquet").to_pylist() for d in ("straight", "cut"))
+    assert len(straight) == 15 and [(r["prompt_id"], r["sample"]) for r in straight][:4] == [
+        ("p0", 0), ("p0", 1), ("p0", 2), ("p1", 0)]
+    assert resumed == straight

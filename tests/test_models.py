@@ -61,3 +61,25 @@ def test_every_end_id_of_the_model_ends_an_answer():
     assert first_end([5, 6, 128009, 7], ends) == 2 and first_end([5, 6, 7], ends) is None
     answers = rule_answers(["a", "b"], [[5, 128009], [5, 6]], ends)
     assert [a["finish"] for a in answers] == ["stop", "length"]
+
+
+def test_every_rank_loads_its_models_on_its_own_gpu_and_a_4bit_reward_model_like_its_policy(monkeypatch):
+    """What `from_pretrained` is given: the rank's GPU (not GPU 0 for all), and for a 4-bit run the
+    same NF4 quantisation for the reward model as for the policy (a 15 GB reward model beside a
+    4-bit 7B policy fits no 24 GB card)."""
+    import torch
+
+    from pipelines.models import Placement, load_kwargs
+    from pipelines.training import TrainSettings, model_kwargs
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    gpu = Placement("cuda", "bfloat16")
+    plain = load_kwargs(gpu)
+    assert plain == {"dtype": torch.bfloat16, "device_map": {"": "cuda:1"}}
+    four_bit = load_kwargs(gpu, load_in_4bit=True)
+    assert four_bit["device_map"] == {"": "cuda:1"}
+    q = four_bit["quantization_config"]
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_compute_dtype == torch.bfloat16
+    policy = model_kwargs(TrainSettings(load_in_4bit=True), gpu)
+    assert policy["device_map"] == four_bit["device_map"] and policy["quantization_config"].load_in_4bit
+    assert "device_map" not in model_kwargs(TrainSettings(), gpu)  # Accelerate places a plain base itself

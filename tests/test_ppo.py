@@ -166,3 +166,19 @@ def test_the_watch_sees_a_judge_fall_while_the_proxy_rises_and_keeps_the_judges_
     model = (run_dir / "model" / "adapter_model.safetensors").read_bytes()
     assert model == (run_dir / "best" / "adapter_model.safetensors").read_bytes()
     assert model != (run_dir / "last" / "adapter_model.safetensors").read_bytes()
+
+
+def test_gradient_checkpointing_saves_memory_not_results(tmp_path, peaked_model, token_reward):
+    """PPO with gradient checkpointing (training mode for it, every dropout off) trains the very
+    adapter it trains without."""
+    from safetensors.torch import load_file
+
+    reward_fn, _ = token_reward
+    adapters = []
+    for checkpointing in (False, True):
+        run_dir = run_dir_with_prompts(tmp_path / str(checkpointing))
+        train(config(peaked_model, max_steps=2, gradient_checkpointing=checkpointing, lora_dropout=0.1),
+              RunLog(run_dir), reward_fn=reward_fn)
+        adapters.append(load_file(run_dir / "model" / "adapter_model.safetensors"))
+    assert all(torch.allclose(adapters[0][k], adapters[1][k], atol=1e-6) for k in adapters[0])
+    assert any(not torch.allclose(adapters[0][k], torch.zeros_like(adapters[0][k])) for k in adapters[0] if "lora_B" in k)

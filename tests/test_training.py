@@ -251,6 +251,17 @@ def test_settings_suggested_by_model_size_keep_the_effective_batch(tiny_model):
         s = suggested_settings(defaults, billions)
         assert s["batch_size"] * s["grad_accum"] == defaults.batch_size * defaults.grad_accum
         assert s["learning_rate"] < defaults.learning_rate and s["gradient_checkpointing"]
+        assert "load_in_4bit" not in s  # no GPU: 4 bits cannot be had
+    # An 8B base's 16-bit weights (16 GB) take more than half of a 24 GB card: 4 bits; a 1.7B's do not.
+    assert suggested_settings(defaults, 8.0, gpu_gb=23.5)["load_in_4bit"]
+    assert "load_in_4bit" not in suggested_settings(defaults, 1.7, gpu_gb=23.5)
+    from pipelines.grpo import OnlineTrainConfig
+    from pipelines.ppo import PPOTrainConfig
+
+    ppo = suggested_settings(PPOTrainConfig(), 8.0)  # the rollout batch stays (rewards are whitened over it)
+    assert "batch_size" not in ppo and ppo["mini_batch_size"] == 1 and ppo["gradient_checkpointing"]
+    online = suggested_settings(OnlineTrainConfig(), 8.0)  # a multiple of the answers per prompt stays
+    assert "batch_size" not in online and "grad_accum" not in online
 
 
 def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file, tiny_model, models_dir):
