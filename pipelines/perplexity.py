@@ -39,7 +39,7 @@ class PerplexityConfig:
     models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the responses, written by the runner", internal=True)
     output: str = setting("perplexities.parquet", "each response's perplexity", internal=True)
-    batch_size: int = setting(8, "responses scored at once")
+    batch_size: int = setting(8, "responses scored at once (on a CPU, only those of one prompt)")
     max_length: int = setting(2048, "tokens of prompt + response; longer ones are skipped and reported")
     device: str = setting("auto", DEVICE_HELP)
     dtype: str = setting("auto", DTYPE_HELP)
@@ -136,16 +136,17 @@ def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
     return out
 
 
-def batches_by_prompt(encoded: list, size: int) -> list[list]:
-    """Responses in batches of about `size`, the responses of one prompt kept together (their
-    prompt is then evaluated once) and similar lengths side by side (little padding)."""
+def batches_by_prompt(encoded: list, size: int, mix_prompts: bool = True) -> list[list]:
+    """Responses in batches of at most `size`, the responses of one prompt kept together (their
+    prompt is then evaluated once) and similar lengths side by side (little padding). Without
+    `mix_prompts` each batch holds one prompt's responses only."""
     groups: dict[tuple, list] = {}
     for item in encoded:
         groups.setdefault(tuple(item[1]), []).append(item)
     ordered = sorted(groups.values(), key=lambda g: len(g[0][1]) + max(len(e[2]) for e in g))
     out, current = [], []
     for group in (g[i:i + size] for g in ordered for i in range(0, len(g), size)):
-        if current and len(current) + len(group) > size:
+        if current and (len(current) + len(group) > size or not mix_prompts):
             out.append(current)
             current = []
         current.extend(group)
@@ -174,7 +175,9 @@ def score(config: PerplexityConfig, log: RunLog) -> None:
                         "skipped": f"prompt + response is {n} tokens, over max_length {config.max_length}"})
             else:
                 encoded.append((row["response_id"], prompt_ids, response_ids))
-        for batch in batches_by_prompt(encoded, config.batch_size):
+        # On a CPU batching several prompts only adds padding (it is compute-bound already: one
+        # prompt's responses at a time scored 1.57x the one-at-a-time loop, 8 mixed ones 1.13x).
+        for batch in batches_by_prompt(encoded, config.batch_size, mix_prompts=placement.device != "cpu"):
             if log.cancel_requested:
                 partial.flush()
                 log.event("cancelled", step=len(done), total=total, message="cancelled; resume continues from here")

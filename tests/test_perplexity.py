@@ -126,5 +126,6 @@ def test_batches_keep_the_responses_of_a_prompt_together():
         assert len(b) <= 8
         prompts = {tuple(e[1]) for e in b}
         assert all(sum(tuple(e[1]) == p for e in b) == 5 for p in prompts)  # whole groups only
+    assert all(len({tuple(e[1]) for e in b}) == 1 for b in batches_by_prompt(encoded, 8, mix_prompts=False))
     big = batches_by_prompt([(str(i), [1, 2], [3]) for i in range(10)], 4)
     assert [len(b) for b in big] == [4, 4, 2]  # a group larger than a batch is cut
