@@ -373,11 +373,14 @@ class Store:
         """DuckDB's memory limit (for the whole database) while the block runs, then its default
         (80% of RAM) again. DuckDB keeps the blocks it wrote cached up to that limit, so without
         a lower one a long import grows with its file."""
-        self._con.execute(f"SET memory_limit = '{limit}'")
+        self.set_memory_limit(limit)
         try:
             yield
         finally:
             self._con.execute("RESET memory_limit")
+
+    def set_memory_limit(self, limit: str) -> None:
+        self._con.execute(f"SET memory_limit = '{limit}'")
 
     @staticmethod
     def _rollback(cur: duckdb.DuckDBPyConnection) -> None:

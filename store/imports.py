@@ -30,7 +30,20 @@ from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord,
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
 BATCH_ROWS = 1000                # prompts + pairs per committed chunk: 500 pairs
-IMPORT_MEMORY_LIMIT = "128MB"    # DuckDB's cache while an import writes: it spills beyond it
+MB = 2 ** 20
+IMPORT_CACHE_BYTES = 128 * MB    # DuckDB's cache of written blocks while an import writes: it spills beyond it
+INDEX_BYTES_PER_ROW = 100        # what a stored row's key takes in DuckDB's indexes, which cannot spill
+INDEXED_ROWS = ("SELECT (SELECT count(*) FROM prompts) + (SELECT count(*) FROM responses) + "
+                "(SELECT count(*) FROM pairs) + (SELECT count(*) FROM dataset_pairs) + "
+                "(SELECT count(*) FROM dataset_prompts)")
+
+
+def import_memory_limit(store: Store) -> str:
+    """DuckDB's memory limit for the next chunk of an import: a fixed cache, so that a long import
+    stays flat, plus what the indexes of the rows stored so far (and this chunk's) need. A fixed
+    128 MB ran out at about 400,000 pairs."""
+    rows = store.scalar(INDEXED_ROWS) + 3 * BATCH_ROWS
+    return f"{(IMPORT_CACHE_BYTES + INDEX_BYTES_PER_ROW * rows) // MB}MB"
 
 
 @dataclass
@@ -419,15 +432,23 @@ class _Batch:
         }
         with store.transaction() as cur:
             for name, columns in tables.items():
-                # Plain INSERT of the rows not yet stored, in file order (INSERT OR IGNORE would
-                # scramble the order, and exports follow it).
-                cur.register("chunk", pa.table({"pos": range(len(columns["id"])), **columns}))
-                names = ", ".join(columns)
-                new = {r[0] for r in cur.execute(
-                    f"INSERT INTO {name} ({names}) SELECT {names} FROM chunk "
-                    f"WHERE id NOT IN (SELECT id FROM {name}) ORDER BY pos RETURNING id").fetchall()}
+                # Which of the chunk's ids are stored already: a semi-join that hashes the chunk's
+                # ids and scans the table's (hashing the table's, as NOT IN (SELECT ...) does, needs
+                # memory that grows with the store: at 400,000 pairs it no longer fit the import's cap).
+                cur.register("chunk_ids", pa.table({"id": columns["id"]}))
+                stored = {r[0] for r in cur.execute(
+                    f"SELECT id FROM {name} WHERE id IN (SELECT id FROM chunk_ids)").fetchall()}
+                cur.unregister("chunk_ids")
+                keep = [i for i, row_id in enumerate(columns["id"]) if row_id not in stored]
+                new = {columns["id"][i] for i in keep}
+                if keep:
+                    # Plain INSERT of the rows not yet stored, in file order (INSERT OR IGNORE would
+                    # scramble the order, and exports follow it).
+                    cur.register("chunk", pa.table({c: [values[i] for i in keep] for c, values in columns.items()}))
+                    names = ", ".join(columns)
+                    cur.execute(f"INSERT INTO {name} ({names}) SELECT {names} FROM chunk")
+                    cur.unregister("chunk")
                 setattr(report, f"new_{name}", getattr(report, f"new_{name}") + len(new))
-                cur.unregister("chunk")
                 # Responses are staged only to be removed again; prompts and pairs also to be linked.
                 ids = list(new) if name == "responses" else columns["id"]
                 cur.register("staged", pa.table({"id": ids, "is_new": [i in new for i in ids]}))
@@ -482,7 +503,7 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
         raise ImportFailed(report)
     import_id = uuid.uuid4().hex
     try:
-        with store.memory_limit(IMPORT_MEMORY_LIMIT):
+        with store.memory_limit(import_memory_limit(store)):
             _read_and_write(store, path, import_id, report, fmt, skip_bad, max_row_bytes)
         with store.transaction() as cur:
             dataset_id = ensure_dataset(cur, dataset, {"source": "import", "file": path.name}, internal)
@@ -532,6 +553,7 @@ def _read_and_write(store: Store, path: Path, import_id: str, report: ImportRepo
                 continue  # this import will be undone: only collect the remaining errors
             batch.add(item)
             if len(batch) >= BATCH_ROWS:
+                store.set_memory_limit(import_memory_limit(store))
                 batch.write(store, import_id, report)
     except BadRecord as e:  # the file as a whole cannot be read
         report.errors.append(RowError(str(path), 0, str(e)))

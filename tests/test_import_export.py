@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store import ImportFailed, export_pairs, import_file
+from store import ImportFailed, Store, export_pairs, import_file
 from store.formats import render_hh
 
 
@@ -220,3 +220,20 @@ def test_unusable_files(tmp_path, store, name, content, reason):
         import_file(store, path, "d")
     assert reason in str(failed.value.report.errors[0])
     assert store.stats()["datasets"] == 0
+
+
+def test_a_store_that_outgrows_the_imports_cache_still_takes_every_pair(tmp_path, monkeypatch):
+    """DuckDB's indexes cannot spill to disk, so an import's memory limit grows with the rows
+    stored. Scaled down: with a 16 MB cache, 60,000 pairs import whole (a fixed 16 MB limit ran out
+    of memory partway: the same failure a fixed 128 MB had at about 400,000 pairs)."""
+    import store.imports as imports
+
+    monkeypatch.setattr(imports, "IMPORT_CACHE_BYTES", 16 * 2 ** 20)
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"question {i} " + "x" * 50, "chosen": f"yes {i}",
+                                        "rejected": f"no {i}"}) + "\n" for i in range(60_000)))
+    store = Store(tmp_path / "ws.duckdb")
+    report = import_file(store, path, "many")
+    assert report.new_pairs == 60_000 and store.scalar("SELECT count(*) FROM dataset_pairs") == 60_000
+    first = store.query("SELECT p.messages FROM pairs JOIN prompts p ON p.id = pairs.prompt_id ORDER BY pairs.rowid LIMIT 1")
+    assert "question 0 " in first[0]["messages"]  # stored in file order

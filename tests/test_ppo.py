@@ -181,4 +181,5 @@ def test_gradient_checkpointing_saves_memory_not_results(tmp_path, peaked_model,
               RunLog(run_dir), reward_fn=reward_fn)
         adapters.append(load_file(run_dir / "model" / "adapter_model.safetensors"))
     assert all(torch.allclose(adapters[0][k], adapters[1][k], atol=1e-6) for k in adapters[0])
-    assert any(not torch.allclose(adapters[0][k], torch.zeros_like(adapters[0][k])) for k in adapters[0] if "lora_B" in k)
+    trained = [k for k in adapters[0] if "lora_B" in k]  # B starts at zero: it moved
+    assert any(not torch.allclose(adapters[0][k], torch.zeros_like(adapters[0][k])) for k in trained)
