@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from common.errors import StudioError
 from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
-from pipelines.models import choose_placement, end_ids, first_end, load_tokenizer, resolve_model
+from pipelines.models import choose_placement, end_ids, first_end, load_kwargs, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -81,7 +81,9 @@ def sequence_logprob(model, tokenizer, prompt: list[dict], ids: list[int], devic
     head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
     input_ids = torch.tensor([head + ids], device=device)
     with torch.no_grad():
-        logprobs = torch.log_softmax(model(input_ids=input_ids).logits[0, len(head) - 1:-1].float(), -1)
+        # Logits of the answer's positions only (a long prompt's would be most of the memory).
+        logits = model(input_ids=input_ids, logits_to_keep=len(ids) + 1).logits[0, :-1]
+        logprobs = torch.log_softmax(logits.float(), -1)
     return float(logprobs.gather(-1, torch.tensor(ids, device=device)[:, None]).sum())
 
 
@@ -100,8 +102,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     base_path = resolve_model(meta["base"], config.models_dir)
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
     tokenizer = load_tokenizer(base_path)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, placement.dtype),
-                                                device_map=placement.device)  # straight onto it
+    base = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs(placement))  # straight onto the device
     policy = PeftModel.from_pretrained(base, config.policy_adapter).to(placement.device).eval()
 
     log.event("running", step=0, total=4, message=f"answering {len(prompts)} prompts with the policy")

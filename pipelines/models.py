@@ -169,13 +169,11 @@ def load_tokenizer(source: str | Path):
 
 def load_causal_lm(name: str, models_dir: str | Path, placement: Placement):
     """Tokenizer and causal LM, in eval mode, on the chosen device and dtype."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(name, models_dir)
     tokenizer = load_tokenizer(source)
     # Straight onto the device: no full copy in CPU RAM first (16 GB for an 8B base in bf16).
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, placement.dtype),
-                                                 device_map=rank_device(placement.device))
+    model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs(placement))
     model.eval()
     return tokenizer, model

@@ -123,6 +123,22 @@ def leaderboard(store: Store) -> list[dict]:
     return sorted(board.values(), key=lambda r: (-r["rating"], r["model"]))
 
 
+def outcomes_between(store: Store, side_a: list[str], side_b: list[str]) -> list[float]:
+    """Every label given on a compared pair of a model of `side_a` against one of `side_b`, as the
+    outcome for side A: 1 a win, 0 a loss, 0.5 a tie or "both bad" (as the leaderboard counts
+    them); skips are not outcomes."""
+    if not side_a or not side_b:
+        return []
+    rows = store.query("""
+        SELECT CASE WHEN p.first_model IN (SELECT unnest($a)) THEN 'first' ELSE 'second' END AS a_side, l.verdict
+        FROM labels l JOIN pairs p ON p.id = l.pair_id
+        WHERE l.verdict <> 'skip'
+          AND ((p.first_model IN (SELECT unnest($a)) AND p.second_model IN (SELECT unnest($b)))
+            OR (p.first_model IN (SELECT unnest($b)) AND p.second_model IN (SELECT unnest($a))))
+        ORDER BY l.id""", {"a": side_a, "b": side_b})
+    return [1.0 if r["verdict"] == r["a_side"] else 0.5 if r["verdict"] in ("tie", "both-bad") else 0.0 for r in rows]
+
+
 def reward_win_rate(store: Store, dataset: str, reward_model: str) -> dict | None:
     """How often the first model's answer of a compared dataset gets the higher reward (a tie
     counts half); None when no pair of it has both sides scored by `reward_model`."""

@@ -242,9 +242,16 @@ def cmd_rewards(ws: Workspace, args) -> int:
 
 def cmd_evaluate(ws: Workspace, args) -> int:
     settings = given_settings(args, EvaluateConfig)
+
+    def people(runner, run_id, status):
+        line = jobs.people_verdict(runner.store, args.policy_run) if status == 0 else None
+        if line:
+            print(line)
+        return status
+
     return run_job(ws, args, lambda runner: jobs.start_evaluation(runner, args.policy_run, args.prompts, args.judge_run,
                                                                   limit=args.limit, **settings),
-                   f"policy of run {args.policy_run} against its base on '{args.prompts}'")
+                   f"policy of run {args.policy_run} against its base on '{args.prompts}'", after=people)
 
 
 def cmd_export_model(ws: Workspace, args) -> int:

@@ -16,7 +16,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
-from common.stats import wilson_interval
+from common.stats import wilson_interval, win_summary
 from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
@@ -29,6 +29,7 @@ from pipelines.runlog import ConfigError, config_from
 from pipelines.memory import MemoryPlan, base_config, free_gpu_gb, plan
 from pipelines.training import placement_of
 from store import Store
+from store.arena import outcomes_between
 from store.db import prompt_key
 from store.exports import ExportError, preference_records, unpaired_records
 from store.pairs import seeded_order
@@ -323,6 +324,33 @@ def rm_report(runner, run_id: int) -> list[str]:
         lines.append(f"agrees with {'the file' if annotator == 'source' else annotator} on {sum(hits) / len(hits):.0%} of "
                      f"{len(hits)} held-out pairs (95% interval {low:.0%}-{high:.0%})")
     return lines
+
+
+def people_verdict(store: Store, policy_run: int) -> str | None:
+    """The fourth judge: blind votes (Compare tab) between the GGUF files exported from the policy of
+    `policy_run` and its base (by its name, or a GGUF exported from the base alone), as one line
+    with the win rate and its interval; a hint when there are none; None when the run trained no
+    policy."""
+    policy = store.query("SELECT id, name, base FROM models WHERE run_id = ? AND purpose = 'policy' "
+                         "AND kind = 'adapter'", [policy_run])
+    if not policy:
+        return None
+    policy = policy[0]
+    exported = [r["name"] for r in store.query("SELECT name FROM models WHERE parent_id = ? AND kind = 'gguf' "
+                                                "ORDER BY id", [policy["id"]])]
+    base = [policy["base"]] + [r["name"] for r in store.query(
+        "SELECT name FROM models WHERE parent_id IS NULL AND kind = 'gguf' AND base = ?", [policy["base"]])]
+    if not exported:
+        return (f"people: no votes yet; export the policy `{policy['name']}` (Export tab), then compare it with "
+                f"`{policy['base']}` blind in the Compare tab")
+    outcomes = outcomes_between(store, exported, base)
+    if not outcomes:
+        return (f"people: no votes yet between {', '.join(f'`{n}`' for n in exported)} and `{policy['base']}`: "
+                "compare them blind in the Compare tab")
+    result = win_summary(outcomes)
+    return (f"people (blind votes in the Compare tab, {', '.join(exported)} against {', '.join(base)}): policy wins "
+            f"{result['win_rate']:.0%} of {result['n']} votes (95% interval {result['win_low']:.0%}-"
+            f"{result['win_high']:.0%}): {result['verdict']}")
 
 
 def check_independent(runner, judge_run: int, what: str, taught_by: int) -> None:

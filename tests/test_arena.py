@@ -126,3 +126,30 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
         for p in ids:
             cur.execute("INSERT OR REPLACE INTO rewards VALUES (?, 'rm', ?, NULL)", [p["first_id"], 1.0])
     assert reward_win_rate(store, "demo-default-vs-twin", "rm")["win_rate"] == 0.5  # identical answers: ties
+
+
+def test_people_are_the_fourth_judge_of_a_policy_through_blind_votes_on_its_gguf(store):
+    """A policy run's report gains a 'people' line from blind votes between its exported GGUF and
+    its base: the win rate with its interval, ties as half; before an export or a vote, what to do."""
+    from store.runs import record_adapter, record_export
+
+    with store.transaction() as cur:
+        record_adapter(cur, 7, "dpo-run7", "/runs/7/model", "default", "policy")
+    assert "export the policy `dpo-run7`" in jobs.people_verdict(store, 7)
+    assert jobs.people_verdict(store, 8) is None  # no policy from that run
+    with store.transaction() as cur:
+        record_export(cur, 9, "dpo-run7", "/runs/7/model", "default",
+                      {"merged": False, "files": [{"quant": "q8_0", "path": "/runs/9/dpo-run7-q8_0.gguf"}]})
+    assert "no votes yet between `dpo-run7-q8_0` and `default`" in jobs.people_verdict(store, 7)
+    votes = ["left"] * 9 + ["right"] * 2 + ["tie"] * 2 + ["both-bad"]  # the policy on the left
+    for i, vote in enumerate(votes):
+        record_vote(store, [{"role": "user", "content": f"question {i}"}], ("dpo-run7-q8_0", answer(f"good {i}")),
+                    ("default", answer(f"meh {i}")), vote, "ann")
+    # The base on the left and the policy losing; a vote between other models does not count.
+    record_vote(store, PROMPT, ("default", answer("fine")), ("dpo-run7-q8_0", answer("worse")), "left", "ann")
+    record_vote(store, PROMPT, ("default", answer("a")), ("other", answer("b")), "left", "ann")
+    line = jobs.people_verdict(store, 7)
+    outcomes = 9 + 0.5 * 3  # of 15 votes
+    low, high = wilson_interval(outcomes, 15)
+    assert f"policy wins {outcomes / 15:.0%} of 15 votes (95% interval {low:.0%}-{high:.0%})" in line
+    assert line.endswith("better" if low > 0.5 else "no clear difference")
