@@ -2,9 +2,10 @@
 
 The engine is llama.cpp when the model is a GGUF (the `default` model is one): on a CPU it
 generates several times faster than transformers. Any other model generates through
-transformers, with its chat template, `batch_size` prompts and all their samples in one batch.
-Runs are reproducible: with llama.cpp sample i of a prompt uses seed `seed + i`; with transformers
-each batch of prompts (fixed chunks of the input order) is seeded with `seed` + its first index.
+transformers, with its chat template. Either way `batch_size` prompts and all their samples are
+decoded together. Runs are reproducible: with llama.cpp sample i of a prompt uses seed `seed + i`
+whatever its batch; with transformers each batch of prompts (fixed chunks of the input order) is
+seeded with `seed` + its first index.
 
 Inputs (`inputs.parquet` in the run folder): prompt_id, prompt (JSON messages). Output
 (`responses.parquet`): prompt_id, sample, response (JSON messages), finish ("stop" when the model
@@ -22,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.chat import ChatModels, Sampling
+from pipelines.batched_sampling import BatchedSampler
 from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, end_ids, first_end, load_causal_lm
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -40,7 +41,7 @@ class GenerateConfig:
     top_p: float = setting(0.95, "nucleus sampling: keep the most likely tokens up to this probability")
     max_new_tokens: int = setting(256, "answer length limit in tokens")
     seed: int = setting(0, "sampling seed (sample i uses seed + i)")
-    batch_size: int = setting(8, "prompts sampled at once, each with its n samples (transformers engine)")
+    batch_size: int = setting(8, "prompts sampled at once, each with its n samples")
     engine: str = setting("auto", "auto: llama.cpp for a GGUF model (the default is one), else transformers",
                           choices=("auto", "llama.cpp", "transformers"))
     device: str = setting("auto", f"{DEVICE_HELP} (transformers engine)")
@@ -55,21 +56,23 @@ class GenerateConfig:
 
 
 class LlamaCppSampler:
+    """All samples of `batch_size` prompts decoded together in llama.cpp (pipelines.batched_sampling)."""
+
     def __init__(self, config: GenerateConfig):
         path = default_gguf_path() if config.model == DEFAULT_MODEL else Path(config.model)
         if config.model != DEFAULT_MODEL and path.suffix != ".gguf":
             raise ValueError(f"{config.model}: the llama.cpp engine needs a .gguf file")
-        self.config, self.path = config, path
-        self.models = ChatModels(max_loaded=1)
-        self.models.get(path)  # load now: a missing or broken file fails before the first prompt
+        self.config = config
+        # Loaded now: a missing or broken file fails before the first prompt.
+        self.sampler = BatchedSampler(path, max_sequences=config.batch_size * config.n,
+                                      max_tokens=config.max_new_tokens)
 
     def sample(self, prompts: list[list[dict]], seed: int) -> list[list[tuple[str, str]]]:
-        """n (text, finish) samples of each prompt, one after another (`seed` is not used: each
-        sample has its own seed)."""
+        """n (text, finish) samples of each prompt; sample i of every prompt is seeded with
+        config.seed + i (`seed`, the batch's, is not used), whatever the batch."""
         c = self.config
-        return [[self.models.answer(self.path, prompt, Sampling(c.temperature, c.top_p, c.max_new_tokens,
-                                                                c.seed + i))[:2] for i in range(c.n)]
-                for prompt in prompts]
+        return [[(a.text, a.finish) for a in answers]
+                for answers in self.sampler.answer_all(prompts, c.n, c.temperature, c.top_p, c.seed)]
 
 
 class TransformersSampler:
@@ -110,7 +113,7 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
         log.event("running", step=len(done), total=len(prompts),
                   message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
         # Fixed chunks of the input order: a resumed run seeds each chunk as the first run did.
-        chunk = config.batch_size if engine == "transformers" else 1
+        chunk = config.batch_size
         for start in range(0, len(prompts), chunk):
             rows = [row for row in prompts[start:start + chunk] if row["prompt_id"] not in done]
             if not rows:

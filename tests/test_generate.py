@@ -90,3 +90,38 @@ def test_batched_sampling_resumes_to_the_samples_of_a_straight_run(tmp_path, tin
     assert len(straight) == 15 and [(r["prompt_id"], r["sample"]) for r in straight][:4] == [
         ("p0", 0), ("p0", 1), ("p0", 2), ("p1", 0)]
     assert resumed == straight
+
+
+def test_llama_cpp_decodes_many_answers_at_once_each_seeded_on_its_own():
+    """The default GGUF answers several prompts' samples in one batch: a sample is the same whether
+    its prompt shared the batch or not (each has its own seed), the seed repeats it, and an answer
+    either ended (the model's end token, not in the text) or was cut at max_tokens."""
+    from pipelines.batched_sampling import BatchedSampler
+    from pipelines.models import default_gguf_path
+
+    prompts = [[{"role": "user", "content": f"Name a colour ({i})."}] for i in range(3)]
+    sampler = BatchedSampler(default_gguf_path(), max_sequences=6, max_tokens=12)
+    together = sampler.answer_all(prompts, 2, 0.8, 0.95, seed=3)
+    alone = sampler.answer_all(prompts[2:], 2, 0.8, 0.95, seed=3)
+    assert [len(g) for g in together] == [2, 2, 2]
+    assert [a.text for a in together[2]] == [a.text for a in alone[0]]
+    assert [a.text for a in sampler.answer_all(prompts[:1], 2, 0.8, 0.95, seed=4)[0]] != \
+        [a.text for a in together[0]]  # another seed, other samples
+    for answer in (a for g in together for a in g):
+        assert answer.finish in ("stop", "length") and answer.text
+        assert answer.finish == "stop" or len(answer.tokens) == 12
+        assert "<|im_end|>" not in answer.text
+    sampler.close()
+
+
+def test_top_p_draws_only_from_the_nucleus_and_temperature_zero_is_greedy():
+    import numpy as np
+
+    from pipelines.batched_sampling import draw
+
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05] + [1e-6] * 1000))
+    rng = np.random.default_rng(0)
+    drawn = {draw(logits, 1.0, 0.79, rng) for _ in range(300)}
+    assert drawn == {0, 1}  # 0.5 + 0.3 (less the tail's 0.1%) reaches 0.79: nothing else
+    assert {draw(logits, 1.0, 0.9, rng) for _ in range(300)} == {0, 1, 2}
+    assert draw(logits, 0.0, 0.9, rng) == 0
