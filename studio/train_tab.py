@@ -173,7 +173,7 @@ def run_summary(runner: Runner, run_id: int) -> str:
     text += "".join(f"\n\n**Evaluation (run {e['id']})**" + bullets(e["message"].splitlines()) for e in evaluations)
     people = jobs.people_verdict(store, run_id) if run["status"] == "succeeded" else None
     if people:
-        text += "\n\n**People**" + bullets([people])
+        text += "\n\n**People**" + bullets([people.removeprefix("people: ")])
     return text
 
 
