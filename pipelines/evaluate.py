@@ -6,9 +6,9 @@ reward gain with its standard error), plus the KL from the base and the change i
 
     python -m pipelines.evaluate --config runs/<id>/config.json
 
-Answers are sampled (temperature, seeded) so that the KL estimate is honest: it is the mean over
-the policy's answers of sum_t log pi(y_t) - log pi_base(y_t), the base being the same model with
-the adapter disabled.
+Answers are sampled (temperature, seeded). The KL from the base is the mean over the policy's
+answers of the KL between the policy's and the base's next-token distributions, summed over each
+answer's positions (`answer_kl`), the base being the same model with the adapter disabled.
 """
 
 from __future__ import annotations
@@ -75,16 +75,25 @@ def answer(model, tokenizer, prompts: list[list[dict]], device: str, max_new_tok
     return texts, token_ids
 
 
-def sequence_logprob(model, tokenizer, prompt: list[dict], ids: list[int], device: str) -> float:
+def answer_kl(model, tokenizer, prompt: list[dict], ids: list[int], device: str) -> float:
+    """KL from the base along one of the policy's answers: at every answer position, the KL between
+    the policy's and the base's whole next-token distributions (the base: `model`, a PeftModel, with
+    its adapter disabled), summed over the answer. Never negative, unlike log pi - log pi_base of the
+    sampled tokens, which estimates the KL only for answers sampled at temperature 1 (at 0.7 it
+    came out at -1.59 nats)."""
     import torch
 
     head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
     input_ids = torch.tensor([head + ids], device=device)
-    with torch.no_grad():
+    def answer_logprobs():
         # Logits of the answer's positions only (a long prompt's would be most of the memory).
-        logits = model(input_ids=input_ids, logits_to_keep=len(ids) + 1).logits[0, :-1]
-        logprobs = torch.log_softmax(logits.float(), -1)
-    return float(logprobs.gather(-1, torch.tensor(ids, device=device)[:, None]).sum())
+        return torch.log_softmax(model(input_ids=input_ids, logits_to_keep=len(ids) + 1).logits[0, :-1].float(), -1)
+
+    with torch.no_grad():
+        policy = answer_logprobs()
+        with model.disable_adapter():
+            base = answer_logprobs()
+    return float((policy.exp() * (policy - base)).sum())
 
 
 def run(config: EvaluateConfig, log: RunLog) -> None:
@@ -113,10 +122,8 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     torch.manual_seed(config.seed)
     with policy.disable_adapter():
         base_texts, base_ids = answer(policy, tokenizer, prompts, placement.device, **sampling)
-        base_logprobs = [sequence_logprob(policy, tokenizer, p, ids, placement.device)
-                         for p, ids in zip(prompts, policy_ids)]
     log.progress(2, 4, message="KL from the base")
-    policy_logprobs = [sequence_logprob(policy, tokenizer, p, ids, placement.device) for p, ids in zip(prompts, policy_ids)]
+    kls = [answer_kl(policy, tokenizer, p, ids, placement.device) for p, ids in zip(prompts, policy_ids)]
     ends = end_ids(policy, tokenizer)
     del policy, base
     n = len(prompts)
@@ -135,7 +142,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
                                                                     for p, t in zip(prompts, texts)], config.batch_size)
                              for texts in (policy_texts, base_texts))
         judged.append((role, name, by_reward(*scored[role])))
-    metrics = {"prompts": n, "kl": sum(a - b for a, b in zip(policy_logprobs, base_logprobs)) / n,
+    metrics = {"prompts": n, "kl": sum(kls) / n,
                "length_policy": sum(map(len, policy_ids)) / n, "length_base": sum(map(len, base_ids)) / n}
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]
     for role, _, verdict in judged:

@@ -98,7 +98,7 @@ class Watch:
 
     def check(self, model, step: int, device: str) -> dict:
         """Answer the watch prompts, compare with the base, record the metrics; returns them."""
-        from pipelines.evaluate import sequence_logprob
+        from pipelines.evaluate import answer_kl
 
         was_training = model.training
         model.eval()
@@ -109,13 +109,11 @@ class Watch:
                          "proxy": self.proxy_fn(self.prompts, texts),
                          "judge": self.judge_fn(self.prompts, texts) if self.judge_fn else None}
         texts, ids = self._answers(model, device)
-        policy_lp = [sequence_logprob(model, self.tokenizer, p, i, device) for p, i in zip(self.prompts, ids)]
-        with model.disable_adapter():
-            base_lp = [sequence_logprob(model, self.tokenizer, p, i, device) for p, i in zip(self.prompts, ids)]
+        kls = [answer_kl(model, self.tokenizer, p, i, device) for p, i in zip(self.prompts, ids)]
         if was_training:
             model.train()
         metrics = {"watch/proxy_win": by_reward(self.proxy_fn(self.prompts, texts), self.base["proxy"])["win_rate"],
-                   "watch/kl": sum(a - b for a, b in zip(policy_lp, base_lp)) / len(ids)}
+                   "watch/kl": sum(kls) / len(ids)}
         if self.judge_fn is not None:
             metrics["watch/judge_win"] = by_reward(self.judge_fn(self.prompts, texts), self.base["judge"])["win_rate"]
         elif self.rule:

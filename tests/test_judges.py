@@ -67,3 +67,31 @@ def test_the_rule_judge_applies_the_heuristic_to_each_prompt():
     result = by_rule("heuristic", [ended] * 30 + [cut] * 2, [cut] * 30 + [ended] * 2)
     assert result["win_rate"] == 30 / 32 and result["verdict"] == "better" and result["win_low"] > 0.5
     assert "gain" not in result
+
+
+def test_kl_from_the_base_is_zero_for_an_untrained_adapter_and_never_negative(tiny_model):
+    """The KL reported beside the judges: 0 while the adapter changes nothing, positive once it
+    does, and the exact KL of the two next-token distributions along the answer (a sampled-token
+    estimate came out at -1.59 nats for answers sampled at temperature 0.7)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipelines.evaluate import answer_kl
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
+    prompt, ids = [{"role": "user", "content": "Hello there"}], [5, 17, 33, 2]
+    assert answer_kl(model, tokenizer, prompt, ids, "cpu") == pytest.approx(0.0, abs=1e-6)
+    torch.manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.5)
+    kl = answer_kl(model, tokenizer, prompt, ids, "cpu")
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
+    with torch.no_grad():
+        p = torch.log_softmax(model(input_ids=torch.tensor([head + ids])).logits[0, len(head) - 1:-1], -1)
+        b = torch.log_softmax(base(input_ids=torch.tensor([head + ids])).logits[0, len(head) - 1:-1], -1)
+    assert kl > 0 and kl == pytest.approx(float((p.exp() * (p - b)).sum()), rel=1e-4)
