@@ -4,10 +4,11 @@ Sampling answers one after another leaves a CPU (or a GPU) mostly waiting on one
 work per step. Here all the samples of several prompts decode together: each prompt is evaluated
 once, its cache copied to its other N - 1 sequences, then every step decodes one token of every
 unfinished sequence in one `llama_decode` call. Each sequence has its own cache stream (a unified
-cache would make every token attend over every sequence's cells: 64 sequences ran 2x slower). Tokens are drawn in numpy with the same settings as
-llama.cpp's chat sampler (temperature, then top-p), each sample from its own generator seeded with
-`seed + i` (sample i of every prompt), so a sample does not depend on which other prompts shared
-its batch: a run is reproducible and a resumed run draws what a straight one would.
+cache would make every token attend over every sequence's cells: 64 sequences ran 2x slower).
+Tokens are drawn in numpy with the same settings as llama.cpp's chat sampler (temperature, then
+top-p), each sample from its own generator seeded with `seed + i` (sample i of every prompt), so a
+sample does not depend on which other prompts shared its batch: a run is reproducible and a
+resumed run draws what a straight one would.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def draw(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Ge
     p = np.exp(z - z.max())
     p /= p.sum()
     if top_p >= 1.0:
-        return int(min(np.searchsorted(np.cumsum(p), rng.random() * 1.0, side="right"), len(p) - 1))
+        return int(min(np.searchsorted(np.cumsum(p), rng.random(), side="right"), len(p) - 1))
     k = min(NUCLEUS_CANDIDATES, len(p))
     candidates = np.argpartition(-p, k - 1)[:k]
     order = candidates[np.argsort(-p[candidates], kind="stable")]

@@ -85,9 +85,11 @@ def answer_kl(model, tokenizer, prompt: list[dict], ids: list[int], device: str)
 
     head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
     input_ids = torch.tensor([head + ids], device=device)
+
     def answer_logprobs():
         # Logits of the answer's positions only (a long prompt's would be most of the memory).
-        return torch.log_softmax(model(input_ids=input_ids, logits_to_keep=len(ids) + 1).logits[0, :-1].float(), -1)
+        logits = model(input_ids=input_ids, logits_to_keep=len(ids) + 1).logits[0, :-1]
+        return torch.log_softmax(logits.float(), -1)
 
     with torch.no_grad():
         policy = answer_logprobs()

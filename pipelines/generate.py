@@ -113,15 +113,15 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
         log.event("running", step=len(done), total=len(prompts),
                   message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
         # Fixed chunks of the input order: a resumed run seeds each chunk as the first run did.
-        chunk = config.batch_size
-        for start in range(0, len(prompts), chunk):
-            rows = [row for row in prompts[start:start + chunk] if row["prompt_id"] not in done]
+        for start in range(0, len(prompts), config.batch_size):
+            rows = [row for row in prompts[start:start + config.batch_size] if row["prompt_id"] not in done]
             if not rows:
                 continue
             if log.cancel_requested:
                 log.event("cancelled", step=len(done), total=len(prompts), message="cancelled; resume continues from here")
                 return
-            for row, samples in zip(rows, sampler.sample([json.loads(r["prompt"]) for r in rows], config.seed + start)):
+            answers = sampler.sample([json.loads(r["prompt"]) for r in rows], config.seed + start)
+            for row, samples in zip(rows, answers):
                 partial.add({"prompt_id": row["prompt_id"],
                              "samples": [{"text": text, "finish": finish} for text, finish in samples]})
             log.progress(len(done), len(prompts))

@@ -156,6 +156,19 @@ def load_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
     return kwargs
 
 
+def right_padded(rows: list[list[int]], pad_id: int):
+    """Token id rows as one right-padded tensor, and its attention mask."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
 def load_tokenizer(source: str | Path):
     """A model's tokenizer, with its end-of-sequence token as padding where it has none (most
     chat models): batches need a pad id, and the attention mask hides it."""

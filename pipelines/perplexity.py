@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.models import choose_placement, load_causal_lm
+from pipelines.models import choose_placement, load_causal_lm, right_padded
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
@@ -69,19 +69,6 @@ def tokenize(tokenizer, prompt: list[dict], response: list[dict]) -> tuple[list[
             tokenizer(tail, add_special_tokens=False).input_ids)
 
 
-def _padded(rows: list[list[int]], pad_id: int):
-    """Right-padded ids and their attention mask."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return ids, mask
-
-
 def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -> list[tuple[float, int]]:
     """(summed NLL, token count) of each response given its prompt, for one batch.
 
@@ -102,10 +89,10 @@ def response_nll(model, batch: list[tuple[list[int], list[int]]], pad_id: int) -
     two_pass = all(heads)
     kept = [len(p) - 1 for p, _ in batch] if two_pass else [0] * len(batch)
     tails = [(p + r)[k:] for (p, r), k in zip(batch, kept)]
-    tail_ids, tail_mask = _padded(tails, pad_id)
+    tail_ids, tail_mask = right_padded(tails, pad_id)
     with torch.inference_mode():
         if two_pass:
-            head_ids, head_mask = _padded(heads, pad_id)
+            head_ids, head_mask = right_padded(heads, pad_id)
             cache = model(input_ids=head_ids.to(device), attention_mask=head_mask.to(device), use_cache=True,
                           logits_to_keep=1).cache
             rows = torch.tensor(row_of, device=device)

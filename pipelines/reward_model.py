@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.models import Placement, load_kwargs, load_tokenizer, rank_device
+from pipelines.models import Placement, load_kwargs, load_tokenizer, rank_device, right_padded
 
 STUDIO_META = "studio_model.json"  # beside an adapter: what kind of model it is and its base
 
@@ -62,12 +62,7 @@ def score(tokenizer, model, conversations: list[list[dict]], batch_size: int = 8
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            width = max(len(ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-                mask[row, :len(ids[i])] = 1
+            input_ids, mask = right_padded([ids[i] for i in chunk], tokenizer.pad_token_id)
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
             for row, i in enumerate(chunk):
                 rewards[i] = float(logits[row])

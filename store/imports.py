@@ -416,6 +416,7 @@ class _Batch:
         """Commit this chunk's new rows and stage its ids under `import_id` (one transaction)."""
         if not self:
             return
+        store.set_memory_limit(import_memory_limit(store))  # the indexes grow with every chunk
         tables = {
             "prompts": {"id": list(self.prompts), "messages": list(self.prompts.values())},
             "responses": {"id": list(self.responses),
@@ -553,7 +554,6 @@ def _read_and_write(store: Store, path: Path, import_id: str, report: ImportRepo
                 continue  # this import will be undone: only collect the remaining errors
             batch.add(item)
             if len(batch) >= BATCH_ROWS:
-                store.set_memory_limit(import_memory_limit(store))
                 batch.write(store, import_id, report)
     except BadRecord as e:  # the file as a whole cannot be read
         report.errors.append(RowError(str(path), 0, str(e)))
