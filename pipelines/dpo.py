@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
-from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
-                                pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
+from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs,
+                                pair_data, pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm")
 
@@ -53,6 +53,7 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
                          eval_dataset=pair_dataset(held_out) if held_out else None,
                          processing_class=tokenizer, callbacks=[callback],
                          peft_config=lora_config(config, "CAUSAL_LM"))
+    add_lengths(trainer)
     log.event("running", message=f"training on {len(train)} pairs" + (f", evaluating on {len(held_out)}" if held_out else ""))
     final = train_and_save(trainer, callback, config, log, "policy", "dpo", held_out, "eval_rewards/margins")
     if final is None:

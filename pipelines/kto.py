@@ -29,6 +29,8 @@ class KTOTrainConfig(PairTrainSettings):
     desirable_weight: float = setting(1.0, "weight of the desirable answers' loss (raise it when they are fewer)",
                                       label="Desirable weight")
     undesirable_weight: float = setting(1.0, "weight of the undesirable answers' loss", label="Undesirable weight")
+    group_by_length: bool = setting(False, "KTO estimates its KL term against each answer's neighbours in a "
+                                    "fixed-order batch, so its order is not regrouped", internal=True)
 
     def __post_init__(self):
         if self.beta <= 0:

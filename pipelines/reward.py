@@ -23,8 +23,8 @@ from common.stats import wilson_interval
 from pipelines.reward_model import score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import redefault, setting
-from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, pair_data,
-                                pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
+from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs,
+                                pair_data, pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
 
 
 @dataclass
@@ -142,25 +142,33 @@ def score_held_out(model, tokenizer, held_out: list[dict], config: "RewardTrainC
     return rows
 
 
-def run(config: RewardTrainConfig, log: RunLog) -> None:
+def make_trainer(config: RewardTrainConfig, run_dir, train: list[dict], held_out: list[dict], callbacks=()):
+    """TRL's RewardTrainer for these pairs, LoRA with its score head, and the tokenizer; it evaluates
+    during the run on the first `eval_during` held-out pairs."""
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    run_dir = log.path.parent
     placement = placement_of(config)
-    train, held_out = pair_data(config, run_dir)
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1,
                                                                **model_kwargs(config, placement))
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
                         max_length=config.max_length)
-    callback = progress_callback(log)
     during = held_out[:config.eval_during] if config.eval_during > 0 else held_out
     trainer = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(train),
                             eval_dataset=pair_dataset(during) if held_out else None,
-                            processing_class=tokenizer, callbacks=[callback],
+                            processing_class=tokenizer, callbacks=list(callbacks),
                             peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]))
+    add_lengths(trainer)
+    return trainer, tokenizer
+
+
+def run(config: RewardTrainConfig, log: RunLog) -> None:
+    run_dir = log.path.parent
+    train, held_out = pair_data(config, run_dir)
+    callback = progress_callback(log)
+    trainer, tokenizer = make_trainer(config, run_dir, train, held_out, [callback])
     dropped = len(train) - len(trainer.train_dataset)
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
               + (f" ({dropped} longer than {config.max_length} tokens left out)" if dropped else "")

@@ -63,6 +63,9 @@ class PairTrainSettings(TrainSettings):
                                       internal=True)
     eval_share: float = setting(0.1, "share of the pairs held out for evaluation when no eval dataset is given",
                                 label="Held-out share")
+    group_by_length: bool = setting(True, "batch examples of similar length together, so that little of a step is "
+                                    "padding (the order is still shuffled, by the seed)", label="Group by length",
+                                    advanced=True)
 
 
 def read_pairs(path: str | Path) -> list[dict]:
@@ -156,7 +159,32 @@ def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Pa
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        **grouping_arguments(settings),
     )
+
+
+def grouping_arguments(settings: TrainSettings) -> dict:
+    """Length-grouped batches (transformers' LengthGroupedSampler: seeded shuffles of similar-length
+    groups) for the pair trainers. The sampler reads a `length` column (`add_lengths`); TRL's collators
+    pick their own keys, so unused columns are kept for it instead of being dropped."""
+    if not getattr(settings, "group_by_length", False):
+        return {}
+    return {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False}
+
+
+def add_lengths(trainer) -> None:
+    """Give a TRL trainer's tokenized datasets the `length` column that length grouping sorts by: the
+    tokens of the longest sequence an example becomes (prompt + its longest answer)."""
+    def length(example):
+        prompt = len(example.get("prompt_ids") or [])
+        answers = [len(v) for k, v in example.items() if k.endswith("_ids") and k != "prompt_ids" and v is not None]
+        return {"length": prompt + max(answers, default=0)}
+
+    if not trainer.args.train_sampling_strategy == "group_by_length":
+        return
+    trainer.train_dataset = trainer.train_dataset.map(length)
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset = trainer.eval_dataset.map(length)
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
