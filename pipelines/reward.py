@@ -24,7 +24,8 @@ from pipelines.reward_model import score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import redefault, setting
 from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs,
-                                pair_data, pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
+                                pair_data, pair_dataset, placement_of, progress_callback, train_and_save,
+                                trainer_arguments)
 
 
 @dataclass
@@ -36,6 +37,16 @@ class RewardTrainConfig(PairTrainSettings):
     eval_during: int = setting(200, "held-out pairs evaluated during training (a fixed subset; every held-out "
                                "pair is scored once at the end)", label="Pairs evaluated during training",
                                advanced=True)
+    center_rewards: float = setting(0.0, "TRL's center_rewards_coefficient: a penalty on the square of each "
+                                    "pair's summed rewards, so that rewards stay centred on 0 (0: off)",
+                                    label="Centre rewards", advanced=True)
+    skip_near_identical: bool = setting(False, "leave out of training the pairs whose two answers are near-identical "
+                                        "(at least 90% alike; the run's message counts them)",
+                                        label="Skip near-identical pairs", advanced=True)
+
+    def __post_init__(self):
+        if self.center_rewards < 0:
+            raise ValueError(f"center_rewards must be 0 (off) or positive, not {self.center_rewards}")
 
 REPORT_CARD = "report_card.json"
 HELD_OUT_SCORES = "held_out_scores.parquet"
@@ -154,7 +165,7 @@ def make_trainer(config: RewardTrainConfig, run_dir, train: list[dict], held_out
                                                                **model_kwargs(config, placement))
     model.config.pad_token_id = tokenizer.pad_token_id
     args = RewardConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
-                        max_length=config.max_length)
+                        max_length=config.max_length, center_rewards_coefficient=config.center_rewards or None)
     during = held_out[:config.eval_during] if config.eval_during > 0 else held_out
     trainer = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(train),
                             eval_dataset=pair_dataset(during) if held_out else None,
@@ -167,11 +178,18 @@ def make_trainer(config: RewardTrainConfig, run_dir, train: list[dict], held_out
 def run(config: RewardTrainConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     train, held_out = pair_data(config, run_dir)
+    alike = 0
+    if config.skip_near_identical:
+        kept = [r for r in train if answer_similarity(r["chosen"], r["rejected"]) < NEAR_IDENTICAL]
+        train, alike = kept, len(train) - len(kept)
+        if not train:
+            raise ValueError("every pair's two answers are near-identical: nothing left to train on")
     callback = progress_callback(log)
     trainer, tokenizer = make_trainer(config, run_dir, train, held_out, [callback])
     dropped = len(train) - len(trainer.train_dataset)
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
               + (f" ({dropped} longer than {config.max_length} tokens left out)" if dropped else "")
+              + (f" ({alike} with near-identical answers left out)" if alike else "")
               + (f", evaluating on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs during the run"
                  if held_out else ""))
     # No separate final evaluation of the subset: every held-out pair is scored below.

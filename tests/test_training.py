@@ -336,3 +336,29 @@ def test_length_grouped_batches_carry_less_padding_and_keep_every_pair(tmp_path,
     assert [m.tolist() for m in grouped] == [m.tolist() for m in masks(True)]
     assert [m.tolist() for m in grouped] != [m.tolist() for m in masks(True, seed=1)]
     assert padding_share(grouped) < 0.65 * padding_share(shuffled)
+
+
+def test_a_reward_model_can_leave_out_pairs_whose_answers_are_near_identical(tmp_path, workspace, store, tiny_model):
+    """Asked to, training skips the pairs whose two answers differ only trivially and says how many;
+    by default every pair is trained on."""
+    rows = []
+    for i in range(12):
+        answer = f"Here is a careful answer number {i} about the question you asked."
+        other = answer.upper() + "!" if i < 4 else f"No. I will not talk about {i}."
+        rows.append({"chosen": f"\n\nHuman: question {i}?\n\nAssistant: {answer}",
+                     "rejected": f"\n\nHuman: question {i}?\n\nAssistant: {other}"})
+    path = tmp_path / "alike.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import_file(store, path, "alike")
+    runner = Runner(store, workspace)
+    messages = {}
+    for skip in (True, False):
+        run_id = jobs.start_training(runner, "rm", "alike", base=str(tiny_model), max_steps=2, eval_share=0.0,
+                                     skip_near_identical=skip, center_rewards=0.01, **SMALL)
+        assert runner.wait(run_id)["status"] == "succeeded"
+        messages[skip] = (workspace.runs_dir / str(run_id) / "events.jsonl").read_text()
+    assert "training on 8 pairs (4 with near-identical answers left out)" in messages[True]
+    assert "training on 12 pairs" in messages[False] and "near-identical" not in messages[False]
+    with pytest.raises(ValueError, match="center_rewards"):
+        from pipelines.reward import RewardTrainConfig
+        RewardTrainConfig(center_rewards=-1)

@@ -1,0 +1,138 @@
+"""The reward-model recipe on the default model: held-out accuracy (95% interval) and minutes for
+each setting, trained through the studio's own commands so that every cell is a recorded run.
+
+    python benchmarks/rm_recipe.py [--workspace DIR] [--cells "defaults" "lr 2e-4" ...] [--seeds 0 1]
+    python benchmarks/rm_recipe.py --workspace DIR --table      # the table of what has run so far
+
+The workspace (made on first use) holds the 1,000 HH-RLHF pairs of ../shared/data split by prompt
+with seed 0: 60% to train on ('hh-train'), 40% held out ('hh-heldout', no prompt in both). Each
+cell is `alignstudio train rm` with the defaults changed as the cell says, checkpoints every 1,000
+steps (so no evaluation during the run: its minutes are training and the final scoring of every
+held-out pair). Results are appended to <workspace>/rm_recipe.jsonl as each run ends, so a long
+session can stop and go on; a cell already there is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from studio.cli import main as cli  # noqa: E402
+from studio.workspace import Workspace  # noqa: E402
+
+HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
+TRAIN, HELD_OUT = "hh-train", "hh-heldout"
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+# Each cell: the settings it changes from `alignstudio train rm`'s defaults.
+CELLS = {
+    "defaults": {},
+    "shuffled batches": {"group_by_length": False},
+    "lr 5e-5": {"learning_rate": 5e-5},
+    "lr 2e-4": {"learning_rate": 2e-4},
+    "2 epochs": {"epochs": 2},
+    "3 epochs": {"epochs": 3},
+    "LoRA r 8": {"lora_r": 8, "lora_alpha": 16},
+    "LoRA r 32": {"lora_r": 32, "lora_alpha": 64},
+    "attention only": {"lora_targets": ATTENTION},
+    "max 1024 tokens": {"max_length": 1024},
+    "centre rewards 0.01": {"center_rewards": 0.01},
+    "skip near-identical": {"skip_near_identical": True},
+}
+
+
+def flags(settings: dict) -> list[str]:
+    argv = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + name.replace("_", "-"))
+        else:
+            argv += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    return argv
+
+
+def prepare(workspace: Path) -> None:
+    ws = ["--workspace", str(workspace)]
+    with Workspace.at(workspace).open_store() as store:
+        ready = store.dataset_id(TRAIN) is not None
+    if not ready:
+        for argv in (["import", str(HH), "--dataset", "hh"],
+                     ["split", "--dataset", "hh", "--into", TRAIN, HELD_OUT, "--share", "0.6", "--seed", "0"]):
+            if cli(argv + ws):
+                raise SystemExit(f"alignstudio {argv[0]} failed")
+
+
+def result(workspace: Path, run_id: int, cell: str, seed: int) -> dict:
+    with Workspace.at(workspace).open_store() as store:
+        run = store.query("SELECT status, message, epoch(finished_at - started_at) AS seconds FROM runs WHERE id = ?",
+                          [run_id])[0]
+        metrics = {r["name"]: r["value"] for r in store.query(
+            "SELECT name, arg_max(value, step) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [run_id])}
+    if run["status"] != "succeeded":
+        raise SystemExit(f"run {run_id} ({cell}) {run['status']}: {run['message']}")
+    return {"cell": cell, "seed": seed, "run": run_id, "minutes": run["seconds"] / 60,
+            "train_minutes": metrics.get("train_runtime", float("nan")) / 60,
+            "accuracy": metrics["heldout_accuracy"], "low": metrics["heldout_accuracy_low"],
+            "high": metrics["heldout_accuracy_high"], "pairs": int(metrics["heldout_pairs"]),
+            "accuracy_distinct": metrics.get("card/accuracy_distinct"),
+            "distinct_pairs": metrics.get("card/distinct_pairs")}
+
+
+def last_run(workspace: Path) -> int:
+    with Workspace.at(workspace).open_store() as store:
+        return store.scalar("SELECT max(id) FROM runs")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| setting | seed | held-out accuracy (95% interval) | pairs | on distinct pairs | minutes (training) "
+             "| run |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        distinct = ("-" if r["accuracy_distinct"] is None
+                    else f"{r['accuracy_distinct']:.3f} ({r['distinct_pairs']:.0f})")
+        lines.append(f"| {r['cell']} | {r['seed']} | {r['accuracy']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
+                     f"{r['pairs']} | {distinct} | {r['minutes']:.0f} ({r['train_minutes']:.0f}) | {r['run']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default=str(ROOT / "benchmarks" / "rm-recipe-workspace"))
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--table", action="store_true", help="print the table of the runs so far and stop")
+    parser.add_argument("--adopt", nargs=2, metavar=("RUN", "CELL"),
+                        help="record an earlier run of this workspace as a cell (seed 0)")
+    args = parser.parse_args()
+    workspace = Path(args.workspace)
+    results = workspace / "rm_recipe.jsonl"
+    done = [json.loads(line) for line in results.read_text().splitlines()] if results.is_file() else []
+    if args.adopt:
+        row = result(workspace, int(args.adopt[0]), args.adopt[1], 0)
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.append(row)
+    if not args.table and not args.adopt:
+        prepare(workspace)
+        for cell in args.cells:
+            for seed in args.seeds:
+                if any(r["cell"] == cell and r["seed"] == seed for r in done):
+                    continue
+                print(f"== {cell}, seed {seed}", flush=True)
+                cli(["train", "rm", "--workspace", str(workspace), "--dataset", TRAIN, "--eval-dataset", HELD_OUT,
+                     "--save-every", "1000", "--seed", str(seed), *flags(CELLS[cell])])  # a failure: result() says
+                row = result(workspace, last_run(workspace), cell, seed)
+                with open(results, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done.append(row)
+    print(table(done))
+
+
+if __name__ == "__main__":
+    main()
