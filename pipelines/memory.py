@@ -14,7 +14,9 @@ included. The rest is arithmetic, each part stated so that a user can see what t
   layer's input (2 x hidden) with gradient checkpointing, plus one layer recomputed at a time;
 - logits: every token's scores over the vocabulary in 16 bits, their float32 copy for the loss and
   its gradient (10 bytes per token and vocabulary entry): at 128k vocabularies, often the largest
-  single tensor;
+  single tensor. A reward model has none (its head scores each sequence with one number, and its
+  base's output layer is not loaded); DPO's log-probabilities are computed by TRL's fused head a
+  chunk of tokens at a time (`DPO_LOGIT_CHUNK`, set by pipelines/dpo.py), so only a chunk's;
 - the method's extra models: the reward model (GRPO, RLOO, PPO) loaded like the policy; pair
   methods (reward model, DPO) run both sides of a pair, so twice the sequences;
 - 0.8 GB for the CUDA context and the allocator's reserve.
@@ -32,6 +34,7 @@ FOUR_BIT_BYTES = 0.56
 ACTIVATION_FACTOR = 34      # bytes per token per hidden unit per layer, at 16 bits
 LOGIT_BYTES = 10            # 16-bit logits + float32 copy + its gradient
 CUDA_OVERHEAD_GB = 0.8
+DPO_LOGIT_CHUNK = 2048      # tokens whose vocabulary scores DPO's loss holds at once
 PAIR_METHODS = {"rm", "dpo"}          # both sides of a pair in every batch
 REWARD_MODEL_METHODS = {"ppo", "grpo", "rloo"}
 
@@ -102,10 +105,13 @@ def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = F
                 ("all-linear" in lora_targets or n.split(".")[-1] in lora_targets)]
     linear_parameters = sum(i * o for n, i, o in linears if n != output_layer)
     weight_bytes = DTYPE_BYTES.get(dtype, 2)
+    loaded = parameters
+    if method == "rm" and output_layer and not getattr(config, "tie_word_embeddings", False):
+        loaded -= next(i * o for n, i, o in linears if n == output_layer)  # a score head replaces it
     if load_in_4bit:
-        weights = linear_parameters * FOUR_BIT_BYTES + (parameters - linear_parameters) * 2
+        weights = linear_parameters * FOUR_BIT_BYTES + (loaded - linear_parameters) * 2
     else:
-        weights = parameters * weight_bytes
+        weights = loaded * weight_bytes
     adapters = sum(lora_r * (i + o) for _, i, o in targeted) * 16
     sequences = batch_size * (2 if method in PAIR_METHODS else 1)
     tokens = sequences * max_length
@@ -115,7 +121,8 @@ def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = F
         activations = tokens * hidden * (2 * layers + ACTIVATION_FACTOR) * activation_bytes
     else:
         activations = tokens * hidden * ACTIVATION_FACTOR * layers * activation_bytes
-    logits = tokens * config.vocab_size * LOGIT_BYTES
+    scored = 0 if method == "rm" else min(tokens, DPO_LOGIT_CHUNK) if method == "dpo" else tokens
+    logits = scored * config.vocab_size * LOGIT_BYTES
     extra = weights if method in REWARD_MODEL_METHODS else 0.0  # a reward model of the same base
     return MemoryPlan(parameters, weights / GB, adapters / GB, activations / GB, logits / GB, extra / GB)
 

@@ -146,6 +146,10 @@ class Runner:
         folder = Path(run["folder"])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        # glibc raises its mmap threshold as large blocks are freed, after which tensors come from a
+        # heap that fragments and is never given back: DPO on the default model peaked at 5.4 GB of
+        # which 1.7 GB was in use. A fixed threshold returns every large tensor's memory when freed.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
         module_and_config = ["-m", JOBS[run["kind"]].module, "--config", str(folder / "config.json")]
         processes = int(json.loads(run["config"]).get("num_processes") or 1)
         if processes > 1:  # data-parallel through Accelerate's launcher: one rank per GPU
