@@ -44,7 +44,7 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
     from trl import DPOConfig, DPOTrainer
 
     # TRL's fused head scores up to 32,768 tokens at once: at batch 4 x 512 that is every token of
-    # the batch, several float32 copies of (tokens x vocabulary), 5 GB of a 7.9 GB peak on the
+    # the batch, several float32 copies of (tokens x vocabulary), 2.5 GB of a 7.9 GB peak on the
     # default model. The same log-probabilities a smaller chunk at a time (TRL has no setting for it).
     trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE = DPO_LOGIT_CHUNK
     run_dir = log.path.parent

@@ -180,7 +180,7 @@ def add_lengths(trainer) -> None:
         answers = [len(v) for k, v in example.items() if k.endswith("_ids") and k != "prompt_ids" and v is not None]
         return {"length": prompt + max(answers, default=0)}
 
-    if not trainer.args.train_sampling_strategy == "group_by_length":
+    if trainer.args.train_sampling_strategy != "group_by_length":
         return
     trainer.train_dataset = trainer.train_dataset.map(length)
     if trainer.eval_dataset is not None:
