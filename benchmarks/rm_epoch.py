@@ -56,6 +56,7 @@ def epoch(records: list[dict], grouped: bool, base: str, models_dir: str, sample
     model = trainer.model
     model.train()
     trainer.create_optimizer_and_scheduler(num_training_steps=len(batches))
+    trainer.current_gradient_accumulation_steps = 1  # set by train(), which is not called here
     trainer.training_step(model, batches[picked[0]])  # warm-up, not timed
     model_config = AutoConfig.from_pretrained(resolve_model(base, models_dir))
     seconds, flops = [], 0.0
