@@ -24,17 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
-
-
-def hh_pairs(folder: Path, count: int) -> list[dict]:
-    from store import Store, import_file
-    from store.exports import preference_records
-
-    with Store(folder / "bench.duckdb") as store:
-        import_file(store, HH, "hh")
-        records, _ = preference_records(store, "hh")
-    return records[:count]
+from benchmarks.peak import models_dir  # noqa: E402
+from benchmarks.train import hh_records  # noqa: E402
 
 
 def epoch(records: list[dict], grouped: bool, base: str, models_dir: str, sample: int, folder: Path) -> dict:
@@ -79,13 +70,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="default")
-    parser.add_argument("--models-dir", default=str(Path.home() / ".cache" / "alignment-studio" / "test-models"))
+    parser.add_argument("--models-dir", default=models_dir())
     parser.add_argument("--pairs", type=int, default=600)
     parser.add_argument("--sample", type=int, default=10)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        records = hh_pairs(Path(tmp), args.pairs)
+        records = hh_records(Path(tmp), args.pairs)
         results = {way: epoch(records, way == "grouped", args.base, args.models_dir, args.sample, Path(tmp))
                    for way in ("shuffled", "grouped")}
     peak = peak_gflops()

@@ -28,22 +28,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak import models_dir  # noqa: E402
+
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def write_inputs(folder: Path, pairs: int) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def hh_records(folder: Path, count: int) -> list[dict]:
+    """The first `count` HH pairs as the pipelines read them (message lists), imported into a store in `folder`."""
     from store import Store, import_file
     from store.exports import preference_records
 
     with Store(folder / "bench.duckdb") as store:
         import_file(store, HH, "hh")
         records, _ = preference_records(store, "hh")
+    return records[:count]
+
+
+def write_inputs(folder: Path, pairs: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rows = [{"prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]), "rejected": json.dumps(r["rejected"])}
-            for r in records[:pairs]]
+            for r in hh_records(folder, pairs)]
     pq.write_table(pa.Table.from_pylist(rows), folder / "inputs.parquet")
 
 
@@ -93,7 +100,7 @@ def plain(folder: Path, base: str, models_dir: str, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="default")
-    parser.add_argument("--models-dir", default=str(Path.home() / ".cache" / "alignment-studio" / "test-models"))
+    parser.add_argument("--models-dir", default=models_dir())
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--memory", action="store_true",

@@ -44,10 +44,6 @@ class RewardTrainConfig(PairTrainSettings):
                                         "(at least 90% alike; the run's message counts them)",
                                         label="Skip near-identical pairs", advanced=True)
 
-    def __post_init__(self):
-        if self.center_rewards < 0:
-            raise ValueError(f"center_rewards must be 0 (off) or positive, not {self.center_rewards}")
-
 REPORT_CARD = "report_card.json"
 HELD_OUT_SCORES = "held_out_scores.parquet"
 CALIBRATION_BINS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -187,9 +183,10 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     callback = progress_callback(log)
     trainer, tokenizer = make_trainer(config, run_dir, train, held_out, [callback])
     dropped = len(train) - len(trainer.train_dataset)
+    left_out = [f"{dropped} longer than {config.max_length} tokens"] if dropped else []
+    left_out += [f"{alike} with near-identical answers"] if alike else []
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
-              + (f" ({dropped} longer than {config.max_length} tokens left out)" if dropped else "")
-              + (f" ({alike} with near-identical answers left out)" if alike else "")
+              + (f" ({' and '.join(left_out)} left out)" if left_out else "")
               + (f", evaluating on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs during the run"
                  if held_out else ""))
     # No separate final evaluation of the subset: every held-out pair is scored below.

@@ -300,7 +300,6 @@ def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file,
     assert any(not torch.equal(final[k], after_two[k]) for k in final)  # the third step moved it
 
 
-
 def test_length_grouped_batches_carry_less_padding_and_keep_every_pair(tmp_path, pairs_file, tiny_model):
     """Reward-model batches of similar-length pairs (the default): much less of each batch is padding
     than in a shuffled order, every pair is still seen once an epoch, and the order follows the seed."""
@@ -359,6 +358,7 @@ def test_a_reward_model_can_leave_out_pairs_whose_answers_are_near_identical(tmp
         messages[skip] = (workspace.runs_dir / str(run_id) / "events.jsonl").read_text()
     assert "training on 8 pairs (4 with near-identical answers left out)" in messages[True]
     assert "training on 12 pairs" in messages[False] and "near-identical" not in messages[False]
-    with pytest.raises(ValueError, match="center_rewards"):
+    with pytest.raises(ValueError, match="center_rewards"):  # the check every config's numbers get
         from pipelines.reward import RewardTrainConfig
-        RewardTrainConfig(center_rewards=-1)
+        from pipelines.runlog import config_from
+        config_from(RewardTrainConfig, {"center_rewards": -1})
