@@ -187,10 +187,18 @@ def create_dataset(cur, name: str, recipe: dict, internal: bool = False) -> int:
                      [name, json.dumps(recipe)])[0]
 
 
+def canonical_json(value: object) -> str:
+    """The JSON text content hashes are taken over: sorted keys, no spaces, text as it is."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
 def content_hash(*parts: object) -> str:
     """Stable id for content: sha256 over canonical JSON, 32 hex characters."""
-    canonical = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+    return _digest(canonical_json(parts))
 
 
 def prompt_key(messages: list[dict]) -> str:
@@ -199,6 +207,17 @@ def prompt_key(messages: list[dict]) -> str:
 
 def response_key(prompt_id: str, messages: list[dict]) -> str:
     return content_hash("response", prompt_id, messages)
+
+
+# The same keys from messages already in canonical JSON (what a bulk import stores), so that a
+# conversation is encoded once, not once for its key and again for the store. Equal to
+# prompt_key / response_key: a JSON array's text is its items' texts joined by commas.
+def prompt_key_of_json(canonical_messages: str) -> str:
+    return _digest(f'["prompt",{canonical_messages}]')
+
+
+def response_key_of_json(prompt_id: str, canonical_messages: str) -> str:
+    return _digest(f'["response",{canonical_json(prompt_id)},{canonical_messages}]')
 
 
 def is_empty_response(messages: list[dict]) -> bool:

@@ -121,6 +121,22 @@ def test_reimport_adds_nothing_new(tmp_path, store):
     assert store.stats()["pairs"] == 5
 
 
+def test_imported_rows_have_the_ids_every_other_writer_gives_the_same_text(tmp_path, store):
+    """An answer generated or labelled later must land on the row the import made for the same text."""
+    from store.db import prompt_key, response_key
+    rows = [{"prompt": [{"role": "system", "content": "Be brief \u2014 \"quoted\"\n"},
+                        {"role": "user", "content": "Caf\u00e9? \U0001f600 \\ back"}],
+             "chosen": [{"role": "assistant", "content": " spaced , [] {}"}],
+             "rejected": [{"role": "assistant", "content": ""}]},
+            {"prompt": "plain", "chosen": "a", "rejected": "b"}]
+    import_file(store, write_jsonl(tmp_path / "u.jsonl", rows), "u")
+    prompts = store.query("SELECT id, messages::VARCHAR AS m FROM prompts")
+    responses = store.query("SELECT id, prompt_id, messages::VARCHAR AS m FROM responses")
+    assert len(prompts) == 2 and len(responses) == 4
+    assert all(p["id"] == prompt_key(json.loads(p["m"])) for p in prompts)
+    assert all(r["id"] == response_key(r["prompt_id"], json.loads(r["m"])) for r in responses)
+
+
 def test_a_pair_can_belong_to_several_datasets(tmp_path, store):
     path = write_jsonl(tmp_path / "p.jsonl", PAIRS)
     import_file(store, path, "first")
