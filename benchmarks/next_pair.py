@@ -8,6 +8,11 @@ one annotator labels `--labels` pairs the way the Label tab does (serve the next
 answer) while a second annotator's tab holds a claim, and a third annotator has labelled 10% of
 the pairs before. Prints the median and 95th percentile milliseconds of serving and of labelling
 at both sizes, and the ratio large/small. Target: the next pair in under 50 ms at 100,000 pairs.
+
+Then the Data tab's browsing, timed through the function the tab calls (`pairs_page`: the line
+"Pairs 1-20 of N", the table and its ids): a random page of the whole dataset, a search for a
+word (common and rare words of the sample, each first page then a random page of its matches) and
+a search for a pair's id. Target: each under 300 ms at the 95th percentile at 1,000,000 pairs.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -26,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from store import Store, import_file  # noqa: E402
 from store.labelling import LabelQueue  # noqa: E402
+from studio.data_tab import pairs_page  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
 
@@ -62,6 +69,32 @@ def label_many(store: Store, n: int) -> tuple[list[float], list[float]]:
     return serve_ms, label_ms
 
 
+SEARCH_WORDS = ("money", "the", "police", "recipe", "neighbor", "Kenya", "xylophone", "copy 3)")
+
+
+def browse_many(store: Store, n: int) -> dict[str, list[float]]:
+    """Milliseconds of the Data tab's listing, by kind of request, `n` of each."""
+    rng = random.Random(0)
+    total = store.scalar("SELECT count(*) FROM dataset_pairs")
+    pair_ids = [r["pair_id"] for r in store.query("SELECT pair_id FROM dataset_pairs USING SAMPLE 200 ROWS")]
+    timings: dict[str, list[float]] = {"page": [], "search": [], "search, later page": [], "pair id": []}
+
+    def timed(kind: str, search: str, page: int) -> str:
+        t0 = time.perf_counter()
+        _, _, line, _ = pairs_page(store, "hh", search, page)
+        timings[kind].append((time.perf_counter() - t0) * 1000)
+        return line
+
+    for i in range(n):
+        timed("page", "", rng.randint(1, max(1, total // 20)))
+        word = SEARCH_WORDS[i % len(SEARCH_WORDS)]
+        line = timed("search", word, 1)
+        matches = int(line.split(" of ")[1].split()[0].replace(",", "")) if " of " in line else 0
+        timed("search, later page", word, rng.randint(1, max(1, matches // 20)))
+        timed("pair id", rng.choice(pair_ids), 1)
+    return timings
+
+
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1]
 
@@ -70,14 +103,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--browse", type=int, default=40, help="Data-tab requests of each kind")
     args = parser.parse_args()
-    results = {}
+    results, browsing = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in (1000, args.pairs):
             t0 = time.perf_counter()
             store = make_workspace(Path(tmp), size)
             print(f"{size:>7,} pairs: workspace built in {time.perf_counter() - t0:.1f} s", flush=True)
             serve_ms, label_ms = label_many(store, args.labels)
+            browsing[size] = browse_many(store, args.browse)
             store.close()
             results[size] = (statistics.median(serve_ms), p95(serve_ms), statistics.median(label_ms), p95(label_ms))
             print(f"{size:>7,} pairs: next pair median {results[size][0]:.1f} ms, p95 {results[size][1]:.1f} ms; "
@@ -87,6 +122,13 @@ def main() -> None:
     print(f"ratio {args.pairs:,} / 1,000 pairs: next pair {large[0] / small[0]:.2f}x, label {large[2] / small[2]:.2f}x")
     print(f"target: next pair under 50 ms at {args.pairs:,} pairs: "
           f"{'met' if large[1] < 50 else 'NOT met'} (p95 {large[1]:.1f} ms)")
+    print(f"Data tab ({args.browse} requests of each kind): median / p95 ms at 1,000 and {args.pairs:,} pairs")
+    for kind in browsing[1000]:
+        small_ms, large_ms = browsing[1000][kind], browsing[args.pairs][kind]
+        print(f"  {kind:<20} {statistics.median(small_ms):7.1f} / {p95(small_ms):7.1f}   "
+              f"{statistics.median(large_ms):7.1f} / {p95(large_ms):7.1f}   "
+              f"({statistics.median(large_ms) / statistics.median(small_ms):.1f}x; "
+              f"{'under' if p95(large_ms) < 300 else 'OVER'} 300 ms)")
 
 
 if __name__ == "__main__":

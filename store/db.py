@@ -429,6 +429,12 @@ class Store:
             row = fetch_one(cur, sql, params)
             return None if row is None else row[0]
 
+    def column(self, sql: str, params: list | None = None):
+        """The first column of a query as a numpy array: for long lists (a million ids) that
+        would be slow as Python rows."""
+        with self._reading() as cur:
+            return next(iter(cur.execute(sql, params or []).fetchnumpy().values()))
+
     def stats(self) -> dict[str, int]:
         return {t: self.scalar(f"SELECT count(*) FROM {t}") for t in COUNTED_TABLES}
 

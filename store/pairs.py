@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import weakref
+
+import numpy as np
 
 from common.errors import StudioError
 from store.db import Store, create_dataset, fetch_one
@@ -34,37 +38,108 @@ def _contains(search: str) -> str:
     return "%" + search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _matching(search: str) -> tuple[str, list]:
-    """SQL condition (over pairs p) for pairs whose prompt or responses contain `search`, or
-    whose id it is."""
-    if not search.strip():
-        return "true", []
-    condition = " OR ".join(
-        f"{_TEXT.format(col)} ILIKE ? ESCAPE '\\'" for col in
-        ("(SELECT messages FROM prompts WHERE id = p.prompt_id)",
-         "(SELECT messages FROM responses WHERE id = p.first_id)",
-         "(SELECT messages FROM responses WHERE id = p.second_id)"))
-    return f"(p.id = ? OR {condition})", [search.strip()] + [_contains(search)] * 3
+# What a stored message list's JSON holds besides its texts: keys, roles and the punctuation between.
+_JSON_WORDS = ("content", "role", "user", "assistant", "system")
+_JSON_PUNCTUATION = set("[]{},: ")
 
 
-def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
-               page_size: int = PAGE_SIZE) -> tuple[list[dict], int]:
-    """One page of a dataset's pairs (in import order) matching `search`, and how many match."""
-    dataset_id = _dataset_id(store, dataset)
-    condition, params = _matching(search)
-    where = f"p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?) AND {condition}"
-    total = store.scalar(f"SELECT count(*) FROM pairs p WHERE {where}", [dataset_id, *params])
+def _text_matches(column: str, search: str) -> tuple[str, list]:
+    """SQL condition for a message list (JSON) whose text contains `search`, any case.
+
+    Parsing every row's JSON is what costs (about 1 s for a million prompts), so where it can be
+    exact the raw JSON is matched instead. A search of plain ASCII without a quote or a backslash
+    that is not part of a key or a role can only match inside a message's text, as JSON writes it:
+    the one thing to exclude is a match that starts just after an escape's backslash ("nfoo" in
+    "\\nfoo"), which the pattern does by wanting an even number of backslashes before it. Rows with
+    \\u escapes (control characters) are parsed."""
+    text = search.strip()
+    exact = f"{_TEXT.format(column)} ILIKE ? ESCAPE '\\'"
+    plain = all(" " <= ch <= "~" and ch not in '"\\' for ch in text)
+    if (not plain or set(text) <= _JSON_PUNCTUATION
+            or any(text.lower() in word for word in _JSON_WORDS)):
+        return exact, [_contains(text)]
+    pattern = "".join(f"[{ch.lower()}{ch.upper()}]" if ch.isalpha() else f"\\x{ord(ch):02x}" for ch in text)
+    return (f"regexp_matches({column}, ?) AND (NOT contains({column}, '\\u') OR {exact})",
+            [rf"(?:^|[^\\])(?:\\\\)*{pattern}", _contains(text)])
+
+
+IN_DATASET = "p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)"
+PAIR_ID = re.compile(r"[0-9a-f]{32}")
+_KEPT_SEARCHES = 2
+_searches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # store -> {(dataset, search, members): ids}
+
+
+def _matching_ids(store: Store, dataset_id: int, search: str):
+    """The ids of the dataset's pairs whose prompt or responses contain `search` (or whose id it
+    is), in import order, as a numpy array of bytes.
+
+    A search reads all the text in the store (about 1 GB at a million pairs), so its result is
+    kept for the next request (the next page) and used while the dataset holds the same pairs."""
+    search = search.strip()
+    if PAIR_ID.fullmatch(search) and store.scalar(
+            "SELECT count(*) FROM dataset_pairs WHERE dataset_id = ? AND pair_id = ?", [dataset_id, search]):
+        return np.array([search], dtype="S32")  # a pair's own id: that pair, without reading any text
+    members = tuple(store.query("SELECT count(*) AS n, bit_xor(hash(pair_id)) AS xor FROM dataset_pairs "
+                                "WHERE dataset_id = ?", [dataset_id])[0].values())
+    kept = _searches.setdefault(store, {})
+    key = (dataset_id, search, members)
+    if key not in kept:
+        condition, params = _text_matches("messages", search)
+        ids = store.column(f"""
+            WITH hit_responses AS MATERIALIZED (SELECT id FROM responses WHERE {condition})
+            SELECT p.id FROM pairs p WHERE {IN_DATASET} AND (
+                p.id = ? OR p.prompt_id IN (SELECT id FROM prompts WHERE {condition})
+                OR p.first_id IN (SELECT id FROM hit_responses) OR p.second_id IN (SELECT id FROM hit_responses))
+            ORDER BY p.rowid""", [*params, dataset_id, search, *params])
+        while len(kept) >= _KEPT_SEARCHES:
+            kept.pop(next(iter(kept)))
+        kept[key] = np.asarray(ids, dtype="S32")
+    return kept[key]
+
+
+def _pairs_by_id(store: Store, ids: list[str]) -> list[dict]:
+    """Pairs with their texts and label counts, in the order of `ids` (a page: a few dozen)."""
+    if not ids:
+        return []
     rows = store.query(f"""
         SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second, p.source_verdict,
                (SELECT count(*) FROM labels l WHERE l.pair_id = p.id) AS labels
         FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id
         JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
-        WHERE {where} ORDER BY p.rowid LIMIT ? OFFSET ?""",
-        [dataset_id, *params, page_size, (max(page, 1) - 1) * page_size])
+        WHERE p.id IN ({", ".join("?" * len(ids))})""", ids)  # a list of values: looked up in the index
     for r in rows:
         for key in ("prompt", "first", "second"):
             r[key] = json.loads(r[key])
-    return rows, total
+    position = {pair_id: i for i, pair_id in enumerate(ids)}
+    return sorted(rows, key=lambda r: position[r["id"]])
+
+
+def count_pairs(store: Store, dataset: str, search: str = "") -> int:
+    """How many of a dataset's pairs match `search` (all of them when it is empty)."""
+    dataset_id = _dataset_id(store, dataset)
+    if not search.strip():
+        return store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [dataset_id])
+    return len(_matching_ids(store, dataset_id, search))
+
+
+def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
+               page_size: int = PAGE_SIZE) -> tuple[list[dict], int]:
+    """One page of a dataset's pairs (in import order) matching `search`, and how many match.
+
+    `search` is text any of a pair's messages contains (any case), or a pair's id."""
+    dataset_id = _dataset_id(store, dataset)
+    first = (max(page, 1) - 1) * page_size
+    if not search.strip():
+        total = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [dataset_id])
+        # The page's ids first, from the ids alone; then their texts (joining texts before the
+        # LIMIT would read every pair's).
+        ids = [r["id"] for r in store.query(f"SELECT p.id FROM pairs p WHERE {IN_DATASET} ORDER BY p.rowid "
+                                            "LIMIT ? OFFSET ?", [dataset_id, page_size, first])]
+    else:
+        matching = _matching_ids(store, dataset_id, search)
+        total = len(matching)
+        ids = [i.decode() for i in matching[first:first + page_size]]
+    return _pairs_by_id(store, ids), total
 
 
 def find_prompts(store: Store, dataset: str, search: str = "", page: int = 1,
@@ -108,13 +183,16 @@ def get_pair(store: Store, pair_id: str) -> dict:
     return pair
 
 
-def _selected(cur, dataset_id: int, pair_ids: list[str] | None, search: str) -> list[str]:
-    condition, params = _matching(search)
-    ids_filter = "true" if pair_ids is None else "p.id IN (SELECT unnest(?::VARCHAR[]))"
-    return [r[0] for r in cur.execute(f"""
-        SELECT p.id FROM pairs p
-        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?) AND {ids_filter} AND {condition}
-        ORDER BY p.rowid""", [dataset_id, *([pair_ids] if pair_ids is not None else []), *params]).fetchall()]
+def _selected(cur, store: Store, dataset_id: int, pair_ids: list[str] | None, search: str) -> list[str]:
+    """The given pairs of the dataset (those it holds), else all its pairs matching `search`."""
+    if pair_ids is None:
+        if search.strip():
+            return [i.decode() for i in _matching_ids(store, dataset_id, search)]
+        return [r[0] for r in cur.execute(f"SELECT p.id FROM pairs p WHERE {IN_DATASET} ORDER BY p.rowid",
+                                          [dataset_id]).fetchall()]
+    return [r[0] for r in cur.execute(f"""SELECT p.id FROM pairs p WHERE {IN_DATASET}
+                                          AND p.id IN (SELECT unnest(?::VARCHAR[])) ORDER BY p.rowid""",
+                                      [dataset_id, pair_ids]).fetchall()]
 
 
 def _add_prompts(cur, dataset_id: int, pair_ids: list[str]) -> None:
@@ -138,7 +216,7 @@ def remove_pairs(store: Store, dataset: str, pair_ids: list[str] | None = None, 
     """Take pairs out of a dataset: the given ones, else all matching `search`. Returns how many."""
     with store.transaction() as cur:
         dataset_id = _dataset_id(store, dataset)
-        chosen = _selected(cur, dataset_id, pair_ids, search)
+        chosen = _selected(cur, store, dataset_id, pair_ids, search)
         _take_out(cur, dataset_id, chosen)
     return len(chosen)
 
@@ -154,7 +232,7 @@ def copy_pairs(store: Store, dataset: str, into: str, pair_ids: list[str] | None
         raise CurationError("the pairs are already in that dataset")
     with store.transaction() as cur:
         dataset_id = _dataset_id(store, dataset)
-        chosen = _selected(cur, dataset_id, pair_ids, search)
+        chosen = _selected(cur, store, dataset_id, pair_ids, search)
         if not chosen:
             raise CurationError("no pair selected")
         row = fetch_one(cur, "SELECT id FROM datasets WHERE name = ?", [into])

@@ -12,7 +12,8 @@ import gradio as gr
 
 from common.errors import StudioError
 from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
-from store.pairs import PAGE_SIZE, CurationError, copy_pairs, find_pairs, find_prompts, get_pair, remove_pairs
+from store.pairs import (PAGE_SIZE, CurationError, copy_pairs, count_pairs, find_pairs, find_prompts, get_pair,
+                         remove_pairs)
 from store.queries import dataset_names
 from studio.rendering import SIDES_EXPLAINED, VERDICT_WORDS, as_chat, as_markdown, preview
 from studio.workspace import Workspace
@@ -57,9 +58,9 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
     if not dataset:
         return [], [], "Pick a dataset.", 1
     try:
-        _, total = find_pairs(store, dataset, search, page=1, page_size=1)
+        total = count_pairs(store, dataset, search)
         # No pairs at all (not only none matching): a dataset of prompts
-        if not total and (not search.strip() or not find_pairs(store, dataset, "", page=1, page_size=1)[1]):
+        if not total and (not search.strip() or not count_pairs(store, dataset)):
             return prompts_page(store, dataset, search, page)
         page, pages, first = page_window(total, page)
         rows, _ = find_pairs(store, dataset, search, page=page)

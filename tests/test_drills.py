@@ -112,6 +112,7 @@ KILLED_IMPORT_CHILD = """
 import os, signal, sys
 import store.imports
 from store import Store, import_file
+store.imports.BATCH_ROWS = 1_000  # chunks of 500 pairs, so that the file takes several
 write, chunks = store.imports._Batch.write, []
 def write_then_die(self, *args):
     write(self, *args)

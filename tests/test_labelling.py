@@ -2,6 +2,7 @@
 labels turning into training pairs; curation of a dataset's pairs."""
 
 import json
+import random
 
 import pytest
 
@@ -207,6 +208,51 @@ def test_find_pairs_searches_and_pages(tmp_path, store, pairs_file):
     assert find_pairs(store, "hh", search="100%_no such text")[1] == 0
     pair = get_pair(store, found[0]["id"])
     assert pair["datasets"] == ["hh"] and pair["source_verdict"] == "first" and pair["labels"] == []
+
+
+def test_search_finds_text_in_any_case_not_json_keys_and_follows_the_dataset(tmp_path, store):
+    rows = [{"prompt": "Where is the Café?", "chosen": 'He said "turn left".', "rejected": "No idea."},
+            {"prompt": "Tell me about roles", "chosen": "A role is a part.", "rejected": "Content is king."},
+            {"prompt": "Plain question", "chosen": "Plain answer", "rejected": "Another answer"}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    import_file(store, tmp_path / "s.jsonl", "s")
+
+    def found(search):
+        hits, total = find_pairs(store, "s", search=search)
+        assert total == len(hits)
+        return [h["prompt"][0]["content"] for h in hits]
+
+    assert found("café") == found("CAFÉ") == ["Where is the Café?"]          # any case, beyond ASCII
+    assert found('"turn left"') == ["Where is the Café?"]                     # quotes as typed
+    assert found("ROLE") == ["Tell me about roles"]                           # text, not the "role" key
+    assert found("content") == ["Tell me about roles"] and found("assistant") == []
+    assert found("answer") == ["Plain question"]
+    pair_id = find_pairs(store, "s")[0][2]["id"]
+    assert found(pair_id) == ["Plain question"]                               # a pair's own id
+    remove_pairs(store, "s", pair_ids=[pair_id])
+    assert found("answer") == []                                              # a repeated search sees the change
+
+
+def test_search_matches_what_a_reader_sees_around_escapes_quotes_and_backslashes(tmp_path, store):
+    # Texts built from the characters JSON escapes (quote, backslash, newline, a control character)
+    # and letters next to them, and searches cut from those texts: a pair is found exactly when one
+    # of its texts contains the search, in any case.
+    rng = random.Random(0)
+    alphabet = ["a", "B", "n", "u", "0", "1", "e", " ", "\n", '"', "\\", "\x01", "é", "{", ":", ","]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + f" {i}" for i in range(300)]
+    rows = [{"prompt": texts[i], "chosen": texts[i + 1], "rejected": texts[i + 2]} for i in range(0, 297, 3)]
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    import_file(store, tmp_path / "e.jsonl", "e")
+    searches = ["nn", "u0001", "n ", "\\n", 'e"', "ba", "0 1", "{:", "É"]
+    searches += [t[rng.randint(0, 3):rng.randint(4, 8)] for t in rng.sample(texts, 40)]
+    for search in searches:
+        wanted = search.strip().lower()
+        if not wanted:
+            continue
+        expected = {r["prompt"] for r in rows if any(wanted in r[k].lower() for k in ("prompt", "chosen", "rejected"))}
+        hits, total = find_pairs(store, "e", search=search, page_size=len(rows))
+        assert {h["prompt"][0]["content"] for h in hits} == expected, f"search {search!r}"
+        assert total == len(expected)
 
 
 def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, pairs_file):
