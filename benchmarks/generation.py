@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipelines.chat import load_llama  # noqa: E402
 from pipelines.export import convert, quantize  # noqa: E402
 from pipelines.models import DEFAULT_MODEL, choose_placement, load_causal_lm, resolve_model  # noqa: E402
 
@@ -65,7 +66,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models-dir", default=str(Path.home() / ".cache" / "alignment-studio" / "test-models"))
     args = parser.parse_args()
-    from llama_cpp import Llama
 
     model_dir = Path(resolve_model(DEFAULT_MODEL, args.models_dir))
     placement = choose_placement()
@@ -75,7 +75,7 @@ def main() -> None:
         f16, q8 = Path(tmp) / "default-f16.gguf", Path(tmp) / "default-q8_0.gguf"
         convert(model_dir, f16)
         quantize(f16, q8, "q8_0")
-        llm = Llama(str(q8), n_ctx=1024, n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False)
+        llm = load_llama(q8, n_ctx=1024, n_threads=os.cpu_count(), n_threads_batch=os.cpu_count(), verbose=False)
         transformers_speed(tokenizer, model, ids, 8, placement.device)  # warm-up
         llama_cpp_speed(llm, ids, 8)
         hf = statistics.median(transformers_speed(tokenizer, model, ids, args.tokens, placement.device)

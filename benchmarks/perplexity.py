@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipelines.chat import load_llama  # noqa: E402
 from pipelines.models import DEFAULT_MODEL, default_gguf_path, resolve_model  # noqa: E402
 from benchmarks.peak import forward_flops_per_token, peak_gflops  # noqa: E402
 from pipelines.perplexity import batches_by_prompt, response_nll, tokenize  # noqa: E402
@@ -81,11 +82,10 @@ def studio_unshared(model, items, pad_id: int, batch_size: int) -> list[float]:
 
 def llama_cpp(items) -> list[float]:
     import numpy as np
-    from llama_cpp import Llama
 
     longest = max(len(p) + len(r) for p, r in items)
-    llm = Llama(str(default_gguf_path()), n_ctx=longest + 8, n_batch=512, logits_all=True, verbose=False,
-                n_threads=os.cpu_count(), n_threads_batch=os.cpu_count())
+    llm = load_llama(default_gguf_path(), n_ctx=longest + 8, n_batch=512, logits_all=True, verbose=False,
+                     n_threads=os.cpu_count(), n_threads_batch=os.cpu_count())
     out, evaluated_prompt = [], None
     for prompt_ids, response_ids in items:
         if prompt_ids != evaluated_prompt:

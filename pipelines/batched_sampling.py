@@ -62,16 +62,14 @@ class BatchedSampler:
     def __init__(self, path: str | Path, max_sequences: int, max_tokens: int, prompt_room: int = 512,
                  n_threads: int | None = None):
         import llama_cpp
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from pipelines.chat import gpu_layers
+        from pipelines.chat import load_llama
 
         self.threads = n_threads or os.cpu_count()
         # The Llama object gives the vocabulary, the tokenizer and the chat template; its own small
         # context is not used for sampling.
-        self.llm = Llama(str(path), n_ctx=512, n_threads=self.threads, n_threads_batch=self.threads,
-                         n_gpu_layers=gpu_layers(), verbose=False)
+        self.llm = load_llama(path, n_ctx=512, n_threads=self.threads, n_threads_batch=self.threads, verbose=False)
         self.max_sequences = min(max_sequences, llama_cpp.llama_max_parallel_sequences())
         self.max_tokens = max_tokens
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm._model.model)

@@ -31,6 +31,45 @@ def gpu_layers() -> int:
     return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+_loading = threading.Lock()
+
+
+def load_llama(path: str | Path, **settings):
+    """`llama_cpp.Llama` for a GGUF file, its layers on the GPU where this build can offload.
+
+    On a CPU with AMX (Intel Xeon since Sapphire Rapids) ggml's AMX matrix kernels crashed the
+    process on the first decode (segmentation fault in ggml_backend_amx_mul_mat, llama-cpp-python
+    0.3.36 built natively, every model we tried), so there the weights stay in llama.cpp's plain
+    CPU buffers: the model's `use_extra_bufts` off, as llama.cpp's `--no-repack` does. `Llama`
+    takes no such setting, so its default parameters are swapped for that one load."""
+    from llama_cpp import Llama
+    from llama_cpp import llama as llama_module
+
+    settings.setdefault("n_gpu_layers", gpu_layers())
+    if not _cpu_has_amx():
+        return Llama(str(path), **settings)
+    defaults = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _loading:
+        llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+        try:
+            return Llama(str(path), **settings)
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = defaults
+
+
 class ChatModels:
     """Loaded llama.cpp models, least recently used dropped beyond `max_loaded`."""
 
@@ -42,8 +81,6 @@ class ChatModels:
 
     def get(self, path: str | Path, slot: int = 0):
         """The loaded model and its lock for a GGUF file, loading it on first use."""
-        from llama_cpp import Llama
-
         key = (str(Path(path).resolve()), slot)
         with self._lock:
             if key in self._loaded:
@@ -51,8 +88,8 @@ class ChatModels:
                 return self._loaded[key]
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such GGUF file")
-            llm = Llama(key[0], n_ctx=self.n_ctx, n_threads=self.n_threads, n_threads_batch=self.n_threads,
-                        n_gpu_layers=gpu_layers(), verbose=False)
+            llm = load_llama(key[0], n_ctx=self.n_ctx, n_threads=self.n_threads, n_threads_batch=self.n_threads,
+                             verbose=False)
             self._loaded[key] = (llm, threading.Lock())
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)

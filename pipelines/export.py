@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import StudioError
-from pipelines.chat import gpu_layers
+from pipelines.chat import load_llama
 from pipelines.models import resolve_model
 from pipelines.reward_model import read_meta
 from pipelines.runlog import RunLog, run_main
@@ -132,9 +132,8 @@ def check_gguf(path: Path, ids: list[int], reference) -> dict:
     """Load the GGUF in llama.cpp, compare its next-token logits with the reference, and let it
     answer the check prompt (greedy)."""
     import numpy as np
-    from llama_cpp import Llama
 
-    llm = Llama(str(path), n_ctx=512, logits_all=True, n_gpu_layers=gpu_layers(), verbose=False)
+    llm = load_llama(path, n_ctx=512, logits_all=True, verbose=False)
     llm.eval(ids)
     logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
     llm.reset()

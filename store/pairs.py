@@ -59,8 +59,10 @@ def _text_matches(column: str, search: str) -> tuple[str, list]:
             or any(text.lower() in word for word in _JSON_WORDS)):
         return exact, [_contains(text)]
     pattern = "".join(f"[{ch.lower()}{ch.upper()}]" if ch.isalpha() else f"\\x{ord(ch):02x}" for ch in text)
-    return (f"regexp_matches({column}, ?) AND (NOT contains({column}, '\\u') OR {exact})",
-            [rf"(?:^|[^\\])(?:\\\\)*{pattern}", _contains(text)])
+    # The plain pattern first: RE2 scans for it several times faster than for the exact one.
+    return (f"regexp_matches({column}, ?) AND regexp_matches({column}, ?) "
+            f"AND (NOT contains({column}, '\\u') OR {exact})",
+            [pattern, rf"(?:^|[^\\])(?:\\\\)*{pattern}", _contains(text)])
 
 
 IN_DATASET = "p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)"
@@ -85,12 +87,16 @@ def _matching_ids(store: Store, dataset_id: int, search: str):
     key = (dataset_id, search, members)
     if key not in kept:
         condition, params = _text_matches("messages", search)
+        # The matching pairs of the whole store first, then those of the dataset: a semi-join of the
+        # few hits, not of every pair (about 100 ms less at a million pairs).
         ids = store.column(f"""
-            WITH hit_responses AS MATERIALIZED (SELECT id FROM responses WHERE {condition})
-            SELECT p.id FROM pairs p WHERE {IN_DATASET} AND (
-                p.id = ? OR p.prompt_id IN (SELECT id FROM prompts WHERE {condition})
+            WITH hit_responses AS MATERIALIZED (SELECT id FROM responses WHERE {condition}),
+            hits AS MATERIALIZED (
+                SELECT p.id, p.rowid AS position FROM pairs p WHERE p.id = ?
+                OR p.prompt_id IN (SELECT id FROM prompts WHERE {condition})
                 OR p.first_id IN (SELECT id FROM hit_responses) OR p.second_id IN (SELECT id FROM hit_responses))
-            ORDER BY p.rowid""", [*params, dataset_id, search, *params])
+            SELECT id FROM hits WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+            ORDER BY position""", [*params, search, *params, dataset_id])
         while len(kept) >= _KEPT_SEARCHES:
             kept.pop(next(iter(kept)))
         kept[key] = np.asarray(ids, dtype="S32")

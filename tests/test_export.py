@@ -31,7 +31,7 @@ def dpo_run(tmp_path, workspace, store, pairs_file, tiny_model):
 
 
 def test_a_trained_policy_exports_to_three_gguf_files_that_chat_and_match_transformers(workspace, dpo_run, capsys):
-    from llama_cpp import Llama
+    from pipelines.chat import load_llama
 
     code = cli_main(["export-model", "--run", str(dpo_run), "--workspace", str(workspace.root),
                      "--models-dir", str(workspace.models_dir)])
@@ -61,8 +61,8 @@ def test_a_trained_policy_exports_to_three_gguf_files_that_chat_and_match_transf
     base = load_file(Path(json.loads((workspace.runs_dir / str(dpo_run) / "config.json").read_text())["base"])
                      / "model.safetensors")
     assert any((merged[k] - base[k]).abs().max() > 1e-4 for k in base if "proj" in k)
-    # Each file loads and chats in llama.cpp.
-    llm = Llama(checks["q4_k_m"]["path"], n_ctx=256, verbose=False)
+    # Each file loads and chats in llama.cpp (as the studio loads it: see load_llama on AMX CPUs).
+    llm = load_llama(checks["q4_k_m"]["path"], n_ctx=256, verbose=False)
     reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert reply["choices"][0]["finish_reason"] in ("stop", "length")
     text = Path(checks["q8_0"]["modelfile"]).read_text()

@@ -125,3 +125,21 @@ def test_top_p_draws_only_from_the_nucleus_and_temperature_zero_is_greedy():
     assert drawn == {0, 1}  # 0.5 + 0.3 (less the tail's 0.1%) reaches 0.79: nothing else
     assert {draw(logits, 1.0, 0.9, rng) for _ in range(300)} == {0, 1, 2}
     assert draw(logits, 0.0, 0.9, rng) == 0
+
+
+def test_on_a_cpu_with_amx_llama_cpp_loads_without_its_amx_kernels(monkeypatch):
+    """ggml's AMX kernels crashed the first decode on an AMX Xeon: there the studio loads models
+    with llama.cpp's extra (repacked) buffers off, and answers; elsewhere it leaves them on."""
+    import llama_cpp
+
+    from pipelines import chat
+    from pipelines.models import default_gguf_path
+
+    monkeypatch.setattr(chat, "_cpu_has_amx", lambda: True)
+    llm = chat.load_llama(default_gguf_path(), n_ctx=256, verbose=False)
+    assert llm.model_params.use_extra_bufts is False
+    reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+    assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # the swap lasted one load
+    monkeypatch.setattr(chat, "_cpu_has_amx", lambda: False)
+    assert chat.load_llama(default_gguf_path(), n_ctx=256, verbose=False).model_params.use_extra_bufts is True
