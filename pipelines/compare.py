@@ -5,7 +5,8 @@
 Inputs (`inputs.parquet`): prompt_id, prompt (JSON messages). Output (`answers.parquet`):
 prompt_id, prompt, answer_a, finish_a, answer_b, finish_b. The runner stores each prompt's two
 answers as an unlabelled pair (with both model names) in a new dataset, ready for labelling.
-Answers are appended to `partial.jsonl` per prompt, so a cancelled run resumes where it stopped.
+Each model answers a few prompts at a time, their answers decoded in one batch; answers are
+appended to `partial.jsonl` per prompt, so a cancelled run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.chat import ChatModels, Sampling
+from pipelines.batched_sampling import BatchedSampler
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import setting
 
@@ -45,30 +46,43 @@ def run(config: CompareConfig, log: RunLog) -> None:
         answer_all(config, log, prompts, partial)
 
 
+PROMPTS_AT_ONCE = 8  # prompts each model answers together: llama.cpp decodes their answers in one batch
+
+
 def answer_all(config: CompareConfig, log: RunLog, prompts: list[dict], partial: Partial) -> None:
+    """Both models answer the prompts not yet done, a few prompts at a time, each model's answers
+    to them decoded together (`BatchedSampler`, as candidates are: about 2x the answers per second
+    of one answer after another on a CPU). Every answer is seeded with `seed`, whatever shared its
+    batch, so a resumed run answers as a straight one would."""
     run_dir, done = log.path.parent, partial.done
-    models = ChatModels(max_loaded=2)
-    sampling = Sampling(config.temperature, config.top_p, config.max_tokens, config.seed)
+    todo = [row for row in prompts if row["prompt_id"] not in done]
     log.progress(len(done), len(prompts), message=f"{config.model_a} and {config.model_b} answering")
+    samplers = [BatchedSampler(path, max_sequences=PROMPTS_AT_ONCE, max_tokens=config.max_tokens)
+                for path in (config.path_a, config.path_b)]  # loading is not answering: not timed
     tokens, seconds = [0, 0], [0.0, 0.0]  # of the answers made by this process, per model
-    for row in prompts:
-        if row["prompt_id"] in done:
-            continue
-        if log.cancel_requested:
-            log.event("cancelled", step=len(done), total=len(prompts), message=f"cancelled after {len(done)} prompts")
-            return
-        messages = json.loads(row["prompt"])
-        answers = []
-        for side, path in enumerate((config.path_a, config.path_b)):
-            models.get(path, slot=side)  # loading is not answering: not timed
-            start = time.perf_counter()
-            text, finish, n_tokens = models.answer(path, messages, sampling, slot=side)
-            seconds[side] += time.perf_counter() - start
-            tokens[side] += n_tokens
-            answers.append((text, finish))
-        (answer_a, finish_a), (answer_b, finish_b) = answers
-        partial.add({**row, "answer_a": answer_a, "finish_a": finish_a, "answer_b": answer_b, "finish_b": finish_b})
-        log.progress(len(done), len(prompts))
+    try:
+        for at in range(0, len(todo), PROMPTS_AT_ONCE):
+            if log.cancel_requested:
+                log.event("cancelled", step=len(done), total=len(prompts),
+                          message=f"cancelled after {len(done)} prompts")
+                return
+            group = todo[at:at + PROMPTS_AT_ONCE]
+            conversations = [json.loads(row["prompt"]) for row in group]
+            answers = []
+            for side, sampler in enumerate(samplers):
+                start = time.perf_counter()
+                side_answers = [samples[0] for samples in sampler.answer_all(
+                    conversations, 1, config.temperature, config.top_p, config.seed)]
+                seconds[side] += time.perf_counter() - start
+                tokens[side] += sum(len(a.tokens) for a in side_answers)
+                answers.append(side_answers)
+            for row, a, b in zip(group, *answers):
+                partial.add({**row, "answer_a": a.text, "finish_a": a.finish,
+                             "answer_b": b.text, "finish_b": b.finish})
+            log.progress(len(done), len(prompts))
+    finally:
+        for sampler in samplers:
+            sampler.close()
     pq.write_table(pa.Table.from_pylist([done[r["prompt_id"]] for r in prompts]), run_dir / config.output)
     speed = {f"tokens_per_s_{name}": tokens[i] / seconds[i] for i, name in enumerate("ab") if seconds[i] > 0}
     log.event("succeeded", step=len(prompts), total=len(prompts), metrics=speed,

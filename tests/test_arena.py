@@ -128,6 +128,34 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
     assert reward_win_rate(store, "demo-default-vs-twin", "rm")["win_rate"] == 0.5  # identical answers: ties
 
 
+def test_a_batch_comparison_resumed_half_way_answers_as_a_straight_run(tmp_path):
+    """Answers are decoded a few prompts at a time, each seeded on its own: a run resumed after
+    two prompts (so its batch holds other prompts) gives the answers of a straight run."""
+    import pyarrow.parquet as pq
+
+    from pipelines.compare import CompareConfig, answer_all
+    from pipelines.runlog import Partial, RunLog
+
+    prompts = [{"prompt_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Name a fruit ({i})."}])}
+               for i in range(6)]
+    gguf = str(default_gguf_path())
+    config = CompareConfig(model_a="a", model_b="b", path_a=gguf, path_b=gguf, max_tokens=10, temperature=0.8)
+
+    def run(folder, done_before=()):
+        folder.mkdir()
+        with Partial(folder, key="prompt_id") as partial:
+            for row in done_before:
+                partial.add(row)
+            answer_all(config, RunLog(folder), prompts, partial)
+        return pq.read_table(folder / config.output).to_pylist()
+
+    straight = run(tmp_path / "straight")
+    assert [r["prompt_id"] for r in straight] == [p["prompt_id"] for p in prompts]
+    assert all(r["answer_a"].strip() and r["finish_a"] in ("stop", "length") for r in straight)
+    assert len({r["answer_a"] for r in straight}) > 1
+    assert run(tmp_path / "resumed", straight[:2]) == straight
+
+
 def test_people_are_the_fourth_judge_of_a_policy_through_blind_votes_on_its_gguf(store):
     """A policy run's report gains a 'people' line from blind votes between its exported GGUF and
     its base: the win rate with its interval, ties as half; before an export or a vote, what to do."""
