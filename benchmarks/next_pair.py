@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from store import Store, import_file  # noqa: E402
 from store.labelling import LabelQueue  # noqa: E402
+from store.pairs import _TEXT, IN_DATASET, _contains  # noqa: E402  (the old search, rebuilt for the baseline)
 from studio.data_tab import pairs_page  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
@@ -72,13 +73,11 @@ def label_many(store: Store, n: int) -> tuple[list[float], list[float]]:
 
 
 SEARCH_WORDS = ("money", "the", "police", "recipe", "neighbor", "Kenya", "xylophone", "copy 3)")
-_TEXT = "array_to_string(json_extract_string((SELECT messages FROM {} WHERE id = p.{}), '$[*].content'), ' ')"
 # The baseline: how the tab searched before, every text's JSON parsed. Only its count of matches is
 # timed here (the tab ran it, then the same condition again for the page), so it is a lower bound.
-SEARCH_BEFORE = f"""SELECT count(*) FROM pairs p
-    WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?) AND (p.id = ?
-    OR {_TEXT.format("prompts", "prompt_id")} ILIKE ? OR {_TEXT.format("responses", "first_id")} ILIKE ?
-    OR {_TEXT.format("responses", "second_id")} ILIKE ?)"""
+SEARCH_BEFORE = "SELECT count(*) FROM pairs p WHERE {} AND (p.id = ? OR {})".format(IN_DATASET, " OR ".join(
+    f"{_TEXT.format(f'(SELECT messages FROM {table} WHERE id = p.{column})')} ILIKE ? ESCAPE '\\'"
+    for table, column in (("prompts", "prompt_id"), ("responses", "first_id"), ("responses", "second_id"))))
 
 
 def browse_many(store: Store, n: int) -> dict[str, list[float]]:
@@ -104,7 +103,7 @@ def browse_many(store: Store, n: int) -> dict[str, list[float]]:
         timed("pair id", rng.choice(pair_ids), 1)
         if i < max(2, n // 4):  # slow: a quarter as many
             t0 = time.perf_counter()
-            store.scalar(SEARCH_BEFORE, [store.dataset_id("hh"), word, *[f"%{word}%"] * 3])
+            store.scalar(SEARCH_BEFORE, [store.dataset_id("hh"), word, *[_contains(word)] * 3])
             timings["search before (count)"].append((time.perf_counter() - t0) * 1000)
     return timings
 

@@ -121,12 +121,9 @@ def _pairs_by_id(store: Store, ids: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: position[r["id"]])
 
 
-def count_pairs(store: Store, dataset: str, search: str = "") -> int:
-    """How many of a dataset's pairs match `search` (all of them when it is empty)."""
-    dataset_id = _dataset_id(store, dataset)
-    if not search.strip():
-        return store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [dataset_id])
-    return len(_matching_ids(store, dataset_id, search))
+def count_pairs(store: Store, dataset: str) -> int:
+    """How many pairs a dataset holds."""
+    return store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [_dataset_id(store, dataset)])
 
 
 def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
@@ -137,7 +134,7 @@ def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
     dataset_id = _dataset_id(store, dataset)
     first = (max(page, 1) - 1) * page_size
     if not search.strip():
-        total = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [dataset_id])
+        total = count_pairs(store, dataset)
         # The page's ids first, from the ids alone; then their texts (joining texts before the
         # LIMIT would read every pair's).
         ids = [r["id"] for r in store.query(f"SELECT p.id FROM pairs p WHERE {IN_DATASET} ORDER BY p.rowid "

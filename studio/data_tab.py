@@ -58,12 +58,13 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
     if not dataset:
         return [], [], "Pick a dataset.", 1
     try:
-        total = count_pairs(store, dataset, search)
+        rows, total = find_pairs(store, dataset, search, page=int(page or 1))
         # No pairs at all (not only none matching): a dataset of prompts
         if not total and (not search.strip() or not count_pairs(store, dataset)):
             return prompts_page(store, dataset, search, page)
         page, pages, first = page_window(total, page)
-        rows, _ = find_pairs(store, dataset, search, page=page)
+        if not rows and total:  # a page past the last: the last one (a search's hits are kept, so cheap)
+            rows, _ = find_pairs(store, dataset, search, page=page)
     except CurationError as e:
         return [], [], f"*{e}*", 1
     table = [[first + i + 1, preview(r["prompt"]), preview(r["first"]) or "(empty)", preview(r["second"]) or "(empty)",
