@@ -38,6 +38,7 @@ from studio.workspace import Workspace
 
 __all__ = ["FINAL", "Runner", "RunError"]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MMAP_THRESHOLD = 8 * 1024 ** 2  # glibc's, for every job: see _launch
 
 
 def _pid_is_our_pipeline(pid: int | None, folder: str | None) -> bool:
@@ -146,10 +147,12 @@ class Runner:
         folder = Path(run["folder"])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p))
-        # glibc raises its mmap threshold as large blocks are freed, after which tensors come from a
-        # heap that fragments and is never given back: DPO on the default model peaked at 5.4 GB of
-        # which 1.7 GB was in use. A fixed threshold returns every large tensor's memory when freed.
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+        # glibc raises its mmap threshold as large blocks are freed, after which big tensors come from
+        # a heap that fragments and is never given back (DPO on the default model: 5.1 GB). A fixed
+        # threshold returns them when freed; 8 MiB, not lower, because every block above it costs a
+        # fresh mmap and its page faults: 64 KiB made DPO and reward-model steps 1.5x slower on a CPU
+        # (benchmarks/train.py --memory).
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
         module_and_config = ["-m", JOBS[run["kind"]].module, "--config", str(folder / "config.json")]
         processes = int(json.loads(run["config"]).get("num_processes") or 1)
         if processes > 1:  # data-parallel through Accelerate's launcher: one rank per GPU
