@@ -17,7 +17,7 @@ from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
 from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs,
                                 pair_data, pair_dataset, placement_of, progress_callback, train_and_save,
-                                trainer_arguments)
+                                trainer_arguments, unfinish_cut_answers)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm")
 
@@ -38,7 +38,8 @@ class DPOTrainConfig(PairTrainSettings):
             raise ValueError(f"beta must be positive, not {self.beta}")
 
 
-def run(config: DPOTrainConfig, log: RunLog) -> None:
+def make_trainer(config: DPOTrainConfig, run_dir, train: list[dict], held_out: list[dict]):
+    """TRL's DPOTrainer on these pairs, with cut answers made unfinished; and how many were."""
     import trl.trainer.utils
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
@@ -47,21 +48,29 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
     # the batch, several float32 copies of (tokens x vocabulary), 2.5 GB of a 7.9 GB peak on the
     # default model. The same log-probabilities a smaller chunk at a time (TRL has no setting for it).
     trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE = DPO_LOGIT_CHUNK
-    run_dir = log.path.parent
     placement = placement_of(config)
-    train, held_out = pair_data(config, run_dir)
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     args = DPOConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
                      beta=config.beta, loss_type=[config.loss_type], max_length=config.max_length,
                      precompute_ref_log_probs=config.precompute_ref_log_probs)
-    callback = progress_callback(log)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(train),
-                         eval_dataset=pair_dataset(held_out) if held_out else None,
-                         processing_class=tokenizer, callbacks=[callback],
-                         peft_config=lora_config(config, "CAUSAL_LM"))
+    trainer = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(train, cut_flags=True),
+                         eval_dataset=pair_dataset(held_out, cut_flags=True) if held_out else None,
+                         processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
+    unfinished = unfinish_cut_answers(trainer, tokenizer)
     add_lengths(trainer)
-    log.event("running", message=f"training on {len(train)} pairs" + (f", evaluating on {len(held_out)}" if held_out else ""))
+    return trainer, unfinished
+
+
+def run(config: DPOTrainConfig, log: RunLog) -> None:
+    train, held_out = pair_data(config, log.path.parent)
+    trainer, unfinished = make_trainer(config, log.path.parent, train, held_out)
+    callback = progress_callback(log)
+    trainer.add_callback(callback)
+    message = f"training on {len(train)} pairs" + (f", evaluating on {len(held_out)}" if held_out else "")
+    if unfinished:
+        message += f" ({unfinished} answers cut by their length limit trained as unfinished)"
+    log.event("running", message=message)
     final = train_and_save(trainer, callback, config, log, "policy", "dpo", held_out, "eval_rewards/margins")
     if final is None:
         return

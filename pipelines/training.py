@@ -72,16 +72,57 @@ def read_pairs(path: str | Path) -> list[dict]:
     """Preference records {prompt, chosen, rejected} (message lists) from the runner's Parquet file."""
     rows = pq.read_table(path).to_pylist()
     # pair_id and chosen_side (when the store wrote them) let a report find each pair's labels.
+    # pair_id and chosen_side (when the store wrote them) let a report find each pair's labels;
+    # chosen_cut and rejected_cut say which answers were cut by a length limit.
     return [{"prompt": json.loads(r["prompt"]), "chosen": json.loads(r["chosen"]),
              "rejected": json.loads(r["rejected"]),
-             **{k: r[k] for k in ("pair_id", "chosen_side") if r.get(k) is not None}} for r in rows]
+             **{k: r[k] for k in ("pair_id", "chosen_side", "chosen_cut", "rejected_cut") if r.get(k) is not None}}
+            for r in rows]
 
 
-def pair_dataset(records: list[dict]):
-    """A datasets.Dataset of the records' prompt, chosen and rejected only (what TRL reads)."""
+CUT_FLAGS = ("chosen_cut", "rejected_cut")
+
+
+def pair_dataset(records: list[dict], cut_flags: bool = False):
+    """A datasets.Dataset of the records' prompt, chosen and rejected (what TRL reads), and with
+    `cut_flags` whether each answer was cut by a length limit (for `unfinish_cut_answers`)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
+    return Dataset.from_list([{**{k: r[k] for k in ("prompt", "chosen", "rejected")},
+                               **({k: bool(r.get(k)) for k in CUT_FLAGS} if cut_flags else {})} for r in records])
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The tokens a chat template writes after an assistant's text (SmolLM2: `<|im_end|>`, newline)."""
+    prompt, text = [{"role": "user", "content": "Hello"}], "Hello to you"
+    head = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) + text
+    whole = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": text}], tokenize=False)
+    return tokenizer(whole[len(head):], add_special_tokens=False)["input_ids"] if whole.startswith(head) else []
+
+
+def unfinish_cut_answers(trainer, tokenizer) -> int:
+    """Train an answer that a length limit cut as unfinished: without the end-of-turn tokens the chat
+    template gave it. Otherwise every cut answer teaches the model to end its turn mid-sentence,
+    and a pair of an ended answer against a cut one cannot teach it to end. Works on a TRL trainer's
+    tokenized pair datasets (prompt_ids, chosen_ids, rejected_ids, made by `pair_dataset(...,
+    cut_flags=True)`); returns how many answers of the training set it changed."""
+    end = end_of_turn_ids(tokenizer)
+
+    def unfinish(example):
+        changed = 0
+        for side in ("chosen", "rejected"):
+            ids = example[f"{side}_ids"]
+            if end and example[f"{side}_cut"] and len(ids) > len(end) and ids[-len(end):] == end:
+                example[f"{side}_ids"] = ids[:-len(end)]
+                changed += 1
+        return {**example, "unfinished": changed}
+
+    trainer.train_dataset = trainer.train_dataset.map(unfinish)
+    changed = sum(trainer.train_dataset["unfinished"])
+    trainer.train_dataset = trainer.train_dataset.remove_columns([*CUT_FLAGS, "unfinished"])
+    if trainer.eval_dataset is not None:
+        trainer.eval_dataset = trainer.eval_dataset.map(unfinish).remove_columns([*CUT_FLAGS, "unfinished"])
+    return changed
 
 
 def split(records: list, eval_share: float, seed: int) -> tuple[list, list]:

@@ -30,7 +30,9 @@ EXPORT_FORMATS = ("conversational", "trl")
 
 PAIRS_WITH_PREFERENCE = f"""
 WITH preference AS ({PAIR_PREFERENCE})
-SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second, pref.verdict, pref.outcome
+SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second, pref.verdict, pref.outcome,
+       coalesce(json_extract_string(a.generation, '$.finish') = 'length', false) AS first_cut,
+       coalesce(json_extract_string(b.generation, '$.finish') = 'length', false) AS second_cut
 FROM pairs p
 JOIN preference pref ON pref.pair_id = p.id
 JOIN prompts pr ON pr.id = p.prompt_id
@@ -111,8 +113,10 @@ def unpaired_records(store: Store, dataset: str | None = None) -> tuple[list[dic
 
 def preference_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
     """The pairs (of one dataset, or all) with a preference, as conversational records
-    {pair_id, prompt, chosen, rejected} (message lists) and chosen_side (first or second: which side
-    of the stored pair was preferred), and the count of those left out, by why."""
+    {pair_id, prompt, chosen, rejected} (message lists), chosen_side (first or second: which side
+    of the stored pair was preferred) and chosen_cut, rejected_cut (whether that answer was
+    generated here and cut by its length limit rather than ended by the model), and the count of
+    those left out, by why."""
     records, left_out = [], {}
     for row in _pairs_with_preference(store, dataset):
         if row["verdict"] is None:
@@ -123,8 +127,11 @@ def preference_records(store: Store, dataset: str | None = None) -> tuple[list[d
             left_out["identical sides"] = left_out.get("identical sides", 0) + 1
             continue
         chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
+        chosen_cut, rejected_cut = ((row["first_cut"], row["second_cut"]) if row["verdict"] == "first"
+                                    else (row["second_cut"], row["first_cut"]))
         records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "chosen": chosen,
-                        "rejected": rejected, "chosen_side": row["verdict"]})
+                        "rejected": rejected, "chosen_side": row["verdict"], "chosen_cut": chosen_cut,
+                        "rejected_cut": rejected_cut})
     return records, left_out
 
 

@@ -174,6 +174,44 @@ def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, worksp
         assert store.query("SELECT purpose, kind FROM models") == [{"purpose": "policy", "kind": "adapter"}]
 
 
+def test_an_answer_cut_by_its_length_limit_is_trained_as_unfinished(tmp_path, workspace, hh40, tiny_model, capsys):
+    """DPO must not teach a model to end its turn where a length limit cut an answer: a generated
+    answer that was cut is trained without the end-of-turn tokens the chat template adds, one that
+    ended (or came from a file) with them. Otherwise a pair of an ended answer against a cut one
+    cannot teach the model to end."""
+    from pipelines.dpo import DPOTrainConfig, make_trainer
+    from pipelines.training import end_of_turn_ids
+    from store.exports import preference_records
+
+    pairs = hh40.query("SELECT first_id, second_id FROM pairs ORDER BY rowid LIMIT 5")
+    cut = [p["second_id"] for p in pairs[:3]] + [p["first_id"] for p in pairs[3:]]
+    with hh40.transaction() as cur:  # as `generate` stores a candidate that hit its limit
+        cur.execute(f"UPDATE responses SET generation = '{{\"finish\": \"length\"}}' "
+                    f"WHERE id IN ({', '.join('?' * len(cut))})", cut)
+    records, _ = preference_records(hh40, "hh40")
+    flags = [(r["chosen_cut"], r["rejected_cut"]) for r in records]
+    assert flags[:5] == [(False, True)] * 3 + [(True, False)] * 2 and set(flags[5:]) == {(False, False)}
+
+    config = DPOTrainConfig(base=str(tiny_model), max_length=2048, device="cpu", lora_r=4, lora_alpha=8)
+    trainer, unfinished = make_trainer(config, tmp_path, records, [])
+    end = end_of_turn_ids(trainer.processing_class)
+    assert unfinished == 5 and trainer.processing_class.decode(end).startswith("<|im_end|>")
+    for record, example in zip(records, trainer.train_dataset):
+        for side in ("chosen", "rejected"):
+            ids = example[f"{side}_ids"]
+            assert (ids[-len(end):] == end) != record[f"{side}_cut"], (side, record[f"{side}_cut"])
+            text = trainer.processing_class.decode(ids)
+            assert record[side][-1]["content"].strip()[-20:] in text  # the answer itself is all there
+
+    hh40.close()
+    code = cli_main(["train", "dpo", "--base", str(tiny_model), "--dataset", "hh40", "--max-steps", "1",
+                     "--batch-size", "2", "--max-length", "2048", "--lora-r", "4", "--eval-share", "0",
+                     "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "training on 40 pairs (5 answers cut by their length limit trained as unfinished)" in out
+
+
 def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
     # A judge split: the proxy (to optimise) and the judge (to evaluate by) share no prompt.
