@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
 from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
-                                progress_callback, split, train_and_save, trainer_arguments)
+                                progress_callback, split, train_and_save, trainer_arguments, unfinish_cut_answers)
 
 
 @dataclass
@@ -39,7 +39,8 @@ class KTOTrainConfig(PairTrainSettings):
 
 def read_verdicts(path) -> list[dict]:
     return [{"pair_id": r["pair_id"], "prompt": json.loads(r["prompt"]), "completion": json.loads(r["completion"]),
-             "label": bool(r["label"])} for r in pq.read_table(path).to_pylist()]
+             "label": bool(r["label"]), "completion_cut": bool(r.get("completion_cut"))}
+            for r in pq.read_table(path).to_pylist()]
 
 
 def verdict_data(config: KTOTrainConfig, run_dir) -> tuple[list, list]:
@@ -52,7 +53,8 @@ def verdict_data(config: KTOTrainConfig, run_dir) -> tuple[list, list]:
         train, held_out = [r for r in rows if r["pair_id"] not in held], [r for r in rows if r["pair_id"] in held]
     if not train:
         raise ValueError("no labelled answers to train on")
-    strip = lambda records: [{k: r[k] for k in ("prompt", "completion", "label")} for r in records]  # noqa: E731
+    strip = lambda records: [{k: r[k] for k in ("prompt", "completion", "label", "completion_cut")}  # noqa: E731
+                             for r in records]
     return strip(train), strip(held_out)
 
 
@@ -74,9 +76,13 @@ def run(config: KTOTrainConfig, log: RunLog) -> None:
                          eval_dataset=Dataset.from_list(held_out) if held_out else None,
                          processing_class=tokenizer, callbacks=[callback],
                          peft_config=lora_config(config, "CAUSAL_LM"))
+    unfinished = unfinish_cut_answers(trainer, tokenizer)
     desirable = sum(r["label"] for r in train)
-    log.event("running", message=f"training on {len(train)} answers ({desirable} desirable, "
-              f"{len(train) - desirable} not)" + (f", evaluating on {len(held_out)}" if held_out else ""))
+    message = (f"training on {len(train)} answers ({desirable} desirable, {len(train) - desirable} not)"
+               + (f", evaluating on {len(held_out)}" if held_out else ""))
+    if unfinished:
+        message += f" ({unfinished} cut by their length limit trained as unfinished)"
+    log.event("running", message=message)
     final = train_and_save(trainer, callback, config, log, "policy", "kto", held_out, "eval_rewards/margins")
     if final is None:
         return

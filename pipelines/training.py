@@ -104,24 +104,26 @@ def unfinish_cut_answers(trainer, tokenizer) -> int:
     """Train an answer that a length limit cut as unfinished: without the end-of-turn tokens the chat
     template gave it. Otherwise every cut answer teaches the model to end its turn mid-sentence,
     and a pair of an ended answer against a cut one cannot teach it to end. Works on a TRL trainer's
-    tokenized pair datasets (prompt_ids, chosen_ids, rejected_ids, made by `pair_dataset(...,
-    cut_flags=True)`); returns how many answers of the training set it changed."""
+    tokenized datasets: each `<side>_ids` (chosen, rejected; KTO's completion) with its `<side>_cut`
+    flag (`pair_dataset(..., cut_flags=True)`, `unpaired_records`); returns how many answers of the
+    training set it changed."""
     end = end_of_turn_ids(tokenizer)
+    flags = [c for c in trainer.train_dataset.column_names if c.endswith("_cut")]
 
     def unfinish(example):
         changed = 0
-        for side in ("chosen", "rejected"):
-            ids = example[f"{side}_ids"]
-            if end and example[f"{side}_cut"] and len(ids) > len(end) and ids[-len(end):] == end:
-                example[f"{side}_ids"] = ids[:-len(end)]
+        for flag in flags:
+            ids = example[flag.removesuffix("_cut") + "_ids"]
+            if end and example[flag] and len(ids) > len(end) and ids[-len(end):] == end:
+                example[flag.removesuffix("_cut") + "_ids"] = ids[:-len(end)]
                 changed += 1
         return {**example, "unfinished": changed}
 
     trainer.train_dataset = trainer.train_dataset.map(unfinish)
     changed = sum(trainer.train_dataset["unfinished"])
-    trainer.train_dataset = trainer.train_dataset.remove_columns([*CUT_FLAGS, "unfinished"])
+    trainer.train_dataset = trainer.train_dataset.remove_columns([*flags, "unfinished"])
     if trainer.eval_dataset is not None:
-        trainer.eval_dataset = trainer.eval_dataset.map(unfinish).remove_columns([*CUT_FLAGS, "unfinished"])
+        trainer.eval_dataset = trainer.eval_dataset.map(unfinish).remove_columns([*flags, "unfinished"])
     return changed
 
 

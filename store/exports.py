@@ -93,8 +93,9 @@ def _pairs_with_preference(store: Store, dataset: str | None) -> list[dict]:
 
 def unpaired_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
     """The answers of a dataset's pairs as unpaired verdicts (KTO's data): {pair_id, prompt,
-    completion, label} with label True for a preferred side, False for the other side and for both
-    sides of a pair labelled both-bad; and the count of pairs left out, by why (ties, skips, ...)."""
+    completion, label, completion_cut} with label True for a preferred side, False for the other
+    side and for both sides of a pair labelled both-bad, completion_cut as in `preference_records`;
+    and the count of pairs left out, by why (ties, skips, ...)."""
     records, left_out = [], {}
     for row in _pairs_with_preference(store, dataset):
         first, second = json.loads(row["first"]), json.loads(row["second"])
@@ -105,9 +106,9 @@ def unpaired_records(store: Store, dataset: str | None = None) -> tuple[list[dic
         else:
             left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
             continue
-        for side, label in zip((first, second), labels):
+        for side, label, cut in zip((first, second), labels, (row["first_cut"], row["second_cut"])):
             records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "completion": side,
-                            "label": label})
+                            "label": label, "completion_cut": cut})
     return records, left_out
 
 

@@ -175,7 +175,7 @@ def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, worksp
 
 
 def test_an_answer_cut_by_its_length_limit_is_trained_as_unfinished(tmp_path, workspace, hh40, tiny_model, capsys):
-    """DPO must not teach a model to end its turn where a length limit cut an answer: a generated
+    """DPO (and KTO) must not teach a model to end its turn where a length limit cut an answer: a generated
     answer that was cut is trained without the end-of-turn tokens the chat template adds, one that
     ended (or came from a file) with them. Otherwise a pair of an ended answer against a cut one
     cannot teach the model to end."""
@@ -210,6 +210,12 @@ def test_an_answer_cut_by_its_length_limit_is_trained_as_unfinished(tmp_path, wo
     out = capsys.readouterr().out
     assert code == 0, out
     assert "training on 40 pairs (5 answers cut by their length limit trained as unfinished)" in out
+    code = cli_main(["train", "kto", "--base", str(tiny_model), "--dataset", "hh40", "--max-steps", "1",
+                     "--batch-size", "2", "--max-length", "2048", "--lora-r", "4", "--eval-share", "0",
+                     "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "(5 cut by their length limit trained as unfinished)" in out  # KTO: the same, answer by answer
 
 
 def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace, hh40, tiny_model):
