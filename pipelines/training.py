@@ -71,7 +71,6 @@ class PairTrainSettings(TrainSettings):
 def read_pairs(path: str | Path) -> list[dict]:
     """Preference records {prompt, chosen, rejected} (message lists) from the runner's Parquet file."""
     rows = pq.read_table(path).to_pylist()
-    # pair_id and chosen_side (when the store wrote them) let a report find each pair's labels.
     # pair_id and chosen_side (when the store wrote them) let a report find each pair's labels;
     # chosen_cut and rejected_cut say which answers were cut by a length limit.
     return [{"prompt": json.loads(r["prompt"]), "chosen": json.loads(r["chosen"]),
