@@ -60,7 +60,7 @@ keep the plausible ones by perplexity and pair them, label the pairs, train a re
 DPO, evaluate the policy against the base, export it to a q8_0 GGUF and compare the two in llama.cpp.
 To label yourself: *Prepare pairs to label* makes the pairs of `demo-pairs` for the Label tab,
 and *Go on from my labels* (the same button) trains on them. *Run the whole loop unattended* does
-it all in about 15 minutes on a 2-core CPU with the sizes below (on a GPU, raise them), with a
+it all in about 25 minutes on a 2-core CPU with the sizes below (on a GPU, raise them), with a
 plain, stated rule as labeller: {HEURISTIC_RULE}.
 """
 
