@@ -50,7 +50,9 @@ def runs_table(store: Store) -> list[list]:
         progress = r["metrics"].get("progress")
         rows.append([r["id"], r["kind"], r["status"],
                      f"{progress:.0%}" if progress is not None else "",
-                     r["message"] or "", str(r["started_at"] or "")[5:16], str(r["finished_at"] or "")[5:16]])
+                     # An evaluation says one judge a line; a table cell runs lines together.
+                     (r["message"] or "").replace("\n", "; "), str(r["started_at"] or "")[5:16],
+                     str(r["finished_at"] or "")[5:16]])
     return rows
 
 

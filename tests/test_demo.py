@@ -41,6 +41,8 @@ def test_the_demo_waits_for_labels_then_runs_every_stage_to_a_compared_gguf(work
     figures = {s["name"]: s["figures"] for s in report["stages"]}
     assert sum(figures["labels"].values()) == 12
     assert 0 <= figures["reward model"]["eval_accuracy"] <= 1 and 0 <= figures["evaluate"]["win_rate"] <= 1
+    evaluation = next(s["summary"] for s in report["stages"] if s["name"] == "evaluate")
+    assert "\n" not in evaluation and "; KL from the base" in evaluation  # one line in the Home tab's list
     assert figures["export"]["mb"] > 0 and figures["compare"]["tokens_per_s_policy"] > 0
     assert "The demo took" in out and "Compare tab" in out
     with workspace.open_store() as store:

@@ -111,3 +111,17 @@ def test_unknown_dataset_and_bad_control_requests(store, workspace):
         jobs.start_perplexity(runner, "nope")
     with pytest.raises(RunError, match="no run 42"):
         runner.cancel(42)
+
+
+def test_the_home_runs_table_keeps_a_message_s_lines_apart(store, tmp_path):
+    """An evaluation's message says one judge a line; in the Home tab's table cell the lines would
+    run together ("... better KL from the base ..."), so they are shown joined by semicolons."""
+    from store.runs import create_run, record_events
+    from studio.home_tab import runs_table
+
+    run_id, _ = create_run(store, "evaluate", {}, tmp_path)
+    record_events(store, run_id, [], 0, "succeeded", "rule 'heuristic': policy wins 88% of 48 prompts: better\n"
+                                                     "KL from the base 6.58; answer length -61.4 tokens")
+    message = next(row[4] for row in runs_table(store) if row[0] == run_id)
+    assert message == ("rule 'heuristic': policy wins 88% of 48 prompts: better; "
+                       "KL from the base 6.58; answer length -61.4 tokens")
