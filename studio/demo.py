@@ -177,7 +177,8 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
     run = job(jobs.start_evaluation(runner, dpo_run, HELDOUT_PROMPTS, rule="heuristic", limit=s.eval_prompts,
                                       max_new_tokens=s.max_new_tokens))
     m = latest_metrics(store, run["id"])
-    stage("evaluate", t, f"run {run['id']}: " + run["message"].replace("\n", "; "), run=run["id"], win_rate=m.get("rule/win_rate"),
+    stage("evaluate", t, f"run {run['id']}: " + run["message"].replace("\n", "; "), run=run["id"],
+          win_rate=m.get("rule/win_rate"),
           win_low=m.get("rule/win_low"), win_high=m.get("rule/win_high"), kl=m.get("kl"),
           length_change=m.get("length_change"))
 
