@@ -112,9 +112,10 @@ def unfinish_cut_answers(trainer, tokenizer) -> int:
     def unfinish(example):
         changed = 0
         for flag in flags:
-            ids = example[flag.removesuffix("_cut") + "_ids"]
+            key = flag.removesuffix("_cut") + "_ids"
+            ids = example[key]
             if end and example[flag] and len(ids) > len(end) and ids[-len(end):] == end:
-                example[flag.removesuffix("_cut") + "_ids"] = ids[:-len(end)]
+                example[key] = ids[:-len(end)]
                 changed += 1
         return {**example, "unfinished": changed}
 

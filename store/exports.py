@@ -127,9 +127,8 @@ def preference_records(store: Store, dataset: str | None = None) -> tuple[list[d
         if first == second:  # stored before identical answers were refused; no import would take it back
             left_out["identical sides"] = left_out.get("identical sides", 0) + 1
             continue
-        chosen, rejected = (first, second) if row["verdict"] == "first" else (second, first)
-        chosen_cut, rejected_cut = ((row["first_cut"], row["second_cut"]) if row["verdict"] == "first"
-                                    else (row["second_cut"], row["first_cut"]))
+        sides = [(first, row["first_cut"]), (second, row["second_cut"])]
+        (chosen, chosen_cut), (rejected, rejected_cut) = sides if row["verdict"] == "first" else sides[::-1]
         records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "chosen": chosen,
                         "rejected": rejected, "chosen_side": row["verdict"], "chosen_cut": chosen_cut,
                         "rejected_cut": rejected_cut})
