@@ -101,7 +101,7 @@ def test_each_training_method_lists_only_its_own_settings_with_their_defaults(tm
         return " ".join(cli("train", method, "--help", workspace=tmp_path).stdout.split())
 
     rm = help_of("rm")
-    assert "--learning-rate" in rm and "(default: 0.0001)" in rm and "--eval-share" in rm and "--dataset" in rm
+    assert "--learning-rate" in rm and "(default: 0.0002)" in rm and "--eval-share" in rm and "--dataset" in rm
     for foreign in ("--kl-coef", "--num-generations", "--beta", "--prompts", "--reward-run", "--loss-type"):
         assert foreign not in rm, foreign
     ppo = help_of("ppo")
