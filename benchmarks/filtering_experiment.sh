@@ -6,7 +6,9 @@
 #
 #   benchmarks/filtering_experiment.sh [WORKSPACE] [SEED]
 #
-# Sizes fit a 2-core CPU in about an hour; on a GPU raise --max-steps and --limit.
+# Sizes fit a 2-core CPU in about an hour. The judge trains one epoch on its 400 pairs and is scored
+# on the evaluation part's 100 pairs; each DPO run is one epoch of its 250 pairs (as many steps for
+# both) at the guided run's learning rate. JUDGE_STEPS, DPO_STEPS, DPO_LR and EVAL_PROMPTS change them.
 set -euo pipefail
 WS=${1:-./filtering-experiment}
 SEED=${2:-0}
@@ -30,11 +32,12 @@ TOTAL=$(A datasets --json | python3 -c "import json,sys; print(next(d['pairs'] f
 # The control: as many pairs, drawn at random from the same training half.
 A split --dataset hh-train --by pair --share "$(python3 -c "print($KEPT / $TOTAL)")" --into hh-random hh-unused --seed "$SEED"
 
-A train rm --dataset hh-judge --max-steps "${JUDGE_STEPS:-60}" --seed "$SEED"
+A train rm --dataset hh-judge --eval-dataset hh-eval --max-steps "${JUDGE_STEPS:--1}" --seed "$SEED"
 JUDGE=$(last_run)
-A train dpo --dataset hh-plausible --max-steps "${DPO_STEPS:-40}" --seed "$SEED"
+DPO=(--max-steps "${DPO_STEPS:--1}" --learning-rate "${DPO_LR:-5e-4}" --seed "$SEED")
+A train dpo --dataset hh-plausible "${DPO[@]}"
 PLAUSIBLE=$(last_run)
-A train dpo --dataset hh-random --max-steps "${DPO_STEPS:-40}" --seed "$SEED"
+A train dpo --dataset hh-random "${DPO[@]}"
 RANDOM_RUN=$(last_run)
 A rm-report "$JUDGE"
 for POLICY in "$PLAUSIBLE" "$RANDOM_RUN"; do

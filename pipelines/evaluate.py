@@ -37,6 +37,8 @@ class EvaluateConfig:
                                  "proxy's (checked by the studio)", internal=True)
     judge_name: str = setting("", "the judge reward model's name, for the report", internal=True)
     proxy_name: str = setting("", "the proxy's name, for the report", internal=True)
+    proxy_of_pairs: bool = setting(False, "the proxy was trained on the policy's own pairs, not optimised by it "
+                                   "(DPO, KTO, ORPO)", internal=True)
     seen_in_training: int = setting(0, "how many of the prompts the policy trained on (the report says so)",
                                     internal=True)
     rule: str = setting("", "judge by a named rule over the two answers as well", choices=["", *RULES])
@@ -129,9 +131,9 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     ends = end_ids(policy, tokenizer)
     del policy, base
     n = len(prompts)
-    judged = []  # (role, name, verdict)
+    judged = []  # (role, who: a key of judges.ROLES, name, verdict)
     if config.rule:
-        judged.append(("rule", config.rule, by_rule(
+        judged.append(("rule", "rule", config.rule, by_rule(
             config.rule, rule_answers(policy_texts, policy_ids, ends), rule_answers(base_texts, base_ids, ends))))
     scored = {}
     for role, adapter, name in (("proxy", config.proxy_adapter, config.proxy_name),
@@ -143,17 +145,18 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
         scored[role] = tuple(score(reward_tokenizer, reward_model, [p + [{"role": "assistant", "content": t}]
                                                                     for p, t in zip(prompts, texts)], config.batch_size)
                              for texts in (policy_texts, base_texts))
-        judged.append((role, name, by_reward(*scored[role])))
+        who = "proxy of the pairs" if role == "proxy" and config.proxy_of_pairs else role
+        judged.append((role, who, name, by_reward(*scored[role])))
     metrics = {"prompts": n, "kl": sum(kls) / n,
                "length_policy": sum(map(len, policy_ids)) / n, "length_base": sum(map(len, base_ids)) / n}
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]
-    for role, _, verdict in judged:
+    for role, _, _, verdict in judged:
         metrics.update(flat_metrics(role, verdict))
     columns = {"prompt": [json.dumps(p) for p in prompts], "policy": policy_texts, "base": base_texts}
     for role, (policy_rewards, base_rewards) in scored.items():
         columns[f"{role}_policy"], columns[f"{role}_base"] = policy_rewards, base_rewards
     pq.write_table(pa.table(columns), run_dir / config.output)
-    lines = [describe(role, verdict, name) for role, name, verdict in judged]
+    lines = [describe(who, verdict, name) for _, who, name, verdict in judged]
     log.event("succeeded", step=4, total=4, metrics=metrics,
               message="\n".join(lines + [f"KL from the base {metrics['kl']:.2f}; answer length "
                                          f"{metrics['length_change']:+.1f} tokens ({n} prompts)"]

@@ -1,7 +1,9 @@
 """Judges of a policy against its base: who says which answer is better, and how sure.
 
 - **proxy**: the reward model the policy was trained against. Its verdict is always labelled: a
-  policy optimised against a reward model raises that reward whether or not it got better.
+  policy optimised against a reward model raises that reward whether or not it got better. A
+  policy trained on pairs (DPO, KTO, ORPO) optimised their labels directly; a reward model trained
+  on those same pairs stands in as its proxy, labelled as that.
 - **judge**: a reward model trained on pairs that share no prompt with the policy's (or the
   proxy's) training data. The studio checks the disjointness before calling it a judge.
 - **rule**: a named, transparent rule over two answers (below), for when the labels came from
@@ -21,6 +23,8 @@ from common.stats import mean_and_se, win_summary
 
 ROLES = {
     "proxy": "proxy: the reward model this policy optimised; it cannot tell improvement from reward hacking",
+    "proxy of the pairs": "proxy: a reward model trained on this policy's own pairs; it learned the labels the "
+                          "policy optimised, so it cannot tell improvement from fitting them",
     "judge": "judge reward model: trained on prompts the policy and its proxy never saw",
     "rule": "rule",
 }
@@ -78,7 +82,8 @@ def by_reward(policy_rewards: list[float], base_rewards: list[float]) -> dict:
 
 
 def describe(role: str, result: dict, name: str = "") -> str:
-    """One line of a report: who judged, the win rate with its interval, and what it means."""
+    """One line of a report: who judged (a key of ROLES), the win rate with its interval, and what
+    it means."""
     who = f"rule '{name}'" if role == "rule" else f"{ROLES[role]} ({name})" if name else ROLES[role]
     line = (f"{who}: policy wins {result['win_rate']:.0%} of {result['n']} prompts "
             f"(95% interval {result['win_low']:.0%}-{result['win_high']:.0%}): {result['verdict']}")

@@ -250,7 +250,8 @@ def cmd_evaluate(ws: Workspace, args) -> int:
         return status
 
     return run_job(ws, args, lambda runner: jobs.start_evaluation(runner, args.policy_run, args.prompts, args.judge_run,
-                                                                  limit=args.limit, **settings),
+                                                                  limit=args.limit, proxy_run=args.proxy_run,
+                                                                  **settings),
                    f"policy of run {args.policy_run} against its base on '{args.prompts}'", after=people)
 
 
@@ -523,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
     p.add_argument("--judge-run", type=int, help="a reward-model run trained on prompts that share nothing with the "
                    "policy's or its proxy's training pairs (alignstudio train rm --judge-split makes one)")
+    p.add_argument("--proxy-run", type=int, help="for a policy trained on pairs (DPO, KTO, ORPO): a reward-model run "
+                   "trained on the same pairs, reported as its proxy beside the judges, to show the gap between them")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
     p.add_argument("--limit", type=int, default=jobs.EVAL_PROMPTS,
                    help=f"at most this many prompts (default: {jobs.EVAL_PROMPTS})")

@@ -10,7 +10,8 @@ its figures and how long it took; the report is kept in `<workspace>/demo-report
 The automatic labeller is a plain, stated rule (`HEURISTIC_RULE`), not a judge of quality. The
 demo teaches the model to finish its answers, not ramble, and keep them short; a user can see each
 verdict in the Label tab (annotator `heuristic`). The evaluation judges the policy by that same
-rule on fresh answers to held-out prompts: the rule is the gold standard the labels came from.
+rule on fresh answers to held-out prompts: the rule is the gold standard the labels came from. The
+demo's reward model, trained on the same pairs, is reported beside it as their proxy.
 """
 
 from __future__ import annotations
@@ -174,13 +175,15 @@ def run_demo(store: Store, runner: Runner, settings: DemoSettings, workspace: Wo
           margins=m.get("rewards/margins"), accuracies=m.get("rewards/accuracies"))
 
     t = time.monotonic()
-    run = job(jobs.start_evaluation(runner, dpo_run, HELDOUT_PROMPTS, rule="heuristic", limit=s.eval_prompts,
-                                      max_new_tokens=s.max_new_tokens))
+    # The reward model of the same pairs is reported beside the rule: the gap between what the pairs'
+    # proxy says and what the rule says is the lesson of the run.
+    run = job(jobs.start_evaluation(runner, dpo_run, HELDOUT_PROMPTS, rule="heuristic", proxy_run=rm_run,
+                                      limit=s.eval_prompts, max_new_tokens=s.max_new_tokens))
     m = latest_metrics(store, run["id"])
     stage("evaluate", t, f"run {run['id']}: " + run["message"].replace("\n", "; "), run=run["id"],
-          win_rate=m.get("rule/win_rate"),
-          win_low=m.get("rule/win_low"), win_high=m.get("rule/win_high"), kl=m.get("kl"),
-          length_change=m.get("length_change"))
+          win_rate=m.get("rule/win_rate"), win_low=m.get("rule/win_low"), win_high=m.get("rule/win_high"),
+          proxy_win_rate=m.get("proxy/win_rate"), proxy_win_low=m.get("proxy/win_low"),
+          proxy_win_high=m.get("proxy/win_high"), kl=m.get("kl"), length_change=m.get("length_change"))
 
     t = time.monotonic()
     run = job(jobs.start_export(runner, run_id=dpo_run, quants=["q8_0"]))

@@ -370,10 +370,11 @@ def _reward_model_of(store: Store, path: str) -> dict | None:
 
 
 def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | None = None, rule: str = "",
-                     limit: int = EVAL_PROMPTS, **settings) -> int:
+                     limit: int = EVAL_PROMPTS, proxy_run: int | None = None, **settings) -> int:
     """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its base,
-    and judge the answers by the policy's proxy (the reward model it was trained against, if any),
-    by the reward model of `judge_run` (refused unless it was trained on prompts that neither the
+    and judge the answers by the policy's proxy (the reward model it was trained against, if any;
+    for a policy trained on pairs, the reward model of `proxy_run`, trained on the same pairs), by
+    the reward model of `judge_run` (refused unless it was trained on prompts that neither the
     policy nor the proxy saw) and/or by a named `rule`. Reports per judge the win rate with its
     interval, and the KL and length change (stored as the evaluation run's metrics)."""
     store = runner.store
@@ -384,6 +385,15 @@ def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | Non
     policy_config = json.loads(runner.get(policy_run)["config"])
     proxy = _reward_model_of(store, policy_config.get("reward_adapter") or "")
     fields = {"proxy_adapter": policy_config["reward_adapter"], "proxy_name": proxy["name"]} if proxy else {}
+    if proxy_run is not None and not (proxy and proxy["run_id"] == proxy_run):
+        if proxy:
+            raise RunError(f"run {policy_run}'s policy optimised the reward model of run {proxy['run_id']}: that is "
+                           "its proxy, reported anyway; give another reward model as a judge (judge run) instead")
+        path = model_path(store, "reward", run_id=proxy_run)
+        if not path:
+            raise RunError(f"run {proxy_run} did not train a reward model")
+        proxy = _reward_model_of(store, path)
+        fields = {"proxy_adapter": path, "proxy_name": proxy["name"], "proxy_of_pairs": True}
     if judge_run is not None:
         judge = model_path(store, "reward", run_id=judge_run)
         if not judge:
@@ -393,8 +403,12 @@ def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | Non
                            "judge it independently; its verdict is shown as the proxy's anyway. Judge by a reward "
                            "model trained on other prompts (alignstudio train rm --judge-split) or by a rule")
         # Independent = no labelled pair in common by prompt with what taught the policy: its own
-        # pairs (offline methods) or its proxy's (online methods, whose prompts carry no labels).
-        check_independent(runner, judge_run, *(("its proxy", proxy["run_id"]) if proxy else ("the policy", policy_run)))
+        # pairs (offline methods) or its proxy's (online methods, whose prompts carry no labels),
+        # nor with the proxy reported beside it.
+        if not proxy or fields.get("proxy_of_pairs"):
+            check_independent(runner, judge_run, "the policy", policy_run)
+        if proxy:
+            check_independent(runner, judge_run, "its proxy", proxy["run_id"])
         fields.update(judge_adapter=judge, judge_name=_reward_model_of(store, judge)["name"])
     if judge_run is None and not rule:  # never the proxy alone: it cannot tell improvement from reward hacking
         raise RunError(f"give an independent judge for run {policy_run}'s policy: a reward model trained on other "

@@ -228,7 +228,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     summary = gr.Markdown(elem_id="train-summary")
     with gr.Accordion("Evaluate a policy against its base", open=False):
         gr.Markdown("Both answer the same held-out prompts. A policy trained against a reward model is always "
-                    "judged by it too, labelled **proxy**: it rises whether or not the model got better. Pick at "
+                    "judged by it too, labelled **proxy**: it rises whether or not the model got better (for a "
+                    "policy trained on pairs, a reward model of the same pairs can stand as its proxy). Pick at "
                     "least one judge it was not trained against. Each verdict comes with a 95% interval; one that "
                     "includes 50% says *no clear difference*.")
         with gr.Row():
@@ -238,6 +239,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                                       info="trained on prompts the policy and its proxy never saw (judge split)")
             eval_rule = gr.Dropdown([("none", ""), *((f"{name}: {rule.description}", name) for name, rule in RULES.items())],
                                     value="", label="Judge by a rule", scale=2)
+            eval_proxy = gr.Dropdown([("none", "")] + reward_runs(store), value="", scale=2,
+                                     label="Proxy of the pairs (DPO, KTO, ORPO)",
+                                     info="trained on the policy's own pairs: shown beside the judges")
             eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
@@ -398,17 +402,19 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
 
-    def start_evaluation(run_id, prompts, judge_run_id, rule, limit):
+    def start_evaluation(run_id, prompts, judge_run_id, rule, limit, proxy_run_id):
         if not run_id or not prompts:
             return "**Pick a policy run above and held-out prompts.**", gr.update()
         try:
             new_id = jobs.start_evaluation(runner, int(run_id), prompts, int(judge_run_id) if judge_run_id else None,
-                                           rule or "", limit=int(limit or jobs.EVAL_PROMPTS))
+                                           rule or "", limit=int(limit or jobs.EVAL_PROMPTS),
+                                           proxy_run=int(proxy_run_id) if proxy_run_id else None)
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
-    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_rule, eval_limit], [started, picked])
+    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_rule, eval_limit, eval_proxy],
+                   [started, picked])
     picked.change(pick, picked, [summary, loss_plot, metrics_plot, watch, plotted, ticked, last_shown])
     plotted.input(lambda run_id, names: (metrics_of(run_id, method_of_run(run_id), names) if run_id else None, names),
                   [picked, plotted], [metrics_plot, ticked])
@@ -422,5 +428,6 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                 gr.update(choices=reward_runs(store)))
 
     tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run]).then(
-        lambda: (gr.update(choices=dataset_names(store)), gr.update(choices=[("none", "")] + reward_runs(store))),
-        outputs=[eval_prompts, eval_reward])
+        lambda: (gr.update(choices=dataset_names(store)),
+                 *[gr.update(choices=[("none", "")] + reward_runs(store))] * 2),
+        outputs=[eval_prompts, eval_reward, eval_proxy])

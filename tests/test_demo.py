@@ -43,6 +43,10 @@ def test_the_demo_waits_for_labels_then_runs_every_stage_to_a_compared_gguf(work
     assert 0 <= figures["reward model"]["eval_accuracy"] <= 1 and 0 <= figures["evaluate"]["win_rate"] <= 1
     evaluation = next(s["summary"] for s in report["stages"] if s["name"] == "evaluate")
     assert "\n" not in evaluation and "; KL from the base" in evaluation  # one line in the Home tab's list
+    # The rule judges; the reward model of the same pairs is shown beside it as their proxy.
+    assert evaluation.startswith("run ") and "rule 'heuristic': policy wins" in evaluation
+    assert "; proxy: a reward model trained on this policy's own pairs" in evaluation
+    assert 0 <= figures["evaluate"]["proxy_win_low"] <= figures["evaluate"]["proxy_win_rate"] <= 1
     assert figures["export"]["mb"] > 0 and figures["compare"]["tokens_per_s_policy"] > 0
     assert "The demo took" in out and "Compare tab" in out
     with workspace.open_store() as store:

@@ -259,6 +259,8 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     with pytest.raises(RunError, match=f"give an independent judge .*its proxy \\(rm-run{reward_run}\\) is reported "
                                        "beside it, never alone"):
         jobs.start_evaluation(runner, policies["ppo"], "hh40")
+    with pytest.raises(RunError, match=f"optimised the reward model of run {reward_run}: that is its proxy"):
+        jobs.start_evaluation(runner, policies["ppo"], "hh40", proxy_run=judge_run, rule="heuristic")
 
     # After a policy run: both answer held-out prompts; proxy, judge and rule each give their verdict.
     evaluation = runner.wait(jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=judge_run,
@@ -281,6 +283,32 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         assert final[f"{role}/gain_se"] == pytest.approx(statistics.stdev(gains) / len(gains) ** 0.5)
     assert 0.0 <= final["rule/win_rate"] <= 1.0 and "rule/gain" not in final
     assert {"kl", "length_change"} <= set(final)
+
+
+def test_a_policy_trained_on_pairs_is_reported_beside_a_reward_model_of_the_same_pairs(workspace, hh40, tiny_model):
+    runner = Runner(hh40, workspace)
+    dpo_run = jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
+    proxy_run = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
+    assert runner.wait(dpo_run)["status"] == "succeeded" and runner.wait(proxy_run)["status"] == "succeeded"
+    with pytest.raises(RunError, match=f"run {dpo_run} did not train a reward model"):
+        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=dpo_run, rule="heuristic")
+    with pytest.raises(RunError, match="its proxy\\): it cannot judge it independently"):
+        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run, judge_run=proxy_run)
+    with pytest.raises(RunError, match="give an independent judge .* is reported beside it, never alone"):
+        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run)
+
+    evaluation = runner.wait(jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run, rule="heuristic",
+                                                   limit=4, max_new_tokens=8))
+    assert evaluation["status"] == "succeeded", evaluation["message"]
+    lines = evaluation["message"].splitlines()
+    assert lines[0].startswith("rule 'heuristic': policy wins")
+    assert lines[1].startswith(f"proxy: a reward model trained on this policy's own pairs; it learned the labels "
+                               "the policy optimised, so it cannot tell improvement from fitting them "
+                               f"(rm-run{proxy_run}): policy wins")
+    final = {m["name"]: m["value"] for m in hh40.query(
+        "SELECT name, value FROM run_metrics WHERE run_id = ?", [evaluation["id"]])}
+    assert final["proxy/win_low"] <= final["proxy/win_rate"] <= final["proxy/win_high"]
+    assert "judge/win_rate" not in final
 
 
 def test_settings_suggested_by_model_size_keep_the_effective_batch(tiny_model):
