@@ -146,7 +146,8 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
                                                                     for p, t in zip(prompts, texts)], config.batch_size)
                              for texts in (policy_texts, base_texts))
         who = "proxy of the pairs" if role == "proxy" and config.proxy_of_pairs else role
-        judged.append((role, who, name, by_reward(*scored[role])))
+        lengths = [len(ids) for ids in policy_ids], [len(ids) for ids in base_ids]
+        judged.append((role, who, name, by_reward(*scored[role], *lengths)))
     metrics = {"prompts": n, "kl": sum(kls) / n,
                "length_policy": sum(map(len, policy_ids)) / n, "length_base": sum(map(len, base_ids)) / n}
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]

@@ -71,13 +71,25 @@ def by_rule(rule: str, policy: list[dict], base: list[dict]) -> dict:
     return win_summary(outcomes)
 
 
-def by_reward(policy_rewards: list[float], base_rewards: list[float]) -> dict:
-    """A reward model's verdict: win rate (higher reward wins, equal is a tie) and mean gain."""
+def by_reward(policy_rewards: list[float], base_rewards: list[float], policy_lengths: list[int] | None = None,
+              base_lengths: list[int] | None = None) -> dict:
+    """A reward model's verdict: win rate (higher reward wins, equal is a tie) and mean gain. Given
+    the answers' lengths, also the win rate on the prompts where the policy answered shorter than
+    the base and on the others: a reward model that likes short (or long) answers calls a policy
+    that only changed its length better, and the split shows it."""
     gains = [p - b for p, b in zip(policy_rewards, base_rewards)]
-    summary = win_summary([1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gains])
+    outcomes = [1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gains]
+    summary = win_summary(outcomes)
     # Paired: the same prompt answered by both, so prompt-to-prompt spread cancels out.
     summary["gain"], summary["gain_se"] = mean_and_se(gains)
     summary["policy"], summary["base"] = mean_and_se(policy_rewards)[0], mean_and_se(base_rewards)[0]
+    if policy_lengths is not None and base_lengths is not None:
+        shorter = [p < b for p, b in zip(policy_lengths, base_lengths)]
+        for key, side in (("shorter", True), ("otherwise", False)):
+            picked = [o for o, s in zip(outcomes, shorter) if s == side]
+            summary[f"n_{key}"] = len(picked)
+            if picked:
+                summary[f"win_{key}"] = sum(picked) / len(picked)
     return summary
 
 
@@ -89,6 +101,9 @@ def describe(role: str, result: dict, name: str = "") -> str:
             f"(95% interval {result['win_low']:.0%}-{result['win_high']:.0%}): {result['verdict']}")
     if "gain" in result:
         line += f"; reward {result['gain']:+.3f} ± {result['gain_se']:.3f}"
+    if result.get("n_shorter") and result.get("n_otherwise"):
+        line += (f"; by length: wins {result['win_shorter']:.0%} where the policy answered shorter "
+                 f"({result['n_shorter']} prompts), {result['win_otherwise']:.0%} elsewhere ({result['n_otherwise']})")
     return line
 
 

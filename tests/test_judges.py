@@ -59,6 +59,14 @@ def test_a_reward_judge_gives_a_win_rate_with_its_interval_and_the_mean_gain():
                            "hacking (rm-run3): policy wins 62% of 4 prompts (95% interval")
     assert line.endswith("no clear difference; reward +0.500 ± 0.645")
 
+    # A policy that only got shorter, judged by a reward model that likes short answers: the split
+    # by length shows where its wins come from.
+    result = by_reward([1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0], [5, 6, 7, 40, 30], [40, 40, 40, 20, 30])
+    split = (result["n_shorter"], result["win_shorter"], result["n_otherwise"], result["win_otherwise"])
+    assert split == (3, 1.0, 2, 0.25)
+    assert describe("judge", result, "rm-run2").endswith(
+        "; by length: wins 100% where the policy answered shorter (3 prompts), 25% elsewhere (2)")
+
 
 def test_the_rule_judge_applies_the_heuristic_to_each_prompt():
     ended = {"text": "Paris is the capital.", "finish": "stop"}
