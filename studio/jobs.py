@@ -392,6 +392,9 @@ def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | Non
         path = model_path(store, "reward", run_id=proxy_run)
         if not path:
             raise RunError(f"run {proxy_run} did not train a reward model")
+        if not trained_prompts(runner, proxy_run) & trained_prompts(runner, policy_run):
+            raise RunError(f"the reward model of run {proxy_run} shares no prompt with the pairs run {policy_run} "
+                           "trained on: it is no proxy of them; give it as a judge (judge run) instead")
         proxy = _reward_model_of(store, path)
         fields = {"proxy_adapter": path, "proxy_name": proxy["name"], "proxy_of_pairs": True}
     if judge_run is not None:

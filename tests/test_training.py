@@ -286,10 +286,21 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
 
 
 def test_a_policy_trained_on_pairs_is_reported_beside_a_reward_model_of_the_same_pairs(workspace, hh40, tiny_model):
+    from store.pairs import split_pairs
+
     runner = Runner(hh40, workspace)
-    dpo_run = jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
-    proxy_run = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
-    assert runner.wait(dpo_run)["status"] == "succeeded" and runner.wait(proxy_run)["status"] == "succeeded"
+    split_pairs(hh40, "hh40", ("policy-half", "other-half"))
+    dpo_run = jobs.start_training(runner, "dpo", "policy-half", base=str(tiny_model), max_steps=1, eval_share=0.0,
+                                  **SMALL)
+    runs = [dpo_run]
+    for half in ("policy-half", "other-half"):  # one at a time: the runner refuses the same job twice at once
+        runs.append(jobs.start_training(runner, "rm", half, base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL))
+        assert runner.wait(runs[-1])["status"] == "succeeded"
+    assert runner.wait(dpo_run)["status"] == "succeeded"
+    proxy_run, other_run = runs[1:]
+    with pytest.raises(RunError, match=f"the reward model of run {other_run} shares no prompt with the pairs run "
+                                       f"{dpo_run} trained on: it is no proxy of them"):
+        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=other_run, rule="heuristic")
     with pytest.raises(RunError, match=f"run {dpo_run} did not train a reward model"):
         jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=dpo_run, rule="heuristic")
     with pytest.raises(RunError, match="its proxy\\): it cannot judge it independently"):
