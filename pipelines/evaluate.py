@@ -131,6 +131,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     ends = end_ids(policy, tokenizer)
     del policy, base
     n = len(prompts)
+    policy_lengths, base_lengths = [len(ids) for ids in policy_ids], [len(ids) for ids in base_ids]
     judged = []  # (role, who: a key of judges.ROLES, name, verdict)
     if config.rule:
         judged.append(("rule", "rule", config.rule, by_rule(
@@ -146,10 +147,9 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
                                                                     for p, t in zip(prompts, texts)], config.batch_size)
                              for texts in (policy_texts, base_texts))
         who = "proxy of the pairs" if role == "proxy" and config.proxy_of_pairs else role
-        lengths = [len(ids) for ids in policy_ids], [len(ids) for ids in base_ids]
-        judged.append((role, who, name, by_reward(*scored[role], *lengths)))
+        judged.append((role, who, name, by_reward(*scored[role], policy_lengths, base_lengths)))
     metrics = {"prompts": n, "kl": sum(kls) / n,
-               "length_policy": sum(map(len, policy_ids)) / n, "length_base": sum(map(len, base_ids)) / n}
+               "length_policy": sum(policy_lengths) / n, "length_base": sum(base_lengths) / n}
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]
     for role, _, _, verdict in judged:
         metrics.update(flat_metrics(role, verdict))
