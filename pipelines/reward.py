@@ -173,6 +173,16 @@ def make_trainer(config: RewardTrainConfig, run_dir, train: list[dict], held_out
     return trainer, tokenizer
 
 
+def planned_steps(trainer) -> int:
+    """The optimizer steps the run will take, as transformers' Trainer counts them."""
+    args = trainer.args
+    if args.max_steps > 0:
+        return args.max_steps
+    batches = math.ceil(len(trainer.train_dataset)
+                        / (args.per_device_train_batch_size * trainer.accelerator.num_processes))
+    return math.ceil(args.num_train_epochs * max(batches // args.gradient_accumulation_steps, 1))
+
+
 def run(config: RewardTrainConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     train, held_out = pair_data(config, run_dir)
@@ -187,10 +197,14 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     dropped = len(train) - len(trainer.train_dataset)
     left_out = [f"{dropped} longer than {config.max_length} tokens"] if dropped else []
     left_out += [f"{alike} with near-identical answers"] if alike else []
+    evaluating = ""
+    if held_out:
+        during = (f"on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs every {config.save_every} "
+                  "steps and on all of them at the end")
+        evaluating = ", evaluating " + (during if config.save_every < planned_steps(trainer)
+                                        else f"on all {len(held_out)} held-out pairs at the end")
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
-              + (f" ({' and '.join(left_out)} left out)" if left_out else "")
-              + (f", evaluating on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs during the run"
-                 if held_out else ""))
+              + (f" ({' and '.join(left_out)} left out)" if left_out else "") + evaluating)
     # No separate final evaluation of the subset: every held-out pair is scored below.
     final = train_and_save(trainer, callback, config, log, "reward", "rm")
     if final is None:

@@ -1,6 +1,7 @@
 """Training jobs on the tiny model: reward model and DPO through the job runner and the CLI."""
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert "held-out pairs (95% interval" in run["message"]
+    events = (workspace.runs_dir / str(run_id) / "events.jsonl").read_text()
+    assert re.search(r"evaluating on \d+ of the \d+ held-out pairs every 2 steps and on all of them at the end", events)
 
     metrics = hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])
     names = {m["name"] for m in metrics}
