@@ -31,6 +31,20 @@ def hh40(tmp_path, store, pairs_file):
     return store
 
 
+def test_a_reward_model_evaluates_the_subset_only_at_its_checkpoints_and_scores_every_held_out_pair_at_the_end(
+        workspace, hh40, tiny_model):
+    """The last step (3, not a multiple of --save-every 2) is not evaluated on the subset again:
+    every held-out pair is scored right after, which is what the run reports."""
+    runner = Runner(hh40, workspace)
+    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25, **SMALL)
+    run = runner.wait(run_id)
+    assert run["status"] == "succeeded", run["message"]
+    evaluated = hh40.query("SELECT step FROM run_metrics WHERE run_id = ? AND name = 'eval_accuracy'", [run_id])
+    assert [r["step"] for r in evaluated] == [2]
+    scored = hh40.query("SELECT value FROM run_metrics WHERE run_id = ? AND name = 'heldout_pairs'", [run_id])
+    assert scored and scored[0]["value"] > 0
+
+
 def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
     run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL)
