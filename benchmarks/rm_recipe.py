@@ -16,7 +16,9 @@ With `--two-fold` the sample is split in halves by prompt (seed 0: 'hh-half-a', 
 each cell is two runs, one trained on each half and scored on the other; the row pools their
 held-out pairs (about 950 within 512 tokens: an interval of about +-0.03, against +-0.05 with the
 380 of the 60/40 split) and its minutes are the two runs'. Those rows are kept apart from the
-60/40 ones (their cell is named "... (two-fold)").
+60/40 ones (their cell is named "... (two-fold)"), and each is set against the defaults' cell on
+the same held-out pairs: the pairs only it ranks right, those only the defaults do, and McNemar's
+exact p (two cells' intervals overlap long before their difference could be chance).
 """
 
 from __future__ import annotations
@@ -26,16 +28,20 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.stats import wilson_interval  # noqa: E402
+from common.stats import paired_sign_test, wilson_interval  # noqa: E402
+from pipelines.reward import HELD_OUT_SCORES  # noqa: E402
 from studio.cli import main as cli  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
 TRAIN, HELD_OUT = "hh-train", "hh-heldout"
 HALVES = ("hh-half-a", "hh-half-b")
+DEFAULTS_TWO_FOLD = "lr 2e-4 (two-fold)"  # `train rm`'s defaults since the two-fold table
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 # Each cell: the settings it changes from `alignstudio train rm`'s defaults.
@@ -115,15 +121,41 @@ def last_run(workspace: Path) -> int:
         return store.scalar("SELECT max(id) FROM runs")
 
 
-def table(rows: list[dict]) -> str:
+def right_per_pair(workspace: Path, row: dict) -> dict[str, float]:
+    """Each held-out pair of a row's runs: 1 if the reward model ranks it as labelled, 0 if not, 0.5 a tie."""
+    right = {}
+    for run_id in str(row["run"]).split("+"):
+        for r in pq.read_table(workspace / "runs" / run_id / HELD_OUT_SCORES,
+                               columns=["pair_id", "reward_chosen", "reward_rejected"]).to_pylist():
+            right[r["pair_id"]] = 0.5 if r["reward_chosen"] == r["reward_rejected"] else float(
+                r["reward_chosen"] > r["reward_rejected"])
+    return right
+
+
+def against_defaults(workspace: Path, row: dict, defaults: dict | None) -> str:
+    """A two-fold cell against the defaults' cell on the same held-out pairs: how many pairs only it
+    ranks right, how many only the defaults, and McNemar's exact p (the intervals of two cells
+    overlap long before their difference is chance: this test pairs them)."""
+    if defaults is None or row is defaults or not row["cell"].endswith("(two-fold)"):
+        return "-"
+    mine, theirs = right_per_pair(workspace, row), right_per_pair(workspace, defaults)
+    shared = mine.keys() & theirs.keys()
+    only_mine = sum(1 for k in shared if mine[k] == 1 and theirs[k] == 0)
+    only_theirs = sum(1 for k in shared if mine[k] == 0 and theirs[k] == 1)
+    return f"+{only_mine} / -{only_theirs}, p {paired_sign_test(only_mine, only_theirs):.2f}"
+
+
+def table(rows: list[dict], workspace: Path) -> str:
+    defaults = next((r for r in rows if r["cell"] == DEFAULTS_TWO_FOLD), None)
     lines = ["| setting | seed | held-out accuracy (95% interval) | pairs | on distinct pairs | minutes (training) "
-             "| run |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | against the defaults, paired |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         distinct = ("-" if r["accuracy_distinct"] is None
                     else f"{r['accuracy_distinct']:.3f} ({r['distinct_pairs']:.0f})")
         lines.append(f"| {r['cell']} | {r['seed']} | {r['accuracy']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
-                     f"{r['pairs']} | {distinct} | {r['minutes']:.0f} ({r['train_minutes']:.0f}) | {r['run']} |")
+                     f"{r['pairs']} | {distinct} | {r['minutes']:.0f} ({r['train_minutes']:.0f}) | {r['run']} | "
+                     f"{against_defaults(workspace, r, defaults)} |")
     return "\n".join(lines)
 
 
@@ -163,7 +195,7 @@ def main() -> None:
                 with open(results, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 done.append(row)
-    print(table(done))
+    print(table(done, workspace))
 
 
 if __name__ == "__main__":

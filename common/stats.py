@@ -56,6 +56,18 @@ def mean_and_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
+def paired_sign_test(only_first: int, only_second: int) -> float:
+    """Exact two-sided p-value of McNemar's test for two models scored on the same pairs:
+    `only_first` pairs only the first gets right, `only_second` only the second (the pairs both get
+    right or both wrong say nothing about which is better). Binomial(n, 1/2) on the discordant pairs."""
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    k = min(only_first, only_second)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
 # --- Bradley-Terry ----------------------------------------------------------------------------
 
 BT_SCALE = 400 / math.log(10)  # ratings on the Elo scale: 400 points = 10:1 odds

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from common.stats import bradley_terry, bradley_terry_intervals, wilson_interval, win_summary
+from common.stats import bradley_terry, bradley_terry_intervals, paired_sign_test, wilson_interval, win_summary
 from pipelines.models import default_gguf_path
 from store import import_file
 from store.arena import ELO_K, ELO_START, ArenaError, leaderboard, record_vote, reward_win_rate
@@ -181,3 +181,12 @@ def test_people_are_the_fourth_judge_of_a_policy_through_blind_votes_on_its_gguf
     low, high = wilson_interval(outcomes, 15)
     assert f"policy wins {outcomes / 15:.0%} of 15 votes (95% interval {low:.0%}-{high:.0%})" in line
     assert line.endswith("better" if low > 0.5 else "no clear difference")
+
+
+def test_two_models_on_the_same_pairs_are_compared_only_where_they_disagree():
+    """McNemar's exact test: six pairs only the second gets right is unlikely by chance (p = 2/64);
+    an even split or no disagreement at all says nothing; the order of the two does not matter."""
+    assert paired_sign_test(0, 6) == pytest.approx(2 / 64)
+    assert paired_sign_test(6, 0) == paired_sign_test(0, 6)
+    assert paired_sign_test(3, 3) == 1.0 and paired_sign_test(0, 0) == 1.0
+    assert 0.2 < paired_sign_test(62, 77) < 0.3 and paired_sign_test(82, 118) < 0.05
