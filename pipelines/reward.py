@@ -217,7 +217,7 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     if held_out:
         during = (f"on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs every {config.save_every} "
                   "steps and on all of them at the end")
-        evaluating = ", evaluating " + (during if config.save_every < planned_steps(trainer)
+        evaluating = ", evaluating " + (during if config.save_every <= planned_steps(trainer)
                                         else f"on all {len(held_out)} held-out pairs at the end")
     log.event("running", message=f"training on {len(trainer.train_dataset)} pairs"
               + (f" ({' and '.join(left_out)} left out)" if left_out else "") + evaluating)
