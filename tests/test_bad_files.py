@@ -267,11 +267,14 @@ def test_the_port_in_use_is_a_sentence(tmp_path):
 
 # The CLI in a child whose import says when its first chunk is written and then writes slowly, so
 # that Ctrl-C lands mid-import on a loaded machine too (waiting on file sizes raced the commit).
+# Ctrl-C as a terminal gives it: a shell that starts a command in the background (nohup, `&`) has
+# it ignore SIGINT, and the test's child would inherit that.
 CTRL_C_CHILD = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 import store.imports
 from studio.cli import main
+signal.signal(signal.SIGINT, signal.default_int_handler)
 write = store.imports._Batch.write
 def write_and_say(self, *args):
     write(self, *args)
