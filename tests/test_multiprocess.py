@@ -53,6 +53,33 @@ def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
 
 
+def test_a_reward_model_on_two_ranks_scores_every_held_out_pair_once(tmp_path, tiny_model, models_dir):
+    """Two ranks: the subset is evaluated at the checkpoint (step 2) and not again at the last step
+    (3); every held-out pair is then scored once, by the main rank, into one report card."""
+    from pipelines.reward import RewardTrainConfig
+
+    def messages(role, text):
+        return json.dumps([{"role": role, "content": text}])
+
+    pairs = [{"pair_id": f"p{i}", "prompt": messages("user", f"Is {i} even?"),
+              "chosen": messages("assistant", "Yes." if i % 2 == 0 else "No."),
+              "rejected": messages("assistant", f"I refuse to talk about {i}.")} for i in range(16)]
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "inputs.parquet")
+    save_config(RewardTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=3, save_every=2,
+                                  batch_size=2, max_length=96, lora_r=4, lora_alpha=8, eval_share=0.25),
+                tmp_path / "config.json")
+    result = launch(tmp_path, "pipelines.reward")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = events_of(tmp_path)
+    assert events[0]["message"].endswith("on 2 processes")
+    assert [e["status"] for e in events].count("succeeded") == 1
+    assert any("of the 4 held-out pairs every 2 steps and on all of them at the end" in (e.get("message") or "")
+               for e in events)
+    assert [e["step"] for e in events if "eval_accuracy" in e.get("metrics", {})] == [2]
+    card = json.loads((tmp_path / "report_card.json").read_text())
+    assert card["pairs"] == len(pq.read_table(tmp_path / "held_out_scores.parquet")) == 4
+
+
 def test_a_cancel_seen_by_one_rank_stops_both_at_one_step(tmp_path, tiny_model, models_dir):
     """Only rank 0 gets the stop request (the worst case: the ranks see it at different steps);
     both must stop together after the same step, save, and report one 'cancelled', not hang."""
