@@ -74,8 +74,24 @@ def local_folder(name: str, models_dir: str | Path) -> Path:
     return Path(models_dir) / DEFAULT_CACHE_NAME if name == DEFAULT_MODEL else Path(name).expanduser()
 
 
+def check_model_name(name: str) -> None:
+    """A ModelError for a name that is neither the default model, a model folder nor a hub id
+    (owner/name): cheap, so that a job can refuse it before a run exists."""
+    if name == DEFAULT_MODEL:
+        return
+    if not name.strip():
+        raise ModelError(f"name a base model: {DEFAULT_MODEL}, a model folder or a hub id (owner/name)")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a model folder (no config.json)")
+    elif name.count("/") != 1 or name.startswith((".", "/")):
+        raise ModelError(f"{name}: no such model folder, and not a hub id (owner/name)")
+
+
 def resolve_model(name: str, models_dir: str | Path) -> str:
     """What `from_pretrained` should load for `name`: a local folder, or a hub id as it is."""
+    check_model_name(name)
     if name == DEFAULT_MODEL:
         target = Path(models_dir) / DEFAULT_CACHE_NAME
         if not (target / "config.json").is_file():
@@ -83,13 +99,7 @@ def resolve_model(name: str, models_dir: str | Path) -> str:
             convert_default_model(target)
         return str(target)
     path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path}: not a model folder (no config.json)")
-        return str(path)
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise ModelError(f"{name}: no such model folder, and not a hub id (owner/name)")
-    return name
+    return str(path) if path.exists() else name
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def run_main(config_cls: type[C], run: Callable[[C, RunLog], None], argv: list[s
         run(config, log)
     except Exception as e:  # the run fails; the error is its message
         traceback.print_exc()
-        log.event("failed", message=f"{type(e).__name__}: {e}")
+        # The studio's own errors are sentences for the user; anything else keeps its type's name.
+        log.event("failed", message=str(e) if isinstance(e, StudioError) else f"{type(e).__name__}: {e}")
         return 1
     return 0
 

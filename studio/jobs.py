@@ -21,7 +21,7 @@ from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
 from pipelines.generate import GenerateConfig
-from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
+from pipelines.models import DEFAULT_MODEL, ModelError, check_model_name, default_gguf_path
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
 from pipelines.reward_scoring import RewardScoringConfig
@@ -247,8 +247,10 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
 
 
 def check_placement(config) -> None:
-    """The device, precision and 4-bit settings this machine can run, checked before a run exists."""
+    """The base model's name, and the device, precision and 4-bit settings this machine can run,
+    checked before a run exists."""
     try:
+        check_model_name(config.base)
         placement_of(config)
     except (ModelError, ValueError) as e:
         raise RunError(str(e)) from None

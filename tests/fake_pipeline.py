@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from common.errors import StudioError
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
 
@@ -24,6 +25,7 @@ class FakeConfig:
     steps: int = setting(10, "steps to count")
     sleep_s: float = setting(0.05, "seconds per step")
     fail_at: int = setting(-1, "raise an error at this step (-1: never)")
+    fail_with_a_sentence: bool = setting(False, "fail with one of the studio's own errors, not a RuntimeError")
     inputs: str = setting("inputs.parquet", "rows to read", internal=True)
     output: str = setting("out.json", "what it leaves", internal=True)
 
@@ -42,7 +44,7 @@ def run(config: FakeConfig, log: RunLog) -> None:
         time.sleep(config.sleep_s)
         step += 1
         if step == config.fail_at:
-            raise RuntimeError(f"failed at step {step} as asked")
+            raise (StudioError if config.fail_with_a_sentence else RuntimeError)(f"failed at step {step} as asked")
         log.progress(step, config.steps, metrics={"loss": 1.0 / step})
         checkpoint.write_text(json.dumps({"step": step}))
     (run_dir / config.output).write_text(json.dumps({"rows": rows, "steps": step}))

@@ -59,8 +59,8 @@ def test_a_run_reports_every_step_and_its_output_lands_with_its_success(runner, 
                        [run_id]) == [{"step": s, "value": 1.0 / s} for s in range(1, 6)]
     assert store.scalar("SELECT max(value) FROM run_metrics WHERE run_id = ? AND name = 'progress'", [run_id]) == 1.0
     assert store.query("SELECT name, purpose FROM models") == [{"name": f"fake-run{run_id}-5steps", "purpose": "policy"}]
-    assert json.loads(run["config"]) == {"steps": 5, "sleep_s": 0.05, "fail_at": -1, "inputs": "inputs.parquet",
-                                         "output": "out.json"}
+    assert json.loads(run["config"]) == {"steps": 5, "sleep_s": 0.05, "fail_at": -1, "fail_with_a_sentence": False,
+                                         "inputs": "inputs.parquet", "output": "out.json"}
 
 
 def test_cancel_stops_at_a_checkpoint_and_resume_finishes_from_it(runner, store):
@@ -88,6 +88,9 @@ def test_a_failing_run_is_failed_with_its_error_and_records_nothing(runner, stor
     run = runner.wait(start(runner, steps=5, fail_at=3), poll_s=0.05)
     assert run["status"] == "failed"
     assert run["message"] == "RuntimeError: failed at step 3 as asked"
+    # The studio's own errors are sentences written for the user: shown without a type's name.
+    run = runner.wait(start(runner, steps=5, fail_at=2, fail_with_a_sentence=True), poll_s=0.05)
+    assert (run["status"], run["message"]) == ("failed", "failed at step 2 as asked")
     assert "Traceback" in (Path(run["folder"]) / "log.txt").read_text()
     assert store.stats()["models"] == 0
 

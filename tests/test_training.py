@@ -170,6 +170,13 @@ def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, 
     # QLoRA on a machine without CUDA: said before a run exists, not deep inside from_pretrained
     with pytest.raises(RunError, match="a 4-bit base \\(QLoRA\\) needs a CUDA device"):
         jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True)
+    # A base that is no model folder and no hub id, or none at all: a sentence, and no failed run to clear away.
+    with pytest.raises(RunError, match="^no-such-model: no such model folder, and not a hub id"):
+        jobs.start_training(runner, "rm", "hh40", base="no-such-model")
+    with pytest.raises(RunError, match="not a model folder \\(no config.json\\)"):
+        jobs.start_training(runner, "dpo", "hh40", base=str(workspace.root))
+    with pytest.raises(RunError, match="name a base model"):
+        jobs.start_training(runner, "dpo", "hh40", base=" ")
     assert hh40.stats()["runs"] == 0
 
 
