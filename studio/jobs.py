@@ -280,6 +280,7 @@ def start_judge_split(runner, dataset: str, **settings) -> tuple[int, int]:
     for role, half in (("proxy", proxy_half), ("judge", judge_half)):
         config = make_config(m.config, m.label, judge_split=role, models_dir=str(runner.workspace.models_dir),
                              **settings)
+        check_placement(config)
         runs.append(runner.start("rm", config, {config.inputs: half}))
     return runs[0], runs[1]
 

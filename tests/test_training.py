@@ -177,6 +177,8 @@ def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, 
         jobs.start_training(runner, "dpo", "hh40", base=str(workspace.root))
     with pytest.raises(RunError, match="name a base model"):
         jobs.start_training(runner, "dpo", "hh40", base=" ")
+    with pytest.raises(RunError, match="no such model folder"):
+        jobs.start_judge_split(runner, "hh40", base="no-such-model")
     assert hh40.stats()["runs"] == 0
 
 
