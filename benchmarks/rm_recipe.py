@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.stats import paired_sign_test, wilson_interval  # noqa: E402
-from pipelines.reward import HELD_OUT_SCORES  # noqa: E402
+from pipelines.reward import HELD_OUT_SCORES, ranked_right  # noqa: E402
 from studio.cli import main as cli  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
@@ -127,18 +127,17 @@ def right_per_pair(workspace: Path, row: dict) -> dict[str, float]:
     for run_id in str(row["run"]).split("+"):
         for r in pq.read_table(workspace / "runs" / run_id / HELD_OUT_SCORES,
                                columns=["pair_id", "reward_chosen", "reward_rejected"]).to_pylist():
-            right[r["pair_id"]] = 0.5 if r["reward_chosen"] == r["reward_rejected"] else float(
-                r["reward_chosen"] > r["reward_rejected"])
+            right[r["pair_id"]] = ranked_right(r)
     return right
 
 
-def against_defaults(workspace: Path, row: dict, defaults: dict | None) -> str:
-    """A two-fold cell against the defaults' cell on the same held-out pairs: how many pairs only it
-    ranks right, how many only the defaults, and McNemar's exact p (the intervals of two cells
-    overlap long before their difference is chance: this test pairs them)."""
+def against_defaults(workspace: Path, row: dict, defaults: dict | None, theirs: dict[str, float]) -> str:
+    """A two-fold cell against the defaults' cell (`theirs`: its right_per_pair) on the same held-out
+    pairs: how many pairs only it ranks right, how many only the defaults, and McNemar's exact p
+    (the intervals of two cells overlap long before their difference is chance: this test pairs them)."""
     if defaults is None or row is defaults or not row["cell"].endswith("(two-fold)"):
         return "-"
-    mine, theirs = right_per_pair(workspace, row), right_per_pair(workspace, defaults)
+    mine = right_per_pair(workspace, row)
     shared = mine.keys() & theirs.keys()
     only_mine = sum(1 for k in shared if mine[k] == 1 and theirs[k] == 0)
     only_theirs = sum(1 for k in shared if mine[k] == 0 and theirs[k] == 1)
@@ -147,6 +146,7 @@ def against_defaults(workspace: Path, row: dict, defaults: dict | None) -> str:
 
 def table(rows: list[dict], workspace: Path) -> str:
     defaults = next((r for r in rows if r["cell"] == DEFAULTS_TWO_FOLD), None)
+    theirs = right_per_pair(workspace, defaults) if defaults else {}
     lines = ["| setting | seed | held-out accuracy (95% interval) | pairs | on distinct pairs | minutes (training) "
              "| run | against the defaults, paired |",
              "|---|---|---|---|---|---|---|---|"]
@@ -155,7 +155,7 @@ def table(rows: list[dict], workspace: Path) -> str:
                     else f"{r['accuracy_distinct']:.3f} ({r['distinct_pairs']:.0f})")
         lines.append(f"| {r['cell']} | {r['seed']} | {r['accuracy']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | "
                      f"{r['pairs']} | {distinct} | {r['minutes']:.0f} ({r['train_minutes']:.0f}) | {r['run']} | "
-                     f"{against_defaults(workspace, r, defaults)} |")
+                     f"{against_defaults(workspace, r, defaults, theirs)} |")
     return "\n".join(lines)
 
 

@@ -62,6 +62,13 @@ def answer_similarity(chosen: list[dict], rejected: list[dict]) -> float:
     return difflib.SequenceMatcher(None, text(chosen), text(rejected), autojunk=False).ratio()
 
 
+def ranked_right(row: dict) -> float:
+    """1 if a held-out pair's chosen answer got the higher reward, 0 if the lower, 0.5 a tie."""
+    if row["reward_chosen"] == row["reward_rejected"]:
+        return 0.5
+    return float(row["reward_chosen"] > row["reward_rejected"])
+
+
 def report_card(rows: list[dict]) -> dict:
     """What a reward model learned, from its rewards on held-out pairs: rows of {reward_chosen,
     reward_rejected, length_chosen, length_rejected} (lengths in tokens).
@@ -78,8 +85,7 @@ def report_card(rows: list[dict]) -> dict:
       (`similarity` below NEAR_IDENTICAL, when the rows have it), and how many those are.
     """
     n = len(rows)
-    wins = [1.0 if r["reward_chosen"] > r["reward_rejected"] else 0.5 if r["reward_chosen"] == r["reward_rejected"]
-            else 0.0 for r in rows]
+    wins = [ranked_right(r) for r in rows]
     low, high = wilson_interval(sum(wins), n)
     card = {"pairs": n, "accuracy": sum(wins) / n if n else float("nan"), "accuracy_low": low, "accuracy_high": high}
     longer = [(w, r) for w, r in zip(wins, rows) if r["length_chosen"] > r["length_rejected"]]
