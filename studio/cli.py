@@ -204,6 +204,9 @@ def cmd_train(ws: Workspace, args) -> int:
     estimate = jobs.memory_plan(ws.models_dir, method.name, settings)
     if estimate is not None:
         print(estimate.describe(), flush=True)
+    warning = jobs.export_warning(settings.get("base", "default"), ws.models_dir)
+    if warning and method.makes == "policy":
+        print(f"note: {warning}", flush=True)
     return run_job(ws, args, lambda runner: jobs.start_training(runner, method.name, **data, force=args.force,
                                                                  **settings),
                    f"{what} from '{settings.get('base', 'default')}'")

@@ -21,7 +21,9 @@ from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
 from pipelines.generate import GenerateConfig
-from pipelines.models import DEFAULT_MODEL, ModelError, check_model_name, default_gguf_path
+from pipelines.bases import check_base, gguf_readiness
+from pipelines.models import (DEFAULT_MODEL, ModelError, check_hub_id_available, check_model_name, default_gguf_path,
+                              local_folder)
 from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE, PerplexityConfig
 from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
 from pipelines.reward_scoring import RewardScoringConfig
@@ -247,13 +249,36 @@ def start_training(runner, method: str, dataset: str | None = None, eval_dataset
 
 
 def check_placement(config) -> None:
-    """The base model's name, and the device, precision and 4-bit settings this machine can run,
-    checked before a run exists."""
+    """The base model (a name that exists, a folder a pipeline can train: pipelines.bases), and the
+    device, precision and 4-bit settings this machine can run, checked before a run exists."""
     try:
-        check_model_name(config.base)
+        check_base_model(config.base, config.models_dir)
         placement_of(config)
     except (ModelError, ValueError) as e:
         raise RunError(str(e)) from None
+
+
+def check_base_model(base: str, models_dir) -> None:
+    check_model_name(base)
+    folder = local_folder(base, models_dir)
+    if base != DEFAULT_MODEL and folder.is_dir():
+        check_base(folder)
+    else:
+        check_hub_id_available(base)
+
+
+def export_warning(base: str, models_dir) -> str | None:
+    """A sentence when llama.cpp's converter would refuse this base (architecture or tokenizer),
+    said when a run on it starts rather than after its training; None when it would export, or when
+    the base is not on this machine yet (a hub id: the export checks it)."""
+    folder = local_folder(base, models_dir)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        verdict = gguf_readiness(folder, models_dir)
+    except ModelError as e:
+        verdict = str(e)
+    return None if verdict is None else f"this base can be trained but not exported to GGUF: {verdict}"
 
 
 def split_by_prompt(records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:

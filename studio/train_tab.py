@@ -322,6 +322,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         plan_line = f" {estimate.describe()[0].upper()}{estimate.describe()[1:]}." if estimate else ""
+        warning = jobs.export_warning(settings.get("base", "default"), runner.workspace.models_dir)
+        if warning and method.makes == "policy":
+            plan_line += f" **Note: {warning[0].upper()}{warning[1:]}.**"
         return f"Run {run_id} started.{plan_line}", gr.update(choices=training_runs(store), value=run_id)
 
     def metrics_of(run_id, method: Method, names):
