@@ -156,6 +156,8 @@ def chat_template_parts(tokenizer) -> dict | None:
     """What the chat template writes before and after each role's text and to open an answer, found
     by rendering marked conversations; None when the template does not fit that shape (checked by
     re-rendering a multi-turn conversation from the parts)."""
+    from jinja2 import TemplateError
+
     marks = {"system": "\u27e6s\u27e7", "user": "\u27e6u\u27e7", "assistant": "\u27e6a\u27e7"}
 
     def render(messages, generation):
@@ -174,6 +176,11 @@ def chat_template_parts(tokenizer) -> dict | None:
         for tail in tails[1:]:
             while not tail.startswith(suffix):
                 suffix = suffix[:-1]
+        # What every turn ends with may run on into the next turn's opening when all openings start
+        # alike (Phi-3's "<|end|>\n" before "<|user|>" and "<|assistant|>" shares "<|"): a turn's end
+        # stops at its last newline.
+        if "\n" in suffix and not suffix.endswith("\n"):
+            suffix = suffix[:suffix.rindex("\n") + 1]
         parts = {"system": full[:at["system"]], "user": tails[0][len(suffix):], "assistant": tails[1][len(suffix):],
                  "suffix": suffix, "generation": asking[asking.index(marks["user"]) + len(marks["user"]) + len(suffix):]}
         default_system = None
@@ -186,15 +193,23 @@ def chat_template_parts(tokenizer) -> dict | None:
         if rebuilt != render(sample, True):
             return None
         return parts
-    except Exception:  # a template that refuses a role or orders turns differently
+    except (ValueError, TemplateError):  # a template that refuses a role, drops a mark or orders turns differently
         return None
 
 
-def modelfile(gguf_name: str, tokenizer) -> str:
-    """An Ollama Modelfile for a GGUF file beside it."""
+def generation_end_ids(model_dir: Path) -> list[int]:
+    """The end ids generation_config.json lists (one id or several), if it exists."""
+    path = model_dir / "generation_config.json"
+    ids = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    return [i for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
+
+
+def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
+    """An Ollama Modelfile for a GGUF file beside it; `end_ids`: every token id that ends an answer
+    (generation_config's: Gemma ends a turn with <end_of_turn>, Phi-3 with <|end|>, not with eos)."""
     lines = [f"# Ollama: ollama create <name> -f {gguf_name.removesuffix('.gguf')}.Modelfile", f"FROM ./{gguf_name}"]
     parts = chat_template_parts(tokenizer)
-    stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in end_ids] + ([tokenizer.eos_token] if tokenizer.eos_token else [])
     if parts is not None:
         body = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}{parts[role]}{{{{ .Content }}}}'
                        f'{parts["suffix"]}' for i, role in enumerate(("system", "user", "assistant")))
@@ -237,11 +252,12 @@ def run(config: ExportConfig, log: RunLog) -> None:
     log.progress(3, 4, message="checking the files in llama.cpp against transformers")
     tokenizer, ids, reference = reference_logits(model_dir)
     text_ids = tokenizer(CHECK_TEXT, add_special_tokens=False).input_ids
+    ends = generation_end_ids(model_dir)
     report = {"model_dir": str(model_dir), "merged": bool(config.adapter), "check_prompt": CHECK_PROMPT, "files": []}
     metrics = {}
     for quant, path in files.items():
         check = check_gguf(path, ids, reference, text_ids)
-        (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer), encoding="utf-8")
+        (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer, ends), encoding="utf-8")
         report["files"].append({"quant": quant, "path": str(path), "bytes": path.stat().st_size,
                                 "modelfile": str(out / f"{path.stem}.Modelfile"), **check})
         metrics.update({f"{quant}_mb": path.stat().st_size / 1e6, f"{quant}_max_abs_diff": check["max_abs_diff"],

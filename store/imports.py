@@ -131,11 +131,21 @@ def _as_object(value: object) -> dict:
 
 def _json_value(text: str) -> object:
     try:
-        return json.loads(text)
+        return _valid_unicode(json.loads(text), text)
     except json.JSONDecodeError as e:
         raise BadRecord(f"not valid JSON: {e.msg} (column {e.colno})") from None
     except RecursionError:
         raise BadRecord("JSON nested too deeply to read (over about 900 levels)") from None
+
+
+def _valid_unicode(value: object, text: str) -> object:
+    """JSON's escapes can spell half of a UTF-16 pair (`"\\ud800"`), text no file or store can hold."""
+    if "\\u" in text:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRecord("text is not valid Unicode (a lone surrogate)") from None
+    return value
 
 
 class _Damaged(Exception):
@@ -222,7 +232,7 @@ def _json_array(data: bytes, max_row_bytes: int) -> Iterator[tuple[int, dict | B
             yield line, BadRecord(f"row is {end - pos:,} bytes, over the {max_row_bytes:,}-byte limit")
         else:
             try:
-                yield line, _as_object(value)
+                yield line, _as_object(_valid_unicode(value, text[pos:end]))
             except BadRecord as e:
                 yield line, e
         pos = end

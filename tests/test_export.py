@@ -94,7 +94,7 @@ def test_an_architecture_llama_cpp_cannot_convert_fails_with_a_clear_message(wor
     runner = Runner(store, workspace)
     run = runner.wait(jobs.start_export(runner, model=str(foreign), quants=["f16"]))
     assert run["status"] == "failed"
-    assert "cannot convert the architecture MadeUpForCausalLM" in run["message"]
+    assert "converter does not know the architecture MadeUpForCausalLM" in run["message"]
     assert not list((workspace.runs_dir / str(run["id"]) / "gguf").glob("*.gguf*"))  # nothing half-written
     assert store.scalar("SELECT count(*) FROM models") == 0
 

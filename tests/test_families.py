@@ -200,6 +200,10 @@ def test_a_policy_is_judged_against_its_base(family, dpo_adapter):
 
 # The GGUF round trip: llama.cpp's logits against the merged model's, per file.
 LOGIT_TOLERANCE = {"f16": 0.01, "q8_0": 0.05}  # largest difference as a share of the logits' range
+# Not yet: an Ollama TEMPLATE for a template without a system role (Gemma folds it into the first
+# user turn) or with other endings per role (Mistral's " [/INST]" and "</s>"); Ollama reads the
+# chat template inside the GGUF for these, and the Modelfile still stops at the family's turn end.
+NO_OLLAMA_TEMPLATE = {"gemma2", "gemma3", "mistral"}
 
 
 def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(family, dpo_adapter):
@@ -217,8 +221,8 @@ def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(famil
         if f["quant"] == "f16":
             assert f["argmax_agrees"]
         modelfile = Path(f["modelfile"]).read_text()
-        assert f'PARAMETER stop "{spec.turn_end}"' in modelfile
-        assert "TEMPLATE" in modelfile
+        assert f'PARAMETER stop "{spec.turn_end}"' in modelfile.splitlines()
+        assert ('TEMPLATE """' in modelfile) == (spec.name not in NO_OLLAMA_TEMPLATE)
     # Compare answers from the export: llama.cpp chats with it through its own chat template.
     llm = load_llama(report["files"][-1]["path"], n_ctx=256, verbose=False)
     reply = llm.create_chat_completion(messages=messages("Hi"), max_tokens=4, temperature=0.0)
