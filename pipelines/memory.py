@@ -25,8 +25,11 @@ included. The rest is arithmetic, each part stated so that a user can see what t
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.models import ROUTER_PATTERN
 
 GB = 1024 ** 3
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -101,7 +104,7 @@ def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = F
     config = getattr(config, "text_config", None) or config
     parameters, linears = count_on_meta(config)
     output_layer = linears[-1][0] if linears and linears[-1][2] == config.vocab_size else None
-    targeted = [(n, i, o) for n, i, o in linears if n != output_layer and
+    targeted = [(n, i, o) for n, i, o in linears if n != output_layer and not re.fullmatch(ROUTER_PATTERN, n) and
                 ("all-linear" in lora_targets or n.split(".")[-1] in lora_targets)]
     linear_parameters = sum(i * o for n, i, o in linears if n != output_layer)
     weight_bytes = DTYPE_BYTES.get(dtype, 2)

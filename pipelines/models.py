@@ -28,6 +28,12 @@ class ModelError(StudioError, RuntimeError):
     pass
 
 
+# A mixture of experts' router (Mixtral's block_sparse_moe.gate, Qwen-MoE's mlp.gate and
+# shared_expert_gate, GPT-OSS's router) is a linear layer too, but adapting it moves which experts
+# a token goes to: LoRA leaves it alone. Llama's gate_proj and Phi-3's gate_up_proj are not routers.
+ROUTER_PATTERN = r".*\.(gate|shared_expert_gate|router)$"
+
+
 def default_gguf_path() -> Path:
     """The default model's GGUF file, found without importing its package (that imports llama.cpp)."""
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)

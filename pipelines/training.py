@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import ModelError, Placement, choose_placement, load_kwargs, load_tokenizer, resolve_model
+from pipelines.models import (ROUTER_PATTERN, ModelError, Placement, choose_placement, load_kwargs, load_tokenizer,
+                              resolve_model)
 from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -173,7 +174,7 @@ def lora_config(settings: TrainSettings, task_type: str, modules_to_save: list[s
     targets = settings.lora_targets
     return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=targets[0] if targets == ["all-linear"] else targets,
-                      task_type=task_type, modules_to_save=modules_to_save)
+                      exclude_modules=ROUTER_PATTERN, task_type=task_type, modules_to_save=modules_to_save)
 
 
 def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Path, has_eval: bool) -> dict:

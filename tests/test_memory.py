@@ -24,6 +24,24 @@ CONFIGS = {
     "Mixtral-8x7B": (dict(model_type="mixtral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
                           num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
                           num_experts_per_tok=2, tie_word_embeddings=False), 46.7e9),
+    "Llama-3.1-8B": (dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                          tie_word_embeddings=False, rope_theta=500000.0,
+                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}), 8.03e9),
+    "Gemma-2-9B": (dict(model_type="gemma2", vocab_size=256000, hidden_size=3584, intermediate_size=14336,
+                        num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                        tie_word_embeddings=True), 9.24e9),
+    "Qwen3-8B": (dict(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                      num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                      tie_word_embeddings=False), 8.19e9),
+    "Phi-3-mini": (dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                        tie_word_embeddings=False), 3.82e9),
+    "Qwen1.5-MoE-A2.7B": (dict(model_type="qwen2_moe", vocab_size=151936, hidden_size=2048, intermediate_size=5632,
+                               moe_intermediate_size=1408, shared_expert_intermediate_size=5632, num_experts=60,
+                               num_experts_per_tok=4, num_hidden_layers=24, num_attention_heads=16,
+                               num_key_value_heads=16, tie_word_embeddings=False), 14.3e9),
 }
 
 
@@ -94,3 +112,26 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
     estimate = jobs.memory_plan(workspace.models_dir, "rm", {"base": str(base), "load_in_4bit": True,
                                                               "batch_size": 1, "gradient_checkpointing": True})
     assert estimate.total_gb < 10  # what the message suggests would fit
+
+
+def test_a_mixture_of_experts_router_gets_no_lora_in_the_plan_or_the_model(models_dir, default_model_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from families import family_model
+    from pipelines.memory import count_on_meta
+    from pipelines.training import TrainSettings, lora_config
+
+    folder = family_model("qwen2moe", models_dir, default_model_path)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), lora_config(TrainSettings(lora_r=2),
+                                                                                      "CAUSAL_LM"))
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_modules() if n.endswith(".lora_A")}
+    assert adapted and not [n for n in adapted if n.endswith((".gate", ".shared_expert_gate"))]
+    assert any(n.endswith("q_proj") for n in adapted) and any(n.endswith("shared_expert.gate_proj") for n in adapted)
+    config = AutoModelForCausalLM.from_pretrained(folder).config
+    _, linears = count_on_meta(config)
+    routers = [(i, o) for n, i, o in linears if n.endswith((".gate", ".shared_expert_gate"))]
+    with_routers = plan(config, "dpo", lora_r=2).adapters_gb
+    assert routers and with_routers == pytest.approx(
+        sum(2 * (i + o) for n, i, o in linears if n.startswith("model.layers") and not n.endswith(
+            (".gate", ".shared_expert_gate"))) * 16 / 1024 ** 3)
