@@ -81,9 +81,9 @@ class BatchedSampler:
         if not template:
             raise ValueError(f"{path}: the GGUF file has no chat template")
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self.formatter = Jinja2ChatFormatter(template,
-                                             self.llm._model.token_get_text(eos) if eos >= 0 else "",
-                                             self.llm._model.token_get_text(bos) if bos >= 0 else "")
+        self.bos_text = self.llm._model.token_get_text(bos) if bos >= 0 else ""
+        self.formatter = Jinja2ChatFormatter(template, self.llm._model.token_get_text(eos) if eos >= 0 else "",
+                                             self.bos_text)
 
     def _context_for(self, prompt_tokens: int) -> None:
         """A context whose every sequence holds a prompt of `prompt_tokens` and its answer (made
@@ -113,7 +113,9 @@ class BatchedSampler:
 
     def prompt_tokens(self, messages: list[dict]) -> list[int]:
         text = self.formatter(messages=messages).prompt
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=self.llm._model.add_bos_token(), special=True)
+        # A template that writes BOS itself (Llama 3, Gemma, Mistral) gets no second one from the tokenizer.
+        add_bos = self.llm._model.add_bos_token() and not (self.bos_text and text.startswith(self.bos_text))
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def _decode(self, entries: list[tuple[int, int, list[int], bool]]) -> None:
         """One llama_decode of (token, position, sequence ids, wants logits) entries."""

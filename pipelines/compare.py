@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.batched_sampling import BatchedSampler
+from pipelines.gguf_cache import gguf_for
 from pipelines.runlog import Partial, RunLog, run_main
-from pipelines.settings import setting
+from pipelines.settings import MODELS_DIR_HELP, setting
 
 
 @dataclass
@@ -28,8 +29,10 @@ class CompareConfig:
     """Answer every prompt with two GGUF models."""
     model_a: str = setting("", "the first model's name, as stored with the answers", internal=True)
     model_b: str = setting("", "the second model's name", internal=True)
-    path_a: str = setting("", "the first model's GGUF file", internal=True)
-    path_b: str = setting("", "the second model's GGUF file", internal=True)
+    path_a: str = setting("", "the first model's GGUF file, or a model folder (converted once to a cached GGUF)",
+                          internal=True)
+    path_b: str = setting("", "the second model's GGUF file, or a model folder", internal=True)
+    models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     into: str = setting("", "the dataset the pairs go to", internal=True)
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("answers.parquet", "both models' answers", internal=True)
@@ -57,7 +60,8 @@ def answer_all(config: CompareConfig, log: RunLog, prompts: list[dict], partial:
     run_dir, done = log.path.parent, partial.done
     todo = [row for row in prompts if row["prompt_id"] not in done]
     log.progress(len(done), len(prompts), message=f"{config.model_a} and {config.model_b} answering")
-    samplers = [BatchedSampler(path, max_sequences=PROMPTS_AT_ONCE, max_tokens=config.max_tokens)
+    samplers = [BatchedSampler(gguf_for(path, config.models_dir, log=log), max_sequences=PROMPTS_AT_ONCE,
+                               max_tokens=config.max_tokens)
                 for path in (config.path_a, config.path_b)]  # loading is not answering: not timed
     tokens, seconds = [0, 0], [0.0, 0.0]  # of the answers made by this process, per model
     try:

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.batched_sampling import BatchedSampler
-from pipelines.models import DEFAULT_MODEL, choose_placement, default_gguf_path, end_ids, first_end, load_causal_lm
+from pipelines.gguf_cache import gguf_for
+from pipelines.models import DEFAULT_MODEL, choose_placement, end_ids, first_end, load_causal_lm
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
@@ -42,8 +43,11 @@ class GenerateConfig:
     max_new_tokens: int = setting(256, "answer length limit in tokens")
     seed: int = setting(0, "sampling seed (sample i uses seed + i)")
     batch_size: int = setting(8, "prompts sampled at once, each with its n samples")
-    engine: str = setting("auto", "auto: llama.cpp for a GGUF model (the default is one), else transformers",
+    engine: str = setting("auto", "auto: llama.cpp for a GGUF model (the default is one), else transformers; "
+                          "llama.cpp also runs a model folder, converted to GGUF once and cached",
                           choices=("auto", "llama.cpp", "transformers"))
+    gguf_type: str = setting("f16", "a model folder answering in llama.cpp is converted once to this GGUF type: f16, "
+                             "or q8_0 (half the size, a little less exact)", choices=("f16", "q8_0"))
     device: str = setting("auto", f"{DEVICE_HELP} (transformers engine)")
     dtype: str = setting("auto", f"{DTYPE_HELP} (transformers engine)")
 
@@ -58,10 +62,8 @@ class GenerateConfig:
 class LlamaCppSampler:
     """All samples of `batch_size` prompts decoded together in llama.cpp (pipelines.batched_sampling)."""
 
-    def __init__(self, config: GenerateConfig):
-        path = default_gguf_path() if config.model == DEFAULT_MODEL else Path(config.model)
-        if config.model != DEFAULT_MODEL and path.suffix != ".gguf":
-            raise ValueError(f"{config.model}: the llama.cpp engine needs a .gguf file")
+    def __init__(self, config: GenerateConfig, log: RunLog | None = None):
+        path = gguf_for(config.model, config.models_dir, config.gguf_type, log)
         self.config = config
         # Loaded now: a missing or broken file fails before the first prompt.
         self.sampler = BatchedSampler(path, max_sequences=config.batch_size * config.n,
@@ -109,7 +111,7 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
     engine = config.resolved_engine()
     with Partial(run_dir, key="prompt_id") as partial:
         done = partial.done
-        sampler = LlamaCppSampler(config) if engine == "llama.cpp" else TransformersSampler(config)
+        sampler = LlamaCppSampler(config, log) if engine == "llama.cpp" else TransformersSampler(config)
         log.event("running", step=len(done), total=len(prompts),
                   message=f"sampling {config.n} responses for {len(prompts) - len(done)} prompts with {engine}")
         # Fixed chunks of the input order: a resumed run seeds each chunk as the first run did.

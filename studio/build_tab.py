@@ -106,6 +106,9 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
             gen_n = gr.Number(4, label="Answers per prompt", precision=0, elem_id="build-gen-n")
             gen_temperature = gr.Number(0.8, label="Temperature")
             gen_tokens = gr.Number(256, label="Max tokens", precision=0)
+            gen_engine = gr.Dropdown(["auto", "llama.cpp", "transformers"], value="auto", label="Engine",
+                                     info="llama.cpp runs a model folder too, converted to GGUF once (faster on a "
+                                          "CPU); auto: llama.cpp only for GGUF files")
             generate = gr.Button("Generate candidates", variant="primary", elem_id="build-generate")
     said = gr.Markdown(elem_id="build-said")  # the answer to a click (kept: the status line below refreshes)
     job = gr.Markdown(elem_id="build-job")
@@ -154,14 +157,15 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
             return f"**{e}**"
         return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
 
-    def start_candidates(dataset_name, model_name, n, temperature, tokens):
+    def start_candidates(dataset_name, model_name, n, temperature, tokens, engine):
         if not dataset_name:
             return "**Pick a dataset of prompts first (import one in the Data tab).**"
         if None in (n, temperature, tokens):
             return "**Give every generation setting a number.**"
         try:
             run_id = jobs.start_generation(runner, dataset_name, model=(model_name or "").strip() or "default",
-                                           n=int(n), temperature=float(temperature), max_new_tokens=int(tokens))
+                                           n=int(n), temperature=float(temperature), max_new_tokens=int(tokens),
+                                           engine=engine or "auto")
         except StudioError as e:  # a bad setting, a dataset without prompts, the same job running
             return f"**{e}**"
         return f"Run {run_id} started: {int(n)} answers to each prompt of '{dataset_name}'."
@@ -199,7 +203,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
     model.submit(preview, controls, outputs)
     rule.change(lambda r: (gr.update(visible=r == RULES[0]), gr.update(visible=r == RULES[1])), rule, [share, max_ppl])
     score.click(start, [dataset, model, batch_size], said)
-    generate.click(start_candidates, [dataset, gen_model, gen_n, gen_temperature, gen_tokens], said)
+    generate.click(start_candidates, [dataset, gen_model, gen_n, gen_temperature, gen_tokens, gen_engine], said)
     timer = gr.Timer(2.0)
     timer.tick(job_status, [dataset, model], job, show_progress="hidden")
     job.change(lambda text, *c: preview(*c) if text and "succeeded" in text else (gr.update(),) * len(outputs),

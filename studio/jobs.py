@@ -162,9 +162,14 @@ def start_generation(runner, dataset: str, **settings) -> int:
     """Sample `n` candidate responses for every prompt of `dataset`."""
     config = make_config(GenerateConfig, "generation", models_dir=str(runner.workspace.models_dir), **settings)
     try:
-        config.resolved_engine()  # an unknown engine is refused before the run exists
+        engine = config.resolved_engine()  # an unknown engine is refused before the run exists
     except ValueError as e:
         raise RunError(str(e)) from None
+    folder = local_folder(config.model, config.models_dir)
+    if engine == "llama.cpp" and config.model != DEFAULT_MODEL and (folder / "config.json").is_file():
+        refused = gguf_readiness(folder, config.models_dir)  # a folder llama.cpp's converter would refuse
+        if refused:
+            raise RunError(f"{folder} cannot answer in llama.cpp: {refused}; use the transformers engine")
     return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset)})
 
 
@@ -505,13 +510,16 @@ def start_comparison(runner, model_a: str, model_b: str, prompts: str, into: str
     pairs (with both model names) of the dataset `into`."""
     available = gguf_models(runner.store)
     for name in (model_a, model_b):
+        if name not in available and (Path(name).expanduser() / "config.json").is_file():
+            available[name] = str(Path(name).expanduser())  # a model folder: converted once, in the run
         if name not in available:
-            raise RunError(f"no GGUF model named '{name}'; known: {', '.join(available) or 'none'} "
-                           "(export one: alignstudio export-model)")
-    into = into or f"{prompts}-{model_a}-vs-{model_b}"
+            raise RunError(f"no GGUF model named '{name}', and no model folder there; known: "
+                           f"{', '.join(available) or 'none'} (export one: alignstudio export-model)")
+    into = into or f"{prompts}-{Path(model_a).name}-vs-{Path(model_b).name}"
     if runner.store.dataset_id(into) is not None:
         raise RunError(f"a dataset named '{into}' exists already; choose another name (--into)")
     rows = prompts_of(runner.store, prompts, limit)
     config = make_config(CompareConfig, "comparison", model_a=model_a, model_b=model_b, path_a=available[model_a],
-                         path_b=available[model_b], into=into, **sampling)
+                         path_b=available[model_b], into=into, models_dir=str(runner.workspace.models_dir),
+                         **sampling)
     return runner.start("compare", config, {config.inputs: rows})

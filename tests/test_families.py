@@ -223,6 +223,21 @@ def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(famil
         modelfile = Path(f["modelfile"]).read_text()
         assert f'PARAMETER stop "{spec.turn_end}"' in modelfile.splitlines()
         assert ('TEMPLATE """' in modelfile) == (spec.name not in NO_OLLAMA_TEMPLATE)
+    # llama.cpp writes a prompt with the GGUF's chat template into the very tokens transformers does
+    # (one BOS, where the template and the tokenizer would each add one).
+    from transformers import AutoTokenizer
+
+    from pipelines.batched_sampling import BatchedSampler
+
+    tokenizer = AutoTokenizer.from_pretrained(report["model_dir"])
+    conversation = [{"role": "system", "content": "Be brief."}, *messages("Hi there")]
+    sampler = BatchedSampler(report["files"][0]["path"], max_sequences=1, max_tokens=4)
+    try:
+        expected = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True),
+                             add_special_tokens=False).input_ids
+        assert sampler.prompt_tokens(conversation) == expected
+    finally:
+        sampler.close()
     # Compare answers from the export: llama.cpp chats with it through its own chat template.
     llm = load_llama(report["files"][-1]["path"], n_ctx=256, verbose=False)
     reply = llm.create_chat_completion(messages=messages("Hi"), max_tokens=4, temperature=0.0)

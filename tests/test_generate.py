@@ -143,3 +143,28 @@ def test_on_a_cpu_with_amx_llama_cpp_loads_without_its_amx_kernels(monkeypatch):
     assert llama_cpp.llama_model_default_params().use_extra_bufts is True  # the swap lasted one load
     monkeypatch.setattr(chat, "_cpu_has_amx", lambda: False)
     assert chat.load_llama(default_gguf_path(), n_ctx=256, verbose=False).model_params.use_extra_bufts is True
+
+
+def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, workspace, tmp_path, tiny_model):
+    import shutil
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(tiny_model, folder)
+    import_file(store, prompts_file(tmp_path, 2), "p")
+    runner = Runner(store, workspace)
+    messages = []
+    for seed in (0, 1):
+        run = runner.wait(jobs.start_generation(runner, "p", model=str(folder), engine="llama.cpp", n=2,
+                                                max_new_tokens=6, seed=seed))
+        assert run["status"] == "succeeded", run["message"]
+        events = [json.loads(line) for line in open(f"{run['folder']}/events.jsonl")]
+        messages.append([e.get("message") or "" for e in events])
+    assert any(m.startswith("converting my-model to GGUF (f16) once") for m in messages[0])
+    assert not any(m.startswith("converting") for m in messages[1])  # the second run reuses the file
+    assert len(list((workspace.models_dir / "gguf-cache").glob("my-model-*-f16.gguf"))) == 1
+    rows = store.query("SELECT generation FROM responses")
+    assert rows and {json.loads(r["generation"])["engine"] for r in rows} == {"llama.cpp"}
+    # Compare takes the folder too, against the default model's GGUF.
+    run = runner.wait(jobs.start_comparison(runner, str(folder), "default", "p", limit=1, max_tokens=4))
+    assert run["status"] == "succeeded", run["message"]
+    assert store.dataset_id("p-my-model-vs-default") is not None
