@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
+from common.stats import length_controlled
 from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
+from pipelines.llm_judge import DEFAULT_GUIDELINE, OUTCOME, LlamaJudge, check_guideline, judge_summary
 from pipelines.models import choose_placement, end_ids, first_end, load_kwargs, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
@@ -42,6 +45,10 @@ class EvaluateConfig:
     seen_in_training: int = setting(0, "how many of the prompts the policy trained on (the report says so)",
                                     internal=True)
     rule: str = setting("", "judge by a named rule over the two answers as well", choices=["", *RULES])
+    llm_judge: str = setting("", "a GGUF chat model that judges the two answers too, asked in both orders "
+                             "(pipelines.llm_judge)")
+    judge_guideline: str = setting("", "the LLM judge's prompt, with {prompt}, {answer_a} and {answer_b}; empty: "
+                                   "the studio's")
     models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
@@ -106,8 +113,10 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     from transformers import AutoModelForCausalLM
 
     run_dir = log.path.parent
-    if not (config.proxy_adapter or config.judge_adapter or config.rule):
-        raise StudioError("nothing to judge by: give a judge reward model, the proxy or a rule")
+    if not (config.proxy_adapter or config.judge_adapter or config.rule or config.llm_judge):
+        raise StudioError("nothing to judge by: give a judge reward model, an LLM judge, the proxy or a rule")
+    if config.judge_guideline:
+        check_guideline(config.judge_guideline)
     if config.rule and config.rule not in RULES:
         raise StudioError(f"unknown rule {config.rule!r}; one of {', '.join(RULES)}")
     placement = choose_placement(config.device, config.dtype)
@@ -148,6 +157,20 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
                              for texts in (policy_texts, base_texts))
         who = "proxy of the pairs" if role == "proxy" and config.proxy_of_pairs else role
         judged.append((role, who, name, by_reward(*scored[role], policy_lengths, base_lengths)))
+    if config.llm_judge:
+        log.progress(3, 4, message=f"asking the LLM judge {Path(config.llm_judge).name} (each prompt in both orders)")
+        judge = LlamaJudge(config.llm_judge, config.judge_guideline or DEFAULT_GUIDELINE)
+        try:
+            results = [judge.compare(p, a, b) for p, a, b in zip(prompts, policy_texts, base_texts)]
+        finally:
+            judge.close()
+        summary = judge_summary(results)
+        summary["outcomes"] = [OUTCOME[r["verdict"]] if r["verdict"] else None for r in results]
+        judged.append(("llm", "llm", judge.name, summary))
+    length_differences = [p - b for p, b in zip(policy_lengths, base_lengths)]
+    for _, _, _, verdict in judged:  # every win rate also at no length difference
+        pairs = [(o, d) for o, d in zip(verdict.pop("outcomes", []), length_differences) if o is not None]
+        verdict.update(length_controlled([o for o, _ in pairs], [d for _, d in pairs]))
     metrics = {"prompts": n, "kl": sum(kls) / n,
                "length_policy": sum(policy_lengths) / n, "length_base": sum(base_lengths) / n}
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]

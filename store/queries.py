@@ -87,3 +87,16 @@ def pair_verdicts(store: Store, pair_ids: list[str]) -> dict[str, dict[str, str]
     for r in rows:
         found.setdefault(r["pair_id"], {})[r["annotator"]] = r["verdict"]
     return found
+
+
+def dataset_pair_texts(store: Store, dataset_id: int, limit: int | None = None) -> list[dict]:
+    """id, prompt_id, prompt, first and second (message lists) of a dataset's pairs, in id order."""
+    rows = store.query("""
+        SELECT p.id, pr.id AS prompt_id, pr.messages AS prompt, a.messages AS first, b.messages AS second
+        FROM dataset_pairs dp JOIN pairs p ON p.id = dp.pair_id JOIN prompts pr ON pr.id = p.prompt_id
+        JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+        WHERE dp.dataset_id = ? ORDER BY p.id""" + (f" LIMIT {int(limit)}" if limit else ""), [dataset_id])
+    for r in rows:
+        for key in ("prompt", "first", "second"):
+            r[key] = json.loads(r[key])
+    return rows

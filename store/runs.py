@@ -139,3 +139,13 @@ def record_compared(cur, run_id: int, into: str, models: tuple[str, str], genera
                           (models[0], [{"role": "assistant", "content": r["answer_a"]}]),
                           (models[1], [{"role": "assistant", "content": r["answer_b"]}]),
                           source="compare", recipe=recipe, generation={**generation, "engine": "llama.cpp"})
+
+
+def record_judge_labels(cur, annotator: str, parquet: Path) -> None:
+    """An LLM judge's verdicts as labels of `annotator` (judge:<file>), replacing its earlier labels
+    of the same pairs; pairs it gave no verdict on get no label. People's labels are never touched."""
+    rows = [r for r in pq.read_table(parquet, columns=["pair_id", "verdict"]).to_pylist() if r["verdict"]]
+    for r in rows:
+        cur.execute("DELETE FROM labels WHERE pair_id = ? AND annotator = ?", [r["pair_id"], annotator])
+        cur.execute("INSERT INTO labels (pair_id, annotator, verdict) VALUES (?, ?, ?)",
+                    [r["pair_id"], annotator, r["verdict"]])

@@ -14,7 +14,7 @@ from common.errors import StudioError
 from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.generate import GenerateConfig
-from pipelines.judges import HEURISTIC_RULE
+from pipelines.judges import HEURISTIC_RULE, RULES
 from pipelines.perplexity import PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.settings import default_of, help_of, split_list, user_fields, value_type
@@ -234,6 +234,32 @@ def cmd_rm_report(ws: Workspace, args) -> int:
     for line in lines:
         print(f"  {line}")
     return 0
+
+
+def cmd_judge_report(ws: Workspace, args) -> int:
+    with ws.open_store() as store:
+        lines = jobs.judge_report(Runner(store, ws), args.dataset, llm_judge=args.llm_judge, rule=args.rule,
+                                  reward_run=args.reward_run, limit=args.limit, guideline=_guideline(args),
+                                  say=lambda line: print(line, flush=True))
+    for line in lines:
+        print(f"  {line}" if line is not lines[0] else line)
+    return 0
+
+
+def _guideline(args) -> str:
+    """The judge's prompt: --guideline FILE's text, or empty for the studio's."""
+    if not getattr(args, "guideline", None):
+        return ""
+    try:
+        return Path(args.guideline).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise jobs.RunError(f"{args.guideline}: cannot read the judge's prompt ({e})") from None
+
+
+def cmd_label_with_judge(ws: Workspace, args) -> int:
+    return run_job(ws, args, lambda runner: jobs.start_judge_labels(runner, args.dataset, args.judge,
+                                                                    _guideline(args), args.limit),
+                   f"labels of '{args.dataset}' by {jobs.judge_annotator(args.judge)}")
 
 
 def cmd_rewards(ws: Workspace, args) -> int:
@@ -540,6 +566,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "length bias, calibration, agreement with each annotator")
     p.add_argument("run", type=int, help="the run that trained the reward model")
     p.set_defaults(func=cmd_rm_report)
+
+    p = sub.add_parser("judge-report", parents=[common], help="judges (an LLM judge, a rule, a reward model) side "
+                       "by side against people's labels: agreement and Cohen's kappa with intervals, length preference")
+    p.add_argument("--dataset", required=True, help="a dataset whose pairs people labelled (or came with verdicts)")
+    p.add_argument("--llm-judge", help="a GGUF chat model (its name in `alignstudio models`, or a .gguf file)")
+    p.add_argument("--rule", choices=sorted(RULES), help="a named rule")
+    p.add_argument("--reward-run", type=int, help="a reward-model run (judged on the pairs it was not trained on)")
+    p.add_argument("--guideline", help="a text file: the LLM judge's prompt, with {prompt}, {answer_a}, {answer_b}")
+    p.add_argument("--limit", type=int, default=200, help="labelled pairs judged at most (default 200)")
+    p.set_defaults(func=cmd_judge_report)
+
+    p = sub.add_parser("label-with-judge", parents=[common], help="label a dataset's pairs with an LLM judge, as the "
+                       "annotator judge:<file>; people's labels and the file's verdicts outrank them (a job)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--judge", required=True, help="a GGUF chat model (its name in `alignstudio models`, or a .gguf "
+                   "file)")
+    p.add_argument("--guideline", help="a text file: the judge's prompt, with {prompt}, {answer_a}, {answer_b}")
+    p.add_argument("--limit", type=int, help="pairs labelled at most (in id order)")
+    p.add_argument("--no-wait", action="store_true", help="start the job and return")
+    p.set_defaults(func=cmd_label_with_judge)
 
     p = sub.add_parser("export-model", parents=[common], help="merge a policy and export it to GGUF (a job)")
     source = p.add_mutually_exclusive_group(required=True)

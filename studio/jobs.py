@@ -21,6 +21,9 @@ from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
 from pipelines.generate import GenerateConfig
+from pipelines.judge_labels import JudgeLabelsConfig
+from pipelines.judges import RULES, card_against_people, describe_card_against_people
+from pipelines.llm_judge import DEFAULT_GUIDELINE, JudgeError, LlamaJudge, check_guideline
 from pipelines.bases import check_base, gguf_readiness
 from pipelines.models import (DEFAULT_MODEL, ModelError, check_hub_id_available, check_model_name, default_gguf_path,
                               local_folder)
@@ -35,12 +38,13 @@ from store.arena import outcomes_between
 from store.db import prompt_key
 from store.exports import ExportError, preference_records, unpaired_records
 from store.pairs import seeded_order
-from store.queries import dataset_prompts, pair_verdicts, unscored_responses
-from store.runs import (record_adapter, record_compared, record_export, record_generated, record_perplexities,
-                        record_rewards)
+from store.queries import dataset_pair_texts, dataset_prompts, pair_verdicts, unscored_responses
+from store.runs import (record_adapter, record_compared, record_export, record_generated, record_judge_labels,
+                        record_perplexities, record_rewards)
 from studio.methods import METHODS
 
 EVAL_INPUTS = "eval_inputs.parquet"
+JUDGE_PREFIX = "judge:"  # AI labels' annotator names: judge:<model file>
 EVAL_PROMPTS = 64  # prompts an evaluation answers unless told otherwise
 POLICY_METHODS = ", ".join(m.label for m in METHODS.values() if m.makes == "policy")
 
@@ -78,6 +82,10 @@ def _compared(cur, run, config, final, folder):
                     folder / config["output"])
 
 
+def _judge_labels(cur, run, config, final, folder):
+    record_judge_labels(cur, judge_annotator(config["judge"]), folder / config["output"])
+
+
 def _trained(cur, run, config, final, folder):
     record_adapter(cur, run["id"], f"{run['kind']}-run{run['id']}", folder / config["output"], config["base"],
                    METHODS[run["kind"]].makes)
@@ -97,6 +105,7 @@ JOBS: dict[str, Job] = {
     "evaluate": Job("pipelines.evaluate", EvaluateConfig),
     "export": Job("pipelines.export", ExportConfig, _export),
     "compare": Job("pipelines.compare", CompareConfig, _compared),
+    "judge-labels": Job("pipelines.judge_labels", JudgeLabelsConfig, _judge_labels),
     **{m.name: Job(m.module, m.config, _trained) for m in METHODS.values()},
 }
 
@@ -446,15 +455,36 @@ def start_evaluation(runner, policy_run: int, prompts: str, judge_run: int | Non
         if proxy:
             check_independent(runner, judge_run, "its proxy", proxy["run_id"])
         fields.update(judge_adapter=judge, judge_name=_reward_model_of(store, judge)["name"])
-    if judge_run is None and not rule:  # never the proxy alone: it cannot tell improvement from reward hacking
+    if settings.get("llm_judge"):
+        settings["llm_judge"] = llm_judge_file(store, settings["llm_judge"])
+    if settings.get("judge_guideline"):
+        try:
+            check_guideline(settings["judge_guideline"])
+        except JudgeError as e:
+            raise RunError(str(e)) from None
+    if judge_run is None and not rule and not settings.get("llm_judge"):
+        # never the proxy alone: it cannot tell improvement from reward hacking
         raise RunError(f"give an independent judge for run {policy_run}'s policy: a reward model trained on other "
-                       "prompts (judge run; alignstudio train rm --judge-split makes one) or a rule"
+                       "prompts (judge run; alignstudio train rm --judge-split makes one), an LLM judge (a GGUF chat "
+                       "model) or a rule"
                        + (f"; its proxy ({proxy['name']}) is reported beside it, never alone" if proxy else ""))
     rows = prompts_of(store, prompts, limit)
     seen = len({r["prompt_id"] for r in rows} & trained_prompts(runner, policy_run))
     config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, rule=rule, seen_in_training=seen,
                          models_dir=str(runner.workspace.models_dir), **fields, **settings)
     return runner.start("evaluate", config, {config.inputs: rows})
+
+
+def llm_judge_file(store: Store, judge: str) -> str:
+    """The GGUF file of an LLM judge named by a GGUF model's name (alignstudio models) or a path."""
+    known = gguf_models(store)
+    if judge in known:
+        return known[judge]
+    path = Path(judge).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise RunError(f"{judge}: no GGUF model of that name and no .gguf file there; the LLM judge is a chat model's "
+                       f"GGUF file (known: {', '.join(known) or 'none'})")
+    return str(path)
 
 
 def start_export(runner, run_id: int | None = None, model: str | None = None,
@@ -523,3 +553,111 @@ def start_comparison(runner, model_a: str, model_b: str, prompts: str, into: str
                          path_b=available[model_b], into=into, models_dir=str(runner.workspace.models_dir),
                          **sampling)
     return runner.start("compare", config, {config.inputs: rows})
+
+
+def answer_text(messages: list[dict]) -> str:
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def judge_report(runner, dataset: str, llm_judge: str | None = None, rule: str | None = None,
+                 reward_run: int | None = None, limit: int = 200, guideline: str = "", say=None) -> list[str]:
+    """Judges set side by side against people's labels on a dataset's labelled pairs (at most
+    `limit`): a rule, the reward model of `reward_run` (on the pairs whose prompts it was not trained
+    on) and/or an LLM judge (a GGUF file or model name), each with the same report card. AI labels
+    (annotators named judge:...) are not people's and are left out. `say` is told the progress."""
+    store = runner.store
+    if not (llm_judge or rule or reward_run is not None):
+        raise RunError("name at least one judge: an LLM judge (a GGUF chat model), a rule or a reward-model run")
+    if rule and rule not in RULES:
+        raise RunError(f"unknown rule {rule!r}; one of {', '.join(RULES)}")
+    judge_file = llm_judge_file(store, llm_judge) if llm_judge else None
+    if guideline:
+        try:
+            check_guideline(guideline)
+        except JudgeError as e:
+            raise RunError(str(e)) from None
+    pairs = dataset_pair_texts(store, dataset_id(store, dataset))
+    people = {p: {a: v for a, v in labels.items() if not a.startswith(JUDGE_PREFIX)}
+              for p, labels in pair_verdicts(store, [p["id"] for p in pairs]).items()}
+    people = {p: labels for p, labels in people.items() if labels}
+    if not people:
+        return [f"dataset '{dataset}' has no pair with a person's label (nor verdicts from its file): there is nothing "
+                "to compare a judge against; label some pairs in the Label tab first"]
+    picked = [p for p in pairs if p["id"] in people][:limit]
+    people = {p["id"]: people[p["id"]] for p in picked}
+    texts = {p["id"]: (answer_text(p["first"]), answer_text(p["second"])) for p in picked}
+    lengths = {pid: (len(a.split()), len(b.split())) for pid, (a, b) in texts.items()}
+    longer = {pid: None if a == b else "first" if a > b else "second" for pid, (a, b) in lengths.items()}
+    lines = [f"{len(picked)} pairs of '{dataset}' with people's labels"]
+    if rule:
+        verdicts = {pid: RULES[rule].verdict({"text": a, "finish": "stop"}, {"text": b, "finish": "stop"})
+                    for pid, (a, b) in texts.items()}
+        lines += describe_card_against_people(f"rule '{rule}'", card_against_people(verdicts, people, longer))
+    if reward_run is not None:
+        lines += _reward_model_card(runner, reward_run, picked, texts, people, longer)
+    if judge_file:
+        judge = LlamaJudge(judge_file, guideline or DEFAULT_GUIDELINE)
+        verdicts, disagree = {}, 0
+        try:
+            for i, p in enumerate(picked):
+                result = judge.compare(p["prompt"], *texts[p["id"]])
+                verdicts[p["id"]] = result["verdict"]
+                disagree += bool(result["orders_disagree"])
+                if say and (i + 1) % 10 == 0:
+                    say(f"LLM judge: {i + 1} of {len(picked)} pairs")
+        finally:
+            judge.close()
+        name = f"LLM judge {Path(judge_file).name}"
+        decided = sum(v is not None for v in verdicts.values())
+        lines += describe_card_against_people(name, card_against_people(verdicts, people, longer))
+        if decided:
+            lines.append(f"{name}: its two orders disagreed on {disagree / decided:.0%} of the {decided} pairs it "
+                         "answered (position bias; those count as ties)")
+    return lines
+
+
+def _reward_model_card(runner, reward_run: int, picked, texts, people, longer) -> list[str]:
+    from pipelines.models import choose_placement
+    from pipelines.reward_model import load_reward_model, score
+
+    path = model_path(runner.store, "reward", run_id=reward_run)
+    if not path:
+        raise RunError(f"run {reward_run} did not train a reward model")
+    seen = trained_prompts(runner, reward_run)
+    fresh = [p for p in picked if p["prompt_id"] not in seen]
+    name = f"reward model of run {reward_run}"
+    if not fresh:
+        return [f"{name}: every labelled pair's prompt was in its training data; judge it on other pairs"]
+    tokenizer, model = load_reward_model(path, choose_placement())
+    conversations = [p["prompt"] + side for p in fresh for side in (p["first"], p["second"])]
+    rewards = score(tokenizer, model, conversations)
+    verdicts = {p["id"]: "first" if a > b else "second" if b > a else "tie"
+                for p, a, b in zip(fresh, rewards[::2], rewards[1::2])}
+    lines = describe_card_against_people(name, card_against_people(
+        verdicts, {p["id"]: people[p["id"]] for p in fresh}, longer))
+    if len(fresh) < len(picked):
+        lines.append(f"{name}: {len(picked) - len(fresh)} pairs left out, their prompts were in its training data")
+    return lines
+
+
+def judge_annotator(judge_file: str) -> str:
+    """The annotator name of an LLM judge's labels: judge:<its file name>."""
+    return f"{JUDGE_PREFIX}{Path(judge_file).name}"
+
+
+def start_judge_labels(runner, dataset: str, judge: str, guideline: str = "", limit: int | None = None) -> int:
+    """Label a dataset's pairs (at most `limit`, in id order) with an LLM judge (a GGUF model's name
+    or file); its verdicts become labels of judge:<file>, never a person's."""
+    path = llm_judge_file(runner.store, judge)
+    if guideline:
+        try:
+            check_guideline(guideline)
+        except JudgeError as e:
+            raise RunError(str(e)) from None
+    pairs = dataset_pair_texts(runner.store, dataset_id(runner.store, dataset), limit)
+    if not pairs:
+        raise RunError(f"dataset '{dataset}' has no pairs to label")
+    config = make_config(JudgeLabelsConfig, "judge labelling", judge=path, guideline=guideline)
+    rows = [{"pair_id": p["id"], "prompt": json.dumps(p["prompt"]), "first": json.dumps(p["first"]),
+             "second": json.dumps(p["second"])} for p in pairs]
+    return runner.start("judge-labels", config, {config.inputs: rows})

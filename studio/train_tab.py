@@ -242,6 +242,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             eval_proxy = gr.Dropdown([("none", "")] + reward_runs(store), value="", scale=2,
                                      label="Proxy of the pairs (DPO, KTO, ORPO)",
                                      info="trained on the policy's own pairs: shown beside the judges")
+            eval_llm = gr.Dropdown([("none", "")] + list(jobs.gguf_models(store)), value="", scale=2,
+                                   label="LLM judge", info="a GGUF chat model, asked in both orders")
             eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
@@ -405,18 +407,19 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
 
-    def start_evaluation(run_id, prompts, judge_run_id, rule, limit, proxy_run_id):
+    def start_evaluation(run_id, prompts, judge_run_id, rule, limit, proxy_run_id, llm_judge):
         if not run_id or not prompts:
             return "**Pick a policy run above and held-out prompts.**", gr.update()
         try:
             new_id = jobs.start_evaluation(runner, int(run_id), prompts, int(judge_run_id) if judge_run_id else None,
                                            rule or "", limit=int(limit or jobs.EVAL_PROMPTS),
-                                           proxy_run=int(proxy_run_id) if proxy_run_id else None)
+                                           proxy_run=int(proxy_run_id) if proxy_run_id else None,
+                                           **({"llm_judge": llm_judge} if llm_judge else {}))
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
-    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_rule, eval_limit, eval_proxy],
+    evaluate.click(start_evaluation, [picked, eval_prompts, eval_reward, eval_rule, eval_limit, eval_proxy, eval_llm],
                    [started, picked])
     picked.change(pick, picked, [summary, loss_plot, metrics_plot, watch, plotted, ticked, last_shown])
     plotted.input(lambda run_id, names: (metrics_of(run_id, method_of_run(run_id), names) if run_id else None, names),
@@ -432,5 +435,6 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run]).then(
         lambda: (gr.update(choices=dataset_names(store)),
-                 *[gr.update(choices=[("none", "")] + reward_runs(store))] * 2),
-        outputs=[eval_prompts, eval_reward, eval_proxy])
+                 *[gr.update(choices=[("none", "")] + reward_runs(store))] * 2,
+                 gr.update(choices=[("none", "")] + list(jobs.gguf_models(store)))),
+        outputs=[eval_prompts, eval_reward, eval_proxy, eval_llm])

@@ -86,6 +86,8 @@ class Family:
         return f"family-{self.name}"
 
 
+# Raised whenever a family's build changes, so that a cached model of an older build is built again.
+BUILD = 2
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=2048)
 
@@ -100,7 +102,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("qwen3", "Qwen3ForCausalLM", "Qwen3Config", QWEN3_TEMPLATE, ("<think>", "</think>"), bos=None,
            eos="<|im_end|>", pad="<|endoftext|>", ends=("<|im_end|>", "<|endoftext|>"), turn_end="<|im_end|>",
            config=dict(tie_word_embeddings=True, head_dim=16), pad_vocab_to=64),
-    Family("gemma2", "Gemma2ForCausalLM", "Gemma2Config", GEMMA_TEMPLATE, (), bos="<bos>", eos="<eos>", pad="<pad>",
+    Family("gemma2", "Gemma2ForCausalLM", "Gemma2Config", GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>"),
+           bos="<bos>", eos="<eos>", pad="<pad>",
            ends=("<eos>", "<end_of_turn>"), turn_end="<end_of_turn>",
            config=dict(head_dim=16, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
                        sliding_window=64, query_pre_attn_scalar=16),
@@ -153,10 +156,9 @@ def family_tokenizer(family: Family, source: Path, folder: Path):
     from transformers import AutoTokenizer
 
     tokenizer = sentencepiece_tokenizer(family, folder) if family.sentencepiece else AutoTokenizer.from_pretrained(source)
-    new = [t for t in family.special if t not in tokenizer.get_vocab()]
-    if new:
+    if family.special:  # tokens the vocabulary has already are marked special, as the family's are
         tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
-                                                                     for t in new]})
+                                                                     for t in family.special]})
     tokenizer.bos_token = family.bos
     tokenizer.eos_token = family.eos
     tokenizer.pad_token = family.pad
@@ -189,7 +191,8 @@ def build_family(family: Family, folder: Path, source: Path) -> Path:
                                                eos_token_id=[ids[t] for t in family.ends])
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    (partial / "FAMILY.json").write_text(json.dumps({"family": family.name, "model_class": family.model_class}))
+    (partial / "FAMILY.json").write_text(json.dumps({"family": family.name, "model_class": family.model_class,
+                                                     "build": BUILD}))
     os.replace(partial, folder)
     return folder
 
@@ -198,6 +201,8 @@ def family_model(name: str, models_dir: Path, source: Path) -> Path:
     """The cached tiny model of family `name` (built the first time)."""
     family = FAMILIES[name]
     folder = models_dir / family.folder_name
-    if not (folder / "config.json").is_file():
+    stamp = folder / "FAMILY.json"
+    if not stamp.is_file() or json.loads(stamp.read_text()).get("build") != BUILD:
+        shutil.rmtree(folder, ignore_errors=True)
         build_family(family, folder, source)
     return folder
