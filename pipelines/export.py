@@ -197,6 +197,97 @@ def chat_template_parts(tokenizer) -> dict | None:
         return None
 
 
+TURN_MARKS = {"system": "\u27e6s\u27e7", "u1": "\u27e6u1\u27e7", "a1": "\u27e6a1\u27e7", "u2": "\u27e6u2\u27e7"}
+TURN_SAMPLES = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+]
+
+
+def turn_parts(tokenizer) -> dict | None:
+    """For a template whose turns do not share one ending (Mistral's " [/INST]" after a user, "</s>"
+    after an answer) or that has no system role (Gemma folds it into the first user turn): what it
+    writes to start, to open an answer after a user's text, to open a user's text after an answer,
+    and to ask for the answer; and how it takes a system message ("folded" with its separator,
+    "native", or None). None when rendering the parts does not give back the template's own text."""
+    from jinja2 import TemplateError
+
+    m = TURN_MARKS
+
+    def render(messages):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    try:
+        text = render([{"role": "user", "content": m["u1"]}, {"role": "assistant", "content": m["a1"]},
+                       {"role": "user", "content": m["u2"]}])
+        at = {k: text.index(m[k]) for k in ("u1", "a1", "u2")}
+        parts = {"start": text[:at["u1"]], "assistant_open": text[at["u1"] + len(m["u1"]):at["a1"]],
+                 "user_open": text[at["a1"] + len(m["a1"]):at["u2"]], "generation": text[at["u2"] + len(m["u2"]):],
+                 "system": None}
+        try:
+            with_system = render([{"role": "system", "content": m["system"]}, {"role": "user", "content": m["u1"]}])
+        except TemplateError:
+            with_system = ""
+        if with_system.startswith(parts["start"] + m["system"]) and m["u1"] in with_system:
+            parts["system"] = {"kind": "folded", "sep": with_system[len(parts["start"] + m["system"]):
+                                                                    with_system.index(m["u1"])]}
+        elif m["system"] in with_system and with_system.index(m["system"]) < with_system.index(m["u1"]):
+            parts["system"] = {"kind": "native", "start": with_system[:with_system.index(m["system"])],
+                               "to_user": with_system[with_system.index(m["system"]) + len(m["system"]):
+                                                      with_system.index(m["u1"])]}
+        for sample in TURN_SAMPLES:
+            if parts["system"] is None and sample[0]["role"] == "system":
+                continue
+            if render_turns(parts, sample) != render(sample):
+                return None
+        return parts
+    except (ValueError, TemplateError):
+        return None
+
+
+def render_turns(parts: dict, messages: list[dict]) -> str:
+    """A conversation written from `turn_parts`, as the Ollama TEMPLATE made of them writes it."""
+    out, system, turns, native = "", "", 0, False
+    kind = (parts["system"] or {}).get("kind")
+    for message in messages:
+        if message["role"] == "system":
+            if kind == "native":
+                out, native = out + parts["system"]["start"] + message["content"], True
+            else:
+                system = message["content"]
+        elif message["role"] == "user":
+            if turns == 0:
+                out += parts["system"]["to_user"] if native else parts["start"]
+                out += system + parts["system"]["sep"] if kind == "folded" and system else ""
+            else:
+                out += parts["user_open"]
+            out, turns = out + message["content"], 1
+        else:
+            out, turns = out + parts["assistant_open"] + message["content"], 1
+    return out + parts["generation"]
+
+
+def ollama_turn_template(parts: dict) -> str:
+    """`turn_parts` as an Ollama (Go text/template) TEMPLATE; no whitespace trimming, since the
+    parts' own newlines matter."""
+    kind = (parts["system"] or {}).get("kind")
+    if kind == "native":
+        system = f'{{{{ if eq .Role "system" }}}}{parts["system"]["start"]}{{{{ .Content }}}}{{{{ $native = true }}}}'
+        first = f'{{{{ if $native }}}}{parts["system"]["to_user"]}{{{{ else }}}}{parts["start"]}{{{{ end }}}}'
+    else:
+        system = '{{ if eq .Role "system" }}{{ $system = .Content }}'
+        first = parts["start"] + (f'{{{{ if $system }}}}{{{{ $system }}}}{parts["system"]["sep"]}{{{{ end }}}}'
+                                  if kind == "folded" else "")
+    return ('{{ $system := "" }}{{ $native := false }}{{ $turns := 0 }}{{ range .Messages }}' + system +
+            f'{{{{ else if eq .Role "user" }}}}{{{{ if eq $turns 0 }}}}{first}{{{{ else }}}}{parts["user_open"]}'
+            '{{ end }}{{ .Content }}{{ $turns = 1 }}'
+            f'{{{{ else }}}}{parts["assistant_open"]}{{{{ .Content }}}}{{{{ $turns = 1 }}}}{{{{ end }}}}'
+            f'{{{{ end }}}}{parts["generation"]}')
+
+
 def generation_end_ids(model_dir: Path) -> list[int]:
     """The end ids generation_config.json lists (one id or several), if it exists."""
     path = model_dir / "generation_config.json"
@@ -210,6 +301,12 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
     lines = [f"# Ollama: ollama create <name> -f {gguf_name.removesuffix('.gguf')}.Modelfile", f"FROM ./{gguf_name}"]
     parts = chat_template_parts(tokenizer)
     stops = [tokenizer.convert_ids_to_tokens(i) for i in end_ids] + ([tokenizer.eos_token] if tokenizer.eos_token else [])
+    # Ollama puts the model's BOS before every prompt itself (its own Llama 3 and Gemma templates
+    # write none): a template's BOS would be a second one. Only a template that writes `bos_token`
+    # writes a BOS (SmolLM2's BOS text, <|im_start|>, also opens its turns).
+    bos = (tokenizer.bos_token or "") if "bos_token" in (tokenizer.chat_template or "") else ""
+    if parts is not None and bos and parts["system"].startswith(bos):
+        parts["system"] = parts["system"][len(bos):]
     if parts is not None:
         body = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}{parts[role]}{{{{ .Content }}}}'
                        f'{parts["suffix"]}' for i, role in enumerate(("system", "user", "assistant")))
@@ -219,6 +316,12 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
             lines.append(f'SYSTEM """{parts["default_system"]}"""')
         if parts["suffix"].strip():
             stops.insert(0, parts["suffix"].strip())
+    elif (turns := turn_parts(tokenizer)) is not None:
+        if bos and turns["start"].startswith(bos):
+            turns["start"] = turns["start"][len(bos):]
+        if bos and turns["system"] and turns["system"].get("start", "").startswith(bos):
+            turns["system"]["start"] = turns["system"]["start"][len(bos):]
+        lines.append(f'TEMPLATE """{ollama_turn_template(turns)}"""')
     else:
         lines.append("# The chat template could not be turned into an Ollama TEMPLATE; Ollama reads the one in the GGUF.")
     for stop in dict.fromkeys(stops):

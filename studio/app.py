@@ -36,7 +36,7 @@ def build_app(workspace: Workspace):
         with gr.Tab("Data") as tab:
             data_tab.build(app, tab, store, workspace)
         with gr.Tab("Label") as tab:
-            label_tab.build(app, tab, store)
+            label_tab.build(app, tab, store, runner)
         with gr.Tab("Agreement") as tab:
             agreement_tab.build(app, tab, store)
         with gr.Tab("Build dataset") as tab:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import gradio as gr
 
+from common.errors import StudioError
 from store import Store
-from store.labelling import LabelError, LabelQueue, ServedPair, progress, reward_disagreements, reward_opinion
+from store.labelling import (LabelError, LabelQueue, ServedPair, judge_disagreements, progress,
+                             reward_disagreements, reward_opinion)
 from store.queries import dataset_names
+from studio import jobs
 from studio.rendering import as_chat, as_markdown, preview
 
 # Button label, element id (the keyboard script clicks it), answer.
@@ -97,7 +100,34 @@ def reward_models(store: Store) -> list[str]:
     return [r["name"] for r in store.query("SELECT name FROM models WHERE purpose = 'reward' ORDER BY id DESC")]
 
 
-def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
+def judge_rows(store: Store, dataset: str | None) -> tuple[str, list[list]]:
+    """The pairs where an AI judge's label and a person's (or the file's) verdict disagree."""
+    if not dataset:
+        return "Pick a dataset.", []
+    try:
+        rows = judge_disagreements(store, dataset)
+    except LabelError as e:
+        return f"*{e}*", []
+    if not rows:
+        return (f"No pair of '{dataset}' where an AI judge's label and a person's disagree (label with the judge "
+                "first, or no one has labelled its pairs yet).", [])
+    return (f"{len(rows):,} pairs of '{dataset}' where an AI judge and people disagree, most contested first; "
+            "label them here (people's labels outrank the judge's in training).",
+            [[r["pair_id"], preview(r["prompt"]), f"{r['judge']}: {r['judge_verdict']}", r["people"]] for r in rows])
+
+
+def start_judge_labels(runner, dataset: str | None, judge: str | None) -> str:
+    if not dataset or not judge:
+        return "**Pick a dataset and a judge model.**"
+    try:
+        run_id = jobs.start_judge_labels(runner, dataset, judge)
+    except StudioError as e:
+        return f"**{e}**"
+    return (f"Run {run_id} started: {jobs.judge_annotator(jobs.gguf_models(runner.store).get(judge, judge))} is "
+            f"labelling '{dataset}' (the Home tab follows it); list its disagreements when it is done.")
+
+
+def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
     queue = LabelQueue(store)
     with_pairs = dataset_names(store, with_pairs=True)
     with gr.Row(equal_height=True):
@@ -130,6 +160,21 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
         disagreements = gr.Dataframe(headers=["pair", "prompt (last turn)", "preference", "RM margin"],
                                      interactive=False, wrap=True, max_height=360,
                                      column_widths=["24%", "52%", "12%", "12%"])
+
+    with gr.Accordion("Label with an AI judge", open=False):
+        gr.Markdown("A GGUF chat model labels the pairs as the annotator `judge:<file>`, asked in both orders (a tie "
+                    "where they disagree). People's labels and a file's verdicts outrank its labels in training; "
+                    "its disagreements with people are the pairs to look at first.")
+        judges = list(jobs.gguf_models(store))
+        with gr.Row():
+            judge_model = gr.Dropdown(judges, value=judges[0] if judges else None, label="Judge model", scale=3)
+            judge_start = gr.Button("Label with the judge", scale=1, size="sm")
+            judge_list = gr.Button("List disagreements", scale=1, size="sm")
+        judge_line = gr.Markdown()
+        judge_table = gr.Dataframe(headers=["pair", "prompt (last turn)", "judge", "people"], interactive=False,
+                                   wrap=True, max_height=360, column_widths=["22%", "44%", "17%", "17%"])
+    judge_start.click(lambda d, j: start_judge_labels(runner, d, j), [dataset, judge_model], judge_line)
+    judge_list.click(lambda d: judge_rows(store, d), dataset, [judge_line, judge_table])
 
     def view(dataset_name: str, name: str, served: ServedPair | None, said: str, show_rm: bool):
         """Outputs for showing `served` (or the end of the queue), with `said` before the progress."""

@@ -688,3 +688,39 @@ def test_from_a_prompts_file_to_labelled_pairs_without_a_terminal(tmp_path, mode
         assert store.scalar("SELECT count(*) FROM responses") == 9
         pairs = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("question-pairs")])
         assert pairs > 0
+
+
+@pytest.mark.default_model
+def test_labelling_with_an_ai_judge_from_the_label_tab_and_its_disagreements(tmp_path, mini_workspace, browser):
+    from store.labelling import judge_disagreements
+
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = open_label_tab(browser, url, "alice")
+        page.keyboard.press("1")  # a person's label, which the judge's never replaces
+        page.get_by_text("alice: 1 of").wait_for(timeout=30_000)
+        page.get_by_text("Label with an AI judge").click()
+        page.get_by_role("button", name="Label with the judge").click()
+        page.get_by_text(re.compile(r"Run \d+ started: judge:SmolLM2-135M-Instruct.Q4_1.gguf is labelling 'mini'")) \
+            .wait_for(timeout=30_000)
+        home = browser.new_page(viewport={"width": 1280, "height": 800})
+        deadline = time.time() + 300
+        while time.time() < deadline:  # the Home tab's runs table follows the job
+            home.goto(url)
+            home.wait_for_selector("#runs-table", timeout=60_000)
+            if "judge-labels succeeded" in " ".join(home.inner_text("#runs-table").split()):
+                break
+            time.sleep(3)
+        page.get_by_role("button", name="List disagreements").click()
+        listed = page.get_by_text(re.compile(r"(No pair of 'mini' where an AI judge|\d+ pairs of 'mini' where an AI judge)"))
+        listed.wait_for(timeout=30_000)
+        shown = listed.inner_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        judge = "judge:SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert store.scalar("SELECT count(*) FROM labels WHERE annotator = 'alice'") == 1
+        assert 0 < store.scalar("SELECT count(*) FROM labels WHERE annotator = ?", [judge]) <= 5
+        disagreeing = judge_disagreements(store, "mini")
+    assert shown.startswith(f"{len(disagreeing)} pairs" if disagreeing else "No pair")

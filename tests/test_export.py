@@ -114,3 +114,27 @@ def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, sto
     with pytest.raises(RunError, match="unknown quant q3"):
         jobs.start_export(runner, model="default", quants=["q3"])
     assert store.scalar("SELECT count(*) FROM runs") == 0
+
+
+@pytest.mark.parametrize("name", ["gemma2", "mistral"])
+def test_an_ollama_template_for_a_family_without_a_system_role_writes_what_its_chat_template_does(
+        name, models_dir, default_model_path):
+    from transformers import AutoTokenizer
+
+    from families import FAMILIES, family_model
+    from pipelines.export import generation_end_ids, render_turns, turn_parts
+
+    folder = family_model(name, models_dir, default_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    parts = turn_parts(tokenizer)
+    assert parts["system"]["kind"] == "folded"  # the system message goes into the first user turn
+    conversation = [{"role": "system", "content": "You answer in French."}, {"role": "user", "content": "Two?"},
+                    {"role": "assistant", "content": "Deux."}, {"role": "user", "content": "Three?"},
+                    {"role": "assistant", "content": "Trois."}, {"role": "user", "content": "And four?"}]
+    assert render_turns(parts, conversation) == tokenizer.apply_chat_template(conversation, tokenize=False,
+                                                                             add_generation_prompt=True)
+    text = modelfile("m.gguf", tokenizer, generation_end_ids(folder))
+    template = text.split('TEMPLATE """')[1].split('"""')[0]
+    assert FAMILIES[name].bos not in template  # Ollama writes the BOS itself
+    assert template.count("{{ range .Messages }}") == 1 and template.count("{{ if $system }}") == 1
+    assert f'PARAMETER stop "{FAMILIES[name].turn_end}"' in text

@@ -200,10 +200,7 @@ def test_a_policy_is_judged_against_its_base(family, dpo_adapter):
 
 # The GGUF round trip: llama.cpp's logits against the merged model's, per file.
 LOGIT_TOLERANCE = {"f16": 0.01, "q8_0": 0.05}  # largest difference as a share of the logits' range
-# Not yet: an Ollama TEMPLATE for a template without a system role (Gemma folds it into the first
-# user turn) or with other endings per role (Mistral's " [/INST]" and "</s>"); Ollama reads the
-# chat template inside the GGUF for these, and the Modelfile still stops at the family's turn end.
-NO_OLLAMA_TEMPLATE = {"gemma2", "gemma3", "mistral"}
+
 
 
 def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(family, dpo_adapter):
@@ -222,7 +219,7 @@ def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(famil
             assert f["argmax_agrees"]
         modelfile = Path(f["modelfile"]).read_text()
         assert f'PARAMETER stop "{spec.turn_end}"' in modelfile.splitlines()
-        assert ('TEMPLATE """' in modelfile) == (spec.name not in NO_OLLAMA_TEMPLATE)
+        assert 'TEMPLATE """' in modelfile
     # llama.cpp writes a prompt with the GGUF's chat template into the very tokens transformers does
     # (one BOS, where the template and the tokenizer would each add one).
     from transformers import AutoTokenizer
