@@ -38,6 +38,9 @@ class DPOTrainConfig(PairTrainSettings):
             raise ValueError(f"beta must be positive, not {self.beta}")
 
 
+CHUNK_SETTING = "_CHUNKED_LOGPROB_CHUNK_SIZE"  # TRL's tokens per chunk of its fused log-probabilities
+
+
 def make_trainer(config: DPOTrainConfig, run_dir, train: list[dict], held_out: list[dict]):
     """TRL's DPOTrainer on these pairs, with cut answers made unfinished; and how many were."""
     import trl.trainer.utils
@@ -47,7 +50,11 @@ def make_trainer(config: DPOTrainConfig, run_dir, train: list[dict], held_out: l
     # TRL's fused head scores up to 32,768 tokens at once: at batch 4 x 512 that is every token of
     # the batch, several float32 copies of (tokens x vocabulary), 2.5 GB of a 7.9 GB peak on the
     # default model. The same log-probabilities a smaller chunk at a time (TRL has no setting for it).
-    trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE = DPO_LOGIT_CHUNK
+    # A private name: a TRL release that renamed it would leave the memory plan's figure wrong in silence.
+    if not hasattr(trl.trainer.utils, CHUNK_SETTING):
+        raise RuntimeError(f"TRL {trl.__version__} has no trl.trainer.utils.{CHUNK_SETTING}; update pipelines/dpo.py "
+                           "and DPO_LOGIT_CHUNK in pipelines/memory.py to its way of chunking the log-probabilities")
+    setattr(trl.trainer.utils, CHUNK_SETTING, DPO_LOGIT_CHUNK)
     placement = placement_of(config)
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))

@@ -67,11 +67,11 @@ def answer(model, tokenizer, prompts: list[list[dict]], device: str, max_new_tok
     import torch
 
     texts, token_ids = [], []
-    tokenizer.padding_side = "left"
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
-        batch = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        batch = tokenizer(rendered, return_tensors="pt", padding=True, padding_side="left",
+                              add_special_tokens=False).to(device)
         with torch.no_grad():
             out = model.generate(**batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)

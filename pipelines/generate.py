@@ -88,8 +88,8 @@ class TransformersSampler:
 
         c = self.config
         texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        self.tokenizer.padding_side = "left"
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                              add_special_tokens=False).to(self.model.device)
         ends = end_ids(self.model, self.tokenizer)
         torch.manual_seed(seed)
         with torch.inference_mode():

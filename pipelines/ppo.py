@@ -150,8 +150,8 @@ def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], confi
     import torch
 
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                              add_special_tokens=False).to(device)
     with torch.no_grad():
         generated = policy.model.generate(**batch, do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0,
                                           max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)

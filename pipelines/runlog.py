@@ -141,10 +141,12 @@ class RunLog:
         self._started = time.monotonic()
         self._first_step: int | None = None
         self._last_step = 0
-        signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.cancel_requested = True
+    def cancel_on_sigterm(self) -> None:
+        """The runner cancels a run with SIGTERM: the pipeline sees `cancel_requested`, checkpoints
+        and exits. Installed by run_main only, so that a RunLog made elsewhere (a test) leaves the
+        process's signal handling alone."""
+        signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "cancel_requested", True))
 
     def event(self, status: str, **fields) -> None:
         if not self.is_main:
@@ -180,6 +182,7 @@ def run_main(config_cls: type[C], run: Callable[[C, RunLog], None], argv: list[s
     parser.add_argument("--config", required=True, help="JSON file with the pipeline's config")
     args = parser.parse_args(argv)
     log = RunLog(Path(args.config).resolve().parent)
+    log.cancel_on_sigterm()
     try:
         config = load_config(config_cls, args.config)
         ranks = int(os.environ.get("WORLD_SIZE", "1"))

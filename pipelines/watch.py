@@ -88,12 +88,10 @@ class Watch:
 
         # The same seed at every check, without touching the training's random state.
         devices = [torch.cuda.current_device()] if device == "cuda" else []
-        padding_side = self.tokenizer.padding_side
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             found = answer(model, self.tokenizer, self.prompts, device, max_new_tokens=self.max_new_tokens,
                            temperature=0.7, batch_size=self.batch_size)
-        self.tokenizer.padding_side = padding_side
         return found
 
     def check(self, model, step: int, device: str) -> dict:

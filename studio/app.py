@@ -29,6 +29,7 @@ def build_app(workspace: Workspace):
     """The Blocks app and the runner it drives (the caller owns both)."""
     store = workspace.open_store()
     runner = Runner(store, workspace)
+    runner.recover()
     with gr.Blocks(title="Alignment Studio") as app:
         gr.Markdown("# Alignment Studio")
         with gr.Tab("Home"):

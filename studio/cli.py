@@ -162,6 +162,7 @@ def run_job(ws: Workspace, args, start, what, after=None) -> int:
     unless --no-wait; `after(runner, run_id, status)` may add to a followed run's report."""
     with ws.open_store() as store:
         runner = Runner(store, ws)
+        runner.recover()
         run_id = start(runner)
         print(f"run {run_id} started: {what(runner, run_id) if callable(what) else what} "
               f"(folder {ws.runs_dir / str(run_id)})", flush=True)
@@ -218,6 +219,7 @@ def _judge_split(ws: Workspace, args, settings: dict) -> int:
         raise jobs.RunError("--judge-split holds out a share of each half; leave out --eval-dataset")
     with ws.open_store() as store:
         runner = Runner(store, ws)
+        runner.recover()
         proxy, judge = jobs.start_judge_split(runner, args.dataset, **settings)
         print(f"run {proxy} started: the proxy reward model, on one half of the prompts of '{args.dataset}' (for PPO, "
               f"GRPO and RLOO to optimise)\nrun {judge} started: the judge reward model, on the other half (to evaluate "
@@ -343,6 +345,7 @@ def cmd_demo(ws: Workspace, args) -> int:
 
     with ws.open_store() as store:
         runner = Runner(store, ws)
+        runner.recover()
         try:
             stages = run_demo(store, runner, settings, ws, auto=args.auto, follow=lambda r: _follow_run(runner, r),
                               on_stage=show)
@@ -388,7 +391,7 @@ def cmd_models(ws: Workspace, args) -> int:
 def cmd_runs(ws: Workspace, args) -> int:
     from store.queries import run_summaries
     with ws.open_store() as store:
-        Runner(store, ws)  # brings the status of runs left running up to date
+        Runner(store, ws).recover()  # brings the status of runs left running up to date
         rows = run_summaries(store)
     if args.json:
         _print_json(rows)
@@ -401,6 +404,7 @@ def cmd_runs(ws: Workspace, args) -> int:
 def cmd_cancel(ws: Workspace, args) -> int:
     with ws.open_store() as store:
         runner = Runner(store, ws)
+        runner.recover()
         runner.cancel(args.run)
         return _follow(runner, args.run) if args.wait else 0
 
@@ -408,6 +412,7 @@ def cmd_cancel(ws: Workspace, args) -> int:
 def cmd_resume(ws: Workspace, args) -> int:
     with ws.open_store() as store:
         runner = Runner(store, ws)
+        runner.recover()
         runner.resume(args.run)
         print(f"run {args.run} resumed")
         return 0 if args.no_wait else _follow(runner, args.run)

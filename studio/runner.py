@@ -86,7 +86,8 @@ class Runner:
         self._procs: dict[int, subprocess.Popen] = {}
         self._starting = threading.Lock()
         self._one_job_at_a_time = one_job_at_a_time
-        self.recover()
+        # Nothing is written here: recover() (runs left running by a process that died) is the
+        # caller's explicit first step where it starts up (the app, a CLI command that runs jobs).
 
     @functools.cached_property
     def one_job_at_a_time(self) -> bool:
