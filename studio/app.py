@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import traceback
 
 import gradio as gr
 
@@ -60,8 +61,9 @@ def _sync_forever(runner: Runner, stop: threading.Event) -> None:
     while not stop.wait(SYNC_EVERY_S):
         try:
             runner.sync_all()
-        except Exception as e:  # keep following the other runs; the error shows in the log
-            print(f"run sync failed: {e}", flush=True)
+        except Exception:  # keep following the other runs; the whole error goes to the server's log
+            print("run sync failed:", flush=True)
+            traceback.print_exc()
 
 
 def serve(workspace: Workspace, host: str, port: int, auth: tuple[str, str] | None) -> None:

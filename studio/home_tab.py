@@ -6,6 +6,7 @@ import html
 import json
 import threading
 import time
+import traceback
 
 import gradio as gr
 
@@ -98,8 +99,11 @@ class GuidedRun:
             run_demo(self.store, self.runner, settings, self.workspace, auto=auto, follow=self.follow)
         except DemoStop as e:  # waiting for the user's labels: what to do next
             self.outcome = f"**Your turn:** {e}"
-        except Exception as e:  # shown in the panel; the runs keep their own logs
+        except StudioError as e:  # a sentence for the user; the runs keep their own logs
             self.outcome = f"**Stopped:** {e}"
+        except Exception as e:  # a bug: said in the panel, and its traceback in the server's log
+            traceback.print_exc()
+            self.outcome = f"**Stopped by an internal error** ({type(e).__name__}); the server's log has the details."
         else:
             self.outcome = (f"**Done in {(time.monotonic() - started) / 60:.1f} minutes.** Open the Compare tab to chat "
                             f"with the base and the aligned model side by side. {SCALE_UP}")

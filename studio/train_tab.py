@@ -161,8 +161,8 @@ def run_summary(runner: Runner, run_id: int) -> str:
     if run["kind"] == "rm" and run["status"] == "succeeded":
         try:
             card = jobs.rm_report(runner, run_id)
-        except StudioError:
-            pass  # no held-out pairs, or an older run: its message says what it has
+        except StudioError as e:  # no held-out pairs, or an older run: said where the card would be
+            card = [str(e)]
     if config.get("judge_split"):
         parts.append(f"the {config['judge_split']} half of a judge split")
     if run["message"]:  # with a report card below, only what the run did
