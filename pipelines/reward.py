@@ -213,7 +213,10 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
         train, alike = kept, len(train) - len(kept)
         if not train:
             raise ValueError("every pair's two answers are near-identical: nothing left to train on")
-    callback = progress_callback(log)
+    # Evaluations during the run on a subset of the held-out pairs are named as such (eval_subset_...):
+    # eval_accuracy and eval_margin are those of every held-out pair, logged at the end.
+    subset = 0 < config.eval_during < len(held_out)
+    callback = progress_callback(log, eval_prefix="eval_subset_" if subset else "eval_")
     # Before the progress callback, which reports an evaluation when one is due.
     trainer, tokenizer = make_trainer(config, run_dir, train, held_out, [no_subset_evaluation_at_the_end(), callback])
     dropped = len(train) - len(trainer.train_dataset)
@@ -246,7 +249,10 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     metrics = {f"card/{k}": v for k, v in card.items() if isinstance(v, (int, float))}
     # Named apart from TRL's eval_accuracy, which is the curve on the subset evaluated during training.
     metrics.update(heldout_accuracy=card["accuracy"], heldout_accuracy_low=card["accuracy_low"],
-                   heldout_accuracy_high=card["accuracy_high"], heldout_pairs=card["pairs"])
+                   heldout_accuracy_high=card["accuracy_high"], heldout_pairs=card["pairs"],
+                   eval_accuracy=card["accuracy"])
+    if rows:  # the mean margin of every held-out pair, as TRL's eval_margin is of those it evaluated
+        metrics["eval_margin"] = sum(r["reward_chosen"] - r["reward_rejected"] for r in rows) / len(rows)
     log.event("succeeded", step=steps, metrics=metrics,
               message=f"reward model trained ({steps} steps); " + "; ".join(describe_card(card)))
 

@@ -254,16 +254,18 @@ def cancel_agreed(requested: bool, device) -> bool:
     return bool(flag.item())
 
 
-def progress_callback(log: RunLog):
+def progress_callback(log: RunLog, eval_prefix: str = "eval_"):
     """A TrainerCallback that reports every logged metric with the step and stops, saving a
-    checkpoint, when the run is asked to cancel."""
+    checkpoint, when the run is asked to cancel. `eval_prefix` renames the trainer's evaluation
+    metrics (a reward model's evaluations during the run on a subset are eval_subset_...)."""
     from transformers import TrainerCallback
 
     class ReportToRunLog(TrainerCallback):
         cancelled = False
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            metrics = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+            metrics = {(eval_prefix + k[len("eval_"):] if k.startswith("eval_") else k): v
+                       for k, v in (logs or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
             log.progress(state.global_step, state.max_steps, metrics=metrics)
 
         def on_step_end(self, args, state, control, **kwargs):

@@ -49,8 +49,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rm", "Reward model", "pipelines.reward", RewardTrainConfig, reads="pairs", makes="reward",
            summary="a LoRA reward model with a one-number score head, trained so that the chosen answer of a "
                    "pair scores above the rejected one (TRL's RewardTrainer)",
-           plotted=("accuracy", "margin", "eval_accuracy", "eval_margin"),
-           plotted_first=("accuracy", "margin", "eval_accuracy", "eval_margin")),
+           plotted=("accuracy", "margin", "eval_accuracy", "eval_margin", "eval_subset_accuracy",
+                    "eval_subset_margin"),
+           plotted_first=("accuracy", "margin", "eval_accuracy", "eval_margin", "eval_subset_accuracy",
+                          "eval_subset_margin"),
+           losses=("loss", "eval_loss", "eval_subset_loss")),
     Method("dpo", "DPO", "pipelines.dpo", DPOTrainConfig, reads="pairs", makes="policy",
            summary="LoRA on the policy trained directly on the pairs (TRL's DPOTrainer), the base with its "
                    "adapter disabled as the reference",

@@ -75,7 +75,9 @@ def test_a_reward_model_on_two_ranks_scores_every_held_out_pair_once(tmp_path, t
     assert [e["status"] for e in events].count("succeeded") == 1
     assert any("of the 4 held-out pairs every 2 steps and on all of them at the end" in (e.get("message") or "")
                for e in events)
-    assert [e["step"] for e in events if "eval_accuracy" in e.get("metrics", {})] == [2]
+    # evaluated at its checkpoint (step 2) and not again at the last step, where every held-out pair is scored
+    assert [e["step"] for e in events if "eval_accuracy" in e.get("metrics", {})] == [2, 3]
+    assert events[-1]["metrics"]["eval_accuracy"] == events[-1]["metrics"]["heldout_accuracy"]
     card = json.loads((tmp_path / "report_card.json").read_text())
     assert card["pairs"] == len(pq.read_table(tmp_path / "held_out_scores.parquet")) == 4
 

@@ -39,10 +39,28 @@ def test_a_reward_model_evaluates_the_subset_only_at_its_checkpoints_and_scores_
     run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25, **SMALL)
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
-    evaluated = hh40.query("SELECT step FROM run_metrics WHERE run_id = ? AND name = 'eval_accuracy'", [run_id])
-    assert [r["step"] for r in evaluated] == [2]
+    evaluated = hh40.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'eval_accuracy' "
+                           "ORDER BY step", [run_id])
+    assert [r["step"] for r in evaluated] == [2, 3]  # at its checkpoint, then every held-out pair at the end
     scored = hh40.query("SELECT value FROM run_metrics WHERE run_id = ? AND name = 'heldout_pairs'", [run_id])
     assert scored and scored[0]["value"] > 0
+
+
+def test_a_reward_model_evaluated_on_a_subset_names_it_and_reports_every_held_out_pair_as_eval_accuracy(
+        workspace, hh40, tiny_model):
+    runner = Runner(hh40, workspace)
+    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25,
+                                 eval_during=3, **SMALL)
+    assert runner.wait(run_id)["status"] == "succeeded"
+    from store.queries import run_summaries
+
+    final = next(r for r in run_summaries(hh40) if r["id"] == run_id)["metrics"]  # what `runs --json` prints
+    assert final["eval_accuracy"] == final["heldout_accuracy"] and final["heldout_pairs"] > 0
+    steps = {r["name"]: r["steps"] for r in hh40.query(
+        "SELECT name, list(step ORDER BY step) AS steps FROM run_metrics WHERE run_id = ? AND name IN "
+        "('eval_subset_accuracy', 'eval_accuracy') GROUP BY name", [run_id])}
+    assert steps == {"eval_subset_accuracy": [2], "eval_accuracy": [3]}
+
 
 
 def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspace, hh40, tiny_model):
