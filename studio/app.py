@@ -66,7 +66,7 @@ def _sync_forever(runner: Runner, stop: threading.Event) -> None:
             traceback.print_exc()
 
 
-def serve(workspace: Workspace, host: str, port: int, auth: tuple[str, str] | None) -> None:
+def serve(workspace: Workspace, host: str, port: int, auth: list[tuple[str, str]] | None) -> None:
     app, runner = build_app(workspace)
     stop = threading.Event()
     threading.Thread(target=_sync_forever, args=(runner, stop), daemon=True).start()

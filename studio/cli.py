@@ -431,15 +431,33 @@ def cmd_prepare(ws: Workspace, args) -> int:
     return 0
 
 
+def logins(given: list[str], path: str | None) -> list[tuple[str, str]]:
+    """user:password pairs from --auth (repeated) and --auth-file (one a line, # comments), checked:
+    with logins, each user labels under their own name."""
+    entries = [("--auth", None, a) for a in given]
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"{path}: cannot read the logins file ({e})") from None
+        entries += [(path, n, line.strip()) for n, line in enumerate(lines, 1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+    found: dict[str, str] = {}
+    for where, line, entry in entries:
+        user, sep, password = entry.partition(":")
+        place = f"{where}:{line}" if line else where
+        if not sep or not user.strip() or not password:
+            raise SystemExit(f"{place}: a login is user:password")
+        if user in found:
+            raise SystemExit(f"{place}: the user {user!r} is given twice")
+        found[user.strip()] = password
+    return list(found.items())
+
+
 def cmd_serve(ws: Workspace, args) -> int:
     from studio.app import serve
 
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise SystemExit("--auth must be user:password")
-        auth = (user, password)
+    auth = logins(args.auth or [], args.auth_file) or None
     if args.host not in LOOPBACK and auth is None:
         raise SystemExit(f"refusing to serve on {args.host} without --auth user:password: anyone who "
                          "can reach this machine could read and change the workspace")
@@ -642,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="serve the studio in the browser")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--auth", help="user:password (required for a host other than loopback)")
+    p.add_argument("--auth", action="append", help="user:password, repeated for each member of a team; each user "
+                   "labels under their own name (a login is required for a host other than loopback)")
+    p.add_argument("--auth-file", help="a file of logins, user:password a line")
     p.set_defaults(func=cmd_serve)
     return parser
 

@@ -176,6 +176,17 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
     judge_start.click(lambda d, j: start_judge_labels(runner, d, j), [dataset, judge_model], judge_line)
     judge_list.click(lambda d: judge_rows(store, d), dataset, [judge_line, judge_table])
 
+    def who(name: str, request: gr.Request) -> str:
+        """The annotator: the logged-in user when the studio serves with logins (a team), whatever
+        the name field says; else the name typed."""
+        return getattr(request, "username", None) or name
+
+    def logged_in(request: gr.Request):
+        user = getattr(request, "username", None)
+        if not user:
+            return gr.update(), gr.update()
+        return (gr.update(value=user, interactive=False, label="Annotator (your login)"), gr.update(visible=False))
+
     def view(dataset_name: str, name: str, served: ServedPair | None, said: str, show_rm: bool):
         """Outputs for showing `served` (or the end of the queue), with `said` before the progress."""
         line = progress_line(store, dataset_name, name.strip())
@@ -193,16 +204,19 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
         """The first pair, and the name locked (keys now answer pairs, never type into it)."""
         if not dataset_name:
             return unchanged("Pick a dataset that has pairs (import one in the Data tab).") + (gr.update(),) * 2
+        name = who(name, request)
         try:
             shown = view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "", show_rm)
         except LabelError as e:
             return unchanged(str(e)) + (gr.update(),) * 2
-        return shown + (gr.update(interactive=False), gr.update(visible=True))
+        return shown + (gr.update(interactive=False), gr.update(visible=not getattr(request, "username", None)))
 
     def change_annotator(confirmed: bool, request: gr.Request):
         """Asked first (a confirm in the browser): labels given so far stay under the old name."""
         if not confirmed:
             return (gr.update(),) * 9
+        if getattr(request, "username", None):
+            return (gr.update(), f"**You label as your login, {request.username}.**") + (gr.update(),) * 7
         queue.release(request.session_hash)
         return (None, "Type the new name and start again; the labels given so far stay under the old name.",
                 gr.update(visible=False), [], "", "", "", gr.update(interactive=True), gr.update(visible=False))
@@ -211,6 +225,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
         def answer(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
             if served is None:
                 return unchanged("Start labelling first.")
+            name = who(name, request)
             try:
                 queue.label(request.session_hash, name, served, choice)
                 following = queue.next_pair(dataset_name, name, request.session_hash)
@@ -220,6 +235,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
         return answer
 
     def take_back(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
+        name = who(name, request)
         try:
             back = queue.undo(dataset_name, name, request.session_hash)
         except LabelError as e:
@@ -259,5 +275,6 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
                 gr.update(choices=rms, value=model if model in rms else (rms[0] if rms else None)))
 
     app.load(fresh_lists, [dataset, reward_model], [dataset, reward_model])
+    app.load(logged_in, None, [annotator, rename])
     tab.select(fresh_lists, [dataset, reward_model], [dataset, reward_model])
     app.unload(release_claims)

@@ -724,3 +724,65 @@ def test_labelling_with_an_ai_judge_from_the_label_tab_and_its_disagreements(tmp
         assert 0 < store.scalar("SELECT count(*) FROM labels WHERE annotator = ?", [judge]) <= 5
         disagreeing = judge_disagreements(store, "mini")
     assert shown.startswith(f"{len(disagreeing)} pairs" if disagreeing else "No pair")
+
+
+def serve_with_logins(workspace: Workspace, log_path: Path, logins: list[str]) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    log = open(log_path, "w")
+    args = [a for login in logins for a in ("--auth", login)]
+    proc = subprocess.Popen([ALIGNSTUDIO, "serve", "--workspace", workspace.root, "--models-dir", workspace.models_dir,
+                             "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(log_path.read_text())
+            time.sleep(0.5)
+    return url, proc
+
+
+def test_a_team_labels_at_once_each_under_their_login_and_the_agreement_counts_both(tmp_path, mini_workspace,
+                                                                                    browser):
+    url, proc = serve_with_logins(mini_workspace, tmp_path / "serve.log", ["alice:apple-pie", "bob:blue-sky"])
+    try:
+        pages = {}
+        for user, password in (("alice", "apple-pie"), ("bob", "blue-sky")):
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.goto(url)
+            page.get_by_label("username").fill(user)
+            page.get_by_label("password").fill(password)
+            page.get_by_role("button", name="Login").click()
+            page.get_by_role("tab", name="Label").click()
+            name = page.get_by_label("Annotator (your login)")
+            name.wait_for(timeout=60_000)
+            assert name.input_value() == user and not name.is_editable()  # no name to type: the login is it
+            page.get_by_role("button", name="Start labelling").click()
+            page.get_by_text(f"{user}: 0 of").wait_for(timeout=30_000)
+            pages[user] = page
+        # Both label every pair, taking turns: the same pair is never held by both at once.
+        for n in range(1, 6):
+            for user, key in (("alice", "1"), ("bob", "2" if n % 2 else "1")):
+                pages[user].keyboard.press(key)
+                pages[user].get_by_text(f"{user}: {n} of").wait_for(timeout=30_000)
+        page = pages["bob"]  # each one sees the agreement of both
+        page.get_by_role("tab", name="Agreement").click()
+        page.get_by_role("combobox", name="Dataset").last.click()
+        page.get_by_role("option", name="mini", exact=True).last.click()
+        page.get_by_text("'mini': 2 annotators (alice, bob)").wait_for(timeout=30_000)
+        assert "alice bob 5" in " ".join(page.inner_text("#agreement-table").split())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        from store.labelling import agreement
+
+        counts = {r["annotator"]: r["n"] for r in store.query(
+            "SELECT annotator, count(*) AS n FROM labels GROUP BY annotator")}
+        assert counts == {"alice": 5, "bob": 5}  # no label lost, each under its login
+        pairs = {(r["a"], r["b"]): r for r in agreement(store, "mini")["pairs"]}
+    both = pairs.get(("alice", "bob")) or pairs.get(("bob", "alice"))
+    assert both and both["pairs"] == 5
