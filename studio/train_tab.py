@@ -324,9 +324,6 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         plan_line = f" {estimate.describe()[0].upper()}{estimate.describe()[1:]}." if estimate else ""
-        warning = jobs.export_warning(settings.get("base", "default"), runner.workspace.models_dir)
-        if warning and method.makes == "policy":
-            plan_line += f" **Note: {warning[0].upper()}{warning[1:]}.**"
         return f"Run {run_id} started.{plan_line}", gr.update(choices=training_runs(store), value=run_id)
 
     def metrics_of(run_id, method: Method, names):
@@ -402,8 +399,17 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     base.submit(suggest, [kind, base], [sizing, *(controls[name] for name in suggested)])
     kind.change(switch_method, kind, [*controls.values(), dataset, eval_dataset, reward_run, judge_run, judge_split])
+    def export_note(said: str, label: str, base_name: str):
+        """After a policy's run started: whether its base could be exported to GGUF (llama.cpp's
+        converter on its tokenizer, a few seconds the first time), added to what the start said."""
+        if not said.startswith("Run ") or method_by_label(label).makes != "policy":
+            return gr.update()
+        warning = jobs.export_warning((base_name or "").strip() or "default", runner.workspace.models_dir)
+        return f"{said} **Note: {warning[0].upper()}{warning[1:]}.**" if warning else gr.update()
+
     start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_run, judge_split, force,
-                                   *controls.values()}, [started, picked])
+                                   *controls.values()}, [started, picked]).then(
+        export_note, [started, kind, base], started, show_progress="hidden")
     for action, button in (("cancel", cancel), ("resume", resume), ("again", again)):
         button.click(lambda run_id, action=action: control(action, run_id), picked, [started, picked])
 

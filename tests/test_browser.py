@@ -786,3 +786,31 @@ def test_a_team_labels_at_once_each_under_their_login_and_the_agreement_counts_b
         pairs = {(r["a"], r["b"]): r for r in agreement(store, "mini")["pairs"]}
     both = pairs.get(("alice", "bob")) or pairs.get(("bob", "alice"))
     assert both and both["pairs"] == 5
+
+
+def test_train_tab_says_when_a_base_cannot_be_exported_as_the_run_starts(tmp_path, mini_workspace, models_dir,
+                                                                         default_model_path, browser):
+    import shutil
+
+    from families import family_model
+
+    base = tmp_path / "gemma2-without-sentencepiece"  # as save_pretrained of transformers 5 leaves a Gemma-2
+    shutil.copytree(family_model("gemma2", models_dir, default_model_path), base)
+    (base / "tokenizer.model").unlink()
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("DPO", exact=True).check()
+        page.get_by_label("Base model").fill(str(base))
+        page.get_by_role("spinbutton", name="Max steps").fill("1")
+        page.get_by_role("button", name="Start training").click()
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=60_000)
+        note = page.locator("#train-started").get_by_text("Note: This base can be trained but not exported to GGUF")
+        note.wait_for(timeout=120_000)
+        assert "tokenizer.model" in page.inner_text("#train-started")
+        page.screenshot(path=str(tmp_path / "train-note.png"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
