@@ -40,8 +40,8 @@ class EvaluateConfig:
                                  "proxy's (checked by the studio)", internal=True)
     judge_name: str = setting("", "the judge reward model's name, for the report", internal=True)
     proxy_name: str = setting("", "the proxy's name, for the report", internal=True)
-    proxy_of_pairs: bool = setting(False, "the proxy was trained on the policy's own pairs, not optimised by it "
-                                   "(DPO, KTO, ORPO)", internal=True)
+    proxy_of_pairs: bool = setting(False, "the proxy was trained on the policy's own pairs (the policy learnt "
+                                   "from pairs), not optimised by it", internal=True)
     seen_in_training: int = setting(0, "how many of the prompts the policy trained on (the report says so)",
                                     internal=True)
     rule: str = setting("", "judge by a named rule over the two answers as well", choices=["", *RULES])

@@ -2,7 +2,7 @@
 
 - **proxy**: the reward model the policy was trained against. Its verdict is always labelled: a
   policy optimised against a reward model raises that reward whether or not it got better. A
-  policy trained on pairs (DPO, KTO, ORPO) optimised their labels directly; a reward model trained
+  policy trained on pairs (DPO, KTO) optimised their labels directly; a reward model trained
   on those same pairs stands in as its proxy, labelled as that.
 - **judge**: a reward model trained on pairs that share no prompt with the policy's (or the
   proxy's) training data. The studio checks the disjointness before calling it a judge.

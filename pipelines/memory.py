@@ -38,8 +38,17 @@ ACTIVATION_FACTOR = 34      # bytes per token per hidden unit per layer, at 16 b
 LOGIT_BYTES = 10            # 16-bit logits + float32 copy + its gradient
 CUDA_OVERHEAD_GB = 0.8
 DPO_LOGIT_CHUNK = 2048      # tokens whose vocabulary scores DPO's loss holds at once
-PAIR_METHODS = {"rm", "dpo"}          # both sides of a pair in every batch
-REWARD_MODEL_METHODS = {"ppo", "grpo", "rloo"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a training method's batches hold, as far as memory goes; each entry of the methods
+    table (studio.methods) carries one."""
+    sequences: int = 1          # sequences per example: 2 where both sides of a pair run in every batch
+    logits: str = "all"         # "all" tokens' vocabulary scores; "chunk": TRL computes the log-probabilities
+                                # DPO_LOGIT_CHUNK tokens at a time; "none": a score head (a reward model,
+                                # whose base's output layer is not loaded)
+    reward_model: bool = False  # a reward model of the same base loaded beside the policy (online methods)
 
 
 @dataclass(frozen=True)
@@ -97,10 +106,10 @@ def count_on_meta(config) -> tuple[int, list[tuple[str, int, int]]]:
     return sum(p.numel() for p in model.parameters()), linears
 
 
-def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = False, lora_r: int = 16,
+def plan(config, shape: Shape, *, dtype: str = "bfloat16", load_in_4bit: bool = False, lora_r: int = 16,
          lora_targets: list[str] | tuple[str, ...] = ("all-linear",), batch_size: int = 4, max_length: int = 512,
          gradient_checkpointing: bool = False) -> MemoryPlan:
-    """The estimate for training `method` on the base `config` with these settings."""
+    """The estimate for training a method of this `shape` on the base `config` with these settings."""
     config = getattr(config, "text_config", None) or config
     parameters, linears = count_on_meta(config)
     output_layer = linears[-1][0] if linears and linears[-1][2] == config.vocab_size else None
@@ -109,14 +118,14 @@ def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = F
     linear_parameters = sum(i * o for n, i, o in linears if n != output_layer)
     weight_bytes = DTYPE_BYTES.get(dtype, 2)
     loaded = parameters
-    if method == "rm" and output_layer and not getattr(config, "tie_word_embeddings", False):
+    if shape.logits == "none" and output_layer and not getattr(config, "tie_word_embeddings", False):
         loaded -= next(i * o for n, i, o in linears if n == output_layer)  # a score head replaces it
     if load_in_4bit:
         weights = linear_parameters * FOUR_BIT_BYTES + (loaded - linear_parameters) * 2
     else:
         weights = loaded * weight_bytes
     adapters = sum(lora_r * (i + o) for _, i, o in targeted) * 16
-    sequences = batch_size * (2 if method in PAIR_METHODS else 1)
+    sequences = batch_size * shape.sequences
     tokens = sequences * max_length
     hidden, layers = config.hidden_size, config.num_hidden_layers
     activation_bytes = max(weight_bytes, 2) / 2  # the factor is for 16 bits; float32 doubles it
@@ -124,9 +133,9 @@ def plan(config, method: str, *, dtype: str = "bfloat16", load_in_4bit: bool = F
         activations = tokens * hidden * (2 * layers + ACTIVATION_FACTOR) * activation_bytes
     else:
         activations = tokens * hidden * ACTIVATION_FACTOR * layers * activation_bytes
-    scored = 0 if method == "rm" else min(tokens, DPO_LOGIT_CHUNK) if method == "dpo" else tokens
+    scored = {"none": 0, "chunk": min(tokens, DPO_LOGIT_CHUNK)}.get(shape.logits, tokens)
     logits = scored * config.vocab_size * LOGIT_BYTES
-    extra = weights if method in REWARD_MODEL_METHODS else 0.0  # a reward model of the same base
+    extra = weights if shape.reward_model else 0.0  # a reward model of the same base
     return MemoryPlan(parameters, weights / GB, adapters / GB, activations / GB, logits / GB, extra / GB)
 
 

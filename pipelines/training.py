@@ -216,12 +216,17 @@ def grouping_arguments(settings: TrainSettings) -> dict:
     return {"train_sampling_strategy": "group_by_length", "remove_unused_columns": False}
 
 
-def add_lengths(trainer) -> None:
+def add_lengths(trainer, suffix: str = "_ids", answers_hold_the_prompt: bool = False) -> None:
     """Give a TRL trainer's tokenized datasets the `length` column that length grouping sorts by: the
-    tokens of the longest sequence an example becomes (prompt + its longest answer)."""
+    tokens of the longest sequence an example becomes (prompt + its longest answer). TRL's trainers
+    name their token columns `<side>_ids` (DPO, KTO, the reward model) or, in the older style of its
+    experimental ORPO, `<side>_input_ids` holding prompt and answer together (`suffix`,
+    `answers_hold_the_prompt`)."""
+    prompt_key = f"prompt{suffix}"
+
     def length(example):
-        prompt = len(example.get("prompt_ids") or [])
-        answers = [len(v) for k, v in example.items() if k.endswith("_ids") and k != "prompt_ids" and v is not None]
+        prompt = 0 if answers_hold_the_prompt else len(example.get(prompt_key) or [])
+        answers = [len(v) for k, v in example.items() if k.endswith(suffix) and k != prompt_key and v is not None]
         return {"length": prompt + max(answers, default=0)}
 
     if trainer.args.train_sampling_strategy != "group_by_length":

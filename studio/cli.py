@@ -22,7 +22,7 @@ from store import EXPORT_FORMATS, FORMATS, ImportFailed, export_pairs, import_fi
 from store.imports import DEFAULT_MAX_ROW_BYTES
 from studio import jobs
 from studio.demo import DemoSettings
-from studio.methods import METHODS
+from studio.methods import METHODS, PAIR_POLICIES
 from studio.runner import Runner
 from studio.workspace import ASSETS, Workspace
 
@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             m.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
             m.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
-        if method.name == "rm":
+        if method.judge_split:
             m.add_argument("--judge-split", action="store_true",
                            help="train two reward models on the two halves of the dataset's prompts: a proxy (for "
                                 "PPO, GRPO, RLOO to optimise) and a judge that shares no prompt with it (to evaluate "
@@ -576,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
     p.add_argument("--judge-run", type=int, help="a reward-model run trained on prompts that share nothing with the "
                    "policy's or its proxy's training pairs (alignstudio train rm --judge-split makes one)")
-    p.add_argument("--proxy-run", type=int, help="for a policy trained on pairs (DPO, KTO, ORPO): a reward-model run "
+    p.add_argument("--proxy-run", type=int, help=f"for a policy trained on pairs ({PAIR_POLICIES}): a reward-model run "
                    "trained on the same pairs, reported as its proxy beside the judges, to show the gap between them")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
     p.add_argument("--limit", type=int, default=jobs.EVAL_PROMPTS,

@@ -205,7 +205,7 @@ def memory_plan(models_dir, method: str, settings: dict) -> MemoryPlan | None:
         return None
     dtype = "bfloat16" if config.dtype == "auto" else config.dtype  # what a GPU of today picks
     length = getattr(config, "max_length", 512) if not m.online else getattr(config, "max_new_tokens", 256) + 256
-    return plan(base, method, dtype=dtype, load_in_4bit=config.load_in_4bit, lora_r=config.lora_r,
+    return plan(base, m.shape, dtype=dtype, load_in_4bit=config.load_in_4bit, lora_r=config.lora_r,
                 lora_targets=config.lora_targets, batch_size=config.batch_size, max_length=length,
                 gradient_checkpointing=config.gradient_checkpointing)
 

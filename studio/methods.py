@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pipelines.dpo import DPOTrainConfig
 from pipelines.grpo import OnlineTrainConfig
 from pipelines.kto import KTOTrainConfig
+from pipelines.memory import Shape
+from pipelines.orpo import ORPOTrainConfig
 from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
 
@@ -38,6 +40,8 @@ class Method:
     plotted_first: tuple[str, ...]   # those plotted at first: one scale, so a length of 40 tokens
                                      # does not flatten a reward of 0.3
     losses: tuple[str, ...] = TRL_LOSSES
+    shape: Shape = Shape()           # what its batches hold, for the memory plan
+    judge_split: bool = False        # can train as two halves split by prompt: a proxy and a judge
 
     @property
     def online(self) -> bool:
@@ -53,34 +57,54 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                     "eval_subset_margin"),
            plotted_first=("accuracy", "margin", "eval_accuracy", "eval_margin", "eval_subset_accuracy",
                           "eval_subset_margin"),
-           losses=("loss", "eval_loss", "eval_subset_loss")),
+           losses=("loss", "eval_loss", "eval_subset_loss"), shape=Shape(sequences=2, logits="none"),
+           judge_split=True),
     Method("dpo", "DPO", "pipelines.dpo", DPOTrainConfig, reads="pairs", makes="policy",
            summary="LoRA on the policy trained directly on the pairs (TRL's DPOTrainer), the base with its "
                    "adapter disabled as the reference",
            plotted=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
                     "eval_rewards/margins"),
            plotted_first=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                          "eval_rewards/margins")),
+                          "eval_rewards/margins"), shape=Shape(sequences=2, logits="chunk")),
     Method("kto", "KTO", "pipelines.kto", KTOTrainConfig, reads="verdicts", makes="policy",
            summary="LoRA on the policy trained on each answer's own verdict, desirable or not (TRL's KTOTrainer): "
                    "the preferred side of a pair is desirable, the other and both sides of a both-bad pair are not",
            plotted=("rewards/margins", "rewards/chosen", "rewards/rejected", "kl", "eval_rewards/margins"),
            plotted_first=("rewards/margins", "rewards/chosen", "rewards/rejected", "kl", "eval_rewards/margins")),
+    Method("orpo", "ORPO", "pipelines.orpo", ORPOTrainConfig, reads="pairs", makes="policy",
+           summary="LoRA on the policy trained on the pairs with no reference model (TRL's ORPOTrainer): the chosen "
+                   "answer's language-model loss plus a term that raises its odds over the rejected one's",
+           plotted=("rewards/margins", "rewards/accuracies", "log_odds_ratio", "nll_loss", "eval_rewards/margins"),
+           plotted_first=("rewards/margins", "rewards/accuracies", "eval_rewards/margins"),
+           shape=Shape(sequences=2)),
     Method("ppo", "PPO", "pipelines.ppo", PPOTrainConfig, reads="prompts", makes="policy",
            summary="the studio's own PPO: value head, per-token KL penalty to the base, GAE, clipped objective; "
                    "answers the prompts and learns from a trained reward model's scores",
            plotted=("reward", "kl", "ended", "entropy", "clip_fraction", "response_length", *WATCH_METRICS),
-           plotted_first=("reward", "kl"), losses=("policy_loss", "value_loss")),
+           plotted_first=("reward", "kl"), losses=("policy_loss", "value_loss"), shape=Shape(reward_model=True)),
     Method("grpo", "GRPO", "pipelines.grpo", OnlineTrainConfig, reads="prompts", makes="policy",
            summary="TRL's GRPO against a trained reward model: several answers per prompt, each judged against "
                    "its group's mean (no value model)",
-           plotted=(*GROUP_METRICS, *WATCH_METRICS), plotted_first=("reward", "kl")),
+           plotted=(*GROUP_METRICS, *WATCH_METRICS), plotted_first=("reward", "kl"),
+           shape=Shape(reward_model=True)),
     Method("rloo", "RLOO", "pipelines.rloo", OnlineTrainConfig, reads="prompts", makes="policy",
            summary="TRL's RLOO against a trained reward model: each answer's baseline is the mean reward of the "
                    "others for its prompt",
-           plotted=(*GROUP_METRICS, *WATCH_METRICS), plotted_first=("reward", "kl")),
+           plotted=(*GROUP_METRICS, *WATCH_METRICS), plotted_first=("reward", "kl"),
+           shape=Shape(reward_model=True)),
 )}
 
 
 def method_by_label(label: str) -> Method:
     return next(m for m in METHODS.values() if m.label == label)
+
+
+def labels_of(wanted) -> str:
+    """The labels of the methods a test picks, in words: "DPO, KTO" (every method list the CLI and
+    the tabs say is made here, from the table)."""
+    return ", ".join(m.label for m in METHODS.values() if wanted(m))
+
+
+# The policies trained on pairs (or their verdicts), not online: those a reward model of the same pairs stands
+# beside as their proxy.
+PAIR_POLICIES = labels_of(lambda m: m.makes == "policy" and not m.online)

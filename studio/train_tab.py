@@ -18,7 +18,7 @@ from pipelines.training import parameter_count, suggested_settings
 from store import Store
 from store.queries import dataset_names, latest_metrics
 from studio import jobs
-from studio.methods import METHODS, TRL_LOSSES, Method, method_by_label
+from studio.methods import METHODS, PAIR_POLICIES, TRL_LOSSES, Method, method_by_label
 from studio.runner import Runner
 
 FIRST_METHOD = next(iter(METHODS.values()))
@@ -158,7 +158,7 @@ def run_summary(runner: Runner, run_id: int) -> str:
     if run["status"] == "running" and "progress" in latest:
         parts.append(f"{latest['progress']:.0%}" + (f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""))
     card = []
-    if run["kind"] == "rm" and run["status"] == "succeeded":
+    if run["kind"] in METHODS and METHODS[run["kind"]].makes == "reward" and run["status"] == "succeeded":
         try:
             card = jobs.rm_report(runner, run_id)
         except StudioError as e:  # no held-out pairs, or an older run: said where the card would be
@@ -195,7 +195,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         judge_run = gr.Dropdown([("none", "")] + reward_runs(store), value="", label="Judge reward model",
                                 info="for the over-optimisation watch: shares no prompt with the reward model",
                                 visible=FIRST_METHOD.online)
-        judge_split = gr.Checkbox(False, label="Judge split", visible=FIRST_METHOD.name == "rm",
+        judge_split = gr.Checkbox(False, label="Judge split", visible=FIRST_METHOD.judge_split,
                                   info="two reward models on the two halves of the prompts: a proxy to optimise and "
                                        "a judge that shares no prompt with it, to evaluate policies by")
     controls: dict[str, gr.components.Component] = {"base": base}
@@ -240,7 +240,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             eval_rule = gr.Dropdown([("none", ""), *((f"{name}: {rule.description}", name) for name, rule in RULES.items())],
                                     value="", label="Judge by a rule", scale=2)
             eval_proxy = gr.Dropdown([("none", "")] + reward_runs(store), value="", scale=2,
-                                     label="Proxy of the pairs (DPO, KTO, ORPO)",
+                                     label=f"Proxy of the pairs ({PAIR_POLICIES})",
                                      info="trained on the policy's own pairs: shown beside the judges")
             eval_llm = gr.Dropdown([("none", "")] + list(jobs.gguf_models(store)), value="", scale=2,
                                    label="LLM judge", info="a GGUF chat model, asked in both orders")
@@ -283,7 +283,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         updates[dataset] = gr.update(label="Prompts" if method.online else "Pairs", choices=choices)
         updates[eval_dataset] = gr.update(visible=not method.online)
         updates[reward_run] = gr.update(visible=method.online, choices=reward_runs(store))
-        updates[judge_split] = gr.update(visible=method.name == "rm")
+        updates[judge_split] = gr.update(visible=method.judge_split)
         updates[judge_run] = gr.update(visible=method.online, choices=[("none", "")] + reward_runs(store))
         return updates
 
@@ -310,7 +310,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
                                              reward_run=int(values[reward_run]),
                                              judge_run=int(values[judge_run]) if values[judge_run] else None,
                                              force=values[force], **settings)
-            elif method.name == "rm" and values[judge_split]:
+            elif method.judge_split and values[judge_split]:
                 if values[eval_dataset]:
                     return "**A judge split holds out a share of each half: leave Eval pairs empty.**", gr.update()
                 proxy, judge = jobs.start_judge_split(runner, values[dataset], **settings)

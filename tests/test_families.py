@@ -170,6 +170,15 @@ def test_kto_trains(family):
     assert run_pipeline(run, config, scratch / "kto", {config.inputs: rows})["status"] == "succeeded"
 
 
+def test_orpo_trains(family):
+    from pipelines.orpo import ORPOTrainConfig, run
+
+    spec, folder, scratch = family
+    config = ORPOTrainConfig(base=str(folder), max_steps=2, batch_size=2, max_length=128, lora_r=4, lora_alpha=8,
+                             eval_share=0.25)
+    assert run_pipeline(run, config, scratch / "orpo", {config.inputs: pair_rows()})["status"] == "succeeded"
+
+
 @pytest.mark.parametrize("method", ["ppo", "grpo", "rloo"])
 def test_online_methods_train_against_the_reward_model(family, reward_adapter, method):
     from pipelines import grpo, ppo, rloo

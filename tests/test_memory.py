@@ -6,6 +6,9 @@ import pytest
 from transformers import AutoConfig
 
 from pipelines.memory import plan
+from studio.methods import METHODS
+
+DPO, RM, GRPO = (METHODS[m].shape for m in ("dpo", "rm", "grpo"))
 
 # The published configs (config.json of each model on the hub), and their published sizes.
 CONFIGS = {
@@ -52,41 +55,41 @@ def config_of(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_parameters_counted_on_meta_match_the_published_sizes(name):
-    counted = plan(config_of(name), "dpo").parameters
+    counted = plan(config_of(name), DPO).parameters
     assert counted == pytest.approx(CONFIGS[name][1], rel=0.01)
 
 
 def test_what_fits_a_24_gb_card_agrees_with_common_experience():
     llama = config_of("Llama-3-8B")
     # QLoRA on an 8B base, one pair of 512 tokens, checkpointing: people run it on 12-16 GB cards.
-    qlora = plan(llama, "dpo", load_in_4bit=True, batch_size=1, max_length=512, gradient_checkpointing=True)
+    qlora = plan(llama, DPO, load_in_4bit=True, batch_size=1, max_length=512, gradient_checkpointing=True)
     assert 6 < qlora.total_gb < 12 and qlora.weights_gb < 6
     # LoRA on the bf16 8B base, batch 1, checkpointing: the usual "just fits a 24 GB card".
-    lora = plan(llama, "rm", batch_size=1, max_length=512, gradient_checkpointing=True)
+    lora = plan(llama, RM, batch_size=1, max_length=512, gradient_checkpointing=True)
     assert 14 < lora.total_gb < 24
     # A reward model scores with a one-number head: no vocabulary logits, no output layer loaded
     # (Llama-3's is untied: 0.5B parameters); DPO holds the logits of one chunk of tokens at a time.
-    assert lora.logits_gb == 0 and lora.weights_gb < plan(llama, "dpo").weights_gb - 0.9
-    assert plan(llama, "dpo", batch_size=8, max_length=1024).logits_gb == plan(llama, "dpo", batch_size=4).logits_gb
+    assert lora.logits_gb == 0 and lora.weights_gb < plan(llama, DPO).weights_gb - 0.9
+    assert plan(llama, DPO, batch_size=8, max_length=1024).logits_gb == plan(llama, DPO, batch_size=4).logits_gb
     # ... but not at batch 4 x 1024 tokens without checkpointing.
-    assert plan(llama, "dpo", batch_size=4, max_length=1024).total_gb > 24
+    assert plan(llama, DPO, batch_size=4, max_length=1024).total_gb > 24
     # A 1.5B base in bf16 trains DPO at batch 4 x 512 on a 24 GB card with room to spare.
-    assert plan(config_of("Qwen2.5-1.5B"), "dpo", batch_size=4, max_length=512).total_gb < 16
+    assert plan(config_of("Qwen2.5-1.5B"), DPO, batch_size=4, max_length=512).total_gb < 16
     # GRPO holds a reward model beside the policy: a whole second 8B in bf16 does not fit.
-    assert plan(llama, "grpo", batch_size=4, max_length=512, gradient_checkpointing=True).total_gb > 24
+    assert plan(llama, GRPO, batch_size=4, max_length=512, gradient_checkpointing=True).total_gb > 24
 
 
 def test_checkpointing_and_4_bits_shrink_what_they_should():
     llama = config_of("Llama-3-8B")
-    full = plan(llama, "dpo", batch_size=2, max_length=1024)
-    checkpointed = plan(llama, "dpo", batch_size=2, max_length=1024, gradient_checkpointing=True)
-    four_bit = plan(llama, "dpo", batch_size=2, max_length=1024, load_in_4bit=True)
+    full = plan(llama, DPO, batch_size=2, max_length=1024)
+    checkpointed = plan(llama, DPO, batch_size=2, max_length=1024, gradient_checkpointing=True)
+    four_bit = plan(llama, DPO, batch_size=2, max_length=1024, load_in_4bit=True)
     assert checkpointed.activations_gb < full.activations_gb / 5 and checkpointed.weights_gb == full.weights_gb
     # 5.6 GB: what bitsandbytes' 4-bit Llama-3-8B takes (its 1B embedding parameters stay 16-bit)
     assert 5 < four_bit.weights_gb < 6 and four_bit.activations_gb == full.activations_gb
     # LoRA on attention only trains far fewer parameters than on every linear layer
-    attention = plan(llama, "dpo", lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"])
-    assert attention.adapters_gb < plan(llama, "dpo").adapters_gb / 2
+    attention = plan(llama, DPO, lora_targets=["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert attention.adapters_gb < plan(llama, DPO).adapters_gb / 2
 
 
 def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, store, tmp_path, monkeypatch):
@@ -131,7 +134,7 @@ def test_a_mixture_of_experts_router_gets_no_lora_in_the_plan_or_the_model(model
     config = AutoModelForCausalLM.from_pretrained(folder).config
     _, linears = count_on_meta(config)
     routers = [(i, o) for n, i, o in linears if n.endswith((".gate", ".shared_expert_gate"))]
-    with_routers = plan(config, "dpo", lora_r=2).adapters_gb
+    with_routers = plan(config, DPO, lora_r=2).adapters_gb
     assert routers and with_routers == pytest.approx(
         sum(2 * (i + o) for n, i, o in linears if n.startswith("model.layers") and not n.endswith(
             (".gate", ".shared_expert_gate"))) * 16 / 1024 ** 3)
