@@ -31,6 +31,7 @@ EXPORT_FORMATS = ("conversational", "trl")
 PAIRS_WITH_PREFERENCE = f"""
 WITH preference AS ({PAIR_PREFERENCE})
 SELECT p.id, pr.messages AS prompt, a.messages AS first, b.messages AS second, pref.verdict, pref.outcome,
+       pref.decided_by,
        coalesce(json_extract_string(a.generation, '$.finish') = 'length', false) AS first_cut,
        coalesce(json_extract_string(b.generation, '$.finish') = 'length', false) AS second_cut
 FROM pairs p
@@ -47,11 +48,16 @@ class ExportError(StudioError, ValueError):
     pass
 
 
+ANNOTATORS = ("all", "people")  # an export's labels: everyone's, or people's and the files' only (no AI judge's)
+DECIDED_BY = {"people": "people's labels", "file": "the file's verdicts", "judge": "AI labels"}
+
+
 @dataclass
 class ExportReport:
     path: str
     pairs: int
     left_out: dict[str, int]  # pairs without a preference, by why: unlabelled, tie, both-bad, skip, split
+    decided_by: dict[str, int] | None = None  # pairs written, by whose verdict: people, file, judge
 
     @property
     def without_preference(self) -> int:
@@ -59,6 +65,8 @@ class ExportReport:
 
     def summary(self) -> str:
         text = f"wrote {self.pairs:,} pairs to {self.path}"
+        if self.decided_by:
+            text += " (" + ", ".join(f"{n:,} from {DECIDED_BY[who]}" for who, n in sorted(self.decided_by.items())) + ")"
         if self.left_out:
             reasons = ", ".join(f"{n:,} {why}" for why, n in sorted(self.left_out.items()))
             text += f"; left out {self.without_preference:,} without a preference ({reasons})"
@@ -112,14 +120,21 @@ def unpaired_records(store: Store, dataset: str | None = None) -> tuple[list[dic
     return records, left_out
 
 
-def preference_records(store: Store, dataset: str | None = None) -> tuple[list[dict], dict[str, int]]:
+def preference_records(store: Store, dataset: str | None = None,
+                       annotators: str = "all") -> tuple[list[dict], dict[str, int]]:
     """The pairs (of one dataset, or all) with a preference, as conversational records
     {pair_id, prompt, chosen, rejected} (message lists), chosen_side (first or second: which side
     of the stored pair was preferred) and chosen_cut, rejected_cut (whether that answer was
     generated here and cut by its length limit rather than ended by the model), and the count of
-    those left out, by why."""
+    those left out, by why. `annotators` "people" leaves out the pairs only an AI judge labelled; each
+    record says whose verdict it is (`decided_by`: people, file or judge)."""
+    if annotators not in ANNOTATORS:
+        raise ExportError(f"unknown annotators {annotators!r}; choose {' or '.join(ANNOTATORS)}")
     records, left_out = [], {}
     for row in _pairs_with_preference(store, dataset):
+        if row["verdict"] is not None and row["decided_by"] == "judge" and annotators == "people":
+            left_out["AI labels only"] = left_out.get("AI labels only", 0) + 1
+            continue
         if row["verdict"] is None:
             left_out[row["outcome"]] = left_out.get(row["outcome"], 0) + 1
             continue
@@ -131,12 +146,12 @@ def preference_records(store: Store, dataset: str | None = None) -> tuple[list[d
         (chosen, chosen_cut), (rejected, rejected_cut) = sides if row["verdict"] == "first" else sides[::-1]
         records.append({"pair_id": row["id"], "prompt": json.loads(row["prompt"]), "chosen": chosen,
                         "rejected": rejected, "chosen_side": row["verdict"], "chosen_cut": chosen_cut,
-                        "rejected_cut": rejected_cut})
+                        "rejected_cut": rejected_cut, "decided_by": row["decided_by"]})
     return records, left_out
 
 
 def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
-                 fmt: str = "conversational") -> ExportReport:
+                 fmt: str = "conversational", annotators: str = "all") -> ExportReport:
     """Write the pairs (of one dataset, or all) to `out` (.jsonl or .parquet), atomically."""
     out = Path(out)
     if fmt not in EXPORT_FORMATS:
@@ -145,7 +160,10 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
         raise ExportError(f"{out}: is a folder; give a file name ending in .jsonl or .parquet")
     if out.suffix not in (".jsonl", ".parquet"):
         raise ExportError(f"{out}: the file name must end in .jsonl or .parquet")
-    pairs, left_out = preference_records(store, dataset)
+    pairs, left_out = preference_records(store, dataset, annotators)
+    decided_by: dict[str, int] = {}
+    for r in pairs:
+        decided_by[r["decided_by"]] = decided_by.get(r["decided_by"], 0) + 1
     records = [_as_text(r["prompt"], r["chosen"], r["rejected"]) if fmt == "trl"
                else {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs]
 
@@ -167,4 +185,4 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
             partial.unlink(missing_ok=True)
         except OSError:
             pass  # its folder could not be made: there is no partial file
-    return ExportReport(str(out), len(records), left_out)
+    return ExportReport(str(out), len(records), left_out, decided_by)

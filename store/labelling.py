@@ -60,7 +60,10 @@ SELECT p.id AS pair_id,
             WHEN v.seconds > v.firsts THEN 'second'
             WHEN v.firsts > 0 THEN 'split'
             WHEN v.ties >= v.both_bad THEN 'tie'
-            ELSE 'both-bad' END AS outcome
+            ELSE 'both-bad' END AS outcome,
+       CASE WHEN coalesce(v.decisive, 0) = 0 THEN CASE WHEN p.source_verdict IS NOT NULL THEN 'file' END
+            WHEN p.id IN (SELECT pair_id FROM by_people) THEN 'people'
+            ELSE 'judge' END AS decided_by
 FROM pairs p LEFT JOIN votes v ON v.pair_id = p.id
 """
 

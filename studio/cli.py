@@ -72,7 +72,7 @@ def cmd_import(ws: Workspace, args) -> int:
 
 def cmd_export(ws: Workspace, args) -> int:
     with ws.open_store() as store:
-        report = export_pairs(store, args.out, args.dataset, args.format)
+        report = export_pairs(store, args.out, args.dataset, args.format, args.annotators)
     print(report.summary())
     return 0
 
@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dataset")
     p.add_argument("--format", default="conversational", choices=EXPORT_FORMATS)
+    p.add_argument("--annotators", default="all", choices=("all", "people"),
+                   help="all: every pair's verdict, an AI judge's where nobody else judged it; people: leave out the "
+                        "pairs only an AI judge labelled (default all)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("stats", parents=[common], help="counts of what the workspace holds")

@@ -156,3 +156,24 @@ def test_labelling_with_the_judge_writes_ai_labels_that_people_outrank(tmp_path,
     # Labelling again replaces the judge's labels, it does not add to them.
     assert runner.wait(jobs.start_judge_labels(runner, "pairs", "default", limit=4))["status"] == "succeeded"
     assert store.scalar("SELECT count(*) FROM labels WHERE annotator = ?", [judge]) <= 4
+
+
+def test_an_export_takes_or_leaves_ai_labels_and_says_whose_verdicts_it_wrote(tmp_path, store):
+    from store import export_pairs
+    from store.labelling import add_rule_labels
+
+    labelled_pairs(tmp_path, store)  # six pairs that came with the file's verdicts
+    ids = [r["id"] for r in store.query("SELECT id FROM pairs ORDER BY id")]
+    with store.transaction() as cur:  # two pairs nobody judged: their file gave no verdict
+        cur.execute("UPDATE pairs SET source_verdict = NULL WHERE id IN (?, ?)", ids[:2])
+    add_rule_labels(store, "alice", [(ids[0], "first")])
+    add_rule_labels(store, "judge:j.gguf", [(ids[0], "second"), (ids[1], "first"), (ids[2], "second")])
+    everything = export_pairs(store, tmp_path / "all.jsonl", "pairs")
+    assert (everything.pairs, everything.decided_by) == (6, {"people": 1, "judge": 1, "file": 4})
+    assert "(4 from the file's verdicts, 1 from AI labels, 1 from people's labels)" in everything.summary()
+    people = export_pairs(store, tmp_path / "people.jsonl", "pairs", annotators="people")
+    assert (people.pairs, people.left_out) == (5, {"AI labels only": 1})
+    # The judge's "second" on a pair whose file said "first" changes nothing: the file outranks it.
+    chosen = {json.loads(line)["prompt"][0]["content"]: json.loads(line)["chosen"][0]["content"]
+              for line in (tmp_path / "all.jsonl").read_text().splitlines()}
+    assert len(chosen) == 6 and "Dunno." not in chosen.values()
