@@ -177,3 +177,24 @@ def test_an_export_takes_or_leaves_ai_labels_and_says_whose_verdicts_it_wrote(tm
     chosen = {json.loads(line)["prompt"][0]["content"]: json.loads(line)["chosen"][0]["content"]
               for line in (tmp_path / "all.jsonl").read_text().splitlines()}
     assert len(chosen) == 6 and "Dunno." not in chosen.values()
+
+
+def test_a_reward_model_gets_the_same_report_card_on_the_labelled_pairs_it_was_not_trained_on(
+        tmp_path, store, workspace, tiny_model):
+    labelled_pairs(tmp_path, store)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"What is {i} times two?", "chosen": f"It is {2 * i}.",
+                                         "rejected": "Ask someone else."}) + "\n" for i in range(6)))
+    import_file(store, other, "other")
+    runner = Runner(store, workspace)
+    run_id = jobs.start_training(runner, "rm", "other", base=str(tiny_model), max_steps=1, batch_size=2,
+                                 max_length=64, lora_r=2, lora_alpha=4, eval_share=0.0)
+    assert runner.wait(run_id)["status"] == "succeeded"
+    lines = jobs.judge_report(runner, "pairs", reward_run=run_id)
+    assert lines[0] == "6 pairs of 'pairs' with people's labels"
+    assert lines[1].startswith(f"reward model of run {run_id} agrees with the file's own verdicts on ")
+    assert "kappa" in lines[1]  # undefined here: the file gives one verdict only (always the first side)
+    # On the pairs it was trained on it is no judge: they are left out.
+    lines = jobs.judge_report(runner, "other", reward_run=run_id)
+    assert lines[1] == (f"reward model of run {run_id}: every labelled pair's prompt was in its training data; "
+                        "judge it on other pairs")
