@@ -55,6 +55,30 @@ def draw(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Ge
     return int(order[min(np.searchsorted(kept, rng.random() * kept[-1], side="right"), keep - 1)])
 
 
+class ChatPrompts:
+    """A loaded GGUF's own chat template (`formatter` None when the file has none), and a
+    conversation's prompt tokens as llama.cpp writes them."""
+
+    def __init__(self, llm):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.llm = llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        eos, bos = llm.token_eos(), llm.token_bos()
+        self.bos_text = llm._model.token_get_text(bos) if bos >= 0 else ""
+        self.formatter = Jinja2ChatFormatter(template, llm._model.token_get_text(eos) if eos >= 0 else "",
+                                             self.bos_text) if template else None
+
+    def text(self, messages: list[dict]) -> str:
+        return self.formatter(messages=messages).prompt
+
+    def tokens(self, messages: list[dict], text: str | None = None) -> list[int]:
+        text = self.text(messages) if text is None else text
+        # A template that writes BOS itself (Llama 3, Gemma, Mistral) gets no second one from the tokenizer.
+        add_bos = self.llm._model.add_bos_token() and not (self.bos_text and text.startswith(self.bos_text))
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
 class BatchedSampler:
     """A GGUF model and a context for up to `max_sequences` answers of `max_tokens` beside their
     prompts. `answer_all` samples n answers for each of several conversations at once."""
@@ -62,8 +86,6 @@ class BatchedSampler:
     def __init__(self, path: str | Path, max_sequences: int, max_tokens: int, prompt_room: int = 512,
                  n_threads: int | None = None):
         import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         from pipelines.chat import load_llama
 
         self.threads = n_threads or os.cpu_count()
@@ -77,13 +99,9 @@ class BatchedSampler:
         self.batch = llama_cpp.llama_batch_init(max(512, self.max_sequences), 0, self.max_sequences)
         self.ctx, self.prompt_room = None, 0
         self._context_for(prompt_room)
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        self.chat = ChatPrompts(self.llm)
+        if self.chat.formatter is None:
             raise ValueError(f"{path}: the GGUF file has no chat template")
-        eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self.bos_text = self.llm._model.token_get_text(bos) if bos >= 0 else ""
-        self.formatter = Jinja2ChatFormatter(template, self.llm._model.token_get_text(eos) if eos >= 0 else "",
-                                             self.bos_text)
 
     def _context_for(self, prompt_tokens: int) -> None:
         """A context whose every sequence holds a prompt of `prompt_tokens` and its answer (made
@@ -112,10 +130,7 @@ class BatchedSampler:
         self.llm.close()
 
     def prompt_tokens(self, messages: list[dict]) -> list[int]:
-        text = self.formatter(messages=messages).prompt
-        # A template that writes BOS itself (Llama 3, Gemma, Mistral) gets no second one from the tokenizer.
-        add_bos = self.llm._model.add_bos_token() and not (self.bos_text and text.startswith(self.bos_text))
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.chat.tokens(messages)
 
     def _decode(self, entries: list[tuple[int, int, list[int], bool]]) -> None:
         """One llama_decode of (token, position, sequence ids, wants logits) entries."""

@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jinja2 import TemplateError
+
 from common.errors import StudioError
 from pipelines.bases import converter_sentence, gguf_readiness, read_config
 from pipelines.chat import load_llama
@@ -32,6 +34,8 @@ from pipelines.settings import MODELS_DIR_HELP, setting
 
 QUANTS = {"f16": None, "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 CHECK_PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+# A conversation whose prompt llama.cpp should write in the tokens the studio trains on.
+CHECK_CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
 # Text llama.cpp must split into the same tokens as transformers: spaces, digits, accents, an emoji, code.
 CHECK_TEXT = "Hello world!  Ça va? 3.14 + 2,718 = 5.858 ------ 🚀 naïve\n\n\tdef f(x): return x**2  # end"
 # Tokenizer files that save_pretrained may not write again (transformers 5 writes tokenizer.json only),
@@ -132,14 +136,22 @@ def reference_logits(model_dir: Path):
     return tokenizer, ids, logits
 
 
-def check_gguf(path: Path, ids: list[int], reference, text_ids: list[int] | None = None) -> dict:
+def check_gguf(path: Path, ids: list[int], reference, text_ids: list[int] | None = None,
+               prompt_ids: list[int] | None = None) -> dict:
     """Load the GGUF in llama.cpp, compare its next-token logits with the reference and its tokens
     of CHECK_TEXT with transformers' (`text_ids`), and let it answer the check prompt (greedy)."""
     import numpy as np
 
+    from pipelines.batched_sampling import ChatPrompts
+
     llm = load_llama(path, n_ctx=512, logits_all=True, verbose=False)
     tokens_agree = None if text_ids is None else \
         llm.tokenize(CHECK_TEXT.encode(), add_bos=False, special=True) == text_ids
+    # The chat prompt as llama.cpp writes it (its own BOS, its tokenizer's spaces around special
+    # tokens) against the tokens the studio trained on.
+    chat = ChatPrompts(llm)
+    prompt_tokens_agree = None if chat.formatter is None or prompt_ids is None else \
+        chat.tokens(CHECK_CONVERSATION) == prompt_ids
     llm.eval(ids)
     logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
     llm.reset()
@@ -147,6 +159,7 @@ def check_gguf(path: Path, ids: list[int], reference, text_ids: list[int] | None
     top_ref, top_gguf = set(np.argsort(-reference)[:10]), set(np.argsort(-logits)[:10])
     max_abs = float(np.max(np.abs(logits - reference)))
     return {"argmax_agrees": bool(np.argmax(logits) == np.argmax(reference)), "tokens_agree": tokens_agree,
+            "prompt_tokens_agree": prompt_tokens_agree,
             "max_abs_diff": max_abs,
             "relative_diff": max_abs / float(np.ptp(reference)), "top10_overlap": len(top_ref & top_gguf),
             "reply": reply["choices"][0]["message"]["content"]}
@@ -156,8 +169,6 @@ def chat_template_parts(tokenizer) -> dict | None:
     """What the chat template writes before and after each role's text and to open an answer, found
     by rendering marked conversations; None when the template does not fit that shape (checked by
     re-rendering a multi-turn conversation from the parts)."""
-    from jinja2 import TemplateError
-
     marks = {"system": "\u27e6s\u27e7", "user": "\u27e6u\u27e7", "assistant": "\u27e6a\u27e7"}
 
     def render(messages, generation):
@@ -213,8 +224,6 @@ def turn_parts(tokenizer) -> dict | None:
     writes to start, to open an answer after a user's text, to open a user's text after an answer,
     and to ask for the answer; and how it takes a system message ("folded" with its separator,
     "native", or None). None when rendering the parts does not give back the template's own text."""
-    from jinja2 import TemplateError
-
     m = TURN_MARKS
 
     def render(messages):
@@ -355,11 +364,16 @@ def run(config: ExportConfig, log: RunLog) -> None:
     log.progress(3, 4, message="checking the files in llama.cpp against transformers")
     tokenizer, ids, reference = reference_logits(model_dir)
     text_ids = tokenizer(CHECK_TEXT, add_special_tokens=False).input_ids
+    try:
+        prompt_ids = tokenizer(tokenizer.apply_chat_template(CHECK_CONVERSATION, tokenize=False,
+                                                             add_generation_prompt=True), add_special_tokens=False).input_ids
+    except TemplateError:  # a template without a system role that refuses one (it does not fold it in)
+        prompt_ids = None
     ends = generation_end_ids(model_dir)
     report = {"model_dir": str(model_dir), "merged": bool(config.adapter), "check_prompt": CHECK_PROMPT, "files": []}
     metrics = {}
     for quant, path in files.items():
-        check = check_gguf(path, ids, reference, text_ids)
+        check = check_gguf(path, ids, reference, text_ids, prompt_ids)
         (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer, ends), encoding="utf-8")
         report["files"].append({"quant": quant, "path": str(path), "bytes": path.stat().st_size,
                                 "modelfile": str(out / f"{path.stem}.Modelfile"), **check})
@@ -375,9 +389,13 @@ def run(config: ExportConfig, log: RunLog) -> None:
         raise ConversionError(f"{f16}: the f16 GGUF does not reproduce the model (argmax agrees: "
                           f"{f16_check['argmax_agrees']}, largest logit difference {f16_check['max_abs_diff']:.4f})")
     (run_dir / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    differs = any(f["prompt_tokens_agree"] is False for f in report["files"])
+    note = ("; note: llama.cpp writes this model's chat prompts in other tokens than it was trained on (a BOS the "
+            "template does not write, or spaces after special tokens): its answers in llama.cpp and Ollama may "
+            "differ a little from transformers'") if differs else ""
     log.event("succeeded", step=4, total=4, metrics=metrics, message="; ".join(
         f"{f['quant']} {f['bytes'] / 1e6:.0f} MB, logits within {f['max_abs_diff']:.3f}, top-10 overlap "
-        f"{f['top10_overlap']}/10" for f in report["files"]))
+        f"{f['top10_overlap']}/10" for f in report["files"]) + note)
 
 
 if __name__ == "__main__":

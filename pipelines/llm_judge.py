@@ -49,8 +49,7 @@ class LlamaJudge:
     """A GGUF chat model loaded once, asked about pairs of answers."""
 
     def __init__(self, path: str | Path, guideline: str = DEFAULT_GUIDELINE, n_ctx: int = 4096):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
+        from pipelines.batched_sampling import ChatPrompts
         from pipelines.chat import load_llama
 
         check_guideline(guideline)
@@ -61,15 +60,11 @@ class LlamaJudge:
             self.llm = load_llama(path, n_ctx=n_ctx, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise JudgeError(f"{path}: llama.cpp cannot load it as a model ({e})") from None
-        template = self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
+        self.chat = ChatPrompts(self.llm)
+        if self.chat.formatter is None:
             raise JudgeError(f"{path}: not a chat model (the GGUF file has no chat template); the judge must be an "
                              "instruct model that can answer a question")
         self.path, self.guideline, self.n_ctx = path, guideline, n_ctx
-        eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        self.bos_text = self.llm._model.token_get_text(bos) if bos >= 0 else ""
-        self.formatter = Jinja2ChatFormatter(template, self.llm._model.token_get_text(eos) if eos >= 0 else "",
-                                             self.bos_text)
         self.label_ids = {label: sorted({self.llm.tokenize(text.encode(), add_bos=False, special=False)[0]
                                          for text in (label, f" {label}")}) for label in ("A", "B")}
 
@@ -83,9 +78,7 @@ class LlamaJudge:
     def prompt_ids(self, request: str, answer_a: str, answer_b: str) -> list[int]:
         text = (self.guideline.replace("{prompt}", request).replace("{answer_a}", answer_a[:ANSWER_CHARS])
                 .replace("{answer_b}", answer_b[:ANSWER_CHARS]))
-        rendered = self.formatter(messages=[{"role": "user", "content": text}]).prompt
-        add_bos = self.llm._model.add_bos_token() and not (self.bos_text and rendered.startswith(self.bos_text))
-        return self.llm.tokenize(rendered.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.chat.tokens([{"role": "user", "content": text}])
 
     def prefers_a(self, request: str, answer_a: str, answer_b: str) -> float | None:
         """P(A is better) from the two labels' probabilities; None when the judge puts almost no

@@ -209,6 +209,7 @@ def test_a_policy_is_judged_against_its_base(family, dpo_adapter):
 
 # The GGUF round trip: llama.cpp's logits against the merged model's, per file.
 LOGIT_TOLERANCE = {"f16": 0.01, "q8_0": 0.05}  # largest difference as a share of the logits' range
+PROMPTS_DIFFER_IN_LLAMA_CPP = {"phi3"}
 
 
 
@@ -229,21 +230,16 @@ def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(famil
         modelfile = Path(f["modelfile"]).read_text()
         assert f'PARAMETER stop "{spec.turn_end}"' in modelfile.splitlines()
         assert 'TEMPLATE """' in modelfile
-    # llama.cpp writes a prompt with the GGUF's chat template into the very tokens transformers does
-    # (one BOS, where the template and the tokenizer would each add one).
-    from transformers import AutoTokenizer
-
-    from pipelines.batched_sampling import BatchedSampler
-
-    tokenizer = AutoTokenizer.from_pretrained(report["model_dir"])
-    conversation = [{"role": "system", "content": "Be brief."}, *messages("Hi there")]
-    sampler = BatchedSampler(report["files"][0]["path"], max_sequences=1, max_tokens=4)
-    try:
-        expected = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True),
-                             add_special_tokens=False).input_ids
-        assert sampler.prompt_tokens(conversation) == expected
-    finally:
-        sampler.close()
+    # llama.cpp writes a chat prompt with the GGUF's template in the very tokens the studio trained on
+    # (one BOS where the template and the tokenizer would each add one) - except Phi-3's, where
+    # llama.cpp adds a BOS its template does not write and a SentencePiece space after each special
+    # token: the export says so in its message.
+    prompts_agree = [f["prompt_tokens_agree"] for f in report["files"]]
+    if spec.name in PROMPTS_DIFFER_IN_LLAMA_CPP:
+        assert prompts_agree == [False] * len(prompts_agree)
+        assert "llama.cpp writes this model's chat prompts in other tokens than it was trained on" in final["message"]
+    else:
+        assert all(prompts_agree) and "note:" not in final["message"]
     # Compare answers from the export: llama.cpp chats with it through its own chat template.
     llm = load_llama(report["files"][-1]["path"], n_ctx=256, verbose=False)
     reply = llm.create_chat_completion(messages=messages("Hi"), max_tokens=4, temperature=0.0)

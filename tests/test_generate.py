@@ -150,6 +150,7 @@ def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, works
 
     folder = tmp_path / "my-model"
     shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").touch()  # new weights, as far as the GGUF cache can tell: converted afresh
     import_file(store, prompts_file(tmp_path, 2), "p")
     runner = Runner(store, workspace)
     messages = []
@@ -161,10 +162,14 @@ def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, works
         messages.append([e.get("message") or "" for e in events])
     assert any(m.startswith("converting my-model to GGUF (f16) once") for m in messages[0])
     assert not any(m.startswith("converting") for m in messages[1])  # the second run reuses the file
-    assert len(list((workspace.models_dir / "gguf-cache").glob("my-model-*-f16.gguf"))) == 1
+    from pipelines.gguf_cache import cached_path
+
+    cached = cached_path(folder, workspace.models_dir, "f16")
+    assert cached.is_file()
     rows = store.query("SELECT generation FROM responses")
     assert rows and {json.loads(r["generation"])["engine"] for r in rows} == {"llama.cpp"}
     # Compare takes the folder too, against the default model's GGUF.
     run = runner.wait(jobs.start_comparison(runner, str(folder), "default", "p", limit=1, max_tokens=4))
     assert run["status"] == "succeeded", run["message"]
     assert store.dataset_id("p-my-model-vs-default") is not None
+    cached.unlink()  # the shared models folder keeps no file of a folder that is gone

@@ -98,7 +98,7 @@ def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, wo
         cur.execute("INSERT INTO runs (kind, config, status, pid, folder) VALUES "
                     "('perplexity', '{}', 'running', ?, ?)", [gone.pid, str(tmp_path / "lost")])
 
-    Runner(store, workspace)  # the studio starts again
+    Runner(store, workspace).recover()  # the studio starts again, and catches up first
     statuses = dict((r["id"], r["status"]) for r in store.query("SELECT id, status FROM runs"))
     assert statuses[finished] == "succeeded"
     assert store.scalar("SELECT count(*) FROM perplexities") == 40
