@@ -704,13 +704,12 @@ def test_labelling_with_an_ai_judge_from_the_label_tab_and_its_disagreements(tmp
         page.get_by_text(re.compile(r"Run \d+ started: judge:SmolLM2-135M-Instruct.Q4_1.gguf is labelling 'mini'")) \
             .wait_for(timeout=30_000)
         home = browser.new_page(viewport={"width": 1280, "height": 800})
-        deadline = time.time() + 300
-        while time.time() < deadline:  # the Home tab's runs table follows the job
-            home.goto(url)
-            home.wait_for_selector("#runs-table", timeout=60_000)
-            if "judge-labels succeeded" in " ".join(home.inner_text("#runs-table").split()):
-                break
-            time.sleep(3)
+        home.goto(url)  # the Home tab's runs table follows the job live (the workspace's only run)
+        home.wait_for_selector("#runs-table", timeout=60_000)
+        deadline = time.time() + 240
+        while "judge-labels succeeded" not in " ".join(home.inner_text("#runs-table").split()):
+            assert time.time() < deadline, home.inner_text("#runs-table")
+            time.sleep(1)
         page.get_by_role("button", name="List disagreements").click()
         listed = page.get_by_text(re.compile(r"(No pair of 'mini' where an AI judge|\d+ pairs of 'mini' where an AI judge)"))
         listed.wait_for(timeout=30_000)

@@ -21,9 +21,14 @@ PROMPTS = ["What is two plus two?", "Name a colour of the sky.", "Say hello to a
            "Give me one word for happy.", "What do bees make?", "How many legs has a cat?", "Is tea hot?"]
 
 
+MODELS_DIR = None  # set by the family fixture: the session's models folder
+
+
 @pytest.fixture(scope="module", params=NAMES)
 def family(request, models_dir, default_model_path, tmp_path_factory):
     """(family, model folder, a scratch folder shared by this family's tests)."""
+    global MODELS_DIR
+    MODELS_DIR = models_dir
     return FAMILIES[request.param], family_model(request.param, models_dir, default_model_path), \
         tmp_path_factory.mktemp(request.param)
 
@@ -45,6 +50,8 @@ def run_pipeline(run, config, folder: Path, inputs: dict[str, list[dict]]) -> di
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    if hasattr(config, "models_dir"):  # the tests' models folder (caches, the default model), not ./models
+        config.models_dir = str(MODELS_DIR)
     for name, rows in inputs.items():
         pq.write_table(pa.Table.from_pylist(rows), folder / name)
     save_config(config, folder / "config.json")
@@ -60,7 +67,7 @@ def test_a_family_base_passes_the_checks_and_can_be_exported(family):
 
     spec, folder, _ = family
     check_base(folder)
-    assert gguf_readiness(folder) is None
+    assert gguf_readiness(folder, MODELS_DIR) is None  # cached in the models folder: the export asks again
     tokenizer = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
     wanted = {tokenizer.convert_tokens_to_ids(t) for t in spec.ends}
