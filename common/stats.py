@@ -123,11 +123,7 @@ def bradley_terry_intervals(battles: list[tuple[str, str, float]], rounds: int =
         fit = bradley_terry([battles[rng.randrange(len(battles))] for _ in battles], iterations=200)
         for m, r in fit.items():
             samples.setdefault(m, []).append(r)
-    intervals = {}
-    for m, values in samples.items():
-        values.sort()
-        intervals[m] = (values[int(0.025 * (len(values) - 1))], values[int(math.ceil(0.975 * (len(values) - 1)))])
-    return intervals
+    return {m: _percentile_interval(values) for m, values in samples.items()}
 
 
 def _percentile_interval(values: list[float]) -> tuple[float, float]:
@@ -178,8 +174,9 @@ def length_controlled(outcomes: list[float], length_differences: list[float], ro
         picked = [rng.randrange(n) for _ in range(n)]
         samples.append(at_zero([outcomes[i] for i in picked], [xs[i] for i in picked]))
     low, high = _percentile_interval(samples)
-    return {"lc_win_rate": at_zero(outcomes, xs), "lc_low": low, "lc_high": high,
-            "lc_slope_per_token": logistic_fit(outcomes, xs)[1] / scale, "lc_verdict": verdict(low, high)}
+    intercept, slope = logistic_fit(outcomes, xs)
+    return {"lc_win_rate": 1.0 / (1.0 + math.exp(-intercept)), "lc_low": low, "lc_high": high,
+            "lc_slope_per_token": slope / scale, "lc_verdict": verdict(low, high)}
 
 
 def cohen_kappa(first: list[str], second: list[str]) -> float | None:

@@ -79,20 +79,24 @@ def check_base(folder: str | Path) -> None:
                          "generation_config.json")
 
 
+def id_list(value) -> list[int]:
+    """An eos_token_id setting (one id, several, or none) as a list of ids."""
+    return [i for i in (value if isinstance(value, list) else [value]) if isinstance(i, int)]
+
+
+def generation_end_ids(folder: Path) -> list[int]:
+    """The end ids generation_config.json lists (one id or several); none without a readable file."""
+    path = folder / "generation_config.json"
+    try:
+        return id_list(json.loads(path.read_text()).get("eos_token_id")) if path.is_file() else []
+    except json.JSONDecodeError:
+        return []
+
+
 def end_token_ids(folder: Path, config: dict, tokenizer) -> list[int]:
     """The ids that end an answer, from generation_config.json, config.json and the tokenizer, within its vocabulary."""
-    found = []
-    generation = folder / "generation_config.json"
-    sources = [config.get("eos_token_id")]
-    if generation.is_file():
-        try:
-            sources.insert(0, json.loads(generation.read_text()).get("eos_token_id"))
-        except json.JSONDecodeError:
-            pass
-    sources.append(tokenizer.eos_token_id)
-    for value in sources:
-        found.extend(value if isinstance(value, list) else [value])
-    return [i for i in dict.fromkeys(found) if isinstance(i, int) and 0 <= i < len(tokenizer)]
+    found = [*generation_end_ids(folder), *id_list(config.get("eos_token_id")), *id_list(tokenizer.eos_token_id)]
+    return [i for i in dict.fromkeys(found) if 0 <= i < len(tokenizer)]
 
 
 def converter_sentence(folder: Path, stderr: str, config: dict) -> str:
@@ -113,13 +117,18 @@ def converter_sentence(folder: Path, stderr: str, config: dict) -> str:
     return f"llama.cpp's converter refuses {family}: {lines[-1] if lines else 'no reason given'}"
 
 
-def _content_key(folder: Path) -> str:
-    digest = hashlib.sha256(str(folder.resolve()).encode())
+def tokenizer_digest(folder: Path, digest=None):
+    """A sha256 (`digest`, or a new one) updated with the folder's config and tokenizer files."""
+    digest = digest or hashlib.sha256()
     for name in TOKENIZER_FILES:
         path = folder / name
         if path.is_file():
             digest.update(name.encode() + path.read_bytes())
-    return digest.hexdigest()
+    return digest
+
+
+def _content_key(folder: Path) -> str:
+    return tokenizer_digest(folder, hashlib.sha256(str(folder.resolve()).encode())).hexdigest()
 
 
 def gguf_readiness(folder: str | Path, cache_dir: str | Path | None = None) -> str | None:

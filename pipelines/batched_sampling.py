@@ -72,8 +72,8 @@ class ChatPrompts:
     def text(self, messages: list[dict]) -> str:
         return self.formatter(messages=messages).prompt
 
-    def tokens(self, messages: list[dict], text: str | None = None) -> list[int]:
-        text = self.text(messages) if text is None else text
+    def tokens(self, messages: list[dict]) -> list[int]:
+        text = self.text(messages)
         # A template that writes BOS itself (Llama 3, Gemma, Mistral) gets no second one from the tokenizer.
         add_bos = self.llm._model.add_bos_token() and not (self.bos_text and text.startswith(self.bos_text))
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from common.errors import StudioError
 from common.stats import length_controlled
-from pipelines.judges import RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
-from pipelines.llm_judge import DEFAULT_GUIDELINE, OUTCOME, LlamaJudge, check_guideline, judge_summary
+from pipelines.judges import OUTCOME, RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
+from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, check_guideline, judge_summary
 from pipelines.models import choose_placement, end_ids, first_end, load_kwargs, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main

@@ -25,7 +25,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from common.errors import StudioError
-from pipelines.bases import converter_sentence, gguf_readiness, read_config
+from pipelines.bases import converter_sentence, generation_end_ids, gguf_readiness, read_config
 from pipelines.chat import load_llama
 from pipelines.models import resolve_model
 from pipelines.reward_model import read_meta
@@ -297,13 +297,6 @@ def ollama_turn_template(parts: dict) -> str:
             f'{{{{ end }}}}{parts["generation"]}')
 
 
-def generation_end_ids(model_dir: Path) -> list[int]:
-    """The end ids generation_config.json lists (one id or several), if it exists."""
-    path = model_dir / "generation_config.json"
-    ids = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
-    return [i for i in (ids if isinstance(ids, list) else [ids]) if isinstance(i, int)]
-
-
 def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
     """An Ollama Modelfile for a GGUF file beside it; `end_ids`: every token id that ends an answer
     (generation_config's: Gemma ends a turn with <end_of_turn>, Phi-3 with <|end|>, not with eos)."""
@@ -314,9 +307,8 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
     # write none): a template's BOS would be a second one. Only a template that writes `bos_token`
     # writes a BOS (SmolLM2's BOS text, <|im_start|>, also opens its turns).
     bos = (tokenizer.bos_token or "") if "bos_token" in (tokenizer.chat_template or "") else ""
-    if parts is not None and bos and parts["system"].startswith(bos):
-        parts["system"] = parts["system"][len(bos):]
     if parts is not None:
+        parts["system"] = parts["system"].removeprefix(bos)
         body = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{role}" }}}}{parts[role]}{{{{ .Content }}}}'
                        f'{parts["suffix"]}' for i, role in enumerate(("system", "user", "assistant")))
         template = f"{{{{ range .Messages }}}}{body}{{{{ end }}}}{{{{ end }}}}{parts['generation']}"
@@ -326,10 +318,9 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
         if parts["suffix"].strip():
             stops.insert(0, parts["suffix"].strip())
     elif (turns := turn_parts(tokenizer)) is not None:
-        if bos and turns["start"].startswith(bos):
-            turns["start"] = turns["start"][len(bos):]
-        if bos and turns["system"] and turns["system"].get("start", "").startswith(bos):
-            turns["system"]["start"] = turns["system"]["start"][len(bos):]
+        turns["start"] = turns["start"].removeprefix(bos)
+        if turns["system"] and "start" in turns["system"]:
+            turns["system"]["start"] = turns["system"]["start"].removeprefix(bos)
         lines.append(f'TEMPLATE """{ollama_turn_template(turns)}"""')
     else:
         lines.append("# The chat template could not be turned into an Ollama TEMPLATE; Ollama reads the one in the GGUF.")

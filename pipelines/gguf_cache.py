@@ -9,10 +9,9 @@ reuse the file. A changed folder (a new merge into the same path) gets a new fil
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from pipelines.bases import TOKENIZER_FILES, gguf_readiness
+from pipelines.bases import gguf_readiness, tokenizer_digest
 from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path, resolve_model
 
 CACHE = "gguf-cache"
@@ -22,10 +21,7 @@ QUANTS = ("f16", "q8_0")
 def folder_key(folder: Path) -> str:
     """A hash of what the GGUF is made from: config and tokenizer files by content, weights by name,
     size and modification time (hashing gigabytes of weights would cost more than it saves)."""
-    digest = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            digest.update(name.encode() + (folder / name).read_bytes())
+    digest = tokenizer_digest(folder)
     for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, judge_summary
+from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, answer_text, judge_summary
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import setting
 
@@ -30,10 +30,6 @@ class JudgeLabelsConfig:
     guideline: str = setting("", "the judge's prompt, with {prompt}, {answer_a} and {answer_b}; empty: the studio's")
     inputs: str = setting("inputs.parquet", "the pairs, written by the runner", internal=True)
     output: str = setting("verdicts.parquet", "the judge's verdict on each pair", internal=True)
-
-
-def text(messages: list[dict]) -> str:
-    return "\n\n".join(m["content"] for m in messages)
 
 
 def run(config: JudgeLabelsConfig, log: RunLog) -> None:
@@ -50,8 +46,8 @@ def run(config: JudgeLabelsConfig, log: RunLog) -> None:
                 if log.cancel_requested:
                     log.event("cancelled", step=len(done), total=len(pairs), message="cancelled; resume continues here")
                     return
-                result = judge.compare(json.loads(row["prompt"]), text(json.loads(row["first"])),
-                                       text(json.loads(row["second"])))
+                result = judge.compare(json.loads(row["prompt"]), answer_text(json.loads(row["first"])),
+                                       answer_text(json.loads(row["second"])))
                 partial.add({"pair_id": row["pair_id"], **result})
                 log.progress(len(done), len(pairs))
         finally:

@@ -58,6 +58,7 @@ class Rule:
 
 
 RULES = {"heuristic": Rule(HEURISTIC_RULE, heuristic_verdict)}
+OUTCOME = {"first": 1.0, "tie": 0.5, "second": 0.0}  # a verdict on (policy, base) as the policy's outcome
 
 
 def rule_answers(texts: list[str], token_ids: list[list[int]], end_ids: list[int]) -> list[dict]:
@@ -69,7 +70,7 @@ def rule_answers(texts: list[str], token_ids: list[list[int]], end_ids: list[int
 
 def by_rule(rule: str, policy: list[dict], base: list[dict]) -> dict:
     """The rule's verdict on each prompt's two answers ({'text', 'finish'}), summed up."""
-    outcomes = [{"first": 1.0, "second": 0.0}.get(RULES[rule].verdict(p, b), 0.5) for p, b in zip(policy, base)]
+    outcomes = [OUTCOME[RULES[rule].verdict(p, b)] for p, b in zip(policy, base)]
     return {**win_summary(outcomes), "outcomes": outcomes}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.errors import StudioError
 from common.stats import win_summary
+from pipelines.judges import OUTCOME
 
 PLACEHOLDERS = ("{prompt}", "{answer_a}", "{answer_b}")
 DEFAULT_GUIDELINE = (
@@ -43,6 +44,11 @@ def conversation_text(messages: list[dict]) -> str:
     if len(messages) == 1:
         return messages[0]["content"]
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+def answer_text(messages: list[dict]) -> str:
+    """An answer (its messages) as the judge reads it."""
+    return "\n\n".join(m["content"] for m in messages)
 
 
 class LlamaJudge:
@@ -113,8 +119,6 @@ class LlamaJudge:
         verdict = ("first" if first_says else "second") if first_says == second_says else "tie"
         return {"verdict": verdict, "p_first": (p1 + 1 - p2) / 2, "orders_disagree": first_says != second_says}
 
-
-OUTCOME = {"first": 1.0, "tie": 0.5, "second": 0.0}
 
 
 def judge_summary(results: list[dict]) -> dict:

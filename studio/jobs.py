@@ -23,7 +23,7 @@ from pipelines.export import QUANTS, REPORT as EXPORT_REPORT, ExportConfig
 from pipelines.generate import GenerateConfig
 from pipelines.judge_labels import JudgeLabelsConfig
 from pipelines.judges import RULES, card_against_people, describe_card_against_people
-from pipelines.llm_judge import DEFAULT_GUIDELINE, JudgeError, LlamaJudge, check_guideline
+from pipelines.llm_judge import DEFAULT_GUIDELINE, JudgeError, LlamaJudge, answer_text, check_guideline
 from pipelines.bases import check_base, gguf_readiness
 from pipelines.models import (DEFAULT_MODEL, ModelError, check_hub_id_available, check_model_name, default_gguf_path,
                               local_folder)
@@ -553,10 +553,6 @@ def start_comparison(runner, model_a: str, model_b: str, prompts: str, into: str
                          path_b=available[model_b], into=into, models_dir=str(runner.workspace.models_dir),
                          **sampling)
     return runner.start("compare", config, {config.inputs: rows})
-
-
-def answer_text(messages: list[dict]) -> str:
-    return "\n\n".join(m["content"] for m in messages)
 
 
 def judge_report(runner, dataset: str, llm_judge: str | None = None, rule: str | None = None,

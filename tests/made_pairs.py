@@ -54,3 +54,14 @@ def write_pairs(path: Path, n: int = 1000, seed: int = 0) -> Path:
         for row in make_pairs(n, seed):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def arithmetic_pairs(folder: Path, n: int = 12) -> Path:
+    """`n` one-turn pairs of a right sum against a dodge, in a JSONL file in `folder` (the file's
+    verdict: the sum)."""
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps({
+        "prompt": f"Question {i}: what is {i} plus {i}?",
+        "chosen": f"{i} plus {i} is {2 * i}.",
+        "rejected": f"I would rather talk about something else than question {i}."}) + "\n" for i in range(n)))
+    return path

@@ -32,12 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(workspace: Workspace, log_path: Path) -> tuple[str, subprocess.Popen]:
-    """Start `alignstudio serve` over `workspace` on a free port; its URL and process."""
+def serve(workspace: Workspace, log_path: Path, *extra: str) -> tuple[str, subprocess.Popen]:
+    """Start `alignstudio serve` over `workspace` on a free port (with `extra` options); its URL and process."""
     port = free_port()
     log = open(log_path, "w")
     proc = subprocess.Popen([ALIGNSTUDIO, "serve", "--workspace", workspace.root, "--models-dir", workspace.models_dir,
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -725,28 +725,9 @@ def test_labelling_with_an_ai_judge_from_the_label_tab_and_its_disagreements(tmp
     assert shown.startswith(f"{len(disagreeing)} pairs" if disagreeing else "No pair")
 
 
-def serve_with_logins(workspace: Workspace, log_path: Path, logins: list[str]) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    log = open(log_path, "w")
-    args = [a for login in logins for a in ("--auth", login)]
-    proc = subprocess.Popen([ALIGNSTUDIO, "serve", "--workspace", workspace.root, "--models-dir", workspace.models_dir,
-                             "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError(log_path.read_text())
-            time.sleep(0.5)
-    return url, proc
-
-
 def test_a_team_labels_at_once_each_under_their_login_and_the_agreement_counts_both(tmp_path, mini_workspace,
                                                                                     browser):
-    url, proc = serve_with_logins(mini_workspace, tmp_path / "serve.log", ["alice:apple-pie", "bob:blue-sky"])
+    url, proc = serve(mini_workspace, tmp_path / "serve.log", "--auth", "alice:apple-pie", "--auth", "bob:blue-sky")
     try:
         pages = {}
         for user, password in (("alice", "apple-pie"), ("bob", "blue-sky")):

@@ -122,7 +122,8 @@ def test_an_ollama_template_for_a_family_without_a_system_role_writes_what_its_c
     from transformers import AutoTokenizer
 
     from families import FAMILIES, family_model
-    from pipelines.export import generation_end_ids, render_turns, turn_parts
+    from pipelines.bases import generation_end_ids
+    from pipelines.export import render_turns, turn_parts
 
     folder = family_model(name, models_dir, default_model_path)
     tokenizer = AutoTokenizer.from_pretrained(folder)

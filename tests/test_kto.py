@@ -1,10 +1,9 @@
 """KTO, the method added through the methods table alone: it reads each answer's own verdict,
 including both-bad labels that DPO cannot use, and trains through the same runner, CLI and store."""
 
-import json
-
 import pyarrow.parquet as pq
 
+from made_pairs import arithmetic_pairs
 from store import import_file
 from store.labelling import add_rule_labels
 from studio import jobs
@@ -12,17 +11,8 @@ from studio.methods import METHODS
 from studio.runner import Runner
 
 
-def made_up_pairs(tmp_path, n=12):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({
-        "prompt": f"Question {i}: what is {i} plus {i}?",
-        "chosen": f"{i} plus {i} is {2 * i}.",
-        "rejected": f"I would rather talk about something else than question {i}."}) + "\n" for i in range(n)))
-    return path
-
-
 def test_kto_trains_on_verdicts_and_counts_both_bad_answers_as_undesirable(workspace, store, tmp_path, tiny_model):
-    import_file(store, made_up_pairs(tmp_path), "pairs")
+    import_file(store, arithmetic_pairs(tmp_path), "pairs")
     both_bad = store.query("SELECT pair_id FROM dataset_pairs ORDER BY pair_id LIMIT 1")[0]["pair_id"]
     add_rule_labels(store, "alice", [(both_bad, "both-bad")])
     runner = Runner(store, workspace)

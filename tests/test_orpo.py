@@ -1,8 +1,7 @@
 """ORPO, added through the methods table alone (its pipeline module and one entry): it trains as
 a job on pairs, through the same runner, CLI and store as every method."""
 
-import json
-
+from made_pairs import arithmetic_pairs
 from store import import_file
 from studio import jobs
 from studio.methods import METHODS
@@ -10,10 +9,7 @@ from studio.runner import Runner
 
 
 def test_orpo_trains_on_pairs_as_a_job_and_makes_a_policy(workspace, store, tmp_path, tiny_model):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?", "chosen": f"{i} plus {i} is {2 * i}.",
-                                        "rejected": "I would rather not say."}) + "\n" for i in range(12)))
-    import_file(store, path, "pairs")
+    import_file(store, arithmetic_pairs(tmp_path), "pairs")
     runner = Runner(store, workspace)
     run_id = jobs.start_training(runner, "orpo", "pairs", base=str(tiny_model), max_steps=2, batch_size=4,
                                  max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25)
