@@ -176,3 +176,24 @@ def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store
     steps = [e["step"] for e in events if "loss" in e.get("metrics", {})]
     assert steps == sorted(set(steps)) and steps[-1] == 30  # each step once across both launches
     assert store.scalar("SELECT count(*) FROM models WHERE run_id = ?", [run_id]) == 1
+
+
+def test_orpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny_model, models_dir):
+    from pipelines.orpo import ORPOTrainConfig
+
+    def messages(role, text):
+        return json.dumps([{"role": role, "content": text}])
+
+    pairs = [{"pair_id": f"p{i}", "prompt": messages("user", f"What is {i} plus {i}?"),
+              "chosen": messages("assistant", f"{2 * i}."), "rejected": messages("assistant", "No idea.")}
+             for i in range(8)]
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "inputs.parquet")
+    save_config(ORPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=2, batch_size=2,
+                                max_length=64, lora_r=4, lora_alpha=8, eval_share=0.25), tmp_path / "config.json")
+    result = launch(tmp_path, "pipelines.orpo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = events_of(tmp_path)
+    assert events[0]["message"].endswith("on 2 processes")
+    assert [e["status"] for e in events].count("succeeded") == 1
+    assert events[-1]["message"].startswith("ORPO trained (2 steps)")
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
