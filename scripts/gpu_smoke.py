@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from store import import_file  # noqa: E402
 from store.queries import latest_metrics  # noqa: E402
-from studio import jobs  # noqa: E402
+from studio import service  # noqa: E402
 from studio.runner import Runner  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
@@ -67,33 +67,33 @@ def main(argv: list[str] | None = None) -> int:
 
         def start(stage: str) -> int | None:
             if stage == "perplexity":
-                return jobs.start_perplexity(runner, "pairs", device=device, batch_size=4)
+                return service.start_perplexity(runner, "pairs", device=device, batch_size=4)
             if stage == "generate":
-                return jobs.start_generation(runner, "pairs", n=2, max_new_tokens=16)
+                return service.start_generation(runner, "pairs", n=2, max_new_tokens=16)
             if stage in ("rm", "dpo", "kto"):
-                return jobs.start_training(runner, stage, "pairs", eval_share=0.25, max_length=128, **small)
+                return service.start_training(runner, stage, "pairs", eval_share=0.25, max_length=128, **small).run_id
             if stage in ("ppo", "grpo", "rloo"):
                 if "rm" not in runs:
                     return None
                 extra = {"num_generations": 2} if stage != "ppo" else {"mini_batch_size": 2}
-                return jobs.start_training(runner, stage, prompts="pairs", reward_run=runs["rm"], max_new_tokens=16,
-                                           watch_prompts=0, **small, **extra)
+                return service.start_training(runner, stage, prompts="pairs", reward_run=runs["rm"], max_new_tokens=16,
+                                           watch_prompts=0, **small, **extra).run_id
             if stage == "evaluate":
                 if "dpo" not in runs:
                     return None
-                return jobs.start_evaluation(runner, runs["dpo"], "pairs", rule="heuristic", limit=4,
+                return service.start_evaluation(runner, runs["dpo"], "pairs", rule="heuristic", limit=4,
                                              max_new_tokens=16, device=device)
             if stage == "qlora":
                 if args.cpu or importlib.util.find_spec("bitsandbytes") is None:
                     return None
-                return jobs.start_training(runner, "dpo", "pairs", load_in_4bit=True, max_length=128, **small)
+                return service.start_training(runner, "dpo", "pairs", load_in_4bit=True, max_length=128, **small).run_id
             if stage == "export":
-                return jobs.start_export(runner, run_id=runs["dpo"], quants=["f16"]) if "dpo" in runs else None
+                return service.start_export(runner, run_id=runs["dpo"], quants=["f16"]) if "dpo" in runs else None
             if stage == "compare":
                 exported = store.scalar("SELECT name FROM models WHERE kind = 'gguf' ORDER BY id DESC LIMIT 1")
                 if exported is None:
                     return None
-                return jobs.start_comparison(runner, "default", exported, "pairs", limit=2, max_tokens=16)
+                return service.start_comparison(runner, "default", exported, "pairs", limit=2, max_tokens=16)
             raise ValueError(stage)
 
         for stage in stages:

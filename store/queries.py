@@ -100,3 +100,121 @@ def dataset_pair_texts(store: Store, dataset_id: int, limit: int | None = None) 
         for key in ("prompt", "first", "second"):
             r[key] = json.loads(r[key])
     return rows
+
+
+# --- runs, as the runner and the tabs follow them -----------------------------------------------
+
+def run_row(store: Store, run_id: int) -> dict | None:
+    """One run's row (id, kind, status, config as JSON text, message, folder, pid, ...)."""
+    rows = store.query("SELECT * FROM runs WHERE id = ?", [run_id])
+    return rows[0] if rows else None
+
+
+def runs_of_kinds(store: Store, kinds, statuses=None, limit: int | None = None) -> list[dict]:
+    """Runs (id, kind, status, config, message) of these kinds (None: any), in these statuses (None:
+    any), newest first."""
+    where, params = [], []
+    if kinds is not None:
+        where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+        params += list(kinds)
+    if statuses is not None:
+        where.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params += list(statuses)
+    return store.query(f"""SELECT id, kind, status, config, message FROM runs
+                           {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY id DESC
+                           {'LIMIT ' + str(int(limit)) if limit else ''}""", params)
+
+
+def active_run_ids(store: Store) -> list[int]:
+    """Runs queued or running, oldest first."""
+    return [r["id"] for r in reversed(runs_of_kinds(store, None, ("queued", "running")))]
+
+
+def running_run_other_than(store: Store, run_id: int) -> int | None:
+    """The oldest running run but `run_id` (the one that has the GPU), if any."""
+    return store.scalar("SELECT min(id) FROM runs WHERE status = 'running' AND id <> ?", [run_id])
+
+
+def oldest_waiting_run(store: Store) -> int | None:
+    """The oldest run queued and not launched (waiting for the GPU), if any."""
+    return store.scalar("SELECT min(id) FROM runs WHERE status = 'queued' AND pid IS NULL")
+
+
+def metric_series(store: Store, run_id: int, names) -> list[dict]:
+    """The logged values (step, metric, value) of `names`, by step."""
+    return store.query(f"""SELECT step, name AS metric, value FROM run_metrics
+                           WHERE run_id = ? AND name IN ({', '.join('?' * len(names))}) ORDER BY step, rowid""",
+                       [run_id, *names])
+
+
+def metric_by_kl(store: Store, run_id: int, names) -> list[dict]:
+    """The values (kl, metric, value) of `names` at each step that logged `watch/kl`, by KL."""
+    return store.query(f"""SELECT k.value AS kl, m.name AS metric, m.value FROM run_metrics m
+                           JOIN run_metrics k ON k.run_id = m.run_id AND k.step = m.step AND k.name = 'watch/kl'
+                           WHERE m.run_id = ? AND m.name IN ({', '.join('?' * len(names))}) ORDER BY k.value""",
+                       [run_id, *names])
+
+
+def evaluations_of(store: Store, policy_path: str) -> list[dict]:
+    """The succeeded evaluation runs (id, message) of the policy in folder `policy_path`."""
+    return store.query("""SELECT id, message FROM runs WHERE kind = 'evaluate' AND status = 'succeeded'
+                          AND json_extract_string(config, '$.policy_adapter') = ? ORDER BY id""", [policy_path])
+
+
+def run_view_state(store: Store, run_id: int) -> dict:
+    """What a view of a run depends on: its status, its count of metrics, and how many runs have
+    ended (an evaluation of it, say); equal states show the same."""
+    return store.query("""SELECT (SELECT status FROM runs WHERE id = ?) AS status,
+                                 (SELECT count(*) FROM run_metrics WHERE run_id = ?) AS metrics,
+                                 (SELECT count(*) FROM runs WHERE status NOT IN ('queued', 'running')) AS ended""",
+                       [run_id, run_id])[0] | {"run": run_id}
+
+
+def latest_candidate_job(store: Store, model: str) -> dict | None:
+    """The newest run that made candidates or scored them under `model` (id, kind, status, message)."""
+    rows = store.query("""SELECT id, kind, status, message FROM runs
+                          WHERE (kind = 'perplexity' AND json_extract_string(config, '$.model') = ?)
+                             OR kind = 'generate' ORDER BY id DESC LIMIT 1""", [model])
+    return rows[0] if rows else None
+
+
+# --- what the Build tab, the demo and the arena read -------------------------------------------
+
+def pair_sides(store: Store, pair_ids) -> dict[str, dict]:
+    """pair id -> its first response's id and the verdict its file came with."""
+    return {r["id"]: r for r in store.query(
+        "SELECT id, first_id, source_verdict FROM pairs WHERE id IN (SELECT unnest(?))", [list(pair_ids)])}
+
+
+def response_texts(store: Store, response_ids) -> dict[str, dict]:
+    """response id -> its prompt and its messages, as JSON text."""
+    return {r["id"]: r for r in store.query(
+        "SELECT r.id, p.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response FROM responses r "
+        "JOIN prompts p ON p.id = r.prompt_id WHERE r.id IN (SELECT unnest(?))", [list(response_ids)])}
+
+
+def responses_of_model(store: Store, model: str) -> int:
+    return store.scalar("SELECT count(*) FROM responses WHERE model = ?", [model])
+
+
+def pairs_with_a_preference(store: Store, dataset_id: int) -> int:
+    """How many pairs of a dataset someone labelled first or second."""
+    return store.scalar("""SELECT count(DISTINCT pair_id) FROM labels WHERE verdict IN ('first', 'second')
+                           AND pair_id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)""", [dataset_id])
+
+
+def pairs_not_labelled_by(store: Store, dataset_id: int, annotator: str) -> list[dict]:
+    """A dataset's pairs `annotator` has not labelled: id, both sides' messages and generation."""
+    return store.query("""
+        SELECT p.id, a.messages AS a, b.messages AS b, a.generation AS ga, b.generation AS gb
+        FROM pairs p JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = ?)
+          AND p.id NOT IN (SELECT pair_id FROM labels WHERE annotator = ?)""", [dataset_id, annotator])
+
+
+def random_prompt(store: Store, dataset: str) -> list[dict] | None:
+    """One prompt of a dataset picked at random (its messages), None if it has none."""
+    rows = store.query("""SELECT messages::VARCHAR AS m FROM prompts WHERE id IN
+                          (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
+                           (SELECT id FROM datasets WHERE name = ?)) ORDER BY random() LIMIT 1""", [dataset])
+    return json.loads(rows[0]["m"]) if rows else None

@@ -12,9 +12,10 @@ from common.errors import StudioError
 from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
-from store.queries import dataset_names, dataset_summaries, latest_metrics
+from store.queries import (dataset_names, dataset_summaries, latest_candidate_job, latest_metrics, pair_sides,
+                           response_texts)
 from studio.rendering import Slider, preview
-from studio import jobs
+from studio import service
 from studio.runner import Runner
 
 METHOD = f"""
@@ -57,9 +58,7 @@ def histogram(scores: list[dict], kept: set[str] | None = None) -> gr.BarPlot:
 
 def with_sides(store: Store, scores: list[dict]) -> list[dict]:
     """Label each scored response as the chosen or rejected side of its pair, or a candidate."""
-    verdicts = {r["id"]: r for r in store.query(
-        "SELECT id, first_id, source_verdict FROM pairs WHERE id IN (SELECT unnest(?))",
-        [list({s["pair_id"] for s in scores if s["pair_id"]})])}
+    verdicts = pair_sides(store, {s["pair_id"] for s in scores if s["pair_id"]})
     for s in scores:
         pair = verdicts.get(s["pair_id"])
         if pair is None:
@@ -75,9 +74,7 @@ def with_sides(store: Store, scores: list[dict]) -> list[dict]:
 def extremes(store: Store, scores: list[dict]) -> tuple[list[list], list[list]]:
     ordered = sorted(scores, key=lambda s: s["ppl"])
     picked = ordered[:PREVIEW_ROWS] + ordered[-PREVIEW_ROWS:]
-    texts = {r["id"]: r for r in store.query(
-        "SELECT r.id, p.messages::VARCHAR AS prompt, r.messages::VARCHAR AS response FROM responses r "
-        "JOIN prompts p ON p.id = r.prompt_id WHERE r.id IN (SELECT unnest(?))", [[s["response_id"] for s in picked]])}
+    texts = response_texts(store, [s["response_id"] for s in picked])
 
     def row(s):
         t = texts[s["response_id"]]
@@ -152,7 +149,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def start(dataset_name, model_name, batch):
         try:
-            run_id = jobs.start_perplexity(runner, dataset_name, model=model_name, batch_size=int(batch or 8))
+            run_id = service.start_perplexity(runner, dataset_name, model=model_name, batch_size=int(batch or 8))
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**"
         return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
@@ -163,7 +160,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
         if None in (n, temperature, tokens):
             return "**Give every generation setting a number.**"
         try:
-            run_id = jobs.start_generation(runner, dataset_name, model=(model_name or "").strip() or "default",
+            run_id = service.start_generation(runner, dataset_name, model=(model_name or "").strip() or "default",
                                            n=int(n), temperature=float(temperature), max_new_tokens=int(tokens),
                                            engine=engine or "auto")
         except StudioError as e:  # a bad setting, a dataset without prompts, the same job running
@@ -172,13 +169,9 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
 
     def job_status(dataset_name, model_name):
         # the newest scoring run under this model, or candidate generation, whichever is newer
-        rows = store.query("""
-            SELECT id, kind, status, message FROM runs
-            WHERE (kind = 'perplexity' AND json_extract_string(config, '$.model') = ?) OR kind = 'generate'
-            ORDER BY id DESC LIMIT 1""", [model_name])
-        if not rows:
+        r = latest_candidate_job(store, model_name)
+        if r is None:
             return gr.update()
-        r = rows[0]
         latest = latest_metrics(store, r["id"]) if r["status"] == "running" else {}
         progress = f" {latest['progress']:.0%}" if "progress" in latest else ""
         eta = f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""

@@ -5,7 +5,6 @@ rates the models by all labelled comparisons."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 
@@ -15,9 +14,9 @@ from pipelines.chat import ChatModels, Sampling
 from store import Store
 from store.arena import ARENA_DATASET, MIN_BATTLES_TO_RANK, leaderboard, record_vote
 from store.labelling import LabelError
-from store.queries import dataset_names
+from store.queries import dataset_names, random_prompt
 from studio.rendering import Slider, as_chat
-from studio import jobs
+from studio import judging
 from studio.runner import Runner
 
 VOTE_BUTTONS = [("Left is better", "vote-left", "left"), ("Right is better", "vote-right", "right"),
@@ -77,7 +76,7 @@ def model_note(models: list[str]) -> str:
 
 
 def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) -> None:
-    models = list(jobs.gguf_models(runner.store))
+    models = list(judging.gguf_models(runner.store))
     gr.Markdown("Two models answer the same messages with the same sampling, from llama.cpp. In the **blind "
                 "arena** the sides are shuffled and the names hidden until you vote; each vote is stored as a "
                 f"labelled pair in the dataset `{ARENA_DATASET}`, ready for the next reward model or DPO run.")
@@ -127,12 +126,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                 "Blind arena: the sides are shuffled and the names hidden." if is_blind else "")
 
     def pick_prompt(a, b, is_blind, dataset):
-        rows = store.query("""SELECT messages::VARCHAR AS m FROM prompts WHERE id IN
-                              (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
-                               (SELECT id FROM datasets WHERE name = ?)) ORDER BY random() LIMIT 1""", [dataset])
-        if not rows:
+        messages = random_prompt(store, dataset)
+        if messages is None:
             return gr.update(), gr.update(), gr.update(), gr.update(), "**Pick a dataset that has prompts.**"
-        messages = json.loads(rows[0]["m"])
         conversation = new_conversation(a, b, is_blind, history=messages[:-1])
         shown = as_chat(messages[:-1])
         return conversation, *chatbots(conversation, shown, shown), messages[-1]["content"], ""
@@ -142,7 +138,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
         return gr.update(), gr.update(), gr.update(), gr.update(), f"**{message}**"
 
     def chat(text, a, b, is_blind, temp, p, tokens, sample_seed, conversation):
-        available = jobs.gguf_models(runner.store)
+        available = judging.gguf_models(runner.store)
         if not text or not text.strip():
             yield refused("Type a message first.")
             return
@@ -217,7 +213,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) ->
                      [annotator, state], [state, left, right, board, status])
 
     def refresh(a, b):
-        choices = list(jobs.gguf_models(runner.store))
+        choices = list(judging.gguf_models(runner.store))
         a = a if a in choices else (choices[0] if choices else None)
         b = b if b in choices else next((m for m in choices if m != a), a)
         return (gr.update(choices=choices, value=a), gr.update(choices=choices, value=b),

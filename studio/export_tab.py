@@ -12,9 +12,10 @@ from common.errors import StudioError
 from pipelines.export import QUANTS, REPORT
 from pipelines.models import DEFAULT_MODEL
 from store import Store
-from store.queries import latest_metrics
-from studio import jobs
-from studio.jobs import POLICY_METHODS
+from store.models import names_by_path, policy_adapters
+from store.queries import latest_metrics, run_row, runs_of_kinds
+from studio import service
+from studio.service import POLICY_METHODS
 from studio.runner import Runner
 
 FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
@@ -34,22 +35,20 @@ means the file answers differently: look at its top-10 overlap and its answer be
 
 
 def exportable(store: Store) -> list[str]:
-    policies = [r["name"] for r in store.query(
-        "SELECT name FROM models WHERE kind = 'adapter' AND purpose = 'policy' ORDER BY id DESC")]
-    return policies + [DEFAULT_MODEL]
+    return policy_adapters(store) + [DEFAULT_MODEL]
 
 
 def export_runs(store: Store) -> list[tuple[str, int]]:
     # No status in the names: a list does not refresh while it is open; the line under it says it.
     return [(f"run {r['id']} · {json.loads(r['config'])['name']}", r["id"])
-            for r in store.query("SELECT id, config, status FROM runs WHERE kind = 'export' ORDER BY id DESC")]
+            for r in runs_of_kinds(store, ["export"])]
 
 
 def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]:
     """The run's state line, its files table and the Ollama commands."""
     if run_id is None:
         return "No export yet.", [], ""
-    run = store.query("SELECT * FROM runs WHERE id = ?", [run_id])[0]
+    run = run_row(store, run_id)
     line = f"Run {run_id}: **{run['status']}**"
     if run["status"] == "running":
         progress = latest_metrics(store, run_id).get("progress")
@@ -60,7 +59,7 @@ def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]
     if run["status"] != "succeeded" or not report_path.exists():
         return line, [], ""
     report = json.loads(report_path.read_text())
-    names = {r["path"]: r["name"] for r in store.query("SELECT name, path FROM models WHERE run_id = ?", [run_id])}
+    names = names_by_path(store, run_id)
     rows, commands = [], []
     for f in report["files"]:
         name = names.get(f["path"], "?")
@@ -91,7 +90,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         if not chosen:
             return "**Tick at least one file type.**", gr.update()
         try:
-            run_id = jobs.start_export(runner, model=name, quants=chosen)
+            run_id = service.start_export(runner, model=name, quants=chosen)
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         return f"Run {run_id} started.", gr.update(choices=export_runs(store), value=run_id)

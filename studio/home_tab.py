@@ -14,7 +14,7 @@ from common.errors import StudioError
 from pipelines.judges import HEURISTIC_RULE
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
-from store.queries import dataset_summaries, run_summaries
+from store.queries import dataset_summaries, run_summaries, runs_of_kinds
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
 from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
@@ -41,8 +41,8 @@ def datasets_table(store: Store) -> list[list]:
 
 def controllable_runs(store: Store) -> list[tuple[str, int]]:
     """Runs that can be cancelled (queued, running) or resumed (cancelled, failed), newest first."""
-    return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"]) for r in store.query(
-        "SELECT id, kind, status FROM runs WHERE status <> 'succeeded' ORDER BY id DESC LIMIT 100")]
+    return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"])
+            for r in runs_of_kinds(store, None, ("queued", "running", "cancelled", "failed"), limit=100)]
 
 
 def runs_table(store: Store) -> list[list]:

@@ -9,8 +9,9 @@ from common.errors import StudioError
 from store import Store
 from store.labelling import (LabelError, LabelQueue, ServedPair, judge_disagreements, progress,
                              reward_disagreements, reward_opinion)
+from store.models import reward_models as reward_model_rows
 from store.queries import dataset_names
-from studio import jobs
+from studio import judging, kinds, service
 from studio.rendering import as_chat, as_markdown, preview
 
 # Button label, element id (the keyboard script clicks it), answer.
@@ -97,7 +98,7 @@ def disagreement_rows(store: Store, dataset: str | None, reward_model: str | Non
 
 
 def reward_models(store: Store) -> list[str]:
-    return [r["name"] for r in store.query("SELECT name FROM models WHERE purpose = 'reward' ORDER BY id DESC")]
+    return [r["name"] for r in reward_model_rows(store)]
 
 
 def judge_rows(store: Store, dataset: str | None) -> tuple[str, list[list]]:
@@ -120,10 +121,10 @@ def start_judge_labels(runner, dataset: str | None, judge: str | None) -> str:
     if not dataset or not judge:
         return "**Pick a dataset and a judge model.**"
     try:
-        run_id = jobs.start_judge_labels(runner, dataset, judge)
+        run_id = service.start_judge_labels(runner, dataset, judge)
     except StudioError as e:
         return f"**{e}**"
-    return (f"Run {run_id} started: {jobs.judge_annotator(jobs.gguf_models(runner.store).get(judge, judge))} is "
+    return (f"Run {run_id} started: {kinds.judge_annotator(judging.gguf_models(runner.store).get(judge, judge))} is "
             f"labelling '{dataset}' (the Home tab follows it); list its disagreements when it is done.")
 
 
@@ -165,7 +166,7 @@ def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
         gr.Markdown("A GGUF chat model labels the pairs as the annotator `judge:<file>`, asked in both orders (a tie "
                     "where they disagree). People's labels and a file's verdicts outrank its labels in training; "
                     "its disagreements with people are the pairs to look at first.")
-        judges = list(jobs.gguf_models(store))
+        judges = list(judging.gguf_models(store))
         with gr.Row():
             judge_model = gr.Dropdown(judges, value=judges[0] if judges else None, label="Judge model", scale=3)
             judge_start = gr.Button("Label with the judge", scale=1, size="sm")

@@ -108,3 +108,5 @@ def labels_of(wanted) -> str:
 # The policies trained on pairs (or their verdicts), not online: those a reward model of the same pairs stands
 # beside as their proxy.
 PAIR_POLICIES = labels_of(lambda m: m.makes == "policy" and not m.online)
+# The methods that answer prompts against a trained reward model: those a judge split's proxy is for.
+ONLINE_METHODS = labels_of(lambda m: m.online)

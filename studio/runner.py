@@ -10,7 +10,7 @@ inputs. A run whose process is gone without a final event (killed, or lost while
 down) is marked failed, its log kept.
 
 The runner knows no kind of job: each kind's module, config and recorded outputs are in
-`studio.jobs.JOBS`, what each kind reads in `studio.jobs`, and every write in `store.runs`.
+`studio.kinds.JOBS`, what each kind reads in `studio.service`, and every write in `store.runs`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import pyarrow.parquet as pq
 
 from pipelines.runlog import save_config
 from store import Store
+from store.queries import active_run_ids, oldest_waiting_run, run_row, running_run_other_than, runs_of_kinds
 from store.runs import FINAL, create_run, mark_running, mark_waiting, record_events
-from studio.jobs import JOBS, RunError
+from studio.kinds import JOBS, RunError
 from studio.workspace import Workspace
 
 __all__ = ["FINAL", "Runner", "RunError"]
@@ -104,8 +105,7 @@ class Runner:
             raise RunError(f"unknown kind of job {kind!r}")
         settings = dataclasses.asdict(config)
         with self._starting:  # a double click must not slip two identical runs past the check
-            for other in self.store.query("SELECT id, config FROM runs WHERE kind = ? AND status IN ('queued', 'running')",
-                                          [kind]):
+            for other in runs_of_kinds(self.store, [kind], ("queued", "running")):
                 if json.loads(other["config"]) == json.loads(json.dumps(settings)):
                     raise RunError(f"the same {kind} job is running already (run {other['id']}); "
                                    "follow it, or cancel it first")
@@ -121,7 +121,7 @@ class Runner:
         """The run that has the machine when jobs run one at a time (None: free, or no such rule)."""
         if not self.one_job_at_a_time:
             return None
-        return self.store.scalar("SELECT min(id) FROM runs WHERE status = 'running' AND id <> ?", [run_id])
+        return running_run_other_than(self.store, run_id)
 
     def _launch_or_wait(self, run_id: int) -> None:
         """Launch now, or mark the run as waiting for the one that has the GPU (under _starting)."""
@@ -137,7 +137,7 @@ class Runner:
     def _launch_next(self) -> None:
         """Start the oldest waiting run when no run has the GPU."""
         with self._starting:
-            waiting = self.store.scalar("SELECT min(id) FROM runs WHERE status = 'queued' AND pid IS NULL")
+            waiting = oldest_waiting_run(self.store)
             if waiting is not None and self.one_job_at_a_time and self._busy_with(waiting) is None:
                 self._launch(waiting)
 
@@ -187,14 +187,13 @@ class Runner:
     # --- following ------------------------------------------------------------------------------
 
     def get(self, run_id: int) -> dict:
-        rows = self.store.query("SELECT * FROM runs WHERE id = ?", [run_id])
-        if not rows:
+        run = run_row(self.store, run_id)
+        if run is None:
             raise RunError(f"no run {run_id}")
-        return rows[0]
+        return run
 
     def active(self) -> list[int]:
-        return [r["id"] for r in self.store.query(
-            "SELECT id FROM runs WHERE status IN ('queued', 'running') ORDER BY id")]
+        return active_run_ids(self.store)
 
     def _is_alive(self, run: dict) -> bool:
         proc = self._procs.get(run["id"])

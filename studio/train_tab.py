@@ -17,7 +17,7 @@ from pipelines.settings import default_of, help_of, label_of, split_list, user_f
 from pipelines.training import parameter_count, suggested_settings
 from store import Store
 from store.queries import dataset_names, latest_metrics
-from studio import jobs
+from studio import judging, reports, service
 from studio.methods import METHODS, PAIR_POLICIES, TRL_LOSSES, Method, method_by_label
 from studio.runner import Runner
 
@@ -160,7 +160,7 @@ def run_summary(runner: Runner, run_id: int) -> str:
     card = []
     if run["kind"] in METHODS and METHODS[run["kind"]].makes == "reward" and run["status"] == "succeeded":
         try:
-            card = jobs.rm_report(runner, run_id)
+            card = reports.rm_report(runner, run_id)
         except StudioError as e:  # no held-out pairs, or an older run: said where the card would be
             card = [str(e)]
     if config.get("judge_split"):
@@ -171,7 +171,7 @@ def run_summary(runner: Runner, run_id: int) -> str:
     if card:
         text += "\n\n**Report card** (held-out pairs)" + bullets(card)
     text += "".join(f"\n\n**Evaluation (run {e['id']})**" + bullets(e["message"].splitlines()) for e in evaluations)
-    people = jobs.people_verdict(store, run_id) if run["status"] == "succeeded" else None
+    people = reports.people_verdict(store, run_id) if run["status"] == "succeeded" else None
     if people:
         text += "\n\n**People**" + bullets([people.removeprefix("people: ")])
     return text
@@ -242,9 +242,9 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             eval_proxy = gr.Dropdown([("none", "")] + reward_runs(store), value="", scale=2,
                                      label=f"Proxy of the pairs ({PAIR_POLICIES})",
                                      info="trained on the policy's own pairs: shown beside the judges")
-            eval_llm = gr.Dropdown([("none", "")] + list(jobs.gguf_models(store)), value="", scale=2,
+            eval_llm = gr.Dropdown([("none", "")] + list(judging.gguf_models(store)), value="", scale=2,
                                    label="LLM judge", info="a GGUF chat model, asked in both orders")
-            eval_limit = gr.Number(jobs.EVAL_PROMPTS, label="At most prompts", precision=0, scale=1)
+            eval_limit = gr.Number(service.EVAL_PROMPTS, label="At most prompts", precision=0, scale=1)
             evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
     with gr.Row():
         # The mean of a step's values: a metric without a value there gets none, not a sum of 0.
@@ -306,21 +306,21 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
             if method.online:
                 if not values[reward_run]:
                     return "**Pick a reward model (train one first).**", gr.update()
-                run_id = jobs.start_training(runner, method.name, prompts=values[dataset],
+                run_id = service.start_training(runner, method.name, prompts=values[dataset],
                                              reward_run=int(values[reward_run]),
                                              judge_run=int(values[judge_run]) if values[judge_run] else None,
                                              force=values[force], **settings)
             elif method.judge_split and values[judge_split]:
                 if values[eval_dataset]:
                     return "**A judge split holds out a share of each half: leave Eval pairs empty.**", gr.update()
-                proxy, judge = jobs.start_judge_split(runner, values[dataset], **settings)
+                proxy, judge = service.start_judge_split(runner, values[dataset], **settings)
                 return (f"Runs {proxy} (proxy: for PPO, GRPO and RLOO to optimise) and {judge} (judge: to evaluate "
                         "policies by) started.", gr.update(choices=training_runs(store), value=proxy))
             else:
-                run_id = jobs.start_training(runner, method.name, dataset=values[dataset],
+                run_id = service.start_training(runner, method.name, dataset=values[dataset],
                                              eval_dataset=values[eval_dataset] or None, force=values[force],
                                              **settings)
-            estimate = jobs.memory_plan(runner.workspace.models_dir, method.name, settings)
+            estimate = service.memory_plan(runner.workspace.models_dir, method.name, settings)
         except StudioError as e:  # every error a user can act on, said as a sentence
             return f"**{e}**", gr.update()
         plan_line = f" {estimate.describe()[0].upper()}{estimate.describe()[1:]}." if estimate else ""
@@ -404,7 +404,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         converter on its tokenizer, a few seconds the first time), added to what the start said."""
         if not said.startswith("Run ") or method_by_label(label).makes != "policy":
             return gr.update()
-        warning = jobs.export_warning((base_name or "").strip() or "default", runner.workspace.models_dir)
+        warning = service.export_warning((base_name or "").strip() or "default", runner.workspace.models_dir)
         return f"{said} **Note: {warning[0].upper()}{warning[1:]}.**" if warning else gr.update()
 
     start_button.click(start_run, {kind, dataset, eval_dataset, reward_run, judge_run, judge_split, force,
@@ -417,8 +417,8 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
         if not run_id or not prompts:
             return "**Pick a policy run above and held-out prompts.**", gr.update()
         try:
-            new_id = jobs.start_evaluation(runner, int(run_id), prompts, int(judge_run_id) if judge_run_id else None,
-                                           rule or "", limit=int(limit or jobs.EVAL_PROMPTS),
+            new_id = service.start_evaluation(runner, int(run_id), prompts, int(judge_run_id) if judge_run_id else None,
+                                           rule or "", limit=int(limit or service.EVAL_PROMPTS),
                                            proxy_run=int(proxy_run_id) if proxy_run_id else None,
                                            **({"llm_judge": llm_judge} if llm_judge else {}))
         except StudioError as e:  # every error a user can act on, said as a sentence
@@ -442,5 +442,5 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     tab.select(refresh, kind, [dataset, eval_dataset, picked, reward_run]).then(
         lambda: (gr.update(choices=dataset_names(store)),
                  *[gr.update(choices=[("none", "")] + reward_runs(store))] * 2,
-                 gr.update(choices=[("none", "")] + list(jobs.gguf_models(store)))),
+                 gr.update(choices=[("none", "")] + list(judging.gguf_models(store)))),
         outputs=[eval_prompts, eval_reward, eval_proxy, eval_llm])

@@ -11,7 +11,7 @@ from pipelines.models import default_gguf_path
 from store import import_file
 from store.arena import ELO_K, ELO_START, ArenaError, leaderboard, record_vote, reward_win_rate
 from store.exports import preference_records
-from studio import jobs
+from studio import reports, service
 from studio.runner import RunError, Runner
 from studio.workspace import ASSETS
 
@@ -108,8 +108,8 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
                     [str(default_gguf_path())])
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no GGUF model named 'nope'"):
-        jobs.start_comparison(runner, "default", "nope", "demo")
-    run = runner.wait(jobs.start_comparison(runner, "default", "twin", "demo", limit=3, max_tokens=12, temperature=0.0))
+        service.start_comparison(runner, "default", "nope", "demo")
+    run = runner.wait(service.start_comparison(runner, "default", "twin", "demo", limit=3, max_tokens=12, temperature=0.0))
     assert run["status"] == "succeeded", run["message"]
     pairs = store.query("""SELECT p.first_model, p.second_model, p.source_verdict, a.messages AS a, b.messages AS b
                            FROM pairs p JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
@@ -120,7 +120,7 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
     # Same file, greedy: the same answers, each a real one.
     assert all(p["a"] == p["b"] and json.loads(p["a"])[0]["content"].strip() for p in pairs)
     with pytest.raises(RunError, match="exists already"):
-        jobs.start_comparison(runner, "default", "twin", "demo", into="demo-default-vs-twin")
+        service.start_comparison(runner, "default", "twin", "demo", into="demo-default-vs-twin")
     ids = store.query("SELECT first_id, second_id FROM pairs WHERE first_model = 'default'")
     with store.transaction() as cur:
         for p in ids:
@@ -163,12 +163,12 @@ def test_people_are_the_fourth_judge_of_a_policy_through_blind_votes_on_its_gguf
 
     with store.transaction() as cur:
         record_adapter(cur, 7, "dpo-run7", "/runs/7/model", "default", "policy")
-    assert "export the policy `dpo-run7`" in jobs.people_verdict(store, 7)
-    assert jobs.people_verdict(store, 8) is None  # no policy from that run
+    assert "export the policy `dpo-run7`" in reports.people_verdict(store, 7)
+    assert reports.people_verdict(store, 8) is None  # no policy from that run
     with store.transaction() as cur:
         record_export(cur, 9, "dpo-run7", "/runs/7/model", "default",
                       {"merged": False, "files": [{"quant": "q8_0", "path": "/runs/9/dpo-run7-q8_0.gguf"}]})
-    assert "no votes yet between `dpo-run7-q8_0` and `default`" in jobs.people_verdict(store, 7)
+    assert "no votes yet between `dpo-run7-q8_0` and `default`" in reports.people_verdict(store, 7)
     votes = ["left"] * 9 + ["right"] * 2 + ["tie"] * 2 + ["both-bad"]  # the policy on the left
     for i, vote in enumerate(votes):
         record_vote(store, [{"role": "user", "content": f"question {i}"}], ("dpo-run7-q8_0", answer(f"good {i}")),
@@ -176,7 +176,7 @@ def test_people_are_the_fourth_judge_of_a_policy_through_blind_votes_on_its_gguf
     # The base on the left and the policy losing; a vote between other models does not count.
     record_vote(store, PROMPT, ("default", answer("fine")), ("dpo-run7-q8_0", answer("worse")), "left", "ann")
     record_vote(store, PROMPT, ("default", answer("a")), ("other", answer("b")), "left", "ann")
-    line = jobs.people_verdict(store, 7)
+    line = reports.people_verdict(store, 7)
     outcomes = 9 + 0.5 * 3  # of 15 votes
     low, high = wilson_interval(outcomes, 15)
     assert f"policy wins {outcomes / 15:.0%} of 15 votes (95% interval {low:.0%}-{high:.0%})" in line

@@ -11,7 +11,7 @@ import pytest
 from families import FAMILIES, family_model
 from pipelines.bases import gguf_readiness
 from store import import_file
-from studio import jobs
+from studio import service
 from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
@@ -34,7 +34,7 @@ def copy_of(tiny_model, tmp_path, name="base"):
 def refusal(store, workspace, base) -> str:
     runner = Runner(store, workspace)
     with pytest.raises(RunError) as e:
-        jobs.start_training(runner, "rm", "pairs", base=str(base), max_steps=1)
+        service.start_training(runner, "rm", "pairs", base=str(base), max_steps=1).run_id
     assert store.scalar("SELECT count(*) FROM runs") == 0  # refused before a run exists
     return str(e.value)
 
@@ -104,7 +104,7 @@ def test_a_family_the_converter_refuses_is_said_when_training_starts_and_refused
     with workspace.open_store() as store:
         runner = Runner(store, workspace)
         policy = store.scalar("SELECT name FROM models WHERE purpose = 'policy'")
-        run = runner.wait(jobs.start_export(runner, model=policy, quants=["f16"]))
+        run = runner.wait(service.start_export(runner, model=policy, quants=["f16"]))
     assert run["status"] == "failed"
     assert run["message"] == f"{base}: {verdict}"
     assert not (workspace.runs_dir / str(run["id"]) / "merged").exists()  # refused before the merge

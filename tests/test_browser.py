@@ -16,7 +16,7 @@ import pytest
 from made_pairs import make_pairs
 
 from store import import_file
-from studio import jobs
+from studio import service
 from studio.runner import Runner
 from studio.workspace import Workspace
 
@@ -59,7 +59,7 @@ def server(tmp_path, pairs_file, models_dir, tiny_model):
         import_file(store, pairs_file, "hh")
         import_file(store, mini_file(tmp_path, pairs_file), "mini")
         runner = Runner(store, workspace)
-        assert runner.wait(jobs.start_perplexity(runner, "mini", model=str(tiny_model)))["status"] == "succeeded"
+        assert runner.wait(service.start_perplexity(runner, "mini", model=str(tiny_model)))["status"] == "succeeded"
     url, proc = serve(workspace, tmp_path / "serve.log")
     yield url, workspace.root
     proc.terminate()

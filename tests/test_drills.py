@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from store import ImportFailed, import_file
 from studio.data_tab import export_path
-from studio import jobs
+from studio import service
 from studio.runner import Runner
 
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
@@ -30,8 +30,8 @@ def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(workspa
     import_file(store, path, "hh40")
     before = store.stats()
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=60, eval_share=0.0, batch_size=2,
-                                   max_length=256, save_every=5, lora_r=4)
+    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=60, eval_share=0.0, batch_size=2,
+                                   max_length=256, save_every=5, lora_r=4).run_id
     folder = workspace.runs_dir / str(run_id)
     deadline = time.time() + 300
     # A complete checkpoint (a kill while one is being written leaves one that resume rightly skips).

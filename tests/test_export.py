@@ -10,7 +10,7 @@ import pytest
 from pipelines.export import chat_template_parts, modelfile
 from store import import_file
 from studio.cli import main as cli_main
-from studio import jobs
+from studio import service
 from studio.runner import RunError, Runner
 
 
@@ -23,8 +23,8 @@ def dpo_run(tmp_path, workspace, store, pairs_file, tiny_model):
     path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:20]))
     import_file(store, path, "hh20")
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "dpo", "hh20", base=str(tiny_model), max_steps=3, batch_size=2, max_length=128,
-                                   lora_r=4, lora_alpha=8, learning_rate=5e-2)
+    run_id = service.start_training(runner, "dpo", "hh20", base=str(tiny_model), max_steps=3, batch_size=2, max_length=128,
+                                   lora_r=4, lora_alpha=8, learning_rate=5e-2).run_id
     assert runner.wait(run_id)["status"] == "succeeded"
     store.close()
     return run_id
@@ -92,7 +92,7 @@ def test_an_architecture_llama_cpp_cannot_convert_fails_with_a_clear_message(wor
     config = json.loads((foreign / "config.json").read_text())
     (foreign / "config.json").write_text(json.dumps({**config, "architectures": ["MadeUpForCausalLM"]}))
     runner = Runner(store, workspace)
-    run = runner.wait(jobs.start_export(runner, model=str(foreign), quants=["f16"]))
+    run = runner.wait(service.start_export(runner, model=str(foreign), quants=["f16"]))
     assert run["status"] == "failed"
     assert "converter does not know the architecture MadeUpForCausalLM" in run["message"]
     assert not list((workspace.runs_dir / str(run["id"]) / "gguf").glob("*.gguf*"))  # nothing half-written
@@ -104,15 +104,15 @@ def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, sto
         cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('rm-run1', 'adapter', '/x', 'reward')")
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="scores answers and does not chat"):
-        jobs.start_export(runner, model="rm-run1")
+        service.start_export(runner, model="rm-run1")
     with pytest.raises(RunError, match="no model named 'nope'"):
-        jobs.start_export(runner, model="nope")
+        service.start_export(runner, model="nope")
     with store.transaction() as cur:
         cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('dpo-run2-q8_0', 'gguf', '/x.gguf', 'policy')")
     with pytest.raises(RunError, match="is a GGUF file already"):
-        jobs.start_export(runner, model="dpo-run2-q8_0")
+        service.start_export(runner, model="dpo-run2-q8_0")
     with pytest.raises(RunError, match="unknown quant q3"):
-        jobs.start_export(runner, model="default", quants=["q3"])
+        service.start_export(runner, model="default", quants=["q3"])
     assert store.scalar("SELECT count(*) FROM runs") == 0
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from store import import_file
-from studio import jobs
+from studio import service
 from studio.runner import RunError, Runner
 
 
@@ -18,7 +18,7 @@ def prompts_file(tmp_path, n):
 def test_samples_land_as_responses_with_their_settings(store, workspace, tmp_path, tiny_model):
     import_file(store, prompts_file(tmp_path, 2), "p")
     runner = Runner(store, workspace)
-    run = runner.wait(jobs.start_generation(runner, "p", model=str(tiny_model), n=3, max_new_tokens=8, seed=7))
+    run = runner.wait(service.start_generation(runner, "p", model=str(tiny_model), n=3, max_new_tokens=8, seed=7))
     assert run["status"] == "succeeded", run["message"]
     rows = store.query("SELECT prompt_id, model, generation FROM responses ORDER BY rowid")
     assert len(rows) == 6 and len({r["prompt_id"] for r in rows}) == 2
@@ -32,7 +32,7 @@ def test_the_same_seed_gives_the_same_samples(store, workspace, tmp_path, tiny_m
     import_file(store, prompts_file(tmp_path, 1), "p")
     runner = Runner(store, workspace)
     for _ in range(2):
-        assert runner.wait(jobs.start_generation(runner, "p", model=str(tiny_model), n=2, max_new_tokens=6))["status"] == "succeeded"
+        assert runner.wait(service.start_generation(runner, "p", model=str(tiny_model), n=2, max_new_tokens=6))["status"] == "succeeded"
     assert store.stats()["responses"] <= 2  # the second run's samples are the first's, stored once
 
 
@@ -40,7 +40,7 @@ def test_the_same_seed_gives_the_same_samples(store, workspace, tmp_path, tiny_m
 def test_the_default_model_samples_through_llama_cpp(store, workspace, tmp_path):
     import_file(store, prompts_file(tmp_path, 1), "p")
     runner = Runner(store, workspace)
-    run = runner.wait(jobs.start_generation(runner, "p", model="default", n=2, max_new_tokens=16))
+    run = runner.wait(service.start_generation(runner, "p", model="default", n=2, max_new_tokens=16))
     assert run["status"] == "succeeded", run["message"]
     rows = store.query("SELECT messages::VARCHAR AS m, generation FROM responses")
     assert len(rows) >= 1 and all(json.loads(r["generation"])["engine"] == "llama.cpp" for r in rows)
@@ -50,10 +50,10 @@ def test_the_default_model_samples_through_llama_cpp(store, workspace, tmp_path)
 def test_a_dataset_without_prompts_and_an_unknown_engine_are_refused(store, workspace, tmp_path):
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no dataset named 'x'"):
-        jobs.start_generation(runner, "x")
+        service.start_generation(runner, "x")
     import_file(store, prompts_file(tmp_path, 1), "p")
     with pytest.raises(RunError, match="unknown engine 'vllm'"):
-        jobs.start_generation(runner, "p", engine="vllm")
+        service.start_generation(runner, "p", engine="vllm")
     assert store.stats()["runs"] == 0
 
 
@@ -155,7 +155,7 @@ def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, works
     runner = Runner(store, workspace)
     messages = []
     for seed in (0, 1):
-        run = runner.wait(jobs.start_generation(runner, "p", model=str(folder), engine="llama.cpp", n=2,
+        run = runner.wait(service.start_generation(runner, "p", model=str(folder), engine="llama.cpp", n=2,
                                                 max_new_tokens=6, seed=seed))
         assert run["status"] == "succeeded", run["message"]
         events = [json.loads(line) for line in open(f"{run['folder']}/events.jsonl")]
@@ -169,7 +169,7 @@ def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, works
     rows = store.query("SELECT generation FROM responses")
     assert rows and {json.loads(r["generation"])["engine"] for r in rows} == {"llama.cpp"}
     # Compare takes the folder too, against the default model's GGUF.
-    run = runner.wait(jobs.start_comparison(runner, str(folder), "default", "p", limit=1, max_tokens=4))
+    run = runner.wait(service.start_comparison(runner, str(folder), "default", "p", limit=1, max_tokens=4))
     assert run["status"] == "succeeded", run["message"]
     assert store.dataset_id("p-my-model-vs-default") is not None
     cached.unlink()  # the shared models folder keeps no file of a folder that is gone

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 from made_pairs import arithmetic_pairs
 from store import import_file
 from store.labelling import add_rule_labels
-from studio import jobs
+from studio import service
 from studio.methods import METHODS
 from studio.runner import Runner
 
@@ -16,8 +16,8 @@ def test_kto_trains_on_verdicts_and_counts_both_bad_answers_as_undesirable(works
     both_bad = store.query("SELECT pair_id FROM dataset_pairs ORDER BY pair_id LIMIT 1")[0]["pair_id"]
     add_rule_labels(store, "alice", [(both_bad, "both-bad")])
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "kto", "pairs", base=str(tiny_model), max_steps=2, batch_size=4,
-                                 max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25)
+    run_id = service.start_training(runner, "kto", "pairs", base=str(tiny_model), max_steps=2, batch_size=4,
+                                 max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25).run_id
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert run["message"].startswith("KTO trained (2 steps); eval reward margin")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from store.runs import record_adapter
-from studio import jobs
+from studio import kinds
 from studio.runner import RunError, Runner
 
 sys_path = str(Path(__file__).resolve().parent)
@@ -26,7 +26,7 @@ def runner(store, workspace, monkeypatch):
                        "none", "policy")
 
     monkeypatch.setenv("PYTHONPATH", sys_path)  # the runner adds the project root in front
-    monkeypatch.setitem(jobs.JOBS, "fake", jobs.Job("fake_pipeline", FakeConfig, record))
+    monkeypatch.setitem(kinds.JOBS, "fake", kinds.Job("fake_pipeline", FakeConfig, record))
     return Runner(store, workspace)
 
 

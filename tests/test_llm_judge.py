@@ -13,7 +13,7 @@ from common.stats import length_controlled
 from pipelines.llm_judge import LlamaJudge, judge_summary
 from pipelines.models import default_gguf_path
 from store import import_file
-from studio import jobs
+from studio import reports, service
 from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
@@ -66,9 +66,9 @@ def test_a_bad_judge_file_and_a_guideline_without_its_placeholders_are_refused_b
     not_gguf = tmp_path / "judge.txt"
     not_gguf.write_text("hello")
     with pytest.raises(RunError, match="no GGUF model of that name and no .gguf file there"):
-        jobs.start_evaluation(runner, run_id, "p", llm_judge=str(not_gguf))
+        service.start_evaluation(runner, run_id, "p", llm_judge=str(not_gguf))
     with pytest.raises(RunError, match=r"lacks \{answer_b\}"):
-        jobs.start_evaluation(runner, run_id, "p", llm_judge="default", judge_guideline="{prompt} {answer_a}")
+        service.start_evaluation(runner, run_id, "p", llm_judge="default", judge_guideline="{prompt} {answer_a}")
     assert store.scalar("SELECT count(*) FROM runs") == 1
 
 
@@ -79,8 +79,8 @@ def test_evaluate_with_an_llm_judge_reports_its_win_rate_position_bias_and_lengt
     path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:20]))
     import_file(store, path, "hh20")
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "dpo", "hh20", base=str(tiny_model), max_steps=2, batch_size=2,
-                                 max_length=128, lora_r=4, lora_alpha=8)
+    run_id = service.start_training(runner, "dpo", "hh20", base=str(tiny_model), max_steps=2, batch_size=2,
+                                 max_length=128, lora_r=4, lora_alpha=8).run_id
     assert runner.wait(run_id)["status"] == "succeeded"
     store.close()
     code = cli_main(["evaluate", "--policy-run", str(run_id), "--prompts", "hh20", "--llm-judge", "default",
@@ -112,7 +112,7 @@ def test_a_judge_report_without_peoples_labels_says_there_is_nothing_to_compare(
     labelled_pairs(tmp_path, store)
     with store.transaction() as cur:  # the file's verdicts taken away: nobody has judged these pairs
         cur.execute("UPDATE pairs SET source_verdict = NULL")
-    lines = jobs.judge_report(Runner(store, workspace), "pairs", rule="heuristic")
+    lines = reports.judge_report(Runner(store, workspace), "pairs", rule="heuristic")
     assert lines == ["dataset 'pairs' has no pair with a person's label (nor verdicts from its file): there is "
                      "nothing to compare a judge against; label some pairs in the Label tab first"]
 
@@ -121,7 +121,7 @@ def test_the_same_report_card_for_a_rule_and_an_llm_judge_that_never_answers(tmp
                                                                              monkeypatch):
     labelled_pairs(tmp_path, store)
     monkeypatch.setattr(LlamaJudge, "prefers_a", lambda self, *a: None)  # a judge that answers neither A nor B
-    lines = jobs.judge_report(Runner(store, workspace), "pairs", rule="heuristic", llm_judge="default")
+    lines = reports.judge_report(Runner(store, workspace), "pairs", rule="heuristic", llm_judge="default")
     assert lines[0] == "6 pairs of 'pairs' with people's labels"
     # The heuristic prefers the shorter answer: it disagrees with the file on every pair, kappa undefined or low.
     rule_line = next(line for line in lines if line.startswith("rule 'heuristic' agrees with the file's own verdicts"))
@@ -140,7 +140,7 @@ def test_labelling_with_the_judge_writes_ai_labels_that_people_outrank(tmp_path,
     add_rule_labels(store, "alice", [(pair_ids[0], "second")])  # a person's label, against the file
     before = preference_records(store, "pairs")[0]
     runner = Runner(store, workspace)
-    run = runner.wait(jobs.start_judge_labels(runner, "pairs", "default", limit=4))
+    run = runner.wait(service.start_judge_labels(runner, "pairs", "default", limit=4))
     assert run["status"] == "succeeded", run["message"]
     labels = store.query("SELECT pair_id, annotator, verdict FROM labels ORDER BY id")
     judge = "judge:SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -154,7 +154,7 @@ def test_labelling_with_the_judge_writes_ai_labels_that_people_outrank(tmp_path,
     for row in judge_disagreements(store, "pairs"):
         assert row["judge"] == judge and row["judge_verdict"] in ("first", "second")
     # Labelling again replaces the judge's labels, it does not add to them.
-    assert runner.wait(jobs.start_judge_labels(runner, "pairs", "default", limit=4))["status"] == "succeeded"
+    assert runner.wait(service.start_judge_labels(runner, "pairs", "default", limit=4))["status"] == "succeeded"
     assert store.scalar("SELECT count(*) FROM labels WHERE annotator = ?", [judge]) <= 4
 
 
@@ -187,14 +187,14 @@ def test_a_reward_model_gets_the_same_report_card_on_the_labelled_pairs_it_was_n
                                          "rejected": "Ask someone else."}) + "\n" for i in range(6)))
     import_file(store, other, "other")
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "rm", "other", base=str(tiny_model), max_steps=1, batch_size=2,
-                                 max_length=64, lora_r=2, lora_alpha=4, eval_share=0.0)
+    run_id = service.start_training(runner, "rm", "other", base=str(tiny_model), max_steps=1, batch_size=2,
+                                 max_length=64, lora_r=2, lora_alpha=4, eval_share=0.0).run_id
     assert runner.wait(run_id)["status"] == "succeeded"
-    lines = jobs.judge_report(runner, "pairs", reward_run=run_id)
+    lines = reports.judge_report(runner, "pairs", reward_run=run_id)
     assert lines[0] == "6 pairs of 'pairs' with people's labels"
     assert lines[1].startswith(f"reward model of run {run_id} agrees with the file's own verdicts on ")
     assert "kappa" in lines[1]  # undefined here: the file gives one verdict only (always the first side)
     # On the pairs it was trained on it is no judge: they are left out.
-    lines = jobs.judge_report(runner, "other", reward_run=run_id)
+    lines = reports.judge_report(runner, "other", reward_run=run_id)
     assert lines[1] == (f"reward model of run {run_id}: every labelled pair's prompt was in its training data; "
                         "judge it on other pairs")

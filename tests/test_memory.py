@@ -96,8 +96,10 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
     """An 8B base (its config only) on a card with 10 GB free: refused with the plan and what to try."""
     import json
 
+    from pipelines.reward import RewardTrainConfig
     from store import import_file
-    from studio import jobs
+    from studio import service
+    from studio.kinds import make_config
     from studio.runner import RunError, Runner
 
     base = tmp_path / "llama-3-8b"
@@ -106,14 +108,15 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
     import_file(store, data, "p")
-    monkeypatch.setattr(jobs, "free_gpu_gb", lambda: 10.0)
+    monkeypatch.setattr(service, "free_gpu_gb", lambda: 10.0)
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match=r"memory plan: about 15\.\d GB .* a base of 8\.03B parameters .* the GPU has 10\.0 GB free\. "
                                        r"Try --load-in-4bit"):
-        jobs.start_training(runner, "rm", "p", base=str(base), batch_size=1, gradient_checkpointing=True)
+        service.start_training(runner, "rm", "p", base=str(base), batch_size=1, gradient_checkpointing=True).run_id
     assert store.stats()["runs"] == 0
-    estimate = jobs.memory_plan(workspace.models_dir, "rm", {"base": str(base), "load_in_4bit": True,
-                                                              "batch_size": 1, "gradient_checkpointing": True})
+    config = make_config(RewardTrainConfig, "rm", base=str(base), load_in_4bit=True, batch_size=1,
+                         gradient_checkpointing=True, models_dir=str(workspace.models_dir))
+    estimate = service.memory_plan_of(METHODS["rm"], config)
     assert estimate.total_gb < 10  # what the message suggests would fit
 
 

@@ -138,7 +138,7 @@ def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store
     import time
 
     from store import import_file
-    from studio import jobs
+    from studio import service
     from studio.runner import Runner
 
     rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}.", "rejected": f"No, {i}."} for i in range(40)]
@@ -146,8 +146,8 @@ def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     import_file(store, data, "sums")
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "dpo", "sums", base=str(tiny_model), num_processes=2, max_steps=30,
-                                 batch_size=2, max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0, save_every=100)
+    run_id = service.start_training(runner, "dpo", "sums", base=str(tiny_model), num_processes=2, max_steps=30,
+                                 batch_size=2, max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0, save_every=100).run_id
     deadline = time.time() + 300
     while time.time() < deadline:
         runner.sync(run_id)

@@ -3,7 +3,7 @@ a job on pairs, through the same runner, CLI and store as every method."""
 
 from made_pairs import arithmetic_pairs
 from store import import_file
-from studio import jobs
+from studio import service
 from studio.methods import METHODS
 from studio.runner import Runner
 
@@ -11,8 +11,8 @@ from studio.runner import Runner
 def test_orpo_trains_on_pairs_as_a_job_and_makes_a_policy(workspace, store, tmp_path, tiny_model):
     import_file(store, arithmetic_pairs(tmp_path), "pairs")
     runner = Runner(store, workspace)
-    run_id = jobs.start_training(runner, "orpo", "pairs", base=str(tiny_model), max_steps=2, batch_size=4,
-                                 max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25)
+    run_id = service.start_training(runner, "orpo", "pairs", base=str(tiny_model), max_steps=2, batch_size=4,
+                                 max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25).run_id
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert run["message"].startswith("ORPO trained (2 steps); eval reward margin")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from store import import_file
-from studio import jobs
+from studio import service
 from studio.runner import RunError, Runner
 
 
@@ -40,20 +40,20 @@ def partial_ids(run):
 def test_a_job_runs_reports_progress_and_its_scores_land_in_the_store(store, workspace, pairs_file, tmp_path, tiny_model):
     import_hh(store, pairs_file, tmp_path, 100)
     runner = Runner(store, workspace)
-    run_id = jobs.start_perplexity(runner, "hh", model=str(tiny_model))
+    run_id = service.start_perplexity(runner, "hh", model=str(tiny_model))
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert store.scalar("SELECT count(*) FROM perplexities WHERE model = ? AND run_id = ?", [str(tiny_model), run_id]) == 200
     assert store.scalar("SELECT count(*) FROM run_metrics WHERE run_id = ? AND name = 'progress'", [run_id]) > 1
     assert json.loads(open(os.path.join(run["folder"], "config.json")).read())["model"] == str(tiny_model)
     with pytest.raises(RunError, match="no responses left to score"):  # scores are computed once
-        jobs.start_perplexity(runner, "hh", model=str(tiny_model))
+        service.start_perplexity(runner, "hh", model=str(tiny_model))
 
 
 def test_cancel_checkpoints_and_resume_finishes_the_rest(store, workspace, pairs_file, tmp_path, tiny_model):
     import_hh(store, pairs_file, tmp_path, 300)
     runner = Runner(store, workspace)
-    run_id = jobs.start_perplexity(runner, "hh", model=str(tiny_model), batch_size=1)
+    run_id = service.start_perplexity(runner, "hh", model=str(tiny_model), batch_size=1)
     wait_for_progress(runner, run_id)
     runner.cancel(run_id)
     run = runner.wait(run_id)
@@ -72,7 +72,7 @@ def test_cancel_checkpoints_and_resume_finishes_the_rest(store, workspace, pairs
 def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspace, pairs_file, tmp_path, tiny_model):
     import_hh(store, pairs_file, tmp_path, 300)
     runner = Runner(store, workspace)
-    run_id = jobs.start_perplexity(runner, "hh", model=str(tiny_model), batch_size=1)
+    run_id = service.start_perplexity(runner, "hh", model=str(tiny_model), batch_size=1)
     wait_for_progress(runner, run_id)
     os.kill(runner.get(run_id)["pid"], signal.SIGKILL)
     time.sleep(0.5)
@@ -89,7 +89,7 @@ def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspac
 def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, workspace, pairs_file, tmp_path, tiny_model):
     import_hh(store, pairs_file, tmp_path, 20)
     first = Runner(store, workspace)
-    finished = jobs.start_perplexity(first, "hh", model=str(tiny_model))
+    finished = service.start_perplexity(first, "hh", model=str(tiny_model))
     first._procs[finished].wait()  # the job ends while "the studio is down": nobody syncs it
     # A run whose process vanished without a word (its pid now belongs to nobody).
     gone = subprocess.Popen(["true"])
@@ -108,7 +108,7 @@ def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, wo
 def test_unknown_dataset_and_bad_control_requests(store, workspace):
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no dataset named 'nope'"):
-        jobs.start_perplexity(runner, "nope")
+        service.start_perplexity(runner, "nope")
     with pytest.raises(RunError, match="no run 42"):
         runner.cancel(42)
 

@@ -14,7 +14,7 @@ from pipelines.training import read_pairs, split
 from store import import_file
 from store.labelling import add_rule_labels, reward_disagreements, reward_opinion
 from studio.cli import main as cli_main
-from studio import jobs
+from studio import inputs, reports, service
 from studio.runner import RunError, Runner
 
 SMALL = dict(batch_size=2, max_length=256, save_every=2, lora_r=4, lora_alpha=8)
@@ -36,7 +36,7 @@ def test_a_reward_model_evaluates_the_subset_only_at_its_checkpoints_and_scores_
     """The last step (3, not a multiple of --save-every 2) is not evaluated on the subset again:
     every held-out pair is scored right after, which is what the run reports."""
     runner = Runner(hh40, workspace)
-    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25, **SMALL)
+    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25, **SMALL).run_id
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     evaluated = hh40.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'eval_accuracy' "
@@ -49,8 +49,8 @@ def test_a_reward_model_evaluates_the_subset_only_at_its_checkpoints_and_scores_
 def test_a_reward_model_evaluated_on_a_subset_names_it_and_reports_every_held_out_pair_as_eval_accuracy(
         workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25,
-                                 eval_during=3, **SMALL)
+    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25,
+                                 eval_during=3, **SMALL).run_id
     assert runner.wait(run_id)["status"] == "succeeded"
     from store.queries import run_summaries
 
@@ -65,7 +65,7 @@ def test_a_reward_model_evaluated_on_a_subset_names_it_and_reports_every_held_ou
 
 def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL)
+    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL).run_id
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert "held-out pairs (95% interval" in run["message"]
@@ -113,7 +113,7 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
 
     # The RM scores every response of the dataset as a job; the Label tab's opinion and the
     # disagreements queue read those scores.
-    scoring = runner.wait(jobs.start_reward_scoring(runner, "hh40", model["name"]))
+    scoring = runner.wait(service.start_reward_scoring(runner, "hh40", model["name"]))
     assert scoring["status"] == "succeeded", scoring["message"]
     stored = {r["response_id"]: r["reward"] for r in hh40.query("SELECT response_id, reward FROM rewards")}
     assert len(stored) == 80
@@ -125,11 +125,11 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     # Imported pairs prefer their first response: the RM disagrees where it scores the second higher.
     assert disagreeing == {p["id"] for p in pairs if stored[p["second_id"]] > stored[p["first_id"]]}
     with pytest.raises(RunError, match="no responses left to score"):
-        jobs.start_reward_scoring(runner, "hh40", model["name"])
+        service.start_reward_scoring(runner, "hh40", model["name"])
     # The report card (alignstudio rm-report) adds agreement with the file's verdicts and with each
     # annotator of the held-out pairs: alice, who prefers the other side of one of them.
     add_rule_labels(hh40, "alice", [(scored[0]["pair_id"], "second")])
-    lines = jobs.rm_report(runner, run_id)
+    lines = reports.rm_report(runner, run_id)
     decided = [r for r in scored if r["reward_chosen"] != r["reward_rejected"]]
     right = sum(r["reward_chosen"] > r["reward_rejected"] for r in decided)
     assert f"agrees with the file on {right / len(decided):.0%} of {len(decided)} held-out pairs" in "\n".join(lines)
@@ -140,8 +140,8 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
 
 def test_a_training_run_cancels_with_a_checkpoint_and_resumes_to_the_end(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    run_id = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=400, eval_share=0.0,
-                                   **{**SMALL, "save_every": 100})
+    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=400, eval_share=0.0,
+                                   **{**SMALL, "save_every": 100}).run_id
 
     def cancel_after_some_steps(run):
         step = hh40.scalar("SELECT max(step) FROM run_metrics WHERE run_id = ?", [run_id])
@@ -174,29 +174,29 @@ def test_training_needs_pairs_with_a_preference(workspace, store, tiny_model):
                     [prompt_key([{"role": "user", "content": "hi"}]), json.dumps([{"role": "user", "content": "hi"}])])
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no pairs with a preference to train on"):
-        jobs.start_training(runner, "dpo", "prompts", base=str(tiny_model))
+        service.start_training(runner, "dpo", "prompts", base=str(tiny_model)).run_id
 
 
 def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
     with pytest.raises(RunError, match="loss_type must be one of sigmoid, ipo, hinge, sigmoid_norm"):
-        jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope")
+        service.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope").run_id
     with pytest.raises(RunError, match="unknown setting learning_rat"):
-        jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3)
+        service.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3).run_id
     with pytest.raises(RunError, match="batch_size must be at least 1, not -3"):
-        jobs.start_training(runner, "dpo", "hh40", base=str(tiny_model), batch_size=-3)
+        service.start_training(runner, "dpo", "hh40", base=str(tiny_model), batch_size=-3).run_id
     # QLoRA on a machine without CUDA: said before a run exists, not deep inside from_pretrained
     with pytest.raises(RunError, match="a 4-bit base \\(QLoRA\\) needs a CUDA device"):
-        jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True)
+        service.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True).run_id
     # A base that is no model folder and no hub id, or none at all: a sentence, and no failed run to clear away.
     with pytest.raises(RunError, match="^no-such-model: no such model folder, and not a hub id"):
-        jobs.start_training(runner, "rm", "hh40", base="no-such-model")
+        service.start_training(runner, "rm", "hh40", base="no-such-model").run_id
     with pytest.raises(RunError, match="not a model folder \\(no config.json\\)"):
-        jobs.start_training(runner, "dpo", "hh40", base=str(workspace.root))
+        service.start_training(runner, "dpo", "hh40", base=str(workspace.root)).run_id
     with pytest.raises(RunError, match="name a base model"):
-        jobs.start_training(runner, "dpo", "hh40", base=" ")
+        service.start_training(runner, "dpo", "hh40", base=" ").run_id
     with pytest.raises(RunError, match="no such model folder"):
-        jobs.start_judge_split(runner, "hh40", base="no-such-model")
+        service.start_training(runner, "rm", "hh40", judge_split=True, base="no-such-model")
     assert hh40.stats()["runs"] == 0
 
 
@@ -265,18 +265,20 @@ def test_an_answer_cut_by_its_length_limit_is_trained_as_unfinished(tmp_path, wo
 def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
     # A judge split: the proxy (to optimise) and the judge (to evaluate by) share no prompt.
-    reward_run, judge_run = jobs.start_judge_split(runner, "hh40", base=str(tiny_model), max_steps=2, eval_share=0.0,
-                                                   **SMALL)
+    split = service.start_training(runner, "rm", "hh40", judge_split=True, base=str(tiny_model), max_steps=2,
+                                   eval_share=0.0, **SMALL)
+    assert split.roles == ("proxy", "judge")
+    reward_run, judge_run = split.run_ids
     assert runner.wait(reward_run)["status"] == "succeeded" and runner.wait(judge_run)["status"] == "succeeded"
-    halves = [jobs.trained_prompts(runner, r) for r in (reward_run, judge_run)]
+    halves = [inputs.trained_prompts(runner, r) for r in (reward_run, judge_run)]
     assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 40 and abs(len(halves[0]) - len(halves[1])) <= 1
     policies = {}
     # GRPO makes its two updates on one batch of answers, so the reward model scores only one batch.
     # GRPO's over-optimisation watch is judged by the judge reward model, RLOO's by the rule.
     for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2, "judge_run": judge_run}, [1]),
                                    ("rloo", {"num_iterations": 1, "judge_rule": "heuristic"}, [1, 2])):
-        run_id = jobs.start_training(runner, kind, prompts="hh40", reward_run=reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
-                                     max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra)
+        run_id = service.start_training(runner, kind, prompts="hh40", reward_run=reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
+                                     max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra).run_id
         run = runner.wait(run_id)
         assert run["status"] == "succeeded", (kind, run["message"])
         names = {m["name"] for m in hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
@@ -288,26 +290,26 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
         policies[kind] = run_id
     with pytest.raises(RunError, match="did not train a reward model"):
-        jobs.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model))
+        service.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model)).run_id
     with pytest.raises(RunError, match="cannot judge it"):
-        jobs.start_training(runner, "ppo", prompts="hh40", reward_run=reward_run, judge_run=reward_run)
+        service.start_training(runner, "ppo", prompts="hh40", reward_run=reward_run, judge_run=reward_run).run_id
 
     # A reward model is a judge only if it shares no prompt with the proxy's pairs; the proxy is no judge.
-    everything = jobs.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL)
+    everything = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL).run_id
     assert runner.wait(everything)["status"] == "succeeded"
     with pytest.raises(RunError, match=rf"not an independent judge: it was trained on {len(halves[0])} prompts that "
                                        rf"its proxy \(run {reward_run}\)"):
-        jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=everything)
+        service.start_evaluation(runner, policies["ppo"], "hh40", judge_run=everything)
     with pytest.raises(RunError, match="optimised \\(its proxy\\): it cannot judge it independently"):
-        jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=reward_run)
+        service.start_evaluation(runner, policies["ppo"], "hh40", judge_run=reward_run)
     with pytest.raises(RunError, match=f"give an independent judge .*its proxy \\(rm-run{reward_run}\\) is reported "
                                        "beside it, never alone"):
-        jobs.start_evaluation(runner, policies["ppo"], "hh40")
+        service.start_evaluation(runner, policies["ppo"], "hh40")
     with pytest.raises(RunError, match=f"optimised the reward model of run {reward_run}: that is its proxy"):
-        jobs.start_evaluation(runner, policies["ppo"], "hh40", proxy_run=judge_run, rule="heuristic")
+        service.start_evaluation(runner, policies["ppo"], "hh40", proxy_run=judge_run, rule="heuristic")
 
     # After a policy run: both answer held-out prompts; proxy, judge and rule each give their verdict.
-    evaluation = runner.wait(jobs.start_evaluation(runner, policies["ppo"], "hh40", judge_run=judge_run,
+    evaluation = runner.wait(service.start_evaluation(runner, policies["ppo"], "hh40", judge_run=judge_run,
                                                    rule="heuristic", limit=4, max_new_tokens=8))
     assert evaluation["status"] == "succeeded", evaluation["message"]
     lines = evaluation["message"].splitlines()
@@ -334,25 +336,25 @@ def test_a_policy_trained_on_pairs_is_reported_beside_a_reward_model_of_the_same
 
     runner = Runner(hh40, workspace)
     split_pairs(hh40, "hh40", ("policy-half", "other-half"))
-    dpo_run = jobs.start_training(runner, "dpo", "policy-half", base=str(tiny_model), max_steps=1, eval_share=0.0,
-                                  **SMALL)
+    dpo_run = service.start_training(runner, "dpo", "policy-half", base=str(tiny_model), max_steps=1, eval_share=0.0,
+                                  **SMALL).run_id
     runs = [dpo_run]
     for half in ("policy-half", "other-half"):  # one at a time: the runner refuses the same job twice at once
-        runs.append(jobs.start_training(runner, "rm", half, base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL))
+        runs.append(service.start_training(runner, "rm", half, base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL).run_id)
         assert runner.wait(runs[-1])["status"] == "succeeded"
     assert runner.wait(dpo_run)["status"] == "succeeded"
     proxy_run, other_run = runs[1:]
     with pytest.raises(RunError, match=f"the reward model of run {other_run} shares no prompt with the pairs run "
                                        f"{dpo_run} trained on: it is no proxy of them"):
-        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=other_run, rule="heuristic")
+        service.start_evaluation(runner, dpo_run, "hh40", proxy_run=other_run, rule="heuristic")
     with pytest.raises(RunError, match=f"run {dpo_run} did not train a reward model"):
-        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=dpo_run, rule="heuristic")
+        service.start_evaluation(runner, dpo_run, "hh40", proxy_run=dpo_run, rule="heuristic")
     with pytest.raises(RunError, match="its proxy\\): it cannot judge it independently"):
-        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run, judge_run=proxy_run)
+        service.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run, judge_run=proxy_run)
     with pytest.raises(RunError, match="give an independent judge .* is reported beside it, never alone"):
-        jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run)
+        service.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run)
 
-    evaluation = runner.wait(jobs.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run, rule="heuristic",
+    evaluation = runner.wait(service.start_evaluation(runner, dpo_run, "hh40", proxy_run=proxy_run, rule="heuristic",
                                                    limit=4, max_new_tokens=8))
     assert evaluation["status"] == "succeeded", evaluation["message"]
     lines = evaluation["message"].splitlines()
@@ -479,8 +481,8 @@ def test_a_reward_model_can_leave_out_pairs_whose_answers_are_near_identical(tmp
     runner = Runner(store, workspace)
     messages = {}
     for skip in (True, False):
-        run_id = jobs.start_training(runner, "rm", "alike", base=str(tiny_model), max_steps=2, eval_share=0.0,
-                                     skip_near_identical=skip, center_rewards=0.01, **SMALL)
+        run_id = service.start_training(runner, "rm", "alike", base=str(tiny_model), max_steps=2, eval_share=0.0,
+                                     skip_near_identical=skip, center_rewards=0.01, **SMALL).run_id
         assert runner.wait(run_id)["status"] == "succeeded"
         messages[skip] = (workspace.runs_dir / str(run_id) / "events.jsonl").read_text()
     assert "training on 8 pairs (4 with near-identical answers left out)" in messages[True]

@@ -1,0 +1,144 @@
+"""Training and judging: train METHOD, evaluate, the report cards (rm-report, judge-report) and
+labelling with an LLM judge."""
+
+from __future__ import annotations
+
+from pipelines.evaluate import EvaluateConfig
+from pipelines.judges import RULES
+from studio import reports, service
+from studio.cli.common import (announce, command, config_arguments, follow, follow_job, given_settings,
+                               read_guideline)
+from studio.kinds import judge_annotator
+from studio.methods import METHODS, ONLINE_METHODS, PAIR_POLICIES
+
+ROLES = {"proxy": "the proxy reward model, on one half of the prompts of '{dataset}' (for {online} to optimise)",
+         "judge": "the judge reward model, on the other half (to evaluate policies by: alignstudio evaluate "
+                  "--judge-run {run_id})"}
+
+
+def cmd_train(ctx, args) -> int:
+    method = METHODS[args.method]
+    if method.online:
+        data = dict(prompts=args.prompts, reward_run=args.reward_run, judge_run=args.judge_run)
+        what = f"{method.name} on the prompts of '{args.prompts}' against the reward model of run {args.reward_run}"
+    else:
+        data = dict(dataset=args.dataset, eval_dataset=args.eval_dataset,
+                    judge_split=getattr(args, "judge_split", False))
+        what = f"{method.name} on '{args.dataset}'"
+    settings = given_settings(args, method.config)
+    started = service.start_training(ctx.runner, method.name, **data, force=args.force, **settings)
+    for run_id, role in zip(started.run_ids, started.roles):
+        announce(ctx, run_id, ROLES[role].format(dataset=args.dataset, online=ONLINE_METHODS, run_id=run_id)
+                 if role else f"{what} from '{settings.get('base', 'default')}'")
+    if started.plan is not None:
+        print(started.plan.describe(), flush=True)
+    warning = service.export_warning(settings.get("base", "default"), ctx.workspace.models_dir) \
+        if method.makes == "policy" else None
+    if warning:
+        print(f"note: {warning}", flush=True)
+    if args.no_wait:
+        return 0
+    return max([follow(ctx.runner, run_id) for run_id in started.run_ids])
+
+
+def cmd_evaluate(ctx, args) -> int:
+    run_id = service.start_evaluation(ctx.runner, args.policy_run, args.prompts, args.judge_run, limit=args.limit,
+                                      proxy_run=args.proxy_run, **given_settings(args, EvaluateConfig))
+
+    def people(run_id, status):
+        line = reports.people_verdict(ctx.store, args.policy_run) if status == 0 else None
+        if line:
+            print(line)
+        return status
+
+    return follow_job(ctx, args, run_id, f"policy of run {args.policy_run} against its base on '{args.prompts}'",
+                      after=people)
+
+
+def cmd_rm_report(ctx, args) -> int:
+    lines = reports.rm_report(ctx.runner, args.run)
+    print(f"reward model of run {args.run}:")
+    for line in lines:
+        print(f"  {line}")
+    return 0
+
+
+def cmd_judge_report(ctx, args) -> int:
+    lines = reports.judge_report(ctx.runner, args.dataset, llm_judge=args.llm_judge, rule=args.rule,
+                                 reward_run=args.reward_run, limit=args.limit, guideline=read_guideline(args),
+                                 say=lambda line: print(line, flush=True))
+    for line in lines:
+        print(f"  {line}" if line is not lines[0] else line)
+    return 0
+
+
+def cmd_label_with_judge(ctx, args) -> int:
+    run_id = service.start_judge_labels(ctx.runner, args.dataset, args.judge, read_guideline(args), args.limit)
+    return follow_job(ctx, args, run_id, f"labels of '{args.dataset}' by {judge_annotator(args.judge)}")
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a reward model or a policy (a job): "
+                       + ", ".join(f"{m.name} ({m.label})" for m in METHODS.values()),
+                       description="Train with one of the studio's methods; `alignstudio train METHOD --help` lists "
+                                   "that method's settings.")
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for method in METHODS.values():
+        m = command(methods, method.name, cmd_train, method.summary, job=True,
+                    description=f"{method.label}: {method.summary}.")
+        if method.online:
+            m.add_argument("--prompts", required=True, help="the dataset whose prompts the policy answers")
+            m.add_argument("--reward-run", type=int, required=True, help="the run that trained the reward model")
+            m.add_argument("--judge-run", type=int, help="a reward model that shares no prompt with it, to judge the "
+                           "over-optimisation watch (alignstudio train rm --judge-split makes both)")
+        else:
+            m.add_argument("--dataset", required=True, help="pairs with a preference (from the file or from labels)")
+            m.add_argument("--eval-dataset", help="pairs to evaluate on (default: a held-out share of --dataset)")
+        if method.judge_split:
+            m.add_argument("--judge-split", action="store_true",
+                           help=f"train two reward models on the two halves of the dataset's prompts: a proxy (for "
+                                f"{ONLINE_METHODS} to optimise) and a judge that shares no prompt with it (to "
+                                "evaluate policies by)")
+        config_arguments(m, method.config)
+        m.add_argument("--force", action="store_true",
+                       help="start even when the memory plan says the run will not fit the GPU")
+
+
+def add_commands(sub) -> None:
+    add_train(sub)
+    p = command(sub, "evaluate", cmd_evaluate, "policy vs its base, by its proxy and independent judges (a job)",
+                job=True,
+                description="Both answer the same prompts. The policy's proxy (the reward model it was trained "
+                            "against, if any) is always reported, labelled as such; give at least one independent "
+                            "judge: --judge-run (a reward model trained on other prompts), --llm-judge or --rule.")
+    p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
+    p.add_argument("--judge-run", type=int, help="a reward-model run trained on prompts that share nothing with the "
+                   "policy's or its proxy's training pairs (alignstudio train rm --judge-split makes one)")
+    p.add_argument("--proxy-run", type=int, help=f"for a policy trained on pairs ({PAIR_POLICIES}): a reward-model run "
+                   "trained on the same pairs, reported as its proxy beside the judges, to show the gap between them")
+    p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
+    p.add_argument("--limit", type=int, default=service.EVAL_PROMPTS,
+                   help=f"at most this many prompts (default: {service.EVAL_PROMPTS})")
+    config_arguments(p, EvaluateConfig)
+
+    p = command(sub, "rm-report", cmd_rm_report, "a reward model's report card: accuracy with its interval, length "
+                "bias, calibration, agreement with each annotator", opens="runner")
+    p.add_argument("run", type=int, help="the run that trained the reward model")
+
+    p = command(sub, "judge-report", cmd_judge_report, "judges (an LLM judge, a rule, a reward model) side by side "
+                "against people's labels: agreement and Cohen's kappa with intervals, length preference",
+                opens="runner")
+    p.add_argument("--dataset", required=True, help="a dataset whose pairs people labelled (or came with verdicts)")
+    p.add_argument("--llm-judge", help="a GGUF chat model (its name in `alignstudio models`, or a .gguf file)")
+    p.add_argument("--rule", choices=sorted(RULES), help="a named rule")
+    p.add_argument("--reward-run", type=int, help="a reward-model run (judged on the pairs it was not trained on)")
+    p.add_argument("--guideline", help="a text file: the LLM judge's prompt, with {prompt}, {answer_a}, {answer_b}")
+    p.add_argument("--limit", type=int, default=200, help="labelled pairs judged at most (default 200)")
+
+    p = command(sub, "label-with-judge", cmd_label_with_judge, "label a dataset's pairs with an LLM judge, as the "
+                "annotator judge:<file>; people's labels and the file's verdicts outrank them (a job)", job=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--judge", required=True, help="a GGUF chat model (its name in `alignstudio models`, or a .gguf "
+                   "file)")
+    p.add_argument("--guideline", help="a text file: the judge's prompt, with {prompt}, {answer_a}, {answer_b}")
+    p.add_argument("--limit", type=int, help="pairs labelled at most (in id order)")

@@ -1,0 +1,62 @@
+"""Who may judge what: a reward model judges a policy only when it shares no prompt with what
+taught the policy (its pairs, or its proxy's), and an LLM judge is a GGUF chat model with a
+guideline that names both answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.llm_judge import JudgeError, check_guideline
+from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
+from store import Store
+from store.models import gguf_files
+from studio.inputs import trained_prompts
+from studio.kinds import RunError
+from studio.runner import Runner
+
+
+def check_independent(runner: Runner, judge_run: int, what: str, taught_by: int) -> None:
+    """Refuse the reward model of `judge_run` as a judge when it shares a prompt with the training
+    data of run `taught_by` (`what`: the policy, its proxy, ...)."""
+    shared = len(trained_prompts(runner, judge_run) & trained_prompts(runner, taught_by))
+    if shared:
+        raise RunError(f"the reward model of run {judge_run} is not an independent judge: it was trained on {shared} "
+                       f"prompts that {what} (run {taught_by}) was trained on too. Train one on the other prompts "
+                       "(alignstudio train rm --judge-split, or a dataset that shares no prompt with it), or judge by "
+                       "a rule")
+
+
+def gguf_models(store: Store) -> dict[str, str]:
+    """The models llama.cpp can chat with, name -> GGUF file: the default model's own file and
+    every exported GGUF still on disk."""
+    found = {}
+    try:
+        found[DEFAULT_MODEL] = str(default_gguf_path())
+    except ModelError:
+        pass  # the default model's package is missing: the exported files are still there
+    for row in gguf_files(store):
+        if Path(row["path"]).is_file():
+            found[row["name"]] = row["path"]
+    return found
+
+
+def llm_judge_file(store: Store, judge: str) -> str:
+    """The GGUF file of an LLM judge named by a GGUF model's name (alignstudio models) or a path."""
+    known = gguf_models(store)
+    if judge in known:
+        return known[judge]
+    path = Path(judge).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise RunError(f"{judge}: no GGUF model of that name and no .gguf file there; the LLM judge is a chat model's "
+                       f"GGUF file (known: {', '.join(known) or 'none'})")
+    return str(path)
+
+
+def checked_guideline(guideline: str) -> str:
+    """The judge's prompt as given (empty: the studio's), refused unless it names both answers."""
+    if guideline:
+        try:
+            check_guideline(guideline)
+        except JudgeError as e:
+            raise RunError(str(e)) from None
+    return guideline
