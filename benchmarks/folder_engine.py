@@ -60,7 +60,9 @@ def main() -> None:
         folder = tmp / "default-safetensors"
         shutil.copytree(resolve_model(DEFAULT_MODEL, args.models_dir), folder)
         models_dir = tmp / "models"
-        hf_seconds, hf_count = run_generate(folder, models_dir, tmp / "hf", "transformers", prompts, args.n, args.tokens)
+        hf_seconds, hf_count = run_generate(
+            folder, models_dir, tmp / "hf", "transformers", prompts, args.n, args.tokens
+        )
         start = time.perf_counter()
         gguf = gguf_for(str(folder), models_dir)
         convert_seconds = time.perf_counter() - start

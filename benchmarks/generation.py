@@ -70,7 +70,9 @@ def main() -> None:
     model_dir = Path(resolve_model(DEFAULT_MODEL, args.models_dir))
     placement = choose_placement()
     tokenizer, model = load_causal_lm(DEFAULT_MODEL, args.models_dir, placement)
-    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         f16, q8 = Path(tmp) / "default-f16.gguf", Path(tmp) / "default-q8_0.gguf"
         convert(model_dir, f16)

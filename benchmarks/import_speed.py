@@ -39,8 +39,15 @@ def make_input(folder: Path, copies: int) -> Path:
         for copy in range(copies):
             for row in rows:
                 tag = f" (copy {copy})"
-                f.write(json.dumps({"chosen": row["chosen"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
-                                    "rejected": row["rejected"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "chosen": row["chosen"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
+                            "rejected": row["rejected"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
+                        }
+                    )
+                    + "\n"
+                )
     return path
 
 

@@ -47,8 +47,15 @@ def make_workspace(folder: Path, pairs: int) -> Store:
         for i in range(pairs):
             row = rows[i % len(rows)]
             tag = f" (copy {i // len(rows)})"
-            f.write(json.dumps({"chosen": row["chosen"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
-                                "rejected": row["rejected"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "chosen": row["chosen"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
+                        "rejected": row["rejected"].replace("\n\nAssistant:", tag + "\n\nAssistant:", 1),
+                    }
+                )
+                + "\n"
+            )
     store = Store(folder / f"ws-{pairs}.duckdb")
     import_file(store, path, "hh")
     with store.transaction() as cur:  # earlier work by another annotator: 10% labelled

@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak import forward_flops_per_token, peak_gflops  # noqa: E402
 from pipelines.chat import load_llama  # noqa: E402
 from pipelines.models import DEFAULT_MODEL, default_gguf_path, resolve_model  # noqa: E402
-from benchmarks.peak import forward_flops_per_token, peak_gflops  # noqa: E402
 from pipelines.perplexity import batches_by_prompt, response_nll, tokenize  # noqa: E402
 from store.formats import parse_hh_record  # noqa: E402
 

@@ -37,7 +37,6 @@ def epoch(records: list[dict], grouped: bool, base: str, models_dir: str, sample
 
     from benchmarks.peak import forward_flops_per_token
     from pipelines.models import resolve_model
-
     from pipelines.reward import RewardTrainConfig, make_trainer
 
     config = RewardTrainConfig(base=base, models_dir=models_dir, group_by_length=grouped, device="cpu")

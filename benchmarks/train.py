@@ -51,8 +51,10 @@ def write_inputs(folder: Path, pairs: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]), "rejected": json.dumps(r["rejected"])}
-            for r in hh_records(folder, pairs)]
+    rows = [
+        {"prompt": json.dumps(r["prompt"]), "chosen": json.dumps(r["chosen"]), "rejected": json.dumps(r["rejected"])}
+        for r in hh_records(folder, pairs)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), folder / "inputs.parquet")
 
 

@@ -86,6 +86,7 @@ class BatchedSampler:
     def __init__(self, path: str | Path, max_sequences: int, max_tokens: int, prompt_room: int = 512,
                  n_threads: int | None = None):
         import llama_cpp
+
         from pipelines.chat import load_llama
 
         self.threads = n_threads or os.cpu_count()

@@ -89,9 +89,14 @@ def answer_all(config: CompareConfig, log: RunLog, prompts: list[dict], partial:
             sampler.close()
     pq.write_table(pa.Table.from_pylist([done[r["prompt_id"]] for r in prompts]), run_dir / config.output)
     speed = {f"tokens_per_s_{name}": tokens[i] / seconds[i] for i, name in enumerate("ab") if seconds[i] > 0}
-    log.event("succeeded", step=len(prompts), total=len(prompts), metrics=speed,
-              message=f"{len(prompts)} prompts answered by {config.model_a} and {config.model_b}" + (
-                  f" ({speed['tokens_per_s_a']:.0f} and {speed['tokens_per_s_b']:.0f} tokens/s)" if len(speed) == 2 else ""))
+    log.event(
+        "succeeded",
+        step=len(prompts),
+        total=len(prompts),
+        metrics=speed,
+        message=f"{len(prompts)} prompts answered by {config.model_a} and {config.model_b}"
+        + (f" ({speed['tokens_per_s_a']:.0f} and {speed['tokens_per_s_b']:.0f} tokens/s)" if len(speed) == 2 else ""),
+    )
 
 
 if __name__ == "__main__":

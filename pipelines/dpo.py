@@ -15,9 +15,20 @@ from dataclasses import dataclass
 from pipelines.memory import DPO_LOGIT_CHUNK
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
-from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs,
-                                pair_data, pair_dataset, placement_of, progress_callback, train_and_save,
-                                trainer_arguments, unfinish_cut_answers)
+from pipelines.training import (
+    PairTrainSettings,
+    add_lengths,
+    base_and_tokenizer,
+    lora_config,
+    model_kwargs,
+    pair_data,
+    pair_dataset,
+    placement_of,
+    progress_callback,
+    train_and_save,
+    trainer_arguments,
+    unfinish_cut_answers,
+)
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "sigmoid_norm")
 
@@ -81,7 +92,11 @@ def run(config: DPOTrainConfig, log: RunLog) -> None:
     final = train_and_save(trainer, callback, config, log, "policy", "dpo", held_out, "eval_rewards/margins")
     if final is None:
         return
-    margins = f"eval reward margin {final['eval_rewards/margins']:.3f}" if "eval_rewards/margins" in final else "no eval pairs"
+    margins = (
+        f"eval reward margin {final['eval_rewards/margins']:.3f}"
+        if "eval_rewards/margins" in final
+        else "no eval pairs"
+    )
     log.event("succeeded", step=trainer.state.global_step,
               message=f"DPO trained ({trainer.state.global_step} steps); {margins}")
 

@@ -92,7 +92,9 @@ def answer_kl(model, tokenizer, prompt: list[dict], ids: list[int], device: str)
     came out at -1.59 nats)."""
     import torch
 
-    head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)[
+        "input_ids"
+    ]
     input_ids = torch.tensor([head + ids], device=device)
 
     def answer_logprobs():

@@ -192,8 +192,13 @@ def chat_template_parts(tokenizer) -> dict | None:
         # stops at its last newline.
         if "\n" in suffix and not suffix.endswith("\n"):
             suffix = suffix[:suffix.rindex("\n") + 1]
-        parts = {"system": full[:at["system"]], "user": tails[0][len(suffix):], "assistant": tails[1][len(suffix):],
-                 "suffix": suffix, "generation": asking[asking.index(marks["user"]) + len(marks["user"]) + len(suffix):]}
+        parts = {
+            "system": full[: at["system"]],
+            "user": tails[0][len(suffix) :],
+            "assistant": tails[1][len(suffix) :],
+            "suffix": suffix,
+            "generation": asking[asking.index(marks["user"]) + len(marks["user"]) + len(suffix) :],
+        }
         default_system = None
         if alone != parts["user"] + marks["user"] + suffix and alone.startswith(parts["system"]):
             default_system = alone[len(parts["system"]):alone.index(suffix + parts["user"] + marks["user"])]
@@ -302,7 +307,9 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
     (generation_config's: Gemma ends a turn with <end_of_turn>, Phi-3 with <|end|>, not with eos)."""
     lines = [f"# Ollama: ollama create <name> -f {gguf_name.removesuffix('.gguf')}.Modelfile", f"FROM ./{gguf_name}"]
     parts = chat_template_parts(tokenizer)
-    stops = [tokenizer.convert_ids_to_tokens(i) for i in end_ids] + ([tokenizer.eos_token] if tokenizer.eos_token else [])
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in end_ids] + (
+        [tokenizer.eos_token] if tokenizer.eos_token else []
+    )
     # Ollama puts the model's BOS before every prompt itself (its own Llama 3 and Gemma templates
     # write none): a template's BOS would be a second one. Only a template that writes `bos_token`
     # writes a BOS (SmolLM2's BOS text, <|im_start|>, also opens its turns).
@@ -323,7 +330,9 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
             turns["system"]["start"] = turns["system"]["start"].removeprefix(bos)
         lines.append(f'TEMPLATE """{ollama_turn_template(turns)}"""')
     else:
-        lines.append("# The chat template could not be turned into an Ollama TEMPLATE; Ollama reads the one in the GGUF.")
+        lines.append(
+            "# The chat template could not be turned into an Ollama TEMPLATE; Ollama reads the one in the GGUF."
+        )
     for stop in dict.fromkeys(stops):
         lines.append(f"PARAMETER stop {json.dumps(stop)}")
     return "\n".join(lines) + "\n"
@@ -356,8 +365,10 @@ def run(config: ExportConfig, log: RunLog) -> None:
     tokenizer, ids, reference = reference_logits(model_dir)
     text_ids = tokenizer(CHECK_TEXT, add_special_tokens=False).input_ids
     try:
-        prompt_ids = tokenizer(tokenizer.apply_chat_template(CHECK_CONVERSATION, tokenize=False,
-                                                             add_generation_prompt=True), add_special_tokens=False).input_ids
+        prompt_ids = tokenizer(
+            tokenizer.apply_chat_template(CHECK_CONVERSATION, tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        ).input_ids
     except TemplateError:  # a template without a system role that refuses one (it does not fold it in)
         prompt_ids = None
     ends = generation_end_ids(model_dir)

@@ -119,7 +119,9 @@ def generate(config: GenerateConfig, log: RunLog) -> None:
             if not rows:
                 continue
             if log.cancel_requested:
-                log.event("cancelled", step=len(done), total=len(prompts), message="cancelled; resume continues from here")
+                log.event(
+                    "cancelled", step=len(done), total=len(prompts), message="cancelled; resume continues from here"
+                )
                 return
             answers = sampler.sample([json.loads(r["prompt"]) for r in rows], config.seed + start)
             for row, samples in zip(rows, answers):

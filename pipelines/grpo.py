@@ -18,8 +18,16 @@ import pyarrow.parquet as pq
 from pipelines.reward_model import load_reward_model, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
-from pipelines.training import (TrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
-                                progress_callback, train_and_save, trainer_arguments)
+from pipelines.training import (
+    TrainSettings,
+    base_and_tokenizer,
+    lora_config,
+    model_kwargs,
+    placement_of,
+    progress_callback,
+    train_and_save,
+    trainer_arguments,
+)
 from pipelines.watch import Watch, WatchSettings, check_every, hold_out_watch_prompts
 
 

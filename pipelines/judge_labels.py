@@ -38,7 +38,9 @@ def run(config: JudgeLabelsConfig, log: RunLog) -> None:
     judge = LlamaJudge(config.judge, config.guideline or DEFAULT_GUIDELINE)
     with Partial(run_dir, key="pair_id") as partial:
         done = partial.done
-        log.progress(len(done), len(pairs), message=f"{judge.name} judging {len(pairs) - len(done)} pairs in both orders")
+        log.progress(
+            len(done), len(pairs), message=f"{judge.name} judging {len(pairs) - len(done)} pairs in both orders"
+        )
         try:
             for row in pairs:
                 if row["pair_id"] in done:
@@ -57,12 +59,19 @@ def run(config: JudgeLabelsConfig, log: RunLog) -> None:
         ("pair_id", pa.string()), ("verdict", pa.string()), ("p_first", pa.float64()),
         ("orders_disagree", pa.bool_())])), run_dir / config.output)
     summary = judge_summary(results)
-    log.event("succeeded", step=len(pairs), total=len(pairs),
-              metrics={"labelled": summary["n"], "no_verdict": summary["no_verdict"],
-                       **({"position_bias": summary["position_bias"]} if summary["n"] else {})},
-              message=f"{summary['n']} pairs labelled by {judge.name}"
-                      + (f" ({summary['position_bias']:.0%} ties where its two orders disagreed)" if summary["n"] else "")
-                      + (f"; no verdict on {summary['no_verdict']}" if summary["no_verdict"] else ""))
+    log.event(
+        "succeeded",
+        step=len(pairs),
+        total=len(pairs),
+        metrics={
+            "labelled": summary["n"],
+            "no_verdict": summary["no_verdict"],
+            **({"position_bias": summary["position_bias"]} if summary["n"] else {}),
+        },
+        message=f"{summary['n']} pairs labelled by {judge.name}"
+        + (f" ({summary['position_bias']:.0%} ties where its two orders disagreed)" if summary["n"] else "")
+        + (f"; no verdict on {summary['no_verdict']}" if summary["no_verdict"] else ""),
+    )
 
 
 if __name__ == "__main__":

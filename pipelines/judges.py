@@ -17,8 +17,8 @@ for reward models the mean score gain with its standard error. An interval that 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from common.stats import mean_and_se, win_summary
 

@@ -18,8 +18,18 @@ import pyarrow.parquet as pq
 
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
-from pipelines.training import (PairTrainSettings, base_and_tokenizer, lora_config, model_kwargs, placement_of,
-                                progress_callback, split, train_and_save, trainer_arguments, unfinish_cut_answers)
+from pipelines.training import (
+    PairTrainSettings,
+    base_and_tokenizer,
+    lora_config,
+    model_kwargs,
+    placement_of,
+    progress_callback,
+    split,
+    train_and_save,
+    trainer_arguments,
+    unfinish_cut_answers,
+)
 
 
 @dataclass
@@ -86,7 +96,11 @@ def run(config: KTOTrainConfig, log: RunLog) -> None:
     final = train_and_save(trainer, callback, config, log, "policy", "kto", held_out, "eval_rewards/margins")
     if final is None:
         return
-    margins = f"eval reward margin {final['eval_rewards/margins']:.3f}" if "eval_rewards/margins" in final else "no eval answers"
+    margins = (
+        f"eval reward margin {final['eval_rewards/margins']:.3f}"
+        if "eval_rewards/margins" in final
+        else "no eval answers"
+    )
     log.event("succeeded", step=trainer.state.global_step,
               message=f"KTO trained ({trainer.state.global_step} steps); {margins}")
 

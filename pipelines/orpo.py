@@ -13,8 +13,19 @@ from dataclasses import dataclass
 
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
-from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs, pair_data,
-                                pair_dataset, placement_of, progress_callback, train_and_save, trainer_arguments)
+from pipelines.training import (
+    PairTrainSettings,
+    add_lengths,
+    base_and_tokenizer,
+    lora_config,
+    model_kwargs,
+    pair_data,
+    pair_dataset,
+    placement_of,
+    progress_callback,
+    train_and_save,
+    trainer_arguments,
+)
 
 
 @dataclass

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pyarrow.parquet as pq
 
@@ -28,8 +28,7 @@ from pipelines.models import Placement, end_ids, load_tokenizer, resolve_model
 from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
-from pipelines.training import (CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of,
-                                trainable_in_fp32)
+from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of, trainable_in_fp32
 from pipelines.watch import Watch, WatchSettings, check_every, hold_out_watch_prompts
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -160,7 +159,9 @@ def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], confi
     is_eos = torch.isin(answers, torch.tensor(end_ids(policy.model, tokenizer), device=answers.device))
     ended = is_eos.any(dim=1)
     # Keep each answer up to and including its first end-of-turn token.
-    first_eos = torch.where(ended, is_eos.int().argmax(dim=1), torch.full_like(ended, answers.shape[1] - 1, dtype=torch.long))
+    first_eos = torch.where(
+        ended, is_eos.int().argmax(dim=1), torch.full_like(ended, answers.shape[1] - 1, dtype=torch.long)
+    )
     positions = torch.arange(answers.shape[1], device=device)[None, :]
     answer_mask = (positions <= first_eos[:, None]).float()
     attention = torch.cat([batch["attention_mask"], answer_mask.long()], dim=1)
@@ -339,7 +340,9 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     while step < config.max_steps:
         if log.cancel_requested:
             save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, scaler)
-            log.event("cancelled", step=step, total=config.max_steps, message=f"cancelled at step {step}; checkpoint saved")
+            log.event(
+                "cancelled", step=step, total=config.max_steps, message=f"cancelled at step {step}; checkpoint saved"
+            )
             return
         batch = [prompts[i] for i in random.sample(order, min(config.batch_size, len(order)))]
         metrics = ppo_step(policy, optimizer, tokenizer, batch, reward_fn, config, placement.device, scaler)

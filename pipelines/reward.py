@@ -23,9 +23,19 @@ from common.stats import wilson_interval
 from pipelines.reward_model import score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import redefault, setting
-from pipelines.training import (PairTrainSettings, add_lengths, base_and_tokenizer, lora_config, model_kwargs,
-                                pair_data, pair_dataset, placement_of, progress_callback, train_and_save,
-                                trainer_arguments)
+from pipelines.training import (
+    PairTrainSettings,
+    add_lengths,
+    base_and_tokenizer,
+    lora_config,
+    model_kwargs,
+    pair_data,
+    pair_dataset,
+    placement_of,
+    progress_callback,
+    train_and_save,
+    trainer_arguments,
+)
 
 
 @dataclass
@@ -138,7 +148,7 @@ def describe_card(card: dict) -> list[str]:
     return lines
 
 
-def score_held_out(model, tokenizer, held_out: list[dict], config: "RewardTrainConfig") -> list[dict]:
+def score_held_out(model, tokenizer, held_out: list[dict], config: RewardTrainConfig) -> list[dict]:
     """Each held-out pair short enough to train on, with both rewards and both answers' lengths."""
     rows = []
     for r in held_out:
@@ -147,9 +157,16 @@ def score_held_out(model, tokenizer, held_out: list[dict], config: "RewardTrainC
         if max(map(len, ids)) > config.max_length:
             continue  # left out of training and of TRL's evaluation alike
         head = len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, return_dict=True)["input_ids"])
-        rows.append({"pair_id": r.get("pair_id", ""), "chosen_side": r.get("chosen_side", ""),
-                     "conversations": conversations, "length_chosen": len(ids[0]) - head,
-                     "length_rejected": len(ids[1]) - head, "similarity": answer_similarity(r["chosen"], r["rejected"])})
+        rows.append(
+            {
+                "pair_id": r.get("pair_id", ""),
+                "chosen_side": r.get("chosen_side", ""),
+                "conversations": conversations,
+                "length_chosen": len(ids[0]) - head,
+                "length_rejected": len(ids[1]) - head,
+                "similarity": answer_similarity(r["chosen"], r["rejected"]),
+            }
+        )
     rewards = score(tokenizer, model, [c for row in rows for c in row.pop("conversations")], config.batch_size,
                     config.max_length)
     for i, row in enumerate(rows):

@@ -50,7 +50,9 @@ def load_reward_model(adapter: str | Path, placement: Placement, load_in_4bit: b
     return tokenizer, model
 
 
-def score(tokenizer, model, conversations: list[list[dict]], batch_size: int = 8, max_length: int = 2048) -> list[float]:
+def score(
+    tokenizer, model, conversations: list[list[dict]], batch_size: int = 8, max_length: int = 2048
+) -> list[float]:
     """The reward of each conversation (prompt messages + response messages)."""
     import torch
 

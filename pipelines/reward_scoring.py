@@ -46,7 +46,9 @@ def run(config: RewardScoringConfig, log: RunLog) -> None:
         log.event("running", step=len(done), total=len(table), message=f"scoring {len(todo)} of {len(table)} responses")
         for start in range(0, len(todo), chunk):
             if log.cancel_requested:
-                log.event("cancelled", step=len(done), total=len(table), message="cancelled; resume continues from here")
+                log.event(
+                    "cancelled", step=len(done), total=len(table), message="cancelled; resume continues from here"
+                )
                 return
             rows = todo[start:start + chunk]
             rewards = score(tokenizer, model, [json.loads(r["prompt"]) + json.loads(r["response"]) for r in rows],

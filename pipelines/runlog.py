@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from common.errors import StudioError
 
@@ -104,7 +105,7 @@ class Partial:
         self.done: dict = {row[key]: row for row in read_partial(self.path)}
         self._file = None
 
-    def __enter__(self) -> "Partial":
+    def __enter__(self) -> Partial:
         self._file = open(self.path, "a", encoding="utf-8")
         return self
 

@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import (ROUTER_PATTERN, ModelError, Placement, choose_placement, load_kwargs, load_tokenizer,
-                              resolve_model)
+from pipelines.models import (
+    ROUTER_PATTERN,
+    ModelError,
+    Placement,
+    choose_placement,
+    load_kwargs,
+    load_tokenizer,
+    resolve_model,
+)
 from pipelines.reward_model import write_meta
 from pipelines.runlog import RunLog
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting

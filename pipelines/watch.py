@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pipelines.judges import RULES, by_reward, by_rule, rule_answers
 from pipelines.models import end_ids
@@ -69,8 +69,20 @@ class Watch:
     def __init__(self, prompts: list[list[dict]], tokenizer, proxy_fn: RewardFn, run_dir: Path, log,
                  max_new_tokens: int, judge_fn: RewardFn | None = None, rule: str = "", seed: int = 0,
                  batch_size: int = 8):
-        self.prompts, self.tokenizer, self.proxy_fn, self.judge_fn, self.rule = prompts, tokenizer, proxy_fn, judge_fn, rule
-        self.run_dir, self.log, self.max_new_tokens, self.seed, self.batch_size = run_dir, log, max_new_tokens, seed, batch_size
+        self.prompts, self.tokenizer, self.proxy_fn, self.judge_fn, self.rule = (
+            prompts,
+            tokenizer,
+            proxy_fn,
+            judge_fn,
+            rule,
+        )
+        self.run_dir, self.log, self.max_new_tokens, self.seed, self.batch_size = (
+            run_dir,
+            log,
+            max_new_tokens,
+            seed,
+            batch_size,
+        )
         self.base = None       # the base's answers: texts, ended, proxy and judge scores
         self.best = None       # (judge_win, proxy_win, step) of the judge's best check
         self.warned = False

@@ -142,13 +142,17 @@ def outcomes_between(store: Store, side_a: list[str], side_b: list[str]) -> list
 def reward_win_rate(store: Store, dataset: str, reward_model: str) -> dict | None:
     """How often the first model's answer of a compared dataset gets the higher reward (a tie
     counts half); None when no pair of it has both sides scored by `reward_model`."""
-    row = store.query("""
+    row = store.query(
+        """
         SELECT any_value(p.first_model) AS model_a, any_value(p.second_model) AS model_b, count(*) AS pairs,
-               avg(CASE WHEN ra.reward > rb.reward THEN 1.0 WHEN ra.reward = rb.reward THEN 0.5 ELSE 0.0 END) AS win_rate,
+               avg(CASE WHEN ra.reward > rb.reward THEN 1.0 WHEN ra.reward = rb.reward THEN 0.5 ELSE 0.0 END)
+                   AS win_rate,
                avg(ra.reward - rb.reward) AS reward_gap
         FROM pairs p
         JOIN rewards ra ON ra.response_id = p.first_id AND ra.model = $m
         JOIN rewards rb ON rb.response_id = p.second_id AND rb.model = $m
-        WHERE p.id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = (SELECT id FROM datasets WHERE name = $d))""",
-                      {"m": reward_model, "d": dataset})[0]
+        WHERE p.id IN (SELECT pair_id FROM dataset_pairs
+                       WHERE dataset_id = (SELECT id FROM datasets WHERE name = $d))""",
+        {"m": reward_model, "d": dataset},
+    )[0]
     return row if row["pairs"] else None

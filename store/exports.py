@@ -66,7 +66,9 @@ class ExportReport:
     def summary(self) -> str:
         text = f"wrote {self.pairs:,} pairs to {self.path}"
         if self.decided_by:
-            text += " (" + ", ".join(f"{n:,} from {DECIDED_BY[who]}" for who, n in sorted(self.decided_by.items())) + ")"
+            text += (
+                " (" + ", ".join(f"{n:,} from {DECIDED_BY[who]}" for who, n in sorted(self.decided_by.items())) + ")"
+            )
         if self.left_out:
             reasons = ", ".join(f"{n:,} {why}" for why, n in sorted(self.left_out.items()))
             text += f"; left out {self.without_preference:,} without a preference ({reasons})"

@@ -48,8 +48,10 @@ class FilterPlan:
         limit = f" (perplexity <= {self.threshold:.3g})" if self.threshold is not None else ""
         formed = f"; {len(self.formed_pairs):,} new pairs formed among kept candidates" if self.formed_pairs else ""
         pairs = f", {len(self.kept_pairs):,} of {pairs_before:,} pairs" if pairs_before else ""  # not for prompts only
-        return (f"{repr(into) + ' keeps' if into else 'Keeps'} {self.prompts_after:,} of {self.prompts_before:,} prompts, "
-                f"{len(self.kept_responses):,} of {len(self.scores):,} responses{pairs} of '{self.dataset}'{limit}{formed}")
+        return (
+            f"{repr(into) + ' keeps' if into else 'Keeps'} {self.prompts_after:,} of {self.prompts_before:,} prompts, "
+            f"{len(self.kept_responses):,} of {len(self.scores):,} responses{pairs} of '{self.dataset}'{limit}{formed}"
+        )
 
 
 # Every response of the dataset (both sides of its pairs, and its prompts' candidates) with its

@@ -15,17 +15,28 @@ import io
 import json
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
-from store.db import (Store, StoreError, canonical_json, check_dataset_name, content_hash, create_dataset,
-                      discard_import, fetch_one, is_empty_response, prompt_key_of_json, response_key_of_json)
+from store.db import (
+    Store,
+    StoreError,
+    canonical_json,
+    check_dataset_name,
+    content_hash,
+    create_dataset,
+    discard_import,
+    fetch_one,
+    is_empty_response,
+    prompt_key_of_json,
+    response_key_of_json,
+)
 from store.formats import FORMATS, PARSERS, BadRecord, PairRecord, PromptRecord, detect_format
 
 DEFAULT_MAX_ROW_BYTES = 1_000_000
@@ -335,8 +346,9 @@ def _parquet(path: Path, max_row_bytes: int) -> Iterator[tuple[int, dict | BadRe
         except (pa.ArrowException, OSError) as e:
             damaged = parquet.metadata.row_group(group).num_rows
             reason = f"in a damaged part of the file (row group {group + 1}: {_first_line(e)})"
-            for line in range(line + 1, line + damaged + 1):
-                yield line, BadRecord(reason)
+            for bad_line in range(line + 1, line + damaged + 1):
+                yield bad_line, BadRecord(reason)
+            line += damaged
             continue
         for batch in batches:
             for record in batch.to_pylist():
@@ -487,8 +499,15 @@ def ensure_dataset(cur, name: str, recipe: dict, internal: bool = False) -> int:
     return row[0] if row else create_dataset(cur, name, recipe, internal)
 
 
-def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt: str = "auto",
-                skip_bad: bool = False, max_row_bytes: int = DEFAULT_MAX_ROW_BYTES, internal: bool = False) -> ImportReport:
+def import_file(
+    store: Store,
+    path: str | Path,
+    dataset: str | None = None,
+    fmt: str = "auto",
+    skip_bad: bool = False,
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    internal: bool = False,
+) -> ImportReport:
     """Import one file into `dataset` (default: the file's name). Raises ImportFailed if nothing
     was written: bad rows without `skip_bad`, or no usable row at all. `internal`: the studio's
     own import of its assets, which may use the names it reserves.
@@ -516,7 +535,10 @@ def import_file(store: Store, path: str | Path, dataset: str | None = None, fmt:
             _read_and_write(store, path, import_id, report, fmt, skip_bad, max_row_bytes)
         with store.transaction() as cur:
             dataset_id = ensure_dataset(cur, dataset, {"source": "import", "file": path.name}, internal)
-            for table, link, column in (("prompts", "dataset_prompts", "prompt_id"), ("pairs", "dataset_pairs", "pair_id")):
+            for table, link, column in (
+                ("prompts", "dataset_prompts", "prompt_id"),
+                ("pairs", "dataset_pairs", "pair_id"),
+            ):
                 cur.execute(f"INSERT OR IGNORE INTO {link} (dataset_id, {column}) SELECT DISTINCT ?, id "
                             "FROM import_staging WHERE import_id = ? AND tbl = ?", [dataset_id, import_id, table])
             cur.execute("DELETE FROM import_staging WHERE import_id = ?", [import_id])

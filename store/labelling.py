@@ -210,7 +210,9 @@ def add_rule_labels(store: Store, annotator: str, verdicts: list[tuple[str, str]
     """Labels given by a rule (pair_id, verdict in first/second/tie), all in one transaction."""
     with store.transaction() as cur:
         for pair_id, verdict in verdicts:
-            cur.execute("INSERT INTO labels (pair_id, annotator, verdict) VALUES (?, ?, ?)", [pair_id, annotator, verdict])
+            cur.execute(
+                "INSERT INTO labels (pair_id, annotator, verdict) VALUES (?, ?, ?)", [pair_id, annotator, verdict]
+            )
 
 
 def progress(store: Store, dataset: str) -> dict:

@@ -78,11 +78,15 @@ def pair_verdicts(store: Store, pair_ids: list[str]) -> dict[str, dict[str, str]
     'source'."""
     if not pair_ids:
         return {}
-    rows = store.query("""
-        SELECT pair_id, annotator, verdict FROM labels WHERE verdict IN ('first', 'second') AND pair_id IN (SELECT unnest($ids))
+    rows = store.query(
+        """
+        SELECT pair_id, annotator, verdict FROM labels
+        WHERE verdict IN ('first', 'second') AND pair_id IN (SELECT unnest($ids))
         UNION ALL
-        SELECT id, 'source', source_verdict FROM pairs WHERE source_verdict IN ('first', 'second') AND id IN (SELECT unnest($ids))""",
-                       {"ids": list(pair_ids)})
+        SELECT id, 'source', source_verdict FROM pairs
+        WHERE source_verdict IN ('first', 'second') AND id IN (SELECT unnest($ids))""",
+        {"ids": list(pair_ids)},
+    )
     found: dict[str, dict[str, str]] = {}
     for r in rows:
         found.setdefault(r["pair_id"], {})[r["annotator"]] = r["verdict"]

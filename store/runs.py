@@ -10,8 +10,8 @@ run's outputs land together with its status or not at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import pyarrow as pa

@@ -9,6 +9,7 @@ from store import Store
 from store.labelling import SOURCE_ANNOTATOR, LabelError, agreement
 from store.pairs import get_pair
 from store.queries import dataset_names
+from studio.context import Context
 from studio.rendering import SIDES_EXPLAINED, VERDICT_WORDS, preview
 
 EXPLANATION = f"""
@@ -36,7 +37,9 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
     disagreements = []
     for d in report["disagreements"][:MAX_DISAGREEMENTS]:
         pair = get_pair(store, d["pair_id"])
-        verdicts = ", ".join(f"{name}: {VERDICT_WORDS.get(verdict, verdict)}" for name, verdict in sorted(d["verdicts"].items()))
+        verdicts = ", ".join(
+            f"{name}: {VERDICT_WORDS.get(verdict, verdict)}" for name, verdict in sorted(d["verdicts"].items())
+        )
         disagreements.append([d["pair_id"], preview(pair["prompt"]), verdicts])
     if not rows:
         line = (f"'{dataset}': labelled by {', '.join(names)}; no pair has two verdicts yet." if names
@@ -47,7 +50,8 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
     return line, rows, disagreements
 
 
-def build(app: gr.Blocks, tab: gr.Tab, store: Store) -> None:
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+    store = ctx.store
     with_pairs = dataset_names(store, with_pairs=True)
     gr.Markdown(EXPLANATION)
     with gr.Row():

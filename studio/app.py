@@ -8,7 +8,9 @@ import traceback
 import gradio as gr
 
 from pipelines.chat import ChatModels
+from store.labelling import LabelQueue
 from studio import agreement_tab, build_tab, compare_tab, data_tab, export_tab, home_tab, label_tab, train_tab
+from studio.context import Context
 from studio.runner import Runner
 from studio.workspace import Workspace
 
@@ -31,24 +33,25 @@ def build_app(workspace: Workspace):
     store = workspace.open_store()
     runner = Runner(store, workspace)
     runner.recover()
+    ctx = Context(workspace, store, runner, LabelQueue(store), ChatModels())
     with gr.Blocks(title="Alignment Studio") as app:
         gr.Markdown("# Alignment Studio")
         with gr.Tab("Home"):
-            home_tab.build(store, runner, workspace)
+            home_tab.build(ctx)
         with gr.Tab("Data") as tab:
-            data_tab.build(app, tab, store, workspace)
+            data_tab.build(ctx, app, tab)
         with gr.Tab("Label") as tab:
-            label_tab.build(app, tab, store, runner)
+            label_tab.build(ctx, app, tab)
         with gr.Tab("Agreement") as tab:
-            agreement_tab.build(app, tab, store)
+            agreement_tab.build(ctx, app, tab)
         with gr.Tab("Build dataset") as tab:
-            build_tab.build(app, tab, store, runner)
+            build_tab.build(ctx, app, tab)
         with gr.Tab("Train") as tab:
-            train_tab.build(tab, store, runner)
+            train_tab.build(ctx, tab)
         with gr.Tab("Export") as tab:
-            export_tab.build(tab, store, runner)
+            export_tab.build(ctx, tab)
         with gr.Tab("Compare") as tab:
-            compare_tab.build(tab, store, runner, ChatModels())
+            compare_tab.build(ctx, tab)
     # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
     # description (every dataset name among its allowed values) even in the login page.
     for fn in app.fns.values():

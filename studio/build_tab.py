@@ -4,6 +4,7 @@ while watching what survives, and save the filtered dataset."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import gradio as gr
 import pandas as pd
@@ -12,11 +13,17 @@ from common.errors import StudioError
 from pipelines.perplexity import ENGINE
 from store import Store
 from store.filtering import FilterError, plan_filter, save_filtered
-from store.queries import (dataset_names, dataset_summaries, latest_candidate_job, latest_metrics, pair_sides,
-                           response_texts)
-from studio.rendering import Slider, preview
+from store.queries import (
+    dataset_names,
+    dataset_summaries,
+    latest_candidate_job,
+    latest_metrics,
+    pair_sides,
+    response_texts,
+)
 from studio import service
-from studio.runner import Runner
+from studio.context import Context, handler
+from studio.rendering import Slider, preview
 
 METHOD = f"""
 **Perplexity filtering.** Each response is scored by its perplexity under the target model:
@@ -83,125 +90,152 @@ def extremes(store: Store, scores: list[dict]) -> tuple[list[list], list[list]]:
     return [row(s) for s in ordered[:PREVIEW_ROWS]], [row(s) for s in reversed(ordered[-PREVIEW_ROWS:])]
 
 
-def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner: Runner) -> None:
-    datasets = dataset_summaries(store)
+# --- handlers ------------------------------------------------------------------------------------
+
+def plan(ctx: Context, dataset_name, model_name, rule_name, share_value, max_value, per_prompt_value):
+    if rule_name == RULES[0]:
+        return plan_filter(ctx.store, dataset_name, model_name, keep_quantile=share_value, per_prompt=per_prompt_value)
+    return plan_filter(ctx.store, dataset_name, model_name, max_ppl=max_value, per_prompt=per_prompt_value)
+
+
+def show_filter(ctx: Context, *controls):
+    """What the filter would keep: the counts, the plots before and after, the extremes."""
+    try:
+        p = plan(ctx, *controls)
+    except FilterError as e:
+        return f"*{e}*", gr.update(visible=False), gr.update(), gr.update(), [], []
+    scores = with_sides(ctx.store, p.scores)
+    best, worst = extremes(ctx.store, scores)
+    return p.summary(), gr.update(visible=True), histogram(scores), histogram(scores, p.kept_responses), best, worst
+
+
+def start_scoring(ctx: Context, dataset_name, model_name, batch):
+    try:
+        run_id = service.start_perplexity(ctx.runner, dataset_name, model=model_name, batch_size=int(batch or 8))
+    except StudioError as e:  # every error a user can act on, said as a sentence
+        return f"**{e}**"
+    return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
+
+
+def start_candidates(ctx: Context, dataset_name, model_name, n, temperature, tokens, engine):
+    if not dataset_name:
+        return "**Pick a dataset of prompts first (import one in the Data tab).**"
+    if None in (n, temperature, tokens):
+        return "**Give every generation setting a number.**"
+    try:
+        run_id = service.start_generation(ctx.runner, dataset_name, model=(model_name or "").strip() or "default",
+                                          n=int(n), temperature=float(temperature), max_new_tokens=int(tokens),
+                                          engine=engine or "auto")
+    except StudioError as e:  # a bad setting, a dataset without prompts, the same job running
+        return f"**{e}**"
+    return f"Run {run_id} started: {int(n)} answers to each prompt of '{dataset_name}'."
+
+
+def job_status(ctx: Context, dataset_name, model_name):
+    """The newest scoring run under this model, or candidate generation, whichever is newer."""
+    r = latest_candidate_job(ctx.store, model_name)
+    if r is None:
+        return gr.update()
+    latest = latest_metrics(ctx.store, r["id"]) if r["status"] == "running" else {}
+    progress = f" {latest['progress']:.0%}" if "progress" in latest else ""
+    eta = f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""
+    what = "generating candidates" if r["kind"] == "generate" else f"perplexity, {ENGINE}"
+    return f"Run {r['id']} ({what}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
+
+
+def save_dataset(ctx: Context, name, *controls):
+    if not name or not name.strip():
+        return "**Give the new dataset a name.**", gr.update()
+    try:
+        summary = save_filtered(ctx.store, plan(ctx, *controls), name.strip())
+    except StudioError as e:  # no pairs kept, a taken or unusable name
+        return f"**{e}**", gr.update()
+    return f"Saved: {summary}.", gr.update(choices=dataset_names(ctx.store))
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+def job_panel(ctx: Context, ui: SimpleNamespace) -> None:
+    """The dataset, scoring its responses, and generating candidates."""
+    datasets = dataset_summaries(ctx.store)
     names = [d["name"] for d in datasets]
     with_pairs = [d["name"] for d in datasets if d["pairs"]]
     gr.Markdown(METHOD)
     with gr.Row():
-        dataset = gr.Dropdown(names, value=(with_pairs or names or [None])[0], label="Dataset", elem_id="build-dataset")
-        model = gr.Textbox("default", label="Target model", info="default, a local folder or a hub id")
-        batch_size = gr.Number(8, label="Batch size", precision=0)
-        score = gr.Button("Score perplexity", variant="primary", elem_id="build-score")
+        ui.dataset = gr.Dropdown(names, value=(with_pairs or names or [None])[0], label="Dataset",
+                                 elem_id="build-dataset")
+        ui.model = gr.Textbox("default", label="Target model", info="default, a local folder or a hub id")
+        ui.batch_size = gr.Number(8, label="Batch size", precision=0)
+        ui.score = gr.Button("Score perplexity", variant="primary", elem_id="build-score")
     with gr.Accordion("Generate candidates: answers to the dataset's prompts, to pair and filter", open=False,
                       elem_id="build-generate-box"):
         gr.Markdown("For a dataset of prompts (or to add answers to one of pairs): a model writes N answers to "
                     "every prompt, stored as candidates of the dataset. Score them above, and the filter pairs the "
                     "plausible ones of each prompt; label the pairs in the Label tab.")
         with gr.Row():
-            gen_model = gr.Textbox("default", label="Model", info="default, a .gguf file, a folder or a hub id")
-            gen_n = gr.Number(4, label="Answers per prompt", precision=0, elem_id="build-gen-n")
-            gen_temperature = gr.Number(0.8, label="Temperature")
-            gen_tokens = gr.Number(256, label="Max tokens", precision=0)
-            gen_engine = gr.Dropdown(["auto", "llama.cpp", "transformers"], value="auto", label="Engine",
-                                     info="llama.cpp runs a model folder too, converted to GGUF once (faster on a "
-                                          "CPU); auto: llama.cpp only for GGUF files")
-            generate = gr.Button("Generate candidates", variant="primary", elem_id="build-generate")
-    said = gr.Markdown(elem_id="build-said")  # the answer to a click (kept: the status line below refreshes)
-    job = gr.Markdown(elem_id="build-job")
+            ui.generation = [
+                gr.Textbox("default", label="Model", info="default, a .gguf file, a folder or a hub id"),
+                gr.Number(4, label="Answers per prompt", precision=0, elem_id="build-gen-n"),
+                gr.Number(0.8, label="Temperature"),
+                gr.Number(256, label="Max tokens", precision=0),
+                gr.Dropdown(["auto", "llama.cpp", "transformers"], value="auto", label="Engine",
+                            info="llama.cpp runs a model folder too, converted to GGUF once (faster on a CPU); "
+                                 "auto: llama.cpp only for GGUF files")]
+            ui.generate = gr.Button("Generate candidates", variant="primary", elem_id="build-generate")
+    ui.said = gr.Markdown(elem_id="build-said")  # the answer to a click (kept: the status line below refreshes)
+    ui.job = gr.Markdown(elem_id="build-job")
+
+
+def filter_panel(ctx: Context, ui: SimpleNamespace) -> None:
+    """The filter's rule, what it keeps, and saving the kept pairs as a dataset."""
     with gr.Row():
-        rule = gr.Radio(list(RULES), value=RULES[0], label="Rule")
-        share = Slider(0.05, 1.0, value=0.5, step=0.05, label="Share to keep (lowest perplexity first)")
-        max_ppl = gr.Number(20.0, label="Maximum perplexity", visible=False)
-        per_prompt = gr.Checkbox(False, label="Per prompt", info="apply the share within each prompt")
-    counts = gr.Markdown(elem_id="filter-counts")
-    with gr.Row(visible=False) as plots:
-        before = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
-                            label="Before: all scored responses", height=280, elem_id="filter-before")
-        after = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
-                           label="After: what the filter keeps", height=280, elem_id="filter-after")
-    headers = ["perplexity", "side", "prompt (last turn)", "response"]
+        ui.rule = gr.Radio(list(RULES), value=RULES[0], label="Rule")
+        ui.share = Slider(0.05, 1.0, value=0.5, step=0.05, label="Share to keep (lowest perplexity first)")
+        ui.max_ppl = gr.Number(20.0, label="Maximum perplexity", visible=False)
+        ui.per_prompt = gr.Checkbox(False, label="Per prompt", info="apply the share within each prompt")
+    ui.counts = gr.Markdown(elem_id="filter-counts")
+    with gr.Row(visible=False) as ui.plots:
+        ui.before = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45,
+                               color_map=SIDE_COLORS, label="Before: all scored responses", height=280,
+                               elem_id="filter-before")
+        ui.after = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
+                              label="After: what the filter keeps", height=280, elem_id="filter-after")
+    headers, widths = ["perplexity", "side", "prompt (last turn)", "response"], ["14%", "14%", "36%", "36%"]
     with gr.Row():
-        widths = ["14%", "14%", "36%", "36%"]
-        plausible = gr.Dataframe(headers=headers, label="Most plausible", interactive=False, wrap=True,
-                                 column_widths=widths)
-        implausible = gr.Dataframe(headers=headers, label="Least plausible", interactive=False, wrap=True,
-                                   column_widths=widths)
+        ui.plausible = gr.Dataframe(headers=headers, label="Most plausible", interactive=False, wrap=True,
+                                    column_widths=widths)
+        ui.implausible = gr.Dataframe(headers=headers, label="Least plausible", interactive=False, wrap=True,
+                                      column_widths=widths)
     with gr.Row():
-        into = gr.Textbox(label="New dataset name", placeholder="e.g. hh-plausible")
-        save = gr.Button("Save filtered dataset")
-    saved = gr.Markdown()
+        ui.into = gr.Textbox(label="New dataset name", placeholder="e.g. hh-plausible")
+        ui.save = gr.Button("Save filtered dataset")
+    ui.saved = gr.Markdown()
 
-    def plan(dataset_name, model_name, rule_name, share_value, max_value, per_prompt_value):
-        if rule_name == RULES[0]:
-            return plan_filter(store, dataset_name, model_name, keep_quantile=share_value, per_prompt=per_prompt_value)
-        return plan_filter(store, dataset_name, model_name, max_ppl=max_value, per_prompt=per_prompt_value)
 
-    def preview(*controls):
-        try:
-            p = plan(*controls)
-        except FilterError as e:
-            return f"*{e}*", gr.update(visible=False), gr.update(), gr.update(), [], []
-        scores = with_sides(store, p.scores)
-        best, worst = extremes(store, scores)
-        return (p.summary(), gr.update(visible=True), histogram(scores), histogram(scores, p.kept_responses),
-                best, worst)
+def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    controls = [ui.dataset, ui.model, ui.rule, ui.share, ui.max_ppl, ui.per_prompt]
+    outputs = [ui.counts, ui.plots, ui.before, ui.after, ui.plausible, ui.implausible]
+    shown = handler(show_filter, ctx)
+    for control in (ui.dataset, ui.rule, ui.per_prompt):
+        control.change(shown, controls, outputs)
+    ui.share.release(shown, controls, outputs)
+    ui.max_ppl.submit(shown, controls, outputs)
+    ui.model.submit(shown, controls, outputs)
+    ui.rule.change(lambda r: (gr.update(visible=r == RULES[0]), gr.update(visible=r == RULES[1])), ui.rule,
+                   [ui.share, ui.max_ppl])
+    ui.score.click(handler(start_scoring, ctx), [ui.dataset, ui.model, ui.batch_size], ui.said)
+    ui.generate.click(handler(start_candidates, ctx), [ui.dataset, *ui.generation], ui.said)
+    gr.Timer(2.0).tick(handler(job_status, ctx), [ui.dataset, ui.model], ui.job, show_progress="hidden")
+    ui.job.change(lambda text, *c: show_filter(ctx, *c) if text and "succeeded" in text else (gr.update(),) * 6,
+                  [ui.job] + controls, outputs)
+    ui.save.click(handler(save_dataset, ctx), [ui.into] + controls, [ui.saved, ui.dataset])
+    app.load(shown, controls, outputs)
+    tab.select(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset)
+    app.load(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset)
 
-    def start(dataset_name, model_name, batch):
-        try:
-            run_id = service.start_perplexity(runner, dataset_name, model=model_name, batch_size=int(batch or 8))
-        except StudioError as e:  # every error a user can act on, said as a sentence
-            return f"**{e}**"
-        return f"Run {run_id} started: scoring '{dataset_name}' under '{model_name}'."
 
-    def start_candidates(dataset_name, model_name, n, temperature, tokens, engine):
-        if not dataset_name:
-            return "**Pick a dataset of prompts first (import one in the Data tab).**"
-        if None in (n, temperature, tokens):
-            return "**Give every generation setting a number.**"
-        try:
-            run_id = service.start_generation(runner, dataset_name, model=(model_name or "").strip() or "default",
-                                           n=int(n), temperature=float(temperature), max_new_tokens=int(tokens),
-                                           engine=engine or "auto")
-        except StudioError as e:  # a bad setting, a dataset without prompts, the same job running
-            return f"**{e}**"
-        return f"Run {run_id} started: {int(n)} answers to each prompt of '{dataset_name}'."
-
-    def job_status(dataset_name, model_name):
-        # the newest scoring run under this model, or candidate generation, whichever is newer
-        r = latest_candidate_job(store, model_name)
-        if r is None:
-            return gr.update()
-        latest = latest_metrics(store, r["id"]) if r["status"] == "running" else {}
-        progress = f" {latest['progress']:.0%}" if "progress" in latest else ""
-        eta = f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""
-        what = "generating candidates" if r["kind"] == "generate" else f"perplexity, {ENGINE}"
-        return f"Run {r['id']} ({what}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
-
-    def save_dataset(name, *controls):
-        if not name or not name.strip():
-            return "**Give the new dataset a name.**", gr.update()
-        try:
-            summary = save_filtered(store, plan(*controls), name.strip())
-        except StudioError as e:  # no pairs kept, a taken or unusable name
-            return f"**{e}**", gr.update()
-        return f"Saved: {summary}.", gr.update(choices=dataset_names(store))
-
-    controls = [dataset, model, rule, share, max_ppl, per_prompt]
-    outputs = [counts, plots, before, after, plausible, implausible]
-    for control in (dataset, rule, per_prompt):
-        control.change(preview, controls, outputs)
-    share.release(preview, controls, outputs)
-    max_ppl.submit(preview, controls, outputs)
-    model.submit(preview, controls, outputs)
-    rule.change(lambda r: (gr.update(visible=r == RULES[0]), gr.update(visible=r == RULES[1])), rule, [share, max_ppl])
-    score.click(start, [dataset, model, batch_size], said)
-    generate.click(start_candidates, [dataset, gen_model, gen_n, gen_temperature, gen_tokens, gen_engine], said)
-    timer = gr.Timer(2.0)
-    timer.tick(job_status, [dataset, model], job, show_progress="hidden")
-    job.change(lambda text, *c: preview(*c) if text and "succeeded" in text else (gr.update(),) * len(outputs),
-               [job] + controls, outputs)
-    save.click(save_dataset, [into] + controls, [saved, dataset])
-    app.load(preview, controls, outputs)
-    tab.select(lambda: gr.update(choices=dataset_names(store)), outputs=dataset)
-    app.load(lambda: gr.update(choices=dataset_names(store)), outputs=dataset)
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+    ui = SimpleNamespace()
+    job_panel(ctx, ui)
+    filter_panel(ctx, ui)
+    wire(ctx, app, tab, ui)

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import random
 import time
+from types import SimpleNamespace
 
 import gradio as gr
 
-from pipelines.chat import ChatModels, Sampling
+from pipelines.chat import Sampling
 from store import Store
 from store.arena import ARENA_DATASET, MIN_BATTLES_TO_RANK, leaderboard, record_vote
 from store.labelling import LabelError
 from store.queries import dataset_names, random_prompt
-from studio.rendering import Slider, as_chat
 from studio import judging
-from studio.runner import Runner
+from studio.context import Context, handler
+from studio.rendering import Slider, as_chat
 
 VOTE_BUTTONS = [("Left is better", "vote-left", "left"), ("Right is better", "vote-right", "right"),
                 ("Tie", "vote-tie", "tie"), ("Both bad", "vote-both-bad", "both-bad")]
@@ -75,148 +76,181 @@ def model_note(models: list[str]) -> str:
     return ONLY_ONE_MODEL.format(name=models[0]) if len(models) == 1 else ""
 
 
-def build(tab: gr.Tab, store: Store, runner: Runner, chat_models: ChatModels) -> None:
-    models = list(judging.gguf_models(runner.store))
+# --- handlers ------------------------------------------------------------------------------------
+
+def reset(ctx: Context, a, b, is_blind):
+    conversation = new_conversation(a, b, is_blind) if a and b else None
+    return (conversation, *chatbots(conversation, [], []),
+            "Blind arena: the sides are shuffled and the names hidden." if is_blind else "")
+
+
+def pick_prompt(ctx: Context, a, b, is_blind, dataset):
+    messages = random_prompt(ctx.store, dataset)
+    if messages is None:
+        return gr.update(), gr.update(), gr.update(), gr.update(), "**Pick a dataset that has prompts.**"
+    conversation = new_conversation(a, b, is_blind, history=messages[:-1])
+    shown = as_chat(messages[:-1])
+    return conversation, *chatbots(conversation, shown, shown), messages[-1]["content"], ""
+
+
+def refused(message: str):
+    """Nothing on the screen changes but the status line (the conversation stays)."""
+    return gr.update(), gr.update(), gr.update(), gr.update(), f"**{message}**"
+
+
+def chat_refusal(text, a, b, tokens, conversation, available) -> str | None:
+    if not text or not text.strip():
+        return "Type a message first."
+    if not a or not b:
+        return "Pick two models (export one in the Export tab)."
+    for name in (conversation["left"], conversation["right"]):
+        if name not in available:
+            return f"Model '{name}' is not available (its GGUF file is gone?); pick another."
+    if tokens is not None and tokens < 1:
+        return "Max answer tokens must be at least 1."
+    return None
+
+
+def chat(ctx: Context, text, a, b, is_blind, temp, p, tokens, sample_seed, conversation):
+    """Both models answer the message, streamed side by side."""
+    available = judging.gguf_models(ctx.store)
+    if a and b and (conversation is None or conversation["voted"]):
+        conversation = new_conversation(a, b, is_blind, history=None)
+    refusal = chat_refusal(text, a, b, tokens, conversation or {"left": a, "right": b}, available)
+    if refusal:
+        yield refused(refusal)
+        return
+    sampling = Sampling(float(temp), float(p), int(tokens or 256), int(sample_seed or 0))
+    sides = conversation["sides"]
+    for messages in sides:
+        messages.append({"role": "user", "content": text.strip()})
+    if conversation["prompt_turns"] is None:
+        conversation["prompt_turns"] = len(sides[0])
+    answers = ["", ""]
+    streams = [ctx.chat_models.stream(available[conversation[name]], sides[i], sampling, slot=i)
+               for i, name in enumerate(("left", "right"))]
+
+    def shown():
+        return [as_chat(sides[i] + [{"role": "assistant", "content": answers[i] or "…"}]) for i in (0, 1)]
+
+    yield conversation, *chatbots(conversation, *shown()), "", "Both models are answering…"
+    last = time.monotonic()
+    for side, piece in side_by_side(*streams):
+        answers[side] += piece
+        if time.monotonic() - last >= STREAM_EVERY_S:
+            last = time.monotonic()
+            yield conversation, *chatbots(conversation, *shown()), "", "Both models are answering…"
+    for i in (0, 1):
+        sides[i].append({"role": "assistant", "content": answers[i]})
+    yield (conversation, *chatbots(conversation, as_chat(sides[0]), as_chat(sides[1])), "",
+           "Vote below, or send another message to continue both conversations.")
+
+
+def vote(ctx: Context, answer, name, conversation):
+    def unchanged(message: str):  # the conversation stays on the screen
+        return conversation, gr.update(), gr.update(), gr.update(), f"**{message}**"
+
+    if conversation is None or conversation["prompt_turns"] is None:
+        return unchanged("Send a message first: a vote judges two answers.")
+    if conversation["voted"]:
+        return unchanged("This conversation has its vote; send a new message to start the next one.")
+    turns = conversation["prompt_turns"]
+    left_side, right_side = conversation["sides"]
+    try:
+        record_vote(ctx.store, left_side[:turns], (conversation["left"], left_side[turns:]),
+                    (conversation["right"], right_side[turns:]), answer, name)
+    except (LabelError, ValueError) as e:
+        return unchanged(str(e))
+    conversation["voted"] = True
+    words = {"left": f"{conversation['left']} (left) is better", "right": f"{conversation['right']} (right) is better",
+             "tie": "a tie", "both-bad": "both bad"}[answer]
+    return (conversation, *chatbots(conversation), leaderboard_rows(ctx.store),
+            f"Vote stored: {words}. Left was **{conversation['left']}**, right was **{conversation['right']}**. "
+            "Send a new message for the next battle.")
+
+
+def refresh(ctx: Context, a, b):
+    choices = list(judging.gguf_models(ctx.store))
+    a = a if a in choices else (choices[0] if choices else None)
+    b = b if b in choices else next((m for m in choices if m != a), a)
+    return (gr.update(choices=choices, value=a), gr.update(choices=choices, value=b),
+            gr.update(choices=dataset_names(ctx.store)), leaderboard_rows(ctx.store), model_note(choices))
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+def conversation_panel(ctx: Context, ui: SimpleNamespace) -> None:
+    """The two models, their sampling, and the two conversations."""
+    models = list(judging.gguf_models(ctx.store))
     gr.Markdown("Two models answer the same messages with the same sampling, from llama.cpp. In the **blind "
                 "arena** the sides are shuffled and the names hidden until you vote; each vote is stored as a "
                 f"labelled pair in the dataset `{ARENA_DATASET}`, ready for the next reward model or DPO run.")
     with gr.Row(equal_height=True):
-        model_a = gr.Dropdown(models, value=models[0] if models else None, label="Model A", elem_id="compare-model-a")
+        ui.model_a = gr.Dropdown(models, value=models[0] if models else None, label="Model A",
+                                 elem_id="compare-model-a")
         # two different models by default: the first two listed (the newest export and the next)
-        model_b = gr.Dropdown(models, value=models[1] if len(models) > 1 else (models[0] if models else None),
-                              label="Model B", elem_id="compare-model-b")
-        blind = gr.Checkbox(False, label="Blind arena", info="shuffle the sides, hide the names until the vote",
-                            elem_id="compare-blind")
+        ui.model_b = gr.Dropdown(models, value=models[1] if len(models) > 1 else (models[0] if models else None),
+                                 label="Model B", elem_id="compare-model-b")
+        ui.blind = gr.Checkbox(False, label="Blind arena", info="shuffle the sides, hide the names until the vote",
+                               elem_id="compare-blind")
     with gr.Accordion("Sampling (the same for both)", open=False):
         with gr.Row():
-            temperature = Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature")
-            top_p = Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
-            max_tokens = gr.Number(256, label="Max answer tokens", precision=0)
-            seed = gr.Number(0, label="Seed", precision=0)
+            ui.sampling = [Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature"),
+                           Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p"),
+                           gr.Number(256, label="Max answer tokens", precision=0),
+                           gr.Number(0, label="Seed", precision=0)]
     with gr.Row(equal_height=True):
-        left = gr.Chatbot(label="Left", height=420, elem_id="compare-left", buttons=["copy"])
-        right = gr.Chatbot(label="Right", height=420, elem_id="compare-right", buttons=["copy"])
+        ui.left = gr.Chatbot(label="Left", height=420, elem_id="compare-left", buttons=["copy"])
+        ui.right = gr.Chatbot(label="Right", height=420, elem_id="compare-right", buttons=["copy"])
     with gr.Row(equal_height=True):
-        message = gr.Textbox(placeholder="Type a message for both models, or pick a prompt from a dataset",
-                             show_label=False, scale=5, elem_id="compare-input")
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
-        new = gr.Button("New conversation", scale=1, elem_id="compare-new")
+        ui.message = gr.Textbox(placeholder="Type a message for both models, or pick a prompt from a dataset",
+                                show_label=False, scale=5, elem_id="compare-input")
+        ui.send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
+        ui.new = gr.Button("New conversation", scale=1, elem_id="compare-new")
+    ui.models = models
+
+
+def vote_panel(ctx: Context, ui: SimpleNamespace) -> None:
+    """Prompts from a dataset, the vote buttons and the leaderboard."""
     with gr.Row():
-        datasets = dataset_names(store)
-        prompts_from = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Prompts from", scale=3)
+        datasets = dataset_names(ctx.store)
+        ui.prompts_from = gr.Dropdown(datasets, value=datasets[0] if datasets else None, label="Prompts from",
+                                      scale=3)
         with gr.Column(scale=1):
-            pick = gr.Button("Random prompt from the dataset", size="sm")
-        annotator = gr.Textbox("arena", label="Your name (votes are labels)", scale=2, elem_id="vote-annotator")
+            ui.pick = gr.Button("Random prompt from the dataset", size="sm")
+        ui.annotator = gr.Textbox("arena", label="Your name (votes are labels)", scale=2, elem_id="vote-annotator")
     with gr.Row():
-        votes = [gr.Button(text, elem_id=elem_id, scale=1, size="md") for text, elem_id, _ in VOTE_BUTTONS]
-    status = gr.Markdown(model_note(models), elem_id="compare-status")
+        ui.votes = [gr.Button(text, elem_id=elem_id, scale=1, size="md") for text, elem_id, _ in VOTE_BUTTONS]
+    ui.status = gr.Markdown(model_note(ui.models), elem_id="compare-status")
     with gr.Accordion("Leaderboard", open=True):
         gr.Markdown("Every labelled comparison of two models counts: arena votes and labels given in the Label "
                     "tab on compared pairs. Ratings are a Bradley-Terry fit on the Elo scale (1000 = average, "
                     "+200 = wins about 3 of 4 against it) with a 95% bootstrap interval: two models whose "
                     "intervals overlap are not clearly ranked. Ties and 'both bad' count half a win; online "
                     "Elo (which depends on the order of the votes) is kept for reference.")
-        board = gr.Dataframe(leaderboard_rows(store), headers=LEADERBOARD_COLUMNS, interactive=False,
-                             elem_id="leaderboard")
-    state = gr.State(None)
+        ui.board = gr.Dataframe(leaderboard_rows(ctx.store), headers=LEADERBOARD_COLUMNS, interactive=False,
+                                elem_id="leaderboard")
+    ui.state = gr.State(None)
 
-    def reset(a, b, is_blind):
-        conversation = new_conversation(a, b, is_blind) if a and b else None
-        return (conversation, *chatbots(conversation, [], []),
-                "Blind arena: the sides are shuffled and the names hidden." if is_blind else "")
 
-    def pick_prompt(a, b, is_blind, dataset):
-        messages = random_prompt(store, dataset)
-        if messages is None:
-            return gr.update(), gr.update(), gr.update(), gr.update(), "**Pick a dataset that has prompts.**"
-        conversation = new_conversation(a, b, is_blind, history=messages[:-1])
-        shown = as_chat(messages[:-1])
-        return conversation, *chatbots(conversation, shown, shown), messages[-1]["content"], ""
+def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    chat_inputs = [ui.message, ui.model_a, ui.model_b, ui.blind, *ui.sampling, ui.state]
+    chat_outputs = [ui.state, ui.left, ui.right, ui.message, ui.status]
+    ui.send.click(handler(chat, ctx), chat_inputs, chat_outputs)
+    ui.message.submit(handler(chat, ctx), chat_inputs, chat_outputs)
+    for trigger in (ui.new.click, ui.model_a.change, ui.model_b.change, ui.blind.change):
+        trigger(handler(reset, ctx), [ui.model_a, ui.model_b, ui.blind], [ui.state, ui.left, ui.right, ui.status])
+    ui.pick.click(handler(pick_prompt, ctx), [ui.model_a, ui.model_b, ui.blind, ui.prompts_from],
+                  [ui.state, ui.left, ui.right, ui.message, ui.status])
+    for button, (_, _, answer) in zip(ui.votes, VOTE_BUTTONS):
+        button.click(handler(vote, ctx, answer), [ui.annotator, ui.state],
+                     [ui.state, ui.left, ui.right, ui.board, ui.status])
+    tab.select(handler(refresh, ctx), [ui.model_a, ui.model_b],
+               [ui.model_a, ui.model_b, ui.prompts_from, ui.board, ui.status])
 
-    def refused(message: str):
-        """Nothing on the screen changes but the status line (the conversation stays)."""
-        return gr.update(), gr.update(), gr.update(), gr.update(), f"**{message}**"
 
-    def chat(text, a, b, is_blind, temp, p, tokens, sample_seed, conversation):
-        available = judging.gguf_models(runner.store)
-        if not text or not text.strip():
-            yield refused("Type a message first.")
-            return
-        if not a or not b:
-            yield refused("Pick two models (export one in the Export tab).")
-            return
-        if conversation is None or conversation["voted"]:
-            conversation = new_conversation(a, b, is_blind, history=None)
-        for name in (conversation["left"], conversation["right"]):
-            if name not in available:
-                yield refused(f"Model '{name}' is not available (its GGUF file is gone?); pick another.")
-                return
-        if tokens is not None and tokens < 1:
-            yield refused("Max answer tokens must be at least 1.")
-            return
-        sampling = Sampling(float(temp), float(p), int(tokens or 256), int(sample_seed or 0))
-        sides = conversation["sides"]
-        for messages in sides:
-            messages.append({"role": "user", "content": text.strip()})
-        if conversation["prompt_turns"] is None:
-            conversation["prompt_turns"] = len(sides[0])
-        answers = ["", ""]
-        streams = [chat_models.stream(available[conversation[name]], sides[i], sampling, slot=i)
-                   for i, name in enumerate(("left", "right"))]
-
-        def shown():
-            return [as_chat(sides[i] + [{"role": "assistant", "content": answers[i] or "…"}]) for i in (0, 1)]
-
-        yield conversation, *chatbots(conversation, *shown()), "", "Both models are answering…"
-        last = time.monotonic()
-        for side, piece in side_by_side(*streams):
-            answers[side] += piece
-            if time.monotonic() - last >= STREAM_EVERY_S:
-                last = time.monotonic()
-                yield conversation, *chatbots(conversation, *shown()), "", "Both models are answering…"
-        for i in (0, 1):
-            sides[i].append({"role": "assistant", "content": answers[i]})
-        yield (conversation, *chatbots(conversation, as_chat(sides[0]), as_chat(sides[1])), "",
-               "Vote below, or send another message to continue both conversations.")
-
-    def vote(answer, name, conversation):
-        def unchanged(message: str):  # the conversation stays on the screen
-            return conversation, gr.update(), gr.update(), gr.update(), f"**{message}**"
-
-        if conversation is None or conversation["prompt_turns"] is None:
-            return unchanged("Send a message first: a vote judges two answers.")
-        if conversation["voted"]:
-            return unchanged("This conversation has its vote; send a new message to start the next one.")
-        turns = conversation["prompt_turns"]
-        left_side, right_side = conversation["sides"]
-        try:
-            record_vote(store, left_side[:turns], (conversation["left"], left_side[turns:]),
-                        (conversation["right"], right_side[turns:]), answer, name)
-        except (LabelError, ValueError) as e:
-            return unchanged(str(e))
-        conversation["voted"] = True
-        words = {"left": f"{conversation['left']} (left) is better", "right": f"{conversation['right']} (right) is better",
-                 "tie": "a tie", "both-bad": "both bad"}[answer]
-        return (conversation, *chatbots(conversation), leaderboard_rows(store),
-                f"Vote stored: {words}. Left was **{conversation['left']}**, right was **{conversation['right']}**. "
-                "Send a new message for the next battle.")
-
-    sampling_inputs = [temperature, top_p, max_tokens, seed]
-    chat_outputs = [state, left, right, message, status]
-    send.click(chat, [message, model_a, model_b, blind, *sampling_inputs, state], chat_outputs)
-    message.submit(chat, [message, model_a, model_b, blind, *sampling_inputs, state], chat_outputs)
-    for trigger in (new.click, model_a.change, model_b.change, blind.change):
-        trigger(reset, [model_a, model_b, blind], [state, left, right, status])
-    pick.click(pick_prompt, [model_a, model_b, blind, prompts_from], [state, left, right, message, status])
-    for button, (_, _, answer) in zip(votes, VOTE_BUTTONS):
-        button.click(lambda name, conversation, answer=answer: vote(answer, name, conversation),
-                     [annotator, state], [state, left, right, board, status])
-
-    def refresh(a, b):
-        choices = list(judging.gguf_models(runner.store))
-        a = a if a in choices else (choices[0] if choices else None)
-        b = b if b in choices else next((m for m in choices if m != a), a)
-        return (gr.update(choices=choices, value=a), gr.update(choices=choices, value=b),
-                gr.update(choices=dataset_names(store)), leaderboard_rows(store), model_note(choices))
-
-    tab.select(refresh, [model_a, model_b], [model_a, model_b, prompts_from, board, status])
+def build(ctx: Context, tab: gr.Tab) -> None:
+    ui = SimpleNamespace()
+    conversation_panel(ctx, ui)
+    vote_panel(ctx, ui)
+    wire(ctx, tab, ui)

@@ -7,14 +7,24 @@ import hashlib
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
 from common.errors import StudioError
 from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
-from store.pairs import (PAGE_SIZE, CurationError, copy_pairs, count_pairs, find_pairs, find_prompts, get_pair,
-                         remove_pairs)
+from store.pairs import (
+    PAGE_SIZE,
+    CurationError,
+    copy_pairs,
+    count_pairs,
+    find_pairs,
+    find_prompts,
+    get_pair,
+    remove_pairs,
+)
 from store.queries import dataset_names
+from studio.context import Context, handler
 from studio.rendering import SIDES_EXPLAINED, VERDICT_WORDS, as_chat, as_markdown, preview
 from studio.workspace import Workspace
 
@@ -73,7 +83,9 @@ def pairs_page(store: Store, dataset: str | None, search: str, page: int) -> tup
     if not total:
         line = f"No pairs{matching} in '{dataset}'."
     else:
-        line = f"Pairs {first + 1:,}–{first + len(rows):,} of {total:,}{matching} in '{dataset}' (page {page} of {pages})."
+        line = (
+            f"Pairs {first + 1:,}–{first + len(rows):,} of {total:,}{matching} in '{dataset}' (page {page} of {pages})."
+        )
     return table, [r["id"] for r in rows], line, page
 
 
@@ -117,121 +129,142 @@ def export_path(workspace: Workspace, dataset: str, fmt: str, suffix: str) -> Pa
         safe += "-" + hashlib.sha256(dataset.encode()).hexdigest()[:8]
     return workspace.exports_dir / f"{safe}-{fmt}{suffix if suffix in ('.jsonl', '.parquet') else '.jsonl'}"
 
-def build(app: gr.Blocks, tab: gr.Tab, store: Store, workspace: Workspace) -> None:
-    names = dataset_names(store)
+# --- handlers ------------------------------------------------------------------------------------
+
+def show(ctx: Context, dataset_name, search_text, page_number):
+    """A page of the dataset's pairs matching the search: the table, its pair ids, the line above it,
+    the page shown, and the open pair closed."""
+    rows, pair_ids, line, page_shown = pairs_page(ctx.store, dataset_name, search_text or "", page_number)
+    return rows, pair_ids, line, page_shown, gr.update(visible=False), None
+
+
+def pick(ctx: Context, pair_ids, event: gr.SelectData):
+    """Open the pair of the clicked row."""
+    row = event.index[0]
+    if row >= len(pair_ids):
+        return gr.update(), None, gr.update(), gr.update(), gr.update(), gr.update()
+    chat, meta_text, first_text, second_text = pair_details(ctx.store, pair_ids[row])
+    return gr.update(visible=True), pair_ids[row], chat, meta_text, first_text, second_text
+
+
+def run_import(ctx: Context, path, name, skip):
+    message = import_upload(ctx.store, path, name, skip)
+    choices = dataset_names(ctx.store)
+    written = not message.startswith("**")
+    picked = (name or "").strip() or (Path(path).name.split(".")[0] if path else None)
+    picked_update = gr.update(choices=choices, value=picked) if written and picked in choices \
+        else gr.update(choices=choices)
+    # A file imported is taken off the upload control, so that a second click cannot import it again.
+    return message, picked_update, None if written else gr.update()
+
+
+def curate(ctx: Context, action, dataset_name, scope_name, target_name, search_text, pair_id):
+    whole_search = scope_name == SCOPES[1]
+    if not whole_search and not pair_id:
+        return "**Open a pair first (click its row), or choose all pairs matching the search.**", gr.update()
+    pair_ids = None if whole_search else [pair_id]
+    search_text = (search_text or "") if whole_search else ""
+    try:
+        if action == "remove":
+            n = remove_pairs(ctx.store, dataset_name, pair_ids, search_text)
+            message = f"Removed {n:,} pairs from '{dataset_name}' (they stay in the store and in other datasets)."
+        else:
+            n = copy_pairs(ctx.store, dataset_name, target_name, pair_ids, search_text, move=action == "move")
+            verb = "Moved" if action == "move" else "Copied"
+            message = f"{verb} {n:,} pairs from '{dataset_name}' to '{target_name.strip()}'."
+    except StudioError as e:  # nothing selected, a taken or unusable name
+        return f"**{e}**", gr.update()
+    return message, gr.update(choices=dataset_names(ctx.store))
+
+
+def run_export(ctx: Context, dataset_name, fmt_name, suffix_name):
+    if not dataset_name:
+        return "**Pick a dataset.**", gr.update(visible=False)
+    out = export_path(ctx.workspace, dataset_name, fmt_name, suffix_name)
+    try:
+        report = export_pairs(ctx.store, out, dataset_name, fmt_name)
+    except ExportError as e:
+        return f"**{e}**", gr.update(visible=False)
+    return report.summary().replace(str(out), out.name) + ".", gr.update(value=str(out), visible=True)
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+def browse_panel(ctx: Context, ui: SimpleNamespace) -> None:
+    """Import a file; a dataset's pairs, searched and paged; the pair opened."""
+    names = dataset_names(ctx.store)
     with gr.Row(equal_height=True):
-        upload = gr.File(label="Import a file", file_types=UPLOAD_TYPES, type="filepath", scale=2, height=120,
-                         elem_id="import-file")
+        ui.upload = gr.File(label="Import a file", file_types=UPLOAD_TYPES, type="filepath", scale=2, height=120,
+                            elem_id="import-file")
         with gr.Column(scale=1):
-            new_name = gr.Textbox(label="Into dataset", placeholder="default: the file's name")
-            skip_bad = gr.Checkbox(False, label="Skip bad rows", info="import the good rows, list the bad")
-            do_import = gr.Button("Import", variant="primary")
-    import_result = gr.Markdown(elem_id="import-result")
-
+            ui.new_name = gr.Textbox(label="Into dataset", placeholder="default: the file's name")
+            ui.skip_bad = gr.Checkbox(False, label="Skip bad rows", info="import the good rows, list the bad")
+            ui.do_import = gr.Button("Import", variant="primary")
+    ui.import_result = gr.Markdown(elem_id="import-result")
     with gr.Row():
-        dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", scale=2)
-        search = gr.Textbox(label="Search", placeholder="words in a prompt or a response, or a pair id; Enter",
-                            scale=3)
-        page = gr.Number(1, label="Page", precision=0, scale=1)  # any number: the list clamps it
+        ui.dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", scale=2)
+        ui.search = gr.Textbox(label="Search", placeholder="words in a prompt or a response, or a pair id; Enter",
+                               scale=3)
+        ui.page = gr.Number(1, label="Page", precision=0, scale=1)  # any number: the list clamps it
         with gr.Column(scale=1, min_width=120):
-            previous = gr.Button("◀ Previous", size="sm")
-            following = gr.Button("Next ▶", size="sm")
-    shown = gr.Markdown(elem_id="pairs-shown")
+            ui.previous = gr.Button("◀ Previous", size="sm")
+            ui.following = gr.Button("Next ▶", size="sm")
+    ui.shown = gr.Markdown(elem_id="pairs-shown")
     gr.Markdown(SIDES_EXPLAINED)
-    table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, wrap=True, max_height=460, elem_id="pairs-table",
-                         column_widths=["5%", "29%", "26%", "26%", "8%", "6%"])
-    ids = gr.State([])
-    selected = gr.State(None)
-
-    with gr.Group(visible=False) as details:
-        meta = gr.Markdown(elem_id="pair-meta")
-        prompt = gr.Chatbot(label="Prompt", height=320, elem_id="pair-prompt", buttons=["copy_all"])
+    ui.table = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, wrap=True, max_height=460,
+                            elem_id="pairs-table", column_widths=["5%", "29%", "26%", "26%", "8%", "6%"])
+    ui.ids = gr.State([])
+    ui.selected = gr.State(None)
+    with gr.Group(visible=False) as ui.details:
+        ui.meta = gr.Markdown(elem_id="pair-meta")
+        ui.prompt = gr.Chatbot(label="Prompt", height=320, elem_id="pair-prompt", buttons=["copy_all"])
         with gr.Row():
-            first = gr.Markdown(elem_id="pair-first", container=True)
-            second = gr.Markdown(elem_id="pair-second", container=True)
+            ui.first = gr.Markdown(elem_id="pair-first", container=True)
+            ui.second = gr.Markdown(elem_id="pair-second", container=True)
 
+
+def curation_panels(ctx: Context, ui: SimpleNamespace) -> None:
     with gr.Accordion("Copy, move or remove pairs", open=False):
         with gr.Row(equal_height=True):
-            scope = gr.Radio(list(SCOPES), value=SCOPES[0], label="Which pairs", scale=2)
-            target = gr.Textbox(label="Target dataset", placeholder="existing or new name", scale=2)
-            copy = gr.Button("Copy", scale=1)
-            move = gr.Button("Move", scale=1)
-            remove = gr.Button("Remove from this dataset", variant="stop", scale=1)
-        curated = gr.Markdown()
-
+            ui.scope = gr.Radio(list(SCOPES), value=SCOPES[0], label="Which pairs", scale=2)
+            ui.target = gr.Textbox(label="Target dataset", placeholder="existing or new name", scale=2)
+            ui.copy = gr.Button("Copy", scale=1)
+            ui.move = gr.Button("Move", scale=1)
+            ui.remove = gr.Button("Remove from this dataset", variant="stop", scale=1)
+        ui.curated = gr.Markdown()
     with gr.Accordion("Export this dataset", open=False):
         with gr.Row(equal_height=True):
-            fmt = gr.Dropdown(list(EXPORT_FORMATS), value=EXPORT_FORMATS[0], label="Format",
-                              info="conversational: message lists; trl: plain text")
-            suffix = gr.Radio([".jsonl", ".parquet"], value=".jsonl", label="File type")
-            do_export = gr.Button("Export")
-        exported = gr.Markdown()
-        download = gr.File(label="Download", visible=False)
+            ui.fmt = gr.Dropdown(list(EXPORT_FORMATS), value=EXPORT_FORMATS[0], label="Format",
+                                 info="conversational: message lists; trl: plain text")
+            ui.suffix = gr.Radio([".jsonl", ".parquet"], value=".jsonl", label="File type")
+            ui.do_export = gr.Button("Export")
+        ui.exported = gr.Markdown()
+        ui.download = gr.File(label="Download", visible=False)
 
-    def show(dataset_name, search_text, page_number):
-        rows, pair_ids, line, page_shown = pairs_page(store, dataset_name, search_text or "", page_number)
-        return rows, pair_ids, line, page_shown, gr.update(visible=False), None
 
-    def pick(pair_ids, event: gr.SelectData):
-        row = event.index[0]
-        if row >= len(pair_ids):
-            return gr.update(), None, gr.update(), gr.update(), gr.update(), gr.update()
-        chat, meta_text, first_text, second_text = pair_details(store, pair_ids[row])
-        return gr.update(visible=True), pair_ids[row], chat, meta_text, first_text, second_text
-
-    def run_import(path, name, skip):
-        message = import_upload(store, path, name, skip)
-        choices = dataset_names(store)
-        written = not message.startswith("**")
-        picked = (name or "").strip() or (Path(path).name.split(".")[0] if path else None)
-        picked_update = gr.update(choices=choices, value=picked) if written and picked in choices \
-            else gr.update(choices=choices)
-        # A file imported is taken off the upload control, so that a second click cannot import it again.
-        return message, picked_update, None if written else gr.update()
-
-    def curate(action, dataset_name, scope_name, target_name, search_text, pair_id):
-        whole_search = scope_name == SCOPES[1]
-        if not whole_search and not pair_id:
-            return "**Open a pair first (click its row), or choose all pairs matching the search.**", gr.update()
-        pair_ids = None if whole_search else [pair_id]
-        search_text = (search_text or "") if whole_search else ""
-        try:
-            if action == "remove":
-                n = remove_pairs(store, dataset_name, pair_ids, search_text)
-                message = f"Removed {n:,} pairs from '{dataset_name}' (they stay in the store and in other datasets)."
-            else:
-                n = copy_pairs(store, dataset_name, target_name, pair_ids, search_text, move=action == "move")
-                verb = "Moved" if action == "move" else "Copied"
-                message = f"{verb} {n:,} pairs from '{dataset_name}' to '{target_name.strip()}'."
-        except StudioError as e:  # nothing selected, a taken or unusable name
-            return f"**{e}**", gr.update()
-        return message, gr.update(choices=dataset_names(store))
-
-    def run_export(dataset_name, fmt_name, suffix_name):
-        if not dataset_name:
-            return "**Pick a dataset.**", gr.update(visible=False)
-        out = export_path(workspace, dataset_name, fmt_name, suffix_name)
-        try:
-            report = export_pairs(store, out, dataset_name, fmt_name)
-        except ExportError as e:
-            return f"**{e}**", gr.update(visible=False)
-        return report.summary().replace(str(out), out.name) + ".", gr.update(value=str(out), visible=True)
-
-    listing = [table, ids, shown, page, details, selected]
-    do_import.click(run_import, [upload, new_name, skip_bad], [import_result, dataset, upload]).then(
-        show, [dataset, search, page], listing)
-    dataset.change(lambda d: show(d, "", 1), dataset, listing).then(lambda: "", outputs=search)
-    search.submit(lambda d, s: show(d, s, 1), [dataset, search], listing)
-    page.submit(show, [dataset, search, page], listing)
-    previous.click(lambda d, s, p: show(d, s, (p or 1) - 1), [dataset, search, page], listing)
-    following.click(lambda d, s, p: show(d, s, (p or 1) + 1), [dataset, search, page], listing)
-    table.select(pick, ids, [details, selected, prompt, meta, first, second])
-    for action, button in (("copy", copy), ("move", move), ("remove", remove)):
-        button.click(lambda *a, action=action: curate(action, *a),
-                     [dataset, scope, target, search, selected], [curated, dataset]).then(
-            show, [dataset, search, page], listing)
-    do_export.click(run_export, [dataset, fmt, suffix], [exported, download])
-    app.load(show, [dataset, search, page], listing)
+def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    listing = [ui.table, ui.ids, ui.shown, ui.page, ui.details, ui.selected]
+    where = [ui.dataset, ui.search, ui.page]
+    shown = handler(show, ctx)
+    ui.do_import.click(handler(run_import, ctx), [ui.upload, ui.new_name, ui.skip_bad],
+                       [ui.import_result, ui.dataset, ui.upload]).then(shown, where, listing)
+    ui.dataset.change(lambda d: show(ctx, d, "", 1), ui.dataset, listing).then(lambda: "", outputs=ui.search)
+    ui.search.submit(lambda d, s: show(ctx, d, s, 1), [ui.dataset, ui.search], listing)
+    ui.page.submit(shown, where, listing)
+    ui.previous.click(lambda d, s, p: show(ctx, d, s, (p or 1) - 1), where, listing)
+    ui.following.click(lambda d, s, p: show(ctx, d, s, (p or 1) + 1), where, listing)
+    ui.table.select(handler(pick, ctx), ui.ids, [ui.details, ui.selected, ui.prompt, ui.meta, ui.first, ui.second])
+    for action, button in (("copy", ui.copy), ("move", ui.move), ("remove", ui.remove)):
+        button.click(handler(curate, ctx, action), [ui.dataset, ui.scope, ui.target, ui.search, ui.selected],
+                     [ui.curated, ui.dataset]).then(shown, where, listing)
+    ui.do_export.click(handler(run_export, ctx), [ui.dataset, ui.fmt, ui.suffix], [ui.exported, ui.download])
+    app.load(shown, where, listing)
     # Opening the tab shows datasets and labels made elsewhere since.
-    tab.select(lambda: gr.update(choices=dataset_names(store)), outputs=dataset).then(
-        show, [dataset, search, page], listing)
+    tab.select(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset).then(shown, where, listing)
+
+
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+    ui = SimpleNamespace()
+    browse_panel(ctx, ui)
+    curation_panels(ctx, ui)
+    wire(ctx, app, tab, ui)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 from pipelines.judges import heuristic_verdict
 from pipelines.settings import setting

@@ -15,8 +15,8 @@ from store import Store
 from store.models import names_by_path, policy_adapters
 from store.queries import latest_metrics, run_row, runs_of_kinds
 from studio import service
+from studio.context import Context, handler
 from studio.service import POLICY_METHODS
-from studio.runner import Runner
 
 FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
                 "answer to the check prompt", "file"]
@@ -69,7 +69,20 @@ def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]
     return line, rows, "Use them in Ollama:\n\n```\n" + "\n".join(commands) + "\n```"
 
 
-def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
+def start_export(ctx: Context, name, chosen):
+    if not name:
+        return "**Pick a model to export.**", gr.update()
+    if not chosen:
+        return "**Tick at least one file type.**", gr.update()
+    try:
+        run_id = service.start_export(ctx.runner, model=name, quants=chosen)
+    except StudioError as e:  # every error a user can act on, said as a sentence
+        return f"**{e}**", gr.update()
+    return f"Run {run_id} started.", gr.update(choices=export_runs(ctx.store), value=run_id)
+
+
+def build(ctx: Context, tab: gr.Tab) -> None:
+    store = ctx.store
     gr.Markdown(EXPLANATION)
     choices = exportable(store)
     with gr.Row(equal_height=True):
@@ -84,18 +97,7 @@ def build(tab: gr.Tab, store: Store, runner: Runner) -> None:
     files = gr.Dataframe(headers=FILE_COLUMNS, interactive=False, wrap=True, elem_id="export-files")
     ollama = gr.Markdown()
 
-    def start_export(name, chosen):
-        if not name:
-            return "**Pick a model to export.**", gr.update()
-        if not chosen:
-            return "**Tick at least one file type.**", gr.update()
-        try:
-            run_id = service.start_export(runner, model=name, quants=chosen)
-        except StudioError as e:  # every error a user can act on, said as a sentence
-            return f"**{e}**", gr.update()
-        return f"Run {run_id} started.", gr.update(choices=export_runs(store), value=run_id)
-
-    start.click(start_export, [model, quants], [said, picked])
+    start.click(handler(start_export, ctx), [model, quants], [said, picked])
     picked.change(lambda r: export_view(store, r), picked, [status, files, ollama])
     gr.Timer(2.0).tick(lambda r: export_view(store, r), picked, [status, files, ollama], show_progress="hidden")
     tab.select(lambda: (gr.update(choices=exportable(store)), gr.update(choices=export_runs(store))),

@@ -15,6 +15,7 @@ from pipelines.judges import HEURISTIC_RULE
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.queries import dataset_summaries, run_summaries, runs_of_kinds
+from studio.context import Context, handler
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
 from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
@@ -105,8 +106,10 @@ class GuidedRun:
             traceback.print_exc()
             self.outcome = f"**Stopped by an internal error** ({type(e).__name__}); the server's log has the details."
         else:
-            self.outcome = (f"**Done in {(time.monotonic() - started) / 60:.1f} minutes.** Open the Compare tab to chat "
-                            f"with the base and the aligned model side by side. {SCALE_UP}")
+            self.outcome = (
+                f"**Done in {(time.monotonic() - started) / 60:.1f} minutes.** Open the Compare tab to chat "
+                f"with the base and the aligned model side by side. {SCALE_UP}"
+            )
 
     def report(self) -> str:
         path = self.workspace.root / REPORT
@@ -118,7 +121,34 @@ class GuidedRun:
         return "\n".join(lines) + ("\n\n*working on the next stage…*" if running else f"\n\n{self.outcome}")
 
 
-def build(store: Store, runner: Runner, workspace: Workspace) -> None:
+def refresh(ctx: Context):
+    return stat_cards(ctx.store), datasets_table(ctx.store), runs_table(ctx.store)
+
+
+def control(ctx: Context, action: str, run):
+    if not run:
+        return "Pick a run first.", gr.update(choices=controllable_runs(ctx.store))
+    try:
+        (ctx.runner.cancel if action == "cancel" else ctx.runner.resume)(int(run))
+    except StudioError as e:  # every error a user can act on, said as a sentence
+        return f"**{e}**", gr.update(choices=controllable_runs(ctx.store))
+    done = 'cancel requested (it saves a checkpoint first)' if action == 'cancel' else 'resumed'
+    return f"Run {int(run)}: {done}.", gr.update(choices=controllable_runs(ctx.store), value=None)
+
+
+def start_guided(ctx: Context, guided: GuidedRun, auto: bool, base, prompts, candidates, max_new_tokens, rm_steps,
+                 dpo_steps):
+    if None in (prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
+        return "**Give every size a number first.**"
+    if min(prompts, max_new_tokens, rm_steps, dpo_steps) < 1 or candidates < 2:
+        return "**Every size must be at least 1, and candidates per prompt at least 2 (to make pairs).**"
+    return guided.start(DemoSettings(base=base.strip() or "default", prompts=int(prompts), candidates=int(candidates),
+                                     max_new_tokens=int(max_new_tokens), rm_steps=int(rm_steps),
+                                     dpo_steps=int(dpo_steps)), auto)
+
+
+def build(ctx: Context) -> None:
+    store, runner, workspace = ctx.store, ctx.runner, ctx.workspace
     gr.Markdown(
         f"Workspace `{html.escape(str(workspace.root))}` &middot; default model: {DEFAULT_DESCRIPTION}.")
     cards = gr.HTML(stat_cards(store))
@@ -151,37 +181,15 @@ def build(store: Store, runner: Runner, workspace: Workspace) -> None:
             guided_dpo_steps = gr.Number(sizes.dpo_steps, label="DPO steps", precision=0,
                                          elem_id="guided-dpo-steps")
         with gr.Row():
-            start_guided = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
-            start_manual = gr.Button("Prepare pairs to label / Go on from my labels", elem_id="guided-manual")
+            unattended = gr.Button("Run the whole loop unattended", variant="primary", elem_id="guided-start")
+            manual = gr.Button("Prepare pairs to label / Go on from my labels", elem_id="guided-manual")
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
-    def refresh():
-        return stat_cards(store), datasets_table(store), runs_table(store)
-
-    def control(action, run):
-        if not run:
-            return "Pick a run first.", gr.update(choices=controllable_runs(store))
-        try:
-            (runner.cancel if action == "cancel" else runner.resume)(int(run))
-        except StudioError as e:  # every error a user can act on, said as a sentence
-            return f"**{e}**", gr.update(choices=controllable_runs(store))
-        done = 'cancel requested (it saves a checkpoint first)' if action == 'cancel' else 'resumed'
-        return f"Run {int(run)}: {done}.", gr.update(choices=controllable_runs(store), value=None)
-
-    gr.Timer(2.0).tick(refresh, outputs=[cards, datasets, runs], show_progress="hidden")
+    gr.Timer(2.0).tick(handler(refresh, ctx), outputs=[cards, datasets, runs], show_progress="hidden")
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
-    def start(base, prompts, candidates, max_new_tokens, rm_steps, dpo_steps, auto=True):
-        if None in (prompts, candidates, max_new_tokens, rm_steps, dpo_steps):
-            return "**Give every size a number first.**"
-        if min(prompts, max_new_tokens, rm_steps, dpo_steps) < 1 or candidates < 2:
-            return "**Every size must be at least 1, and candidates per prompt at least 2 (to make pairs).**"
-        return guided.start(DemoSettings(base=base.strip() or "default", prompts=int(prompts), candidates=int(candidates),
-                                         max_new_tokens=int(max_new_tokens), rm_steps=int(rm_steps),
-                                         dpo_steps=int(dpo_steps)), auto)
-
     sizes_in = [guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps, guided_dpo_steps]
-    start_guided.click(start, inputs=sizes_in, outputs=guided_report)
-    start_manual.click(lambda *sizes: start(*sizes, auto=False), inputs=sizes_in, outputs=guided_report)
-    cancel.click(lambda run: control("cancel", run), inputs=run_id, outputs=[outcome, run_id])
-    resume.click(lambda run: control("resume", run), inputs=run_id, outputs=[outcome, run_id])
+    unattended.click(handler(start_guided, ctx, guided, True), inputs=sizes_in, outputs=guided_report)
+    manual.click(handler(start_guided, ctx, guided, False), inputs=sizes_in, outputs=guided_report)
+    cancel.click(handler(control, ctx, "cancel"), inputs=run_id, outputs=[outcome, run_id])
+    resume.click(handler(control, ctx, "resume"), inputs=run_id, outputs=[outcome, run_id])
     run_id.focus(lambda: gr.update(choices=controllable_runs(store)), outputs=run_id)

@@ -24,8 +24,15 @@ from pipelines.perplexity import ENGINE as PERPLEXITY_ENGINE
 from pipelines.perplexity import PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.runlog import ConfigError, config_from
-from store.runs import (record_adapter, record_compared, record_export, record_generated, record_judge_labels,
-                        record_perplexities, record_rewards)
+from store.runs import (
+    record_adapter,
+    record_compared,
+    record_export,
+    record_generated,
+    record_judge_labels,
+    record_perplexities,
+    record_rewards,
+)
 from studio.methods import METHODS
 
 JUDGE_PREFIX = "judge:"  # AI labels' annotator names: judge:<model file>

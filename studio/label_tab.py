@@ -1,17 +1,22 @@
 """Label tab: one prompt, two responses side by side (order randomised per pair), answered with
-buttons or keys 1-4, S and U. Each answer is committed before the next pair is shown."""
+buttons or keys 1-4, S and U. Each answer is committed before the next pair is shown.
+
+The handlers are module-level functions of the shared context (`studio.context`), tested without
+a browser; `build` and its panels are the layout."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import gradio as gr
 
 from common.errors import StudioError
 from store import Store
-from store.labelling import (LabelError, LabelQueue, ServedPair, judge_disagreements, progress,
-                             reward_disagreements, reward_opinion)
+from store.labelling import LabelError, ServedPair, judge_disagreements, progress, reward_disagreements, reward_opinion
 from store.models import reward_models as reward_model_rows
 from store.queries import dataset_names
 from studio import judging, kinds, service
+from studio.context import Context, handler
 from studio.rendering import as_chat, as_markdown, preview
 
 # Button label, element id (the keyboard script clicks it), answer.
@@ -79,7 +84,9 @@ def pair_note(store: Store, served: ServedPair, show_reward: bool) -> str:
         if opinion is None:
             note += " · no reward model has scored this pair"
         else:
-            left, right = (opinion["second"], opinion["first"]) if served.swapped else (opinion["first"], opinion["second"])
+            left, right = (
+                (opinion["second"], opinion["first"]) if served.swapped else (opinion["first"], opinion["second"])
+            )
             note += (f" · reward model `{opinion['model']}`: left {left:.3f}, right {right:.3f} "
                      f"(prefers {'left' if left > right else 'right'})")
     return note
@@ -117,165 +124,206 @@ def judge_rows(store: Store, dataset: str | None) -> tuple[str, list[list]]:
             [[r["pair_id"], preview(r["prompt"]), f"{r['judge']}: {r['judge_verdict']}", r["people"]] for r in rows])
 
 
-def start_judge_labels(runner, dataset: str | None, judge: str | None) -> str:
+def start_judge_labels(ctx: Context, dataset: str | None, judge: str | None) -> str:
     if not dataset or not judge:
         return "**Pick a dataset and a judge model.**"
     try:
-        run_id = service.start_judge_labels(runner, dataset, judge)
+        run_id = service.start_judge_labels(ctx.runner, dataset, judge)
     except StudioError as e:
         return f"**{e}**"
-    return (f"Run {run_id} started: {kinds.judge_annotator(judging.gguf_models(runner.store).get(judge, judge))} is "
+    return (f"Run {run_id} started: {kinds.judge_annotator(judging.gguf_models(ctx.store).get(judge, judge))} is "
             f"labelling '{dataset}' (the Home tab follows it); list its disagreements when it is done.")
 
 
-def build(app: gr.Blocks, tab: gr.Tab, store: Store, runner=None) -> None:
-    queue = LabelQueue(store)
-    with_pairs = dataset_names(store, with_pairs=True)
-    with gr.Row(equal_height=True):
-        dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=2)
-        annotator = gr.Textbox(label="Annotator", placeholder="your name", scale=2, elem_id="label-annotator")
-        with gr.Column(scale=1, min_width=160):
-            start = gr.Button("Start labelling", variant="primary")
-            undo = gr.Button("U · Undo last label", elem_id="label-undo", size="sm")
-            rename = gr.Button("Change annotator", size="sm", visible=False, elem_id="label-rename")
-    status = gr.Markdown("Pick a dataset, type your name and start. Keys: **1** left better, **2** right better, "
-                         "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
-    current = gr.State(None)
-    with gr.Column(visible=False) as workbench:
-        prompt = gr.Chatbot(label="Prompt", height=None, max_height=340, elem_id="label-prompt", buttons=["copy_all"])
-        with gr.Row(equal_height=True):
-            left = gr.Markdown(elem_id="label-left-text", container=True, min_height=160)
-            right = gr.Markdown(elem_id="label-right-text", container=True, min_height=160)
-        with gr.Row():
-            buttons = [gr.Button(text, elem_id=elem_id, variant="primary" if answer in ("left", "right") else "secondary")
-                       for text, elem_id, answer in ANSWER_BUTTONS]
-        note = gr.Markdown(elem_id="label-pair-id")
-    show_reward = gr.Checkbox(False, label="Show the reward model's scores under each pair",
-                              info="off by default: seeing them first would sway the label")
-    with gr.Accordion("Reward model disagreements", open=False):
-        models = reward_models(store)
-        with gr.Row():
-            reward_model = gr.Dropdown(models, value=models[0] if models else None, label="Reward model", scale=3)
-            list_disagreements = gr.Button("List", scale=1, size="sm")
-        disagreements_line = gr.Markdown()
-        disagreements = gr.Dataframe(headers=["pair", "prompt (last turn)", "preference", "RM margin"],
-                                     interactive=False, wrap=True, max_height=360,
-                                     column_widths=["24%", "52%", "12%", "12%"])
+# --- handlers: each takes the context, and the gr.Request of the browser tab that asks -----------
 
+# What the labelling view shows, in order: the pair shown, the status line, the workbench (shown or
+# not), the prompt, the left and the right answer, the note under them.
+VIEW = ("current", "status", "workbench", "prompt", "left", "right", "note")
+
+
+def who(name: str, request: gr.Request) -> str:
+    """The annotator: the logged-in user when the studio serves with logins (a team), whatever
+    the name field says; else the name typed."""
+    return getattr(request, "username", None) or name
+
+
+def logged_in(ctx: Context, request: gr.Request):
+    user = getattr(request, "username", None)
+    if not user:
+        return gr.update(), gr.update()
+    return gr.update(value=user, interactive=False, label="Annotator (your login)"), gr.update(visible=False)
+
+
+def view(ctx: Context, dataset_name: str, name: str, served: ServedPair | None, said: str, show_rm: bool) -> tuple:
+    """The VIEW outputs for showing `served` (or the end of the queue), with `said` before the progress."""
+    line = progress_line(ctx.store, dataset_name, name.strip())
+    if served is None:
+        done = f"No more pairs for **{name.strip()}** in '{dataset_name}' (others may still hold some)."
+        return (None, f"{said}{done} {line}", gr.update(visible=False), [], "", "", "")
+    return (served, f"{said}{line}", gr.update(visible=True), as_chat(served.prompt),
+            f"**Left**\n\n{as_markdown(served.left)}", f"**Right**\n\n{as_markdown(served.right)}",
+            pair_note(ctx.store, served, show_rm))
+
+
+def unchanged(message: str) -> tuple:
+    """The VIEW outputs that leave the pair on the screen and say `message`."""
+    return (gr.update(), f"**{message}**", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
+
+
+def begin(ctx: Context, dataset_name, name, show_rm, request: gr.Request) -> tuple:
+    """The first pair, and the name locked (keys now answer pairs, never type into it): VIEW, then
+    the name field and the Change annotator button."""
+    if not dataset_name:
+        return unchanged("Pick a dataset that has pairs (import one in the Data tab).") + (gr.update(),) * 2
+    name = who(name, request)
+    try:
+        served = ctx.label_queue.next_pair(dataset_name, name, request.session_hash)
+    except LabelError as e:
+        return unchanged(str(e)) + (gr.update(),) * 2
+    return view(ctx, dataset_name, name, served, "", show_rm) + (
+        gr.update(interactive=False), gr.update(visible=not getattr(request, "username", None)))
+
+
+def change_annotator(ctx: Context, confirmed: bool, request: gr.Request) -> tuple:
+    """Asked first (a confirm in the browser): labels given so far stay under the old name."""
+    if not confirmed:
+        return (gr.update(),) * 9
+    if getattr(request, "username", None):
+        return (gr.update(), f"**You label as your login, {request.username}.**") + (gr.update(),) * 7
+    ctx.label_queue.release(request.session_hash)
+    return (None, "Type the new name and start again; the labels given so far stay under the old name.",
+            gr.update(visible=False), [], "", "", "", gr.update(interactive=True), gr.update(visible=False))
+
+
+def answer(ctx: Context, choice: str, dataset_name, name, served: ServedPair | None, show_rm,
+           request: gr.Request) -> tuple:
+    """Commit `choice` for the shown pair, then show the next one."""
+    if served is None:
+        return unchanged("Start labelling first.")
+    name = who(name, request)
+    try:
+        ctx.label_queue.label(request.session_hash, name, served, choice)
+        following = ctx.label_queue.next_pair(dataset_name, name, request.session_hash)
+    except LabelError as e:
+        return unchanged(str(e))
+    return view(ctx, dataset_name, name, following, f"Saved: {ANSWER_WORDS[choice]}. ", show_rm)
+
+
+def take_back(ctx: Context, dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request) -> tuple:
+    name = who(name, request)
+    try:
+        back = ctx.label_queue.undo(dataset_name, name, request.session_hash)
+    except LabelError as e:
+        return unchanged(str(e))
+    if back is None:
+        return unchanged("Nothing to undo.")
+    return view(ctx, dataset_name, name, back, "Undone: the last label is taken back. ", show_rm)
+
+
+def switch_dataset(ctx: Context, request: gr.Request):
+    ctx.label_queue.release(request.session_hash)
+    return None, gr.update(visible=False)
+
+
+def release_claims(ctx: Context, request: gr.Request) -> None:  # the browser tab closed
+    ctx.label_queue.release(request.session_hash)
+
+
+def fresh_lists(ctx: Context, picked: str | None, model: str | None):
+    """The datasets and reward models as they are now (the page may be older than them)."""
+    names, rms = dataset_names(ctx.store, with_pairs=True), reward_models(ctx.store)
+    return (gr.update(choices=names, value=picked if picked in names else (names[0] if names else None)),
+            gr.update(choices=rms, value=model if model in rms else (rms[0] if rms else None)))
+
+
+# --- layout --------------------------------------------------------------------------------------
+
+def workbench(ctx: Context, ui: SimpleNamespace) -> None:
+    """The dataset and annotator, and the pair with its answer buttons."""
+    with_pairs = dataset_names(ctx.store, with_pairs=True)
+    with gr.Row(equal_height=True):
+        ui.dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=2)
+        ui.annotator = gr.Textbox(label="Annotator", placeholder="your name", scale=2, elem_id="label-annotator")
+        with gr.Column(scale=1, min_width=160):
+            ui.start = gr.Button("Start labelling", variant="primary")
+            ui.undo = gr.Button("U · Undo last label", elem_id="label-undo", size="sm")
+            ui.rename = gr.Button("Change annotator", size="sm", visible=False, elem_id="label-rename")
+    ui.status = gr.Markdown("Pick a dataset, type your name and start. Keys: **1** left better, **2** right better, "
+                            "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
+    ui.current = gr.State(None)
+    with gr.Column(visible=False) as ui.workbench:
+        ui.prompt = gr.Chatbot(label="Prompt", height=None, max_height=340, elem_id="label-prompt",
+                               buttons=["copy_all"])
+        with gr.Row(equal_height=True):
+            ui.left = gr.Markdown(elem_id="label-left-text", container=True, min_height=160)
+            ui.right = gr.Markdown(elem_id="label-right-text", container=True, min_height=160)
+        with gr.Row():
+            ui.buttons = [gr.Button(text, elem_id=elem_id,
+                                    variant="primary" if choice in ("left", "right") else "secondary")
+                          for text, elem_id, choice in ANSWER_BUTTONS]
+        ui.note = gr.Markdown(elem_id="label-pair-id")
+    ui.show_reward = gr.Checkbox(False, label="Show the reward model's scores under each pair",
+                                 info="off by default: seeing them first would sway the label")
+
+
+def disagreement_panels(ctx: Context, ui: SimpleNamespace) -> None:
+    """The pairs a reward model, or an AI judge, sees the other way."""
+    with gr.Accordion("Reward model disagreements", open=False):
+        models = reward_models(ctx.store)
+        with gr.Row():
+            ui.reward_model = gr.Dropdown(models, value=models[0] if models else None, label="Reward model", scale=3)
+            ui.list_disagreements = gr.Button("List", scale=1, size="sm")
+        ui.disagreements_line = gr.Markdown()
+        ui.disagreements = gr.Dataframe(headers=["pair", "prompt (last turn)", "preference", "RM margin"],
+                                        interactive=False, wrap=True, max_height=360,
+                                        column_widths=["24%", "52%", "12%", "12%"])
     with gr.Accordion("Label with an AI judge", open=False):
         gr.Markdown("A GGUF chat model labels the pairs as the annotator `judge:<file>`, asked in both orders (a tie "
                     "where they disagree). People's labels and a file's verdicts outrank its labels in training; "
                     "its disagreements with people are the pairs to look at first.")
-        judges = list(judging.gguf_models(store))
+        judges = list(judging.gguf_models(ctx.store))
         with gr.Row():
-            judge_model = gr.Dropdown(judges, value=judges[0] if judges else None, label="Judge model", scale=3)
-            judge_start = gr.Button("Label with the judge", scale=1, size="sm")
-            judge_list = gr.Button("List disagreements", scale=1, size="sm")
-        judge_line = gr.Markdown()
-        judge_table = gr.Dataframe(headers=["pair", "prompt (last turn)", "judge", "people"], interactive=False,
-                                   wrap=True, max_height=360, column_widths=["22%", "44%", "17%", "17%"])
-    judge_start.click(lambda d, j: start_judge_labels(runner, d, j), [dataset, judge_model], judge_line)
-    judge_list.click(lambda d: judge_rows(store, d), dataset, [judge_line, judge_table])
+            ui.judge_model = gr.Dropdown(judges, value=judges[0] if judges else None, label="Judge model", scale=3)
+            ui.judge_start = gr.Button("Label with the judge", scale=1, size="sm")
+            ui.judge_list = gr.Button("List disagreements", scale=1, size="sm")
+        ui.judge_line = gr.Markdown()
+        ui.judge_table = gr.Dataframe(headers=["pair", "prompt (last turn)", "judge", "people"], interactive=False,
+                                      wrap=True, max_height=360, column_widths=["22%", "44%", "17%", "17%"])
 
-    def who(name: str, request: gr.Request) -> str:
-        """The annotator: the logged-in user when the studio serves with logins (a team), whatever
-        the name field says; else the name typed."""
-        return getattr(request, "username", None) or name
 
-    def logged_in(request: gr.Request):
-        user = getattr(request, "username", None)
-        if not user:
-            return gr.update(), gr.update()
-        return (gr.update(value=user, interactive=False, label="Annotator (your login)"), gr.update(visible=False))
-
-    def view(dataset_name: str, name: str, served: ServedPair | None, said: str, show_rm: bool):
-        """Outputs for showing `served` (or the end of the queue), with `said` before the progress."""
-        line = progress_line(store, dataset_name, name.strip())
-        if served is None:
-            done = f"No more pairs for **{name.strip()}** in '{dataset_name}' (others may still hold some)."
-            return (None, f"{said}{done} {line}", gr.update(visible=False), [], "", "", "")
-        return (served, f"{said}{line}", gr.update(visible=True), as_chat(served.prompt),
-                f"**Left**\n\n{as_markdown(served.left)}", f"**Right**\n\n{as_markdown(served.right)}",
-                pair_note(store, served, show_rm))
-
-    def unchanged(message: str):
-        return (gr.update(), f"**{message}**", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
-
-    def begin(dataset_name, name, show_rm, request: gr.Request):
-        """The first pair, and the name locked (keys now answer pairs, never type into it)."""
-        if not dataset_name:
-            return unchanged("Pick a dataset that has pairs (import one in the Data tab).") + (gr.update(),) * 2
-        name = who(name, request)
-        try:
-            shown = view(dataset_name, name, queue.next_pair(dataset_name, name, request.session_hash), "", show_rm)
-        except LabelError as e:
-            return unchanged(str(e)) + (gr.update(),) * 2
-        return shown + (gr.update(interactive=False), gr.update(visible=not getattr(request, "username", None)))
-
-    def change_annotator(confirmed: bool, request: gr.Request):
-        """Asked first (a confirm in the browser): labels given so far stay under the old name."""
-        if not confirmed:
-            return (gr.update(),) * 9
-        if getattr(request, "username", None):
-            return (gr.update(), f"**You label as your login, {request.username}.**") + (gr.update(),) * 7
-        queue.release(request.session_hash)
-        return (None, "Type the new name and start again; the labels given so far stay under the old name.",
-                gr.update(visible=False), [], "", "", "", gr.update(interactive=True), gr.update(visible=False))
-
-    def answering(choice: str):
-        def answer(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
-            if served is None:
-                return unchanged("Start labelling first.")
-            name = who(name, request)
-            try:
-                queue.label(request.session_hash, name, served, choice)
-                following = queue.next_pair(dataset_name, name, request.session_hash)
-            except LabelError as e:
-                return unchanged(str(e))
-            return view(dataset_name, name, following, f"Saved: {ANSWER_WORDS[choice]}. ", show_rm)
-        return answer
-
-    def take_back(dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request):
-        name = who(name, request)
-        try:
-            back = queue.undo(dataset_name, name, request.session_hash)
-        except LabelError as e:
-            return unchanged(str(e))
-        if back is None:
-            return unchanged("Nothing to undo.")
-        return view(dataset_name, name, back, "Undone: the last label is taken back. ", show_rm)
-
-    outputs = [current, status, workbench, prompt, left, right, note]
+def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    outputs = [getattr(ui, name) for name in VIEW]
+    labelling = [ui.dataset, ui.annotator, ui.current, ui.show_reward]
     # No progress overlay: the next pair takes a few ms, and a flickering timer would only distract.
-    start.click(begin, [dataset, annotator, show_reward], outputs + [annotator, rename], show_progress="hidden")
-    annotator.submit(begin, [dataset, annotator, show_reward], outputs + [annotator, rename], show_progress="hidden",
-                     js="(...args) => { document.activeElement && document.activeElement.blur(); return args; }")
+    ui.start.click(handler(begin, ctx), [ui.dataset, ui.annotator, ui.show_reward], outputs + [ui.annotator, ui.rename],
+                   show_progress="hidden")
+    ui.annotator.submit(handler(begin, ctx), [ui.dataset, ui.annotator, ui.show_reward],
+                        outputs + [ui.annotator, ui.rename], show_progress="hidden",
+                        js="(...args) => { document.activeElement && document.activeElement.blur(); return args; }")
     confirmed = gr.Checkbox(visible=False)
-    rename.click(change_annotator, confirmed, outputs + [annotator, rename], show_progress="hidden",
-                 js="() => confirm('Label under another name from now on? The labels given so far keep the old name.')")
-    for button, (_, _, choice) in zip(buttons, ANSWER_BUTTONS):
-        button.click(answering(choice), [dataset, annotator, current, show_reward], outputs, show_progress="hidden")
-    undo.click(take_back, [dataset, annotator, current, show_reward], outputs, show_progress="hidden")
-    show_reward.change(lambda served, show_rm: pair_note(store, served, show_rm) if served else "",
-                       [current, show_reward], note)
-    list_disagreements.click(lambda d, m: disagreement_rows(store, d, m), [dataset, reward_model],
-                             [disagreements_line, disagreements])
+    ui.rename.click(handler(change_annotator, ctx), confirmed, outputs + [ui.annotator, ui.rename],
+                    show_progress="hidden",
+                    js="() => confirm('Label under another name from now on? The labels given so far keep the old "
+                       "name.')")
+    for button, (_, _, choice) in zip(ui.buttons, ANSWER_BUTTONS):
+        button.click(handler(answer, ctx, choice), labelling, outputs, show_progress="hidden")
+    ui.undo.click(handler(take_back, ctx), labelling, outputs, show_progress="hidden")
+    ui.show_reward.change(lambda served, show_rm: pair_note(ctx.store, served, show_rm) if served else "",
+                          [ui.current, ui.show_reward], ui.note)
+    ui.list_disagreements.click(lambda d, m: disagreement_rows(ctx.store, d, m), [ui.dataset, ui.reward_model],
+                                [ui.disagreements_line, ui.disagreements])
+    ui.judge_start.click(handler(start_judge_labels, ctx), [ui.dataset, ui.judge_model], ui.judge_line)
+    ui.judge_list.click(lambda d: judge_rows(ctx.store, d), ui.dataset, [ui.judge_line, ui.judge_table])
+    ui.dataset.change(handler(switch_dataset, ctx), None, [ui.current, ui.workbench])
+    app.load(handler(fresh_lists, ctx), [ui.dataset, ui.reward_model], [ui.dataset, ui.reward_model])
+    app.load(handler(logged_in, ctx), None, [ui.annotator, ui.rename])
+    tab.select(handler(fresh_lists, ctx), [ui.dataset, ui.reward_model], [ui.dataset, ui.reward_model])
+    app.unload(handler(release_claims, ctx))
 
-    def switch(request: gr.Request):
-        queue.release(request.session_hash)
-        return None, gr.update(visible=False)
 
-    def release_claims(request: gr.Request):  # the browser tab closed
-        queue.release(request.session_hash)
-
-    dataset.change(switch, None, [current, workbench])
-    def fresh_lists(picked: str | None, model: str | None):
-        """The datasets and reward models as they are now (the page may be older than them)."""
-        names, rms = dataset_names(store, with_pairs=True), reward_models(store)
-        return (gr.update(choices=names, value=picked if picked in names else (names[0] if names else None)),
-                gr.update(choices=rms, value=model if model in rms else (rms[0] if rms else None)))
-
-    app.load(fresh_lists, [dataset, reward_model], [dataset, reward_model])
-    app.load(logged_in, None, [annotator, rename])
-    tab.select(fresh_lists, [dataset, reward_model], [dataset, reward_model])
-    app.unload(release_claims)
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+    ui = SimpleNamespace()
+    workbench(ctx, ui)
+    disagreement_panels(ctx, ui)
+    wire(ctx, app, tab, ui)

@@ -31,7 +31,9 @@ def rm_report(runner: Runner, run_id: int) -> list[str]:
         raise RunError(f"run {run_id} is not a reward-model run")
     folder = runner.workspace.runs_dir / str(run_id)
     if not (folder / REPORT_CARD).is_file():
-        raise RunError(f"run {run_id} has no report card ({'it has not finished' if run['status'] != 'succeeded' else 'it had no held-out pairs, or was trained before report cards existed'})")
+        why = "it has not finished" if run["status"] != "succeeded" else \
+            "it had no held-out pairs, or was trained before report cards existed"
+        raise RunError(f"run {run_id} has no report card ({why})")
     lines = describe_card(json.loads((folder / REPORT_CARD).read_text()))
     scored = pq.read_table(folder / HELD_OUT_SCORES).to_pylist()
     verdicts = pair_verdicts(runner.store, [r["pair_id"] for r in scored if r["pair_id"]])
@@ -45,8 +47,10 @@ def rm_report(runner: Runner, run_id: int) -> list[str]:
             agree.setdefault(annotator, []).append(verdict == rm_side)
     for annotator, hits in sorted(agree.items()):
         low, high = wilson_interval(sum(hits), len(hits))
-        lines.append(f"agrees with {'the file' if annotator == 'source' else annotator} on {sum(hits) / len(hits):.0%} of "
-                     f"{len(hits)} held-out pairs (95% interval {low:.0%}-{high:.0%})")
+        lines.append(
+            f"agrees with {'the file' if annotator == 'source' else annotator} on {sum(hits) / len(hits):.0%} of "
+            f"{len(hits)} held-out pairs (95% interval {low:.0%}-{high:.0%})"
+        )
     return lines
 
 

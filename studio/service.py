@@ -127,7 +127,9 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
         raise RunError(f"unknown training method {method!r}; one of {', '.join(METHODS)}")
     m = METHODS[method]
     if judge_split and not m.judge_split:
-        raise RunError(f"{m.label} has no judge split (only {', '.join(x.label for x in METHODS.values() if x.judge_split)})")
+        raise RunError(
+            f"{m.label} has no judge split (only {', '.join(x.label for x in METHODS.values() if x.judge_split)})"
+        )
     if m.online:
         fields, files = _online_inputs(runner, m, prompts, reward_run, judge_run)
     else:

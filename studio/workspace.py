@@ -19,7 +19,7 @@ class Workspace:
     models_dir: Path
 
     @classmethod
-    def at(cls, root: str | Path | None = None, models_dir: str | Path | None = None) -> "Workspace":
+    def at(cls, root: str | Path | None = None, models_dir: str | Path | None = None) -> Workspace:
         """The workspace folder (default ./studio-data, or $ALIGNSTUDIO_WORKSPACE).
 
         The models folder can be shared between workspaces ($ALIGNSTUDIO_MODELS_DIR), so the

@@ -155,7 +155,9 @@ def family_tokenizer(family: Family, source: Path, folder: Path):
     from tokenizers import AddedToken, processors
     from transformers import AutoTokenizer
 
-    tokenizer = sentencepiece_tokenizer(family, folder) if family.sentencepiece else AutoTokenizer.from_pretrained(source)
+    tokenizer = (
+        sentencepiece_tokenizer(family, folder) if family.sentencepiece else AutoTokenizer.from_pretrained(source)
+    )
     if family.special:  # tokens the vocabulary has already are marked special, as the family's are
         tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
                                                                      for t in family.special]})

@@ -109,7 +109,9 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no GGUF model named 'nope'"):
         service.start_comparison(runner, "default", "nope", "demo")
-    run = runner.wait(service.start_comparison(runner, "default", "twin", "demo", limit=3, max_tokens=12, temperature=0.0))
+    run = runner.wait(
+        service.start_comparison(runner, "default", "twin", "demo", limit=3, max_tokens=12, temperature=0.0)
+    )
     assert run["status"] == "succeeded", run["message"]
     pairs = store.query("""SELECT p.first_model, p.second_model, p.source_verdict, a.messages AS a, b.messages AS b
                            FROM pairs p JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id

@@ -5,13 +5,21 @@ import csv
 import gzip
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import tracemalloc
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store import ImportFailed, import_file
+from store import ImportFailed, Store, export_pairs, import_file
+from store.db import BadName, check_dataset_name
 
 
 def pair(i: int) -> dict:
@@ -29,7 +37,10 @@ def errors_of(call) -> list[str]:
 
 
 def prompts(store) -> list[str]:
-    return [json.loads(r["m"])[0]["content"] for r in store.query("SELECT messages::VARCHAR AS m FROM prompts ORDER BY rowid")]
+    return [
+        json.loads(r["m"])[0]["content"]
+        for r in store.query("SELECT messages::VARCHAR AS m FROM prompts ORDER BY rowid")
+    ]
 
 
 def test_a_truncated_gzip_names_where_it_ends_and_skip_bad_keeps_the_rows_before(tmp_path, store):
@@ -52,12 +63,17 @@ def test_plain_text_named_gz_is_not_a_gzip_file(tmp_path, store):
 
 
 def test_deep_nesting_is_a_row_error_not_a_crash(tmp_path, store):
-    lines = [json.dumps(pair(0)), '{"prompt": "q", "chosen": "a", "rejected": "b", "unused": ' + "[" * 2000 + "]" * 2000 + "}",
-             json.dumps(pair(2))]
+    lines = [
+        json.dumps(pair(0)),
+        '{"prompt": "q", "chosen": "a", "rejected": "b", "unused": ' + "[" * 2000 + "]" * 2000 + "}",
+        json.dumps(pair(2)),
+    ]
     path = tmp_path / "deep.jsonl"
     path.write_text("\n".join(lines) + "\n")
     report = import_file(store, path, "d", skip_bad=True)
-    assert report.pairs == 2 and [str(e) for e in report.errors] == [f"{path}:2: JSON nested too deeply to read (over about 900 levels)"]
+    assert report.pairs == 2 and [str(e) for e in report.errors] == [
+        f"{path}:2: JSON nested too deeply to read (over about 900 levels)"
+    ]
     array = tmp_path / "deep.json"
     array.write_text("[" + json.dumps(pair(0)) + ",\n" + "[" * 100_000 + "]" * 100_000 + "]")
     report = import_file(store, array, "e", skip_bad=True)
@@ -158,16 +174,6 @@ def test_a_gzip_bomb_is_stopped_while_it_decompresses(tmp_path, store):
 
 # --- the workspace and the command line ---------------------------------------------------------
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-from store import Store, export_pairs
-from store.db import BadName, check_dataset_name
 
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
 
@@ -208,7 +214,9 @@ def test_bad_command_line_values_and_export_targets(tmp_path):
     ws = tmp_path / "ws"
     data = tmp_path / "d.jsonl"
     data.write_bytes(jsonl_bytes(3))
-    assert "must be a positive number, not -5" in one_error_line(cli("import", data, "--max-row-bytes", "-5", workspace=ws))
+    assert "must be a positive number, not -5" in one_error_line(
+        cli("import", data, "--max-row-bytes", "-5", workspace=ws)
+    )
     assert "is a folder, not a file" in cli("import", tmp_path, workspace=ws).stderr
     cli("import", data, "--dataset", "d", workspace=ws)
     (tmp_path / "a-file").write_text("x")

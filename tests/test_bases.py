@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-
 from families import FAMILIES, family_model
+
 from pipelines.bases import gguf_readiness
 from store import import_file
 from studio import service
@@ -34,7 +34,7 @@ def copy_of(tiny_model, tmp_path, name="base"):
 def refusal(store, workspace, base) -> str:
     runner = Runner(store, workspace)
     with pytest.raises(RunError) as e:
-        service.start_training(runner, "rm", "pairs", base=str(base), max_steps=1).run_id
+        service.start_training(runner, "rm", "pairs", base=str(base), max_steps=1)
     assert store.scalar("SELECT count(*) FROM runs") == 0  # refused before a run exists
     return str(e.value)
 

@@ -22,8 +22,10 @@ from studio.workspace import Workspace
 
 CHROMIUM = "/usr/bin/chromium"
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"),
+]
 
 
 def free_port() -> int:
@@ -46,7 +48,7 @@ def serve(workspace: Workspace, log_path: Path, *extra: str) -> tuple[str, subpr
             break
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(log_path.read_text())
+                raise AssertionError(log_path.read_text()) from None
             time.sleep(0.5)
     return url, proc
 
@@ -118,7 +120,9 @@ def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, pag
     # The 10 responses the fixture's run scored (the "mini" pairs are also in "hh") are not scored again.
     page.get_by_text("succeeded - scored 1990 responses").wait_for(timeout=300_000)
     counts = page.locator("#filter-counts")
-    counts.get_by_text("Keeps 500 of 1,000 prompts, 1,000 of 2,000 responses, 500 of 1,000 pairs of 'hh'").wait_for(timeout=30_000)
+    counts.get_by_text("Keeps 500 of 1,000 prompts, 1,000 of 2,000 responses, 500 of 1,000 pairs of 'hh'").wait_for(
+        timeout=30_000
+    )
     # Both histograms draw both sides of the pairs (the plots first showed the fixture's 10 scores).
     for plot in ("#filter-before", "#filter-after"):
         page.wait_for_function(f"""() => ['chosen', 'rejected'].every(side => Array.from(document.querySelectorAll(
@@ -362,8 +366,9 @@ def wait_for_lines(page, plot: str, metrics: set[str]) -> None:
         .filter(p => (p.getAttribute('d') || '').includes('L'))
         .map(p => (p.getAttribute('aria-label') || '').split('metric: ')[1]).sort()"""
     try:
-        page.wait_for_function(f"() => JSON.stringify({drawn}) === '{json.dumps(sorted(metrics), separators=(',', ':'))}'",
-                               timeout=30_000)
+        page.wait_for_function(
+            f"() => JSON.stringify({drawn}) === '{json.dumps(sorted(metrics), separators=(',', ':'))}'", timeout=30_000
+        )
     except Exception:
         raise AssertionError(f"{plot} draws {page.evaluate(f'() => {drawn}')}, not {sorted(metrics)}") from None
 
@@ -627,7 +632,9 @@ def test_enter_in_the_name_then_a_key_labels_the_pair_and_a_new_name_asks_first(
         page.get_by_text("alice: 0 of 5").wait_for(timeout=30_000)
         page.keyboard.press("1")  # the focus was in the name: the key still answers the pair
         page.get_by_text("Saved: left is better. alice: 1 of 5").wait_for(timeout=30_000)
-        assert page.get_by_label("Annotator").input_value() == "alice" and not page.get_by_label("Annotator").is_editable()
+        assert (
+            page.get_by_label("Annotator").input_value() == "alice" and not page.get_by_label("Annotator").is_editable()
+        )
         page.once("dialog", lambda dialog: dialog.dismiss())  # "Label under another name?" No.
         page.get_by_role("button", name="Change annotator").click()
         page.wait_for_timeout(1_000)
@@ -686,7 +693,9 @@ def test_from_a_prompts_file_to_labelled_pairs_without_a_terminal(tmp_path, mode
     with workspace.open_store() as store:
         assert store.scalar("SELECT count(*) FROM runs WHERE kind = 'generate'") == 1
         assert store.scalar("SELECT count(*) FROM responses") == 9
-        pairs = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("question-pairs")])
+        pairs = store.scalar(
+            "SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("question-pairs")]
+        )
         assert pairs > 0
 
 
@@ -711,7 +720,9 @@ def test_labelling_with_an_ai_judge_from_the_label_tab_and_its_disagreements(tmp
             assert time.time() < deadline, home.inner_text("#runs-table")
             time.sleep(1)
         page.get_by_role("button", name="List disagreements").click()
-        listed = page.get_by_text(re.compile(r"(No pair of 'mini' where an AI judge|\d+ pairs of 'mini' where an AI judge)"))
+        listed = page.get_by_text(
+            re.compile(r"(No pair of 'mini' where an AI judge|\d+ pairs of 'mini' where an AI judge)")
+        )
         listed.wait_for(timeout=30_000)
         shown = listed.inner_text()
     finally:

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
 
 
@@ -59,7 +58,9 @@ def test_score_job_runs_listing_and_filter(tmp_path, pairs_file, tiny_model, mod
     out = cli("score", "--dataset", "hh", "--model", tiny_model, workspace=ws, models_dir=models_dir).stdout
     assert "run 1: succeeded - scored 20 responses" in out
     runs = json.loads(cli("runs", "--json", workspace=ws).stdout)
-    assert [(r["id"], r["kind"], r["status"], r["metrics"]["scored"]) for r in runs] == [(1, "perplexity", "succeeded", 20.0)]
+    assert [(r["id"], r["kind"], r["status"], r["metrics"]["scored"]) for r in runs] == [
+        (1, "perplexity", "succeeded", 20.0)
+    ]
     out = cli("filter", "--dataset", "hh", "--model", tiny_model, "--keep-quantile", "0.5", "--into", "hh-plausible",
               workspace=ws).stdout
     assert "'hh-plausible' keeps 5 of 10 prompts, 10 of 20 responses, 5 of 10 pairs of 'hh'" in out

@@ -3,8 +3,8 @@ for labels and goes on from them."""
 
 import json
 
-from studio.cli import main as cli_main
 from pipelines.judges import heuristic_verdict
+from studio.cli import main as cli_main
 
 
 def test_the_heuristic_labeller_follows_its_stated_rule():
@@ -29,7 +29,9 @@ def test_the_demo_waits_for_labels_then_runs_every_stage_to_a_compared_gguf(work
     out = capsys.readouterr().out
     assert "Label the pairs of 'demo-pairs' in the Label tab" in out
     with workspace.open_store() as store:
-        pairs = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("demo-pairs")])
+        pairs = store.scalar(
+            "SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("demo-pairs")]
+        )
         assert pairs == 12  # 4 prompts, 3 of 4 candidates kept each, 3 pairs among them
         assert store.scalar("SELECT count(*) FROM labels") == 0
 
@@ -37,7 +39,15 @@ def test_the_demo_waits_for_labels_then_runs_every_stage_to_a_compared_gguf(work
     out = capsys.readouterr().out
     report = json.loads((workspace.root / "demo-report.json").read_text())
     names = [s["name"] for s in report["stages"]]
-    assert names == ["prompts", "labels", "reward model", "dpo", "evaluate", "export", "compare"]  # data stages done before
+    assert names == [
+        "prompts",
+        "labels",
+        "reward model",
+        "dpo",
+        "evaluate",
+        "export",
+        "compare",
+    ]  # data stages done before
     figures = {s["name"]: s["figures"] for s in report["stages"]}
     assert sum(figures["labels"].values()) == 12
     assert 0 <= figures["reward model"]["eval_accuracy"] <= 1 and 0 <= figures["evaluate"]["win_rate"] <= 1

@@ -12,17 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from store import ImportFailed, import_file
-from studio.data_tab import export_path
 from studio import service
+from studio.data_tab import export_path
 from studio.runner import Runner
 
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
 
 
-def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(workspace, store, pairs_file, tiny_model, tmp_path):
+def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(
+    workspace, store, pairs_file, tiny_model, tmp_path
+):
     import gzip
 
     path = tmp_path / "hh40.jsonl"
@@ -30,8 +33,18 @@ def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(workspa
     import_file(store, path, "hh40")
     before = store.stats()
     runner = Runner(store, workspace)
-    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=60, eval_share=0.0, batch_size=2,
-                                   max_length=256, save_every=5, lora_r=4).run_id
+    run_id = service.start_training(
+        runner,
+        "rm",
+        "hh40",
+        base=str(tiny_model),
+        max_steps=60,
+        eval_share=0.0,
+        batch_size=2,
+        max_length=256,
+        save_every=5,
+        lora_r=4,
+    ).run_id
     folder = workspace.runs_dir / str(run_id)
     deadline = time.time() + 300
     # A complete checkpoint (a kill while one is being written leaves one that resume rightly skips).
@@ -64,11 +77,17 @@ def test_a_full_disk_gives_a_clear_message_and_writes_nothing(tmp_path, pairs_fi
     result = subprocess.run([ALIGNSTUDIO, "import", pairs_file, "--dataset", "hh", "--workspace", ws],
                             capture_output=True, text=True, preexec_fn=_fill_the_disk_at(400_000))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "cannot write the workspace database" in result.stderr and "Nothing of this change was written" in result.stderr
-    stats = subprocess.run([ALIGNSTUDIO, "stats", "--json", "--workspace", ws], capture_output=True, text=True, check=True)
+    assert (
+        "cannot write the workspace database" in result.stderr and "Nothing of this change was written" in result.stderr
+    )
+    stats = subprocess.run(
+        [ALIGNSTUDIO, "stats", "--json", "--workspace", ws], capture_output=True, text=True, check=True
+    )
     assert json.loads(stats.stdout)["pairs"] == 0
     # With room again, the same import goes through.
-    subprocess.run([ALIGNSTUDIO, "import", pairs_file, "--dataset", "hh", "--workspace", ws], check=True, capture_output=True)
+    subprocess.run(
+        [ALIGNSTUDIO, "import", pairs_file, "--dataset", "hh", "--workspace", ws], check=True, capture_output=True
+    )
 
 
 def _big_jsonl(path: Path, megabytes: int, start: int = 0) -> int:
@@ -105,7 +124,9 @@ def test_a_large_import_streams_in_flat_memory(tmp_path):
         path.unlink()
     # Holding the rows (the one-transaction import did) costs about 3 MB per MB of file: 600 MB more here.
     growth = results[400]["peak_mb"] - results[200]["peak_mb"]
-    assert growth < 50, f"peak memory {results[200]['peak_mb']:.0f} MB for 200 MB, {results[400]['peak_mb']:.0f} MB for 400 MB"
+    assert growth < 50, (
+        f"peak memory {results[200]['peak_mb']:.0f} MB for 200 MB, {results[400]['peak_mb']:.0f} MB for 400 MB"
+    )
 
 
 KILLED_IMPORT_CHILD = """

@@ -9,8 +9,8 @@ import pytest
 
 from pipelines.export import chat_template_parts, modelfile
 from store import import_file
-from studio.cli import main as cli_main
 from studio import service
+from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
 
@@ -23,8 +23,18 @@ def dpo_run(tmp_path, workspace, store, pairs_file, tiny_model):
     path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:20]))
     import_file(store, path, "hh20")
     runner = Runner(store, workspace)
-    run_id = service.start_training(runner, "dpo", "hh20", base=str(tiny_model), max_steps=3, batch_size=2, max_length=128,
-                                   lora_r=4, lora_alpha=8, learning_rate=5e-2).run_id
+    run_id = service.start_training(
+        runner,
+        "dpo",
+        "hh20",
+        base=str(tiny_model),
+        max_steps=3,
+        batch_size=2,
+        max_length=128,
+        lora_r=4,
+        lora_alpha=8,
+        learning_rate=5e-2,
+    ).run_id
     assert runner.wait(run_id)["status"] == "succeeded"
     store.close()
     return run_id
@@ -108,7 +118,9 @@ def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, sto
     with pytest.raises(RunError, match="no model named 'nope'"):
         service.start_export(runner, model="nope")
     with store.transaction() as cur:
-        cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('dpo-run2-q8_0', 'gguf', '/x.gguf', 'policy')")
+        cur.execute(
+            "INSERT INTO models (name, kind, path, purpose) VALUES ('dpo-run2-q8_0', 'gguf', '/x.gguf', 'policy')"
+        )
     with pytest.raises(RunError, match="is a GGUF file already"):
         service.start_export(runner, model="dpo-run2-q8_0")
     with pytest.raises(RunError, match="unknown quant q3"):
@@ -119,9 +131,9 @@ def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, sto
 @pytest.mark.parametrize("name", ["gemma2", "mistral"])
 def test_an_ollama_template_for_a_family_without_a_system_role_writes_what_its_chat_template_does(
         name, models_dir, default_model_path):
+    from families import FAMILIES, family_model
     from transformers import AutoTokenizer
 
-    from families import FAMILIES, family_model
     from pipelines.bases import generation_end_ids
     from pipelines.export import render_turns, turn_parts
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from families import FAMILIES, family_model
 
 pytestmark = [pytest.mark.family, pytest.mark.slow]
@@ -106,7 +105,8 @@ def test_perplexity_is_the_models_own_loss_on_the_response_tokens(family):
 
 
 def test_candidates_are_generated_and_end_at_an_end_id(family):
-    from pipelines.generate import GenerateConfig, generate as run
+    from pipelines.generate import GenerateConfig
+    from pipelines.generate import generate as run
 
     spec, folder, scratch = family
     config = GenerateConfig(model=str(folder), engine="transformers", n=2, max_new_tokens=6, seed=0, batch_size=2)
@@ -195,7 +195,10 @@ def test_online_methods_train_against_the_reward_model(family, reward_adapter, m
     common = dict(base=str(folder), reward_adapter=str(reward_adapter), max_new_tokens=8, lora_r=4, lora_alpha=8,
                   max_length=128)
     if method == "ppo":
-        config, run = ppo.PPOTrainConfig(**common, max_steps=1, batch_size=4, mini_batch_size=2, ppo_epochs=1), ppo.train
+        config, run = (
+            ppo.PPOTrainConfig(**common, max_steps=1, batch_size=4, mini_batch_size=2, ppo_epochs=1),
+            ppo.train,
+        )
     else:
         config = grpo.OnlineTrainConfig(**common, max_steps=1, batch_size=4, num_generations=2, num_iterations=1)
         run = grpo.run if method == "grpo" else rloo.run
@@ -222,7 +225,7 @@ PROMPTS_DIFFER_IN_LLAMA_CPP = {"phi3"}
 
 def test_a_policy_exports_to_gguf_that_llama_cpp_loads_and_that_matches_it(family, dpo_adapter):
     from pipelines.chat import load_llama
-    from pipelines.export import ExportConfig, REPORT, run
+    from pipelines.export import REPORT, ExportConfig, run
 
     spec, folder, scratch = family
     config = ExportConfig(name=spec.name, adapter=str(dpo_adapter), quants=["f16", "q8_0"])

@@ -38,7 +38,10 @@ def test_a_pair_is_kept_only_if_both_sides_pass(store, tmp_path):
     plan = filter_by_perplexity(store, "pairs", "m", "kept", max_ppl=8.5)
     # pair 0: (1, 10) out; 1: (2, 9) out; 2: (3, 8) in; 3: (4, 7) in
     assert pairs_of(store, "kept") == ["Q2", "Q3"]
-    assert plan.summary("kept") == "'kept' keeps 2 of 4 prompts, 4 of 8 responses, 2 of 4 pairs of 'pairs' (perplexity <= 8.5)"
+    assert (
+        plan.summary("kept")
+        == "'kept' keeps 2 of 4 prompts, 4 of 8 responses, 2 of 4 pairs of 'pairs' (perplexity <= 8.5)"
+    )
     recipe = json.loads(store.scalar("SELECT recipe FROM datasets WHERE name = 'kept'"))
     assert recipe == {"source": "pairs", "model": "m", "method": "perplexity filter", "rule": "max_ppl",
                       "value": 8.5, "per_prompt": False, "threshold": 8.5}
@@ -50,7 +53,9 @@ def test_the_median_keeps_half_of_the_pairs(store, tmp_path):
     plan = filter_by_perplexity(store, "pairs", "m", "half", keep_quantile=0.5)
     assert pairs_of(store, "half") == ["Q0", "Q1", "Q2", "Q3", "Q4"]
     assert plan.threshold == 13.0  # the pairs' worse sides are 1, 4, ..., 28; the median is 13
-    assert "keeps 5 of 10 prompts, 10 of 20 responses, 5 of 10 pairs of 'pairs' (perplexity <= 13)" in plan.summary("half")
+    assert "keeps 5 of 10 prompts, 10 of 20 responses, 5 of 10 pairs of 'pairs' (perplexity <= 13)" in plan.summary(
+        "half"
+    )
 
 
 def test_candidates_per_prompt_form_pairs_among_the_kept(store, tmp_path):
@@ -65,7 +70,9 @@ def test_candidates_per_prompt_form_pairs_among_the_kept(store, tmp_path):
             cur.execute("INSERT INTO perplexities VALUES (?, 'm', ?, 0, 1, 'test', NULL)", [f"r{i}", float(i + 1)])
     plan = filter_by_perplexity(store, "cands", "m", "plausible", keep_quantile=0.5, per_prompt=True)
     assert (len(plan.kept_responses), len(plan.formed_pairs), plan.kept_pairs) == (2, 1, [])
-    assert plan.summary() == "Keeps 1 of 1 prompts, 2 of 4 responses of 'cands'; 1 new pairs formed among kept candidates"
+    assert (
+        plan.summary() == "Keeps 1 of 1 prompts, 2 of 4 responses of 'cands'; 1 new pairs formed among kept candidates"
+    )
     pair = store.query("SELECT first_id, second_id, source_verdict FROM pairs")
     assert pair == [{"first_id": "r0", "second_id": "r1", "source_verdict": None}]  # unlabelled, ready to label
 

@@ -2,8 +2,17 @@
 
 import pytest
 
-from store.formats import (BadRecord, PairRecord, PromptRecord, detect_format, parse_hh, parse_hh_record,
-                           parse_preference_record, parse_prompt_record, render_hh)
+from store.formats import (
+    BadRecord,
+    PairRecord,
+    PromptRecord,
+    detect_format,
+    parse_hh,
+    parse_hh_record,
+    parse_preference_record,
+    parse_prompt_record,
+    render_hh,
+)
 
 
 def user(text):
@@ -80,7 +89,9 @@ def test_trl_conversational_explicit_and_implicit():
 
 def test_prompt_only_variants():
     assert parse_prompt_record({"prompt": "Hi"}) == PromptRecord([user("Hi")])
-    assert parse_prompt_record({"instruction": "Translate", "input": "bonjour"}).prompt == [user("Translate\n\nbonjour")]
+    assert parse_prompt_record({"instruction": "Translate", "input": "bonjour"}).prompt == [
+        user("Translate\n\nbonjour")
+    ]
     sharegpt = parse_prompt_record({"conversations": [{"from": "human", "value": "Hi"},
                                                       {"from": "gpt", "value": "Hello"}]})
     assert sharegpt == PromptRecord([user("Hi")], [bot("Hello")])

@@ -24,7 +24,12 @@ def test_samples_land_as_responses_with_their_settings(store, workspace, tmp_pat
     assert len(rows) == 6 and len({r["prompt_id"] for r in rows}) == 2
     assert {r["model"] for r in rows} == {str(tiny_model)}
     settings = json.loads(rows[0]["generation"])
-    assert (settings["temperature"], settings["max_new_tokens"], settings["seed"], settings["engine"]) == (0.8, 8, 7, "transformers")
+    assert (settings["temperature"], settings["max_new_tokens"], settings["seed"], settings["engine"]) == (
+        0.8,
+        8,
+        7,
+        "transformers",
+    )
     assert settings["finish"] in ("stop", "length")
 
 
@@ -32,7 +37,10 @@ def test_the_same_seed_gives_the_same_samples(store, workspace, tmp_path, tiny_m
     import_file(store, prompts_file(tmp_path, 1), "p")
     runner = Runner(store, workspace)
     for _ in range(2):
-        assert runner.wait(service.start_generation(runner, "p", model=str(tiny_model), n=2, max_new_tokens=6))["status"] == "succeeded"
+        assert (
+            runner.wait(service.start_generation(runner, "p", model=str(tiny_model), n=2, max_new_tokens=6))["status"]
+            == "succeeded"
+        )
     assert store.stats()["responses"] <= 2  # the second run's samples are the first's, stored once
 
 

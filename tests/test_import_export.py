@@ -154,7 +154,9 @@ def test_one_broken_line_imports_nothing_and_names_the_line(tmp_path, store):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ImportFailed) as failed:
         import_file(store, path, "d")
-    assert [str(e) for e in failed.value.report.errors] == [f"{path}:3: not valid JSON: Expecting ',' delimiter (column 33)"]
+    assert [str(e) for e in failed.value.report.errors] == [
+        f"{path}:3: not valid JSON: Expecting ',' delimiter (column 33)"
+    ]
     assert store.stats() == {t: 0 for t in store.stats()}  # not even the dataset was created
 
 
@@ -162,7 +164,9 @@ def test_a_bad_row_after_committed_chunks_undoes_them_and_keeps_what_others_use(
     rows = [{"prompt": f"question {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(2500)]
     import_file(store, write_jsonl(tmp_path / "some.jsonl", rows[:100]), "some")
     before = store.stats()
-    path = write_jsonl(tmp_path / "all.jsonl", rows + [{"prompt": "q", "chosen": "a"}])  # chunks of 1,000 are written first
+    path = write_jsonl(
+        tmp_path / "all.jsonl", rows + [{"prompt": "q", "chosen": "a"}]
+    )  # chunks of 1,000 are written first
     with pytest.raises(ImportFailed) as failed:
         import_file(store, path, "all")
     assert [str(e) for e in failed.value.report.errors] == [f"{path}:2501: missing column 'rejected'"]
@@ -180,14 +184,20 @@ def test_skip_bad_imports_the_good_rows_and_reports_the_rest(tmp_path, store):
     assert [str(e) for e in report.errors] == [f"{path}:6: chosen and rejected are identical"]
 
 
-@pytest.mark.parametrize("line, reason", [
-    (b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', "not valid UTF-8 (byte 0xe9 at column 16)"),
-    (b'{"prompt": "", "chosen": "a", "rejected": "b"}', "empty prompt"),
-    (b'{"prompt": "q", "chosen": "a"}', "missing column 'rejected'"),
-    (b'{"prompt": "q", "chosen": "a", "rejected": "a"}', "chosen and rejected are identical"),
-    (b'["not", "an", "object"]', "expected a JSON object, got list"),
-    (b'{"prompt": "q", "chosen": "' + b"x" * 2000 + b'", "rejected": "b"}', "row is 2,046 bytes, over the 1,000-byte limit"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}', "not valid UTF-8 (byte 0xe9 at column 16)"),
+        (b'{"prompt": "", "chosen": "a", "rejected": "b"}', "empty prompt"),
+        (b'{"prompt": "q", "chosen": "a"}', "missing column 'rejected'"),
+        (b'{"prompt": "q", "chosen": "a", "rejected": "a"}', "chosen and rejected are identical"),
+        (b'["not", "an", "object"]', "expected a JSON object, got list"),
+        (
+            b'{"prompt": "q", "chosen": "' + b"x" * 2000 + b'", "rejected": "b"}',
+            "row is 2,046 bytes, over the 1,000-byte limit",
+        ),
+    ],
+)
 def test_each_bad_input_reason(tmp_path, store, line, reason):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(json.dumps(PAIRS[0]).encode() + b"\n" + line + b"\n")
@@ -251,5 +261,7 @@ def test_a_store_that_outgrows_the_imports_cache_still_takes_every_pair(tmp_path
     store = Store(tmp_path / "ws.duckdb")
     report = import_file(store, path, "many")
     assert report.new_pairs == 60_000 and store.scalar("SELECT count(*) FROM dataset_pairs") == 60_000
-    first = store.query("SELECT p.messages FROM pairs JOIN prompts p ON p.id = pairs.prompt_id ORDER BY pairs.rowid LIMIT 1")
+    first = store.query(
+        "SELECT p.messages FROM pairs JOIN prompts p ON p.id = pairs.prompt_id ORDER BY pairs.rowid LIMIT 1"
+    )
     assert "question 0 " in first[0]["messages"]  # stored in file order

@@ -2,8 +2,8 @@
 including both-bad labels that DPO cannot use, and trains through the same runner, CLI and store."""
 
 import pyarrow.parquet as pq
-
 from made_pairs import arithmetic_pairs
+
 from store import import_file
 from store.labelling import add_rule_labels
 from studio import service

@@ -27,8 +27,10 @@ def unlabelled(tmp_path, store):
                 answer = [{"role": "assistant", "content": text}]
                 rid = response_key(pid, answer)
                 ids.append(rid)
-                cur.execute("INSERT INTO responses (id, prompt_id, messages, is_empty, model) VALUES (?, ?, ?, false, ?)",
-                            [rid, pid, json.dumps(answer), "m-" + text[0]])
+                cur.execute(
+                    "INSERT INTO responses (id, prompt_id, messages, is_empty, model) VALUES (?, ?, ?, false, ?)",
+                    [rid, pid, json.dumps(answer), "m-" + text[0]],
+                )
             cur.execute("INSERT INTO pairs (id, prompt_id, first_id, second_id) VALUES (?, ?, ?, ?)",
                         [f"pair{i}", pid, *ids])
             cur.execute("INSERT INTO dataset_pairs VALUES (1, ?)", [f"pair{i}"])
@@ -260,7 +262,9 @@ def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, pairs_file
     _, bombs = find_pairs(store, "hh", search="bomb")
     assert copy_pairs(store, "hh", "bombs", search="bomb") == bombs
     assert find_pairs(store, "bombs")[1] == bombs
-    assert store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id("bombs")]) == bombs
+    assert (
+        store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id("bombs")]) == bombs
+    )
     assert json.loads(store.scalar("SELECT recipe FROM datasets WHERE name = 'bombs'"))["from"] == "hh"
 
     one = find_pairs(store, "bombs")[0][0]["id"]
@@ -268,7 +272,10 @@ def test_remove_copy_and_move_pairs_between_datasets(tmp_path, store, pairs_file
     assert find_pairs(store, "bombs")[1] == bombs - 1 and find_pairs(store, "later")[1] == 1
     assert remove_pairs(store, "hh", search="bomb") == bombs
     assert find_pairs(store, "hh")[1] == 1000 - bombs
-    assert store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id("hh")]) == 1000 - bombs
+    assert (
+        store.scalar("SELECT count(*) FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id("hh")])
+        == 1000 - bombs
+    )
     assert store.stats()["pairs"] == 1000  # pairs are only taken out of datasets, never deleted
     with pytest.raises(CurationError, match="already in that dataset"):
         copy_pairs(store, "hh", "hh")
@@ -288,7 +295,9 @@ def test_a_split_by_prompt_shares_no_prompt_and_a_split_by_pair_samples_pairs(st
         "SELECT prompt_id FROM dataset_prompts WHERE dataset_id = ?", [store.dataset_id(name)])} for name in "ab"}
     assert not prompts["a"] & prompts["b"] and len(prompts["a"]) + len(prompts["b"]) == 1001
     # The same seed, the same split; by pair, a sample of the asked share.
-    assert split_pairs(store, "all", ("c", "d"), share=0.5, seed=1) == split_pairs(store, "all", ("e", "f"), 0.5, "prompt", 1)
+    assert split_pairs(store, "all", ("c", "d"), share=0.5, seed=1) == split_pairs(
+        store, "all", ("e", "f"), 0.5, "prompt", 1
+    )
     assert find_pairs(store, "c")[1] == find_pairs(store, "a")[1]
     assert split_pairs(store, "a", ("sample", "rest"), share=0.2, by="pair") == (100, find_pairs(store, "a")[1] - 100)
     with pytest.raises(CurationError, match="exists already"):

@@ -58,7 +58,9 @@ def test_a_run_reports_every_step_and_its_output_lands_with_its_success(runner, 
     assert store.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'loss' ORDER BY step",
                        [run_id]) == [{"step": s, "value": 1.0 / s} for s in range(1, 6)]
     assert store.scalar("SELECT max(value) FROM run_metrics WHERE run_id = ? AND name = 'progress'", [run_id]) == 1.0
-    assert store.query("SELECT name, purpose FROM models") == [{"name": f"fake-run{run_id}-5steps", "purpose": "policy"}]
+    assert store.query("SELECT name, purpose FROM models") == [
+        {"name": f"fake-run{run_id}-5steps", "purpose": "policy"}
+    ]
     assert json.loads(run["config"]) == {"steps": 5, "sleep_s": 0.05, "fail_at": -1, "fail_with_a_sentence": False,
                                          "inputs": "inputs.parquet", "output": "out.json"}
 

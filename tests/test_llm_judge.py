@@ -102,8 +102,14 @@ def test_evaluate_with_an_llm_judge_reports_its_win_rate_position_bias_and_lengt
 def labelled_pairs(tmp_path, store):
     """Six pairs: a helpful answer against a curt one (the file's verdict: the helpful one)."""
     path = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": f"How do I keep {t} fresh?", "chosen": f"Keep {t} in a cool, dry place and use it within a week.",
-             "rejected": "Dunno."} for t in ("bread", "coffee", "herbs", "cheese", "apples", "tea")]
+    rows = [
+        {
+            "prompt": f"How do I keep {t} fresh?",
+            "chosen": f"Keep {t} in a cool, dry place and use it within a week.",
+            "rejected": "Dunno.",
+        }
+        for t in ("bread", "coffee", "herbs", "cheese", "apples", "tea")
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     import_file(store, path, "pairs")
 

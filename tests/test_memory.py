@@ -110,9 +110,12 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
     import_file(store, data, "p")
     monkeypatch.setattr(service, "free_gpu_gb", lambda: 10.0)
     runner = Runner(store, workspace)
-    with pytest.raises(RunError, match=r"memory plan: about 15\.\d GB .* a base of 8\.03B parameters .* the GPU has 10\.0 GB free\. "
-                                       r"Try --load-in-4bit"):
-        service.start_training(runner, "rm", "p", base=str(base), batch_size=1, gradient_checkpointing=True).run_id
+    with pytest.raises(
+        RunError,
+        match=r"memory plan: about 15\.\d GB .* a base of 8\.03B parameters .* the GPU has 10\.0 GB free\. "
+        r"Try --load-in-4bit",
+    ):
+        service.start_training(runner, "rm", "p", base=str(base), batch_size=1, gradient_checkpointing=True)
     assert store.stats()["runs"] == 0
     config = make_config(RewardTrainConfig, "rm", base=str(base), load_in_4bit=True, batch_size=1,
                          gradient_checkpointing=True, models_dir=str(workspace.models_dir))
@@ -121,10 +124,10 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
 
 
 def test_a_mixture_of_experts_router_gets_no_lora_in_the_plan_or_the_model(models_dir, default_model_path):
+    from families import family_model
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from families import family_model
     from pipelines.memory import count_on_meta
     from pipelines.training import TrainSettings, lora_config
 

@@ -57,7 +57,9 @@ def test_every_end_id_of_the_model_ends_an_answer():
     tokenizer = SimpleNamespace(eos_token_id=128009)
     ends = end_ids(model, tokenizer)
     assert ends == [128001, 128009]
-    assert end_ids(SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=2)), SimpleNamespace(eos_token_id=2)) == [2]
+    assert end_ids(
+        SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=2)), SimpleNamespace(eos_token_id=2)
+    ) == [2]
     assert first_end([5, 6, 128009, 7], ends) == 2 and first_end([5, 6, 7], ends) is None
     answers = rule_answers(["a", "b"], [[5, 128009], [5, 6]], ends)
     assert [a["finish"] for a in answers] == ["stop", "length"]

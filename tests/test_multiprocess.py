@@ -146,8 +146,20 @@ def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     import_file(store, data, "sums")
     runner = Runner(store, workspace)
-    run_id = service.start_training(runner, "dpo", "sums", base=str(tiny_model), num_processes=2, max_steps=30,
-                                 batch_size=2, max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0, save_every=100).run_id
+    run_id = service.start_training(
+        runner,
+        "dpo",
+        "sums",
+        base=str(tiny_model),
+        num_processes=2,
+        max_steps=30,
+        batch_size=2,
+        max_length=64,
+        lora_r=4,
+        lora_alpha=8,
+        eval_share=0.0,
+        save_every=100,
+    ).run_id
     deadline = time.time() + 300
     while time.time() < deadline:
         runner.sync(run_id)

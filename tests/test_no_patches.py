@@ -39,7 +39,7 @@ def test_a_runner_writes_nothing_until_recovery_is_asked_for(store, workspace):
 
 def test_batch_tokenising_leaves_the_tokenizers_padding_side_as_it_was(tiny_model):
     from pipelines.evaluate import answer
-    from pipelines.models import load_causal_lm, choose_placement
+    from pipelines.models import choose_placement, load_causal_lm
 
     tokenizer, model = load_causal_lm(str(tiny_model), tiny_model.parent, choose_placement("cpu"))
     side = tokenizer.padding_side

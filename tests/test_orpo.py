@@ -2,6 +2,7 @@
 a job on pairs, through the same runner, CLI and store as every method."""
 
 from made_pairs import arithmetic_pairs
+
 from store import import_file
 from studio import service
 from studio.methods import METHODS

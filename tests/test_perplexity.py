@@ -87,7 +87,9 @@ def test_a_resumed_run_scores_only_what_is_left(tmp_path, tiny_model):
     # A second run over all four rows in the same folder keeps the two already scored.
     second, events = run_pipeline(tmp_path, tiny_model, rows)
     assert {k: second[k] for k in first} == first
-    assert "scoring 2 of 4 responses" in next(e["message"] for e in events[::-1] if "scoring" in (e.get("message") or ""))
+    assert "scoring 2 of 4 responses" in next(
+        e["message"] for e in events[::-1] if "scoring" in (e.get("message") or "")
+    )
 
 
 def model_loss_ppl(model, prompt_ids, response_ids):

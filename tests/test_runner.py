@@ -37,13 +37,18 @@ def partial_ids(run):
     return [json.loads(line)["response_id"] for line in lines]
 
 
-def test_a_job_runs_reports_progress_and_its_scores_land_in_the_store(store, workspace, pairs_file, tmp_path, tiny_model):
+def test_a_job_runs_reports_progress_and_its_scores_land_in_the_store(
+    store, workspace, pairs_file, tmp_path, tiny_model
+):
     import_hh(store, pairs_file, tmp_path, 100)
     runner = Runner(store, workspace)
     run_id = service.start_perplexity(runner, "hh", model=str(tiny_model))
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
-    assert store.scalar("SELECT count(*) FROM perplexities WHERE model = ? AND run_id = ?", [str(tiny_model), run_id]) == 200
+    assert (
+        store.scalar("SELECT count(*) FROM perplexities WHERE model = ? AND run_id = ?", [str(tiny_model), run_id])
+        == 200
+    )
     assert store.scalar("SELECT count(*) FROM run_metrics WHERE run_id = ? AND name = 'progress'", [run_id]) > 1
     assert json.loads(open(os.path.join(run["folder"], "config.json")).read())["model"] == str(tiny_model)
     with pytest.raises(RunError, match="no responses left to score"):  # scores are computed once
@@ -86,7 +91,9 @@ def test_a_killed_job_is_marked_failed_keeps_its_log_and_resumes(store, workspac
     assert store.scalar("SELECT count(*) FROM perplexities") == 600
 
 
-def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(store, workspace, pairs_file, tmp_path, tiny_model):
+def test_after_a_restart_finished_runs_are_ingested_and_lost_ones_fail(
+    store, workspace, pairs_file, tmp_path, tiny_model
+):
     import_hh(store, pairs_file, tmp_path, 20)
     first = Runner(store, workspace)
     finished = service.start_perplexity(first, "hh", model=str(tiny_model))

@@ -65,9 +65,16 @@ def test_an_unwritable_workspace_says_so(tmp_path):
 def test_a_workspace_held_by_another_process_is_named(tmp_path):
     import subprocess
     import sys
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; "
-                               f"c = duckdb.connect({str(tmp_path / 's.duckdb')!r}); print('ready', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; "
+            f"c = duckdb.connect({str(tmp_path / 's.duckdb')!r}); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         # the message says what the other process is, not a guess

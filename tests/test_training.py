@@ -13,8 +13,8 @@ from pipelines.reward_model import load_reward_model, score
 from pipelines.training import read_pairs, split
 from store import import_file
 from store.labelling import add_rule_labels, reward_disagreements, reward_opinion
-from studio.cli import main as cli_main
 from studio import inputs, reports, service
+from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
 SMALL = dict(batch_size=2, max_length=256, save_every=2, lora_r=4, lora_alpha=8)
@@ -36,7 +36,9 @@ def test_a_reward_model_evaluates_the_subset_only_at_its_checkpoints_and_scores_
     """The last step (3, not a multiple of --save-every 2) is not evaluated on the subset again:
     every held-out pair is scored right after, which is what the run reports."""
     runner = Runner(hh40, workspace)
-    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25, **SMALL).run_id
+    run_id = service.start_training(
+        runner, "rm", "hh40", base=str(tiny_model), max_steps=3, eval_share=0.25, **SMALL
+    ).run_id
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     evaluated = hh40.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'eval_accuracy' "
@@ -65,7 +67,9 @@ def test_a_reward_model_evaluated_on_a_subset_names_it_and_reports_every_held_ou
 
 def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
-    run_id = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL).run_id
+    run_id = service.start_training(
+        runner, "rm", "hh40", base=str(tiny_model), max_steps=4, eval_share=0.25, **SMALL
+    ).run_id
     run = runner.wait(run_id)
     assert run["status"] == "succeeded", run["message"]
     assert "held-out pairs (95% interval" in run["message"]
@@ -96,7 +100,11 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     trl_final = {m["name"]: m["value"] for m in hh40.query(
         """SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? AND name LIKE 'eval_%reward'
            GROUP BY name""", [run_id])}
-    for stat, name in ((min, "eval_min_reward"), (max, "eval_max_reward"), (lambda r: sum(r) / len(r), "eval_mean_reward")):
+    for stat, name in (
+        (min, "eval_min_reward"),
+        (max, "eval_max_reward"),
+        (lambda r: sum(r) / len(r), "eval_mean_reward"),
+    ):
         assert sum(stat(r) for r in rewards) / len(rewards) == pytest.approx(trl_final[name], abs=1e-5)
     # At the end every held-out pair that fits is scored once, by the saved model too, and the
     # report card's accuracy (with its interval) is counted from those scores.
@@ -105,7 +113,9 @@ def test_reward_model_trains_as_a_job_and_reloads_with_identical_scores(workspac
     assert card["pairs"] == len(scored) == len(held_out)
     again = score(tokenizer, rm, [p["prompt"] + p[side] for p in held_out for side in ("chosen", "rejected")])
     assert [x for r in scored for x in (r["reward_chosen"], r["reward_rejected"])] == pytest.approx(again, abs=1e-5)
-    assert card["accuracy"] == pytest.approx(sum(r["reward_chosen"] > r["reward_rejected"] for r in scored) / len(scored))
+    assert card["accuracy"] == pytest.approx(
+        sum(r["reward_chosen"] > r["reward_rejected"] for r in scored) / len(scored)
+    )
     assert final["heldout_accuracy"] == card["accuracy"] and final["heldout_pairs"] == len(scored)
     assert final["heldout_accuracy_low"] <= card["accuracy"] <= final["heldout_accuracy_high"]
     # The score head was saved: a fresh random head would not reproduce these.
@@ -174,27 +184,27 @@ def test_training_needs_pairs_with_a_preference(workspace, store, tiny_model):
                     [prompt_key([{"role": "user", "content": "hi"}]), json.dumps([{"role": "user", "content": "hi"}])])
     runner = Runner(store, workspace)
     with pytest.raises(RunError, match="no pairs with a preference to train on"):
-        service.start_training(runner, "dpo", "prompts", base=str(tiny_model)).run_id
+        service.start_training(runner, "dpo", "prompts", base=str(tiny_model))
 
 
 def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, tiny_model):
     runner = Runner(hh40, workspace)
     with pytest.raises(RunError, match="loss_type must be one of sigmoid, ipo, hinge, sigmoid_norm"):
-        service.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope").run_id
+        service.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope")
     with pytest.raises(RunError, match="unknown setting learning_rat"):
-        service.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3).run_id
+        service.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3)
     with pytest.raises(RunError, match="batch_size must be at least 1, not -3"):
-        service.start_training(runner, "dpo", "hh40", base=str(tiny_model), batch_size=-3).run_id
+        service.start_training(runner, "dpo", "hh40", base=str(tiny_model), batch_size=-3)
     # QLoRA on a machine without CUDA: said before a run exists, not deep inside from_pretrained
     with pytest.raises(RunError, match="a 4-bit base \\(QLoRA\\) needs a CUDA device"):
-        service.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True).run_id
+        service.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True)
     # A base that is no model folder and no hub id, or none at all: a sentence, and no failed run to clear away.
     with pytest.raises(RunError, match="^no-such-model: no such model folder, and not a hub id"):
-        service.start_training(runner, "rm", "hh40", base="no-such-model").run_id
+        service.start_training(runner, "rm", "hh40", base="no-such-model")
     with pytest.raises(RunError, match="not a model folder \\(no config.json\\)"):
-        service.start_training(runner, "dpo", "hh40", base=str(workspace.root)).run_id
+        service.start_training(runner, "dpo", "hh40", base=str(workspace.root))
     with pytest.raises(RunError, match="name a base model"):
-        service.start_training(runner, "dpo", "hh40", base=" ").run_id
+        service.start_training(runner, "dpo", "hh40", base=" ")
     with pytest.raises(RunError, match="no such model folder"):
         service.start_training(runner, "rm", "hh40", judge_split=True, base="no-such-model")
     assert hh40.stats()["runs"] == 0
@@ -202,9 +212,32 @@ def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, 
 
 def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, workspace, hh40, tiny_model, capsys):
     hh40.close()
-    code = cli_main(["train", "dpo", "--base", str(tiny_model), "--dataset", "hh40", "--max-steps", "2",
-                     "--batch-size", "2", "--max-length", "128", "--lora-r", "4", "--beta", "0.2",
-                     "--loss-type", "ipo", "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    code = cli_main(
+        [
+            "train",
+            "dpo",
+            "--base",
+            str(tiny_model),
+            "--dataset",
+            "hh40",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "128",
+            "--lora-r",
+            "4",
+            "--beta",
+            "0.2",
+            "--loss-type",
+            "ipo",
+            "--workspace",
+            str(workspace.root),
+            "--models-dir",
+            str(workspace.models_dir),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "succeeded - DPO trained (2 steps)" in out
@@ -213,7 +246,9 @@ def test_dpo_from_the_cli_logs_rewards_and_registers_the_policy(tmp_path, worksp
     dpo = runs[0]
     assert (dpo["kind"], dpo["status"]) == ("dpo", "succeeded")
     assert dpo["config"]["loss_type"] == "ipo" and dpo["config"]["beta"] == 0.2
-    assert {"rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "loss"} <= set(dpo["metrics"])
+    assert {"rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "loss"} <= set(
+        dpo["metrics"]
+    )
     with workspace.open_store() as store:
         assert store.query("SELECT purpose, kind FROM models") == [{"purpose": "policy", "kind": "adapter"}]
 
@@ -277,8 +312,20 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
     # GRPO's over-optimisation watch is judged by the judge reward model, RLOO's by the rule.
     for kind, extra, scored_at in (("ppo", {}, [1, 2]), ("grpo", {"num_iterations": 2, "judge_run": judge_run}, [1]),
                                    ("rloo", {"num_iterations": 1, "judge_rule": "heuristic"}, [1, 2])):
-        run_id = service.start_training(runner, kind, prompts="hh40", reward_run=reward_run, base=str(tiny_model), max_steps=2, batch_size=4,
-                                     max_new_tokens=8, max_length=256, lora_r=4, lora_alpha=8, **extra).run_id
+        run_id = service.start_training(
+            runner,
+            kind,
+            prompts="hh40",
+            reward_run=reward_run,
+            base=str(tiny_model),
+            max_steps=2,
+            batch_size=4,
+            max_new_tokens=8,
+            max_length=256,
+            lora_r=4,
+            lora_alpha=8,
+            **extra,
+        ).run_id
         run = runner.wait(run_id)
         assert run["status"] == "succeeded", (kind, run["message"])
         names = {m["name"] for m in hh40.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
@@ -290,12 +337,14 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         assert hh40.query("SELECT purpose FROM models WHERE run_id = ?", [run_id]) == [{"purpose": "policy"}]
         policies[kind] = run_id
     with pytest.raises(RunError, match="did not train a reward model"):
-        service.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model)).run_id
+        service.start_training(runner, "ppo", prompts="hh40", reward_run=run_id, base=str(tiny_model))
     with pytest.raises(RunError, match="cannot judge it"):
-        service.start_training(runner, "ppo", prompts="hh40", reward_run=reward_run, judge_run=reward_run).run_id
+        service.start_training(runner, "ppo", prompts="hh40", reward_run=reward_run, judge_run=reward_run)
 
     # A reward model is a judge only if it shares no prompt with the proxy's pairs; the proxy is no judge.
-    everything = service.start_training(runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL).run_id
+    everything = service.start_training(
+        runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL
+    ).run_id
     assert runner.wait(everything)["status"] == "succeeded"
     with pytest.raises(RunError, match=rf"not an independent judge: it was trained on {len(halves[0])} prompts that "
                                        rf"its proxy \(run {reward_run}\)"):
@@ -340,7 +389,11 @@ def test_a_policy_trained_on_pairs_is_reported_beside_a_reward_model_of_the_same
                                   **SMALL).run_id
     runs = [dpo_run]
     for half in ("policy-half", "other-half"):  # one at a time: the runner refuses the same job twice at once
-        runs.append(service.start_training(runner, "rm", half, base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL).run_id)
+        runs.append(
+            service.start_training(
+                runner, "rm", half, base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL
+            ).run_id
+        )
         assert runner.wait(runs[-1])["status"] == "succeeded"
     assert runner.wait(dpo_run)["status"] == "succeeded"
     proxy_run, other_run = runs[1:]
@@ -403,7 +456,8 @@ def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file,
     import torch
     from safetensors import safe_open
 
-    from pipelines.reward import RewardTrainConfig, run as train_reward
+    from pipelines.reward import RewardTrainConfig
+    from pipelines.reward import run as train_reward
     from pipelines.runlog import RunLog
     from store.formats import parse_hh_record
 

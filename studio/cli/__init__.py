@@ -9,7 +9,7 @@ import sys
 
 from common.errors import StudioError
 from studio.cli import app, build, data, models, runs, training
-from studio.cli.common import Context
+from studio.context import Context
 from studio.runner import Runner
 from studio.workspace import Workspace
 

@@ -6,26 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.settings import default_of, help_of, split_list, user_fields, value_type
-from store import Store
 from store.queries import latest_metrics
+from studio.context import Context
 from studio.kinds import RunError
 from studio.runner import Runner
-from studio.workspace import Workspace
 
 SHOWN_ERRORS = 50
-
-
-@dataclass
-class Context:
-    """What a command works on: the workspace, and its store and job runner when the command
-    opened them (`opens` in `command`)."""
-    workspace: Workspace
-    store: Store | None = None
-    runner: Runner | None = None
 
 
 def workspace_options() -> argparse.ArgumentParser:

@@ -106,7 +106,9 @@ def add_commands(sub) -> None:
                 "prompt)")
     p.add_argument("--dataset", required=True)
     p.add_argument("--into", nargs=2, required=True, metavar=("FIRST", "SECOND"), help="names of the two new datasets")
-    p.add_argument("--share", type=float, default=0.5, help="share of the prompts (or pairs) in the first (default 0.5)")
+    p.add_argument(
+        "--share", type=float, default=0.5, help="share of the prompts (or pairs) in the first (default 0.5)"
+    )
     p.add_argument("--by", choices=["prompt", "pair"], default="prompt",
                    help="prompt: all pairs of a prompt go together (default); pair: a random sample of pairs")
     p.add_argument("--seed", type=int, default=0, help="seed of the order (default 0)")

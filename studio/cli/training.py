@@ -6,8 +6,7 @@ from __future__ import annotations
 from pipelines.evaluate import EvaluateConfig
 from pipelines.judges import RULES
 from studio import reports, service
-from studio.cli.common import (announce, command, config_arguments, follow, follow_job, given_settings,
-                               read_guideline)
+from studio.cli.common import announce, command, config_arguments, follow, follow_job, given_settings, read_guideline
 from studio.kinds import judge_annotator
 from studio.methods import METHODS, ONLINE_METHODS, PAIR_POLICIES
 
