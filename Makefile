@@ -10,7 +10,7 @@ PORT ?= 7860
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_ARGS
 
-.PHONY: install install-test browser run test clean gpu gpu-smoke
+.PHONY: install install-test browser run lint test test-fast clean gpu gpu-smoke
 
 install: $(VENV)/.installed
 
@@ -39,8 +39,15 @@ run: install
 	$(BIN)/alignstudio prepare --workspace $(WORKSPACE)
 	$(BIN)/alignstudio serve --workspace $(WORKSPACE) --host $(HOST) --port $(PORT)
 
-test: install-test browser
+lint: install-test
+	$(BIN)/ruff check .
+
+test: lint browser
 	$(BIN)/python -m pytest -q
+
+# Everything but the slow tests (browser, model families, training runs): a few minutes.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # On a CUDA machine: llama.cpp rebuilt with CUDA (pip would reuse its cached CPU wheel, and the
 # install stamp would skip it) and bitsandbytes for 4-bit bases.

@@ -34,7 +34,7 @@ STAGES = ("perplexity", "generate", "rm", "dpo", "kto", "ppo", "grpo", "rloo", "
 TOPICS = ("tea", "rain", "cats", "bread", "the sea", "maps", "bees", "glass")
 
 
-def made_pairs(n: int) -> list[dict]:
+def helpers(n: int) -> list[dict]:
     """Pairs whose preferred side is short and plain, the other long and repetitive."""
     return [{"prompt": f"Tell me one thing about {TOPICS[i % len(TOPICS)]} (question {i}).",
              "chosen": f"{TOPICS[i % len(TOPICS)].capitalize()} is worth a look.",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Workspace.at(root, args.models_dir)
     data = root / "pairs.jsonl"
     root.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(p) + "\n" for p in made_pairs(24)))
+    data.write_text("".join(json.dumps(p) + "\n" for p in helpers(24)))
     small = dict(device=device, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8)
     rows, runs = [], {}
     with workspace.open_store() as store:

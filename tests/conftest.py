@@ -96,7 +96,20 @@ def hh_file() -> Path:
 
 @pytest.fixture(scope="session")
 def pairs_file(tmp_path_factory) -> Path:
-    """1,000 preference pairs the tests make themselves, in the HH layout (tests/made_pairs.py)."""
-    from made_pairs import write_pairs
+    """1,000 preference pairs the tests make themselves, in the HH layout (tests/helpers.py)."""
+    from helpers import write_pairs
 
     return write_pairs(tmp_path_factory.mktemp("pairs") / "pairs.jsonl.gz")
+
+
+# Fixtures whose tests train, convert or sample a model (seconds to minutes each).
+MODEL_FIXTURES = {"tiny_model", "peaked_model", "default_model_path", "hh40"}
+
+
+def pytest_collection_modifyitems(items):
+    """`slow`: every browser, model-family and default-model test, and every test that uses a
+    model (MODEL_FIXTURES); `make test-fast` runs the rest."""
+    for item in items:
+        if item.get_closest_marker("browser") or item.get_closest_marker("family") or \
+                item.get_closest_marker("default_model") or MODEL_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -21,6 +21,8 @@ import pytest
 from store import ImportFailed, Store, export_pairs, import_file
 from store.db import BadName, check_dataset_name
 
+from helpers import ALIGNSTUDIO, cli
+
 
 def pair(i: int) -> dict:
     return {"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad answer {i}."}
@@ -175,12 +177,6 @@ def test_a_gzip_bomb_is_stopped_while_it_decompresses(tmp_path, store):
 # --- the workspace and the command line ---------------------------------------------------------
 
 
-ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
-
-
-def cli(*args, workspace):
-    return subprocess.run([ALIGNSTUDIO, *map(str, args), "--workspace", str(workspace)],
-                          capture_output=True, text=True, timeout=300)
 
 
 def one_error_line(result) -> str:
@@ -198,16 +194,20 @@ def test_a_workspace_database_cut_short_is_called_damaged_not_healthy(tmp_path):
     db = ws / "studio.duckdb"
     os.truncate(db, db.stat().st_size // 2)
     for command in (["stats"], ["datasets"], ["export", "--out", tmp_path / "x.jsonl"], ["import", path]):
-        line = one_error_line(cli(*command, workspace=ws))
+        line = one_error_line(cli(*command, workspace=ws, check=False))
         assert "the workspace database is damaged" in line and "Restore studio.duckdb from a backup" in line
     assert not (tmp_path / "x.jsonl").exists()
 
 
 def test_odd_workspace_paths_get_a_sentence(tmp_path):
     (tmp_path / "afile").write_text("x")
-    assert "is a file, not a workspace folder" in one_error_line(cli("stats", workspace=tmp_path / "afile"))
+    assert "is a file, not a workspace folder" in one_error_line(
+        cli("stats", workspace=tmp_path / "afile", check=False)
+    )
     (tmp_path / "ws" / "studio.duckdb").mkdir(parents=True)
-    assert "is a folder, not a workspace database" in one_error_line(cli("stats", workspace=tmp_path / "ws"))
+    assert "is a folder, not a workspace database" in one_error_line(
+        cli("stats", workspace=tmp_path / "ws", check=False)
+    )
 
 
 def test_bad_command_line_values_and_export_targets(tmp_path):
@@ -215,10 +215,10 @@ def test_bad_command_line_values_and_export_targets(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_bytes(jsonl_bytes(3))
     assert "must be a positive number, not -5" in one_error_line(
-        cli("import", data, "--max-row-bytes", "-5", workspace=ws)
+        cli("import", data, "--max-row-bytes", "-5", workspace=ws, check=False)
     )
-    assert "is a folder, not a file" in cli("import", tmp_path, workspace=ws).stderr
-    cli("import", data, "--dataset", "d", workspace=ws)
+    assert "is a folder, not a file" in cli("import", tmp_path, workspace=ws, check=False).stderr
+    cli("import", data, "--dataset", "d", workspace=ws, check=False)
     (tmp_path / "a-file").write_text("x")
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -227,7 +227,7 @@ def test_bad_command_line_values_and_export_targets(tmp_path):
                         (locked / "x.jsonl", "cannot write the export")):
         if reason.startswith("cannot") and out.parent == locked and os.geteuid() == 0:
             continue  # root writes anywhere
-        assert reason in one_error_line(cli("export", "--out", out, workspace=ws))
+        assert reason in one_error_line(cli("export", "--out", out, workspace=ws, check=False))
     assert not list(tmp_path.glob("**/*.partial"))
 
 
@@ -269,7 +269,7 @@ def test_the_port_in_use_is_a_sentence(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = one_error_line(cli("serve", "--port", port, workspace=tmp_path / "ws"))
+        line = one_error_line(cli("serve", "--port", port, workspace=tmp_path / "ws", check=False))
     assert f"cannot serve on 127.0.0.1:{port}" in line and "pass --port" in line
 
 
@@ -312,7 +312,7 @@ def test_the_login_page_says_nothing_about_the_workspace(tmp_path):
     import urllib.request
     ws, data = tmp_path / "ws", tmp_path / "d.jsonl"
     data.write_bytes(jsonl_bytes(2))
-    assert cli("import", data, "--dataset", "secret-project-x", workspace=ws).returncode == 0
+    assert cli("import", data, "--dataset", "secret-project-x", workspace=ws, check=False).returncode == 0
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]

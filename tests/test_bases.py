@@ -7,13 +7,14 @@ import json
 import shutil
 
 import pytest
-from families import FAMILIES, family_model
 
 from pipelines.bases import gguf_readiness
 from store import import_file
 from studio import service
 from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
+
+from families import FAMILIES, family_model
 
 
 @pytest.fixture

@@ -7,21 +7,20 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from made_pairs import make_pairs
 
 from store import import_file
 from studio import service
 from studio.runner import Runner
 from studio.workspace import Workspace
 
+from helpers import ALIGNSTUDIO, make_pairs
+
 CHROMIUM = "/usr/bin/chromium"
-ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"),

@@ -2,20 +2,9 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
-
-
-def cli(*args, workspace, models_dir=None, check=True):
-    command = [ALIGNSTUDIO, *map(str, args), "--workspace", str(workspace)]
-    if models_dir:
-        command += ["--models-dir", str(models_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
+from helpers import ALIGNSTUDIO, cli
 
 
 def stats(workspace):

@@ -20,7 +20,7 @@ from studio import service
 from studio.data_tab import export_path
 from studio.runner import Runner
 
-ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
+from helpers import ALIGNSTUDIO
 
 
 def test_a_training_job_killed_mid_run_fails_keeps_the_store_and_resumes(

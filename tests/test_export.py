@@ -131,11 +131,12 @@ def test_reward_models_and_unknown_names_are_refused_before_a_run(workspace, sto
 @pytest.mark.parametrize("name", ["gemma2", "mistral"])
 def test_an_ollama_template_for_a_family_without_a_system_role_writes_what_its_chat_template_does(
         name, models_dir, default_model_path):
-    from families import FAMILIES, family_model
     from transformers import AutoTokenizer
 
     from pipelines.bases import generation_end_ids
     from pipelines.export import render_turns, turn_parts
+
+    from families import FAMILIES, family_model
 
     folder = family_model(name, models_dir, default_model_path)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from families import FAMILIES, family_model
+from helpers import read_events
 
 pytestmark = [pytest.mark.family, pytest.mark.slow]
 NAMES = list(FAMILIES)
@@ -55,7 +57,7 @@ def run_pipeline(run, config, folder: Path, inputs: dict[str, list[dict]]) -> di
         pq.write_table(pa.Table.from_pylist(rows), folder / name)
     save_config(config, folder / "config.json")
     run(config, RunLog(folder))
-    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()][-1]
+    return read_events(folder)[-1]
 
 
 def test_a_family_base_passes_the_checks_and_can_be_exported(family):

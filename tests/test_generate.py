@@ -8,6 +8,8 @@ from store import import_file
 from studio import service
 from studio.runner import RunError, Runner
 
+from helpers import read_events
+
 
 def prompts_file(tmp_path, n):
     path = tmp_path / "prompts.jsonl"
@@ -166,7 +168,7 @@ def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, works
         run = runner.wait(service.start_generation(runner, "p", model=str(folder), engine="llama.cpp", n=2,
                                                 max_new_tokens=6, seed=seed))
         assert run["status"] == "succeeded", run["message"]
-        events = [json.loads(line) for line in open(f"{run['folder']}/events.jsonl")]
+        events = read_events(run['folder'])
         messages.append([e.get("message") or "" for e in events])
     assert any(m.startswith("converting my-model to GGUF (f16) once") for m in messages[0])
     assert not any(m.startswith("converting") for m in messages[1])  # the second run reuses the file

@@ -2,13 +2,14 @@
 including both-bad labels that DPO cannot use, and trains through the same runner, CLI and store."""
 
 import pyarrow.parquet as pq
-from made_pairs import arithmetic_pairs
 
 from store import import_file
 from store.labelling import add_rule_labels
 from studio import service
 from studio.methods import METHODS
 from studio.runner import Runner
+
+from helpers import arithmetic_pairs
 
 
 def test_kto_trains_on_verdicts_and_counts_both_bad_answers_as_undesirable(workspace, store, tmp_path, tiny_model):

@@ -4,7 +4,6 @@ record outputs, cancel, resume, rerun, failure and a killed process, in seconds 
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,8 @@ import pytest
 from store.runs import record_adapter
 from studio import kinds
 from studio.runner import RunError, Runner
+
+from helpers import read_events, wait_until
 
 sys_path = str(Path(__file__).resolve().parent)
 
@@ -36,25 +37,18 @@ def start(runner, **settings):
     return runner.start("fake", FakeConfig(**settings), {"inputs.parquet": [{"x": i} for i in range(3)]})
 
 
-def events(run) -> list[dict]:
-    return [json.loads(line) for line in (Path(run["folder"]) / "events.jsonl").read_text().splitlines()]
-
-
 def wait_for_step(runner, run_id, step, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def reached():
         runner.sync(run_id)
-        if (runner.store.scalar("SELECT max(step) FROM run_metrics WHERE run_id = ?", [run_id]) or 0) >= step:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"run {run_id} never reached step {step}")
+        return (runner.store.scalar("SELECT max(step) FROM run_metrics WHERE run_id = ?", [run_id]) or 0) >= step
+    wait_until(reached, timeout, f"run {run_id} reaching step {step}", poll_s=0.05)
 
 
 def test_a_run_reports_every_step_and_its_output_lands_with_its_success(runner, store):
     run_id = start(runner, steps=5)
     run = runner.wait(run_id, poll_s=0.05)
     assert run["status"] == "succeeded" and run["message"] == "counted 5 steps over 3 rows"
-    assert [e["status"] for e in events(run)].count("started") == 1
+    assert [e["status"] for e in read_events(run)].count("started") == 1
     assert store.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'loss' ORDER BY step",
                        [run_id]) == [{"step": s, "value": 1.0 / s} for s in range(1, 6)]
     assert store.scalar("SELECT max(value) FROM run_metrics WHERE run_id = ? AND name = 'progress'", [run_id]) == 1.0
@@ -79,7 +73,7 @@ def test_cancel_stops_at_a_checkpoint_and_resume_finishes_from_it(runner, store)
         runner.resume(run_id)  # it is running again
     run = runner.wait(run_id, poll_s=0.05)
     assert run["status"] == "succeeded"
-    assert f"resuming from step {stopped}" in [e.get("message") for e in events(run)]
+    assert f"resuming from step {stopped}" in [e.get("message") for e in read_events(run)]
     steps = [r["step"] for r in store.query("SELECT step FROM run_metrics WHERE run_id = ? AND name = 'loss' "
                                              "ORDER BY rowid", [run_id])]
     assert steps == list(range(1, 41))  # every step once, in order, across the two processes

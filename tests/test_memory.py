@@ -124,12 +124,13 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
 
 
 def test_a_mixture_of_experts_router_gets_no_lora_in_the_plan_or_the_model(models_dir, default_model_path):
-    from families import family_model
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from pipelines.memory import count_on_meta
     from pipelines.training import TrainSettings, lora_config
+
+    from families import family_model
 
     folder = family_model("qwen2moe", models_dir, default_model_path)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder), lora_config(TrainSettings(lora_r=2),

@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 from pipelines.dpo import DPOTrainConfig
 from pipelines.runlog import save_config
 
+from helpers import read_events
+
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 
@@ -24,10 +26,6 @@ def launch(tmp_path, module: str) -> subprocess.CompletedProcess:
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module,
                            "--config", str(tmp_path / "config.json")],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
-
-
-def events_of(tmp_path) -> list[dict]:
-    return [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
 
 
 def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny_model, models_dir):
@@ -42,7 +40,7 @@ def test_dpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tiny
                                max_length=96, lora_r=4, lora_alpha=8, eval_share=0.25), tmp_path / "config.json")
     result = launch(tmp_path, "pipelines.dpo")
     assert result.returncode == 0, result.stderr[-3000:]
-    events = events_of(tmp_path)
+    events = read_events(tmp_path)
     statuses = [e["status"] for e in events]
     assert statuses.count("started") == 1 and statuses.count("succeeded") == 1 and statuses[-1] == "succeeded"
     assert events[0]["message"].endswith("on 2 processes")  # two ranks really ran
@@ -70,7 +68,7 @@ def test_a_reward_model_on_two_ranks_scores_every_held_out_pair_once(tmp_path, t
                 tmp_path / "config.json")
     result = launch(tmp_path, "pipelines.reward")
     assert result.returncode == 0, result.stderr[-3000:]
-    events = events_of(tmp_path)
+    events = read_events(tmp_path)
     assert events[0]["message"].endswith("on 2 processes")
     assert [e["status"] for e in events].count("succeeded") == 1
     assert any("of the 4 held-out pairs every 2 steps and on all of them at the end" in (e.get("message") or "")
@@ -103,7 +101,7 @@ def test_a_cancel_seen_by_one_rank_stops_both_at_one_step(tmp_path, tiny_model, 
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
-            if (tmp_path / "events.jsonl").exists() and any(e.get("step", 0) >= 2 for e in events_of(tmp_path)):
+            if (tmp_path / "events.jsonl").exists() and any(e.get("step", 0) >= 2 for e in read_events(tmp_path)):
                 break
             time.sleep(0.5)
         ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
@@ -115,7 +113,7 @@ def test_a_cancel_seen_by_one_rank_stops_both_at_one_step(tmp_path, tiny_model, 
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 0, err[-3000:]
-    events = events_of(tmp_path)
+    events = read_events(tmp_path)
     assert events[-1]["status"] == "cancelled"
     stopped = int(events[-1]["message"].split("at step ")[1].split(";")[0])
     assert stopped < 200 and (tmp_path / "checkpoints" / f"checkpoint-{stopped}" / "trainer_state.json").is_file()
@@ -126,7 +124,7 @@ def test_ppo_on_two_ranks_is_refused_with_a_reason(tmp_path, tiny_model, models_
 
     save_config(PPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir)), tmp_path / "config.json")
     assert launch(tmp_path, "pipelines.ppo").returncode != 0
-    events = events_of(tmp_path)
+    events = read_events(tmp_path)
     assert [e["status"] for e in events] == ["started", "failed"]
     assert "the studio's PPO runs in one process" in events[-1]["message"]
     assert not (tmp_path / "model").exists()
@@ -182,7 +180,7 @@ def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store
     run = ended(300)
     assert run["status"] == "succeeded", run["message"]
     folder = workspace.runs_dir / str(run_id)
-    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    events = read_events(folder)
     started = [e for e in events if e["status"] == "started"]
     assert len(started) == 2 and all(e["message"].endswith("on 2 processes") for e in started)  # run, then resume
     steps = [e["step"] for e in events if "loss" in e.get("metrics", {})]
@@ -204,7 +202,7 @@ def test_orpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tin
                                 max_length=64, lora_r=4, lora_alpha=8, eval_share=0.25), tmp_path / "config.json")
     result = launch(tmp_path, "pipelines.orpo")
     assert result.returncode == 0, result.stderr[-3000:]
-    events = events_of(tmp_path)
+    events = read_events(tmp_path)
     assert events[0]["message"].endswith("on 2 processes")
     assert [e["status"] for e in events].count("succeeded") == 1
     assert events[-1]["message"].startswith("ORPO trained (2 steps)")

@@ -1,12 +1,12 @@
 """ORPO, added through the methods table alone (its pipeline module and one entry): it trains as
 a job on pairs, through the same runner, CLI and store as every method."""
 
-from made_pairs import arithmetic_pairs
-
 from store import import_file
 from studio import service
 from studio.methods import METHODS
 from studio.runner import Runner
+
+from helpers import arithmetic_pairs
 
 
 def test_orpo_trains_on_pairs_as_a_job_and_makes_a_policy(workspace, store, tmp_path, tiny_model):

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipelines.perplexity import PerplexityConfig, render, response_nll, score, tokenize
 from pipelines.runlog import RunLog
 
+from helpers import read_events
+
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 ANSWERS = ["Paris.", "The capital of France is Paris, a city on the Seine.", "",
            "I think it might be Lyon, but I am not sure at all."]
@@ -66,7 +68,7 @@ def run_pipeline(tmp_path, tiny_model, rows, **config):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "inputs.parquet")
     config = PerplexityConfig(model=str(tiny_model), models_dir=str(tmp_path), **config)
     score(config, RunLog(tmp_path))
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = read_events(tmp_path)
     return {r["response_id"]: r for r in pq.read_table(tmp_path / "perplexities.parquet").to_pylist()}, events
 
 

@@ -11,6 +11,8 @@ import torch
 from pipelines.ppo import PPOTrainConfig, gae, train
 from pipelines.runlog import RunLog
 
+from helpers import read_events
+
 PROMPTS = [[{"role": "user", "content": f"Tell me about {w}."}]
            for w in ("cats", "dogs", "rain", "the sea", "music", "bread", "stars", "trees")]
 
@@ -81,7 +83,7 @@ def test_ppo_raises_a_known_reward(tmp_path, peaked_model, token_reward):
     run_dir = run_dir_with_prompts(tmp_path)
     before = expected()
     train(config(peaked_model), RunLog(run_dir), reward_fn=reward_fn)
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = read_events(run_dir)
     assert events[-1]["status"] == "succeeded"
     logged = [e["metrics"] for e in events if e.get("metrics", {}).get("reward") is not None]
     assert len(logged) == 20
@@ -96,7 +98,7 @@ def test_ppo_with_a_kl_penalty_stays_closer_to_the_reference(tmp_path, peaked_mo
     for kl_coef in (0.0, 1.0):
         run_dir = run_dir_with_prompts(tmp_path / f"kl{kl_coef}")
         train(config(peaked_model, kl_coef=kl_coef, max_steps=10), RunLog(run_dir), reward_fn=reward_fn)
-        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        events = read_events(run_dir)
         kls[kl_coef] = sum(e["metrics"]["kl"] for e in events[-4:-1] if "kl" in e.get("metrics", {}))
     assert kls[1.0] < kls[0.0]
 
@@ -147,7 +149,7 @@ def test_the_watch_sees_a_judge_fall_while_the_proxy_rises_and_keeps_the_judges_
     pq.write_table(pa.Table.from_pylist([{"prompt": json.dumps(p)} for p in prompts]), run_dir / "inputs.parquet")
     train(config(peaked_model, max_steps=12, watch_prompts=4, watch_every=4), RunLog(run_dir), reward_fn=reward_fn,
           judge_fn=judge_fn)
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = read_events(run_dir)
     assert events[0]["message"] == "4 prompts held out for the over-optimisation watch, checked every 4 steps"
     checks = [e for e in events if "watch/proxy_win" in e.get("metrics", {})]
     assert [e["step"] for e in checks] == [4, 8, 12]

@@ -13,6 +13,8 @@ from store import import_file
 from studio import service
 from studio.runner import RunError, Runner
 
+from helpers import wait_until
+
 
 def import_hh(store, pairs_file, tmp_path, n):
     subset = tmp_path / f"hh{n}.jsonl"
@@ -22,14 +24,11 @@ def import_hh(store, pairs_file, tmp_path, n):
 
 
 def wait_for_progress(runner, run_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def progressed():
         runner.sync(run_id)
-        if runner.store.scalar("SELECT max(value) FROM run_metrics WHERE run_id = ? AND name = 'progress'",
-                               [run_id]):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the job made no progress")
+        return runner.store.scalar("SELECT max(value) FROM run_metrics WHERE run_id = ? AND name = 'progress'",
+                                   [run_id])
+    wait_until(progressed, timeout, "progress of the job", poll_s=0.2)
 
 
 def partial_ids(run):

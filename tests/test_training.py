@@ -17,6 +17,8 @@ from studio import inputs, reports, service
 from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
+from helpers import read_events
+
 SMALL = dict(batch_size=2, max_length=256, save_every=2, lora_r=4, lora_alpha=8)
 
 
@@ -471,7 +473,7 @@ def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file,
                                max_steps=3, save_every=1, batch_size=2, max_length=128, lora_r=4, lora_alpha=8,
                                eval_share=0.25, learning_rate=1e-5)
     train_reward(config, RunLog(tmp_path))
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = read_events(tmp_path)
     assert events[-1]["status"] == "succeeded", events[-1]
 
     def score_head(folder):

@@ -1,4 +1,8 @@
-"""Preference pairs the tests make themselves, in the HH-RLHF layout (a transcript per side:
+"""What the tests share: the `alignstudio` command as a user runs it (`cli`), a run's events
+(`read_events`), waiting for a condition (`wait_until`), and preference pairs the tests make themselves
+(`make_pairs`, `write_pairs`, `arithmetic_pairs`).
+
+The pairs are in the HH-RLHF layout (a transcript per side:
 "\\n\\nHuman: ...\\n\\nAssistant: ..."), so that a bare clone of the project tests everything. Only
 the tests about the HH-RLHF format itself read the real sample in ../shared/data.
 
@@ -12,7 +16,41 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
+
+
+def cli(*args, workspace, models_dir=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """`alignstudio ARGS --workspace W`, as a user runs it; with `check`, a failure raises with
+    its output."""
+    command = [ALIGNSTUDIO, *map(str, args), "--workspace", str(workspace)]
+    if models_dir:
+        command += ["--models-dir", str(models_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_events(folder) -> list[dict]:
+    """The events a run wrote (`folder`: its run folder, or a run row with one)."""
+    folder = Path(folder["folder"] if isinstance(folder, dict) else folder)
+    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+
+
+def wait_until(condition, timeout: float = 60, what: str = "the condition", poll_s: float = 0.1):
+    """Call `condition()` until it returns something true (returned), or fail after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(poll_s)
+    raise AssertionError(f"{what} did not happen in {timeout:.0f} s")
 
 TOPICS = ["cats", "bread", "the sea", "rain", "music", "trees", "stars", "tea", "maps", "ice", "glass", "sand",
           "bicycles", "bees", "coffee", "snow", "rivers", "clocks", "paper", "bridges", "café culture", "Zürich",
