@@ -59,7 +59,13 @@ CELLS = {
     "max 1024 tokens": {"max_length": 1024},
     "centre rewards 0.01": {"center_rewards": 0.01},
     "skip near-identical": {"skip_near_identical": True},
+    # Against length bias (issue 30): a length head absorbs the labels' length preference, a penalty
+    # keeps the reward uncorrelated with length (pipelines.reward.length_head_trainer).
+    "length head 1": {"length_head": 1.0},
+    "length head 4": {"length_head": 4.0},
 }
+# The pairs of a held-out set by which answer is the longer (card/... metrics of pipelines.reward).
+LENGTH_GROUPS = ("chosen_longer", "chosen_shorter")
 
 
 def flags(settings: dict) -> list[str]:
@@ -98,7 +104,11 @@ def result(workspace: Path, run_id: int, cell: str, seed: int) -> dict:
             "accuracy": metrics["heldout_accuracy"], "low": metrics["heldout_accuracy_low"],
             "high": metrics["heldout_accuracy_high"], "pairs": int(metrics["heldout_pairs"]),
             "accuracy_distinct": metrics.get("card/accuracy_distinct"),
-            "distinct_pairs": metrics.get("card/distinct_pairs")}
+            "distinct_pairs": metrics.get("card/distinct_pairs"),
+            **{f"accuracy_{g}": metrics.get(f"card/accuracy_{g}") for g in LENGTH_GROUPS},
+            **{f"{g}_pairs": metrics.get(f"card/{g}_pairs") for g in LENGTH_GROUPS},
+            "rm_prefers_longer": metrics.get("card/rm_prefers_longer"),
+            "labels_prefer_longer": metrics.get("card/labels_prefer_longer")}
 
 
 def pooled(folds: list[dict], cell: str) -> dict:
@@ -113,7 +123,39 @@ def pooled(folds: list[dict], cell: str) -> dict:
             "accuracy": correct / pairs, "low": low, "high": high, "pairs": pairs,
             "accuracy_distinct": (sum(f["accuracy_distinct"] * f["distinct_pairs"] for f in folds) / distinct_pairs
                                   if distinct_pairs else None),
-            "distinct_pairs": distinct_pairs}
+            "distinct_pairs": distinct_pairs, **pooled_length_groups(folds)}
+
+
+def pooled_length_groups(folds: list[dict]) -> dict:
+    """The length groups' accuracies and preferences of two folds, pooled (absent from older rows)."""
+    if any(f.get("accuracy_chosen_longer") is None for f in folds):
+        return {}
+    pooled = {}
+    for g in LENGTH_GROUPS:
+        n = sum(f[f"{g}_pairs"] for f in folds)
+        pooled[f"{g}_pairs"] = n
+        pooled[f"accuracy_{g}"] = sum(f[f"accuracy_{g}"] * f[f"{g}_pairs"] for f in folds) / n if n else None
+    unequal = [f["chosen_longer_pairs"] + f["chosen_shorter_pairs"] for f in folds]
+    for name in ("rm_prefers_longer", "labels_prefer_longer"):
+        pooled[name] = sum(f[name] * n for f, n in zip(folds, unequal)) / sum(unequal)
+    return pooled
+
+
+def length_table(rows: list[dict]) -> str:
+    """Accuracy by which answer is the longer, with intervals, for the rows that have it."""
+    lines = ["| setting | held-out accuracy (95% interval) | chosen is longer (pairs) | chosen is shorter (pairs) "
+             "| prefers the longer answer (labels) | run |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("accuracy_chosen_longer") is None:
+            continue
+        groups = []
+        for g in LENGTH_GROUPS:
+            n = r[f"{g}_pairs"]
+            low, high = wilson_interval(r[f"accuracy_{g}"] * n, n)
+            groups.append(f"{r[f'accuracy_{g}']:.3f} ({low:.3f}-{high:.3f}; {n:.0f})")
+        lines.append(f"| {r['cell']} | {r['accuracy']:.3f} ({r['low']:.3f}-{r['high']:.3f}) | {groups[0]} | "
+                     f"{groups[1]} | {r['rm_prefers_longer']:.0%} ({r['labels_prefer_longer']:.0%}) | {r['run']} |")
+    return "\n".join(lines)
 
 
 def last_run(workspace: Path) -> int:
@@ -196,6 +238,8 @@ def main() -> None:
                     f.write(json.dumps(row) + "\n")
                 done.append(row)
     print(table(done, workspace))
+    print()
+    print(length_table(done))
 
 
 if __name__ == "__main__":

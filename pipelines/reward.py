@@ -55,6 +55,11 @@ class RewardTrainConfig(PairTrainSettings):
     skip_near_identical: bool = setting(False, "leave out of training the pairs whose two answers are near-identical "
                                         "(at least 90% alike; the run's message counts them)",
                                         label="Skip near-identical pairs", advanced=True)
+    length_head: float = setting(0.0, "against length bias (ODIN's idea): a second, linear head on the two "
+                                 "answers' length gap takes the labels' length preference during training, and "
+                                 "a penalty of this weight on the batch's correlation between the reward gap and "
+                                 "the length gap keeps the reward itself from tracking length; only the reward "
+                                 "is kept (0: off)", label="Length head", advanced=True)
 
 REPORT_CARD = "report_card.json"
 HELD_OUT_SCORES = "held_out_scores.parquet"
@@ -189,6 +194,50 @@ def no_subset_evaluation_at_the_end():
     return NoSubsetEvaluationAtTheEnd()
 
 
+LENGTH_UNIT = 100.0  # the length head's input: the chosen answer's tokens minus the rejected one's, per 100
+
+
+def length_head_trainer(base):
+    """TRL's RewardTrainer with a length head (`length_head` in the config): the pairwise loss is
+    taken on reward gap + w * length gap, w one learned number, so that the length preference of
+    the labels goes to w; and a penalty on corr(reward gap, length gap)^2 over the batch keeps the
+    reward from tracking length. w is only for training: the saved model is the reward alone."""
+    import torch
+    from torch import nn
+
+    class LengthHeadRewardTrainer(base):
+        def __init__(self, *args, length_penalty: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.length_penalty = length_penalty
+            self.length_weight = nn.Parameter(torch.zeros((), device=self.args.device))
+
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            optimizer.add_param_group({"params": [self.length_weight], "weight_decay": 0.0})
+            return optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            outputs = model(**inputs)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            length_chosen, length_rejected = torch.chunk(inputs["attention_mask"].sum(-1).float(), chunks=2)
+            length_gap = (length_chosen - length_rejected) / LENGTH_UNIT
+            gap = chosen - rejected
+            loss = -nn.functional.logsigmoid(gap + self.length_weight.to(gap.dtype) * length_gap).mean()
+            if gap.numel() > 1 and length_gap.std() > 0:
+                centred, lengths = gap - gap.mean(), length_gap - length_gap.mean()
+                corr = (centred * lengths).sum() / (centred.norm() * lengths.norm() + 1e-6)
+                loss = loss + self.length_penalty * corr ** 2
+            with torch.no_grad():  # the metrics TRL logs, of the reward alone
+                for name, value in (("accuracy", (gap > 0).float().mean()), ("margin", gap.mean()),
+                                    ("length_weight", self.length_weight.detach())):
+                    self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return LengthHeadRewardTrainer
+
+
 def make_trainer(config: RewardTrainConfig, run_dir, train: list[dict], held_out: list[dict], callbacks=()):
     """TRL's RewardTrainer for these pairs, LoRA with its score head, and the tokenizer; it evaluates
     during the run on the first `eval_during` held-out pairs."""
@@ -203,7 +252,9 @@ def make_trainer(config: RewardTrainConfig, run_dir, train: list[dict], held_out
     args = RewardConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
                         max_length=config.max_length, center_rewards_coefficient=config.center_rewards or None)
     during = held_out[:config.eval_during] if config.eval_during > 0 else held_out
-    trainer = RewardTrainer(model=model, args=args, train_dataset=pair_dataset(train),
+    trainer_class, extra = (length_head_trainer(RewardTrainer), {"length_penalty": config.length_head}) \
+        if config.length_head > 0 else (RewardTrainer, {})
+    trainer = trainer_class(model=model, args=args, train_dataset=pair_dataset(train), **extra,
                             eval_dataset=pair_dataset(during) if held_out else None,
                             processing_class=tokenizer, callbacks=list(callbacks),
                             peft_config=lora_config(config, "SEQ_CLS", modules_to_save=["score"]))

@@ -27,7 +27,7 @@ def rm_report(runner: Runner, run_id: int) -> list[str]:
     calibration (from the run), and agreement with each annotator of the held-out pairs (from the
     store: who labelled them which way, and the verdicts their file came with, as 'source')."""
     run = runner.get(run_id)
-    if run is None or run["kind"] != "rm":
+    if run is None or run["kind"] not in METHODS or METHODS[run["kind"]].makes != "reward":
         raise RunError(f"run {run_id} is not a reward-model run")
     folder = runner.workspace.runs_dir / str(run_id)
     if not (folder / REPORT_CARD).is_file():

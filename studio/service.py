@@ -139,9 +139,9 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
     config = make_config(m.config, m.label, models_dir=models_dir, **fields,
                          **({"judge_split": "proxy"} if judge_split else {}),
                          **training_settings(m, given, models_dir))
-    check_placement(config)
-    estimate = memory_plan_of(m, config)
+    estimate = memory_plan_of(m, config)  # from the base's config.json alone: the first refusal, and the cheapest
     check_memory(estimate, force)
+    check_placement(config)
     inputs = files.pop("inputs")
     if not judge_split:
         return TrainingStart((runner.start(method, config, {config.inputs: inputs, **files}),), estimate)

@@ -485,6 +485,37 @@ def test_a_bf16_reward_model_trains_its_score_head_in_fp32(tmp_path, pairs_file,
     assert any(not torch.equal(final[k], after_two[k]) for k in final)  # the third step moved it
 
 
+def test_a_length_head_takes_the_labels_length_preference_and_the_reward_model_still_scores(tmp_path, tiny_model,
+                                                                                             models_dir):
+    """With a length head (`length_head`), pairs whose chosen answer is always the longer teach the
+    head's weight to favour length (it is logged, and grows), and the saved model is the reward alone:
+    it loads and scores like any reward model."""
+    import pyarrow as pa
+
+    from pipelines.models import choose_placement
+    from pipelines.reward import RewardTrainConfig
+    from pipelines.reward import run as train_reward
+    from pipelines.reward_model import load_reward_model, score
+    from pipelines.runlog import RunLog
+
+    records = [{"pair_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Tell me about {i}."}]),
+                "chosen": json.dumps([{"role": "assistant", "content": f"Here is a long answer about {i}. " * 6}]),
+                "rejected": json.dumps([{"role": "assistant", "content": "No."}]), "chosen_side": "first"}
+               for i in range(16)]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "inputs.parquet")
+    config = RewardTrainConfig(base=str(tiny_model), models_dir=str(models_dir), device="cpu", max_steps=4,
+                               batch_size=4, max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25,
+                               learning_rate=5e-2, length_head=1.0, save_every=100)
+    train_reward(config, RunLog(tmp_path))
+    events = read_events(tmp_path)
+    assert events[-1]["status"] == "succeeded", events[-1]
+    weights = [e["metrics"]["length_weight"] for e in events if "length_weight" in e.get("metrics", {})]
+    assert weights and weights[-1] > weights[0] >= 0
+    tokenizer, model = load_reward_model(tmp_path / "model", choose_placement())
+    rewards = score(tokenizer, model, [json.loads(r["prompt"]) + json.loads(r["chosen"]) for r in records[:2]])
+    assert len(rewards) == 2 and all(isinstance(r, float) for r in rewards)
+
+
 def test_length_grouped_batches_carry_less_padding_and_keep_every_pair(tmp_path, pairs_file, tiny_model):
     """Reward-model batches of similar-length pairs (the default): much less of each batch is padding
     than in a shuffled order, every pair is still seen once an epoch, and the order follows the seed."""
