@@ -102,7 +102,8 @@ def test_each_training_method_lists_only_its_own_settings_with_their_defaults(tm
 
 
 def test_every_flag_the_readme_shows_is_one_the_command_takes():
-    """The README's command lines (indented `alignstudio ...`) name only flags that --help lists."""
+    """The command lines of the README and the guides in docs/ (indented `alignstudio ...`) name only
+    flags that --help lists."""
     import re
 
     from studio.cli import build_parser
@@ -110,8 +111,10 @@ def test_every_flag_the_readme_shows_is_one_the_command_takes():
     def subparsers(parser):
         return next((a.choices for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict)), {})
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    lines = [line.strip() for line in readme.splitlines() if line.startswith("    alignstudio ")]
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *(p for p in (root / "docs").glob("*.md") if p.name != "cli.md")]
+    lines = [line.strip() for page in pages for line in page.read_text().splitlines()
+             if line.startswith("    alignstudio ")]
     assert len(lines) > 15
     for line in lines:
         words = line.split("#")[0].split()[1:]
@@ -120,7 +123,7 @@ def test_every_flag_the_readme_shows_is_one_the_command_takes():
             parser = subparsers(parser)[words.pop(0)]
         known = {option for action in parser._actions for option in action.option_strings}
         for flag in re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", " ".join(words)):
-            assert flag in known, f"README: {line!r}: {flag} is not an option of this command"
+            assert flag in known, f"docs: {line!r}: {flag} is not an option of this command"
 
 
 def test_a_bad_setting_is_one_line_of_error_not_a_traceback(tmp_path):

@@ -52,5 +52,38 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def reference(width: int = 100) -> str:
+    """Every command's --help (and every `train METHOD`'s), as markdown: docs/cli.md
+    (`python scripts/cli_docs.py` writes it; a test keeps the two equal)."""
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(width)  # argparse wraps help to the terminal's width: the same everywhere
+    try:
+        return _reference(build_parser())
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+
+
+def _reference(parser: argparse.ArgumentParser) -> str:
+    parts = ["# `alignstudio` command reference", "",
+             "Generated from `--help` by `python scripts/cli_docs.py`; `tests/test_docs.py` keeps it current.", "",
+             "```", parser.format_help().rstrip(), "```"]
+
+    def add(sub_parser, name: str) -> None:
+        parts.extend(["", f"## `{name}`", "", "```", sub_parser.format_help().rstrip(), "```"])
+        for action in sub_parser._actions:  # argparse keeps its subcommands on a private action
+            if isinstance(action, argparse._SubParsersAction):
+                for child, child_parser in action.choices.items():
+                    add(child_parser, f"{name} {child}")
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub_parser in action.choices.items():
+                add(sub_parser, f"alignstudio {name}")
+    return "\n".join(parts) + "\n"
+
+
 if __name__ == "__main__":
     sys.exit(main())
