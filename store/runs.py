@@ -33,7 +33,13 @@ def create_run(store: Store, kind: str, config: dict, runs_dir: Path) -> tuple[i
     return run_id, folder
 
 
-def mark_running(store: Store, run_id: int, pid: int) -> None:
+def set_run_config(store: Store, run_id: int, config: dict) -> None:
+    """A run's config as it will run here (an imported bundle's paths made this workspace's)."""
+    with store.transaction() as cur:
+        cur.execute("UPDATE runs SET config = ? WHERE id = ?", [json.dumps(config), run_id])
+
+
+def mark_running(store: Store, run_id: int, pid: int | None) -> None:
     with store.transaction() as cur:
         cur.execute("UPDATE runs SET status = 'running', pid = ?, message = NULL, finished_at = NULL, "
                     "started_at = coalesce(started_at, current_timestamp) WHERE id = ?", [pid, run_id])

@@ -19,6 +19,7 @@ from store.queries import dataset_pair_texts, pair_verdicts
 from studio.inputs import dataset_id, trained_prompts
 from studio.judging import checked_guideline, llm_judge_file
 from studio.kinds import JUDGE_PREFIX, RunError
+from studio.methods import METHODS
 from studio.runner import Runner
 
 

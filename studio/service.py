@@ -23,6 +23,7 @@ from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.training import parameter_count, placement_of, suggested_settings
 from store.models import model_named, model_path, reward_model_at, trained_adapter
 from store.queries import dataset_pair_texts, unscored_responses
+from studio.bundles import write_bundle
 from studio.inputs import EVAL_INPUTS, dataset_id, prompts_of, split_by_prompt, trained_prompts, training_records
 from studio.judging import check_independent, checked_guideline, gguf_models, llm_judge_file
 from studio.kinds import RunError, make_config
@@ -42,6 +43,7 @@ class TrainingStart:
     run_ids: tuple[int, ...]
     plan: MemoryPlan | None
     roles: tuple[str, ...] = ("",)   # a judge split's: ("proxy", "judge")
+    bundle: Path | None = None       # with `bundle`: the folder written, and no run started
 
     @property
     def run_id(self) -> int:
@@ -115,14 +117,16 @@ def _pair_inputs(runner: Runner, m: Method, dataset, eval_dataset, judge_run, ju
 
 def start_training(runner: Runner, method: str, dataset: str | None = None, eval_dataset: str | None = None,
                    prompts: str | None = None, reward_run: int | None = None, judge_run: int | None = None,
-                   judge_split: bool = False, force: bool = False, **settings) -> TrainingStart:
+                   judge_split: bool = False, force: bool = False, bundle: str | Path | None = None,
+                   **settings) -> TrainingStart:
     """Train with a method of `METHODS`: on a dataset's preference pairs or verdicts (`dataset`, and
     `eval_dataset` or a held-out share), or on the prompts of `prompts` against the reward model
     trained by run `reward_run`, its over-optimisation watch judged by the reward model of
     `judge_run` (refused unless independent of the proxy). With `judge_split` (reward models), two
     runs on the two prompt-disjoint halves of the pairs: the proxy, then the judge. `settings` are
     the method's config fields; those not given are suggested for the base's size. The config is
-    built once and its memory plan made once."""
+    built once and its memory plan made once. With `bundle`, the job is written to that folder to
+    run on another machine (studio.bundles) instead of started here."""
     if method not in METHODS:
         raise RunError(f"unknown training method {method!r}; one of {', '.join(METHODS)}")
     m = METHODS[method]
@@ -140,9 +144,14 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
                          **({"judge_split": "proxy"} if judge_split else {}),
                          **training_settings(m, given, models_dir))
     estimate = memory_plan_of(m, config)  # from the base's config.json alone: the first refusal, and the cheapest
+    inputs = files.pop("inputs")
+    if bundle is not None:  # it runs elsewhere: this machine's GPU and devices are not its
+        if judge_split:
+            raise RunError("a judge split is two runs: bundle each half's dataset instead (alignstudio split)")
+        written = write_bundle(runner, bundle, method, config, {config.inputs: inputs, **files})
+        return TrainingStart((), estimate, bundle=written)
     check_memory(estimate, force)
     check_placement(config)
-    inputs = files.pop("inputs")
     if not judge_split:
         return TrainingStart((runner.start(method, config, {config.inputs: inputs, **files}),), estimate)
     proxy_half, judge_half = split_by_prompt(inputs, config.seed)
