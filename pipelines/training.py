@@ -361,7 +361,13 @@ def train_and_save(trainer, callback, config: TrainSettings, log: RunLog, kind: 
 
 
 def base_and_tokenizer(config: TrainSettings) -> tuple[str, object]:
-    """The base's local folder (the default model converted once) and its tokenizer."""
+    """The base's local folder (the default model converted once) and its tokenizer; and every
+    random generator seeded with the run's seed, here, before the model is made: a reward model's
+    score head and the LoRA matrices are initialised before the Trainer seeds (TRL wraps the model
+    first), and torch's own seed differs in every process, so two runs of one config would differ."""
+    from transformers import set_seed
+
+    set_seed(config.seed)
     base_path = resolve_model(config.base, config.models_dir)
     return base_path, load_tokenizer(base_path)
 

@@ -25,7 +25,14 @@ def cmd_train(ctx, args) -> int:
                     judge_split=getattr(args, "judge_split", False))
         what = f"{method.name} on '{args.dataset}'"
     settings = given_settings(args, method.config)
-    started = service.start_training(ctx.runner, method.name, **data, force=args.force, **settings)
+    started = service.start_training(ctx.runner, method.name, **data, force=args.force, bundle=args.bundle,
+                                     **settings)
+    if started.bundle is not None:
+        print(f"bundle written to {started.bundle}: {what} from '{settings.get('base', 'default')}'. Run it there "
+              f"with ./launch.sh (or sbatch job.sbatch), then bring it back: alignstudio runs import {started.bundle}")
+        if started.plan is not None:
+            print(f"{started.plan.describe()} (each process)", flush=True)
+        return 0
     for run_id, role in zip(started.run_ids, started.roles):
         announce(ctx, run_id, ROLES[role].format(dataset=args.dataset, online=ONLINE_METHODS, run_id=run_id)
                  if role else f"{what} from '{settings.get('base', 'default')}'")
@@ -101,6 +108,9 @@ def add_train(sub) -> None:
         config_arguments(m, method.config)
         m.add_argument("--force", action="store_true",
                        help="start even when the memory plan says the run will not fit the GPU")
+        m.add_argument("--bundle", metavar="DIR", help="write the job to DIR (config, inputs, launch.sh for "
+                       "accelerate, job.sbatch for Slurm) to run on another machine, instead of starting it here; "
+                       "alignstudio runs import DIR brings it back")
 
 
 def add_commands(sub) -> None:
