@@ -9,6 +9,10 @@ the number of stages that failed.
     python scripts/gpu_smoke.py            # on the GPU (every stage, a few minutes)
     python scripts/gpu_smoke.py --cpu      # the same stages on the CPU (slow: minutes per stage)
     python scripts/gpu_smoke.py --cpu --only perplexity,rm,dpo,evaluate
+
+Besides one process per pipeline: DPO data-parallel on two GPUs (where the machine has two), and
+a reward model as a bundle run by its own launcher and imported back. Sharded training (FSDP) is
+not built yet: there is no stage for it.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from studio.runner import Runner  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
 STAGES = ("perplexity", "generate", "rm", "dpo", "kto", "ppo", "grpo", "rloo", "evaluate", "qlora", "export",
-          "compare")
+          "compare", "dpo-2gpu", "rm-bundle")
 TOPICS = ("tea", "rain", "cats", "bread", "the sea", "maps", "bees", "glass")
 
 
-def helpers(n: int) -> list[dict]:
+def made_pairs(n: int) -> list[dict]:
     """Pairs whose preferred side is short and plain, the other long and repetitive."""
     return [{"prompt": f"Tell me one thing about {TOPICS[i % len(TOPICS)]} (question {i}).",
              "chosen": f"{TOPICS[i % len(TOPICS)].capitalize()} is worth a look.",
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Workspace.at(root, args.models_dir)
     data = root / "pairs.jsonl"
     root.mkdir(parents=True, exist_ok=True)
-    data.write_text("".join(json.dumps(p) + "\n" for p in helpers(24)))
+    data.write_text("".join(json.dumps(p) + "\n" for p in made_pairs(24)))
     small = dict(device=device, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8)
     rows, runs = [], {}
     with workspace.open_store() as store:
@@ -87,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.cpu or importlib.util.find_spec("bitsandbytes") is None:
                     return None
                 return service.start_training(runner, "dpo", "pairs", load_in_4bit=True, max_length=128, **small).run_id
+            if stage == "dpo-2gpu":  # data-parallel over two cards (skipped with fewer than two)
+                if args.cpu or gpu_count() < 2:
+                    return None
+                return service.start_training(runner, "dpo", "pairs", num_processes=2, max_length=128, **small).run_id
+            if stage == "rm-bundle":  # a bundle run by its own launcher here, then imported
+                return run_bundle(runner, root, dict(eval_share=0.25, max_length=128, **small))
             if stage == "export":
                 return service.start_export(runner, run_id=runs["dpo"], quants=["f16"]) if "dpo" in runs else None
             if stage == "compare":
@@ -115,6 +125,29 @@ def main(argv: list[str] | None = None) -> int:
     for stage, seconds, peak, outcome in rows:
         print(f"{stage:12} {seconds:8.1f} {'' if peak is None else f'{peak:.2f}':>12}  {outcome}")
     return sum(1 for row in rows if row[3] != "ok" and not row[3].startswith("skipped"))
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_bundle(runner, root: Path, settings: dict) -> int:
+    """A reward model as a bundle (`train rm --bundle`), run by its launch.sh on this machine's
+    GPUs (at most two), imported back: the id of the imported run."""
+    import os
+    import subprocess
+
+    from studio.bundles import import_bundle
+
+    folder = root / "bundle"
+    service.start_training(runner, "rm", "pairs", bundle=folder, **settings)
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               NUM_PROCESSES=str(max(min(gpu_count(), 2), 1)))
+    with open(folder / "log.txt", "w") as log:
+        subprocess.run(["bash", str(folder / "launch.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    return import_bundle(runner, folder)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,11 @@ MIGRATIONS: list[str] = [
     -- One name per training method everywhere: the reward model's runs are 'rm', as on the CLI.
     UPDATE runs SET kind = 'rm' WHERE kind = 'reward';
     """,
+    """
+    -- The dataset a run read (its pairs, prompts or answers), for the lineage of what it made
+    -- (the Home tab's map of the loop). NULL for runs made before, and for exports.
+    ALTER TABLE runs ADD COLUMN dataset VARCHAR;
+    """,
 ]
 
 

@@ -23,11 +23,12 @@ from store.db import Store, fetch_one, is_empty_response, response_key
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-def create_run(store: Store, kind: str, config: dict, runs_dir: Path) -> tuple[int, Path]:
-    """A queued run of `kind` with its config; its folder is `runs_dir/<id>` (not created here)."""
+def create_run(store: Store, kind: str, config: dict, runs_dir: Path, dataset: str | None = None) -> tuple[int, Path]:
+    """A queued run of `kind` with its config, reading `dataset` (if from one); its folder is
+    `runs_dir/<id>` (not created here)."""
     with store.transaction() as cur:
-        run_id = fetch_one(cur, "INSERT INTO runs (kind, config, status) VALUES (?, ?, 'queued') RETURNING id",
-                           [kind, json.dumps(config)])[0]
+        run_id = fetch_one(cur, "INSERT INTO runs (kind, config, status, dataset) VALUES (?, ?, 'queued', ?) "
+                           "RETURNING id", [kind, json.dumps(config), dataset])[0]
         folder = Path(runs_dir) / str(run_id)
         cur.execute("UPDATE runs SET folder = ? WHERE id = ?", [str(folder), run_id])
     return run_id, folder

@@ -53,7 +53,9 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
 def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
     store = ctx.store
     with_pairs = dataset_names(store, with_pairs=True)
-    gr.Markdown(EXPLANATION)
+    gr.Markdown("How far the annotators of a dataset agree (Cohen's kappa), and the pairs they disagree on.")
+    with gr.Accordion("How agreement is counted", open=False):
+        gr.Markdown(EXPLANATION)
     with gr.Row():
         dataset = gr.Dropdown(with_pairs, value=with_pairs[0] if with_pairs else None, label="Dataset", scale=3)
         refresh = gr.Button("Refresh", scale=1, size="sm")

@@ -36,22 +36,27 @@ def build_app(workspace: Workspace):
     ctx = Context(workspace, store, runner, LabelQueue(store), ChatModels())
     with gr.Blocks(title="Alignment Studio") as app:
         gr.Markdown("# Alignment Studio")
-        with gr.Tab("Home"):
-            home_tab.build(ctx)
-        with gr.Tab("Data") as tab:
-            data_tab.build(ctx, app, tab)
-        with gr.Tab("Label") as tab:
-            label_tab.build(ctx, app, tab)
-        with gr.Tab("Agreement") as tab:
-            agreement_tab.build(ctx, app, tab)
-        with gr.Tab("Build dataset") as tab:
-            build_tab.build(ctx, app, tab)
-        with gr.Tab("Train") as tab:
-            train_tab.build(ctx, tab)
-        with gr.Tab("Export") as tab:
-            export_tab.build(ctx, tab)
-        with gr.Tab("Compare") as tab:
-            compare_tab.build(ctx, tab)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Home", id="home"):
+                home = home_tab.build(ctx)
+            with gr.Tab("Data", id="data") as tab:
+                data_tab.build(ctx, app, tab)
+            with gr.Tab("Label", id="label") as tab:
+                label = label_tab.build(ctx, app, tab)
+            with gr.Tab("Agreement", id="agreement") as tab:
+                agreement_tab.build(ctx, app, tab)
+            with gr.Tab("Build dataset", id="build") as tab:
+                building = build_tab.build(ctx, app, tab)
+            with gr.Tab("Train", id="train") as tab:
+                train = train_tab.build(ctx, tab)
+            with gr.Tab("Export", id="export") as tab:
+                export = export_tab.build(ctx, tab)
+            with gr.Tab("Compare", id="compare") as tab:
+                compare = compare_tab.build(ctx, tab)
+        home_tab.wire_next_step(ctx, app, home, tabs, {
+            "label_dataset": label.dataset, "build_dataset": building.dataset, "train_method": train.kind,
+            "train_dataset": train.dataset, "train_run": train.picked, "export_model": export.model,
+            "compare_model": compare.model_b})
     # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
     # description (every dataset name among its allowed values) even in the login page.
     for fn in app.fns.values():

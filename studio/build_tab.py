@@ -160,7 +160,10 @@ def job_panel(ctx: Context, ui: SimpleNamespace) -> None:
     datasets = dataset_summaries(ctx.store)
     names = [d["name"] for d in datasets]
     with_pairs = [d["name"] for d in datasets if d["pairs"]]
-    gr.Markdown(METHOD)
+    gr.Markdown("Build a preference set for your model: sample candidate answers, score them by perplexity, and "
+                "keep the plausible ones as pairs to label.")
+    with gr.Accordion("How the filter works", open=False):
+        gr.Markdown(METHOD)
     with gr.Row():
         ui.dataset = gr.Dropdown(names, value=(with_pairs or names or [None])[0], label="Dataset",
                                  elem_id="build-dataset")
@@ -234,8 +237,9 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
     app.load(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset)
 
 
-def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> SimpleNamespace:
     ui = SimpleNamespace()
     job_panel(ctx, ui)
     filter_panel(ctx, ui)
     wire(ctx, app, tab, ui)
+    return ui

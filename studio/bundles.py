@@ -71,9 +71,10 @@ Bring it back: alignstudio runs import {folder} (events.jsonl and the outputs co
 """
 
 
-def write_bundle(runner: Runner, folder: str | Path, kind: str, config, inputs: dict[str, list[dict]]) -> Path:
-    """The job of `kind` with this config and input files (name -> rows), as a folder that runs
-    elsewhere; refused if the folder holds anything already."""
+def write_bundle(runner: Runner, folder: str | Path, kind: str, config, inputs: dict[str, list[dict]],
+                 dataset: str | None = None) -> Path:
+    """The job of `kind` with this config and input files (name -> rows) read from `dataset`, as a
+    folder that runs elsewhere; refused if the folder holds anything already."""
     folder = Path(folder).expanduser().resolve()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise RunError(f"{folder}: a bundle goes into a new or empty folder")
@@ -97,6 +98,7 @@ def write_bundle(runner: Runner, folder: str | Path, kind: str, config, inputs: 
                                                      workspace=runner.workspace.root))
     # Where the carried models are in the workspace: an imported run names them again (its proxy is known).
     (folder / BUNDLE).write_text(json.dumps({"kind": kind, "base": config.base, "num_processes": processes,
+                                             "dataset": dataset,
                                              "made": time.strftime("%Y-%m-%d %H:%M:%S"), "workspace_models": carried},
                                             indent=2) + "\n")
     return folder
@@ -121,7 +123,7 @@ def import_bundle(runner: Runner, folder: str | Path) -> int:
     events = folder / "events.jsonl"
     if not events.is_file() or not events.read_text().strip():
         raise RunError(f"{folder} has not run yet (no events.jsonl): run its launch.sh, or sbatch job.sbatch, first")
-    run_id, run_folder = create_run(runner.store, kind, config, runner.workspace.runs_dir)
+    run_id, run_folder = create_run(runner.store, kind, config, runner.workspace.runs_dir, bundle.get("dataset"))
     shutil.copytree(folder, run_folder)
     workspace_models = bundle.get("workspace_models") or {}
     config["models_dir"] = str(runner.workspace.models_dir)

@@ -249,8 +249,9 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
                [ui.model_a, ui.model_b, ui.prompts_from, ui.board, ui.status])
 
 
-def build(ctx: Context, tab: gr.Tab) -> None:
+def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
     ui = SimpleNamespace()
     conversation_panel(ctx, ui)
     vote_panel(ctx, ui)
     wire(ctx, tab, ui)
+    return ui

@@ -193,6 +193,8 @@ def run_export(ctx: Context, dataset_name, fmt_name, suffix_name):
 def browse_panel(ctx: Context, ui: SimpleNamespace) -> None:
     """Import a file; a dataset's pairs, searched and paged; the pair opened."""
     names = dataset_names(ctx.store)
+    gr.Markdown("Import preference pairs or prompts, browse and search them, copy, move or remove pairs, and export "
+                "a dataset for TRL.")
     with gr.Row(equal_height=True):
         ui.upload = gr.File(label="Import a file", file_types=UPLOAD_TYPES, type="filepath", scale=2, height=120,
                             elem_id="import-file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -81,9 +82,12 @@ def start_export(ctx: Context, name, chosen):
     return f"Run {run_id} started.", gr.update(choices=export_runs(ctx.store), value=run_id)
 
 
-def build(ctx: Context, tab: gr.Tab) -> None:
+def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
     store = ctx.store
-    gr.Markdown(EXPLANATION)
+    gr.Markdown("Export a trained policy, or the default model, as GGUF files for llama.cpp and Ollama, each "
+                "checked against transformers.")
+    with gr.Accordion("How a file is made and checked", open=False):
+        gr.Markdown(EXPLANATION)
     choices = exportable(store)
     with gr.Row(equal_height=True):
         model = gr.Dropdown(choices, value=choices[0], label="Model to export", scale=3, elem_id="export-model",
@@ -102,3 +106,4 @@ def build(ctx: Context, tab: gr.Tab) -> None:
     gr.Timer(2.0).tick(lambda r: export_view(store, r), picked, [status, files, ollama], show_progress="hidden")
     tab.select(lambda: (gr.update(choices=exportable(store)), gr.update(choices=export_runs(store))),
                outputs=[model, picked])
+    return SimpleNamespace(model=model)

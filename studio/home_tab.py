@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import traceback
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -14,9 +15,10 @@ from common.errors import StudioError
 from pipelines.judges import HEURISTIC_RULE
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
-from store.queries import dataset_summaries, run_summaries, runs_of_kinds
+from store.queries import dataset_names, dataset_summaries, run_summaries, runs_of_kinds
 from studio.context import Context, handler
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
+from studio.loop_map import NextStep, map_markdown, stages_and_next
 from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
 
@@ -122,7 +124,30 @@ class GuidedRun:
 
 
 def refresh(ctx: Context):
-    return stat_cards(ctx.store), datasets_table(ctx.store), runs_table(ctx.store)
+    """The counters, the tables, and the run controls (usable only when a run can be cancelled or resumed)."""
+    usable = gr.update(interactive=bool(controllable_runs(ctx.store)))
+    return stat_cards(ctx.store), datasets_table(ctx.store), runs_table(ctx.store), usable, usable
+
+
+def show_map(ctx: Context, dataset: str | None):
+    """The loop map of the picked dataset and its next step's button and sentence."""
+    if not dataset:
+        step = NextStep("data", "Import prompts or pairs", "The workspace has no dataset yet: import a file of "
+                        "prompts or preference pairs, or run the guided demo below.")
+        return "", gr.update(value=f"Next step: {step.label}"), step.why
+    stages, step = stages_and_next(ctx.store, dataset)
+    return map_markdown(stages), gr.update(value=f"Next step: {step.label}"), step.why
+
+
+def next_step_of(ctx: Context, dataset: str | None) -> NextStep:
+    if not dataset:
+        return NextStep("data", "Import prompts or pairs", "")
+    return stages_and_next(ctx.store, dataset)[1]
+
+
+def fresh_projects(ctx: Context, picked: str | None):
+    names = dataset_names(ctx.store)
+    return gr.update(choices=names, value=picked if picked in names else (names[0] if names else None))
 
 
 def control(ctx: Context, action: str, run):
@@ -152,6 +177,14 @@ def build(ctx: Context) -> None:
     gr.Markdown(
         f"Workspace `{html.escape(str(workspace.root))}` &middot; default model: {DEFAULT_DESCRIPTION}.")
     cards = gr.HTML(stat_cards(store))
+    names = dataset_names(store)
+    with gr.Row(equal_height=True):
+        project = gr.Dropdown(names, value=names[0] if names else None, label="Where a dataset stands in the loop",
+                              info="prompts → candidates → perplexity → pairs → labels → reward model → policy → "
+                                   "verdict → export → votes", scale=3, elem_id="home-project")
+        step = gr.Button("Next step", variant="primary", scale=1, elem_id="home-next")
+    loop = gr.Markdown(elem_id="home-map")
+    why = gr.Markdown(elem_id="home-why")
     with gr.Row():
         with gr.Column(scale=2):
             datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
@@ -164,8 +197,9 @@ def build(ctx: Context) -> None:
             with gr.Row(equal_height=True):
                 run_id = gr.Dropdown(controllable_runs(store), value=None, label="Run to cancel or resume", scale=2,
                                      elem_id="home-run", info="queued or running: cancel; cancelled or failed: resume")
-                cancel = gr.Button("Cancel run", variant="stop", scale=1, size="sm")
-                resume = gr.Button("Resume run", scale=1, size="sm")
+                anything = bool(controllable_runs(store))  # no red button with nothing to act on
+                cancel = gr.Button("Cancel run", variant="stop", scale=1, size="sm", interactive=anything)
+                resume = gr.Button("Resume run", scale=1, size="sm", interactive=anything)
             outcome = gr.Markdown()
     guided = GuidedRun(store, runner, workspace)
     with gr.Accordion("Guided run: from demo prompts to an aligned GGUF model", open=False):
@@ -185,7 +219,10 @@ def build(ctx: Context) -> None:
             manual = gr.Button("Prepare pairs to label / Go on from my labels", elem_id="guided-manual")
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
-    gr.Timer(2.0).tick(handler(refresh, ctx), outputs=[cards, datasets, runs], show_progress="hidden")
+    gr.Timer(2.0).tick(handler(refresh, ctx), outputs=[cards, datasets, runs, cancel, resume], show_progress="hidden")
+    gr.Timer(3.0).tick(handler(show_map, ctx), project, [loop, step, why], show_progress="hidden")
+    project.change(handler(show_map, ctx), project, [loop, step, why])
+    project.focus(handler(fresh_projects, ctx), project, project)
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
     sizes_in = [guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps, guided_dpo_steps]
     unattended.click(handler(start_guided, ctx, guided, True), inputs=sizes_in, outputs=guided_report)
@@ -193,3 +230,25 @@ def build(ctx: Context) -> None:
     cancel.click(handler(control, ctx, "cancel"), inputs=run_id, outputs=[outcome, run_id])
     resume.click(handler(control, ctx, "resume"), inputs=run_id, outputs=[outcome, run_id])
     run_id.focus(lambda: gr.update(choices=controllable_runs(store)), outputs=run_id)
+    return SimpleNamespace(project=project, step=step, loop=loop, why=why)
+
+
+def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict) -> None:
+    """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
+    the other tabs' components it sets, by name (label_dataset, build_dataset, train_method,
+    train_dataset, train_run, export_model, compare_model)."""
+    order = list(targets)
+
+    def go(dataset):
+        step = next_step_of(ctx, dataset)
+        values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset")},
+                  "label": {"label_dataset": step.inputs.get("dataset")},
+                  "train": {"train_method": step.inputs.get("method"), "train_dataset": step.inputs.get("dataset"),
+                            "train_run": step.inputs.get("run")},
+                  "export": {"export_model": step.inputs.get("model")},
+                  "compare": {"compare_model": step.inputs.get("model")}}[step.tab]
+        return (gr.Tabs(selected=step.tab), *(gr.update(value=values[name]) if values.get(name) is not None
+                                              else gr.update() for name in order))
+
+    home.step.click(go, home.project, [tabs, *targets.values()])
+    app.load(handler(show_map, ctx), home.project, [home.loop, home.step, home.why])

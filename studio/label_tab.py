@@ -322,8 +322,9 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
     app.unload(handler(release_claims, ctx))
 
 
-def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> SimpleNamespace:
     ui = SimpleNamespace()
     workbench(ctx, ui)
     disagreement_panels(ctx, ui)
     wire(ctx, app, tab, ui)
+    return ui

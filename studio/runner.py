@@ -98,9 +98,9 @@ class Runner:
 
     # --- starting ---------------------------------------------------------------------------
 
-    def start(self, kind: str, config, inputs: dict[str, list[dict]]) -> int:
+    def start(self, kind: str, config, inputs: dict[str, list[dict]], dataset: str | None = None) -> int:
         """A new run of `kind`: its input files (name -> rows, written as Parquet) and config in
-        its folder, then launched; its id."""
+        its folder, then launched; its id. `dataset`: the one its inputs came from (its lineage)."""
         if kind not in JOBS:
             raise RunError(f"unknown kind of job {kind!r}")
         settings = dataclasses.asdict(config)
@@ -109,7 +109,7 @@ class Runner:
                 if json.loads(other["config"]) == json.loads(json.dumps(settings)):
                     raise RunError(f"the same {kind} job is running already (run {other['id']}); "
                                    "follow it, or cancel it first")
-            run_id, folder = create_run(self.store, kind, settings, self.workspace.runs_dir)
+            run_id, folder = create_run(self.store, kind, settings, self.workspace.runs_dir, dataset)
             folder.mkdir(parents=True, exist_ok=True)
             for name, rows in inputs.items():
                 pq.write_table(pa.Table.from_pylist(rows), folder / name)
@@ -175,7 +175,7 @@ class Runner:
         if old["kind"] not in JOBS:
             raise RunError(f"run {run_id} has unknown kind {old['kind']!r}")
         config = json.loads(old["config"])
-        new_id, folder = create_run(self.store, old["kind"], config, self.workspace.runs_dir)
+        new_id, folder = create_run(self.store, old["kind"], config, self.workspace.runs_dir, old.get("dataset"))
         folder.mkdir(parents=True, exist_ok=True)
         for name in (config.get("inputs"), config.get("eval_inputs"), "config.json"):
             if name and (Path(old["folder"]) / name).exists():

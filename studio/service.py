@@ -148,16 +148,17 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
     if bundle is not None:  # it runs elsewhere: this machine's GPU and devices are not its
         if judge_split:
             raise RunError("a judge split is two runs: bundle each half's dataset instead (alignstudio split)")
-        written = write_bundle(runner, bundle, method, config, {config.inputs: inputs, **files})
+        written = write_bundle(runner, bundle, method, config, {config.inputs: inputs, **files}, dataset or prompts)
         return TrainingStart((), estimate, bundle=written)
     check_memory(estimate, force)
     check_placement(config)
     if not judge_split:
-        return TrainingStart((runner.start(method, config, {config.inputs: inputs, **files}),), estimate)
+        return TrainingStart((runner.start(method, config, {config.inputs: inputs, **files}, dataset or prompts),),
+                             estimate)
     proxy_half, judge_half = split_by_prompt(inputs, config.seed)
     if not proxy_half or not judge_half:
         raise RunError(f"dataset '{dataset}' has labelled pairs on only one prompt: a judge split needs two or more")
-    runs = tuple(runner.start(method, dataclasses.replace(config, judge_split=role), {config.inputs: half})
+    runs = tuple(runner.start(method, dataclasses.replace(config, judge_split=role), {config.inputs: half}, dataset)
                  for role, half in (("proxy", proxy_half), ("judge", judge_half)))
     return TrainingStart(runs, estimate, ("proxy", "judge"))
 
@@ -170,7 +171,7 @@ def start_perplexity(runner: Runner, dataset: str, **settings) -> int:
     rows = unscored_responses(runner.store, dataset_id(runner.store, dataset), "perplexities", config.model)
     if not rows:
         raise RunError(f"dataset '{dataset}' has no responses left to score under '{config.model}'")
-    return runner.start("perplexity", config, {config.inputs: rows})
+    return runner.start("perplexity", config, {config.inputs: rows}, dataset)
 
 
 def start_generation(runner: Runner, dataset: str, **settings) -> int:
@@ -185,7 +186,7 @@ def start_generation(runner: Runner, dataset: str, **settings) -> int:
         refused = gguf_readiness(folder, config.models_dir)  # a folder llama.cpp's converter would refuse
         if refused:
             raise RunError(f"{folder} cannot answer in llama.cpp: {refused}; use the transformers engine")
-    return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset)})
+    return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset)}, dataset)
 
 
 def start_reward_scoring(runner: Runner, dataset: str, reward_model: str, **settings) -> int:
@@ -197,7 +198,7 @@ def start_reward_scoring(runner: Runner, dataset: str, reward_model: str, **sett
     rows = unscored_responses(runner.store, dataset_id(runner.store, dataset), "rewards", reward_model)
     if not rows:
         raise RunError(f"dataset '{dataset}' has no responses left to score with '{reward_model}'")
-    return runner.start("reward-scoring", config, {config.inputs: rows})
+    return runner.start("reward-scoring", config, {config.inputs: rows}, dataset)
 
 
 def check_placement(config) -> None:
@@ -290,7 +291,7 @@ def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: i
     seen = len({r["prompt_id"] for r in rows} & trained_prompts(runner, policy_run))
     config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, rule=rule, seen_in_training=seen,
                          models_dir=str(runner.workspace.models_dir), **fields, **settings)
-    return runner.start("evaluate", config, {config.inputs: rows})
+    return runner.start("evaluate", config, {config.inputs: rows}, prompts)
 
 
 def start_export(runner: Runner, run_id: int | None = None, model: str | None = None,
@@ -342,7 +343,7 @@ def start_comparison(runner: Runner, model_a: str, model_b: str, prompts: str, i
     config = make_config(CompareConfig, "comparison", model_a=model_a, model_b=model_b, path_a=available[model_a],
                          path_b=available[model_b], into=into, models_dir=str(runner.workspace.models_dir),
                          **sampling)
-    return runner.start("compare", config, {config.inputs: rows})
+    return runner.start("compare", config, {config.inputs: rows}, prompts)
 
 
 def start_judge_labels(runner: Runner, dataset: str, judge: str, guideline: str = "", limit: int | None = None) -> int:
@@ -356,4 +357,4 @@ def start_judge_labels(runner: Runner, dataset: str, judge: str, guideline: str 
     config = make_config(JudgeLabelsConfig, "judge labelling", judge=path, guideline=guideline)
     rows = [{"pair_id": p["id"], "prompt": json.dumps(p["prompt"]), "first": json.dumps(p["first"]),
              "second": json.dumps(p["second"])} for p in pairs]
-    return runner.start("judge-labels", config, {config.inputs: rows})
+    return runner.start("judge-labels", config, {config.inputs: rows}, dataset)

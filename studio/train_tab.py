@@ -314,6 +314,14 @@ def tick(ctx: Context, run_id, names, last_state) -> tuple:
     return (*show_run(ctx, run_id, names), state)
 
 
+def run_controls(ctx: Context, run_id) -> tuple:
+    """Cancel, Resume and Run again, each usable only when the picked run can take it."""
+    run = run_row(ctx.store, run_id) if run_id else None
+    status = run["status"] if run else None
+    return (gr.update(interactive=status in ("queued", "running")),
+            gr.update(interactive=status in ("cancelled", "failed")), gr.update(interactive=run is not None))
+
+
 def control_run(ctx: Context, action: str, run_id):
     if not run_id:
         return "**Pick a run first.**", gr.update()
@@ -401,9 +409,10 @@ def runs_panel(ctx: Context, ui: SimpleNamespace) -> None:
     with gr.Row():
         runs = training_runs(ctx.store)
         ui.picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Run", scale=3)
-        ui.cancel = gr.Button("Cancel", variant="stop", scale=1, size="sm")
-        ui.resume = gr.Button("Resume", scale=1, size="sm")
-        ui.again = gr.Button("Run again", scale=1, size="sm")
+        usable = [u["interactive"] for u in run_controls(ctx, ui.picked.value)]
+        ui.cancel = gr.Button("Cancel", variant="stop", scale=1, size="sm", interactive=usable[0])
+        ui.resume = gr.Button("Resume", scale=1, size="sm", interactive=usable[1])
+        ui.again = gr.Button("Run again", scale=1, size="sm", interactive=usable[2])
     ui.summary = gr.Markdown(elem_id="train-summary")
 
 
@@ -474,6 +483,9 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
     ui.plotted.input(lambda run_id, names: (metrics_of(ctx, run_id, method_of_run(ctx, run_id), names)
                                             if run_id else None, names),
                      [ui.picked, ui.plotted], [ui.metrics_plot, ui.ticked])
+    controls_of_run = [ui.cancel, ui.resume, ui.again]
+    ui.picked.change(handler(run_controls, ctx), ui.picked, controls_of_run)
+    gr.Timer(2.0).tick(handler(run_controls, ctx), ui.picked, controls_of_run, show_progress="hidden")
     gr.Timer(2.0).tick(handler(tick, ctx), [ui.picked, ui.ticked, ui.last_shown],
                        [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch, ui.last_shown], show_progress="hidden")
     tab.select(handler(fresh_lists, ctx), ui.kind,
@@ -481,9 +493,10 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
                 ui.eval_proxy, ui.eval_llm])
 
 
-def build(ctx: Context, tab: gr.Tab) -> None:
+def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
     ui = form(ctx)
     runs_panel(ctx, ui)
     evaluation_panel(ctx, ui)
     plots(ctx, ui)
     wire(ctx, tab, ui)
+    return ui

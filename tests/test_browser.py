@@ -97,12 +97,29 @@ def test_home_shows_the_workspace_counts_datasets_and_runs(server, page):
     assert "hh 1000 1000" in datasets and "mini 5 5" in datasets
     assert "1 perplexity succeeded 100% scored 10 responses" in runs
 
-    # Run controls answer in the page: only runs that can be cancelled or resumed are offered
-    # (the one run succeeded), and a click with none picked says what to do.
+    # Run controls: only runs that can be cancelled or resumed are offered (the one run succeeded),
+    # and with none the buttons cannot be pressed (no red button with nothing to act on).
     page.locator("#home-run").click()
     assert page.get_by_role("option").count() == 0
-    page.get_by_role("button", name="Resume run").click()
-    page.get_by_text("Pick a run first.").wait_for(timeout=30_000)
+    assert page.get_by_role("button", name="Resume run").is_disabled()
+    assert page.get_by_role("button", name="Cancel run").is_disabled()
+
+
+def test_home_maps_where_a_dataset_stands_and_its_next_step_opens_the_right_tab(server, page):
+    """Pairs that came with verdicts: the map marks prompts to labels done and the reward model
+    next; the next-step button opens the Train tab on the reward model and that dataset."""
+    url, ws = server
+    page.goto(url)
+    loop = page.locator("#home-map")
+    loop.get_by_text("1,000 pairs with a preference; labels by source 1,000").wait_for(timeout=60_000)
+    assert "→ reward model" in " ".join(loop.inner_text().split())
+    page.screenshot(path=str(ws.parent / "home-map.png"), full_page=True)
+    page.get_by_role("button", name="Next step: Train a reward model").click()
+    page.get_by_role("radio", name="Reward model").wait_for(timeout=30_000)
+    assert page.get_by_role("radio", name="Reward model").is_checked()
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('input[role=listbox], input'))
+        .some(i => i.getAttribute('aria-label') === 'Pairs' && i.value === 'hh')""", timeout=30_000)
+    page.screenshot(path=str(ws.parent / "home-next.png"), full_page=True)
 
 
 def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, page, tiny_model):
@@ -563,7 +580,8 @@ def test_the_guided_run_on_the_home_tab_runs_every_stage_and_reports_it(tmp_path
 # Buttons the walk leaves alone: each starts real work even on an empty workspace (the guided runs
 # loads the demo prompts itself; Export has the default model picked), and the upload area opens a
 # file chooser.
-WALK_SKIPS = ("Run the whole loop unattended", "Prepare pairs to label", "Export", "Drop File Here")
+# "Next step" leaves the tab (it has its own test); a disabled button has nothing to act on.
+WALK_SKIPS = ("Run the whole loop unattended", "Prepare pairs to label", "Export", "Drop File Here", "Next step")
 
 
 def click_every_button(page, tab: str) -> list[str]:
@@ -577,7 +595,8 @@ def click_every_button(page, tab: str) -> list[str]:
     # The buttons as they are now (a click may add or hide some: a toast's close button, a pane).
     for button in page.query_selector_all("button:not([role=tab]):not([tabindex='-1']):not(.label-wrap)"):
         name = " ".join(button.inner_text().split())
-        if not button.is_visible() or not name or name.startswith(WALK_SKIPS) or name in ("↺", "Clear", "×"):
+        if not button.is_visible() or button.is_disabled() or not name or name.startswith(WALK_SKIPS) or \
+                name in ("↺", "Clear", "×"):
             continue
         page.once("dialog", lambda dialog: dialog.dismiss())
         button.click(timeout=5_000)

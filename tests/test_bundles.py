@@ -58,7 +58,7 @@ def test_a_bundle_run_by_its_own_launcher_on_two_ranks_comes_back_equal_to_a_loc
 
     imported = import_bundle(runner, bundle)
     run = runner.get(imported)
-    assert run["status"] == "succeeded" and run["kind"] == "rm"
+    assert run["status"] == "succeeded" and run["kind"] == "rm" and run["dataset"] == "pairs"  # its lineage
     ours, theirs = latest_metrics(store, local), latest_metrics(store, imported)
     assert theirs["heldout_pairs"] == ours["heldout_pairs"] > 0
     assert abs(theirs["heldout_accuracy"] - ours["heldout_accuracy"]) < 1e-4

@@ -27,7 +27,7 @@ def ctx(workspace, store, tmp_path, monkeypatch):
     runner = Runner(store, workspace)
     started = []
 
-    def start(kind, config, inputs):
+    def start(kind, config, inputs, dataset=None):
         assert kind in JOBS
         started.append((kind, config, inputs))
         return len(started)

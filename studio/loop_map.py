@@ -1,0 +1,115 @@
+"""The Home tab's map of the loop: for the dataset a user picks, each stage (prompts, candidates,
+perplexity, filtered pairs, labels, reward model, policy, verdict, export, votes) with its state and
+counts, and the one next step, with the tab that takes it and the inputs to choose there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.stats import win_summary
+from store import Store
+from store.arena import outcomes_between
+from store.loop import loop_state
+from store.models import gguf_files
+
+DONE, NEXT, LATER = "done", "next", "later"
+MARK = {DONE: "✓", NEXT: "→", LATER: "·"}
+
+
+@dataclass(frozen=True)
+class NextStep:
+    tab: str                # the tab's id in the app (studio.app.TABS)
+    label: str              # the button's words
+    why: str                # one sentence under the map
+    inputs: dict = field(default_factory=dict)  # what to choose there: dataset, method, model, run
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    state: str              # DONE, NEXT or LATER
+    detail: str             # counts, in words
+
+
+def votes_line(store: Store, policy: dict) -> tuple[int, str]:
+    """People's blind votes between a policy's exports and its base: how many, and in words."""
+    base = [policy.get("base") or "default"] + [r["name"] for r in gguf_files(store, base=policy.get("base"))]
+    outcomes = outcomes_between(store, policy["exports"], base) if policy["exports"] else []
+    if not outcomes:
+        return 0, "no blind votes yet"
+    result = win_summary(outcomes)
+    return result["n"], (f"{result['n']} votes: the policy wins {result['win_rate']:.0%} "
+                         f"({result['win_low']:.0%}-{result['win_high']:.0%})")
+
+
+def stages_and_next(store: Store, dataset: str) -> tuple[list[Stage], NextStep]:
+    """The map of `dataset` and its next step."""
+    s = loop_state(store, dataset)
+    if s is None:
+        return [], NextStep("data", "Import prompts or pairs", "Start with a file of prompts or preference pairs.")
+    pairs_of, rms, policies = s["pairs_dataset"], s["reward_models"], s["policies"]
+    labelled = {a: n for a, n in s["labels"].items()}
+    rm = rms[0] if rms else None
+    policy = policies[0] if policies else None
+    votes, votes_words = votes_line(store, policy) if policy else (0, "")
+    facts = [
+        ("prompts", s["prompts"] > 0, f"{s['prompts']:,} prompts"),
+        ("candidates", s["generated"] > 0 or s["pairs"] > 0,
+         f"{s['answers']:,} answers ({s['generated']:,} generated here)"),
+        ("perplexity", s["scored"] > 0 or (s["pairs"] > 0 and not s["generated"]), f"{s['scored']:,} answers scored"),
+        ("pairs", s["pairs"] > 0, f"{s['pairs']:,} pairs in '{pairs_of}'"
+         + (f" (kept by the filter from '{dataset}')" if pairs_of != dataset else "")),
+        ("labels", s["preferred"] > 0, f"{s['preferred']:,} pairs with a preference; labels by "
+         + (", ".join(f"{a} {n:,}" for a, n in labelled.items()) or "nobody yet")),
+        ("reward model", rm is not None, "none yet" if rm is None else
+         f"{rm['model']}: held-out accuracy {rm['metrics'].get('heldout_accuracy', float('nan')):.2f} "
+         f"({rm['metrics'].get('heldout_accuracy_low', 0):.2f}-{rm['metrics'].get('heldout_accuracy_high', 1):.2f})"
+         if "heldout_accuracy" in rm["metrics"] else f"{rm['model']} (run {rm['id']})"),
+        ("policy", policy is not None, "none yet" if policy is None else f"{policy['model']} (run {policy['id']})"),
+        ("verdict", bool(policy and policy["evaluations"]), "not judged yet" if not (policy and policy["evaluations"])
+         else policy["evaluations"][-1]["message"].splitlines()[0]),
+        ("export", bool(policy and policy["exports"]), ", ".join(policy["exports"]) if policy and policy["exports"]
+         else "not exported yet"),
+        ("votes", votes > 0, votes_words or "no blind votes yet"),
+    ]
+    first_missing = next((i for i, (_, done, _) in enumerate(facts) if not done), None)
+    stages = [Stage(name, DONE if done else NEXT if i == first_missing else LATER, detail)
+              for i, (name, done, detail) in enumerate(facts)]
+    return stages, next_step(dataset, s, first_missing, rm, policy)
+
+
+def next_step(dataset: str, s: dict, missing: int | None, rm: dict | None, policy: dict | None) -> NextStep:
+    pairs_of = s["pairs_dataset"]
+    steps = [
+        NextStep("data", "Import prompts or pairs", f"'{dataset}' holds nothing yet: import a file into it."),
+        NextStep("build", "Generate candidates", f"Sample answers to the prompts of '{dataset}' from your model.",
+                 {"dataset": dataset}),
+        NextStep("build", "Score perplexity", f"Score the candidates of '{dataset}' under the model, to filter them.",
+                 {"dataset": dataset}),
+        NextStep("build", "Filter into pairs", "Keep the plausible candidates and pair them (Save filtered dataset).",
+                 {"dataset": dataset}),
+        NextStep("label", "Label the pairs", f"Give the pairs of '{pairs_of}' a preference (keys 1-4).",
+                 {"dataset": pairs_of}),
+        NextStep("train", "Train a reward model", f"Train a reward model on the labelled pairs of '{pairs_of}'.",
+                 {"dataset": pairs_of, "method": "Reward model"}),
+        NextStep("train", "Train a policy (DPO)", f"Train a policy on the pairs of '{pairs_of}' (or PPO against "
+                 "the reward model).", {"dataset": pairs_of, "method": "DPO"}),
+        NextStep("train", "Judge the policy", "Evaluate the policy against its base by a judge it was not trained "
+                 "against (open 'Evaluate a policy against its base').", {"run": policy["id"] if policy else None}),
+        NextStep("export", "Export the policy", "Write the policy as GGUF files for llama.cpp and Ollama.",
+                 {"model": policy["model"] if policy else None}),
+        NextStep("compare", "Compare it blind", "Chat with the exported policy and its base in the blind arena, "
+                 "and vote.", {"model": policy["exports"][-1] if policy and policy["exports"] else None}),
+    ]
+    if missing is None:
+        return NextStep("label", "Label more pairs", "Every stage has a result: label more pairs, or train again "
+                        "with what you learned.", {"dataset": pairs_of})
+    if missing in (1, 2, 3) and s["pairs"] and not s["generated"]:
+        missing = 4  # pairs imported with their answers: nothing to generate or filter
+    return steps[missing]
+
+
+def map_markdown(stages: list[Stage]) -> str:
+    """The stages as a table a user reads top to bottom: where they are, and what each holds."""
+    rows = "\n".join(f"| {MARK[st.state]} | **{st.name}** | {st.detail} |" for st in stages)
+    return "| | stage | where it stands |\n|---|---|---|\n" + rows

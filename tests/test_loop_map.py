@@ -1,0 +1,59 @@
+"""The Home tab's map of the loop, without a browser: each stage's state follows what the store
+holds, and the next step names the tab that takes it with the right inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from store import import_file
+from store.runs import create_run, record_adapter
+from studio.loop_map import DONE, LATER, NEXT, stages_and_next
+
+from helpers import write_pairs
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def states(stages) -> dict[str, str]:
+    return {s.name: s.state for s in stages}
+
+
+def trained(store, workspace, kind: str, dataset: str, purpose: str) -> int:
+    run_id, folder = create_run(store, kind, {"base": "default"}, workspace.runs_dir, dataset)
+    with store.transaction() as cur:
+        record_adapter(cur, run_id, f"{kind}-run{run_id}", folder / "model", "default", purpose)
+    return run_id
+
+
+def test_prompts_alone_lead_to_candidates(store):
+    import_file(store, ASSETS / "demo_prompts.jsonl", "questions")
+    stages, step = stages_and_next(store, "questions")
+    assert states(stages)["prompts"] == DONE and states(stages)["candidates"] == NEXT
+    assert states(stages)["labels"] == LATER
+    assert (step.tab, step.label, step.inputs) == ("build", "Generate candidates", {"dataset": "questions"})
+
+
+def test_pairs_with_verdicts_walk_the_loop_from_reward_model_to_judging(store, workspace, tmp_path):
+    import_file(store, write_pairs(tmp_path / "pairs.jsonl.gz", n=10), "pairs")
+    stages, step = stages_and_next(store, "pairs")
+    assert [s.state for s in stages[:5]] == [DONE] * 5  # imported pairs need no candidates or filter
+    assert "10 pairs with a preference; labels by source 10" in stages[4].detail
+    assert (step.tab, step.inputs) == ("train", {"dataset": "pairs", "method": "Reward model"})
+
+    trained(store, workspace, "rm", "pairs", "reward")
+    stages, step = stages_and_next(store, "pairs")
+    assert states(stages)["reward model"] == DONE and states(stages)["policy"] == NEXT
+    assert step.inputs == {"dataset": "pairs", "method": "DPO"}
+
+    policy = trained(store, workspace, "dpo", "pairs", "policy")
+    stages, step = stages_and_next(store, "pairs")
+    assert states(stages)["verdict"] == NEXT and f"dpo-run{policy}" in stages[6].detail
+    assert (step.tab, step.inputs) == ("train", {"run": policy})
+    # A run of another dataset is not this one's.
+    import_file(store, write_pairs(tmp_path / "other.jsonl.gz", n=4, seed=1), "other")
+    assert states(stages_and_next(store, "other")[0])["reward model"] == NEXT
+
+
+def test_an_unknown_dataset_starts_at_the_import(store):
+    stages, step = stages_and_next(store, "nothing")
+    assert stages == [] and step.tab == "data"
