@@ -203,10 +203,12 @@ def method_of_run(ctx: Context, run_id) -> Method:
 
 
 def switch_method(ctx: Context, label: str) -> tuple:
-    """Each setting shows when the method has it, with that method's default and help; then the
-    data pickers of the method, and its explanation."""
+    """Each setting shows when the method has it, with that method's default and help (the base
+    keeps what was typed: it is the user's, not the method's); then the data pickers of the method,
+    and its explanation."""
     method = method_by_label(label)
     settings = [gr.update(visible=False) if (f := field_of(method, name)) is None else
+                gr.update(visible=True, label=label_of(f), info=help_of(f)) if name in INPUT_FIELDS else
                 gr.update(visible=True, value=shown_value(f), label=label_of(f), info=help_of(f))
                 for name in CONTROL_ORDER]
     choices = dataset_names(ctx.store) if method.online else dataset_names(ctx.store, with_pairs=True)
@@ -303,15 +305,15 @@ def pick_run(ctx: Context, run_id) -> tuple:
     # Named after the run: the method picked in the form above may be another one.
     label = f"Metrics of run {run_id} ({method.label})" if run_id else "Metrics plotted"
     return (*show_run(ctx, run_id, names), gr.update(choices=list(method.plotted), value=names, label=label), names,
-            run_view_state(ctx.store, run_id))
+            run_view_state(ctx.store, run_id), *run_controls(ctx, run_id))
 
 
 def tick(ctx: Context, run_id, names, last_state) -> tuple:
     """Redraw only when what the view shows changed, so a finished run's plots stay still."""
     state = run_view_state(ctx.store, run_id)
     if state == last_state:
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return (*show_run(ctx, run_id, names), state)
+        return (gr.skip(),) * 8
+    return (*show_run(ctx, run_id, names), state, *run_controls(ctx, run_id))
 
 
 def run_controls(ctx: Context, run_id) -> tuple:
@@ -479,15 +481,15 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
                                                        ui.eval_limit, ui.eval_proxy, ui.eval_llm],
                       [ui.started, ui.picked])
     ui.picked.change(handler(pick_run, ctx), ui.picked, [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch,
-                                                         ui.plotted, ui.ticked, ui.last_shown])
+                                                         ui.plotted, ui.ticked, ui.last_shown, ui.cancel, ui.resume,
+                                                         ui.again])
     ui.plotted.input(lambda run_id, names: (metrics_of(ctx, run_id, method_of_run(ctx, run_id), names)
                                             if run_id else None, names),
                      [ui.picked, ui.plotted], [ui.metrics_plot, ui.ticked])
     controls_of_run = [ui.cancel, ui.resume, ui.again]
-    ui.picked.change(handler(run_controls, ctx), ui.picked, controls_of_run)
-    gr.Timer(2.0).tick(handler(run_controls, ctx), ui.picked, controls_of_run, show_progress="hidden")
     gr.Timer(2.0).tick(handler(tick, ctx), [ui.picked, ui.ticked, ui.last_shown],
-                       [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch, ui.last_shown], show_progress="hidden")
+                       [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch, ui.last_shown, *controls_of_run],
+                       show_progress="hidden")
     tab.select(handler(fresh_lists, ctx), ui.kind,
                [ui.dataset, ui.eval_dataset, ui.picked, ui.reward_run, ui.judge_run, ui.eval_prompts, ui.eval_reward,
                 ui.eval_proxy, ui.eval_llm])

@@ -84,6 +84,7 @@ def test_switching_the_method_shows_only_its_settings(ctx):
     updates = train_tab.switch_method(ctx, "PPO")
     shown = {name for name, u in zip(train_tab.CONTROL_ORDER, updates) if u.get("visible")}
     assert "vf_coef" in shown and "beta" not in shown
+    assert "value" not in updates[train_tab.CONTROL_ORDER.index("base")]  # the base typed stays
     *_, dataset, eval_dataset, reward_run, judge_run, judge_split, explanation = updates
     assert dataset["label"] == "Prompts" and reward_run["visible"] and not eval_dataset["visible"]
     assert explanation.startswith("**PPO**") and "reward model" in explanation
