@@ -112,6 +112,7 @@ print(json.dumps({"pairs": pairs, "peak_mb": resource.getrusage(resource.RUSAGE_
 """
 
 
+@pytest.mark.slow  # 100,000 rows twice, and their peak memory
 def test_a_large_import_streams_in_flat_memory(tmp_path):
     results = {}
     for megabytes in (200, 400):

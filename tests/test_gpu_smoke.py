@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_smoke.py"
 
 
+@pytest.mark.slow  # every pipeline on the default model: a minute
 def test_the_smoke_script_runs_green_on_the_cpu(tmp_path, models_dir):
     result = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--only", "perplexity,rm,dpo,evaluate",
                              "--workspace", str(tmp_path / "ws"), "--models-dir", str(models_dir)],
