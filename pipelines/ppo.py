@@ -11,12 +11,16 @@ from a value head on the policy's last hidden state; then a few epochs of the cl
 objective and the clipped value loss. Logged: reward, KL, response length, entropy, value loss, clip fraction.
 Every few steps the over-optimisation watch (`pipelines.watch`) checks proxy, judge and KL on
 prompts held out of training.
+
+Under `accelerate launch` (N processes) each rank samples and scores its share of each batch's
+prompts; the rewards and advantages are whitened over the whole batch, and every optimizer step
+averages the ranks' gradients, so that a step sees as many prompts and sequences as one process
+with the same settings. The main rank writes the log, the watch and the checkpoints.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +28,19 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.models import Placement, end_ids, load_tokenizer, resolve_model
+from pipelines.models import Placement, end_ids, load_tokenizer, rank_device, resolve_model
 from pipelines.reward_model import load_reward_model, score, write_meta
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
-from pipelines.training import CHECKPOINTS, TrainSettings, lora_config, model_kwargs, placement_of, trainable_in_fp32
+from pipelines.training import (
+    CHECKPOINTS,
+    TrainSettings,
+    cancel_agreed,
+    lora_config,
+    model_kwargs,
+    placement_of,
+    trainable_in_fp32,
+)
 from pipelines.watch import Watch, WatchSettings, check_every, hold_out_watch_prompts
 
 RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, answers) -> scores
@@ -38,13 +50,12 @@ RewardFn = Callable[[list[list[dict]], list[str]], list[float]]  # (prompts, ans
 class PPOTrainConfig(WatchSettings, TrainSettings):
     """Fine-tune a policy with PPO against a trained reward model."""
     reward_adapter: str = setting("", "the reward model's adapter folder", internal=True)
-    num_processes: int = not_used(TrainSettings, "num_processes", "the studio's PPO runs in one process")
     learning_rate: float = redefault(TrainSettings, "learning_rate", 1e-4,
                                      "for LoRA on the default model: 1e-5 barely moved it in 30 iterations")
     max_steps: int = setting(20, "PPO iterations (one rollout batch each)", label="Max steps")
-    batch_size: int = setting(8, "prompts per rollout", label="Batch size")
+    batch_size: int = setting(8, "prompts per rollout, over all processes", label="Batch size")
     ppo_epochs: int = setting(2, "optimisation passes over each rollout batch", label="PPO epochs")
-    mini_batch_size: int = setting(4, "sequences per optimizer step", label="Mini-batch size")
+    mini_batch_size: int = setting(4, "sequences per optimizer step, over all processes", label="Mini-batch size")
     max_new_tokens: int = setting(64, "answer length limit in tokens", label="Max answer tokens")
     temperature: float = setting(1.0, "sampling temperature of the answers", label="Temperature")
     kl_coef: float = setting(0.15, "weight of the per-token KL penalty to the base (0.05 let the default model "
@@ -65,15 +76,82 @@ class PPOTrainConfig(WatchSettings, TrainSettings):
     lora_dropout: float = redefault(TrainSettings, "lora_dropout", 0.0,
                                     "none for PPO: old and new log-probs must come from the same function")
 
+    def __post_init__(self):
+        for name in ("batch_size", "mini_batch_size"):
+            value = getattr(self, name)
+            if self.num_processes > 1 and value % self.num_processes:
+                raise ValueError(f"{name} ({value}) must be a multiple of num_processes ({self.num_processes}): "
+                                 "each process takes an equal share")
+
 
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x, mask):
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x, mask, total=lambda t: t):
+    """Whitened over the masked entries; `total` sums a tensor over the ranks (whole-batch statistics)."""
+    count = total(mask.sum()).clamp(min=1)
+    mean = total((x * mask).sum()) / count
+    var = total((((x - mean) ** 2) * mask).sum()) / count
     return (x - mean) * (var + 1e-8).rsqrt()
+
+
+class Ranks:
+    """This process's place among `accelerate launch`'s ranks (alone without it), and the few
+    collectives PPO needs. Gradients are averaged by hand, one flat all-reduce per optimizer step,
+    rather than through DistributedDataParallel: its wrapper would stand between PPO and the PEFT
+    model's generate and disable_adapter, and its buffer broadcasts would need every rank to run
+    the same number of forwards (the main rank alone runs the watch's)."""
+
+    def __init__(self, cpu: bool):
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=cpu)
+        self.index, self.count = self.state.process_index, self.state.num_processes
+        self.is_main = self.state.is_main_process
+
+    def total(self, tensor):
+        from accelerate.utils import reduce
+
+        return reduce(tensor, reduction="sum")
+
+    def mean(self, tensor):
+        from accelerate.utils import reduce
+
+        return reduce(tensor, reduction="mean")
+
+    def gather(self, tensor):
+        from accelerate.utils import gather
+
+        return gather(tensor) if self.count > 1 else tensor
+
+    def average_gradients(self, parameters) -> None:
+        import torch
+
+        if self.count == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = self.mean(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for p, g in zip(parameters, grads):
+            p.grad = flat[offset:offset + g.numel()].view_as(g)
+            offset += g.numel()
+
+    def barrier(self) -> None:
+        self.state.wait_for_everyone()
+
+    def check_policies_agree(self, parameters) -> None:
+        """Every rank must hold the same policy (same start, same averaged steps); a cheap checksum
+        of the trainable weights, compared before the main rank saves its copy."""
+        import torch
+
+        if self.count == 1:
+            return
+        checksum = torch.stack([torch.cat([p.detach().float().reshape(-1) for p in parameters]).sum(),
+                                torch.cat([p.detach().float().reshape(-1).abs() for p in parameters]).sum()])
+        every = self.gather(checksum[None])
+        if not torch.allclose(every, every[:1].expand_as(every), rtol=1e-5, atol=1e-6):
+            raise RuntimeError(f"the {self.count} processes ended with different policies: {every.tolist()}")
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):
@@ -170,18 +248,20 @@ def rollout(policy: PolicyWithValue, tokenizer, prompts: list[list[dict]], confi
 
 
 def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[dict]], reward_fn: RewardFn,
-             config: PPOTrainConfig, device: str, scaler=None) -> dict:
-    """One PPO iteration on a batch of prompts; returns its metrics. `scaler` scales the loss of
-    an fp16 base (a torch.amp.GradScaler; none in bf16 or float32)."""
+             config: PPOTrainConfig, device: str, scaler=None, ranks: Ranks | None = None) -> dict:
+    """One PPO iteration on this rank's share of a batch of prompts; returns the whole batch's
+    metrics. `scaler` scales the loss of an fp16 base (a torch.amp.GradScaler; none in bf16 or
+    float32)."""
     import torch
 
+    ranks = ranks or Ranks(cpu=device == "cpu")
     policy.model.eval()  # sampling and scoring; the model has no dropout (see no_dropout)
     generated, attention, start, mask, ended, texts = rollout(policy, tokenizer, prompts, config, device)
     old_logprobs, old_values, ref_logprobs = policy.score_rollout(generated, attention, start, config.mini_batch_size)
     scores = torch.tensor(reward_fn(prompts, texts), dtype=torch.float32, device=device)
-    raw_scores = scores.clone()
-    if config.whiten_rewards and len(scores) > 1:
-        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+    every_score = ranks.gather(scores)  # the whole batch's, for its statistics
+    if config.whiten_rewards and len(every_score) > 1:
+        scores = (scores - every_score.mean()) / (every_score.std() + 1e-8)
     # After whitening, so that the penalty weighs the same against a weak RM (scores spread ~0.1)
     # as against a strong one: otherwise it drowns the RM's signal and PPO only learns to stop.
     scores = scores - config.missing_eos_penalty * (~ended).float()
@@ -191,16 +271,18 @@ def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[d
     rewards[torch.arange(len(scores)), last] += scores
     old_values = old_values * mask
     advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-    advantages = masked_whiten(advantages, mask)
+    advantages = masked_whiten(advantages, mask, ranks.total)
 
     stats = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "entropy": []}
     n = len(prompts)
+    mini_batch = max(1, config.mini_batch_size // ranks.count)  # this rank's share of each optimizer step
+    parameters = policy.parameters()
     # Training mode only for gradient checkpointing's sake (transformers skips it in eval mode).
     policy.model.train(config.gradient_checkpointing)
     for _ in range(config.ppo_epochs):
         order = torch.randperm(n)
-        for i in range(0, n, config.mini_batch_size):
-            idx = order[i:i + config.mini_batch_size]
+        for i in range(0, n, mini_batch):
+            idx = order[i:i + mini_batch]
             m = mask[idx]
             logprobs, entropy, values = policy.forward(generated[idx], attention[idx], start, with_entropy=True)
             ratio = torch.exp(logprobs - old_logprobs[idx])
@@ -215,10 +297,12 @@ def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[d
             optimizer.zero_grad()
             if scaler is not None:
                 scaler.scale(loss).backward()
+                ranks.average_gradients(parameters)  # scaled alike on every rank: one overflow decision
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                ranks.average_gradients(parameters)
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)  # skipped when fp16 overflowed; the scale then shrinks
                 scaler.update()
@@ -229,10 +313,12 @@ def ppo_step(policy: PolicyWithValue, optimizer, tokenizer, prompts: list[list[d
             stats["clip_fraction"].append(masked_mean(((ratio - 1).abs() > config.clip_range).float(), m).item())
             stats["entropy"].append(masked_mean(entropy, m).item())
     policy.model.eval()
-    metrics = {name: sum(v) / len(v) for name, v in stats.items()}
-    metrics.update(reward=raw_scores.mean().item(), kl=kl.sum(dim=1).mean().item(),
-                   response_length=mask.sum(dim=1).mean().item(), ended=ended.float().mean().item())
-    return metrics
+    local = {name: sum(v) / len(v) for name, v in stats.items()}
+    local.update(kl=kl.sum(dim=1).mean().item(), response_length=mask.sum(dim=1).mean().item(),
+                 ended=ended.float().mean().item())
+    # Every rank holds an equal share, so the mean of the ranks' means is the batch's mean.
+    means = ranks.mean(torch.tensor(list(local.values()), dtype=torch.float64, device=device)).tolist()
+    return {**dict(zip(local, means)), "reward": every_score.mean().item(), "prompts": len(every_score)}
 
 
 def reward_model_fn(adapter: str, placement: Placement, max_length: int, load_in_4bit: bool = False) -> RewardFn:
@@ -246,21 +332,31 @@ def reward_model_fn(adapter: str, placement: Placement, max_length: int, load_in
     return reward
 
 
-def save_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, step: int, scaler=None) -> None:
-    """Adapter, value head, optimizer and every random state (CPU, each CUDA device, Python's), so
-    that a resumed run samples what the uninterrupted one would have."""
+def save_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, step: int, batches: random.Random,
+                    ranks: Ranks, scaler=None) -> None:
+    """Adapter, value head, optimizer and every random state (the batches' chooser, and each rank's
+    torch states: CPU and CUDA), so that a resumed run samples what the uninterrupted one would
+    have. Every rank calls it: the main one writes the shared state, each its own random states."""
     import torch
 
     partial = folder.with_name(folder.name + ".partial")
-    policy.model.save_pretrained(partial)
-    torch.save({"value_head": policy.value_head.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "rng": torch.get_rng_state(), "random": random.getstate(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "scaler": scaler.state_dict() if scaler is not None else None}, partial / "ppo_state.pt")
-    partial.rename(folder)
+    if ranks.is_main:
+        policy.model.save_pretrained(partial)
+        torch.save({"value_head": policy.value_head.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "random": batches.getstate(), "processes": ranks.count,
+                    "scaler": scaler.state_dict() if scaler is not None else None}, partial / "ppo_state.pt")
+    ranks.barrier()  # the folder exists
+    torch.save({"rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+               partial / f"rng-{ranks.index}.pt")
+    ranks.barrier()  # every rank's file is in
+    if ranks.is_main:
+        partial.rename(folder)
+    ranks.barrier()
 
 
-def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, scaler=None) -> int:
+def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, batches: random.Random, ranks: Ranks,
+                    scaler=None) -> int:
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -270,12 +366,17 @@ def load_checkpoint(folder: Path, policy: PolicyWithValue, optimizer, scaler=Non
     state = torch.load(folder / "ppo_state.pt", weights_only=False, map_location="cpu")
     policy.value_head.load_state_dict(state["value_head"])
     optimizer.load_state_dict(state["optimizer"])  # moves its state onto the parameters' device
-    torch.set_rng_state(state["rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    random.setstate(state["random"])
+    batches.setstate(state["random"])
+    own = folder / f"rng-{ranks.index}.pt"
+    # A checkpoint of an earlier version kept one process's torch states in ppo_state.pt; a rank
+    # the checkpoint had no file for (more processes than before) keeps its fresh seed.
+    rng = torch.load(own, weights_only=False) if own.is_file() else state if "rng" in state else None
+    if rng is not None:
+        torch.set_rng_state(rng["rng"])
+        if rng.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda_rng"])
     return state["step"]
 
 
@@ -297,68 +398,75 @@ def train(config: PPOTrainConfig, log: RunLog, reward_fn: RewardFn | None = None
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Not data-parallel yet: each rank would train its own copy into the same folder.
-        raise ValueError("the studio's PPO runs in one process; start it without accelerate launch "
-                         "(GRPO and RLOO run on several GPUs)")
     run_dir = log.path.parent
     placement = placement_of(config)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+    ranks = Ranks(cpu=placement.device == "cpu")
+    device = rank_device(placement.device)
+    torch.manual_seed(config.seed)  # the same LoRA start on every rank
+    batches = random.Random(config.seed)  # the same batches on every rank; each takes its share
     base_path = resolve_model(config.base, config.models_dir)
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
     if not prompts:
         raise ValueError("no prompts to train on")
     prompts, watch_prompts = hold_out_watch_prompts(prompts, config, config.seed)
+    batch_size = min(config.batch_size, len(prompts)) // ranks.count * ranks.count
+    if not batch_size:
+        raise ValueError(f"{len(prompts)} prompts to train on cannot be shared by {ranks.count} processes")
     if reward_fn is None:
         reward_fn = reward_model_fn(config.reward_adapter, placement, config.max_length, config.load_in_4bit)
-    if judge_fn is None and config.judge_adapter:
+    if judge_fn is None and config.judge_adapter and ranks.is_main:  # the watch runs on the main rank
         judge_fn = reward_model_fn(config.judge_adapter, placement, config.max_length, config.load_in_4bit)
     tokenizer = load_tokenizer(base_path)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
-    model = get_peft_model(model, lora_config(config, "CAUSAL_LM")).to(placement.device)
+    model = get_peft_model(model, lora_config(config, "CAUSAL_LM")).to(device)
     trainable_in_fp32(model, config)
     no_dropout(model)
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    policy = PolicyWithValue(model, model.config.hidden_size, placement.device)
+    policy = PolicyWithValue(model, model.config.hidden_size, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate)
+    if ranks.count > 1:
+        torch.manual_seed(config.seed + ranks.index)  # each rank samples its own answers
     # fp16 needs loss scaling (its small gradients underflow); bf16 and float32 do not.
     scaler = torch.amp.GradScaler("cuda") if placement.dtype == "float16" else None
     watch = Watch(watch_prompts, tokenizer, reward_fn, run_dir, log, config.max_new_tokens, judge_fn=judge_fn,
-                  rule=config.judge_rule, seed=config.seed) if watch_prompts else None
+                  rule=config.judge_rule, seed=config.seed) if watch_prompts and ranks.is_main else None
     every = check_every(config, config.max_steps)
     if watch:
         log.event("running", message=f"{len(watch_prompts)} prompts held out for the over-optimisation watch, "
                                      f"checked every {every} steps")
 
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    step = load_checkpoint(checkpoints[-1], policy, optimizer, scaler) if checkpoints else 0
+    step = load_checkpoint(checkpoints[-1], policy, optimizer, batches, ranks, scaler) if checkpoints else 0
     if step:
         log.event("running", step=step, total=config.max_steps, message=f"resuming from step-{step}")
     order = list(range(len(prompts)))
     while step < config.max_steps:
-        if log.cancel_requested:
-            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, scaler)
+        if cancel_agreed(log.cancel_requested, device):
+            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, batches, ranks, scaler)
             log.event(
                 "cancelled", step=step, total=config.max_steps, message=f"cancelled at step {step}; checkpoint saved"
             )
             return
-        batch = [prompts[i] for i in random.sample(order, min(config.batch_size, len(order)))]
-        metrics = ppo_step(policy, optimizer, tokenizer, batch, reward_fn, config, placement.device, scaler)
+        batch = [prompts[i] for i in batches.sample(order, batch_size)]
+        share = batch[ranks.index::ranks.count]
+        metrics = ppo_step(policy, optimizer, tokenizer, share, reward_fn, config, device, scaler, ranks)
         step += 1
         log.progress(step, config.max_steps, metrics=metrics)
         if watch and (step % every == 0 or step == config.max_steps):
-            watch.check(policy.model, step, placement.device)
+            watch.check(policy.model, step, device)
         if step % config.save_every == 0 and step < config.max_steps:
-            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, scaler)
+            save_checkpoint(run_dir / CHECKPOINTS / f"step-{step}", policy, optimizer, step, batches, ranks, scaler)
 
-    out = run_dir / config.output
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    write_meta(out, "policy", config.base, base_path, "ppo")
-    kept = watch.keep_best(out, step) if watch else ""
-    log.event("succeeded", step=step, total=config.max_steps, message=f"PPO trained ({step} iterations){kept}")
+    ranks.check_policies_agree(policy.parameters())
+    if ranks.is_main:
+        out = run_dir / config.output
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        write_meta(out, "policy", config.base, base_path, "ppo")
+        kept = watch.keep_best(out, step) if watch else ""
+        log.event("succeeded", step=step, total=config.max_steps, message=f"PPO trained ({step} iterations){kept}")
+    ranks.barrier()  # the other ranks end when the policy is saved
 
 
 if __name__ == "__main__":

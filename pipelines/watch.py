@@ -99,7 +99,7 @@ class Watch:
         from pipelines.evaluate import answer
 
         # The same seed at every check, without touching the training's random state.
-        devices = [torch.cuda.current_device()] if device == "cuda" else []
+        devices = [torch.cuda.current_device()] if device.startswith("cuda") else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             found = answer(model, self.tokenizer, self.prompts, device, max_new_tokens=self.max_new_tokens,

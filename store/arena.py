@@ -17,6 +17,7 @@ from common.stats import bradley_terry, bradley_terry_intervals
 from store.db import Store, content_hash, is_empty_response, prompt_key, response_key
 from store.imports import ensure_dataset
 from store.labelling import check_annotator, verdict_for
+from store.models import gguf_files
 
 ARENA_DATASET = "arena"
 ELO_START = 1000.0
@@ -137,6 +138,13 @@ def outcomes_between(store: Store, side_a: list[str], side_b: list[str]) -> list
             OR (p.first_model IN (SELECT unnest($b)) AND p.second_model IN (SELECT unnest($a))))
         ORDER BY l.id""", {"a": side_a, "b": side_b})
     return [1.0 if r["verdict"] == r["a_side"] else 0.5 if r["verdict"] in ("tie", "both-bad") else 0.0 for r in rows]
+
+
+def votes_against_base(store: Store, exported: list[str], base: str) -> tuple[list[str], list[float]]:
+    """People's blind votes between a policy's GGUF exports and its base: the base's names (the
+    base itself and any GGUF exported from it alone) and the outcomes for the policy."""
+    base_names = [base] + [r["name"] for r in gguf_files(store, base=base)]
+    return base_names, (outcomes_between(store, exported, base_names) if exported else [])
 
 
 def reward_win_rate(store: Store, dataset: str, reward_model: str) -> dict | None:

@@ -5,7 +5,8 @@ the store, for the Home tab's map. The runs a dataset fed are those that recorde
 from __future__ import annotations
 
 from store.db import Store
-from store.queries import DATASET_RESPONSES
+from store.models import gguf_files
+from store.queries import DATASET_RESPONSES, evaluations_of, latest_metrics
 
 POLICY_PURPOSE = "policy"
 
@@ -59,19 +60,14 @@ def trained_from(store: Store, dataset: str) -> list[dict]:
         FROM runs r LEFT JOIN models m ON m.run_id = r.id AND m.kind = 'adapter'
         WHERE r.dataset = ? AND m.purpose IS NOT NULL ORDER BY r.id DESC""", [dataset])
     for r in rows:
-        r["metrics"] = {m["name"]: m["value"] for m in store.query(
-            "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [r["id"]])}
+        r["metrics"] = latest_metrics(store, r["id"])
     return rows
 
 
 def evaluations_and_exports(store: Store, policy: dict) -> dict:
     """A policy's succeeded evaluations (id, message) and its GGUF exports (name)."""
-    evaluations = store.query("""SELECT id, message FROM runs WHERE kind = 'evaluate' AND status = 'succeeded'
-                                 AND json_extract_string(config, '$.policy_adapter') = ? ORDER BY id""",
-                              [policy["path"]])
-    exports = [r["name"] for r in store.query(
-        "SELECT name FROM models WHERE parent_id = ? AND kind = 'gguf' ORDER BY id", [policy["model_id"]])]
-    return {"evaluations": evaluations, "exports": exports}
+    return {"evaluations": evaluations_of(store, policy["path"]),
+            "exports": [r["name"] for r in gguf_files(store, parent_id=policy["model_id"])]}
 
 
 def loop_state(store: Store, dataset: str) -> dict | None:

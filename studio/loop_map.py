@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 from common.stats import win_summary
 from store import Store
-from store.arena import outcomes_between
+from store.arena import votes_against_base
 from store.loop import loop_state
-from store.models import gguf_files
 
 DONE, NEXT, LATER = "done", "next", "later"
 MARK = {DONE: "✓", NEXT: "→", LATER: "·"}
@@ -33,8 +32,7 @@ class Stage:
 
 def votes_line(store: Store, policy: dict) -> tuple[int, str]:
     """People's blind votes between a policy's exports and its base: how many, and in words."""
-    base = [policy.get("base") or "default"] + [r["name"] for r in gguf_files(store, base=policy.get("base"))]
-    outcomes = outcomes_between(store, policy["exports"], base) if policy["exports"] else []
+    _, outcomes = votes_against_base(store, policy["exports"], policy.get("base") or "default")
     if not outcomes:
         return 0, "no blind votes yet"
     result = win_summary(outcomes)

@@ -13,7 +13,7 @@ from pipelines.judges import RULES, card_against_people, describe_card_against_p
 from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, answer_text
 from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
 from store import Store
-from store.arena import outcomes_between
+from store.arena import votes_against_base
 from store.models import gguf_files, model_path, trained_adapter
 from store.queries import dataset_pair_texts, pair_verdicts
 from studio.inputs import dataset_id, trained_prompts
@@ -141,11 +141,10 @@ def people_verdict(store: Store, policy_run: int) -> str | None:
     if policy is None or policy["purpose"] != "policy":
         return None
     exported = [r["name"] for r in gguf_files(store, parent_id=policy["id"])]
-    base = [policy["base"]] + [r["name"] for r in gguf_files(store, base=policy["base"])]
     if not exported:
         return (f"people: no votes yet; export the policy `{policy['name']}` (Export tab), then compare it with "
                 f"`{policy['base']}` blind in the Compare tab")
-    outcomes = outcomes_between(store, exported, base)
+    base, outcomes = votes_against_base(store, exported, policy["base"])
     if not outcomes:
         return (f"people: no votes yet between {', '.join(f'`{n}`' for n in exported)} and `{policy['base']}`: "
                 "compare them blind in the Compare tab")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines.dpo import DPOTrainConfig
 from pipelines.runlog import save_config
@@ -119,15 +120,103 @@ def test_a_cancel_seen_by_one_rank_stops_both_at_one_step(tmp_path, tiny_model, 
     assert stopped < 200 and (tmp_path / "checkpoints" / f"checkpoint-{stopped}" / "trainer_state.json").is_file()
 
 
-def test_ppo_on_two_ranks_is_refused_with_a_reason(tmp_path, tiny_model, models_dir):
+@pytest.fixture(scope="module")
+def tiny_reward_adapter(tmp_path_factory, tiny_model, models_dir):
+    """A reward model trained two steps on the tiny base (PPO's reward on the ranks)."""
+    from pipelines.reward import RewardTrainConfig, run
+    from pipelines.runlog import RunLog
+
+    folder = tmp_path_factory.mktemp("rm")
+    pairs = [{"pair_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Say {i}."}]),
+              "chosen": json.dumps([{"role": "assistant", "content": f"{i}."}]),
+              "rejected": json.dumps([{"role": "assistant", "content": "No."}])} for i in range(8)]
+    pq.write_table(pa.Table.from_pylist(pairs), folder / "inputs.parquet")
+    config = RewardTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=2, batch_size=2,
+                               max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0)
+    run(config, RunLog(folder))
+    assert read_events(folder)[-1]["status"] == "succeeded"
+    return folder / config.output
+
+
+def ppo_config(tmp_path, tiny_model, models_dir, reward_adapter, **overrides):
     from pipelines.ppo import PPOTrainConfig
 
-    save_config(PPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir)), tmp_path / "config.json")
-    assert launch(tmp_path, "pipelines.ppo").returncode != 0
+    prompts = [{"prompt_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Count to {i}."}])}
+               for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(prompts), tmp_path / "inputs.parquet")
+    settings = dict(base=str(tiny_model), models_dir=str(models_dir), reward_adapter=str(reward_adapter),
+                    max_steps=3, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, lora_r=4,
+                    lora_alpha=8, watch_prompts=0, num_processes=2, device="cpu")
+    save_config(PPOTrainConfig(**{**settings, **overrides}), tmp_path / "config.json")
+
+
+def test_ppo_on_two_ranks_shares_each_batch_and_writes_one_event_stream(tmp_path, tiny_model, models_dir,
+                                                                       tiny_reward_adapter):
+    ppo_config(tmp_path, tiny_model, models_dir, tiny_reward_adapter, watch_prompts=2, watch_every=3)
+    result = launch(tmp_path, "pipelines.ppo")
+    assert result.returncode == 0, result.stderr[-3000:]
     events = read_events(tmp_path)
-    assert [e["status"] for e in events] == ["started", "failed"]
-    assert "the studio's PPO runs in one process" in events[-1]["message"]
-    assert not (tmp_path / "model").exists()
+    statuses = [e["status"] for e in events]
+    assert statuses.count("started") == 1 and statuses.count("succeeded") == 1 and statuses[-1] == "succeeded"
+    assert events[0]["message"].endswith("on 2 processes")
+    steps = [e for e in events if "reward" in e.get("metrics", {})]
+    assert [e["step"] for e in steps] == [1, 2, 3]  # one line per step, not one per rank
+    assert all(e["metrics"]["prompts"] == 4 for e in steps)  # the whole batch, two prompts on each rank
+    assert [e["step"] for e in events if "watch/proxy_win" in e.get("metrics", {})] == [3]  # the main rank's watch
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "model" / "studio_model.json").read_text())["method"] == "ppo"
+
+
+def test_a_batch_that_two_ranks_cannot_share_is_refused_before_a_run():
+    from pipelines.ppo import PPOTrainConfig
+
+    with pytest.raises(ValueError, match="mini_batch_size \\(3\\) must be a multiple of num_processes \\(2\\)"):
+        PPOTrainConfig(num_processes=2, batch_size=4, mini_batch_size=3)
+
+
+def test_ppo_on_two_ranks_cancels_together_and_resumes_to_the_end(tmp_path, tiny_model, models_dir,
+                                                                  tiny_reward_adapter):
+    """Rank 0 alone gets the stop request; both ranks stop after the same step with one checkpoint
+    (each rank's random state in it), and a second launch resumes to the last step."""
+    import signal
+    import time
+
+    import psutil
+
+    ppo_config(tmp_path, tiny_model, models_dir, tiny_reward_adapter, max_steps=200, save_every=1000)
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", "-m", "pipelines.ppo", "--config", str(tmp_path / "config.json")]
+    launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (tmp_path / "events.jsonl").exists() and any(e.get("step", 0) >= 2 for e in read_events(tmp_path)):
+                break
+            time.sleep(0.5)
+        ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+                 if "pipelines.ppo" in " ".join(p.cmdline()) and p.pid != launcher.pid]
+        next(p for p in ranks if p.environ().get("RANK") == "0").send_signal(signal.SIGTERM)
+        _, err = launcher.communicate(timeout=180)  # a hang fails here
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    events = read_events(tmp_path)
+    assert events[-1]["status"] == "cancelled"
+    stopped = events[-1]["step"]
+    checkpoint = tmp_path / "checkpoints" / f"step-{stopped}"
+    saved = {p.name for p in checkpoint.iterdir()}
+    assert {"ppo_state.pt", "rng-0.pt", "rng-1.pt", "adapter_model.safetensors"} <= saved
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "max_steps": stopped + 2}))
+    result = launch(tmp_path, "pipelines.ppo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = read_events(tmp_path)
+    assert events[-1]["status"] == "succeeded"
+    assert any(e.get("message") == f"resuming from step-{stopped}" for e in events)
+    steps = [e["step"] for e in events if "reward" in e.get("metrics", {})]
+    assert steps == list(range(1, stopped + 3))  # each step once across both launches
 
 
 def test_the_runner_trains_on_two_processes_cancels_and_resumes(workspace, store, tiny_model):
@@ -207,3 +296,26 @@ def test_orpo_on_two_ranks_writes_one_event_stream_and_one_adapter(tmp_path, tin
     assert [e["status"] for e in events].count("succeeded") == 1
     assert events[-1]["message"].startswith("ORPO trained (2 steps)")
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_alignstudio_train_ppo_on_two_processes(tmp_path, tiny_model, models_dir):
+    """The issue's command line: `alignstudio train ppo --num-processes 2` against a reward model
+    trained in the same workspace; one run, on two processes, with one line per step."""
+    from helpers import cli
+
+    rows = [{"prompt": f"What is {i} plus {i}?", "chosen": f"{2 * i}.", "rejected": f"No, {i}."} for i in range(12)]
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workspace = tmp_path / "ws"
+    cli("import", tmp_path / "sums.jsonl", "--dataset", "sums", workspace=workspace)
+    small = ["--base", tiny_model, "--lora-r", "4", "--lora-alpha", "8", "--max-length", "64", "--device", "cpu"]
+    cli("train", "rm", "--dataset", "sums", "--max-steps", "2", "--batch-size", "2", "--eval-share", "0.25", *small,
+        workspace=workspace, models_dir=models_dir)
+    cli("train", "ppo", "--prompts", "sums", "--reward-run", "1", "--num-processes", "2", "--max-steps", "2",
+        "--batch-size", "4", "--mini-batch-size", "2", "--ppo-epochs", "1", "--max-new-tokens", "6",
+        "--watch-prompts", "0", *small, workspace=workspace, models_dir=models_dir)
+    run = next(r for r in json.loads(cli("runs", "--json", workspace=workspace).stdout) if r["kind"] == "ppo")
+    assert run["status"] == "succeeded", run
+    events = read_events(workspace / "runs" / str(run["id"]))
+    assert events[0]["message"].endswith("on 2 processes")
+    steps = [(e["step"], e["metrics"]["prompts"]) for e in events if "reward" in e.get("metrics", {})]
+    assert steps == [(1, 4), (2, 4)]
