@@ -43,6 +43,7 @@ class DPOTrainConfig(PairTrainSettings):
                                              "runs the policy only)", label="Precompute reference log-probs")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
         if self.beta <= 0:

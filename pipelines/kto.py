@@ -43,6 +43,7 @@ class KTOTrainConfig(PairTrainSettings):
                                     "fixed-order batch, so its order is not regrouped", internal=True)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
 

@@ -20,6 +20,10 @@ included. The rest is arithmetic, each part stated so that a user can see what t
 - the method's extra models: the reward model (GRPO, RLOO, PPO) loaded like the policy; pair
   methods (reward model, DPO) run both sides of a pair, so twice the sequences;
 - 0.8 GB for the CUDA context and the allocator's reserve.
+
+Sharded (shard fsdp over N processes), the weights, the LoRA and its optimizer state are divided by
+N; the activations, the logits, a reward model beside the policy and the CUDA reserve are not (and
+FSDP holds one layer gathered whole at a time, which the activations' margin covers at 1-8B).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class MemoryPlan:
     logits_gb: float
     extra_gb: float
     overhead_gb: float = CUDA_OVERHEAD_GB
+    shards: int = 1             # processes the weights and LoRA state are divided between (shard fsdp)
 
     @property
     def total_gb(self) -> float:
@@ -71,8 +76,10 @@ class MemoryPlan:
                  f"activations {self.activations_gb:.1f}", f"logits {self.logits_gb:.1f}"]
         if self.extra_gb:
             parts.append(f"reward model {self.extra_gb:.1f}")
-        return (f"memory plan: about {self.total_gb:.1f} GB of GPU memory at the peak, for a base of "
-                f"{self.parameters / 1e9:.2f}B parameters ({', '.join(parts)}, CUDA {self.overhead_gb:.1f} GB)")
+        sharded = f", weights and LoRA divided between {self.shards} GPUs" if self.shards > 1 else ""
+        return (f"memory plan: about {self.total_gb:.1f} GB of GPU memory at the peak{' per GPU' if sharded else ''}, "
+                f"for a base of {self.parameters / 1e9:.2f}B parameters ({', '.join(parts)}, "
+                f"CUDA {self.overhead_gb:.1f} GB{sharded})")
 
 
 def base_config(base: str, models_dir: str | Path):
@@ -108,8 +115,9 @@ def count_on_meta(config) -> tuple[int, list[tuple[str, int, int]]]:
 
 def plan(config, shape: Shape, *, dtype: str = "bfloat16", load_in_4bit: bool = False, lora_r: int = 16,
          lora_targets: list[str] | tuple[str, ...] = ("all-linear",), batch_size: int = 4, max_length: int = 512,
-         gradient_checkpointing: bool = False) -> MemoryPlan:
-    """The estimate for training a method of this `shape` on the base `config` with these settings."""
+         gradient_checkpointing: bool = False, shards: int = 1) -> MemoryPlan:
+    """The estimate for training a method of this `shape` on the base `config` with these settings;
+    per GPU, with the weights and LoRA divided between `shards` processes."""
     config = getattr(config, "text_config", None) or config
     parameters, linears = count_on_meta(config)
     output_layer = linears[-1][0] if linears and linears[-1][2] == config.vocab_size else None
@@ -135,8 +143,9 @@ def plan(config, shape: Shape, *, dtype: str = "bfloat16", load_in_4bit: bool = 
         activations = tokens * hidden * ACTIVATION_FACTOR * layers * activation_bytes
     scored = {"none": 0, "chunk": min(tokens, DPO_LOGIT_CHUNK)}.get(shape.logits, tokens)
     logits = scored * config.vocab_size * LOGIT_BYTES
-    extra = weights if shape.reward_model else 0.0  # a reward model of the same base
-    return MemoryPlan(parameters, weights / GB, adapters / GB, activations / GB, logits / GB, extra / GB)
+    extra = weights if shape.reward_model else 0.0  # a reward model of the same base, not sharded
+    return MemoryPlan(parameters, weights / shards / GB, adapters / shards / GB, activations / GB, logits / GB,
+                      extra / GB, shards=shards)
 
 
 def free_gpu_gb() -> float | None:

@@ -179,7 +179,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device, dtype)
 
 
-def load_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
+def load_kwargs(placement: Placement, load_in_4bit: bool = False, quant_storage: str | None = None) -> dict:
     """`from_pretrained` arguments: the dtype, straight onto this rank's device, and for a 4-bit
     base (QLoRA; CUDA and bitsandbytes checked before) the quantisation config."""
     import torch
@@ -190,7 +190,9 @@ def load_kwargs(placement: Placement, load_in_4bit: bool = False) -> dict:
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=getattr(torch, placement.dtype))
+            bnb_4bit_compute_dtype=getattr(torch, placement.dtype),
+            # FSDP shards floating-point tensors only: a sharded 4-bit base stores its bytes as `quant_storage`
+            **({"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}))
     return kwargs
 
 

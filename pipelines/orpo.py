@@ -35,6 +35,7 @@ class ORPOTrainConfig(PairTrainSettings):
                           "paper's lambda)", label="Beta")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
 

@@ -71,12 +71,15 @@ class PPOTrainConfig(WatchSettings, TrainSettings):
     whiten_rewards: bool = setting(True, "whiten the reward model's scores over each batch", advanced=True)
     save_every: int = redefault(TrainSettings, "save_every", 10)
     max_length: int = setting(512, "tokens of prompt + answer the reward model reads", label="Max tokens")
+    shard: str = not_used(TrainSettings, "shard", "not for PPO: its own loop samples with generate, which a sharded "
+                          "policy cannot do without gathering it; every process holds the whole base")
     grad_accum: int = not_used(TrainSettings, "grad_accum", "not used: each mini-batch is one optimizer step")
     epochs: float = not_used(TrainSettings, "epochs", "not used: max_steps counts PPO iterations")
     lora_dropout: float = redefault(TrainSettings, "lora_dropout", 0.0,
                                     "none for PPO: old and new log-probs must come from the same function")
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("batch_size", "mini_batch_size"):
             value = getattr(self, name)
             if self.num_processes > 1 and value % self.num_processes:

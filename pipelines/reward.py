@@ -307,9 +307,11 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
         return
     log.event("running", step=steps, message=f"evaluating on all {len(held_out)} held-out pairs")
     rows = []
-    if trainer.accelerator.is_main_process:
+    # A sharded model's forward gathers its layers from every rank: then they all score (the same pairs).
+    if trainer.accelerator.is_main_process or config.shard == "fsdp":
         trainer.model.eval()
         rows = score_held_out(trainer.model, tokenizer, held_out, config)
+    if trainer.accelerator.is_main_process:
         pq.write_table(pa.Table.from_pylist(rows), run_dir / HELD_OUT_SCORES)
     card = report_card(rows)
     if trainer.accelerator.is_main_process:

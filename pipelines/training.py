@@ -30,6 +30,7 @@ from pipelines.runlog import RunLog
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 
 CHECKPOINTS = "checkpoints"
+SHARDS = ("none", "fsdp")
 
 
 @dataclass
@@ -62,6 +63,16 @@ class TrainSettings:
                                            "about 30% slower", label="Gradient checkpointing", advanced=True)
     num_processes: int = setting(1, "processes to train in, one per GPU; more than 1 runs through accelerate "
                                  "launch (data-parallel)", label="Processes (GPUs)", advanced=True)
+    shard: str = setting("none", "none: every process holds the whole base; fsdp: the base's weights, the LoRA "
+                         "and its optimizer state are divided between the processes (FSDP2, through Accelerate), "
+                         "for a base that does not fit one GPU; needs CUDA GPUs and 2 or more processes",
+                         choices=SHARDS, label="Shard the base", advanced=True)
+
+    def __post_init__(self):
+        if self.shard not in SHARDS:
+            raise ValueError(f"shard must be one of {', '.join(SHARDS)}, not {self.shard!r}")
+        if self.shard == "fsdp" and self.num_processes < 2:
+            raise ValueError("shard fsdp divides the base between processes: give num_processes 2 or more")
 
 
 @dataclass
@@ -151,6 +162,11 @@ def placement_of(settings: TrainSettings) -> Placement:
     placement = choose_placement(settings.device, settings.dtype)
     if settings.load_in_4bit:
         check_4bit(placement.device)
+    if getattr(settings, "shard", "none") == "fsdp" and placement.device != "cuda":
+        # Measured: on CPU ranks Accelerate leaves its FSDP plugin aside and trains unsharded (DDP).
+        raise ModelError("sharding (shard fsdp) needs CUDA GPUs: Accelerate shards only GPU ranks, and on this "
+                         "machine's CPU the run would train unsharded; leave shard at none here, or bundle the "
+                         "job for a GPU machine (--bundle)")
     return placement
 
 
@@ -168,8 +184,9 @@ def check_4bit(device: str) -> None:
 def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
     """`from_pretrained` arguments of the base: dtype, device and, for QLoRA, 4 bits (placement_of
     has checked that it can be: CUDA, bitsandbytes)."""
-    kwargs = load_kwargs(placement, settings.load_in_4bit)
-    if not settings.load_in_4bit:
+    sharded = getattr(settings, "shard", "none") == "fsdp"
+    kwargs = load_kwargs(placement, settings.load_in_4bit, quant_storage=placement.dtype if sharded else None)
+    if not settings.load_in_4bit or sharded:  # FSDP places the shards itself
         # Accelerate (and PPO) place a trainable base themselves; a 4-bit one must load on its GPU.
         del kwargs["device_map"]
     return kwargs
@@ -187,7 +204,7 @@ def lora_config(settings: TrainSettings, task_type: str, modules_to_save: list[s
 def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Path, has_eval: bool) -> dict:
     """Keyword arguments shared by TRL's configs: precision by device (bf16 only on CUDA cards that
     have it; TRL's own default of bf16 is about 30x slower on a CPU), checkpoints, logging."""
-    return dict(
+    return {**dict(
         output_dir=str(run_dir / CHECKPOINTS),
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
@@ -211,7 +228,21 @@ def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Pa
         disable_tqdm=True,
         dataloader_num_workers=0,
         **grouping_arguments(settings),
-    )
+    ), **fsdp_arguments(settings)}
+
+
+def fsdp_arguments(settings: TrainSettings) -> dict:
+    """For shard fsdp: FSDP2 through the Trainer's Accelerate plugin, one shard group per decoder
+    layer (the model's own `_no_split_modules`, as Accelerate picks them), a full state dict saved
+    by the main process (a LoRA adapter is small), and FSDP's own activation checkpointing in place
+    of the Trainer's (transformers asks for it so)."""
+    if getattr(settings, "shard", "none") != "fsdp":
+        return {}
+    return {"fsdp": True, "activation_checkpointing": False,
+            "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                            "state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True,
+                            "cpu_ram_efficient_loading": False,
+                            "activation_checkpointing": settings.gradient_checkpointing}}
 
 
 def grouping_arguments(settings: TrainSettings) -> dict:

@@ -93,20 +93,22 @@ class Watch:
     def has_judge(self) -> bool:
         return self.judge_fn is not None or bool(self.rule)
 
-    def _answers(self, model, device: str) -> tuple[list[str], list[list[int]]]:
+    def _answers(self, model, device) -> tuple[list[str], list[list[int]]]:
         import torch
 
         from pipelines.evaluate import answer
 
-        # The same seed at every check, without touching the training's random state.
-        devices = [torch.cuda.current_device()] if device.startswith("cuda") else []
+        # The same seed at every check, without touching the training's random state. `device` is a
+        # name from the studio's PPO ("cuda", "cuda:1") or a torch.device from TRL's arguments.
+        where = torch.device(device)
+        devices = [torch.cuda.current_device() if where.index is None else where.index] if where.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
             found = answer(model, self.tokenizer, self.prompts, device, max_new_tokens=self.max_new_tokens,
                            temperature=0.7, batch_size=self.batch_size)
         return found
 
-    def check(self, model, step: int, device: str) -> dict:
+    def check(self, model, step: int, device) -> dict:
         """Answer the watch prompts, compare with the base, record the metrics; returns them."""
         from pipelines.evaluate import answer_kl
 

@@ -10,9 +10,10 @@ the number of stages that failed.
     python scripts/gpu_smoke.py --cpu      # the same stages on the CPU (slow: minutes per stage)
     python scripts/gpu_smoke.py --cpu --only perplexity,rm,dpo,evaluate
 
-Besides one process per pipeline: DPO data-parallel on two GPUs (where the machine has two), and
-a reward model as a bundle run by its own launcher and imported back. Sharded training (FSDP) is
-not built yet: there is no stage for it.
+Besides one process per pipeline, on two GPUs where the machine has two: DPO and PPO
+data-parallel, and the reward model, DPO and QLoRA-DPO sharded (`shard fsdp`: Accelerate shards GPU
+ranks only, so this is the one place the sharded path itself runs; tests/shard_ranks.py proves its
+pieces on CPU ranks); and a reward model as a bundle run by its own launcher and imported back.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from studio.runner import Runner  # noqa: E402
 from studio.workspace import Workspace  # noqa: E402
 
 STAGES = ("perplexity", "generate", "rm", "dpo", "kto", "ppo", "grpo", "rloo", "evaluate", "qlora", "export",
-          "compare", "dpo-2gpu", "rm-bundle")
+          "compare", "dpo-2gpu", "ppo-2gpu", "rm-fsdp", "dpo-fsdp", "qlora-fsdp", "rm-bundle")
 TOPICS = ("tea", "rain", "cats", "bread", "the sea", "maps", "bees", "glass")
 
 
@@ -95,6 +96,20 @@ def main(argv: list[str] | None = None) -> int:
                 if args.cpu or gpu_count() < 2:
                     return None
                 return service.start_training(runner, "dpo", "pairs", num_processes=2, max_length=128, **small).run_id
+            if stage == "ppo-2gpu":  # each card samples half of each batch
+                if args.cpu or gpu_count() < 2 or "rm" not in runs:
+                    return None
+                return service.start_training(runner, "ppo", prompts="pairs", reward_run=runs["rm"], num_processes=2,
+                                              max_new_tokens=16, watch_prompts=2, watch_every=2, mini_batch_size=2,
+                                              **small).run_id
+            if stage in ("rm-fsdp", "dpo-fsdp", "qlora-fsdp"):  # the base sharded over two cards
+                if args.cpu or gpu_count() < 2:
+                    return None
+                if stage == "qlora-fsdp" and importlib.util.find_spec("bitsandbytes") is None:
+                    return None
+                method = "rm" if stage == "rm-fsdp" else "dpo"
+                return service.start_training(runner, method, "pairs", num_processes=2, shard="fsdp", eval_share=0.25,
+                                              max_length=128, load_in_4bit=stage == "qlora-fsdp", **small).run_id
             if stage == "rm-bundle":  # a bundle run by its own launcher here, then imported
                 return run_bundle(runner, root, dict(eval_share=0.25, max_length=128, **small))
             if stage == "export":

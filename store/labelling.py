@@ -5,8 +5,11 @@ in one browser tab it is *claimed* by that tab, so no other tab (of any annotato
 the same time. Claims live in memory: they only matter while the studio process is serving, and a
 claim left by a closed tab expires after `CLAIM_TTL_S`.
 
-Pairs are served fewest-labels-first (skips do not count), then in a fixed shuffled order, so that
-several annotators first spread over the dataset and then overlap, which is what agreement needs.
+Pairs are served fewest-labels-first (skips and AI judges' labels do not count), so that several annotators first spread
+over the dataset and then overlap, which is what agreement needs. Among pairs with as many labels,
+the queue's order (ORDERS) decides: a fixed shuffle, or the pairs that matter first (active
+preference learning): those a reward model is least sure of (the smallest gap between its scores
+of the two answers), or those where a reward model and an AI judge take opposite sides.
 """
 
 from __future__ import annotations
@@ -70,6 +73,81 @@ FROM pairs p LEFT JOIN votes v ON v.pair_id = p.id
 
 class LabelError(StudioError, ValueError):
     pass
+
+
+# The orders a queue can serve pairs in (after fewest labels first): name -> what it means.
+ORDERS = {
+    "shuffled": "a fixed shuffle (the pairs' content hashes)",
+    "uncertain": "the pairs the reward model is least sure of first: the smallest gap between its scores of the "
+                 "two answers (active labelling)",
+    "disagree": "the pairs where the reward model and an AI judge (judge:...) take opposite sides first, then the "
+                "judge's ties, then the reward model's smallest gaps",
+}
+
+# One ordered listing for every order: $d the dataset, $a the annotator (their labelled pairs left
+# out), $m the reward model (NULL for 'shuffled'), $skip the pair ids held by other sessions.
+QUEUE = """
+WITH counts AS (  -- people's labels: an AI judge's do not stand for a person's look
+    SELECT pair_id, count(*) AS n FROM labels WHERE verdict <> 'skip' AND annotator NOT LIKE 'judge:%' GROUP BY pair_id
+),
+judged AS (
+    SELECT pair_id, CASE WHEN count(DISTINCT verdict) > 1 THEN 'split' ELSE min(verdict) END AS verdict
+    FROM labels WHERE annotator LIKE 'judge:%' AND verdict IN ('first', 'second', 'tie') GROUP BY pair_id
+)
+SELECT dp.pair_id, coalesce(c.n, 0) AS labels, ra.reward - rb.reward AS reward_gap, j.verdict AS judge_verdict,
+       CASE WHEN ra.reward IS NULL OR j.verdict NOT IN ('first', 'second') THEN NULL
+            ELSE (ra.reward > rb.reward) <> (j.verdict = 'first') END AS disagree
+FROM dataset_pairs dp
+JOIN pairs p ON p.id = dp.pair_id
+LEFT JOIN counts c ON c.pair_id = dp.pair_id
+LEFT JOIN rewards ra ON ra.response_id = p.first_id AND ra.model = $m
+LEFT JOIN rewards rb ON rb.response_id = p.second_id AND rb.model = $m
+LEFT JOIN judged j ON j.pair_id = dp.pair_id
+WHERE dp.dataset_id = $d
+  AND dp.pair_id NOT IN (SELECT pair_id FROM labels WHERE annotator = $a)
+  AND dp.pair_id NOT IN (SELECT unnest($skip::VARCHAR[]))
+ORDER BY coalesce(c.n, 0), {order} dp.pair_id  -- ids are content hashes: a fixed shuffle
+LIMIT $limit
+"""
+ORDER_KEYS = {
+    "shuffled": "",
+    "uncertain": "abs(ra.reward - rb.reward) NULLS LAST,",
+    "disagree": "CASE WHEN disagree THEN 0 WHEN j.verdict = 'tie' THEN 1 ELSE 2 END, "
+                "abs(ra.reward - rb.reward) NULLS LAST,",
+}
+
+
+def check_order(store: Store, dataset_id: int, dataset: str, order: str, reward_model: str | None) -> str | None:
+    """The reward model an order reads (None for 'shuffled'); a LabelError when it cannot be used."""
+    if order not in ORDERS:
+        raise LabelError(f"unknown order {order!r}; one of {', '.join(ORDERS)}")
+    if order == "shuffled":
+        return None
+    if not reward_model:
+        raise LabelError(f"the order '{order}' reads a reward model's scores: pick a reward model")
+    scored = store.scalar("""
+        SELECT count(*) FROM dataset_pairs dp JOIN pairs p ON p.id = dp.pair_id
+        JOIN rewards ra ON ra.response_id = p.first_id AND ra.model = $m
+        JOIN rewards rb ON rb.response_id = p.second_id AND rb.model = $m
+        WHERE dp.dataset_id = $d""", {"d": dataset_id, "m": reward_model})
+    if not scored:
+        raise LabelError(f"'{reward_model}' has not scored the answers of '{dataset}' yet: score them first "
+                         f"(alignstudio rewards --dataset {dataset} --reward-model {reward_model}, or the Label "
+                         "tab's Score button)")
+    return reward_model
+
+
+def queue(store: Store, dataset: str, annotator: str, order: str = "shuffled", reward_model: str | None = None,
+          limit: int = 20, held_by_others: list[str] | None = None) -> list[dict]:
+    """The next `limit` pairs `annotator` would be served in `order`: pair_id, labels (by anyone),
+    reward_gap (first minus second, under the reward model), judge_verdict, disagree."""
+    annotator = check_annotator(annotator)
+    dataset_id = store.dataset_id(dataset)
+    if dataset_id is None:
+        raise LabelError(f"no dataset named '{dataset}'")
+    model = check_order(store, dataset_id, dataset, order, reward_model)
+    return store.query(QUEUE.format(order=ORDER_KEYS[order]),
+                       {"d": dataset_id, "a": annotator, "m": model, "skip": held_by_others or [], "limit": limit})
 
 
 @dataclass
@@ -141,20 +219,13 @@ class LabelQueue:
         with self._lock:
             self._release_locked(session)
 
-    def next_pair(self, dataset: str, annotator: str, session: str) -> ServedPair | None:
-        """The next pair `annotator` has not labelled and no other session holds; None when done."""
-        annotator = check_annotator(annotator)
-        dataset_id = self._dataset_id(dataset)
+    def next_pair(self, dataset: str, annotator: str, session: str, order: str = "shuffled",
+                  reward_model: str | None = None) -> ServedPair | None:
+        """The next pair `annotator` has not labelled and no other session holds, in `order`
+        (ORDERS); None when done."""
         with self._lock:
-            row = self.store.query("""
-                SELECT dp.pair_id FROM dataset_pairs dp
-                LEFT JOIN (SELECT pair_id, count(*) AS n FROM labels WHERE verdict <> 'skip'
-                           GROUP BY pair_id) c ON c.pair_id = dp.pair_id
-                WHERE dp.dataset_id = ?
-                  AND dp.pair_id NOT IN (SELECT pair_id FROM labels WHERE annotator = ?)
-                  AND dp.pair_id NOT IN (SELECT unnest(?::VARCHAR[]))
-                ORDER BY coalesce(c.n, 0), dp.pair_id  -- ids are content hashes: a fixed shuffle
-                LIMIT 1""", [dataset_id, annotator, self._claimed_by_others(session)])
+            row = queue(self.store, dataset, annotator, order, reward_model, limit=1,
+                        held_by_others=self._claimed_by_others(session))
             if not row:
                 self._release_locked(session)
                 return None

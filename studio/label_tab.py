@@ -12,7 +12,14 @@ import gradio as gr
 
 from common.errors import StudioError
 from store import Store
-from store.labelling import LabelError, ServedPair, judge_disagreements, progress, reward_disagreements, reward_opinion
+from store.labelling import (
+    LabelError,
+    ServedPair,
+    judge_disagreements,
+    progress,
+    reward_disagreements,
+    reward_opinion,
+)
 from store.models import reward_models as reward_model_rows
 from store.queries import dataset_names
 from studio import judging, kinds, service
@@ -27,6 +34,10 @@ ANSWER_BUTTONS = [
     ("4 · Both bad", "label-both-bad", "both-bad"),
     ("S · Skip", "label-skip", "skip"),
 ]
+# The queue's orders as the Order menu shows them (store.labelling.ORDERS says what each does).
+ORDER_CHOICES = [("Fewest labels first, shuffled", "shuffled"),
+                 ("Least certain first (reward model)", "uncertain"),
+                 ("Reward model vs AI judge disagree first", "disagree")]
 ANSWER_WORDS = {"left": "left is better", "right": "right is better", "tie": "tie", "both-bad": "both bad",
                 "skip": "skipped"}
 
@@ -124,6 +135,19 @@ def judge_rows(store: Store, dataset: str | None) -> tuple[str, list[list]]:
             [[r["pair_id"], preview(r["prompt"]), f"{r['judge']}: {r['judge_verdict']}", r["people"]] for r in rows])
 
 
+def start_reward_scores(ctx: Context, dataset: str | None, reward_model: str | None) -> str:
+    """Score the dataset's answers with the picked reward model, so that the 'uncertain' and
+    'disagree' orders can read its scores."""
+    if not dataset or not reward_model:
+        return "**Pick a dataset and a reward model.**"
+    try:
+        run_id = service.start_reward_scoring(ctx.runner, dataset, reward_model)
+    except StudioError as e:
+        return f"**{e}**"
+    return (f"Run {run_id} started: `{reward_model}` is scoring the answers of '{dataset}' (the Home tab follows "
+            "it); when it is done, the least certain pairs come first.")
+
+
 def start_judge_labels(ctx: Context, dataset: str | None, judge: str | None) -> str:
     if not dataset or not judge:
         return "**Pick a dataset and a judge model.**"
@@ -171,14 +195,14 @@ def unchanged(message: str) -> tuple:
     return (gr.update(), f"**{message}**", gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
 
 
-def begin(ctx: Context, dataset_name, name, show_rm, request: gr.Request) -> tuple:
+def begin(ctx: Context, dataset_name, name, show_rm, order, reward_model, request: gr.Request) -> tuple:
     """The first pair, and the name locked (keys now answer pairs, never type into it): VIEW, then
     the name field and the Change annotator button."""
     if not dataset_name:
         return unchanged("Pick a dataset that has pairs (import one in the Data tab).") + (gr.update(),) * 2
     name = who(name, request)
     try:
-        served = ctx.label_queue.next_pair(dataset_name, name, request.session_hash)
+        served = ctx.label_queue.next_pair(dataset_name, name, request.session_hash, order, reward_model)
     except LabelError as e:
         return unchanged(str(e)) + (gr.update(),) * 2
     return view(ctx, dataset_name, name, served, "", show_rm) + (
@@ -196,7 +220,7 @@ def change_annotator(ctx: Context, confirmed: bool, request: gr.Request) -> tupl
             gr.update(visible=False), [], "", "", "", gr.update(interactive=True), gr.update(visible=False))
 
 
-def answer(ctx: Context, choice: str, dataset_name, name, served: ServedPair | None, show_rm,
+def answer(ctx: Context, choice: str, dataset_name, name, served: ServedPair | None, show_rm, order, reward_model,
            request: gr.Request) -> tuple:
     """Commit `choice` for the shown pair, then show the next one."""
     if served is None:
@@ -204,13 +228,14 @@ def answer(ctx: Context, choice: str, dataset_name, name, served: ServedPair | N
     name = who(name, request)
     try:
         ctx.label_queue.label(request.session_hash, name, served, choice)
-        following = ctx.label_queue.next_pair(dataset_name, name, request.session_hash)
+        following = ctx.label_queue.next_pair(dataset_name, name, request.session_hash, order, reward_model)
     except LabelError as e:
         return unchanged(str(e))
     return view(ctx, dataset_name, name, following, f"Saved: {ANSWER_WORDS[choice]}. ", show_rm)
 
 
-def take_back(ctx: Context, dataset_name, name, served: ServedPair | None, show_rm, request: gr.Request) -> tuple:
+def take_back(ctx: Context, dataset_name, name, served: ServedPair | None, show_rm, order, reward_model,
+              request: gr.Request) -> tuple:
     name = who(name, request)
     try:
         back = ctx.label_queue.undo(dataset_name, name, request.session_hash)
@@ -249,6 +274,15 @@ def workbench(ctx: Context, ui: SimpleNamespace) -> None:
             ui.start = gr.Button("Start labelling", variant="primary")
             ui.undo = gr.Button("U · Undo last label", elem_id="label-undo", size="sm")
             ui.rename = gr.Button("Change annotator", size="sm", visible=False, elem_id="label-rename")
+    models = reward_models(ctx.store)
+    with gr.Row(equal_height=True):
+        ui.order = gr.Dropdown(ORDER_CHOICES, value="shuffled", label="Order", scale=2, elem_id="label-order",
+                               info="which pairs come first; every order serves the pairs with fewest labels first")
+        ui.reward_model = gr.Dropdown(models, value=models[0] if models else None, label="Reward model", scale=2,
+                                      elem_id="label-reward-model",
+                                      info="for the order, the disagreements and the scores under a pair")
+        with gr.Column(scale=1, min_width=160):
+            ui.score = gr.Button("Score the dataset with it", size="sm", elem_id="label-score")
     ui.status = gr.Markdown("Pick a dataset, type your name and start. Keys: **1** left better, **2** right better, "
                             "**3** tie, **4** both bad, **S** skip, **U** undo.", elem_id="label-status")
     ui.current = gr.State(None)
@@ -270,10 +304,8 @@ def workbench(ctx: Context, ui: SimpleNamespace) -> None:
 def disagreement_panels(ctx: Context, ui: SimpleNamespace) -> None:
     """The pairs a reward model, or an AI judge, sees the other way."""
     with gr.Accordion("Reward model disagreements", open=False):
-        models = reward_models(ctx.store)
-        with gr.Row():
-            ui.reward_model = gr.Dropdown(models, value=models[0] if models else None, label="Reward model", scale=3)
-            ui.list_disagreements = gr.Button("List", scale=1, size="sm")
+        gr.Markdown("The labelled pairs where the reward model picked above prefers the other answer.")
+        ui.list_disagreements = gr.Button("List", size="sm")
         ui.disagreements_line = gr.Markdown()
         ui.disagreements = gr.Dataframe(headers=["pair", "prompt (last turn)", "preference", "RM margin"],
                                         interactive=False, wrap=True, max_height=360,
@@ -294,11 +326,12 @@ def disagreement_panels(ctx: Context, ui: SimpleNamespace) -> None:
 
 def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     outputs = [getattr(ui, name) for name in VIEW]
-    labelling = [ui.dataset, ui.annotator, ui.current, ui.show_reward]
+    order = [ui.order, ui.reward_model]
+    labelling = [ui.dataset, ui.annotator, ui.current, ui.show_reward] + order
     # No progress overlay: the next pair takes a few ms, and a flickering timer would only distract.
-    ui.start.click(handler(begin, ctx), [ui.dataset, ui.annotator, ui.show_reward], outputs + [ui.annotator, ui.rename],
-                   show_progress="hidden")
-    ui.annotator.submit(handler(begin, ctx), [ui.dataset, ui.annotator, ui.show_reward],
+    ui.start.click(handler(begin, ctx), [ui.dataset, ui.annotator, ui.show_reward] + order,
+                   outputs + [ui.annotator, ui.rename], show_progress="hidden")
+    ui.annotator.submit(handler(begin, ctx), [ui.dataset, ui.annotator, ui.show_reward] + order,
                         outputs + [ui.annotator, ui.rename], show_progress="hidden",
                         js="(...args) => { document.activeElement && document.activeElement.blur(); return args; }")
     confirmed = gr.Checkbox(visible=False)
@@ -313,6 +346,7 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
                           [ui.current, ui.show_reward], ui.note)
     ui.list_disagreements.click(lambda d, m: disagreement_rows(ctx.store, d, m), [ui.dataset, ui.reward_model],
                                 [ui.disagreements_line, ui.disagreements])
+    ui.score.click(handler(start_reward_scores, ctx), [ui.dataset, ui.reward_model], ui.status)
     ui.judge_start.click(handler(start_judge_labels, ctx), [ui.dataset, ui.judge_model], ui.judge_line)
     ui.judge_list.click(lambda d: judge_rows(ctx.store, d), ui.dataset, [ui.judge_line, ui.judge_table])
     ui.dataset.change(handler(switch_dataset, ctx), None, [ui.current, ui.workbench])

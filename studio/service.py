@@ -67,7 +67,8 @@ def memory_plan_of(method: Method, config) -> MemoryPlan | None:
     length = getattr(config, "max_new_tokens", 256) + 256 if method.online else getattr(config, "max_length", 512)
     return plan(base, method.shape, dtype=dtype, load_in_4bit=config.load_in_4bit, lora_r=config.lora_r,
                 lora_targets=config.lora_targets, batch_size=config.batch_size, max_length=length,
-                gradient_checkpointing=config.gradient_checkpointing)
+                gradient_checkpointing=config.gradient_checkpointing,
+                shards=config.num_processes if getattr(config, "shard", "none") == "fsdp" else 1)
 
 
 def check_memory(estimate: MemoryPlan | None, force: bool) -> None:

@@ -305,3 +305,64 @@ def test_a_split_by_prompt_shares_no_prompt_and_a_split_by_pair_samples_pairs(st
     with pytest.raises(CurationError, match="between 0 and 1"):
         split_pairs(store, "all", ("x", "y"), share=1.0)
     assert store.dataset_id("x") is None and store.dataset_id("new") is None
+
+
+def scored(store, gaps: dict[str, float], model: str = "rm-run1") -> None:
+    """The reward model `model` scores pair i's first answer gaps[i] above its second."""
+    with store.transaction() as cur:
+        for pair_id, gap in gaps.items():
+            first, second = cur.execute("SELECT first_id, second_id FROM pairs WHERE id = ?", [pair_id]).fetchone()
+            cur.execute("INSERT INTO rewards VALUES (?, ?, ?, NULL), (?, ?, 0.0, NULL)",
+                        [first, model, gap, second, model])
+
+
+def served_order(queue, annotator, order, reward_model="rm-run1") -> list[str]:
+    shown = []
+    while (served := queue.next_pair("chat", annotator, "t", order, reward_model)) is not None:
+        shown.append(served.pair_id)
+        queue.label("t", annotator, served, "skip")
+    return shown
+
+
+def test_the_uncertain_order_serves_the_pairs_the_reward_model_is_least_sure_of_first(unlabelled):
+    from store.labelling import queue
+
+    scored(unlabelled, {"pair0": 3.0, "pair1": 0.1, "pair2": -0.5, "pair3": 2.0, "pair4": -0.05})  # pair5 unscored
+    assert served_order(LabelQueue(unlabelled), "ann", "uncertain") == ["pair4", "pair1", "pair2", "pair3", "pair0",
+                                                                        "pair5"]
+    # A pair someone has labelled comes after every unlabelled one, however unsure the model is.
+    LabelQueue(unlabelled).label("t", "bob", queue_pair(unlabelled, "pair4"), "left")
+    listed = queue(unlabelled, "chat", "carol", "uncertain", "rm-run1", limit=3)
+    assert [r["pair_id"] for r in listed] == ["pair1", "pair2", "pair3"]
+    assert listed[0]["reward_gap"] == pytest.approx(0.1) and listed[0]["labels"] == 0
+    # The shuffled order does not read the reward model at all.
+    assert served_order(LabelQueue(unlabelled), "dan", "shuffled", None)[-1] == "pair4"
+
+
+def queue_pair(store, pair_id):
+    from store.labelling import ServedPair
+
+    return ServedPair(pair_id, [], [], [], None, None, False)
+
+
+def test_the_disagree_order_serves_the_pairs_where_reward_model_and_judge_part_first(unlabelled):
+    from store.labelling import add_rule_labels
+
+    scored(unlabelled, {"pair0": 3.0, "pair1": 0.1, "pair2": -0.5, "pair3": 2.0, "pair4": -0.05, "pair5": 1.0})
+    # The judge takes the other side on pair0 and pair5 (those first, the smaller gap first), the
+    # reward model's on pair3, and gives a tie (its two orders disagreed) on pair2.
+    add_rule_labels(unlabelled, "judge:j.gguf", [("pair0", "second"), ("pair5", "second"), ("pair3", "first"),
+                                                 ("pair2", "tie")])
+    assert served_order(LabelQueue(unlabelled), "ann", "disagree") == ["pair5", "pair0", "pair2", "pair4", "pair1",
+                                                                       "pair3"]
+
+
+def test_an_order_that_needs_a_reward_model_says_what_is_missing(unlabelled):
+    queue = LabelQueue(unlabelled)
+    with pytest.raises(LabelError, match="unknown order 'best'; one of shuffled, uncertain, disagree"):
+        queue.next_pair("chat", "ann", "t", "best")
+    with pytest.raises(LabelError, match="reads a reward model's scores: pick a reward model"):
+        queue.next_pair("chat", "ann", "t", "uncertain")
+    with pytest.raises(LabelError, match="'rm-run9' has not scored the answers of 'chat' yet"):
+        queue.next_pair("chat", "ann", "t", "uncertain", "rm-run9")
+    assert labels(unlabelled) == []

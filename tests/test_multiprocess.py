@@ -319,3 +319,24 @@ def test_alignstudio_train_ppo_on_two_processes(tmp_path, tiny_model, models_dir
     assert events[0]["message"].endswith("on 2 processes")
     steps = [(e["step"], e["metrics"]["prompts"]) for e in events if "reward" in e.get("metrics", {})]
     assert steps == [(1, 4), (2, 4)]
+
+
+def test_the_sharding_settings_train_a_reward_model_on_two_cpu_ranks_as_one_process_does(tmp_path, tiny_model):
+    """`shard fsdp` below Accelerate's prepare (which shards GPU ranks only; see tests/shard_ranks.py):
+    the studio's settings give Accelerate's FSDP2 plugin, its wrap policy makes a shard group of each
+    decoder layer, each rank holds half of every LoRA matrix, and a step on each rank's half of the
+    batch gives the one-process step's LoRA and score head, gathered whole for saving."""
+    out = tmp_path / "shard.json"
+    result = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no",
+                             str(Path(__file__).with_name("shard_ranks.py")), str(tiny_model), str(out)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(out.read_text())
+    assert found["plugin"] == {"fsdp_version": 2, "state_dict_type": "StateDictType.FULL_STATE_DICT",
+                               "reshard_after_forward": True}
+    assert found["shard_groups"] == ["base_model.model.model.layers.0", "base_model.model.model.layers.1"]
+    assert found["lora_a_rows"] == {"whole": 4, "this_rank": 2}
+    assert found["gathered_tensors"] == found["trained_tensors"] > 20  # every LoRA matrix and the score head
+    assert found["moved"] > 1e-3 and found["max_difference"] < 1e-5  # it trained, and as one process does
+    assert found["scores"]["sharded"] == pytest.approx(found["scores"]["unsharded"], abs=1e-5)

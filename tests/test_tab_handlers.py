@@ -115,7 +115,8 @@ def test_the_handler_binds_the_context_and_keeps_gradios_request(ctx):
     bound = handler(label_tab.begin, ctx)
     import inspect
 
-    assert list(inspect.signature(bound).parameters) == ["dataset_name", "name", "show_rm", "request"]
+    assert list(inspect.signature(bound).parameters) == ["dataset_name", "name", "show_rm", "order", "reward_model",
+                                                       "request"]
     from gradio.utils import get_type_hints
 
     assert get_type_hints(bound)["request"].__name__ == "Request"
@@ -129,26 +130,27 @@ def test_labelling_from_two_sessions_keeps_every_label_under_its_annotator(ctx):
     """Two logins label the same dataset at once: each is shown a pair the other does not hold, and
     each answer lands under the login, whatever the name field says."""
     ada, bo = request("s1", "ada"), request("s2", "bo")
-    first = label_tab.begin(ctx, "pairs", "", False, ada)
-    second = label_tab.begin(ctx, "pairs", "typed name", False, bo)
+    first = label_tab.begin(ctx, "pairs", "", False, "shuffled", None, ada)
+    second = label_tab.begin(ctx, "pairs", "typed name", False, "shuffled", None, bo)
     assert first[0].pair_id != second[0].pair_id
-    shown = label_tab.answer(ctx, "left", "pairs", "", first[0], False, ada)
+    shown = label_tab.answer(ctx, "left", "pairs", "", first[0], False, "shuffled", None, ada)
     assert shown[1].startswith("Saved: left is better. ada: 1 of 12 pairs labelled")
-    label_tab.answer(ctx, "tie", "pairs", "typed name", second[0], False, bo)
+    label_tab.answer(ctx, "tie", "pairs", "typed name", second[0], False, "shuffled", None, bo)
     labels = ctx.store.query("SELECT annotator, verdict FROM labels ORDER BY annotator")
     assert [(r["annotator"], r["verdict"]) for r in labels] == [("ada", "first" if not first[0].swapped else
                                                                   "second"), ("bo", "tie")]
-    undone = label_tab.take_back(ctx, "pairs", "", shown[0], False, ada)
+    undone = label_tab.take_back(ctx, "pairs", "", shown[0], False, "shuffled", None, ada)
     assert undone[0].pair_id == first[0].pair_id and undone[1].startswith("Undone")
     assert ctx.store.scalar("SELECT count(*) FROM labels WHERE annotator = 'ada'") == 0
 
 
 def test_the_label_tab_says_what_to_do_instead_of_failing(ctx):
     alone = request("s3")
-    assert label_tab.begin(ctx, None, "me", False, alone)[1].startswith("**Pick a dataset")
-    assert label_tab.begin(ctx, "pairs", "  ", False, alone)[1] == "**type an annotator name first**"
-    assert label_tab.answer(ctx, "left", "pairs", "me", None, False, alone)[1] == "**Start labelling first.**"
-    assert label_tab.take_back(ctx, "pairs", "me", None, False, alone)[1] == "**Nothing to undo.**"
+    assert label_tab.begin(ctx, None, "me", False, "shuffled", None, alone)[1].startswith("**Pick a dataset")
+    assert label_tab.begin(ctx, "pairs", "  ", False, "shuffled", None, alone)[1] == "**type an annotator name first**"
+    said = label_tab.answer(ctx, "left", "pairs", "me", None, False, "shuffled", None, alone)[1]
+    assert said == "**Start labelling first.**"
+    assert label_tab.take_back(ctx, "pairs", "me", None, False, "shuffled", None, alone)[1] == "**Nothing to undo.**"
     said = label_tab.start_judge_labels(ctx, "pairs", "no-such-judge")
     assert said.startswith("**no-such-judge: no GGUF model of that name")
     assert ctx.runner.started == []

@@ -9,6 +9,7 @@ from pathlib import Path
 from store import EXPORT_FORMATS, FORMATS, ImportFailed, export_pairs, import_file
 from store.filtering import filter_by_perplexity
 from store.imports import DEFAULT_MAX_ROW_BYTES
+from store.labelling import ORDERS, queue
 from store.pairs import split_pairs
 from store.queries import dataset_summaries
 from studio.cli.common import command, positive_int, print_errors, print_json
@@ -73,6 +74,21 @@ def cmd_split(ctx, args) -> int:
     return 0
 
 
+def cmd_label_queue(ctx, args) -> int:
+    rows = queue(ctx.store, args.dataset, args.annotator, args.order, args.reward_model, args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print(f"no pair of '{args.dataset}' is left for {args.annotator}")
+    for r in rows:
+        gap = "" if r["reward_gap"] is None else f"  reward gap {r['reward_gap']:+.3f}"
+        judge = f"  judge: {r['judge_verdict']}" if r["judge_verdict"] else ""
+        against = "  (the reward model and the judge disagree)" if r["disagree"] else ""
+        print(f"{r['pair_id']}  labels {r['labels']}{gap}{judge}{against}")
+    return 0
+
+
 def add_commands(sub) -> None:
     p = command(sub, "import", cmd_import, "import pairs or prompts from a file", json_output=True)
     p.add_argument("file", type=Path)
@@ -92,6 +108,17 @@ def add_commands(sub) -> None:
 
     command(sub, "stats", cmd_stats, "counts of what the workspace holds", json_output=True)
     command(sub, "datasets", cmd_datasets, "list datasets", json_output=True)
+
+    p = command(sub, "label-queue", cmd_label_queue, "the next pairs an annotator would be served, in an order: the "
+                "pairs that matter first (active labelling)", json_output=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--annotator", default="you", help="their labelled pairs are left out (default you)")
+    p.add_argument("--order", default="shuffled", choices=ORDERS,
+                   help="; ".join(f"{name}: {what}" for name, what in ORDERS.items()) + " (default shuffled; every "
+                        "order serves the pairs with the fewest labels first)")
+    p.add_argument("--reward-model", help="the reward model the uncertain and disagree orders read (alignstudio "
+                   "models); it must have scored the dataset (alignstudio rewards)")
+    p.add_argument("--limit", type=positive_int, default=20, help="pairs listed (default 20)")
 
     p = command(sub, "filter", cmd_filter, "keep what a model could plausibly have written")
     p.add_argument("--dataset", required=True)
