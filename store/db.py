@@ -148,6 +148,14 @@ MIGRATIONS: list[str] = [
     -- (the Home tab's map of the loop). NULL for runs made before, and for exports.
     ALTER TABLE runs ADD COLUMN dataset VARCHAR;
     """,
+    """
+    -- What the search index (store/search.py, a tantivy index beside the database) holds: a
+    -- document per pair of a dataset. Compared with dataset_pairs before a search.
+    CREATE TABLE search_index (
+        dataset_id INTEGER NOT NULL,
+        pair_id VARCHAR NOT NULL
+    );
+    """,
 ]
 
 
@@ -285,6 +293,7 @@ def _is_duckdb_file(path: Path) -> bool:
 class Store:
     def __init__(self, path: str | Path, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a folder, not a workspace database; move it aside")
         exists = self.path.exists() and self.path.stat().st_size > 0

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
+from store import search as search_index
 from store.db import (
     Store,
     StoreError,
@@ -553,6 +554,7 @@ def import_file(
             raise KeyboardInterrupt from None
         raise
     report.written = True
+    search_index.sync(store, store.dataset_id(dataset))  # the word index in step now, so the first search is fast
     return report
 
 

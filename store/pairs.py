@@ -14,6 +14,7 @@ import weakref
 import numpy as np
 
 from common.errors import StudioError
+from store import search as search_index
 from store.db import Store, create_dataset, fetch_one
 
 PAGE_SIZE = 20
@@ -104,6 +105,18 @@ def _matching_ids(store: Store, dataset_id: int, search: str):
     return kept[key]
 
 
+def _indexed(store: Store, dataset_id: int, search: str, first: int = 0, page_size: int | None = None,
+             in_transaction: bool = False) -> tuple[list[str], int] | None:
+    """A page of the dataset's pairs holding the words (and "phrases") of `search`, from the word
+    index, and how many there are; None when the index cannot answer: text that is not only words,
+    or words it does not hold (a part of a word), which the substring search then looks for."""
+    phrases = search_index.parse(search)
+    if phrases is None:
+        return None
+    found = search_index.search(store, dataset_id, phrases, first, page_size, may_write=not in_transaction)
+    return found if found is not None and found[1] else None
+
+
 def _pairs_by_id(store: Store, ids: list[str]) -> list[dict]:
     """Pairs with their texts and label counts, in the order of `ids` (a page: a few dozen)."""
     if not ids:
@@ -130,7 +143,9 @@ def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
                page_size: int = PAGE_SIZE) -> tuple[list[dict], int]:
     """One page of a dataset's pairs (in import order) matching `search`, and how many match.
 
-    `search` is text any of a pair's messages contains (any case), or a pair's id."""
+    `search` is words (and "quoted phrases") a pair's messages hold, found in the word index
+    (store.search); text any of them contains (any case), where the index cannot answer; or a
+    pair's id."""
     dataset_id = _dataset_id(store, dataset)
     first = (max(page, 1) - 1) * page_size
     if not search.strip():
@@ -139,6 +154,8 @@ def find_pairs(store: Store, dataset: str, search: str = "", page: int = 1,
         # LIMIT would read every pair's).
         ids = [r["id"] for r in store.query(f"SELECT p.id FROM pairs p WHERE {IN_DATASET} ORDER BY p.rowid "
                                             "LIMIT ? OFFSET ?", [dataset_id, page_size, first])]
+    elif (found := _indexed(store, dataset_id, search, first, page_size)) is not None:
+        ids, total = found
     else:
         matching = _matching_ids(store, dataset_id, search)
         total = len(matching)
@@ -191,7 +208,8 @@ def _selected(cur, store: Store, dataset_id: int, pair_ids: list[str] | None, se
     """The given pairs of the dataset (those it holds), else all its pairs matching `search`."""
     if pair_ids is None:
         if search.strip():
-            return [i.decode() for i in _matching_ids(store, dataset_id, search)]
+            found = _indexed(store, dataset_id, search, in_transaction=True)
+            return found[0] if found is not None else [i.decode() for i in _matching_ids(store, dataset_id, search)]
         return [r[0] for r in cur.execute(f"SELECT p.id FROM pairs p WHERE {IN_DATASET} ORDER BY p.rowid",
                                           [dataset_id]).fetchall()]
     return [r[0] for r in cur.execute(f"""SELECT p.id FROM pairs p WHERE {IN_DATASET}
@@ -218,6 +236,8 @@ def _take_out(cur, dataset_id: int, pair_ids: list[str]) -> None:
 
 def remove_pairs(store: Store, dataset: str, pair_ids: list[str] | None = None, search: str = "") -> int:
     """Take pairs out of a dataset: the given ones, else all matching `search`. Returns how many."""
+    if pair_ids is None and search.strip():  # the word index in step first: inside the transaction it cannot be
+        search_index.sync(store, _dataset_id(store, dataset))
     with store.transaction() as cur:
         dataset_id = _dataset_id(store, dataset)
         chosen = _selected(cur, store, dataset_id, pair_ids, search)
@@ -234,6 +254,8 @@ def copy_pairs(store: Store, dataset: str, into: str, pair_ids: list[str] | None
         raise CurationError("name the dataset to copy or move the pairs into")
     if into == dataset:
         raise CurationError("the pairs are already in that dataset")
+    if pair_ids is None and search.strip():
+        search_index.sync(store, _dataset_id(store, dataset))
     with store.transaction() as cur:
         dataset_id = _dataset_id(store, dataset)
         chosen = _selected(cur, store, dataset_id, pair_ids, search)

@@ -205,8 +205,8 @@ def browse_panel(ctx: Context, ui: SimpleNamespace) -> None:
     ui.import_result = gr.Markdown(elem_id="import-result")
     with gr.Row():
         ui.dataset = gr.Dropdown(names, value=names[0] if names else None, label="Dataset", scale=2)
-        ui.search = gr.Textbox(label="Search", placeholder="words in a prompt or a response, or a pair id; Enter",
-                               scale=3)
+        ui.search = gr.Textbox(label="Search", scale=3,
+                               placeholder='words or "a phrase" of a prompt or a response, or a pair id; Enter')
         ui.page = gr.Number(1, label="Page", precision=0, scale=1)  # any number: the list clamps it
         with gr.Column(scale=1, min_width=120):
             ui.previous = gr.Button("◀ Previous", size="sm")

@@ -238,7 +238,13 @@ def test_search_finds_text_in_any_case_not_json_keys_and_follows_the_dataset(tmp
 def test_search_matches_what_a_reader_sees_around_escapes_quotes_and_backslashes(tmp_path, store):
     # Texts built from the characters JSON escapes (quote, backslash, newline, a control character)
     # and letters next to them, and searches cut from those texts: a pair is found exactly when one
-    # of its texts contains the search, in any case.
+    # of its texts contains the search, in any case; or, for a search of words the word index holds
+    # (store.search), when its texts hold every one of those words.
+    from store import search as search_index
+
+    def words(text: str) -> set[str]:
+        return set(search_index._ANALYZER.analyze(text))
+
     rng = random.Random(0)
     alphabet = ["a", "B", "n", "u", "0", "1", "e", " ", "\n", '"', "\\", "\x01", "é", "{", ":", ","]
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + f" {i}" for i in range(300)]
@@ -252,6 +258,11 @@ def test_search_matches_what_a_reader_sees_around_escapes_quotes_and_backslashes
         if not wanted:
             continue
         expected = {r["prompt"] for r in rows if any(wanted in r[k].lower() for k in ("prompt", "chosen", "rejected"))}
+        phrases = search_index.parse(search)
+        if phrases is not None and all(len(p) == 1 for p in phrases):
+            by_words = {r["prompt"] for r in rows if all(
+                p[0] in words(" ".join((r["prompt"], r["chosen"], r["rejected"]))) for p in phrases)}
+            expected = by_words or expected  # words nobody wrote: searched as text
         hits, total = find_pairs(store, "e", search=search, page_size=len(rows))
         assert {h["prompt"][0]["content"] for h in hits} == expected, f"search {search!r}"
         assert total == len(expected)

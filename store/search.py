@@ -1,0 +1,207 @@
+"""Word and phrase search over a dataset's pairs: a tantivy index beside the workspace database.
+
+The index holds one document per pair of each dataset (a pair in two datasets is two documents):
+the text of its prompt and both answers, its dataset and its position (the pair's place in import
+order, the order the Data tab lists pairs in). It is derived from the store, never the truth: the
+table `search_index` lists what it holds, and before a dataset is searched that list is compared
+with the dataset's pairs (a count and a hash of the ids: a few ms at a million pairs). What differs
+is added or taken out first, and the index is committed inside the store transaction that records
+it, so the two move together or not at all. Every import, copy, move, removal, filter or arena vote
+is therefore in step by the next search, whichever code wrote it; an import brings the index in step
+at once (`sync`), so that the first search after it is fast. An index that is missing, damaged or
+holds another count of documents than the table says is rebuilt.
+
+A search of words finds the pairs holding every one of them, in any case; "a quoted phrase" the
+pairs holding its words in that order. Text with other characters (punctuation, an escape) cannot be
+told apart by words, and the caller (store.pairs) searches it as a substring instead, as it does a
+word the index does not know (a part of a word: "neighb").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import weakref
+from pathlib import Path
+
+import tantivy
+
+from store.db import Store
+
+log = logging.getLogger(__name__)
+
+# All message text of a JSON message list (as store.pairs searches it).
+_TEXT = "array_to_string(json_extract_string({}, '$[*].content'), ' ')"
+MAX_WORD_CHARS = 40  # longer tokens are left out of the index (tantivy's default tokenizer does the same)
+BATCH = 20_000       # documents read from the store at a time while indexing
+WRITER_HEAP = 128_000_000
+# A search the index answers: words and "quoted phrases", nothing else.
+_WORDS_ONLY = re.compile(r'[\w\s"]+')
+
+
+def _schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("member", tokenizer_name="raw", index_option="basic")  # "<dataset>:<pair id>"
+    builder.add_text_field("pair_id", stored=True, tokenizer_name="raw", index_option="basic")
+    builder.add_integer_field("dataset", indexed=True)
+    builder.add_integer_field("position", fast=True)
+    builder.add_text_field("text", tokenizer_name="default")  # lower-cased words, with positions for phrases
+    return builder.build()
+
+
+_ANALYZER = (tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+             .filter(tantivy.Filter.remove_long(MAX_WORD_CHARS)).filter(tantivy.Filter.lowercase()).build())
+_indexes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # store -> its open Index
+
+
+def index_folder(store: Store) -> Path:
+    return store.path.with_name(store.path.stem + ".search")
+
+
+def _index(store: Store) -> tantivy.Index:
+    if store not in _indexes:
+        folder = index_folder(store)
+        folder.mkdir(exist_ok=True)
+        try:
+            _indexes[store] = tantivy.Index(_schema(), path=str(folder), reuse=True)
+        except (OSError, ValueError):  # damaged, or made by another schema: it is only derived data
+            shutil.rmtree(folder)
+            folder.mkdir()
+            _indexes[store] = tantivy.Index(_schema(), path=str(folder))
+    return _indexes[store]
+
+
+def parse(search: str) -> list[list[str]] | None:
+    """The search as the index reads it: a list of phrases (a word alone is a phrase of one), each
+    a list of lower-cased words; None when the index cannot answer it exactly."""
+    text = search.strip()
+    if not text or not _WORDS_ONLY.fullmatch(text) or text.count('"') % 2:
+        return None
+    phrases = []
+    for i, part in enumerate(text.split('"')):
+        words = _ANALYZER.analyze(part)
+        if "".join(words) != "".join(part.lower().split()):  # a word too long to index, or one the case changed
+            return None
+        phrases += [words] if i % 2 and words else [[w] for w in words]
+    return phrases or None
+
+
+def _query(index: tantivy.Index, dataset_id: int, phrases: list[list[str]]) -> tantivy.Query:
+    schema = index.schema
+    parts = [(tantivy.Occur.Must, tantivy.Query.term_query(schema, "dataset", dataset_id))]
+    for words in phrases:
+        query = (tantivy.Query.term_query(schema, "text", words[0]) if len(words) == 1
+                 else tantivy.Query.phrase_query(schema, "text", words))
+        parts.append((tantivy.Occur.Must, query))
+    return tantivy.Query.boolean_query(parts)
+
+
+def search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int = 0,
+           limit: int | None = None, may_write: bool = True) -> tuple[list[str], int] | None:
+    """The pair ids (import order) of the dataset's pairs holding every phrase, from `offset`, at
+    most `limit` (None: all), and how many there are; None when the index is not in step and cannot
+    be brought in step (a read-only store, another process writing the index, or `may_write` False:
+    the caller holds the store's transaction): then the caller scans."""
+    if not (sync(store, dataset_id) if may_write else in_step(store, dataset_id) and _whole(store)):
+        return None
+    index = _index(store)
+    searcher = index.searcher()
+    query = _query(index, dataset_id, phrases)
+    total = searcher.search(query, limit=1, count=True).count
+    wanted = total if limit is None else min(limit, max(total - offset, 0))
+    if wanted <= 0:
+        return [], total
+    hits = searcher.search(query, limit=wanted, offset=offset, count=False, order_by_field="position",
+                           order=tantivy.Order.Asc).hits
+    return [searcher.doc(address)["pair_id"][0] for _, address in hits], total
+
+
+def _members_sql(table: str) -> str:
+    return f"SELECT count(*), bit_xor(hash(pair_id)) FROM {table} WHERE dataset_id = ?"
+
+
+def in_step(store: Store, dataset_id: int) -> bool:
+    return (store.query(_members_sql("dataset_pairs"), [dataset_id])
+            == store.query(_members_sql("search_index"), [dataset_id]))
+
+
+def sync(store: Store, dataset_id: int | None = None) -> bool:
+    """Bring the index in step with one dataset's pairs (None: every dataset), and take out the
+    documents of datasets that are gone. Returns False when it cannot be written now."""
+    datasets = [dataset_id] if dataset_id is not None else [
+        r["id"] for r in store.query("SELECT id FROM datasets ORDER BY id")]
+    stale = [d for d in datasets if not in_step(store, d)]
+    gone = store.query("SELECT DISTINCT dataset_id FROM search_index WHERE dataset_id NOT IN (SELECT id FROM datasets)")
+    if not stale and not gone and _whole(store):
+        return True
+    if store.read_only:
+        return False
+    try:
+        _write(store, stale, [r["dataset_id"] for r in gone])
+    except ValueError as e:  # tantivy: another process holds the index's writer lock
+        log.warning("the search index of %s cannot be written now (%s); searching the text instead", store.path, e)
+        return False
+    return True
+
+
+def _whole(store: Store) -> bool:
+    """The index holds as many documents as `search_index` lists (else it was lost or damaged)."""
+    index = _index(store)
+    index.reload()
+    return index.searcher().num_docs == store.scalar("SELECT count(*) FROM search_index")
+
+
+def _write(store: Store, datasets: list[int], gone: list[int]) -> None:
+    index = _index(store)
+    rebuild = not _whole(store)
+    writer = index.writer(WRITER_HEAP)
+    try:
+        with store.transaction() as cur:
+            if rebuild:
+                writer.delete_all_documents()
+                cur.execute("DELETE FROM search_index")
+                datasets = [r[0] for r in cur.execute("SELECT id FROM datasets").fetchall()]
+            for dataset_id in gone:
+                writer.delete_documents_by_query(tantivy.Query.term_query(index.schema, "dataset", dataset_id))
+                cur.execute("DELETE FROM search_index WHERE dataset_id = ?", [dataset_id])
+            for dataset_id in datasets:
+                _take_out_gone_pairs(cur, writer, dataset_id)
+                _add_new_pairs(cur, writer, dataset_id)
+            writer.commit()  # inside the store's transaction: if it fails, the table is rolled back too
+        writer.wait_merging_threads()
+    except BaseException:
+        writer.rollback()
+        raise
+    index.reload()
+
+
+def _take_out_gone_pairs(cur, writer: tantivy.IndexWriter, dataset_id: int) -> None:
+    gone = [r[0] for r in cur.execute("""
+        SELECT pair_id FROM search_index WHERE dataset_id = $d
+        AND pair_id NOT IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)""", {"d": dataset_id}).fetchall()]
+    for pair_id in gone:
+        writer.delete_documents_by_term("member", f"{dataset_id}:{pair_id}")
+    cur.execute("""DELETE FROM search_index WHERE dataset_id = $d
+                   AND pair_id NOT IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)""", {"d": dataset_id})
+
+
+def _add_new_pairs(cur, writer: tantivy.IndexWriter, dataset_id: int) -> None:
+    reader = cur.sql(f"""
+        SELECT dp.pair_id, p.rowid AS position,
+               concat_ws(' ', {_TEXT.format('pr.messages')}, {_TEXT.format('a.messages')},
+                         {_TEXT.format('b.messages')}) AS text
+        FROM dataset_pairs dp JOIN pairs p ON p.id = dp.pair_id JOIN prompts pr ON pr.id = p.prompt_id
+        JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+        WHERE dp.dataset_id = $d AND dp.pair_id NOT IN (SELECT pair_id FROM search_index WHERE dataset_id = $d)
+        """, params={"d": dataset_id}).to_arrow_reader(BATCH)
+    added = []
+    for batch in reader:
+        for pair_id, position, text in zip(*(batch.column(i).to_pylist() for i in range(3))):
+            # No document of this pair can be in the index already: _write rebuilt an index that held
+            # another count of documents than the table lists.
+            writer.add_document(tantivy.Document(member=f"{dataset_id}:{pair_id}", pair_id=pair_id, dataset=dataset_id,
+                                                 position=position, text=text or ""))
+            added.append(pair_id)
+    if added:
+        cur.execute("INSERT INTO search_index SELECT ?, unnest(?::VARCHAR[])", [dataset_id, added])
