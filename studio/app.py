@@ -9,7 +9,8 @@ import gradio as gr
 
 from pipelines.chat import ChatModels
 from store.labelling import LabelQueue
-from studio import agreement_tab, build_tab, compare_tab, data_tab, export_tab, home_tab, label_tab, train_tab
+from store.queries import dataset_names
+from studio import agreement_tab, build_tab, compare_tab, data_tab, export_tab, home_tab, judging, label_tab, train_tab
 from studio.context import Context
 from studio.runner import Runner
 from studio.workspace import Workspace
@@ -54,9 +55,17 @@ def build_app(workspace: Workspace):
             with gr.Tab("Compare", id="compare") as tab:
                 compare = compare_tab.build(ctx, tab)
         home_tab.wire_next_step(ctx, app, home, tabs, {
-            "label_dataset": label.dataset, "build_dataset": building.dataset, "train_method": train.kind,
-            "train_dataset": train.dataset, "train_run": train.picked, "export_model": export.model,
-            "compare_model": compare.model_b})
+            "label_dataset": label.dataset, "build_dataset": building.dataset,
+            "build_generate_box": building.generate_box, "train_method": train.kind,
+            "train_dataset": train.dataset, "train_run": train.picked, "train_eval_box": train.eval_box,
+            "train_eval_prompts": train.eval_prompts, "export_model": export.model,
+            "compare_model": compare.model_b}, choices={
+            # A tab built before the step's dataset, run or model existed lists them only from now.
+            "label_dataset": lambda: dataset_names(store, with_pairs=True),
+            "build_dataset": lambda: dataset_names(store), "train_dataset": lambda: dataset_names(store),
+            "train_run": lambda: train_tab.training_runs(store), "train_eval_prompts": lambda: dataset_names(store),
+            "export_model": lambda: export_tab.exportable(store),
+            "compare_model": lambda: list(judging.gguf_models(store))})
     # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
     # description (every dataset name among its allowed values) even in the login page.
     for fn in app.fns.values():

@@ -171,13 +171,14 @@ def job_panel(ctx: Context, ui: SimpleNamespace) -> None:
         ui.batch_size = gr.Number(8, label="Batch size", precision=0)
         ui.score = gr.Button("Score perplexity", variant="primary", elem_id="build-score")
     with gr.Accordion("Generate candidates: answers to the dataset's prompts, to pair and filter", open=False,
-                      elem_id="build-generate-box"):
+                      elem_id="build-generate-box") as ui.generate_box:
         gr.Markdown("For a dataset of prompts (or to add answers to one of pairs): a model writes N answers to "
                     "every prompt, stored as candidates of the dataset. Score them above, and the filter pairs the "
                     "plausible ones of each prompt; label the pairs in the Label tab.")
         with gr.Row():
             ui.generation = [
-                gr.Textbox("default", label="Model", info="default, a .gguf file, a folder or a hub id"),
+                gr.Textbox("default", label="Model", info="default, a .gguf file, a folder or a hub id",
+                           elem_id="build-gen-model"),
                 gr.Number(4, label="Answers per prompt", precision=0, elem_id="build-gen-n"),
                 gr.Number(0.8, label="Temperature"),
                 gr.Number(256, label="Max tokens", precision=0),

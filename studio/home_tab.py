@@ -139,6 +139,16 @@ def show_map(ctx: Context, dataset: str | None):
     return map_markdown(stages), gr.update(value=f"Next step: {step.label}"), step.why
 
 
+def follow_map(ctx: Context, dataset: str | None):
+    """The timer's view of the map: as show_map, and a workspace's first dataset picked as soon as
+    there is one (a newcomer who imports a file, then comes back, finds its map and next step
+    without opening the menu); a picked dataset is left as it is."""
+    names = dataset_names(ctx.store)
+    if dataset in names or not names:
+        return (gr.update(), *show_map(ctx, dataset))
+    return (gr.update(choices=names, value=names[0]), *show_map(ctx, names[0]))
+
+
 def next_step_of(ctx: Context, dataset: str | None) -> NextStep:
     if not dataset:
         return NextStep("data", "Import prompts or pairs", "")
@@ -189,7 +199,7 @@ def build(ctx: Context) -> None:
         with gr.Column(scale=2):
             datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
                                     label="Datasets", interactive=False, max_height=320, wrap=True,
-                                    elem_id="datasets-table", column_widths=["44%", "14%", "14%", "28%"])
+                                    elem_id="datasets-table", column_widths=["38%", "14%", "18%", "30%"])
         with gr.Column(scale=3):
             runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
                                 max_height=320, wrap=True, elem_id="runs-table",
@@ -220,7 +230,7 @@ def build(ctx: Context) -> None:
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
     gr.Timer(2.0).tick(handler(refresh, ctx), outputs=[cards, datasets, runs, cancel, resume], show_progress="hidden")
-    gr.Timer(3.0).tick(handler(show_map, ctx), project, [loop, step, why], show_progress="hidden")
+    gr.Timer(3.0).tick(handler(follow_map, ctx), project, [project, loop, step, why], show_progress="hidden")
     project.change(handler(show_map, ctx), project, [loop, step, why])
     project.focus(handler(fresh_projects, ctx), project, project)
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
@@ -233,22 +243,29 @@ def build(ctx: Context) -> None:
     return SimpleNamespace(project=project, step=step, loop=loop, why=why)
 
 
-def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict) -> None:
+def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict,
+                   choices: dict) -> None:
     """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
-    the other tabs' components it sets, by name (label_dataset, build_dataset, train_method,
-    train_dataset, train_run, export_model, compare_model)."""
+    the other tabs' components it sets, by name (label_dataset, build_dataset, build_generate_box: an
+    accordion it opens, train_method, train_dataset, train_run, train_eval_box, train_eval_prompts,
+    export_model, compare_model). `choices`: for the menus among them, their choices as they are now."""
     order = list(targets)
 
     def go(dataset):
         step = next_step_of(ctx, dataset)
-        values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset")},
+        values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset"),
+                                        "build_generate_box": step.inputs.get("open_generate")},
                   "label": {"label_dataset": step.inputs.get("dataset")},
                   "train": {"train_method": step.inputs.get("method"), "train_dataset": step.inputs.get("dataset"),
-                            "train_run": step.inputs.get("run")},
+                            "train_run": step.inputs.get("run"), "train_eval_box": step.inputs.get("open_evaluate"),
+                            "train_eval_prompts": step.inputs.get("prompts")},
                   "export": {"export_model": step.inputs.get("model")},
                   "compare": {"compare_model": step.inputs.get("model")}}[step.tab]
-        return (gr.Tabs(selected=step.tab), *(gr.update(value=values[name]) if values.get(name) is not None
-                                              else gr.update() for name in order))
+        return (gr.Tabs(selected=step.tab), *(gr.update() if values.get(name) is None
+                                              else gr.update(open=True) if name.endswith("_box")  # an accordion
+                                              else gr.update(value=values[name], choices=choices[name]())
+                                              if name in choices else gr.update(value=values[name])
+                                              for name in order))
 
     home.step.click(go, home.project, [tabs, *targets.values()])
-    app.load(handler(show_map, ctx), home.project, [home.loop, home.step, home.why])
+    app.load(handler(follow_map, ctx), home.project, [home.project, home.loop, home.step, home.why])

@@ -81,7 +81,7 @@ def next_step(dataset: str, s: dict, missing: int | None, rm: dict | None, polic
     steps = [
         NextStep("data", "Import prompts or pairs", f"'{dataset}' holds nothing yet: import a file into it."),
         NextStep("build", "Generate candidates", f"Sample answers to the prompts of '{dataset}' from your model.",
-                 {"dataset": dataset}),
+                 {"dataset": dataset, "open_generate": True}),
         NextStep("build", "Score perplexity", f"Score the candidates of '{dataset}' under the model, to filter them.",
                  {"dataset": dataset}),
         NextStep("build", "Filter into pairs", "Keep the plausible candidates and pair them (Save filtered dataset).",
@@ -93,7 +93,9 @@ def next_step(dataset: str, s: dict, missing: int | None, rm: dict | None, polic
         NextStep("train", "Train a policy (DPO)", f"Train a policy on the pairs of '{pairs_of}' (or PPO against "
                  "the reward model).", {"dataset": pairs_of, "method": "DPO"}),
         NextStep("train", "Judge the policy", "Evaluate the policy against its base by a judge it was not trained "
-                 "against (open 'Evaluate a policy against its base').", {"run": policy["id"] if policy else None}),
+                 "against: pick a judge under 'Evaluate a policy against its base' (prompts the policy did not train "
+                 "on, if you have them).", {"run": policy["id"] if policy else None, "open_evaluate": True,
+                                             "prompts": dataset}),
         NextStep("export", "Export the policy", "Write the policy as GGUF files for llama.cpp and Ollama.",
                  {"model": policy["model"] if policy else None}),
         NextStep("compare", "Compare it blind", "Chat with the exported policy and its base in the blind arena, "

@@ -420,7 +420,7 @@ def runs_panel(ctx: Context, ui: SimpleNamespace) -> None:
 
 def evaluation_panel(ctx: Context, ui: SimpleNamespace) -> None:
     store = ctx.store
-    with gr.Accordion("Evaluate a policy against its base", open=False):
+    with gr.Accordion("Evaluate a policy against its base", open=False) as ui.eval_box:
         gr.Markdown("Both answer the same held-out prompts. A policy trained against a reward model is always "
                     "judged by it too, labelled **proxy**: it rises whether or not the model got better (for a "
                     "policy trained on pairs, a reward model of the same pairs can stand as its proxy). Pick at "

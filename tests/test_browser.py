@@ -668,53 +668,121 @@ def test_enter_in_the_name_then_a_key_labels_the_pair_and_a_new_name_asks_first(
         assert store.query("SELECT annotator, count(*) AS n FROM labels GROUP BY 1") == [{"annotator": "alice", "n": 1}]
 
 
-def test_from_a_prompts_file_to_labelled_pairs_without_a_terminal(tmp_path, models_dir, browser):
+def next_step(page, label: str, stage: str, tab: str) -> None:
+    """On Home: wait until the map marks `stage` next and the button says `label`, press it, and
+    wait for `tab` to open."""
+    page.get_by_role("tab", name="Home").click()
+    page.locator("#home-map").get_by_text(stage, exact=True).wait_for(timeout=60_000)
+    page.get_by_role("button", name=f"Next step: {label}").wait_for(timeout=60_000)
+    assert f"→ {stage}" in " ".join(page.inner_text("#home-map").split()), page.inner_text("#home-map")
+    page.get_by_role("button", name=f"Next step: {label}").click()
+    page.get_by_role("tab", name=tab, exact=True, selected=True).wait_for(timeout=30_000)
+    page.wait_for_timeout(1_000)  # the inputs the step chose arrive with the tab
+
+
+def picked(page, label: str) -> str:
+    """The value shown by the dropdown labelled `label` in the visible tab."""
+    return page.get_by_role("combobox", name=label).filter(visible=True).first.input_value()
+
+
+def train_run(page, tiny_model: Path, run_id: int) -> None:
+    """In the Train tab opened by a next step (method and pairs chosen): a short run on the tiny model."""
+    page.get_by_label("Base model").fill(str(tiny_model))
+    page.get_by_role("spinbutton", name="Max steps").fill("2")
+    page.get_by_role("spinbutton", name="Batch size").fill("2")
+    page.get_by_role("spinbutton", name="Max tokens").fill("128")
+    page.get_by_role("button", name="Start training").click()
+    page.locator("#train-started").get_by_text(f"Run {run_id} started.").wait_for(timeout=60_000)
+    page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=300_000)
+
+
+def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_next_step_alone(
+        tmp_path, models_dir, tiny_model, browser):
+    """Only Home's "Next step" says where to go: every stage of the map is shown as it stands, and
+    each step opens the tab that takes it with its inputs chosen; the user fills in what only they
+    know (the file, the model, the sizes, their labels) and presses the tab's one button."""
     workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
-    with workspace.open_store() as store:
-        prompts = tmp_path / "questions.jsonl"
-        prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in
-                                   ("What is the capital of France?", "Name a colour.", "How many legs has a cat?")))
-        import_file(store, prompts, "questions")
+    workspace.open_store().close()
+    prompts = tmp_path / "questions.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in (
+        "What is the capital of France?", "Name a colour.", "How many legs has a cat?", "What is 2 + 2?",
+        "Say hello.", "What do bees make?")))
     url, proc = serve(workspace, tmp_path / "serve.log")
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(url)
-        page.get_by_role("tab", name="Build dataset").click()
-        page.get_by_role("combobox", name="Dataset").click()
-        page.get_by_role("option", name="questions", exact=True).click()
-        page.get_by_text("has no responses to filter: generate candidate answers").wait_for(timeout=30_000)
-        page.get_by_text("Generate candidates: answers").click()
+        page.get_by_role("button", name="Next step: Import prompts or pairs").click()
+        page.locator("#import-file input[type=file]").set_input_files(str(prompts))
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.locator("#import-result").get_by_text("imported 6 prompts").wait_for(timeout=30_000)
+
+        # Home picks the new dataset by itself; its next step opens Build with generation unfolded.
+        next_step(page, "Generate candidates", "candidates", "Build dataset")
+        assert picked(page, "Dataset") == "questions"
+        page.locator("#build-gen-model textarea").fill(str(tiny_model))
         page.get_by_label("Answers per prompt").fill("3")
         page.get_by_label("Max tokens").fill("16")
         page.locator("#build-generate").click()
-        # Twice in today's full runs the line took over 30 s to come (never alone): a busy machine.
-        page.locator("#build-said").get_by_text("started: 3 answers to each prompt").wait_for(timeout=120_000)
-        page.locator("#build-generate").click()  # again, while it runs: refused, and said so
-        page.locator("#build-said").get_by_text("is running already").wait_for(timeout=30_000)
         page.locator("#build-job").get_by_text("succeeded").wait_for(timeout=300_000)
+
+        next_step(page, "Score perplexity", "perplexity", "Build dataset")
+        page.get_by_label("Target model").fill(str(tiny_model))
         page.get_by_role("button", name="Score perplexity").click()
         page.locator("#build-job").get_by_text("perplexity").wait_for(timeout=30_000)
         page.locator("#build-job").get_by_text("succeeded").wait_for(timeout=300_000)
+
+        next_step(page, "Filter into pairs", "pairs", "Build dataset")
         page.locator("#filter-counts").get_by_text("Keeps").wait_for(timeout=60_000)
         page.get_by_label("New dataset name").fill("question-pairs")
         page.get_by_role("button", name="Save filtered dataset").click()
         page.get_by_text("Saved: 'question-pairs'").wait_for(timeout=30_000)
-        page.get_by_role("tab", name="Label").click()  # the new dataset is there to label
-        page.get_by_role("combobox", name="Dataset").first.click()
-        page.get_by_role("option", name="question-pairs", exact=True).click()
-        page.get_by_label("Annotator").fill("bob")
+
+        next_step(page, "Label the pairs", "labels", "Label")
+        assert picked(page, "Dataset") == "question-pairs"
+        page.get_by_label("Annotator").fill("newcomer")
         page.get_by_role("button", name="Start labelling").click()
-        page.get_by_text("bob: 0 of").wait_for(timeout=30_000)
+        page.get_by_text("newcomer: 0 of").wait_for(timeout=30_000)
+        labelled = 0
+        while shown_pair(page) is not None:
+            press_and_wait(page, "1" if labelled % 2 else "2", "newcomer", labelled + 1)
+            labelled += 1
+        assert labelled >= 4
+
+        next_step(page, "Train a reward model", "reward model", "Train")
+        assert page.get_by_role("radio", name="Reward model").is_checked()
+        assert picked(page, "Pairs") == "question-pairs"
+        train_run(page, tiny_model, 3)
+
+        next_step(page, "Train a policy (DPO)", "policy", "Train")
+        assert page.get_by_role("radio", name="DPO").is_checked()
+        assert picked(page, "Pairs") == "question-pairs"
+        train_run(page, tiny_model, 4)
+
+        next_step(page, "Judge the policy", "verdict", "Train")
+        assert picked(page, "Run").startswith("run 4 · dpo") and picked(page, "Held-out prompts") == "questions"
+        page.get_by_role("combobox", name="Judge by a rule").click()
+        page.get_by_role("option").nth(1).click()
+        page.get_by_role("button", name="Evaluate the picked run").click()
+        page.get_by_text("Run 5 started: evaluating run 4").wait_for(timeout=60_000)
+
+        next_step(page, "Export the policy", "export", "Export")  # the map waits for the verdict
+        page.locator("#export-start").click()
+        page.locator("#export-status").get_by_text("succeeded").wait_for(timeout=600_000)
+
+        next_step(page, "Compare it blind", "votes", "Compare")
+        home = " ".join(page.inner_text("#home-map").split())
+        for stage in ("prompts", "candidates", "perplexity", "pairs", "labels", "reward model", "policy", "verdict",
+                      "export"):
+            assert f"✓ {stage}" in home, home
+        assert f"{labelled} pairs with a preference; labels by newcomer {labelled}" in home
+        page.screenshot(path=str(tmp_path / "newcomer-home.png"), full_page=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     with workspace.open_store() as store:
-        assert store.scalar("SELECT count(*) FROM runs WHERE kind = 'generate'") == 1
-        assert store.scalar("SELECT count(*) FROM responses") == 9
-        pairs = store.scalar(
-            "SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id("question-pairs")]
-        )
-        assert pairs > 0
+        runs = store.query("SELECT kind, status FROM runs ORDER BY id")
+        assert [r["kind"] for r in runs] == ["generate", "perplexity", "rm", "dpo", "evaluate", "export"]
+        assert {r["status"] for r in runs} == {"succeeded"}
 
 
 @pytest.mark.default_model
