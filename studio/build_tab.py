@@ -205,11 +205,11 @@ def filter_panel(ctx: Context, ui: SimpleNamespace) -> None:
         ui.after = gr.BarPlot(x="perplexity", y="responses", color="side", x_label_angle=-45, color_map=SIDE_COLORS,
                               label="After: what the filter keeps", height=280, elem_id="filter-after")
     headers, widths = ["perplexity", "side", "prompt (last turn)", "response"], ["14%", "14%", "36%", "36%"]
-    with gr.Row():
+    with gr.Row():  # side by side where there is room, one above the other in a narrow window
         ui.plausible = gr.Dataframe(headers=headers, label="Most plausible", interactive=False, wrap=True,
-                                    column_widths=widths)
+                                    column_widths=widths, min_width=480)
         ui.implausible = gr.Dataframe(headers=headers, label="Least plausible", interactive=False, wrap=True,
-                                      column_widths=widths)
+                                      column_widths=widths, min_width=480)
     with gr.Row():
         ui.into = gr.Textbox(label="New dataset name", placeholder="e.g. hh-plausible")
         ui.save = gr.Button("Save filtered dataset")

@@ -98,7 +98,8 @@ def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
     picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Export run", elem_id="export-run")
     said = gr.Markdown(elem_id="export-said")  # the answer to a click; the status line below refreshes
     status = gr.Markdown(elem_id="export-status")
-    files = gr.Dataframe(headers=FILE_COLUMNS, interactive=False, wrap=True, elem_id="export-files")
+    files = gr.Dataframe(headers=FILE_COLUMNS, interactive=False, wrap=True, elem_id="export-files",
+                         column_widths=["12%", "7%", "6%", "8%", "10%", "8%", "24%", "25%"])
     ollama = gr.Markdown()
 
     start.click(handler(start_export, ctx), [model, quants], [said, picked])

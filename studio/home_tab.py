@@ -125,8 +125,10 @@ class GuidedRun:
 
 def refresh(ctx: Context):
     """The counters, the tables, and the run controls (usable only when a run can be cancelled or resumed)."""
-    usable = gr.update(interactive=bool(controllable_runs(ctx.store)))
-    return stat_cards(ctx.store), datasets_table(ctx.store), runs_table(ctx.store), usable, usable
+    anything = bool(controllable_runs(ctx.store))  # Cancel is red only when there is a run to act on
+    return (stat_cards(ctx.store), datasets_table(ctx.store), runs_table(ctx.store),
+            gr.update(interactive=anything, variant="stop" if anything else "secondary"),
+            gr.update(interactive=anything))
 
 
 def show_map(ctx: Context, dataset: str | None):
@@ -196,11 +198,11 @@ def build(ctx: Context) -> None:
     loop = gr.Markdown(elem_id="home-map")
     why = gr.Markdown(elem_id="home-why")
     with gr.Row():
-        with gr.Column(scale=2):
+        with gr.Column(scale=2, min_width=380):  # below 900 px or so the two tables stack
             datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
                                     label="Datasets", interactive=False, max_height=320, wrap=True,
                                     elem_id="datasets-table", column_widths=["38%", "14%", "18%", "30%"])
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=520):
             runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
                                 max_height=320, wrap=True, elem_id="runs-table",
                                 column_widths=["6%", "14%", "14%", "8%", "36%", "12%", "10%"])
@@ -208,7 +210,8 @@ def build(ctx: Context) -> None:
                 run_id = gr.Dropdown(controllable_runs(store), value=None, label="Run to cancel or resume", scale=2,
                                      elem_id="home-run", info="queued or running: cancel; cancelled or failed: resume")
                 anything = bool(controllable_runs(store))  # no red button with nothing to act on
-                cancel = gr.Button("Cancel run", variant="stop", scale=1, size="sm", interactive=anything)
+                cancel = gr.Button("Cancel run", variant="stop" if anything else "secondary", scale=1, size="sm",
+                                   interactive=anything)
                 resume = gr.Button("Resume run", scale=1, size="sm", interactive=anything)
             outcome = gr.Markdown()
     guided = GuidedRun(store, runner, workspace)

@@ -275,7 +275,7 @@ def workbench(ctx: Context, ui: SimpleNamespace) -> None:
             ui.undo = gr.Button("U · Undo last label", elem_id="label-undo", size="sm")
             ui.rename = gr.Button("Change annotator", size="sm", visible=False, elem_id="label-rename")
     models = reward_models(ctx.store)
-    with gr.Row(equal_height=True):
+    with gr.Row():
         ui.order = gr.Dropdown(ORDER_CHOICES, value="shuffled", label="Order", scale=2, elem_id="label-order",
                                info="which pairs come first; every order serves the pairs with fewest labels first")
         ui.reward_model = gr.Dropdown(models, value=models[0] if models else None, label="Reward model", scale=2,

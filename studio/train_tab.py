@@ -320,7 +320,8 @@ def run_controls(ctx: Context, run_id) -> tuple:
     """Cancel, Resume and Run again, each usable only when the picked run can take it."""
     run = run_row(ctx.store, run_id) if run_id else None
     status = run["status"] if run else None
-    return (gr.update(interactive=status in ("queued", "running")),
+    cancellable = status in ("queued", "running")  # red only when there is something to stop
+    return (gr.update(interactive=cancellable, variant="stop" if cancellable else "secondary"),
             gr.update(interactive=status in ("cancelled", "failed")), gr.update(interactive=run is not None))
 
 
@@ -377,14 +378,16 @@ def form(ctx: Context) -> SimpleNamespace:
     with gr.Row():
         ui.kind = gr.Radio([m.label for m in METHODS.values()], value=FIRST_METHOD.label, label="Train")
         base = setting_component(FIELDS["base"], True)
-        ui.dataset = gr.Dropdown(names, value=names[0] if names else None, label="Pairs")
-        ui.eval_dataset = gr.Dropdown([""] + names, value="", label="Eval pairs", info="empty: hold out a share")
+        # Wide enough to read a name: at a narrow window the row wraps instead of squeezing them.
+        ui.dataset = gr.Dropdown(names, value=names[0] if names else None, label="Pairs", min_width=200)
+        ui.eval_dataset = gr.Dropdown([""] + names, value="", label="Eval pairs", info="empty: hold out a share",
+                                      min_width=200)
         ui.reward_run = gr.Dropdown(reward_runs(ctx.store), label="Reward model", info="the run that trained it",
-                                    visible=FIRST_METHOD.online)
+                                    visible=FIRST_METHOD.online, min_width=200)
         ui.judge_run = gr.Dropdown([("none", "")] + reward_runs(ctx.store), value="", label="Judge reward model",
                                    info="for the over-optimisation watch: shares no prompt with the reward model",
-                                   visible=FIRST_METHOD.online)
-        ui.judge_split = gr.Checkbox(False, label="Judge split", visible=FIRST_METHOD.judge_split,
+                                   visible=FIRST_METHOD.online, min_width=200)
+        ui.judge_split = gr.Checkbox(False, label="Judge split", visible=FIRST_METHOD.judge_split, min_width=240,
                                      info="two reward models on the two halves of the prompts: a proxy to optimise "
                                           "and a judge that shares no prompt with it, to evaluate policies by")
     ui.controls = {"base": base}
@@ -410,9 +413,10 @@ def runs_panel(ctx: Context, ui: SimpleNamespace) -> None:
     gr.Markdown("### Runs")
     with gr.Row():
         runs = training_runs(ctx.store)
-        ui.picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Run", scale=3)
+        ui.picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Run", scale=3, min_width=300)
         usable = [u["interactive"] for u in run_controls(ctx, ui.picked.value)]
-        ui.cancel = gr.Button("Cancel", variant="stop", scale=1, size="sm", interactive=usable[0])
+        ui.cancel = gr.Button("Cancel", variant="stop" if usable[0] else "secondary", scale=1, size="sm",
+                              interactive=usable[0])
         ui.resume = gr.Button("Resume", scale=1, size="sm", interactive=usable[1])
         ui.again = gr.Button("Run again", scale=1, size="sm", interactive=usable[2])
     ui.summary = gr.Markdown(elem_id="train-summary")
