@@ -59,13 +59,15 @@ def build_app(workspace: Workspace):
             "build_generate_box": building.generate_box, "train_method": train.kind,
             "train_dataset": train.dataset, "train_run": train.picked, "train_eval_box": train.eval_box,
             "train_eval_prompts": train.eval_prompts, "export_model": export.model,
-            "compare_model": compare.model_b}, choices={
+            "compare_model": compare.model_b, "compare_base": compare.model_a,
+            "compare_blind": compare.blind}, choices={
             # A tab built before the step's dataset, run or model existed lists them only from now.
             "label_dataset": lambda: dataset_names(store, with_pairs=True),
             "build_dataset": lambda: dataset_names(store), "train_dataset": lambda: dataset_names(store),
             "train_run": lambda: train_tab.training_runs(store), "train_eval_prompts": lambda: dataset_names(store),
             "export_model": lambda: export_tab.exportable(store),
-            "compare_model": lambda: list(judging.gguf_models(store))})
+            "compare_model": lambda: list(judging.gguf_models(store)),
+            "compare_base": lambda: list(judging.gguf_models(store))})
     # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
     # description (every dataset name among its allowed values) even in the login page.
     for fn in app.fns.values():

@@ -251,11 +251,13 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
     """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
     the other tabs' components it sets, by name (label_dataset, build_dataset, build_generate_box: an
     accordion it opens, train_method, train_dataset, train_run, train_eval_box, train_eval_prompts,
-    export_model, compare_model). `choices`: for the menus among them, their choices as they are now."""
+    export_model, compare_model, compare_base, compare_blind). `choices`: for the menus among them,
+    their choices as they are now."""
     order = list(targets)
 
     def go(dataset):
         step = next_step_of(ctx, dataset)
+        base = step.inputs.get("base")  # the policy's base beside it in Compare, when Compare runs it
         values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset"),
                                         "build_generate_box": step.inputs.get("open_generate")},
                   "label": {"label_dataset": step.inputs.get("dataset")},
@@ -263,7 +265,8 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
                             "train_run": step.inputs.get("run"), "train_eval_box": step.inputs.get("open_evaluate"),
                             "train_eval_prompts": step.inputs.get("prompts")},
                   "export": {"export_model": step.inputs.get("model")},
-                  "compare": {"compare_model": step.inputs.get("model")}}[step.tab]
+                  "compare": {"compare_model": step.inputs.get("model"), "compare_blind": step.inputs.get("blind"),
+                              "compare_base": base if base in choices["compare_base"]() else None}}[step.tab]
         return (gr.Tabs(selected=step.tab), *(gr.update() if values.get(name) is None
                                               else gr.update(open=True) if name.endswith("_box")  # an accordion
                                               else gr.update(value=values[name], choices=choices[name]())

@@ -99,7 +99,8 @@ def next_step(dataset: str, s: dict, missing: int | None, rm: dict | None, polic
         NextStep("export", "Export the policy", "Write the policy as GGUF files for llama.cpp and Ollama.",
                  {"model": policy["model"] if policy else None}),
         NextStep("compare", "Compare it blind", "Chat with the exported policy and its base in the blind arena, "
-                 "and vote.", {"model": policy["exports"][-1] if policy and policy["exports"] else None}),
+                 "and vote.", {"model": policy["exports"][-1] if policy and policy["exports"] else None,
+                               "base": (policy.get("base") or "default") if policy else None, "blind": True}),
     ]
     if missing is None:
         return NextStep("label", "Label more pairs", "Every stage has a result: label more pairs, or train again "

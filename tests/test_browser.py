@@ -770,6 +770,8 @@ def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_nex
         page.locator("#export-status").get_by_text("succeeded").wait_for(timeout=600_000)
 
         next_step(page, "Compare it blind", "votes", "Compare")
+        assert picked(page, "Model B") == "dpo-run4-q4_k_m" and page.get_by_label("Blind arena").is_checked()
+        page.get_by_role("tab", name="Home").click()
         home = " ".join(page.inner_text("#home-map").split())
         for stage in ("prompts", "candidates", "perplexity", "pairs", "labels", "reward model", "policy", "verdict",
                       "export"):
