@@ -18,7 +18,15 @@ from store import Store
 from store.queries import dataset_names, dataset_summaries, run_summaries, runs_of_kinds
 from studio.context import Context, handler
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
-from studio.loop_map import NextStep, map_markdown, stages_and_next
+from studio.loop_map import (
+    LINEAGE_COLUMNS,
+    NextStep,
+    lineage,
+    lineage_step,
+    lineage_table,
+    map_markdown,
+    stages_and_next,
+)
 from studio.runner import FINAL, Runner
 from studio.workspace import Workspace
 
@@ -132,13 +140,15 @@ def refresh(ctx: Context):
 
 
 def show_map(ctx: Context, dataset: str | None):
-    """The loop map of the picked dataset and its next step's button and sentence."""
+    """The loop map of the picked dataset, its next step's button and sentence, and its models' lineage."""
     if not dataset:
         step = NextStep("data", "Import prompts or pairs", "The workspace has no dataset yet: import a file of "
                         "prompts or preference pairs, or run the guided demo below.")
-        return "", gr.update(value=f"Next step: {step.label}"), step.why
+        return "", gr.update(value=f"Next step: {step.label}"), step.why, gr.update(visible=False)
     stages, step = stages_and_next(ctx.store, dataset)
-    return map_markdown(stages), gr.update(value=f"Next step: {step.label}"), step.why
+    rows = lineage_table(lineage(ctx.store, dataset))
+    return (map_markdown(stages), gr.update(value=f"Next step: {step.label}"), step.why,
+            gr.update(value=rows, visible=bool(rows)))
 
 
 def follow_map(ctx: Context, dataset: str | None):
@@ -197,6 +207,9 @@ def build(ctx: Context) -> None:
         step = gr.Button("Next step", variant="primary", scale=1, elem_id="home-next")
     loop = gr.Markdown(elem_id="home-map")
     why = gr.Markdown(elem_id="home-why")
+    lineage_frame = gr.Dataframe(headers=LINEAGE_COLUMNS, interactive=False, wrap=True, max_height=300,
+                                 label="Models made from it (click a cell: the run, its pairs, its exports, its votes)",
+                                 elem_id="home-lineage", visible=False)
     with gr.Row():
         with gr.Column(scale=2, min_width=380):  # below 900 px or so the two tables stack
             datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
@@ -233,8 +246,9 @@ def build(ctx: Context) -> None:
         guided_report = gr.Markdown(guided.report(), elem_id="guided-report")
 
     gr.Timer(2.0).tick(handler(refresh, ctx), outputs=[cards, datasets, runs, cancel, resume], show_progress="hidden")
-    gr.Timer(3.0).tick(handler(follow_map, ctx), project, [project, loop, step, why], show_progress="hidden")
-    project.change(handler(show_map, ctx), project, [loop, step, why])
+    gr.Timer(3.0).tick(handler(follow_map, ctx), project, [project, loop, step, why, lineage_frame],
+                       show_progress="hidden")
+    project.change(handler(show_map, ctx), project, [loop, step, why, lineage_frame])
     project.focus(handler(fresh_projects, ctx), project, project)
     gr.Timer(3.0).tick(guided.report, outputs=guided_report, show_progress="hidden")
     sizes_in = [guided_base, guided_prompts, guided_candidates, guided_tokens, guided_rm_steps, guided_dpo_steps]
@@ -243,7 +257,7 @@ def build(ctx: Context) -> None:
     cancel.click(handler(control, ctx, "cancel"), inputs=run_id, outputs=[outcome, run_id])
     resume.click(handler(control, ctx, "resume"), inputs=run_id, outputs=[outcome, run_id])
     run_id.focus(lambda: gr.update(choices=controllable_runs(store)), outputs=run_id)
-    return SimpleNamespace(project=project, step=step, loop=loop, why=why)
+    return SimpleNamespace(project=project, step=step, loop=loop, why=why, lineage=lineage_frame)
 
 
 def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict,
@@ -255,8 +269,8 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
     their choices as they are now."""
     order = list(targets)
 
-    def go(dataset):
-        step = next_step_of(ctx, dataset)
+    def opening(step: NextStep) -> tuple:
+        """The outputs that open `step.tab` with its inputs chosen."""
         base = step.inputs.get("base")  # the policy's base beside it in Compare, when Compare runs it
         values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset"),
                                         "build_generate_box": step.inputs.get("open_generate")},
@@ -273,5 +287,16 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
                                               if name in choices else gr.update(value=values[name])
                                               for name in order))
 
+    def go(dataset):
+        return opening(next_step_of(ctx, dataset))
+
+    def open_lineage(dataset, event: gr.SelectData):
+        rows = lineage(ctx.store, dataset)
+        row, column = event.index if isinstance(event.index, (list, tuple)) else (event.index, 0)
+        if not rows or row >= len(rows):  # the table was older than the store: stay
+            return (gr.update(),) * (len(order) + 1)
+        return opening(lineage_step(rows[row], column))
+
     home.step.click(go, home.project, [tabs, *targets.values()])
-    app.load(handler(follow_map, ctx), home.project, [home.project, home.loop, home.step, home.why])
+    home.lineage.select(open_lineage, home.project, [tabs, *targets.values()])
+    app.load(handler(follow_map, ctx), home.project, [home.project, home.loop, home.step, home.why, home.lineage])

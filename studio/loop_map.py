@@ -114,3 +114,46 @@ def map_markdown(stages: list[Stage]) -> str:
     """The stages as a table a user reads top to bottom: where they are, and what each holds."""
     rows = "\n".join(f"| {MARK[st.state]} | **{st.name}** | {st.detail} |" for st in stages)
     return "| | stage | where it stands |\n|---|---|---|\n" + rows
+
+
+# The lineage table's columns; a click on a cell opens what it names (studio.home_tab.open_lineage).
+LINEAGE_COLUMNS = ["model", "trained by", "on the pairs of", "labels", "verdict", "exports", "blind votes"]
+
+
+def lineage(store: Store, dataset: str | None) -> list[dict]:
+    """Every model made from `dataset` (its reward models and policies, newest first), with what
+    it came from and what became of it: run, pairs, labels, verdict, exports and votes."""
+    s = loop_state(store, dataset) if dataset else None
+    if s is None:
+        return []
+    labels = ", ".join(f"{a} {n:,}" for a, n in s["labels"].items()) or "none"
+    rows = []
+    for r in sorted(s["reward_models"] + s["policies"], key=lambda r: -r["id"]):
+        policy = r["purpose"] != "reward"
+        metrics = r["metrics"]
+        verdict = ("not judged yet" if not r.get("evaluations") else r["evaluations"][-1]["message"].splitlines()[0]
+                   ) if policy else (f"held-out accuracy {metrics['heldout_accuracy']:.2f}"
+                                     if "heldout_accuracy" in metrics else "-")
+        rows.append({"model": r["model"], "run": r["id"], "kind": r["kind"], "dataset": s["pairs_dataset"],
+                     "labels": labels, "verdict": verdict, "exports": r.get("exports") or [],
+                     "votes": votes_line(store, r)[1] if policy and r.get("exports") else "-"})
+    return rows
+
+
+def lineage_table(rows: list[dict]) -> list[list]:
+    return [[r["model"], f"run {r['run']} ({r['kind']})", r["dataset"], r["labels"], r["verdict"],
+             ", ".join(r["exports"]) or "-", r["votes"]] for r in rows]
+
+
+def lineage_step(row: dict, column: int) -> NextStep:
+    """Where a click on a lineage cell goes: the pairs to the Label tab, the exports to the Export
+    tab, the votes to Compare, anything else to the run in the Train tab."""
+    name = LINEAGE_COLUMNS[column]
+    if name in ("on the pairs of", "labels"):
+        return NextStep("label", "", "", {"dataset": row["dataset"]})
+    if name == "exports" and row["exports"]:
+        return NextStep("export", "", "", {"model": row["model"]})
+    if name == "blind votes" and row["exports"]:
+        return NextStep("compare", "", "", {"model": row["exports"][-1], "blind": True})
+    return NextStep("train", "", "", {"run": row["run"], "open_evaluate": name == "verdict" or None})
+

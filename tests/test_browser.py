@@ -778,6 +778,11 @@ def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_nex
             assert f"✓ {stage}" in home, home
         assert f"{labelled} pairs with a preference; labels by newcomer {labelled}" in home
         page.screenshot(path=str(tmp_path / "newcomer-home.png"), full_page=True)
+        # The lineage below the map: a click on the policy's exports opens the Export tab on it.
+        page.locator("#home-lineage").get_by_text("dpo-run4-f16, dpo-run4-q8_0").filter(visible=True).first.click()
+        page.get_by_role("tab", name="Export", exact=True, selected=True).wait_for(timeout=30_000)
+        page.wait_for_timeout(1_000)
+        assert picked(page, "Model to export") == "dpo-run4"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from store import import_file
 from store.runs import create_run, record_adapter
-from studio.loop_map import DONE, LATER, NEXT, stages_and_next
+from studio.loop_map import DONE, LATER, LINEAGE_COLUMNS, NEXT, lineage, lineage_step, lineage_table, stages_and_next
 
 from helpers import write_pairs
 
@@ -30,7 +30,8 @@ def test_prompts_alone_lead_to_candidates(store):
     stages, step = stages_and_next(store, "questions")
     assert states(stages)["prompts"] == DONE and states(stages)["candidates"] == NEXT
     assert states(stages)["labels"] == LATER
-    assert (step.tab, step.label, step.inputs) == ("build", "Generate candidates", {"dataset": "questions"})
+    assert (step.tab, step.label, step.inputs) == ("build", "Generate candidates",
+                                                   {"dataset": "questions", "open_generate": True})
 
 
 def test_pairs_with_verdicts_walk_the_loop_from_reward_model_to_judging(store, workspace, tmp_path):
@@ -48,7 +49,15 @@ def test_pairs_with_verdicts_walk_the_loop_from_reward_model_to_judging(store, w
     policy = trained(store, workspace, "dpo", "pairs", "policy")
     stages, step = stages_and_next(store, "pairs")
     assert states(stages)["verdict"] == NEXT and f"dpo-run{policy}" in stages[6].detail
-    assert (step.tab, step.inputs) == ("train", {"run": policy})
+    assert (step.tab, step.inputs) == ("train", {"run": policy, "open_evaluate": True, "prompts": "pairs"})
+    # The lineage: each model with the run that made it and the pairs it read; a click opens each.
+    rows = lineage(store, "pairs")
+    assert [(r["model"], r["run"], r["dataset"], r["labels"], r["verdict"]) for r in rows] == [
+        (f"dpo-run{policy}", policy, "pairs", "source 10", "not judged yet"), ("rm-run1", 1, "pairs", "source 10", "-")]
+    assert lineage_step(rows[0], LINEAGE_COLUMNS.index("model")).inputs["run"] == policy
+    assert lineage_step(rows[0], LINEAGE_COLUMNS.index("on the pairs of")).tab == "label"
+    assert lineage_step(rows[0], LINEAGE_COLUMNS.index("exports")).tab == "train"  # nothing exported yet
+    assert lineage_table(rows)[1][:3] == ["rm-run1", "run 1 (rm)", "pairs"]
     # A run of another dataset is not this one's.
     import_file(store, write_pairs(tmp_path / "other.jsonl.gz", n=4, seed=1), "other")
     assert states(stages_and_next(store, "other")[0])["reward model"] == NEXT
