@@ -554,7 +554,10 @@ def import_file(
             raise KeyboardInterrupt from None
         raise
     report.written = True
-    search_index.sync(store, store.dataset_id(dataset))  # the word index in step now, so the first search is fast
+    # The word index in step now, so that the first search is fast; under the import's memory limit, as
+    # reading every text of the dataset would otherwise fill DuckDB's cache with it.
+    with store.memory_limit(import_memory_limit(store)):
+        search_index.sync(store, store.dataset_id(dataset))
     return report
 
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # All message text of a JSON message list (as store.pairs searches it).
 _TEXT = "array_to_string(json_extract_string({}, '$[*].content'), ' ')"
 MAX_WORD_CHARS = 40  # longer tokens are left out of the index (tantivy's default tokenizer does the same)
-BATCH = 20_000       # documents read from the store at a time while indexing
+BATCH = 2_000        # documents read from the store at a time while indexing (a pair's texts can be long)
 WRITER_HEAP = 128_000_000
 # A search the index answers: words and "quoted phrases", nothing else.
 _WORDS_ONLY = re.compile(r'[\w\s"]+')
@@ -186,22 +186,40 @@ def _take_out_gone_pairs(cur, writer: tantivy.IndexWriter, dataset_id: int) -> N
                    AND pair_id NOT IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)""", {"d": dataset_id})
 
 
+def _texts(cur, table: str, ids: list[str]) -> dict[str, str]:
+    """The message text of these rows of `table`, looked up by id (a list of values: DuckDB answers
+    it from the primary key's index, so memory stays that of one batch)."""
+    if not ids:
+        return {}
+    rows = cur.execute(f"SELECT id, {_TEXT.format('messages')} FROM {table} WHERE id IN ({', '.join('?' * len(ids))})",
+                       ids).fetchall()
+    return dict(rows)
+
+
 def _add_new_pairs(cur, writer: tantivy.IndexWriter, dataset_id: int) -> None:
-    reader = cur.sql(f"""
-        SELECT dp.pair_id, p.rowid AS position,
-               concat_ws(' ', {_TEXT.format('pr.messages')}, {_TEXT.format('a.messages')},
-                         {_TEXT.format('b.messages')}) AS text
-        FROM dataset_pairs dp JOIN pairs p ON p.id = dp.pair_id JOIN prompts pr ON pr.id = p.prompt_id
-        JOIN responses a ON a.id = p.first_id JOIN responses b ON b.id = p.second_id
+    """Index the dataset's pairs the index does not hold. The ids stream in batches; each batch's
+    texts are looked up by id (joining every text at once would hold them all in memory)."""
+    reader = cur.sql("""
+        SELECT dp.pair_id, p.rowid AS position, p.prompt_id, p.first_id, p.second_id
+        FROM dataset_pairs dp JOIN pairs p ON p.id = dp.pair_id
         WHERE dp.dataset_id = $d AND dp.pair_id NOT IN (SELECT pair_id FROM search_index WHERE dataset_id = $d)
         """, params={"d": dataset_id}).to_arrow_reader(BATCH)
+    lookup = cur.cursor()  # the stream above stays open on `cur`
     added = []
-    for batch in reader:
-        for pair_id, position, text in zip(*(batch.column(i).to_pylist() for i in range(3))):
-            # No document of this pair can be in the index already: _write rebuilt an index that held
-            # another count of documents than the table lists.
-            writer.add_document(tantivy.Document(member=f"{dataset_id}:{pair_id}", pair_id=pair_id, dataset=dataset_id,
-                                                 position=position, text=text or ""))
-            added.append(pair_id)
+    try:
+        for batch in reader:
+            pair_ids, positions, prompt_ids, first_ids, second_ids = (batch.column(i).to_pylist() for i in range(5))
+            prompts = _texts(lookup, "prompts", sorted(set(prompt_ids)))
+            answers = _texts(lookup, "responses", sorted(set(first_ids) | set(second_ids)))
+            for pair_id, position, prompt_id, first_id, second_id in zip(pair_ids, positions, prompt_ids, first_ids,
+                                                                         second_ids):
+                # No document of this pair can be in the index already: _write rebuilt an index that held
+                # another count of documents than the table lists.
+                text = " ".join(t for t in (prompts.get(prompt_id), answers.get(first_id), answers.get(second_id)) if t)
+                writer.add_document(tantivy.Document(member=f"{dataset_id}:{pair_id}", pair_id=pair_id,
+                                                     dataset=dataset_id, position=position, text=text))
+            added += pair_ids
+    finally:
+        lookup.close()
     if added:
         cur.execute("INSERT INTO search_index SELECT ?, unnest(?::VARCHAR[])", [dataset_id, added])
