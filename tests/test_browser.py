@@ -58,6 +58,7 @@ def server(tmp_path, pairs_file, models_dir, tiny_model):
     workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
     with workspace.open_store() as store:
         import_file(store, pairs_file, "hh")
+        import_file(store, mini_file(tmp_path, pairs_file, rows=100, name="hh100"), "hh100")  # to score: 100 pairs
         import_file(store, mini_file(tmp_path, pairs_file), "mini")
         runner = Runner(store, workspace)
         assert runner.wait(service.start_perplexity(runner, "mini", model=str(tiny_model)))["status"] == "succeeded"
@@ -67,9 +68,9 @@ def server(tmp_path, pairs_file, models_dir, tiny_model):
     proc.wait(timeout=30)
 
 
-def mini_file(tmp_path: Path, pairs_file: Path, rows: int = 5) -> Path:
+def mini_file(tmp_path: Path, pairs_file: Path, rows: int = 5, name: str = "mini") -> Path:
     """The first `rows` HH pairs as a small JSONL file."""
-    path = tmp_path / "mini.jsonl"
+    path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:rows]))
     return path
 
@@ -127,18 +128,18 @@ def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, pag
     page.goto(url)
     page.get_by_role("tab", name="Build dataset").click()
     page.get_by_role("combobox", name="Dataset").click()
-    page.get_by_role("option", name="hh", exact=True).click()
+    page.get_by_role("option", name="hh100", exact=True).click()
     page.get_by_label("Target model").fill(str(tiny_model))
     page.get_by_label("Target model").press("Enter")
-    page.get_by_text("responses of 'hh' have no perplexity").wait_for(timeout=30_000)
+    page.get_by_text("responses of 'hh100' have no perplexity").wait_for(timeout=30_000)
 
     page.get_by_role("button", name="Score perplexity").click()
-    # The 10 responses the fixture's run scored (the "mini" pairs are also in "hh") are not scored again.
-    page.get_by_text("succeeded - scored 1990 responses").wait_for(timeout=300_000)
+    # The 10 responses the fixture's run scored (the "mini" pairs are also in "hh100") are not scored again.
+    page.get_by_text("succeeded - scored 190 responses").wait_for(timeout=300_000)
     counts = page.locator("#filter-counts")
-    counts.get_by_text("Keeps 500 of 1,000 prompts, 1,000 of 2,000 responses, 500 of 1,000 pairs of 'hh'").wait_for(
-        timeout=30_000
-    )
+    preview = re.compile(r"Keeps (\d+) of 100 prompts, 100 of 200 responses, (\d+) of 100 pairs of 'hh100'")
+    counts.get_by_text(preview).wait_for(timeout=30_000)
+    prompts, pairs = preview.search(counts.inner_text()).groups()
     # Both histograms draw both sides of the pairs (the plots first showed the fixture's 10 scores).
     for plot in ("#filter-before", "#filter-after"):
         page.wait_for_function(f"""() => ['chosen', 'rejected'].every(side => Array.from(document.querySelectorAll(
@@ -148,7 +149,9 @@ def test_build_dataset_scores_as_a_job_previews_the_filter_and_saves(server, pag
 
     page.get_by_label("New dataset name").fill("hh-plausible")
     page.get_by_role("button", name="Save filtered dataset").click()
-    page.get_by_text("Saved: 'hh-plausible' keeps 500 of 1,000 prompts").wait_for(timeout=30_000)
+    # What is saved is what the preview said.
+    page.get_by_text(f"Saved: 'hh-plausible' keeps {prompts} of 100 prompts, 100 of 200 responses, {pairs} of 100 "
+                     "pairs").wait_for(timeout=30_000)
     page.screenshot(path=str(ws.parent / "build.png"), full_page=True)
 
 
