@@ -555,9 +555,13 @@ def import_file(
         raise
     report.written = True
     # The word index in step now, so that the first search is fast; under the import's memory limit, as
-    # reading every text of the dataset would otherwise fill DuckDB's cache with it.
-    with store.memory_limit(import_memory_limit(store)):
-        search_index.sync(store, store.dataset_id(dataset))
+    # reading every text of the dataset would otherwise fill DuckDB's cache with it. The index is derived
+    # data: if this runs out of memory, the import stands and the first search brings the index in step.
+    try:
+        with store.memory_limit(import_memory_limit(store)):
+            search_index.sync(store, store.dataset_id(dataset))
+    except StoreError:
+        pass
     return report
 
 
