@@ -108,13 +108,11 @@ def search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int 
     index = _index(store)
     searcher = index.searcher()
     query = _query(index, dataset_id, phrases)
-    total = searcher.search(query, limit=1, count=True).count
-    wanted = total if limit is None else min(limit, max(total - offset, 0))
-    if wanted <= 0:
-        return [], total
-    hits = searcher.search(query, limit=wanted, offset=offset, count=False, order_by_field="position",
-                           order=tantivy.Order.Asc).hits
-    return [searcher.doc(address)["pair_id"][0] for _, address in hits], total
+    if limit is None:  # every match: how many first, then all of them
+        limit = max(searcher.search(query, limit=1, count=True).count - offset, 1)
+    found = searcher.search(query, limit=limit, offset=offset, count=True, order_by_field="position",
+                            order=tantivy.Order.Asc)
+    return [searcher.doc(address)["pair_id"][0] for _, address in found.hits], found.count
 
 
 def _members_sql(table: str) -> str:

@@ -15,6 +15,7 @@ from common.errors import StudioError
 from pipelines.judges import HEURISTIC_RULE
 from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
+from store.loop import loop_state
 from store.queries import dataset_names, dataset_summaries, run_summaries, runs_of_kinds
 from studio.context import Context, handler
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
@@ -145,8 +146,9 @@ def show_map(ctx: Context, dataset: str | None):
         step = NextStep("data", "Import prompts or pairs", "The workspace has no dataset yet: import a file of "
                         "prompts or preference pairs, or run the guided demo below.")
         return "", gr.update(value=f"Next step: {step.label}"), step.why, gr.update(visible=False)
-    stages, step = stages_and_next(ctx.store, dataset)
-    rows = lineage_table(lineage(ctx.store, dataset))
+    state = loop_state(ctx.store, dataset)  # read once for the map and the lineage (every 3 s, per tab)
+    stages, step = stages_and_next(ctx.store, dataset, state)
+    rows = lineage_table(lineage(ctx.store, dataset, state))
     return (map_markdown(stages), gr.update(value=f"Next step: {step.label}"), step.why,
             gr.update(value=rows, visible=bool(rows)))
 

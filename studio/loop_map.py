@@ -40,9 +40,9 @@ def votes_line(store: Store, policy: dict) -> tuple[int, str]:
                          f"({result['win_low']:.0%}-{result['win_high']:.0%})")
 
 
-def stages_and_next(store: Store, dataset: str) -> tuple[list[Stage], NextStep]:
-    """The map of `dataset` and its next step."""
-    s = loop_state(store, dataset)
+def stages_and_next(store: Store, dataset: str, state: dict | None = None) -> tuple[list[Stage], NextStep]:
+    """The map of `dataset` and its next step (from `state`, its loop_state, when the caller has it)."""
+    s = state or loop_state(store, dataset)
     if s is None:
         return [], NextStep("data", "Import prompts or pairs", "Start with a file of prompts or preference pairs.")
     pairs_of, rms, policies = s["pairs_dataset"], s["reward_models"], s["policies"]
@@ -120,10 +120,11 @@ def map_markdown(stages: list[Stage]) -> str:
 LINEAGE_COLUMNS = ["model", "trained by", "on the pairs of", "labels", "verdict", "exports", "blind votes"]
 
 
-def lineage(store: Store, dataset: str | None) -> list[dict]:
+def lineage(store: Store, dataset: str | None, state: dict | None = None) -> list[dict]:
     """Every model made from `dataset` (its reward models and policies, newest first), with what
-    it came from and what became of it: run, pairs, labels, verdict, exports and votes."""
-    s = loop_state(store, dataset) if dataset else None
+    it came from and what became of it: run, pairs, labels, verdict, exports and votes (from
+    `state`, its loop_state, when the caller has it)."""
+    s = state or (loop_state(store, dataset) if dataset else None)
     if s is None:
         return []
     labels = ", ".join(f"{a} {n:,}" for a, n in s["labels"].items()) or "none"
