@@ -22,6 +22,7 @@ from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
 from studio.loop_map import (
     LINEAGE_COLUMNS,
     NextStep,
+    furthest_along,
     lineage,
     lineage_step,
     lineage_table,
@@ -154,13 +155,14 @@ def show_map(ctx: Context, dataset: str | None):
 
 
 def follow_map(ctx: Context, dataset: str | None):
-    """The timer's view of the map: as show_map, and a workspace's first dataset picked as soon as
-    there is one (a newcomer who imports a file, then comes back, finds its map and next step
-    without opening the menu); a picked dataset is left as it is."""
+    """The timer's view of the map: as show_map, and a dataset picked as soon as there is one, the
+    one furthest along the loop (a newcomer who imports a file, then comes back, finds its map and
+    next step without opening the menu); a picked dataset is left as it is."""
     names = dataset_names(ctx.store)
     if dataset in names or not names:
         return (gr.update(), *show_map(ctx, dataset))
-    return (gr.update(choices=names, value=names[0]), *show_map(ctx, names[0]))
+    picked = furthest_along(ctx.store, names)
+    return (gr.update(choices=names, value=picked), *show_map(ctx, picked))
 
 
 def next_step_of(ctx: Context, dataset: str | None) -> NextStep:
@@ -171,7 +173,8 @@ def next_step_of(ctx: Context, dataset: str | None) -> NextStep:
 
 def fresh_projects(ctx: Context, picked: str | None):
     names = dataset_names(ctx.store)
-    return gr.update(choices=names, value=picked if picked in names else (names[0] if names else None))
+    return gr.update(choices=names, value=picked if picked in names else (furthest_along(ctx.store, names)
+                                                                         if names else None))
 
 
 def control(ctx: Context, action: str, run):
@@ -203,13 +206,16 @@ def build(ctx: Context) -> None:
     cards = gr.HTML(stat_cards(store))
     names = dataset_names(store)
     with gr.Row(equal_height=True):
-        project = gr.Dropdown(names, value=names[0] if names else None, label="Where a dataset stands in the loop",
+        project = gr.Dropdown(names, value=furthest_along(store, names) if names else None,
+                              label="Where a dataset stands in the loop",
                               info="prompts → candidates → perplexity → pairs → labels → reward model → policy → "
                                    "verdict → export → votes", scale=3, elem_id="home-project")
         step = gr.Button("Next step", variant="primary", scale=1, elem_id="home-next")
     loop = gr.Markdown(elem_id="home-map")
     why = gr.Markdown(elem_id="home-why")
+    # The verdict is a sentence: without widths it pushed the exports and votes out of sight.
     lineage_frame = gr.Dataframe(headers=LINEAGE_COLUMNS, interactive=False, wrap=True, max_height=300,
+                                 column_widths=["11%", "11%", "11%", "12%", "33%", "13%", "9%"],
                                  label="Models made from it (click a cell: the run, its pairs, its exports, its votes)",
                                  elem_id="home-lineage", visible=False)
     with gr.Row():
@@ -301,4 +307,5 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
 
     home.step.click(go, home.project, [tabs, *targets.values()])
     home.lineage.select(open_lineage, home.project, [tabs, *targets.values()])
-    app.load(handler(follow_map, ctx), home.project, [home.project, home.loop, home.step, home.why, home.lineage])
+    # A page opens on the dataset furthest along the loop now, not on the one picked when the server started.
+    app.load(handler(follow_map, ctx, None), None, [home.project, home.loop, home.step, home.why, home.lineage])

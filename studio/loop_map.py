@@ -76,6 +76,14 @@ def stages_and_next(store: Store, dataset: str, state: dict | None = None) -> tu
     return stages, next_step(dataset, s, first_missing, rm, policy)
 
 
+def furthest_along(store: Store, names: list[str]) -> str:
+    """Of these datasets (in creation order), the one whose loop has the most stages done, the
+    oldest of those: where a user coming back to the workspace left off. After the guided demo that
+    is the prompts the candidates came from, not the pool of every demo prompt created first."""
+    done = {name: sum(st.state == DONE for st in stages_and_next(store, name)[0]) for name in names}
+    return max(names, key=lambda name: (done[name], -names.index(name)))
+
+
 def next_step(dataset: str, s: dict, missing: int | None, rm: dict | None, policy: dict | None) -> NextStep:
     pairs_of = s["pairs_dataset"]
     steps = [

@@ -7,7 +7,17 @@ from pathlib import Path
 
 from store import import_file
 from store.runs import create_run, record_adapter
-from studio.loop_map import DONE, LATER, LINEAGE_COLUMNS, NEXT, lineage, lineage_step, lineage_table, stages_and_next
+from studio.loop_map import (
+    DONE,
+    LATER,
+    LINEAGE_COLUMNS,
+    NEXT,
+    furthest_along,
+    lineage,
+    lineage_step,
+    lineage_table,
+    stages_and_next,
+)
 
 from helpers import write_pairs
 
@@ -66,3 +76,14 @@ def test_pairs_with_verdicts_walk_the_loop_from_reward_model_to_judging(store, w
 def test_an_unknown_dataset_starts_at_the_import(store):
     stages, step = stages_and_next(store, "nothing")
     assert stages == [] and step.tab == "data"
+
+
+def test_home_opens_on_the_dataset_furthest_along_the_loop(store, workspace, tmp_path):
+    """A user coming back (after the guided demo, say) finds the map of the dataset their loop went
+    furthest with, not of the first dataset created; among equals, the oldest."""
+    import_file(store, ASSETS / "demo_prompts.jsonl", "every prompt")
+    import_file(store, write_pairs(tmp_path / "a.jsonl.gz", n=6), "labelled")
+    import_file(store, write_pairs(tmp_path / "b.jsonl.gz", n=6, seed=1), "labelled too")
+    assert furthest_along(store, ["every prompt", "labelled", "labelled too"]) == "labelled"
+    trained(store, workspace, "rm", "labelled too", "reward")
+    assert furthest_along(store, ["every prompt", "labelled", "labelled too"]) == "labelled too"
