@@ -191,6 +191,35 @@ def cohen_kappa(first: list[str], second: list[str]) -> float | None:
     return None if expected == 1 else (observed - expected) / (1 - expected)
 
 
+SWAPPED = {"first": "second", "second": "first"}
+
+
+def both_orders(first: list[str], second: list[str]) -> tuple[list[str], list[str]]:
+    """Each pair's two verdicts as given and with the pair's answers swapped. Which answer of a pair
+    is stored first is an accident of the file (HH-RLHF stores the chosen one first): counted in both
+    orders, kappa measures agreement on which answer is better, not on a side that one rater always
+    gives (which makes plain kappa 0 whatever the other rater does)."""
+    return ([*first, *(SWAPPED.get(v, v) for v in first)], [*second, *(SWAPPED.get(v, v) for v in second)])
+
+
+def pair_kappa(first: list[str], second: list[str]) -> float | None:
+    """Cohen's kappa of two raters' verdicts ('first', 'second', 'tie') on the same pairs, in both orders."""
+    return cohen_kappa(*both_orders(first, second))
+
+
+def pair_kappa_interval(first: list[str], second: list[str], rounds: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of pair_kappa (pairs resampled, then counted in both orders)."""
+    n = len(first)
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(rounds):
+        picked = [rng.randrange(n) for _ in range(n)]
+        value = pair_kappa([first[i] for i in picked], [second[i] for i in picked])
+        if value is not None:
+            samples.append(value)
+    return _percentile_interval(samples) if samples else (float("nan"), float("nan"))
+
+
 def kappa_interval(first: list[str], second: list[str], rounds: int = 500, seed: int = 0) -> tuple[float, float]:
     """95% bootstrap interval of Cohen's kappa (items resampled with replacement)."""
     n = len(first)
