@@ -207,27 +207,16 @@ def pair_kappa(first: list[str], second: list[str]) -> float | None:
     return cohen_kappa(*both_orders(first, second))
 
 
-def pair_kappa_interval(first: list[str], second: list[str], rounds: int = 500, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of pair_kappa (pairs resampled, then counted in both orders)."""
+def kappa_interval(first: list[str], second: list[str], rounds: int = 500, seed: int = 0,
+                   kappa=cohen_kappa) -> tuple[float, float]:
+    """95% bootstrap interval of a kappa (cohen_kappa, or pair_kappa) over items resampled with
+    replacement (pair_kappa counts each resampled pair in both orders)."""
     n = len(first)
     rng = random.Random(seed)
     samples = []
     for _ in range(rounds):
         picked = [rng.randrange(n) for _ in range(n)]
-        value = pair_kappa([first[i] for i in picked], [second[i] for i in picked])
-        if value is not None:
-            samples.append(value)
-    return _percentile_interval(samples) if samples else (float("nan"), float("nan"))
-
-
-def kappa_interval(first: list[str], second: list[str], rounds: int = 500, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of Cohen's kappa (items resampled with replacement)."""
-    n = len(first)
-    rng = random.Random(seed)
-    samples = []
-    for _ in range(rounds):
-        picked = [rng.randrange(n) for _ in range(n)]
-        value = cohen_kappa([first[i] for i in picked], [second[i] for i in picked])
+        value = kappa([first[i] for i in picked], [second[i] for i in picked])
         if value is not None:
             samples.append(value)
     return _percentile_interval(samples) if samples else (float("nan"), float("nan"))

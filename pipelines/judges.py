@@ -138,7 +138,7 @@ def card_against_people(verdicts: dict[str, str | None], people: dict[str, dict[
     and the judge's length preference against the labels' (how often each picks the longer answer
     where one is longer). `verdicts`: pair -> 'first', 'second', 'tie' or None (no verdict);
     `people`: pair -> {annotator: 'first' or 'second'}; `longer`: pair -> the longer side or None."""
-    from common.stats import pair_kappa, pair_kappa_interval
+    from common.stats import kappa_interval, pair_kappa
 
     annotators = sorted({a for labels in people.values() for a in labels})
     rows = {}
@@ -150,7 +150,7 @@ def card_against_people(verdicts: dict[str, str | None], people: dict[str, dict[
             continue
         judged, labelled = [j for j, _ in both], [lab for _, lab in both]
         kappa = pair_kappa(judged, labelled)  # in both orders of each pair: see common.stats.both_orders
-        low, high = pair_kappa_interval(judged, labelled) if kappa is not None else (None, None)
+        low, high = kappa_interval(judged, labelled, kappa=pair_kappa) if kappa is not None else (None, None)
         rows[who] = {"n": len(both), "agreement": sum(j == lab for j, lab in both) / len(both), "kappa": kappa,
                      "kappa_low": low, "kappa_high": high}
 

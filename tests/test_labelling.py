@@ -383,15 +383,15 @@ def test_kappa_of_a_judge_measures_the_answer_it_picks_not_the_side_the_file_sto
     """HH-RLHF stores the chosen answer first, so people's side never varies and plain kappa is 0
     whatever the judge does; counted in both orders of each pair, kappa says how often the judge picks
     people's answer beyond a coin's 50%, with an interval over pairs."""
-    from common.stats import pair_kappa, pair_kappa_interval
+    from common.stats import kappa_interval, pair_kappa
 
     people = ["first"] * 100
     judge = ["first"] * 59 + ["second"] * 41
     assert cohen_kappa(judge, people) == pytest.approx(0.0)  # the artefact
     assert pair_kappa(judge, people) == pytest.approx(2 * 0.59 - 1)
-    low, high = pair_kappa_interval(judge, people)
+    low, high = kappa_interval(judge, people, kappa=pair_kappa)
     assert low < 0 < 0.18 < high  # 59 of 100 is not clearly better than a coin
-    low, _ = pair_kappa_interval(["first"] * 70 + ["second"] * 30, people)
+    low, _ = kappa_interval(["first"] * 70 + ["second"] * 30, people, kappa=pair_kappa)
     assert low > 0  # 70 of 100 is
     assert pair_kappa(["first"] * 10, ["first"] * 10) == pytest.approx(1.0)
     assert pair_kappa(["tie"] * 3, ["tie"] * 3) is None  # still undefined, not a made-up 1.0
