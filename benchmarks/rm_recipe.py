@@ -64,6 +64,8 @@ CELLS = {
     "length head 0.1": {"length_head": 0.1},
     "length head 1": {"length_head": 1.0},
     "length head 4": {"length_head": 4.0},
+    # ... or a training sample with as many "chosen is longer" pairs as "chosen is shorter" ones.
+    "length balanced": {"length_balance": True},
 }
 # The pairs of a held-out set by which answer is the longer (card/... metrics of pipelines.reward).
 LENGTH_GROUPS = ("chosen_longer", "chosen_shorter")

@@ -60,6 +60,10 @@ class RewardTrainConfig(PairTrainSettings):
                                  "a penalty of this weight on the batch's correlation between the reward gap and "
                                  "the length gap keeps the reward itself from tracking length; only the reward "
                                  "is kept (0: off)", label="Length head", advanced=True)
+    length_balance: bool = setting(False, "against length bias: train on as many pairs whose chosen answer is the "
+                                   "longer as pairs whose chosen answer is the shorter, leaving out pairs of the "
+                                   "larger group at random (seeded; the run's message counts them)",
+                                   label="Balance lengths", advanced=True)
 
 REPORT_CARD = "report_card.json"
 HELD_OUT_SCORES = "held_out_scores.parquet"
@@ -75,6 +79,19 @@ def answer_similarity(chosen: list[dict], rejected: list[dict]) -> float:
         return " ".join(" ".join(m["content"] for m in messages).lower().split())
 
     return difflib.SequenceMatcher(None, text(chosen), text(rejected), autojunk=False).ratio()
+
+
+def length_balanced(chosen_lengths: list[int], rejected_lengths: list[int], seed: int) -> list[int]:
+    """The indices of the pairs to keep so that as many have the longer chosen answer as the shorter
+    one: the larger group is cut, at random with this seed, to the size of the smaller; pairs of equal
+    length are all kept. The kept indices stay in their order."""
+    import random
+
+    longer = [i for i, (c, r) in enumerate(zip(chosen_lengths, rejected_lengths)) if c > r]
+    shorter = [i for i, (c, r) in enumerate(zip(chosen_lengths, rejected_lengths)) if c < r]
+    larger, smaller = (longer, shorter) if len(longer) >= len(shorter) else (shorter, longer)
+    dropped = set(random.Random(seed).sample(larger, len(larger) - len(smaller)))
+    return [i for i in range(len(chosen_lengths)) if i not in dropped]
 
 
 def ranked_right(row: dict) -> float:
@@ -290,6 +307,15 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     dropped = len(train) - len(trainer.train_dataset)
     left_out = [f"{dropped} longer than {config.max_length} tokens"] if dropped else []
     left_out += [f"{alike} with near-identical answers"] if alike else []
+    if config.length_balance:  # on the tokenized pairs, so that lengths are the report card's (tokens)
+        data = trainer.train_dataset
+        chosen, rejected = [len(x) for x in data["chosen_ids"]], [len(x) for x in data["rejected_ids"]]
+        keep = length_balanced(chosen, rejected, config.seed)
+        longer = sum(c > r for c, r in zip(chosen, rejected)) > sum(c < r for c, r in zip(chosen, rejected))
+        if len(keep) < len(data):
+            left_out += [f"{len(data) - len(keep)} with the {'longer' if longer else 'shorter'} chosen answer, "
+                         "to balance lengths,"]
+        trainer.train_dataset = data.select(keep)
     evaluating = ""
     if held_out:
         during = (f"on {len(trainer.eval_dataset)} of the {len(held_out)} held-out pairs every {config.save_every} "

@@ -553,6 +553,33 @@ def test_length_grouped_batches_carry_less_padding_and_keep_every_pair(tmp_path,
     assert padding_share(grouped) < 0.65 * padding_share(shuffled)
 
 
+def test_a_length_balanced_reward_model_trains_on_as_many_longer_chosen_answers_as_shorter(tmp_path, workspace,
+                                                                                         store, tiny_model):
+    """Asked to balance lengths, training leaves out pairs of the larger length group at random until
+    as many pairs have the longer chosen answer as the shorter one, and says how many it left out."""
+    from pipelines.reward import length_balanced
+
+    chosen, rejected = [9, 9, 9, 9, 9, 9, 2, 2, 5], [1, 1, 1, 1, 1, 1, 8, 8, 5]  # 6 longer, 2 shorter, 1 equal
+    kept = length_balanced(chosen, rejected, seed=0)
+    assert sum(chosen[i] > rejected[i] for i in kept) == sum(chosen[i] < rejected[i] for i in kept) == 2
+    assert {6, 7, 8} <= set(kept) and kept == sorted(kept)
+    assert kept == length_balanced(chosen, rejected, seed=0) != length_balanced(chosen, rejected, seed=3)
+
+    rows = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: " + ("a long and careful answer " * 6 if i < 9
+                                                                         else "No."),
+             "rejected": f"\n\nHuman: question {i}?\n\nAssistant: " + ("No." if i < 9 else "a long answer " * 6)}
+            for i in range(12)]  # 9 pairs whose chosen answer is the longer, 3 the shorter
+    path = tmp_path / "lengths.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import_file(store, path, "lengths")
+    runner = Runner(store, workspace)
+    run_id = service.start_training(runner, "rm", "lengths", base=str(tiny_model), max_steps=2, eval_share=0.0,
+                                    length_balance=True, **SMALL).run_id
+    assert runner.wait(run_id)["status"] == "succeeded"
+    events = (workspace.runs_dir / str(run_id) / "events.jsonl").read_text()
+    assert "training on 6 pairs (6 with the longer chosen answer, to balance lengths, left out)" in events
+
+
 def test_a_reward_model_can_leave_out_pairs_whose_answers_are_near_identical(tmp_path, workspace, store, tiny_model):
     """Asked to, training skips the pairs whose two answers differ only trivially and says how many;
     by default every pair is trained on."""
