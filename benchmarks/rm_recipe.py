@@ -62,6 +62,7 @@ CELLS = {
     # Against length bias (issue 30): a length head absorbs the labels' length preference, a penalty
     # keeps the reward uncorrelated with length (pipelines.reward.length_head_trainer).
     "length head 0.1": {"length_head": 0.1},
+    "length head 0.3": {"length_head": 0.3},
     "length head 1": {"length_head": 1.0},
     "length head 4": {"length_head": 4.0},
     # ... or a training sample with as many "chosen is longer" pairs as "chosen is shorter" ones.
