@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from common.stats import wilson_interval
 from pipelines.reward_model import score
-from pipelines.runlog import RunLog, run_main
+from pipelines.runlog import ConfigError, RunLog, run_main
 from pipelines.settings import redefault, setting
 from pipelines.training import (
     PairTrainSettings,
@@ -297,7 +297,8 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
         kept = [r for r in train if answer_similarity(r["chosen"], r["rejected"]) < NEAR_IDENTICAL]
         train, alike = kept, len(train) - len(kept)
         if not train:
-            raise ValueError("every pair's two answers are near-identical: nothing left to train on")
+            raise ConfigError("every pair's two answers are near-identical: nothing left to train on; train without "
+                              "skipping them")
     # Evaluations during the run on a subset of the held-out pairs are named as such (eval_subset_...):
     # eval_accuracy and eval_margin are those of every held-out pair, logged at the end.
     subset = 0 < config.eval_during < len(held_out)
@@ -312,6 +313,9 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
         chosen, rejected = [len(x) for x in data["chosen_ids"]], [len(x) for x in data["rejected_ids"]]
         keep = length_balanced(chosen, rejected, config.seed)
         longer = sum(c > r for c, r in zip(chosen, rejected)) > sum(c < r for c, r in zip(chosen, rejected))
+        if len(data) and not keep:
+            raise ConfigError(f"every pair's chosen answer is the {'longer' if longer else 'shorter'} one: balancing "
+                              "lengths leaves nothing to train on; train without it")
         if len(keep) < len(data):
             left_out += [f"{len(data) - len(keep)} with the {'longer' if longer else 'shorter'} chosen answer, "
                          "to balance lengths,"]

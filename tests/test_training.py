@@ -579,6 +579,15 @@ def test_a_length_balanced_reward_model_trains_on_as_many_longer_chosen_answers_
     events = (workspace.runs_dir / str(run_id) / "events.jsonl").read_text()
     assert "training on 6 pairs (6 with the longer chosen answer, to balance lengths, left out)" in events
 
+    one_sided = tmp_path / "one-sided.jsonl"  # every chosen answer the longer: nothing to balance with
+    one_sided.write_text("".join(json.dumps(r) + "\n" for r in rows[:9]))
+    import_file(store, one_sided, "one-sided")
+    run_id = service.start_training(runner, "rm", "one-sided", base=str(tiny_model), max_steps=2, eval_share=0.0,
+                                    length_balance=True, **SMALL).run_id
+    failed = runner.wait(run_id)
+    assert failed["status"] == "failed"
+    assert failed["message"].startswith("every pair's chosen answer is the longer one: balancing lengths")
+
 
 def test_a_reward_model_can_leave_out_pairs_whose_answers_are_near_identical(tmp_path, workspace, store, tiny_model):
     """Asked to, training skips the pairs whose two answers differ only trivially and says how many;
