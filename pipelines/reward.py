@@ -81,17 +81,19 @@ def answer_similarity(chosen: list[dict], rejected: list[dict]) -> float:
     return difflib.SequenceMatcher(None, text(chosen), text(rejected), autojunk=False).ratio()
 
 
-def length_balanced(chosen_lengths: list[int], rejected_lengths: list[int], seed: int) -> list[int]:
+def length_balanced(chosen_lengths: list[int], rejected_lengths: list[int], seed: int) -> tuple[list[int], str]:
     """The indices of the pairs to keep so that as many have the longer chosen answer as the shorter
-    one: the larger group is cut, at random with this seed, to the size of the smaller; pairs of equal
-    length are all kept. The kept indices stay in their order."""
+    one, and which group was cut ('longer' or 'shorter'): the larger group is cut, at random with this
+    seed, to the size of the smaller; pairs of equal length are all kept. The kept indices stay in
+    their order."""
     import random
 
     longer = [i for i, (c, r) in enumerate(zip(chosen_lengths, rejected_lengths)) if c > r]
     shorter = [i for i, (c, r) in enumerate(zip(chosen_lengths, rejected_lengths)) if c < r]
-    larger, smaller = (longer, shorter) if len(longer) >= len(shorter) else (shorter, longer)
+    cut, larger, smaller = ("longer", longer, shorter) if len(longer) >= len(shorter) else \
+        ("shorter", shorter, longer)
     dropped = set(random.Random(seed).sample(larger, len(larger) - len(smaller)))
-    return [i for i in range(len(chosen_lengths)) if i not in dropped]
+    return [i for i in range(len(chosen_lengths)) if i not in dropped], cut
 
 
 def ranked_right(row: dict) -> float:
@@ -311,14 +313,12 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
     if config.length_balance:  # on the tokenized pairs, so that lengths are the report card's (tokens)
         data = trainer.train_dataset
         chosen, rejected = [len(x) for x in data["chosen_ids"]], [len(x) for x in data["rejected_ids"]]
-        keep = length_balanced(chosen, rejected, config.seed)
-        longer = sum(c > r for c, r in zip(chosen, rejected)) > sum(c < r for c, r in zip(chosen, rejected))
+        keep, cut = length_balanced(chosen, rejected, config.seed)
         if len(data) and not keep:
-            raise ConfigError(f"every pair's chosen answer is the {'longer' if longer else 'shorter'} one: balancing "
-                              "lengths leaves nothing to train on; train without it")
+            raise ConfigError(f"every pair's chosen answer is the {cut} one: balancing lengths leaves nothing to "
+                              "train on; train without it")
         if len(keep) < len(data):
-            left_out += [f"{len(data) - len(keep)} with the {'longer' if longer else 'shorter'} chosen answer, "
-                         "to balance lengths,"]
+            left_out += [f"{len(data) - len(keep)} with the {cut} chosen answer, to balance lengths,"]
         trainer.train_dataset = data.select(keep)
     evaluating = ""
     if held_out:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from common.stats import wilson_interval, win_summary
+from common.stats import SWAPPED, wilson_interval, win_summary
 from pipelines.judges import RULES, card_against_people, describe_card_against_people
 from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, answer_text
 from pipelines.reward import HELD_OUT_SCORES, REPORT_CARD, describe_card
@@ -42,8 +42,7 @@ def rm_report(runner: Runner, run_id: int) -> list[str]:
     for r in scored:
         if r["reward_chosen"] == r["reward_rejected"]:
             continue
-        rm_side = r["chosen_side"] if r["reward_chosen"] > r["reward_rejected"] else \
-            {"first": "second", "second": "first"}.get(r["chosen_side"])
+        rm_side = r["chosen_side"] if r["reward_chosen"] > r["reward_rejected"] else SWAPPED.get(r["chosen_side"])
         for annotator, verdict in verdicts.get(r["pair_id"], {}).items():
             agree.setdefault(annotator, []).append(verdict == rm_side)
     for annotator, hits in sorted(agree.items()):

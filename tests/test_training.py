@@ -560,10 +560,11 @@ def test_a_length_balanced_reward_model_trains_on_as_many_longer_chosen_answers_
     from pipelines.reward import length_balanced
 
     chosen, rejected = [9, 9, 9, 9, 9, 9, 2, 2, 5], [1, 1, 1, 1, 1, 1, 8, 8, 5]  # 6 longer, 2 shorter, 1 equal
-    kept = length_balanced(chosen, rejected, seed=0)
+    kept, cut = length_balanced(chosen, rejected, seed=0)
+    assert cut == "longer"
     assert sum(chosen[i] > rejected[i] for i in kept) == sum(chosen[i] < rejected[i] for i in kept) == 2
     assert {6, 7, 8} <= set(kept) and kept == sorted(kept)
-    assert kept == length_balanced(chosen, rejected, seed=0) != length_balanced(chosen, rejected, seed=3)
+    assert kept == length_balanced(chosen, rejected, seed=0)[0] != length_balanced(chosen, rejected, seed=3)[0]
 
     rows = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: " + ("a long and careful answer " * 6 if i < 9
                                                                          else "No."),
