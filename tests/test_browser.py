@@ -450,6 +450,42 @@ def test_train_tab_starts_another_method_from_an_empty_page_without_an_error(tmp
         proc.wait(timeout=30)
 
 
+def test_train_tab_says_in_a_sentence_when_balancing_lengths_leaves_nothing_to_train_on(tmp_path, models_dir,
+                                                                                       tiny_model, browser):
+    """Every chosen answer is the longer one, and the user ticks 'Balance lengths': the run fails at
+    once, and the Train tab says why and what to do, not a Python error."""
+    rows = [{"chosen": f"\n\nHuman: question {i}?\n\nAssistant: a long and careful answer about {i}.",
+             "rejected": f"\n\nHuman: question {i}?\n\nAssistant: No."} for i in range(6)]
+    path = tmp_path / "longer.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workspace = Workspace.at(tmp_path / "ws", models_dir=models_dir)
+    with workspace.open_store() as store:
+        import_file(store, path, "longer")
+    url, proc = serve(workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("Base model").fill(str(tiny_model))
+        page.get_by_role("spinbutton", name="Max steps").fill("2")
+        page.get_by_role("spinbutton", name="Batch size").fill("2")
+        page.get_by_text("All settings").click()
+        page.get_by_label("Balance lengths").check()
+        page.get_by_role("button", name="Start training").click()
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=30_000)
+        summary = page.locator("#train-summary")
+        summary.get_by_text("failed").wait_for(timeout=240_000)
+        text = summary.inner_text()
+        assert "every pair's chosen answer is the longer one: balancing lengths leaves nothing to train on" in text
+        assert "Error" not in text and "Traceback" not in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with workspace.open_store() as store:
+        assert store.query("SELECT status FROM runs") == [{"status": "failed"}]
+        assert store.query("SELECT name FROM models") == []
+
+
 def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_workspace, browser):
     """The page opens on the newest run (a PPO one here) without a pick; its metric choices must be PPO's."""
     with mini_workspace.open_store() as store:
