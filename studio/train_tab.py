@@ -312,8 +312,11 @@ def tick(ctx: Context, run_id, names, last_state) -> tuple:
     """Redraw only when what the view shows changed, so a finished run's plots stay still."""
     state = run_view_state(ctx.store, run_id)
     if state == last_state:
-        return (gr.skip(),) * 8
-    return (*show_run(ctx, run_id, names), state, *run_controls(ctx, run_id))
+        return (gr.skip(),) * 9
+    # The run menu names each run's status: redrawn when a status changed, not at every new metric.
+    status_changed = not last_state or any(state[k] != last_state.get(k) for k in ("run", "status", "ended"))
+    menu = gr.update(choices=training_runs(ctx.store)) if status_changed else gr.skip()
+    return (*show_run(ctx, run_id, names), state, *run_controls(ctx, run_id), menu)
 
 
 def run_controls(ctx: Context, run_id) -> tuple:
@@ -413,7 +416,8 @@ def runs_panel(ctx: Context, ui: SimpleNamespace) -> None:
     gr.Markdown("### Runs")
     with gr.Row():
         runs = training_runs(ctx.store)
-        ui.picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Run", scale=3, min_width=300)
+        ui.picked = gr.Dropdown(runs, value=runs[0][1] if runs else None, label="Run", scale=3, min_width=300,
+                                elem_id="train-run")
         usable = [u["interactive"] for u in run_controls(ctx, ui.picked.value)]
         ui.cancel = gr.Button("Cancel", variant="stop" if usable[0] else "secondary", scale=1, size="sm",
                               interactive=usable[0])
@@ -492,7 +496,8 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
                      [ui.picked, ui.plotted], [ui.metrics_plot, ui.ticked])
     controls_of_run = [ui.cancel, ui.resume, ui.again]
     gr.Timer(2.0).tick(handler(tick, ctx), [ui.picked, ui.ticked, ui.last_shown],
-                       [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch, ui.last_shown, *controls_of_run],
+                       [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch, ui.last_shown, *controls_of_run,
+                        ui.picked],
                        show_progress="hidden")
     tab.select(handler(fresh_lists, ctx), ui.kind,
                [ui.dataset, ui.eval_dataset, ui.picked, ui.reward_run, ui.judge_run, ui.eval_prompts, ui.eval_reward,

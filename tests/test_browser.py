@@ -478,6 +478,9 @@ def test_train_tab_says_in_a_sentence_when_balancing_lengths_leaves_nothing_to_t
         text = summary.inner_text()
         assert "every pair's chosen answer is the longer one: balancing lengths leaves nothing to train on" in text
         assert "Error" not in text and "Traceback" not in text
+        # the run menu says so too, not "running" (the 2 s timer redraws it when a status changes)
+        page.wait_for_function("() => document.querySelector('#train-run input')?.value === 'run 1 · rm · failed'",
+                               timeout=10_000)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
