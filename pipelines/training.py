@@ -57,8 +57,8 @@ class TrainSettings:
                               advanced=True)
     device: str = setting("auto", DEVICE_HELP, label="Device", advanced=True)
     dtype: str = setting("auto", DTYPE_HELP, label="Precision", advanced=True)
-    load_in_4bit: bool = setting(False, "QLoRA: load the base in 4 bits (CUDA, needs bitsandbytes)",
-                                 label="4-bit base (QLoRA)", advanced=True)
+    load_in_4bit: bool = setting(False, "QLoRA: load the base in 4 bits (needs bitsandbytes; on a CPU it saves "
+                                 "memory, not time)", label="4-bit base (QLoRA)", advanced=True)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass: less memory, "
                                            "about 30% slower", label="Gradient checkpointing", advanced=True)
     num_processes: int = setting(1, "processes to train in, one per GPU; more than 1 runs through accelerate "
@@ -171,14 +171,21 @@ def placement_of(settings: TrainSettings) -> Placement:
 
 
 def check_4bit(device: str) -> None:
-    """QLoRA needs a CUDA device and bitsandbytes (the `gpu` extra): said before any model loads,
-    not deep inside `from_pretrained` after the reward model has loaded."""
+    """QLoRA needs bitsandbytes (in the `gpu` and `test` extras): said before any model loads, not
+    deep inside `from_pretrained` after the reward model has loaded. bitsandbytes 0.49 and later
+    quantise to 4-bit NF4 on a CPU too (plain torch kernels): the same path runs there, saving
+    memory but not time."""
     import importlib.util
 
-    if device != "cuda":
-        raise ModelError("a 4-bit base (QLoRA) needs a CUDA device; this run would be on the CPU")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("a 4-bit base (QLoRA) needs bitsandbytes: pip install -e '.[gpu]' (or make gpu)")
+    if device == "cpu":
+        import bitsandbytes
+
+        major, minor = (int(part) for part in bitsandbytes.__version__.split(".")[:2])
+        if (major, minor) < (0, 49):
+            raise ModelError(f"a 4-bit base (QLoRA) on a CPU needs bitsandbytes 0.49 or later (this machine has "
+                             f"{bitsandbytes.__version__}): pip install -U bitsandbytes, or train on a CUDA device")
 
 
 def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
@@ -356,12 +363,12 @@ def trainable_in_fp32(model, settings: TrainSettings) -> int:
     """Trainable parameters in float32 whatever the base's dtype; how many were cast. A bf16 copy
     of the reward model's score head rounds away Adam steps below ~6e-5 (it barely learns at the
     learning rates suggested for 7B bases) and an fp16 one fails ("Attempting to unscale FP16
-    gradients"). The base stays in its dtype; mixed precision's autocast bridges the two. QLoRA's
-    own preparation decides for a 4-bit base."""
+    gradients"). The base stays in its dtype; mixed precision's autocast bridges the two. On a
+    4-bit base too: TRL casts every trainable parameter to bf16 when it prepares a QLoRA model
+    under bf16, an fp16 card would then train bf16 adapters it only emulates, and PEFT's 4-bit
+    layers cast their input to the adapter's dtype and the result back."""
     import torch
 
-    if settings.load_in_4bit:
-        return 0
     cast = 0
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:

@@ -53,7 +53,7 @@ def build_app(workspace: Workspace):
             with gr.Tab("Export", id="export") as tab:
                 export = export_tab.build(ctx, tab)
             with gr.Tab("Compare", id="compare") as tab:
-                compare = compare_tab.build(ctx, tab)
+                compare = compare_tab.build(ctx, app, tab)
         home_tab.wire_next_step(ctx, app, home, tabs, {
             "label_dataset": label.dataset, "build_dataset": building.dataset,
             "build_generate_box": building.generate_box, "train_method": train.kind,

@@ -18,6 +18,7 @@ from store.labelling import LabelError
 from store.queries import dataset_names, random_prompt
 from studio import judging
 from studio.context import Context, handler
+from studio.logins import login_field, who
 from studio.rendering import Slider, as_chat
 
 VOTE_BUTTONS = [("Left is better", "vote-left", "left"), ("Right is better", "vote-right", "right"),
@@ -146,7 +147,8 @@ def chat(ctx: Context, text, a, b, is_blind, temp, p, tokens, sample_seed, conve
            "Vote below, or send another message to continue both conversations.")
 
 
-def vote(ctx: Context, answer, name, conversation):
+def vote(ctx: Context, answer, name, conversation, request: gr.Request = None):
+    name = who(name, request)  # under logins the login, never the name typed
     def unchanged(message: str):  # the conversation stays on the screen
         return conversation, gr.update(), gr.update(), gr.update(), f"**{message}**"
 
@@ -249,9 +251,11 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
                [ui.model_a, ui.model_b, ui.prompts_from, ui.board, ui.status])
 
 
-def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> SimpleNamespace:
     ui = SimpleNamespace()
     conversation_panel(ctx, ui)
     vote_panel(ctx, ui)
     wire(ctx, tab, ui)
+    # Under logins a vote carries the login: the name field shows it and cannot be edited.
+    app.load(handler(login_field, ctx), None, ui.annotator)
     return ui

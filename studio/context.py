@@ -40,3 +40,4 @@ def handler(fn, ctx: Context, *bound):
     signature = inspect.signature(fn)
     bound_fn.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1 + len(bound):])
     return bound_fn
+

@@ -24,6 +24,7 @@ from store.models import reward_models as reward_model_rows
 from store.queries import dataset_names
 from studio import judging, kinds, service
 from studio.context import Context, handler
+from studio.logins import logged_in, who
 from studio.rendering import as_chat, as_markdown, preview
 
 # Button label, element id (the keyboard script clicks it), answer.
@@ -164,19 +165,6 @@ def start_judge_labels(ctx: Context, dataset: str | None, judge: str | None) -> 
 # What the labelling view shows, in order: the pair shown, the status line, the workbench (shown or
 # not), the prompt, the left and the right answer, the note under them.
 VIEW = ("current", "status", "workbench", "prompt", "left", "right", "note")
-
-
-def who(name: str, request: gr.Request) -> str:
-    """The annotator: the logged-in user when the studio serves with logins (a team), whatever
-    the name field says; else the name typed."""
-    return getattr(request, "username", None) or name
-
-
-def logged_in(ctx: Context, request: gr.Request):
-    user = getattr(request, "username", None)
-    if not user:
-        return gr.update(), gr.update()
-    return gr.update(value=user, interactive=False, label="Annotator (your login)"), gr.update(visible=False)
 
 
 def view(ctx: Context, dataset_name: str, name: str, served: ServedPair | None, said: str, show_rm: bool) -> tuple:

@@ -940,3 +940,46 @@ def test_train_tab_says_when_a_base_cannot_be_exported_as_the_run_starts(tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_under_logins_a_compare_vote_carries_the_login_and_teammates_votes_on_one_battle_both_stand(
+        tmp_path, mini_workspace, browser, tiny_model):
+    from pipelines.export import convert
+
+    tiny_gguf = tmp_path / "tiny.gguf"
+    convert(tiny_model, tiny_gguf)
+    with mini_workspace.open_store() as store:
+        with store.transaction() as cur:
+            cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('tiny', 'gguf', ?, 'policy')",
+                        [str(tiny_gguf)])
+    url, proc = serve(mini_workspace, tmp_path / "serve.log", "--auth", "alice:apple-pie", "--auth", "bob:blue-sky")
+    try:
+        for user, password in (("bob", "blue-sky"), ("alice", "apple-pie")):
+            page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+            page.goto(url)
+            page.get_by_label("username").fill(user)
+            page.get_by_label("password").fill(password)
+            page.get_by_role("button", name="Login").click()
+            page.get_by_role("tab", name="Compare").click()
+            name = page.locator("#vote-annotator textarea, #vote-annotator input").first
+            page.wait_for_function("u => { const e = document.querySelector('#vote-annotator textarea, "
+                                   "#vote-annotator input'); return e && e.value === u; }", arg=user, timeout=60_000)
+            assert not name.is_editable()  # the login is the voter: no name to type
+            for side, model in (("a", "default"), ("b", "tiny")):
+                page.locator(f"#compare-model-{side}").get_by_role("combobox").click()
+                page.locator(f"#compare-model-{side}").get_by_role("option", name=model, exact=True).click()
+            page.get_by_text("Sampling (the same for both)").click()
+            page.get_by_role("spinbutton", name="Max answer tokens").fill("12")
+            page.locator("#compare-input textarea").fill("Say hello.")
+            page.locator("#compare-send").click()
+            page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
+            page.locator("#vote-left" if user == "bob" else "#vote-right").click()
+            page.get_by_text("Vote stored").wait_for(timeout=30_000)
+            page.context.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        votes = store.query("SELECT l.annotator, l.verdict, l.pair_id FROM labels l ORDER BY l.id")
+    assert [(v["annotator"], v["verdict"]) for v in votes] == [("bob", "first"), ("alice", "second")]
+    assert votes[0]["pair_id"] == votes[1]["pair_id"]  # the same battle: alice's vote did not replace bob's

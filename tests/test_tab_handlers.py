@@ -154,3 +154,24 @@ def test_the_label_tab_says_what_to_do_instead_of_failing(ctx):
     said = label_tab.start_judge_labels(ctx, "pairs", "no-such-judge")
     assert said.startswith("**no-such-judge: no GGUF model of that name")
     assert ctx.runner.started == []
+
+
+def test_a_compare_vote_under_logins_is_the_logins_whatever_name_is_typed(ctx):
+    """Under `serve --auth` a teammate cannot replace another's vote by typing their name: the vote
+    carries the login. Without logins the name typed is the annotator, as before."""
+    from studio import compare_tab
+
+    def battle():
+        conversation = compare_tab.new_conversation("model-a", "model-b", blind=False)
+        conversation["sides"] = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                                 [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]]
+        conversation["prompt_turns"] = 1
+        return conversation
+
+    compare_tab.vote(ctx, "left", "bob", battle(), request("s1", "bob"))
+    said = compare_tab.vote(ctx, "right", "bob", battle(), request("s2", "alice"))[-1]
+    assert said.startswith("Vote stored")
+    compare_tab.vote(ctx, "tie", "carol", battle(), request("s3"))
+    votes = {r["annotator"]: r["verdict"] for r in ctx.store.query(
+        "SELECT annotator, verdict FROM labels l JOIN dataset_pairs USING (pair_id)")}
+    assert votes == {"bob": "first", "alice": "second", "carol": "tie"}  # bob's vote stands
