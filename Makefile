@@ -51,13 +51,18 @@ test-fast: lint
 
 # On a CUDA machine: llama.cpp rebuilt with CUDA (pip would reuse its cached CPU wheel, and the
 # install stamp would skip it) and bitsandbytes for 4-bit bases.
-gpu: install
+gpu: $(VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: $(VENV)/.installed
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_CUDA=on" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
 		"llama-cpp-python>=0.3.36"
 	$(BIN)/pip install -e '.[gpu]'
+	touch $@
 
-# Every pipeline once on the GPU, with seconds and peak memory per stage (a few minutes).
-gpu-smoke: install
+# Every pipeline once on the GPU, with seconds and peak memory per stage (a few minutes). It needs
+# the CUDA build of llama.cpp and bitsandbytes (`gpu`), and fails when either is missing rather
+# than running those stages on the CPU and passing.
+gpu-smoke: gpu
 	$(BIN)/python scripts/gpu_smoke.py
 
 clean:

@@ -149,10 +149,22 @@ def plan(config, shape: Shape, *, dtype: str = "bfloat16", load_in_4bit: bool = 
 
 
 def free_gpu_gb() -> float | None:
-    """Free memory of this process's GPU, or None without one."""
-    import torch
+    """Free memory of the GPU a single-process job gets (the first visible one: the runner gives it
+    that one), or None without one. Read by nvidia-smi in a short-lived process: torch's
+    mem_get_info would create a CUDA context in the studio's own process (about 0.5 GB of the card
+    held for the studio's life) and only ever look at GPU 0."""
+    import os
+    import shutil
+    import subprocess
 
-    if not torch.cuda.is_available():
+    smi = shutil.which("nvidia-smi")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if smi is None or (visible is not None and not visible.strip()):
         return None
-    free, _ = torch.cuda.mem_get_info()
-    return free / GB
+    gpu = (visible or "0").split(",")[0].strip()
+    try:
+        answer = subprocess.run([smi, "--query-gpu=memory.free", "--format=csv,noheader,nounits", f"--id={gpu}"],
+                                capture_output=True, text=True, timeout=20)
+        return float(answer.stdout.split()[0]) * 2**20 / GB if answer.returncode == 0 else None  # MiB
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None

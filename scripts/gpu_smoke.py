@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(p) + "\n" for p in made_pairs(24)))
     small = dict(device=device, max_steps=2, batch_size=2, lora_r=4, lora_alpha=8)
-    rows, runs = [], {}
+    rows, runs = ([] if args.cpu else gpu_readiness()), {}
     with workspace.open_store() as store:
         import_file(store, data, "pairs")
         runner = Runner(store, workspace, one_job_at_a_time=False)
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                     return None
                 return service.start_evaluation(runner, runs["dpo"], "pairs", rule="heuristic", limit=4,
                                              max_new_tokens=16, device=device)
-            if stage == "qlora":
-                if args.cpu or importlib.util.find_spec("bitsandbytes") is None:
+            if stage == "qlora":  # on the CPU too: bitsandbytes quantises there (slowly)
+                if importlib.util.find_spec("bitsandbytes") is None:
                     return None
                 return service.start_training(runner, "dpo", "pairs", load_in_4bit=True, max_length=128, **small).run_id
             if stage == "dpo-2gpu":  # data-parallel over two cards (skipped with fewer than two)
@@ -140,6 +140,29 @@ def main(argv: list[str] | None = None) -> int:
     for stage, seconds, peak, outcome in rows:
         print(f"{stage:12} {seconds:8.1f} {'' if peak is None else f'{peak:.2f}':>12}  {outcome}")
     return sum(1 for row in rows if row[3] != "ok" and not row[3].startswith("skipped"))
+
+
+def gpu_readiness() -> list[tuple]:
+    """Rows of the table for what a GPU run needs besides the card: without them generation, the
+    export check and Compare quietly run on the CPU, and the QLoRA stages are skipped, so the smoke
+    would pass without having tried the GPU path. Each missing piece is a failed row."""
+    import torch
+
+    rows = []
+    if not torch.cuda.is_available():
+        rows.append(("cuda", 0.0, None, "failed: torch sees no CUDA device (run with --cpu on a machine without one)"))
+    try:
+        import llama_cpp
+
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception as e:  # noqa: BLE001 (a missing or broken build is the finding itself)
+        offload, why = False, f"{type(e).__name__}: {e}"
+    else:
+        why = "this llama-cpp-python was built without CUDA"
+    rows.append(("llama.cpp", 0.0, None, "ok" if offload else f"failed: cannot offload to the GPU ({why}); make gpu"))
+    have_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    rows.append(("bitsandbytes", 0.0, None, "ok" if have_bnb else "failed: not installed (QLoRA); make gpu"))
+    return rows
 
 
 def gpu_count() -> int:

@@ -78,6 +78,18 @@ def gpu_present() -> bool:
     return torch.cuda.is_available()
 
 
+def one_gpu(environ: dict) -> dict:
+    """What a single-process job's environment changes so that it sees one GPU (the first visible).
+    With every GPU visible the Trainer would wrap the model in nn.DataParallel, whose replicas run
+    the module's original forward, not the one TRL and Accelerate put on the instance: a device
+    mismatch on any machine with two cards. A job of several processes (accelerate launch) gives
+    each rank its own GPU instead. An empty CUDA_VISIBLE_DEVICES (no GPU on purpose) stays."""
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": (visible or "0").split(",")[0].strip()}
+
+
 class Runner:
     def __init__(self, store: Store, workspace: Workspace, one_job_at_a_time: bool | None = None):
         """`one_job_at_a_time` (default: when there is a GPU): a job started while another runs
@@ -156,6 +168,8 @@ class Runner:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
         module_and_config = ["-m", JOBS[run["kind"]].module, "--config", str(folder / "config.json")]
         processes = int(json.loads(run["config"]).get("num_processes") or 1)
+        if processes == 1:
+            env.update(one_gpu(env))
         if processes > 1:  # data-parallel through Accelerate's launcher: one rank per GPU
             command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
                        str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

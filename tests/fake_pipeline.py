@@ -9,6 +9,7 @@ nothing, so that the runner is tested in seconds.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ def run(config: FakeConfig, log: RunLog) -> None:
             raise (StudioError if config.fail_with_a_sentence else RuntimeError)(f"failed at step {step} as asked")
         log.progress(step, config.steps, metrics={"loss": 1.0 / step})
         checkpoint.write_text(json.dumps({"step": step}))
-    (run_dir / config.output).write_text(json.dumps({"rows": rows, "steps": step}))
+    (run_dir / config.output).write_text(json.dumps({"rows": rows, "steps": step,
+                                                     "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}))
     log.event("succeeded", step=step, total=config.steps, message=f"counted {step} steps over {rows} rows")
 
 

@@ -146,3 +146,11 @@ def test_with_one_gpu_a_second_job_waits_says_for_which_and_starts_after(runner,
     assert gpu.wait(second)["status"] == "succeeded"  # its turn came when the first ended
     gpu.resume(first)
     assert gpu.wait(first)["status"] == "succeeded"
+
+
+def test_a_single_process_job_sees_only_the_first_visible_gpu(runner, monkeypatch):
+    """With two cards visible, a one-process Trainer would wrap the model in DataParallel (a device
+    mismatch with TRL's and Accelerate's forward): the runner hands a job one GPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    run = runner.wait(start(runner, steps=1), poll_s=0.05)
+    assert json.loads((Path(run["folder"]) / "out.json").read_text())["gpus"] == "1"

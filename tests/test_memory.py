@@ -2,6 +2,8 @@
 device. Parameter counts must match the published ones within 1%; the totals must agree with
 what people commonly report for those sizes on a 24 GB card."""
 
+import os
+
 import pytest
 from transformers import AutoConfig
 
@@ -172,3 +174,34 @@ def test_a_mixture_of_experts_router_gets_no_lora_in_the_plan_or_the_model(model
     assert routers and with_routers == pytest.approx(
         sum(2 * (i + o) for n, i, o in linears if n.startswith("model.layers") and not n.endswith(
             (".gate", ".shared_expert_gate"))) * 16 / 1024 ** 3)
+
+
+def test_free_gpu_memory_is_read_without_a_cuda_context_for_the_gpu_a_job_gets(tmp_path, monkeypatch):
+    """nvidia-smi in its own process, asked about the first visible GPU (the one the runner gives a
+    single-process job); torch's mem_get_info, which would hold a CUDA context in the studio's
+    process for its whole life, is never called."""
+    import torch
+
+    from pipelines.memory import free_gpu_gb
+
+    asked = tmp_path / "asked.txt"
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f'#!/bin/sh\necho "$@" > {asked}\necho 20480\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: pytest.fail("a CUDA context in the studio"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    assert free_gpu_gb() == 20.0 and "--id=3" in asked.read_text()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU on purpose
+    assert free_gpu_gb() is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no driver
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert free_gpu_gb() is None
+
+
+def test_a_single_process_job_sees_one_gpu_and_a_launched_one_sees_them_all():
+    from studio.runner import one_gpu
+
+    assert one_gpu({}) == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert one_gpu({"CUDA_VISIBLE_DEVICES": "2, 5"}) == {"CUDA_VISIBLE_DEVICES": "2"}
+    assert one_gpu({"CUDA_VISIBLE_DEVICES": ""}) == {}

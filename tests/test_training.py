@@ -189,7 +189,7 @@ def test_training_needs_pairs_with_a_preference(workspace, store, tiny_model):
         service.start_training(runner, "dpo", "prompts", base=str(tiny_model))
 
 
-def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, tiny_model):
+def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, tiny_model, monkeypatch):
     runner = Runner(hh40, workspace)
     with pytest.raises(RunError, match="loss_type must be one of sigmoid, ipo, hinge, sigmoid_norm"):
         service.start_training(runner, "dpo", "hh40", base=str(tiny_model), loss_type="nope")
@@ -197,9 +197,15 @@ def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, 
         service.start_training(runner, "rm", "hh40", base=str(tiny_model), learning_rat=1e-3)
     with pytest.raises(RunError, match="batch_size must be at least 1, not -3"):
         service.start_training(runner, "dpo", "hh40", base=str(tiny_model), batch_size=-3)
-    # QLoRA on a machine without CUDA: said before a run exists, not deep inside from_pretrained
-    with pytest.raises(RunError, match="a 4-bit base \\(QLoRA\\) needs a CUDA device"):
-        service.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True)
+    # QLoRA without bitsandbytes: said before a run exists, not deep inside from_pretrained
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patched:
+        patched.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else
+                        find_spec(name, *a))
+        with pytest.raises(RunError, match="a 4-bit base \\(QLoRA\\) needs bitsandbytes"):
+            service.start_training(runner, "rm", "hh40", base=str(tiny_model), load_in_4bit=True)
     # A base that is no model folder and no hub id, or none at all: a sentence, and no failed run to clear away.
     with pytest.raises(RunError, match="^no-such-model: no such model folder, and not a hub id"):
         service.start_training(runner, "rm", "hh40", base="no-such-model")
