@@ -17,6 +17,7 @@ from pipelines.memory import Shape
 from pipelines.orpo import ORPOTrainConfig
 from pipelines.ppo import PPOTrainConfig
 from pipelines.reward import RewardTrainConfig
+from pipelines.sft import SFTTrainConfig
 
 TRL_LOSSES = ("loss", "eval_loss")
 # TRL's GRPO and RLOO trainers log the same names.
@@ -50,6 +51,11 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("sft", "SFT", "pipelines.sft", SFTTrainConfig, reads="pairs", makes="policy",
+           summary="LoRA on the policy fine-tuned on the preferred answers of the pairs (TRL's SFTTrainer), loss on "
+                   "the assistant's tokens: the loop's first stage, and the control a preference method must beat",
+           plotted=("eval_loss", "mean_token_accuracy", "eval_mean_token_accuracy", "num_tokens"),
+           plotted_first=("mean_token_accuracy", "eval_mean_token_accuracy"), shape=Shape(sequences=1)),
     Method("rm", "Reward model", "pipelines.reward", RewardTrainConfig, reads="pairs", makes="reward",
            summary="a LoRA reward model with a one-number score head, trained so that the chosen answer of a "
                    "pair scores above the rejected one (TRL's RewardTrainer)",

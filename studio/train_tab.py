@@ -33,7 +33,7 @@ from studio import judging, reports, service
 from studio.context import Context, handler
 from studio.methods import METHODS, ONLINE_METHODS, PAIR_POLICIES, TRL_LOSSES, Method, method_by_label
 
-FIRST_METHOD = next(iter(METHODS.values()))
+FIRST_METHOD = METHODS["rm"]  # what the Train tab opens on
 PURPOSE = ("Train a reward model or a policy on your pairs (labelled here, or with the verdicts their file came "
            "with), or a policy against a trained reward model. On a CPU a step takes seconds with the default model.")
 # Settings shown in the top row, beside the method and its data, not in the rows of settings.

@@ -1,0 +1,120 @@
+"""Supervised fine-tuning: the loop's first stage, on the preferred answers of pairs, with the loss
+on the assistant's tokens (every turn), packing, and the studio's runner, CLI and store."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.models import load_tokenizer
+from pipelines.sft import ConversationError, check_conversation, tokenize_conversation
+from store import import_file
+from store.labelling import add_rule_labels
+from studio import service
+from studio.methods import METHODS
+from studio.runner import Runner
+
+from helpers import arithmetic_pairs
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello, friend."}, {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."}]
+
+
+def test_the_loss_falls_on_every_assistant_turn_and_its_end_and_nothing_else(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    tokens = tokenize_conversation(tokenizer, CONVERSATION)
+    ids, mask = tokens["input_ids"], tokens["completion_mask"]
+    assert ids == tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True)["input_ids"]
+    trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    # SmolLM2's template ends a turn with <|im_end|> and a newline: both are trained, so the model learns to stop.
+    assert trained == "Hello, friend.<|im_end|>\nBlue.<|im_end|>\n"
+    # An answer cut by its length limit is trained without its end: as unfinished.
+    cut = tokenize_conversation(tokenizer, CONVERSATION, cut=True)
+    assert tokenizer.decode([t for t, m in zip(cut["input_ids"], cut["completion_mask"]) if m]) == \
+        "Hello, friend.<|im_end|>\nBlue."
+
+
+def test_a_conversation_sft_cannot_learn_from_is_named_with_its_reason():
+    with pytest.raises(ConversationError, match="conversation 3: the conversation ends on a user turn"):
+        check_conversation(CONVERSATION[:4], "conversation 3")
+    with pytest.raises(ConversationError, match="roles out of order \\(user, user, assistant\\)"):
+        check_conversation([{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                            {"role": "assistant", "content": "c"}], "x")
+    with pytest.raises(ConversationError, match="the last answer is empty"):
+        check_conversation([{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}], "x")
+    check_conversation(CONVERSATION, "fine")
+
+
+def test_sft_trains_on_the_preferred_answers_as_a_job_and_makes_a_policy(workspace, store, tmp_path, tiny_model):
+    """A person's label outranks the file's verdict; ties and both-bad pairs are left out, and
+    the start says how many."""
+    import_file(store, arithmetic_pairs(tmp_path, n=16), "sums")
+    pairs = [r["pair_id"] for r in store.query("SELECT pair_id FROM dataset_pairs ORDER BY pair_id")]
+    add_rule_labels(store, "alice", [(pairs[0], "second"), (pairs[1], "tie"), (pairs[2], "both-bad")])
+    runner = Runner(store, workspace)
+    run_id = service.start_training(runner, "sft", "sums", base=str(tiny_model), max_steps=3, batch_size=4,
+                                    max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25).run_id
+    run = runner.wait(run_id)
+    assert run["status"] == "succeeded", run["message"]
+    assert run["message"].startswith("SFT trained (3 steps); eval loss")
+    inputs = pq.read_table(Path(run["folder"]) / "inputs.parquet").to_pylist()
+    assert len(inputs) == 14  # the tie and the both-bad pair left out
+    overruled = next(r for r in inputs if r["pair_id"] == pairs[0])
+    assert "rather talk about something else" in json.loads(overruled["chosen"])[0]["content"]  # alice's pick
+    assert store.query("SELECT name, purpose FROM models") == [{"name": f"sft-run{run_id}", "purpose": "policy"}]
+    logged = {r["name"] for r in store.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
+    assert {"loss", "eval_loss", "mean_token_accuracy"} <= logged
+    assert "sft" in METHODS and METHODS["sft"].makes == "policy"
+
+
+def test_packing_fills_rows_with_several_conversations_and_trains_the_same_tokens(tmp_path, tiny_model, models_dir):
+    import pyarrow as pa
+
+    from pipelines.sft import SFTTrainConfig, make_trainer, read_conversations
+
+    rows = [{"pair_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"What is {i} plus {i}?"}]),
+             "chosen": json.dumps([{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]),
+             "rejected": json.dumps([{"role": "assistant", "content": "No."}])} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "inputs.parquet")
+    records = read_conversations(tmp_path / "inputs.parquet")
+    common = dict(base=str(tiny_model), models_dir=str(models_dir), device="cpu", max_length=128, lora_r=4,
+                  lora_alpha=8, eval_share=0.0, max_steps=1)
+    plain = make_trainer(SFTTrainConfig(**common), tmp_path / "a", records, [])
+    packed = make_trainer(SFTTrainConfig(**common, packing=True), tmp_path / "b", records, [])
+    assert len(plain.train_dataset) == 12 and len(packed.train_dataset) < 12
+
+    def trained(dataset):
+        return sorted(t for row in dataset for t in row["labels"] if t != -100)
+
+    assert trained(packed.train_dataset) == trained(plain.train_dataset)
+
+
+def test_a_packed_row_scores_each_conversation_as_if_it_were_alone(tmp_path, tiny_model, models_dir):
+    """Padding-free packing is exact: the position ids restart at each conversation and the
+    attention stays inside it (a cache made for generation would turn that off: the studio trains
+    without one)."""
+    import pyarrow as pa
+    import torch
+
+    from pipelines.sft import SFTTrainConfig, make_trainer, read_conversations
+
+    rows = [{"pair_id": f"p{i}", "prompt": json.dumps([{"role": "user", "content": f"Say {i} twice."}]),
+             "chosen": json.dumps([{"role": "assistant", "content": f"{i} and {i}."}]),
+             "rejected": json.dumps([{"role": "assistant", "content": "No."}])} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "inputs.parquet")
+    config = SFTTrainConfig(base=str(tiny_model), models_dir=str(models_dir), device="cpu", max_length=128,
+                            lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_share=0.0, max_steps=1, packing=True,
+                            batch_size=1)
+    trainer = make_trainer(config, tmp_path, read_conversations(tmp_path / "inputs.parquet"), [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    positions = batch["position_ids"][0]
+    starts = [i for i, p in enumerate(positions.tolist()) if p == 0]
+    assert len(starts) >= 2 and "attention_mask" not in batch  # padding-free: several conversations, no padding
+    model = trainer.model.train()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        second = batch["input_ids"][:, starts[1]:starts[2] if len(starts) > 2 else None]
+        alone = model(input_ids=second).logits[0]
+    assert torch.allclose(packed[starts[1]:starts[1] + alone.shape[0]], alone, atol=1e-5)
