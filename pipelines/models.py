@@ -28,6 +28,61 @@ class ModelError(StudioError, RuntimeError):
     pass
 
 
+STUDIO_META = "studio_model.json"  # beside every adapter the studio saves: what it is and its base
+MERGED_POLICIES = "policies"       # in the models folder: trained policies merged to start from
+
+
+def adapter_meta(path: str | Path) -> dict | None:
+    """What a folder holding one of the studio's adapters says of itself (kind: policy or
+    reward, base, base_path, method), or None for any other folder."""
+    import json
+
+    path = Path(path).expanduser()
+    if not ((path / "adapter_config.json").is_file() and (path / STUDIO_META).is_file()):
+        return None
+    try:
+        return json.loads((path / STUDIO_META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def merged_policy(adapter: str | Path, models_dir: str | Path) -> Path:
+    """A trained policy as a plain model folder, so that any method can start from it (an SFT model,
+    a previous round's policy): its adapter merged into its base once, in the base's dtype, and
+    kept in the models folder under a name that changes with the adapter's weights. A run that
+    starts from it has it as its reference: DPO's reference log-probs, PPO's and the watch's KL
+    all measure distance from this model, not from the original base."""
+    import hashlib
+
+    adapter = Path(adapter).expanduser().resolve()
+    meta = adapter_meta(adapter)
+    if meta is None or meta.get("kind") != "policy":
+        raise ModelError(f"{adapter}: not a trained policy (a run's model folder)")
+    weights = adapter / "adapter_model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes() if weights.is_file() else b"").hexdigest()[:12]
+    target = Path(models_dir) / MERGED_POLICIES / f"{adapter.parent.name}-{adapter.name}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_path = resolve_model(meta["base_path"], models_dir)  # itself a trained policy's, for SFT after SFT
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(partial)
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_path
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(partial)
+    (partial / "SOURCE.txt").write_text(f"{adapter} ({meta.get('method', 'policy')}) merged into {base_path}\n")
+    try:  # the ranks of a multi-process run may merge at once: the first in place wins
+        os.replace(partial, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 # A mixture of experts' router (Mixtral's block_sparse_moe.gate, Qwen-MoE's mlp.gate and
 # shared_expert_gate, GPT-OSS's router) is a linear layer too, but adapting it moves which experts
 # a token goes to: LoRA leaves it alone. Llama's gate_proj and Phi-3's gate_up_proj are not routers.
@@ -76,8 +131,12 @@ def convert_default_model(target: Path) -> Path:
 
 def local_folder(name: str, models_dir: str | Path) -> Path:
     """Where a model named `name` is (or would be) on this machine: the default model's converted
-    folder, or the path it names (which may not exist: a hub id)."""
-    return Path(models_dir) / DEFAULT_CACHE_NAME if name == DEFAULT_MODEL else Path(name).expanduser()
+    folder, or the path it names (which may not exist: a hub id); for a trained policy's adapter,
+    the folder of its base (its architecture, size and tokenizer's GGUF readiness are the base's)."""
+    if name == DEFAULT_MODEL:
+        return Path(models_dir) / DEFAULT_CACHE_NAME
+    meta = adapter_meta(name)
+    return local_folder(meta["base_path"], models_dir) if meta else Path(name).expanduser()
 
 
 def check_model_name(name: str) -> None:
@@ -88,8 +147,12 @@ def check_model_name(name: str) -> None:
     if not name.strip():
         raise ModelError(f"name a base model: {DEFAULT_MODEL}, a model folder or a hub id (owner/name)")
     path = Path(name).expanduser()
+    meta = adapter_meta(path)
+    if meta is not None and meta.get("kind") != "policy":
+        raise ModelError(f"{path}: a reward model scores answers and cannot be trained on as a base; start from a "
+                         "base model or a trained policy")
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and meta is None:
             raise ModelError(f"{path}: not a model folder (no config.json)")
     elif name.count("/") != 1 or name.startswith((".", "/")):
         raise ModelError(f"{name}: no such model folder, and not a hub id (owner/name)")
@@ -127,6 +190,8 @@ def resolve_model(name: str, models_dir: str | Path) -> str:
             convert_default_model(target)
         return str(target)
     path = Path(name).expanduser()
+    if adapter_meta(path) is not None:
+        return str(merged_policy(path, models_dir))
     return str(path) if path.exists() else name
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.models import Placement, load_kwargs, load_tokenizer, rank_device, right_padded
-
-STUDIO_META = "studio_model.json"  # beside an adapter: what kind of model it is and its base
+from pipelines.models import STUDIO_META, Placement, load_kwargs, load_tokenizer, rank_device, right_padded
 
 
 def write_meta(adapter_dir: str | Path, kind: str, base: str, base_path: str, method: str | None = None) -> None:

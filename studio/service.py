@@ -116,6 +116,28 @@ def _pair_inputs(runner: Runner, m: Method, dataset, eval_dataset, judge_run, ju
     return {}, files
 
 
+def base_named(store, name: str) -> str:
+    """The base a run starts from: a trained policy's name (`sft-run3`, a previous round's policy)
+    becomes its adapter's folder, which the pipeline merges into its base once and trains on, as
+    its reference too; any other name (default, a folder, a hub id) is kept as it is."""
+    import re
+
+    model = model_named(store, name)
+    if model is None:
+        run = re.fullmatch(r"([a-z]+)-run(\d+)", name)
+        if run and run.group(1) in METHODS:
+            status = store.scalar("SELECT status FROM runs WHERE id = ?", [int(run.group(2))])
+            why = f"run {run.group(2)} {status}" if status else f"there is no run {run.group(2)}"
+            raise RunError(f"no trained model named '{name}' ({why}); start from a policy a run has trained")
+        return name
+    if model["purpose"] == "reward":
+        raise RunError(f"'{name}' is a reward model: it scores answers and cannot be trained on as a base; start "
+                       "from a base model or a trained policy")
+    if model["kind"] == "gguf":
+        raise RunError(f"'{name}' is a GGUF file for llama.cpp; start from the policy it was exported from")
+    return model["path"]
+
+
 def start_training(runner: Runner, method: str, dataset: str | None = None, eval_dataset: str | None = None,
                    prompts: str | None = None, reward_run: int | None = None, judge_run: int | None = None,
                    judge_split: bool = False, force: bool = False, bundle: str | Path | None = None,
@@ -141,6 +163,8 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
         fields, files = _pair_inputs(runner, m, dataset, eval_dataset, judge_run, judge_split)
     models_dir = str(runner.workspace.models_dir)
     given = {k: v for k, v in settings.items() if k != "models_dir"}
+    if given.get("base"):
+        given["base"] = base_named(runner.store, given["base"])
     config = make_config(m.config, m.label, models_dir=models_dir, **fields,
                          **({"judge_split": "proxy"} if judge_split else {}),
                          **training_settings(m, given, models_dir))

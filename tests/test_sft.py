@@ -118,3 +118,53 @@ def test_a_packed_row_scores_each_conversation_as_if_it_were_alone(tmp_path, tin
         second = batch["input_ids"][:, starts[1]:starts[2] if len(starts) > 2 else None]
         alone = model(input_ids=second).logits[0]
     assert torch.allclose(packed[starts[1]:starts[1] + alone.shape[0]], alone, atol=1e-5)
+
+
+def test_dpo_from_an_sft_model_has_the_sft_model_as_its_reference(workspace, store, tmp_path, tiny_model):
+    """`--base sft-runN`: the SFT adapter is merged into its base once, and DPO trains on that and
+    measures its reference log-probs there, not on the original base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.dpo import DPOTrainConfig, make_trainer
+    from pipelines.training import read_pairs
+    from studio.runner import RunError
+
+    import_file(store, arithmetic_pairs(tmp_path, n=8), "sums")
+    runner = Runner(store, workspace)
+    small = dict(max_length=128, lora_r=4, lora_alpha=8, eval_share=0.0, batch_size=4)
+    sft = service.start_training(runner, "sft", "sums", base=str(tiny_model), max_steps=3, learning_rate=5e-2,
+                                 **small).run_id
+    assert runner.wait(sft)["status"] == "succeeded"
+    dpo = service.start_training(runner, "dpo", "sums", base=f"sft-run{sft}", max_steps=1, **small).run_id
+    run = runner.wait(dpo)
+    assert run["status"] == "succeeded", run["message"]
+    sft_folder = workspace.runs_dir / str(sft) / "model"
+    assert json.loads(run["config"])["base"] == str(sft_folder)
+    assert store.scalar("SELECT base FROM models WHERE run_id = ?", [dpo]) == str(sft_folder)  # the lineage
+
+    # The reference TRL computes for the DPO run: the SFT model's log-probs, not the base's.
+    config = DPOTrainConfig(base=str(sft_folder), models_dir=str(workspace.models_dir), device="cpu", **small)
+    trainer, _ = make_trainer(config, tmp_path / "dpo", read_pairs(Path(run["folder"]) / "inputs.parquet"), [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    reference = torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+
+    def log_probs(model):
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        per_token = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        return (per_token * batch["completion_mask"][:, 1:]).sum(-1)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    assert not torch.allclose(reference, log_probs(base), atol=1e-2)
+    sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(sft_folder)).eval()
+    assert torch.allclose(reference, log_probs(sft_model), atol=1e-3)
+
+    # What cannot be a base is said before a run exists.
+    rm = service.start_training(runner, "rm", "sums", base=str(tiny_model), max_steps=1, **small).run_id
+    assert runner.wait(rm)["status"] == "succeeded"
+    with pytest.raises(RunError, match=f"'rm-run{rm}' is a reward model"):
+        service.start_training(runner, "dpo", "sums", base=f"rm-run{rm}", max_steps=1, **small)
+    with pytest.raises(RunError, match="no trained model named 'sft-run99' \\(there is no run 99\\)"):
+        service.start_training(runner, "dpo", "sums", base="sft-run99", max_steps=1, **small)
