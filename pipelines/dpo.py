@@ -39,6 +39,9 @@ class DPOTrainConfig(PairTrainSettings):
     beta: float = setting(0.1, "strength of the pull to the base: higher keeps the policy closer", label="Beta")
     loss_type: str = setting("sigmoid", "sigmoid (DPO), ipo, hinge, sigmoid_norm (length-normalised)",
                              choices=LOSS_TYPES, label="DPO loss")
+    sft_weight: float = setting(0.0, "weight of the chosen answers' language-model loss added to the DPO loss (TRL's "
+                                "multi-loss [sigmoid, sft], as RPO): keeps the chosen answers likely; 0 leaves it out",
+                                label="SFT term weight", advanced=True)
     precompute_ref_log_probs: bool = setting(False, "reference log-probs once, before training (each step then "
                                              "runs the policy only)", label="Precompute reference log-probs")
 
@@ -48,9 +51,18 @@ class DPOTrainConfig(PairTrainSettings):
             raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, not {self.beta}")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be 0 or more, not {self.sft_weight}")
 
 
 CHUNK_SETTING = "_CHUNKED_LOGPROB_CHUNK_SIZE"  # TRL's tokens per chunk of its fused log-probabilities
+
+
+def losses(config: DPOTrainConfig) -> dict:
+    """TRL's loss types and their weights: the DPO loss, and the SFT term on the chosen answers when weighted."""
+    if not config.sft_weight:
+        return {"loss_type": [config.loss_type]}
+    return {"loss_type": [config.loss_type, "sft"], "loss_weights": [1.0, config.sft_weight]}
 
 
 def make_trainer(config: DPOTrainConfig, run_dir, train: list[dict], held_out: list[dict]):
@@ -71,7 +83,7 @@ def make_trainer(config: DPOTrainConfig, run_dir, train: list[dict], held_out: l
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
     args = DPOConfig(**trainer_arguments(config, placement, run_dir, has_eval=bool(held_out)),
-                     beta=config.beta, loss_type=[config.loss_type], max_length=config.max_length,
+                     beta=config.beta, max_length=config.max_length, **losses(config),
                      precompute_ref_log_probs=config.precompute_ref_log_probs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=pair_dataset(train, cut_flags=True),
                          eval_dataset=pair_dataset(held_out, cut_flags=True) if held_out else None,

@@ -69,7 +69,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            summary="LoRA on the policy trained directly on the pairs (TRL's DPOTrainer), the base with its "
                    "adapter disabled as the reference",
            plotted=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                    "eval_rewards/margins"),
+                    "eval_rewards/margins", "logps/chosen"),
            plotted_first=("rewards/margins", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
                           "eval_rewards/margins"), shape=Shape(sequences=2, logits="chunk")),
     Method("kto", "KTO", "pipelines.kto", KTOTrainConfig, reads="verdicts", makes="policy",

@@ -168,3 +168,25 @@ def test_dpo_from_an_sft_model_has_the_sft_model_as_its_reference(workspace, sto
         service.start_training(runner, "dpo", "sums", base=f"rm-run{rm}", max_steps=1, **small)
     with pytest.raises(RunError, match="no trained model named 'sft-run99' \\(there is no run 99\\)"):
         service.start_training(runner, "dpo", "sums", base="sft-run99", max_steps=1, **small)
+
+
+def test_dpo_with_an_sft_term_adds_the_chosen_answers_language_model_loss(workspace, store, tmp_path, tiny_model):
+    """At the first step the policy is its reference, so the DPO loss is log 2; the SFT term adds
+    its weight times the chosen answers' mean token loss (about log of the vocabulary, 10.8, for
+    the random tiny model)."""
+    import math
+
+    import_file(store, arithmetic_pairs(tmp_path, n=8), "sums")
+    runner = Runner(store, workspace)
+    first_loss = {}
+    for weight in (0.0, 0.5):
+        run_id = service.start_training(runner, "dpo", "sums", base=str(tiny_model), max_steps=1, batch_size=4,
+                                        max_length=128, lora_r=4, lora_alpha=8, eval_share=0.0,
+                                        sft_weight=weight).run_id
+        assert runner.wait(run_id)["status"] == "succeeded"
+        first_loss[weight] = store.scalar("SELECT value FROM run_metrics WHERE run_id = ? AND name = 'loss' AND "
+                                          "step = 1", [run_id])
+        logged = {r["name"] for r in store.query("SELECT DISTINCT name FROM run_metrics WHERE run_id = ?", [run_id])}
+        assert "logps/chosen" in logged
+    assert first_loss[0.0] == pytest.approx(math.log(2), abs=1e-3)
+    assert 0.5 * 9.5 < first_loss[0.5] - first_loss[0.0] < 0.5 * 12
