@@ -58,13 +58,14 @@ class ExportReport:
     pairs: int
     left_out: dict[str, int]  # pairs without a preference, by why: unlabelled, tie, both-bad, skip, split
     decided_by: dict[str, int] | None = None  # pairs written, by whose verdict: people, file, judge
+    what: str = "pairs"  # or "demonstrations": a dataset of prompts with their answers, for SFT
 
     @property
     def without_preference(self) -> int:
         return sum(self.left_out.values())
 
     def summary(self) -> str:
-        text = f"wrote {self.pairs:,} pairs to {self.path}"
+        text = f"wrote {self.pairs:,} {self.what} to {self.path}"
         if self.decided_by:
             text += (
                 " (" + ", ".join(f"{n:,} from {DECIDED_BY[who]}" for who, n in sorted(self.decided_by.items())) + ")"
@@ -152,6 +153,24 @@ def preference_records(store: Store, dataset: str | None = None,
     return records, left_out
 
 
+def demonstration_records(store: Store, dataset: str) -> list[dict]:
+    """The demonstrations of a dataset, for supervised fine-tuning: each of its prompts with an
+    answer that came with it in an imported file (a demonstrations import; an instruction's
+    output; a conversation's last assistant turns), as {prompt_id, prompt, completion} (message
+    lists), in the order stored. Generated candidates and the sides of pairs are not answers to
+    imitate and are left out, and so are empty answers."""
+    rows = store.query("""
+        SELECT p.id AS prompt_id, p.messages::VARCHAR AS prompt, r.messages::VARCHAR AS completion
+        FROM responses r JOIN prompts p ON p.id = r.prompt_id
+        JOIN dataset_prompts dp ON dp.prompt_id = p.id
+        JOIN datasets d ON d.id = dp.dataset_id AND d.name = ?
+        WHERE r.generation IS NULL AND r.model IS NULL AND NOT r.is_empty
+          AND r.id NOT IN (SELECT first_id FROM pairs UNION ALL SELECT second_id FROM pairs)
+        ORDER BY p.rowid, r.rowid""", [dataset])
+    return [{"prompt_id": r["prompt_id"], "prompt": json.loads(r["prompt"]), "completion": json.loads(r["completion"])}
+            for r in rows]
+
+
 def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
                  fmt: str = "conversational", annotators: str = "all") -> ExportReport:
     """Write the pairs (of one dataset, or all) to `out` (.jsonl or .parquet), atomically."""
@@ -168,6 +187,15 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
         decided_by[r["decided_by"]] = decided_by.get(r["decided_by"], 0) + 1
     records = [_as_text(r["prompt"], r["chosen"], r["rejected"]) if fmt == "trl"
                else {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in pairs]
+    what = "pairs"
+    if not records and not left_out and dataset is not None:
+        # A dataset of demonstrations: TRL's prompt-completion records (conversational, or plain text
+        # for one user turn and one answer with --format trl), what its SFTTrainer reads.
+        what = "demonstrations"
+        records = [{"prompt": r["prompt"][0]["content"], "completion": r["completion"][0]["content"]}
+                   if fmt == "trl" and len(r["prompt"]) == 1 and len(r["completion"]) == 1 and
+                   r["prompt"][0]["role"] == "user" else {"prompt": r["prompt"], "completion": r["completion"]}
+                   for r in demonstration_records(store, dataset)]
 
     partial = out.with_name(out.name + ".partial")
     try:
@@ -187,4 +215,4 @@ def export_pairs(store: Store, out: str | Path, dataset: str | None = None,
             partial.unlink(missing_ok=True)
         except OSError:
             pass  # its folder could not be made: there is no partial file
-    return ExportReport(str(out), len(records), left_out, decided_by)
+    return ExportReport(str(out), len(records), left_out, decided_by, what)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 Messages = list[dict]
 
-FORMATS = ("auto", "preference", "hh", "prompts")
+FORMATS = ("auto", "preference", "hh", "prompts", "demonstrations")
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
          "gpt": "assistant", "bot": "assistant", "model": "assistant", "chatgpt": "assistant"}
 
@@ -150,6 +150,8 @@ def detect_format(record: dict) -> str:
     if "chosen" in record or "rejected" in record:
         sides = (record.get("chosen"), record.get("rejected"), record.get("prompt"))
         return "hh" if any(looks_like_hh(s) for s in sides) else "preference"
+    if "completion" in record:
+        return "demonstrations"
     if any(k in record for k in ("prompt", "instruction", "conversations", "messages")):
         return "prompts"
     raise BadRecord("cannot tell the format: expected columns 'chosen'/'rejected' (pairs) or "
@@ -220,5 +222,43 @@ def parse_prompt_record(record: dict) -> PromptRecord:
     return PromptRecord(_check_prompt(chat[:last_user + 1]), rest or None)
 
 
+def _check_turns(chat: Messages, column: str) -> None:
+    """An optional system turn, then user and assistant turns in turn."""
+    roles = [m["role"] for m in chat]
+    body = roles[1:] if roles[:1] == ["system"] else roles
+    if body != (["user", "assistant"] * len(body))[:len(body)]:
+        raise BadRecord(f"'{column}': roles out of order ({', '.join(roles)}); a conversation is an optional system "
+                        "turn, then user and assistant turns in turn")
+
+
+def parse_demonstration_record(record: dict) -> PromptRecord:
+    """A demonstration: a prompt and the answer to learn (SFT). `prompt` and `completion` (text or
+    messages), `instruction` (+ `input`) and `output`, or a `messages` / `conversations`
+    conversation ending on the assistant's answer (every assistant turn of it is trained)."""
+    if "completion" in record:
+        prompt, completion = record.get("prompt"), record.get("completion")
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+            raise BadRecord("empty prompt")
+        prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else \
+            _messages(prompt, "prompt")
+        if completion is None or (isinstance(completion, str) and not completion.strip()):
+            raise BadRecord("empty completion: a demonstration needs the answer to learn")
+        answer = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else \
+            _messages(completion, "completion")
+        _check_turns(prompt_messages + answer, "prompt + completion")
+        if answer[-1]["role"] != "assistant":
+            raise BadRecord("the completion ends on a user turn, not on an answer to learn")
+        return PromptRecord(_check_prompt(prompt_messages), answer)
+    if "instruction" in record and not (isinstance(record.get("output"), str) and record["output"].strip()):
+        raise BadRecord("empty output: a demonstration needs the answer to learn")
+    item = parse_prompt_record(record)
+    if item.reference is None:
+        raise BadRecord("the conversation ends on a user turn, not on an answer to learn")
+    _check_turns(item.prompt + item.reference, "conversations" if "conversations" in record else "messages")
+    if not item.reference[-1]["content"].strip():
+        raise BadRecord("empty answer: the conversation's last assistant turn has no text")
+    return item
+
+
 PARSERS = {"preference": parse_preference_record, "hh": parse_hh_record,
-           "prompts": parse_prompt_record}
+           "prompts": parse_prompt_record, "demonstrations": parse_demonstration_record}

@@ -86,7 +86,8 @@ class ImportReport:
     def summary(self) -> str:
         kept = f"{self.pairs} pairs" if self.pairs or not self.prompts_only else ""
         if self.prompts_only:
-            kept += (", " if kept else "") + f"{self.prompts_only} prompts"
+            what = "demonstrations" if self.format == "demonstrations" else "prompts"
+            kept += (", " if kept else "") + f"{self.prompts_only} {what}"
         if not self.written:
             if not self.rows and self.errors:  # the file as a whole: say why
                 return f"{self.file}: nothing imported ({self.errors[0].reason})"
@@ -579,7 +580,7 @@ def _read_and_write(store: Store, path: Path, import_id: str, report: ImportRepo
                 if parser is None:
                     report.format = detect_format(record)
                     # HH transcripts and TRL rows may mix (a TRL text export does that)
-                    parser = PARSERS["prompts" if report.format == "prompts" else "preference"]
+                    parser = PARSERS[report.format if report.format in ("prompts", "demonstrations") else "preference"]
                 item = parser(record)
             except BadRecord as e:
                 report.errors.append(RowError(str(path), line, str(e)))

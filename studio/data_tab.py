@@ -13,6 +13,7 @@ import gradio as gr
 
 from common.errors import StudioError
 from store import EXPORT_FORMATS, ExportError, ImportFailed, Store, export_pairs, import_file
+from store.exports import demonstration_records
 from store.pairs import (
     PAGE_SIZE,
     CurationError,
@@ -97,7 +98,10 @@ def prompts_page(store: Store, dataset: str, search: str, page: int) -> tuple[li
     table = [[first + i + 1, preview(r["prompt"]), f"{r['answers']:,} answers" if r["answers"] else "no answers yet",
               "", "", 0] for i, r in enumerate(rows)]
     matching = f" matching '{search.strip()}'" if search.strip() else ""
-    hint = (" It has no pairs yet: generate candidate answers in the Build dataset tab, then score and filter "
+    demonstrations = len(demonstration_records(store, dataset))
+    hint = (f" It holds {demonstrations:,} demonstrations (prompts imported with their answers): fine-tune on them "
+            "in the Train tab (SFT), or generate candidates in the Build dataset tab to make pairs." if demonstrations
+            else " It has no pairs yet: generate candidate answers in the Build dataset tab, then score and filter "
             "them into pairs.")
     if not total:
         return [], [], f"No prompts{matching} in '{dataset}'.", 1

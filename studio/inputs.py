@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 
 from store import Store
 from store.db import prompt_key
-from store.exports import ExportError, preference_records, unpaired_records
+from store.exports import ExportError, demonstration_records, preference_records, unpaired_records
 from store.pairs import seeded_order
 from store.queries import dataset_prompts
 from studio.kinds import RunError
@@ -46,6 +46,23 @@ def training_records(store: Store, dataset: str, reads: str) -> list[dict]:
         why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "it holds no pairs"
         raise RunError(f"dataset '{dataset}' has no {what} to train on ({why})")
     return [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in records]
+
+
+def sft_records(store: Store, dataset: str) -> list[dict]:
+    """What SFT learns from in a dataset: the preferred answers of its labelled pairs (rows as
+    `training_records` gives them), else its demonstrations (prompt, completion)."""
+    try:
+        pairs, left_out = preference_records(store, dataset)
+    except ExportError as e:
+        raise RunError(str(e)) from None
+    if pairs:
+        return [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in pairs]
+    shown = demonstration_records(store, dataset)
+    if shown:
+        return [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in shown]
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items())) or "no pairs"
+    raise RunError(f"dataset '{dataset}' has neither pairs with a preference ({why}) nor demonstrations (prompts "
+                   "imported with their answers) to fine-tune on")
 
 
 def split_by_prompt(records: list[dict], seed: int) -> tuple[list[dict], list[dict]]:

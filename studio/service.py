@@ -24,7 +24,15 @@ from pipelines.training import parameter_count, placement_of, suggested_settings
 from store.models import model_named, model_path, reward_model_at, trained_adapter
 from store.queries import dataset_pair_texts, unscored_responses
 from studio.bundles import write_bundle
-from studio.inputs import EVAL_INPUTS, dataset_id, prompts_of, split_by_prompt, trained_prompts, training_records
+from studio.inputs import (
+    EVAL_INPUTS,
+    dataset_id,
+    prompts_of,
+    sft_records,
+    split_by_prompt,
+    trained_prompts,
+    training_records,
+)
 from studio.judging import check_independent, checked_guideline, gguf_models, llm_judge_file
 from studio.kinds import RunError, make_config
 from studio.methods import METHODS, Method
@@ -109,9 +117,12 @@ def _pair_inputs(runner: Runner, m: Method, dataset, eval_dataset, judge_run, ju
         raise RunError(f"{m.label} needs a dataset of pairs")
     if judge_split and eval_dataset:
         raise RunError("a judge split holds out a share of each half: leave the eval dataset out")
-    files = {"inputs": training_records(runner.store, dataset, m.reads)}
+    def records(name):
+        return sft_records(runner.store, name) if m.name == "sft" else training_records(runner.store, name, m.reads)
+
+    files = {"inputs": records(dataset)}
     if eval_dataset:
-        files[EVAL_INPUTS] = training_records(runner.store, eval_dataset, m.reads)
+        files[EVAL_INPUTS] = records(eval_dataset)
         return {"eval_inputs": EVAL_INPUTS}, files
     return {}, files
 

@@ -190,3 +190,74 @@ def test_dpo_with_an_sft_term_adds_the_chosen_answers_language_model_loss(worksp
         assert "logps/chosen" in logged
     assert first_loss[0.0] == pytest.approx(math.log(2), abs=1e-3)
     assert 0.5 * 9.5 < first_loss[0.5] - first_loss[0.0] < 0.5 * 12
+
+
+def write_demonstrations(path: Path) -> Path:
+    rows = [{"prompt": f"What is {i} times 2?", "completion": f"{i} times 2 is {2 * i}."} for i in range(6)]
+    rows += [{"messages": [{"role": "system", "content": "Answer in one line."},
+                           {"role": "user", "content": f"Spell {w}."}, {"role": "assistant", "content": w.upper()},
+                           {"role": "user", "content": "Backwards?"}, {"role": "assistant", "content": w[::-1]}]}
+             for w in ("cat", "sun", "map", "tea")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_demonstrations_import_with_their_answers_and_sft_learns_every_assistant_turn(workspace, store, tmp_path,
+                                                                                    tiny_model):
+    report = import_file(store, write_demonstrations(tmp_path / "demos.jsonl"), "demos")
+    assert (report.format, report.prompts_only) == ("demonstrations", 10)
+    assert "imported 10 demonstrations into dataset 'demos'" in report.summary()
+    runner = Runner(store, workspace)
+    run_id = service.start_training(runner, "sft", "demos", base=str(tiny_model), max_steps=2, batch_size=4,
+                                    max_length=128, lora_r=4, lora_alpha=8, eval_share=0.2).run_id
+    run = runner.wait(run_id)
+    assert run["status"] == "succeeded", run["message"]
+    inputs = pq.read_table(Path(run["folder"]) / "inputs.parquet").to_pylist()
+    assert len(inputs) == 10 and {"prompt_id", "prompt", "completion"} <= set(inputs[0])
+    spelled = next(json.loads(r["prompt"]) + json.loads(r["completion"]) for r in inputs if "cat" in r["prompt"])
+    assert [m["role"] for m in spelled] == ["system", "user", "assistant", "user", "assistant"]
+    assert "training on 8 conversations, evaluating on 2" in (Path(run["folder"]) / "events.jsonl").read_text()
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"prompt": "Hi", "completion": " "}, "empty completion"),
+    ({"prompt": "Hi", "completion": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},
+     "ends on a user turn"),
+    ({"prompt": "Hi", "completion": [{"role": "user", "content": "a"}]}, "roles out of order"),
+    ({"messages": [{"role": "user", "content": "Hi"}]}, "ends on a user turn"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hi?"},
+                   {"role": "assistant", "content": "Yes"}]}, "roles out of order"),
+    ({"instruction": "Say hi", "output": ""}, "empty output"),
+])
+def test_a_bad_demonstration_is_named_by_file_and_line_and_nothing_is_written(store, tmp_path, row, reason):
+    from store import ImportFailed
+
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"prompt": "Fine", "completion": "Yes."}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ImportFailed) as failed:
+        import_file(store, path, "demos", fmt="demonstrations")
+    assert [(e.line, reason in e.reason) for e in failed.value.report.errors] == [(2, True)]
+    assert store.stats()["prompts"] == 0
+
+
+def test_sft_on_a_dataset_with_neither_pairs_nor_demonstrations_is_refused_in_a_sentence(workspace, store, tmp_path):
+    from studio.runner import RunError
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "Hello?"}) + "\n")
+    import_file(store, path, "asks")
+    with pytest.raises(RunError, match="dataset 'asks' has neither pairs with a preference .* nor demonstrations"):
+        service.start_training(Runner(store, workspace), "sft", "asks")
+    assert store.stats()["runs"] == 0
+
+
+def test_demonstrations_export_for_trl_as_prompt_completion_records(store, tmp_path):
+    from store import export_pairs
+
+    import_file(store, write_demonstrations(tmp_path / "demos.jsonl"), "demos")
+    report = export_pairs(store, tmp_path / "out.jsonl", "demos", fmt="trl")
+    assert report.summary().startswith("wrote 10 demonstrations to")
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[0] == {"prompt": "What is 0 times 2?", "completion": "0 times 2 is 0."}  # plain text: one turn each
+    assert [m["role"] for m in rows[-1]["prompt"]] == ["system", "user", "assistant", "user"]
+    assert rows[-1]["completion"] == [{"role": "assistant", "content": "aet"}]
