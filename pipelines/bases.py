@@ -47,8 +47,9 @@ def family_of(config: dict) -> str:
     return (config.get("architectures") or [config.get("model_type") or "an unnamed architecture"])[0]
 
 
-def check_base(folder: str | Path) -> None:
-    """A ModelError naming the folder and what is missing, for a base no pipeline could train."""
+def check_base(folder: str | Path, template_given: bool = False) -> None:
+    """A ModelError naming the folder and what is missing, for a base no pipeline could train.
+    `template_given`: the run gives the base a chat format (SFT), so it may have none of its own."""
     from transformers import AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -64,10 +65,13 @@ def check_base(folder: str | Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001 - any failure to load is the folder's, and is named
         raise ModelError(f"{folder}: its tokenizer cannot be loaded ({type(e).__name__}: {e})") from None
+    if template_given:
+        return
     if not tokenizer.chat_template:
-        raise ModelError(f"{folder}: its tokenizer has no chat template, so prompts cannot be written as the model "
-                         "expects them; pick the instruct (chat) version of the model, or add a chat_template to its "
-                         "tokenizer_config.json")
+        raise ModelError(f"{folder}: its tokenizer has no chat template (a pretrained base, not a chat model), so "
+                         "prompts cannot be written as the model expects them; fine-tune it first with a chat format "
+                         "(alignstudio train sft --chat-format chatml, or the Train tab's SFT with a Chat format), "
+                         "then start from that model (--base sft-runN); or pick the instruct (chat) version")
     try:
         tokenizer.apply_chat_template(SAMPLE, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # noqa: BLE001 - a Jinja template can raise anything

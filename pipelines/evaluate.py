@@ -24,7 +24,16 @@ from common.errors import StudioError
 from common.stats import length_controlled
 from pipelines.judges import OUTCOME, RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
 from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, check_guideline, judge_summary
-from pipelines.models import choose_placement, end_ids, first_end, load_kwargs, load_tokenizer, resolve_model
+from pipelines.models import (
+    adapter_tokenizer_source,
+    attach_adapter,
+    choose_placement,
+    end_ids,
+    first_end,
+    load_kwargs,
+    load_tokenizer,
+    resolve_model,
+)
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -111,7 +120,6 @@ def answer_kl(model, tokenizer, prompt: list[dict], ids: list[int], device: str)
 
 def run(config: EvaluateConfig, log: RunLog) -> None:
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     run_dir = log.path.parent
@@ -125,9 +133,9 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     meta = read_meta(config.policy_adapter)
     base_path = resolve_model(meta["base"], config.models_dir)
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
-    tokenizer = load_tokenizer(base_path)
+    tokenizer = load_tokenizer(adapter_tokenizer_source(config.policy_adapter, base_path))
     base = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs(placement))  # straight onto the device
-    policy = PeftModel.from_pretrained(base, config.policy_adapter).to(placement.device).eval()
+    policy = attach_adapter(base, config.policy_adapter).to(placement.device).eval()
 
     log.event("running", step=0, total=4, message=f"answering {len(prompts)} prompts with the policy")
     sampling = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, batch_size=config.batch_size)

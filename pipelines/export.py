@@ -27,7 +27,7 @@ from jinja2 import TemplateError
 from common.errors import StudioError
 from pipelines.bases import converter_sentence, generation_end_ids, gguf_readiness, read_config
 from pipelines.chat import load_llama
-from pipelines.models import resolve_model
+from pipelines.models import adapter_tokenizer_source, attach_adapter, end_ids, resolve_model
 from pipelines.reward_model import read_meta
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import MODELS_DIR_HELP, setting
@@ -72,7 +72,6 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
     if not config.adapter:
         return Path(resolve_model(config.base, config.models_dir))
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = read_meta(config.adapter)
@@ -84,11 +83,13 @@ def merged_model(config: ExportConfig, out: Path, log: RunLog) -> Path:
     # GPU where there is one; the GGUF is written in 16 bits anyway.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = AutoModelForCausalLM.from_pretrained(meta["base_path"], dtype="auto", device_map={"": device})
-    merged = PeftModel.from_pretrained(base, config.adapter).merge_and_unload()
+    merged = attach_adapter(base, config.adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_tokenizer_source(config.adapter, meta["base_path"]))
+    merged.generation_config.eos_token_id = end_ids(merged, tokenizer)  # a chat format's end of turn too
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(meta["base_path"]).save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
     for name in TOKENIZER_EXTRAS:
         if (Path(meta["base_path"]) / name).is_file() and not (partial / name).exists():
             shutil.copy2(Path(meta["base_path"]) / name, partial / name)

@@ -46,6 +46,28 @@ def adapter_meta(path: str | Path) -> dict | None:
         return None
 
 
+def adapter_tokenizer_source(adapter: str | Path, base_path: str | Path) -> str:
+    """Where a trained policy's tokenizer is: beside its adapter (saved by the trainer; SFT may have
+    given it a chat format and new tokens), else its base's."""
+    return str(adapter) if (Path(adapter) / "tokenizer_config.json").is_file() else str(base_path)
+
+
+def attach_adapter(base, adapter: str | Path):
+    """`base` with a trained adapter on it (PEFT), its embeddings first grown to the adapter's
+    tokenizer where SFT added tokens (a chat format given to a base without one)."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from pipelines.chat_formats import load_new_rows
+
+    if (Path(adapter) / "tokenizer_config.json").is_file():
+        size = len(AutoTokenizer.from_pretrained(str(adapter)))
+        if size > base.get_input_embeddings().num_embeddings:
+            base.resize_token_embeddings(size)
+    load_new_rows(base, adapter)
+    return PeftModel.from_pretrained(base, str(adapter))
+
+
 def merged_policy(adapter: str | Path, models_dir: str | Path) -> Path:
     """A trained policy as a plain model folder, so that any method can start from it (an SFT model,
     a previous round's policy): its adapter merged into its base once, in the base's dtype, and
@@ -63,16 +85,17 @@ def merged_policy(adapter: str | Path, models_dir: str | Path) -> Path:
     target = Path(models_dir) / MERGED_POLICIES / f"{adapter.parent.name}-{adapter.name}-{digest}"
     if (target / "config.json").is_file():
         return target
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_path = resolve_model(meta["base_path"], models_dir)  # itself a trained policy's, for SFT after SFT
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
-    PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(partial)
-    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else base_path
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(partial)
+    merged = attach_adapter(base, adapter).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_tokenizer_source(adapter, base_path))
+    merged.generation_config.eos_token_id = end_ids(merged, tokenizer)  # a chat format's end of turn too
+    merged.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
     (partial / "SOURCE.txt").write_text(f"{adapter} ({meta.get('method', 'policy')}) merged into {base_path}\n")
     try:  # the ranks of a multi-process run may merge at once: the first in place wins
         os.replace(partial, target)

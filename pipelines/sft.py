@@ -22,12 +22,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipelines.chat_formats import CHAT_FORMATS, KEEP, give_chat_format, load_new_rows, save_new_rows, train_new_rows
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import redefault, setting
 from pipelines.training import (
     PairTrainSettings,
     base_and_tokenizer,
     end_of_turn_ids,
+    last_checkpoint,
     lora_config,
     model_kwargs,
     placement_of,
@@ -49,6 +51,10 @@ class SFTTrainConfig(PairTrainSettings):
                                      "SFT's LoRA takes a larger step than the preference methods'")
     completion_only: bool = setting(True, "loss on the assistant's tokens only (every assistant turn); off: on the "
                                     "whole text, prompts included", label="Loss on answers only")
+    chat_format: str = setting(KEEP, "auto: the base's own chat template; or a format to give a base that has none "
+                               f"(a pretrained base): {', '.join(CHAT_FORMATS)}; its special tokens are added and "
+                               "trained, and the template is saved with the model", choices=(KEEP, *CHAT_FORMATS),
+                               label="Chat format")
     packing: bool = setting(False, "pack several conversations into each row of max_length tokens (TRL's best-fit "
                             "packing, padding-free): no step is spent on padding", label="Packing")
 
@@ -134,6 +140,7 @@ def make_trainer(config: SFTTrainConfig, run_dir: Path, train: list[dict], held_
     placement = placement_of(config)
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
+    added = give_chat_format(tokenizer, model, config.chat_format) if config.chat_format != KEEP else []
     arguments = trainer_arguments(config, placement, run_dir, has_eval=bool(held_out))
     if config.packing:  # packed rows are all max_length long: nothing to group
         arguments.pop("train_sampling_strategy", None)
@@ -142,7 +149,21 @@ def make_trainer(config: SFTTrainConfig, run_dir: Path, train: list[dict], held_
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft_dataset(tokenizer, train),
                          eval_dataset=sft_dataset(tokenizer, held_out) if held_out else None,
                          processing_class=tokenizer, peft_config=lora_config(config, "CAUSAL_LM"))
-    return trainer
+    if added:
+        train_new_rows(trainer.model, added)
+    return trainer, added
+
+
+def new_rows_callback(added: list[int]):
+    """Saves the new tokens' rows into each checkpoint beside the adapter (a resumed run reads them back)."""
+    from transformers import TrainerCallback
+
+    class SaveNewRows(TrainerCallback):
+        def on_save(self, args, state, control, model=None, **kwargs):
+            if state.is_world_process_zero:
+                save_new_rows(model, added, Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+    return SaveNewRows()
 
 
 def run(config: SFTTrainConfig, log: RunLog) -> None:
@@ -154,9 +175,14 @@ def run(config: SFTTrainConfig, log: RunLog) -> None:
         train, held_out = split(records, config.eval_share, config.seed)
     if not train:
         raise ValueError("no conversations to train on")
-    trainer = make_trainer(config, run_dir, train, held_out)
+    trainer, added = make_trainer(config, run_dir, train, held_out)
     callback = progress_callback(log)
     trainer.add_callback(callback)
+    if added:
+        trainer.add_callback(new_rows_callback(added))
+        checkpoint = last_checkpoint(run_dir)
+        if checkpoint:
+            load_new_rows(trainer.model, checkpoint)
     cut = sum(r["cut"] for r in train)
     message = f"training on {len(train)} conversations" + (f", evaluating on {len(held_out)}" if held_out else "")
     if cut:
@@ -167,6 +193,8 @@ def run(config: SFTTrainConfig, log: RunLog) -> None:
     final = train_and_save(trainer, callback, config, log, "policy", "sft", held_out, "eval_loss")
     if final is None:
         return
+    if added and trainer.accelerator.is_main_process:
+        save_new_rows(trainer.model, added, run_dir / config.output)
     said = f"eval loss {final['eval_loss']:.3f}" if "eval_loss" in final else "no eval conversations"
     log.event("succeeded", step=trainer.state.global_step,
               message=f"SFT trained ({trainer.state.global_step} steps); {said}")

@@ -199,13 +199,16 @@ def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
     return kwargs
 
 
-def lora_config(settings: TrainSettings, task_type: str, modules_to_save: list[str] | None = None):
+def lora_config(settings: TrainSettings, task_type: str, modules_to_save: list[str] | None = None,
+                trainable_token_indices: dict[str, list[int]] | None = None):
+    """LoRA on the targets; `trainable_token_indices`: embedding rows trained whole (new tokens)."""
     from peft import LoraConfig
 
     targets = settings.lora_targets
     return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                       target_modules=targets[0] if targets == ["all-linear"] else targets,
-                      exclude_modules=ROUTER_PATTERN, task_type=task_type, modules_to_save=modules_to_save)
+                      exclude_modules=ROUTER_PATTERN, task_type=task_type, modules_to_save=modules_to_save,
+                      trainable_token_indices=trainable_token_indices)
 
 
 def trainer_arguments(settings: TrainSettings, placement: Placement, run_dir: Path, has_eval: bool) -> dict:

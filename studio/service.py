@@ -17,7 +17,14 @@ from pipelines.export import QUANTS, ExportConfig
 from pipelines.generate import GenerateConfig
 from pipelines.judge_labels import JudgeLabelsConfig
 from pipelines.memory import MemoryPlan, base_config, free_gpu_gb, plan
-from pipelines.models import DEFAULT_MODEL, ModelError, check_hub_id_available, check_model_name, local_folder
+from pipelines.models import (
+    DEFAULT_MODEL,
+    ModelError,
+    adapter_meta,
+    check_hub_id_available,
+    check_model_name,
+    local_folder,
+)
 from pipelines.perplexity import PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.training import parameter_count, placement_of, suggested_settings
@@ -241,17 +248,19 @@ def check_placement(config) -> None:
     """The base model (a name that exists, a folder a pipeline can train: pipelines.bases), and the
     device, precision and 4-bit settings this machine can run, checked before a run exists."""
     try:
-        check_base_model(config.base, config.models_dir)
+        check_base_model(config.base, config.models_dir, getattr(config, "chat_format", "auto") != "auto")
         placement_of(config)
     except (ModelError, ValueError) as e:
         raise RunError(str(e)) from None
 
 
-def check_base_model(base: str, models_dir) -> None:
+def check_base_model(base: str, models_dir, template_given: bool = False) -> None:
     check_model_name(base)
     folder = local_folder(base, models_dir)
+    if adapter_meta(base) is not None:  # a trained policy: its tokenizer (and chat template) is beside its adapter
+        return
     if base != DEFAULT_MODEL and folder.is_dir():
-        check_base(folder)
+        check_base(folder, template_given)
     else:
         check_hub_id_available(base)
 

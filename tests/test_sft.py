@@ -81,8 +81,8 @@ def test_packing_fills_rows_with_several_conversations_and_trains_the_same_token
     records = read_conversations(tmp_path / "inputs.parquet")
     common = dict(base=str(tiny_model), models_dir=str(models_dir), device="cpu", max_length=128, lora_r=4,
                   lora_alpha=8, eval_share=0.0, max_steps=1)
-    plain = make_trainer(SFTTrainConfig(**common), tmp_path / "a", records, [])
-    packed = make_trainer(SFTTrainConfig(**common, packing=True), tmp_path / "b", records, [])
+    plain, _ = make_trainer(SFTTrainConfig(**common), tmp_path / "a", records, [])
+    packed, _ = make_trainer(SFTTrainConfig(**common, packing=True), tmp_path / "b", records, [])
     assert len(plain.train_dataset) == 12 and len(packed.train_dataset) < 12
 
     def trained(dataset):
@@ -107,7 +107,7 @@ def test_a_packed_row_scores_each_conversation_as_if_it_were_alone(tmp_path, tin
     config = SFTTrainConfig(base=str(tiny_model), models_dir=str(models_dir), device="cpu", max_length=128,
                             lora_r=4, lora_alpha=8, lora_dropout=0.0, eval_share=0.0, max_steps=1, packing=True,
                             batch_size=1)
-    trainer = make_trainer(config, tmp_path, read_conversations(tmp_path / "inputs.parquet"), [])
+    trainer, _ = make_trainer(config, tmp_path, read_conversations(tmp_path / "inputs.parquet"), [])
     batch = next(iter(trainer.get_train_dataloader()))
     positions = batch["position_ids"][0]
     starts = [i for i, p in enumerate(positions.tolist()) if p == 0]
@@ -261,3 +261,73 @@ def test_demonstrations_export_for_trl_as_prompt_completion_records(store, tmp_p
     assert rows[0] == {"prompt": "What is 0 times 2?", "completion": "0 times 2 is 0."}  # plain text: one turn each
     assert [m["role"] for m in rows[-1]["prompt"]] == ["system", "user", "assistant", "user"]
     assert rows[-1]["completion"] == [{"role": "assistant", "content": "aet"}]
+
+
+@pytest.fixture
+def templateless_model(tmp_path, tiny_model) -> Path:
+    """The tiny model as a pretrained base: its tokenizer has no chat template."""
+    import shutil
+
+    folder = tmp_path / "tiny-base"
+    shutil.copytree(tiny_model, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_base_without_a_chat_template_becomes_a_chat_model_by_sft_and_goes_on_to_dpo_gguf_and_llama_cpp(
+        workspace, store, tmp_path, templateless_model):
+    """Llama 3's format on a tokenizer that lacks its tokens: they are added (the embeddings grow,
+    the new rows are trained), the template is saved with the model, and from then on it is a chat
+    model: DPO starts from it, the export merges both, and llama.cpp chats in the template given."""
+    from transformers import AutoTokenizer
+
+    from pipelines.chat import load_llama
+    from studio.runner import RunError
+
+    import_file(store, arithmetic_pairs(tmp_path, n=8), "sums")
+    runner = Runner(store, workspace)
+    small = dict(max_length=128, lora_r=4, lora_alpha=8, eval_share=0.0, batch_size=4)
+    # Other methods refuse such a base, and name the next step.
+    with pytest.raises(RunError, match="has no chat template .* train sft --chat-format chatml"):
+        service.start_training(runner, "dpo", "sums", base=str(templateless_model), max_steps=1, **small)
+    with pytest.raises(RunError, match="has no chat template"):  # SFT too, without a format to give it
+        service.start_training(runner, "sft", "sums", base=str(templateless_model), max_steps=1, **small)
+    sft = service.start_training(runner, "sft", "sums", base=str(templateless_model), chat_format="llama3",
+                                 max_steps=2, learning_rate=1e-2, **small).run_id
+    run = runner.wait(sft)
+    assert run["status"] == "succeeded", run["message"]
+    saved = AutoTokenizer.from_pretrained(workspace.runs_dir / str(sft) / "model")
+    assert "<|start_header_id|>" in saved.chat_template and saved.eos_token == "<|eot_id|>"
+    assert len(saved) == len(AutoTokenizer.from_pretrained(templateless_model)) + 3
+    # The new tokens' rows were trained: they moved from where growing the embeddings put them.
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from pipelines.chat_formats import NEW_TOKENS, give_chat_format
+    from pipelines.models import load_tokenizer
+
+    rows = load_file(str(workspace.runs_dir / str(sft) / "model" / NEW_TOKENS))
+    set_seed(0)  # as the run did before growing them
+    tokenizer, fresh = load_tokenizer(templateless_model), AutoModelForCausalLM.from_pretrained(templateless_model)
+    added = give_chat_format(tokenizer, fresh, "llama3")
+    assert rows["ids"].tolist() == added and len(added) == 3
+    assert (rows["input"] - fresh.get_input_embeddings().weight[added].detach()).abs().max() > 1e-3
+
+    dpo = service.start_training(runner, "dpo", "sums", base=f"sft-run{sft}", max_steps=1, **small).run_id
+    assert runner.wait(dpo)["status"] == "succeeded"
+    export = runner.wait(service.start_export(runner, run_id=dpo, quants=["f16"]))
+    assert export["status"] == "succeeded", export["message"]
+    report = json.loads((Path(export["folder"]) / "export.json").read_text())
+    gguf = report["files"][0]
+    assert gguf["tokens_agree"] and gguf["argmax_agrees"]
+    modelfile = Path(gguf["modelfile"]).read_text()
+    assert "<|start_header_id|>" in modelfile and 'PARAMETER stop "<|eot_id|>"' in modelfile
+    llm = load_llama(gguf["path"], n_ctx=256, verbose=False)
+    prompt = llm.tokenizer().detokenize(llm.tokenize(b"x"))  # the model loads
+    assert prompt is not None
+    reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert reply["choices"][0]["finish_reason"] in ("stop", "length")
+    assert "start_header_id" in (llm.metadata.get("tokenizer.chat_template") or "")
