@@ -280,13 +280,16 @@ def export_warning(base: str, models_dir) -> str | None:
 
 
 def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: int | None = None, rule: str = "",
-                     limit: int = EVAL_PROMPTS, proxy_run: int | None = None, **settings) -> int:
+                     limit: int = EVAL_PROMPTS, proxy_run: int | None = None, proxy_picked_the_pairs: bool = False,
+                     **settings) -> int:
     """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its base,
     and judge the answers by the policy's proxy (the reward model it was trained against, if any;
     for a policy trained on pairs, the reward model of `proxy_run`, trained on the same pairs), by
     the reward model of `judge_run` (refused unless it was trained on prompts that neither the
     policy nor the proxy saw) and/or by a named `rule`. Reports per judge the win rate with its
-    interval, and the KL and length change (stored as the evaluation run's metrics)."""
+    interval, and the KL and length change (stored as the evaluation run's metrics).
+    `proxy_picked_the_pairs`: the reward model of `proxy_run` chose the policy's pairs (a round's
+    best against worst), so it is the policy's proxy though it was trained on other prompts."""
     store = runner.store
     policy = model_path(store, "policy", run_id=policy_run)
     if not policy:
@@ -302,7 +305,7 @@ def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: i
         path = model_path(store, "reward", run_id=proxy_run)
         if not path:
             raise RunError(f"run {proxy_run} did not train a reward model")
-        if not trained_prompts(runner, proxy_run) & trained_prompts(runner, policy_run):
+        if not proxy_picked_the_pairs and not trained_prompts(runner, proxy_run) & trained_prompts(runner, policy_run):
             raise RunError(f"the reward model of run {proxy_run} shares no prompt with the pairs run {policy_run} "
                            "trained on: it is no proxy of them; give it as a judge (judge run) instead")
         proxy = reward_model_at(store, path)

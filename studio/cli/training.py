@@ -7,7 +7,7 @@ from pipelines.evaluate import EvaluateConfig
 from pipelines.judges import RULES
 from studio import reports, service
 from studio.cli.common import announce, command, config_arguments, follow, follow_job, given_settings, read_guideline
-from studio.kinds import judge_annotator
+from studio.kinds import judge_annotator, make_config
 from studio.methods import METHODS, ONLINE_METHODS, PAIR_POLICIES
 
 ROLES = {"proxy": "the proxy reward model, on one half of the prompts of '{dataset}' (for {online} to optimise)",
@@ -113,8 +113,38 @@ def add_train(sub) -> None:
                        "alignstudio runs import DIR brings it back")
 
 
+def cmd_round(ctx, args) -> int:
+    from studio.rounds import RoundSettings, run_rounds
+
+    settings = make_config(RoundSettings, "round", **given_settings(args, RoundSettings))
+    train = {"lora_r": args.lora_r} if args.lora_r else {}
+    results = run_rounds(ctx.runner, args.prompts, args.reward_model, args.eval_prompts, policy=args.policy,
+                         judge_run=args.judge_run, rule=args.rule or "", settings=settings, train_settings=train,
+                         wait=lambda run_id: follow(ctx.runner, run_id))
+    return 0 if results else 1
+
+
 def add_commands(sub) -> None:
     add_train(sub)
+    from studio.rounds import RoundSettings
+
+    p = command(sub, "round", cmd_round, "rounds: the policy answers each prompt N times, a reward model picks "
+                "best and worst, and a new policy trains from it (iterative DPO, or rejection sampling by SFT), "
+                "judged against the previous one", opens="runner",
+                description="Each round's answers, pairs (a dataset <prompts>-<mode>-round<k>), training run and "
+                            "evaluation are runs and datasets of the store; the rounds stop where the independent "
+                            "judge says a round made the policy worse, and the best round by the judge is kept. "
+                            "The same command again resumes where it stopped.")
+    p.add_argument("--prompts", required=True, help="a dataset whose prompts the policy answers each round")
+    p.add_argument("--reward-model", required=True, help="the reward model (its name) that picks best and worst: "
+                   "the rounds' proxy")
+    p.add_argument("--eval-prompts", required=True, help="held-out prompts each round's policy is judged on")
+    p.add_argument("--policy", default="default", help="the model the first round starts from: default, a model "
+                   "folder, or a trained policy's name (an SFT model, an earlier round's policy)")
+    p.add_argument("--judge-run", type=int, help="an independent judge: a reward-model run trained on other prompts")
+    p.add_argument("--rule", choices=sorted(RULES), help="an independent judge: a named rule")
+    p.add_argument("--lora-r", type=int, help="LoRA rank of each round's training (default: the method's)")
+    config_arguments(p, RoundSettings)
     p = command(sub, "evaluate", cmd_evaluate, "policy vs its base, by its proxy and independent judges (a job)",
                 job=True,
                 description="Both answer the same prompts. The policy's proxy (the reward model it was trained "

@@ -1,0 +1,120 @@
+"""Rounds: the policy answers, a reward model picks best against worst, a new policy trains from the
+previous one (its reference), and each round is judged against the one before it."""
+
+import json
+
+import pytest
+
+from store import import_file
+from store.rounds import RoundError, best_against_worst
+from studio import service
+from studio.rounds import RoundSettings, keep_by_judge, run_rounds
+from studio.runner import RunError, Runner
+
+from helpers import arithmetic_pairs
+
+
+def prompts_file(path, words):
+    path.write_text("".join(json.dumps({"prompt": f"Say something about {w}."}) + "\n" for w in words))
+    return path
+
+
+@pytest.fixture
+def loop(workspace, store, tmp_path, tiny_model):
+    """Pairs for a reward model, prompts to answer in rounds, held-out prompts to judge on."""
+    import_file(store, arithmetic_pairs(tmp_path, n=8), "sums")
+    import_file(store, prompts_file(tmp_path / "asks.jsonl", ["tea", "rain", "maps", "bees"]), "asks")
+    import_file(store, prompts_file(tmp_path / "held.jsonl", ["glass", "bread"]), "held")
+    runner = Runner(store, workspace)
+    rm = service.start_training(runner, "rm", "sums", base=str(tiny_model), max_steps=1, batch_size=4,
+                                max_length=128, lora_r=4, lora_alpha=8, eval_share=0.0).run_id
+    assert runner.wait(rm)["status"] == "succeeded"
+    return runner, f"rm-run{rm}"
+
+
+SMALL = dict(n=2, max_new_tokens=8, max_steps=1, eval_limit=2, max_length=128, engine="transformers")
+TRAIN = {"lora_r": 4, "lora_alpha": 8, "batch_size": 2}
+
+
+def test_two_rounds_of_iterative_dpo_each_train_from_the_previous_policy_and_resume_without_rerunning(
+        loop, tiny_model):
+    runner, reward_model = loop
+    said = []
+    results = run_rounds(runner, "asks", reward_model, "held", policy=str(tiny_model), rule="heuristic",
+                         settings=RoundSettings(rounds=2, **SMALL), train_settings=TRAIN, say=said.append)
+    assert [r.round for r in results] == [1, 2]
+    store = runner.store
+    first, second = results
+    # Round 2 answered with round 1's policy and trained from it: its base (and DPO's reference) is that policy.
+    first_policy = store.scalar("SELECT path FROM models WHERE run_id = ?", [first.train_run])
+    assert json.loads(runner.get(second.train_run)["config"])["base"] == first_policy
+    assert second.policy_from == first.policy == f"dpo-run{first.train_run}"
+    for r in results:
+        recipe = json.loads(store.query("SELECT recipe FROM datasets WHERE name = ?", [r.pairs_dataset])[0]["recipe"])
+        assert (recipe["round"], recipe["policy"], recipe["reward_model"]) == (r.round, r.policy_from, reward_model)
+        assert r.pairs == 4 and runner.get(r.train_run)["dataset"] == r.pairs_dataset
+        assert set(r.judge) == {"win_rate", "win_low", "win_high"} and set(r.proxy) == set(r.judge)
+    # Each pair's verdict is the reward model's: the first side scored higher.
+    rows = store.query("""SELECT a.reward AS first, b.reward AS second FROM dataset_pairs dp
+                          JOIN pairs p ON p.id = dp.pair_id JOIN datasets d ON d.id = dp.dataset_id AND d.name = ?
+                          JOIN rewards a ON a.response_id = p.first_id JOIN rewards b ON b.response_id = p.second_id""",
+                       [first.pairs_dataset])
+    assert len(rows) == 4 and all(r["first"] > r["second"] for r in rows)
+    assert any(line.startswith("kept: ") for line in said)
+    # Run again: every round's pairs, training and evaluation exist, so nothing new runs.
+    runs = store.stats()["runs"]
+    again = run_rounds(runner, "asks", reward_model, "held", policy=str(tiny_model), rule="heuristic",
+                       settings=RoundSettings(rounds=2, **SMALL), train_settings=TRAIN, say=said.append)
+    assert [(r.train_run, r.eval_run) for r in again] == [(r.train_run, r.eval_run) for r in results]
+    assert store.stats()["runs"] == runs
+
+
+def test_rejection_sampling_fine_tunes_on_each_prompts_best_answer(loop, tiny_model):
+    runner, reward_model = loop
+    (result,) = run_rounds(runner, "asks", reward_model, "held", policy=str(tiny_model), rule="heuristic",
+                           settings=RoundSettings(mode="sft", **SMALL), train_settings=TRAIN, say=lambda _: None)
+    run = runner.get(result.train_run)
+    assert run["kind"] == "sft" and result.pairs_dataset == "asks-sft-round1"
+    import pyarrow.parquet as pq
+
+    trained = pq.read_table(f"{run['folder']}/inputs.parquet").to_pylist()
+    best = {r["first_id"] for r in runner.store.query(
+        "SELECT first_id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs dp JOIN datasets d "
+        "ON d.id = dp.dataset_id WHERE d.name = 'asks-sft-round1')")}
+    texts = {r["messages"] for r in runner.store.query(
+        "SELECT messages::VARCHAR AS messages FROM responses WHERE id IN (SELECT unnest(?))", [list(best)])}
+    assert {json.dumps(json.loads(r["chosen"]), separators=(",", ":")) for r in trained} == \
+        {json.dumps(json.loads(t), separators=(",", ":")) for t in texts}
+
+
+def test_a_round_that_cannot_start_is_refused_in_a_sentence_before_any_run(loop, tiny_model):
+    runner, reward_model = loop
+    runs = runner.store.stats()["runs"]
+    for bad, match in ((dict(n=0), "n must be 2 to 64"), (dict(n=1000), "n must be 2 to 64"),
+                       (dict(rounds=0), "rounds must be 1 to 20")):
+        with pytest.raises(ValueError, match=match):
+            RoundSettings(**bad)
+    with pytest.raises(RunError, match="no dataset named 'nowhere'"):
+        run_rounds(runner, "nowhere", reward_model, "held", rule="heuristic")
+    with pytest.raises(RunError, match="'dpo-run1' is not a reward model"):
+        run_rounds(runner, "asks", "dpo-run1", "held", rule="heuristic")
+    with pytest.raises(RunError, match="judged by an independent judge"):
+        run_rounds(runner, "asks", reward_model, "held")
+    assert runner.store.stats()["runs"] == runs
+
+
+def test_pairs_need_a_best_that_beats_the_worst_by_the_margin(loop):
+    runner, reward_model = loop
+    with pytest.raises(RoundError, match="no pair can be made from 'asks'"):
+        best_against_worst(runner.store, "asks", "nobody", reward_model, "x")
+    assert runner.store.dataset_id("x") is None
+
+
+def test_the_kept_policy_is_the_last_round_the_judge_did_not_call_worse():
+    from studio.rounds import RoundResult
+
+    def judged(k, high):
+        return RoundResult(k, "p", "d", 4, k, f"dpo-run{k}", 0, {"win_rate": 0.4, "win_low": 0.1, "win_high": high})
+
+    assert keep_by_judge([judged(1, 0.9), judged(2, 0.45), judged(3, 0.9)], "base") == "dpo-run1"
+    assert keep_by_judge([judged(1, 0.3)], "base") == "base"
