@@ -83,3 +83,18 @@ def best_against_worst(store: Store, dataset: str, model: str, reward_model: str
             cur.execute("INSERT OR IGNORE INTO dataset_prompts VALUES (?, ?)", [new_id, prompt_id])
     return RoundPairs(into, len(by_prompt), len(pairs), too_close, single,
                       sum(p[4] for p in pairs) / len(pairs), sum(p[5] for p in pairs) / len(pairs))
+
+
+def scored_samples(store: Store, dataset: str, model: str, seed: int, proxy: str, judge: str) -> list[dict]:
+    """`model`'s answers to the prompts of `dataset` sampled with `seed` (one generation), each with
+    its sample index and its rewards under the reward models `proxy` and `judge`."""
+    return store.query("""
+        SELECT r.prompt_id, CAST(json_extract(r.generation, '$.sample') AS INTEGER) AS sample,
+               p.reward AS proxy, j.reward AS judge
+        FROM responses r
+        JOIN rewards p ON p.response_id = r.id AND p.model = ?
+        JOIN rewards j ON j.response_id = r.id AND j.model = ?
+        WHERE r.model = ? AND CAST(json_extract(r.generation, '$.seed') AS INTEGER) = ?
+          AND r.prompt_id IN (SELECT prompt_id FROM dataset_prompts dp JOIN datasets d ON d.id = dp.dataset_id
+                              WHERE d.name = ?)
+        ORDER BY r.prompt_id, sample""", [proxy, judge, model, seed, dataset])

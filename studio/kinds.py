@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import StudioError
+from pipelines.best_of_n import BestOfNConfig
 from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
 from pipelines.export import REPORT as EXPORT_REPORT
@@ -105,6 +106,7 @@ JOBS: dict[str, Job] = {
     "generate": Job("pipelines.generate", GenerateConfig, _generated),
     "reward-scoring": Job("pipelines.reward_scoring", RewardScoringConfig, _rewards),
     "evaluate": Job("pipelines.evaluate", EvaluateConfig),
+    "best-of-n": Job("pipelines.best_of_n", BestOfNConfig),
     "export": Job("pipelines.export", ExportConfig, _export),
     "compare": Job("pipelines.compare", CompareConfig, _compared),
     "judge-labels": Job("pipelines.judge_labels", JudgeLabelsConfig, _judge_labels),

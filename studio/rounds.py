@@ -18,11 +18,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipelines.best_of_n import BestOfNConfig
 from pipelines.settings import setting
 from store.models import model_named
-from store.rounds import RoundError, best_against_worst
+from store.rounds import RoundError, best_against_worst, scored_samples
 from studio import service
-from studio.kinds import RunError
+from studio.judging import check_independent
+from studio.kinds import RunError, make_config
 from studio.runner import Runner
 
 MODES = {"dpo": "dpo", "sft": "sft"}  # round mode -> the training method it runs
@@ -216,3 +218,51 @@ def _succeeded_run(store, kind: str, dataset: str, policy_run: int | None = None
         if json.loads(run["config"]).get("policy_adapter") == trained:
             return run["id"]
     return None
+
+
+BEST_OF_SEED = 4242  # the best-of-N answers' own sampling seed, so they are told apart from other candidates
+
+
+def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: int, n: int = 16,
+              max_new_tokens: int = 128, temperature: float = 0.8, engine: str = "auto",
+              say: Callable[[str], None] = print, wait: Callable[[int], int] | None = None) -> int:
+    """Best-of-N against N for `model` (default, a folder or a trained policy's name) on the prompts
+    of `prompts`: N + 1 answers each (generation), scored by the proxy reward model named `proxy`
+    and by the judge reward model of `judge_run` (reward scoring), then picked and counted (a
+    best-of-n job whose metrics are the curves). Returns the best-of-n run's id."""
+    store = runner.store
+    if not 1 <= n <= 64:
+        raise RunError(f"N must be 1 to 64 answers per prompt, not {n}")
+    found = model_named(store, proxy)
+    if found is None or found["purpose"] != "reward":
+        raise RunError(f"'{proxy}' is not a reward model (see alignstudio models)")
+    judge = store.query("SELECT name FROM models WHERE run_id = ? AND purpose = 'reward'", [judge_run])
+    if not judge:
+        raise RunError(f"run {judge_run} did not train a reward model")
+    if judge_run == found["run_id"]:
+        raise RunError("the judge cannot be the proxy that picks the answers: give a reward model trained on other "
+                       "prompts")
+    check_independent(runner, judge_run, "the proxy", found["run_id"])
+    service.prompts_of(store, prompts, 1)
+    wait = wait or (lambda run_id: 0 if runner.wait(run_id)["status"] == "succeeded" else 1)
+    answering = service.base_named(store, model)
+    engine = engine if engine != "auto" else ("llama.cpp" if answering == "default" else "transformers")
+    generated = service.start_generation(runner, prompts, model=answering, n=n + 1, seed=BEST_OF_SEED,
+                                         max_new_tokens=max_new_tokens, temperature=temperature, engine=engine)
+    say(f"run {generated}: {model} answers each prompt of '{prompts}' {n + 1} times")
+    if wait(generated):
+        raise RunError(f"best-of-{n} stopped: its sampling (run {generated}) did not succeed")
+    for name in (proxy, judge[0]["name"]):
+        try:
+            scoring = service.start_reward_scoring(runner, prompts, name)
+        except RunError:
+            continue  # scored already
+        say(f"run {scoring}: {name} scores the answers")
+        if wait(scoring):
+            raise RunError(f"best-of-{n} stopped: its reward scoring (run {scoring}) did not succeed")
+    rows = scored_samples(store, prompts, answering, BEST_OF_SEED, proxy, judge[0]["name"])
+    config = make_config(BestOfNConfig, "best-of-N", n=n, proxy_name=proxy, judge_name=judge[0]["name"])
+    run_id = runner.start("best-of-n", config, {config.inputs: rows}, prompts)
+    if wait(run_id):
+        raise RunError(f"best-of-{n}: run {run_id} did not succeed")
+    return run_id

@@ -118,3 +118,41 @@ def test_the_kept_policy_is_the_last_round_the_judge_did_not_call_worse():
 
     assert keep_by_judge([judged(1, 0.9), judged(2, 0.45), judged(3, 0.9)], "base") == "dpo-run1"
     assert keep_by_judge([judged(1, 0.3)], "base") == "base"
+
+
+def test_best_of_n_counts_the_proxys_pick_against_one_answer_by_proxy_and_judge():
+    from pipelines.best_of_n import curves, ns_up_to
+
+    assert ns_up_to(16) == [1, 2, 4, 8, 16] and ns_up_to(6) == [1, 2, 4, 6]
+    # Two prompts, answers 0..4: the proxy prefers later samples; the judge agrees on the first
+    # prompt only: the proxy's win rate climbs to 100%, the judge's stays at a half.
+    rows = [{"prompt_id": p, "sample": i, "proxy": float(i), "judge": float(i if p == "a" else -i)}
+            for p in ("a", "b") for i in range(5)]
+    drawn = {point["n"]: point for point in curves(rows, [1, 2, 4])}
+    assert drawn[4]["proxy"]["win_rate"] == 1.0 and drawn[4]["judge"]["win_rate"] == 0.5
+    assert drawn[4]["proxy"]["n"] == 2
+
+
+def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, store, tmp_path, tiny_model, capsys):
+    from studio.cli import main as cli_main
+
+    import_file(store, arithmetic_pairs(tmp_path, n=8), "sums")
+    import_file(store, prompts_file(tmp_path / "held.jsonl", ["glass", "bread", "tea"]), "held")
+    runner = Runner(store, workspace)
+    proxy, judge = service.start_training(runner, "rm", "sums", judge_split=True, base=str(tiny_model), max_steps=1,
+                                          batch_size=2, max_length=128, lora_r=4, lora_alpha=8,
+                                          eval_share=0.0).run_ids
+    assert runner.wait(proxy)["status"] == runner.wait(judge)["status"] == "succeeded"
+    store.close()
+    code = cli_main(["evaluate", "--best-of", "4", "--model", str(tiny_model), "--prompts", "held",
+                     "--proxy-model", f"rm-run{proxy}", "--judge-run", str(judge), "--max-new-tokens", "6",
+                     "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = out[out.index("  N  "):].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["1", "2", "4"]
+    with workspace.open_store() as again:
+        run = again.query("SELECT id FROM runs WHERE kind = 'best-of-n'")[0]["id"]
+        steps = again.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'judge/win_rate' "
+                            "ORDER BY step", [run])
+    assert [s["step"] for s in steps] == [1, 2, 4] and all(0 <= s["value"] <= 1 for s in steps)

@@ -47,7 +47,34 @@ def cmd_train(ctx, args) -> int:
     return max([follow(ctx.runner, run_id) for run_id in started.run_ids])
 
 
+def cmd_best_of(ctx, args) -> int:
+    import json
+
+    from studio.kinds import RunError
+    from studio.rounds import best_of_n
+
+    if not args.proxy_model or args.judge_run is None:
+        raise RunError("best-of-N picks by a reward model and is judged by another: give --proxy-model (its name) "
+                       "and --judge-run (a reward model trained on other prompts)")
+    run_id = best_of_n(ctx.runner, args.model, args.prompts, args.proxy_model, args.judge_run, n=args.best_of,
+                       max_new_tokens=args.max_new_tokens or 128, wait=lambda r: follow(ctx.runner, r),
+                       say=lambda line: print(line, flush=True))
+    drawn = json.loads((ctx.workspace.runs_dir / str(run_id) / "best_of_n.json").read_text())
+    print(f"{'N':>3}  {'proxy win (95%)':>22}  {'judge win (95%)':>22}  prompts")
+    for p in drawn:
+        def cell(v):
+            return f"{v['win_rate']:.0%} ({v['win_low']:.0%}-{v['win_high']:.0%})"
+        print(f"{p['n']:>3}  {cell(p['proxy']):>22}  {cell(p['judge']):>22}  {p['proxy']['n']}")
+    return 0
+
+
 def cmd_evaluate(ctx, args) -> int:
+    if args.best_of:
+        return cmd_best_of(ctx, args)
+    if args.policy_run is None:
+        from studio.kinds import RunError
+
+        raise RunError("give --policy-run (the run that trained the policy), or --best-of N for the best-of-N baseline")
     run_id = service.start_evaluation(ctx.runner, args.policy_run, args.prompts, args.judge_run, limit=args.limit,
                                       proxy_run=args.proxy_run, **given_settings(args, EvaluateConfig))
 
@@ -150,7 +177,12 @@ def add_commands(sub) -> None:
                 description="Both answer the same prompts. The policy's proxy (the reward model it was trained "
                             "against, if any) is always reported, labelled as such; give at least one independent "
                             "judge: --judge-run (a reward model trained on other prompts), --llm-judge or --rule.")
-    p.add_argument("--policy-run", type=int, required=True, help="the run that trained the policy")
+    p.add_argument("--policy-run", type=int, help="the run that trained the policy")
+    p.add_argument("--best-of", type=int, help="instead: the best-of-N baseline of --model, N = 1, 2, 4, ... up to "
+                   "this: its best answer by --proxy-model against one answer, by the proxy and by --judge-run")
+    p.add_argument("--model", default="default", help="with --best-of: the model that answers (default, a folder, a "
+                   "trained policy's name)")
+    p.add_argument("--proxy-model", help="with --best-of: the reward model (its name) that picks the best answer")
     p.add_argument("--judge-run", type=int, help="a reward-model run trained on prompts that share nothing with the "
                    "policy's or its proxy's training pairs (alignstudio train rm --judge-split makes one)")
     p.add_argument("--proxy-run", type=int, help=f"for a policy trained on pairs ({PAIR_POLICIES}): a reward-model run "
