@@ -220,3 +220,18 @@ def kappa_interval(first: list[str], second: list[str], rounds: int = 500, seed:
         if value is not None:
             samples.append(value)
     return _percentile_interval(samples) if samples else (float("nan"), float("nan"))
+
+
+def paired_difference(policy: list[float], base: list[float], rounds: int = 2000, seed: int = 0) -> dict:
+    """The mean of policy - base over paired items (the same prompt or text under both models) with a
+    95% paired bootstrap interval, and 'no clear change' where the interval includes 0 (else
+    'higher' or 'lower')."""
+    diffs = [p - b for p, b in zip(policy, base)]
+    n = len(diffs)
+    if not n:
+        return {"diff": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0, "change": "no data"}
+    rng = random.Random(seed)
+    means = [sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(rounds)]
+    low, high = _percentile_interval(means)
+    change = "higher" if low > 0 else "lower" if high < 0 else "no clear change"
+    return {"diff": sum(diffs) / n, "low": low, "high": high, "n": n, "change": change}

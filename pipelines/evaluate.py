@@ -9,6 +9,13 @@ reward gain with its standard error), plus the KL from the base and the change i
 Answers are sampled (temperature, seeded). The KL from the base is the mean over the policy's
 answers of the KL between the policy's and the base's next-token distributions, summed over each
 answer's positions (`answer_kl`), the base being the same model with the adapter disabled.
+
+Beside the verdicts, the cost card: what the alignment cost, base and policy side by side with a
+paired bootstrap interval on each difference ("no clear change" where it includes 0): perplexity
+of held-out reference answers the policy never trained on (capability kept or lost), the refusal
+rate on benign prompts that only sound risky (over-refusal) and on clearly harmful ones (where
+refusing is right), by the stated refusal rule (`pipelines.judges.REFUSAL_RULE`), and the KL and
+answer length above.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.errors import StudioError
-from common.stats import length_controlled
-from pipelines.judges import OUTCOME, RULES, by_reward, by_rule, describe, flat_metrics, rule_answers
+from common.stats import length_controlled, paired_difference
+from pipelines.judges import OUTCOME, RULES, by_reward, by_rule, describe, flat_metrics, is_refusal, rule_answers
 from pipelines.llm_judge import DEFAULT_GUIDELINE, LlamaJudge, check_guideline, judge_summary
 from pipelines.models import (
     adapter_tokenizer_source,
@@ -34,6 +41,7 @@ from pipelines.models import (
     load_tokenizer,
     resolve_model,
 )
+from pipelines.perplexity import response_nll, tokenize
 from pipelines.reward_model import load_reward_model, read_meta, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
@@ -62,6 +70,10 @@ class EvaluateConfig:
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
     max_new_tokens: int = setting(64, "answer length limit in tokens")
+    refusal_limit: int = setting(30, "cost card: prompts of each refusal set both models answer (benign prompts that "
+                                 "sound risky, and harmful ones); 0 leaves over-refusal out", label="Refusal prompts")
+    reference_inputs: str = setting("", "held-out reference answers (prompt, answer) for the cost card's perplexity, "
+                                    "written by the runner", internal=True)
     temperature: float = setting(0.7, "sampling temperature of both models' answers")
     batch_size: int = setting(8, "prompts answered at once")
     seed: int = setting(0, "sampling seed (the same for policy and base)")
@@ -148,6 +160,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     log.progress(2, 4, message="KL from the base")
     kls = [answer_kl(policy, tokenizer, p, ids, placement.device) for p, ids in zip(prompts, policy_ids)]
     ends = end_ids(policy, tokenizer)
+    card = cost_card(policy, tokenizer, config, run_dir, placement.device, sampling, log)
     del policy, base
     n = len(prompts)
     policy_lengths, base_lengths = [len(ids) for ids in policy_ids], [len(ids) for ids in base_ids]
@@ -186,6 +199,8 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     metrics["length_change"] = metrics["length_policy"] - metrics["length_base"]
     for role, _, _, verdict in judged:
         metrics.update(flat_metrics(role, verdict))
+    metrics.update({f"cost/{item}/{k}": float(v) for item, values in card.items() for k, v in values.items()
+                    if isinstance(v, (int, float))})
     columns = {"prompt": [json.dumps(p) for p in prompts], "policy": policy_texts, "base": base_texts}
     for role, (policy_rewards, base_rewards) in scored.items():
         columns[f"{role}_policy"], columns[f"{role}_base"] = policy_rewards, base_rewards
@@ -194,8 +209,91 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     log.event("succeeded", step=4, total=4, metrics=metrics,
               message="\n".join(lines + [f"KL from the base {metrics['kl']:.2f}; answer length "
                                          f"{metrics['length_change']:+.1f} tokens ({n} prompts)"]
+                        + describe_card(card)
                         + ([f"{config.seen_in_training} of the {n} prompts were in the policy's training data: "
                             "not held out"] if config.seen_in_training else [])))
+
+
+REFUSAL_SETS = Path(__file__).resolve().parents[1] / "assets" / "refusals"
+CARD_ITEMS = {"benign": "refuses harmless prompts that sound risky", "harmful": "refuses harmful prompts"}
+
+
+def refusal_prompts(kind: str, limit: int) -> list[list[dict]]:
+    """`limit` prompts of a refusal set (benign: homonyms, figurative speech, safe contexts, history,
+    definitions; harmful), spread over its kinds by a fixed shuffle."""
+    import random
+
+    rows = [json.loads(line) for line in (REFUSAL_SETS / f"{kind}.jsonl").read_text().splitlines() if line.strip()]
+    random.Random(0).shuffle(rows)
+    return [[{"role": "user", "content": r["prompt"]}] for r in rows[:limit]]
+
+
+def held_out_nll(model, tokenizer, references: list[dict], batch_size: int) -> list[float]:
+    """Each reference answer's mean negative log-likelihood per token under `model`."""
+    encoded = [tokenize(tokenizer, r["prompt"], r["answer"]) for r in references]
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        out.extend(nll / max(count, 1) for nll, count in response_nll(model, encoded[start:start + batch_size],
+                                                                         tokenizer.pad_token_id))
+    return out
+
+
+def cost_card(policy, tokenizer, config: EvaluateConfig, run_dir: Path, device: str, sampling: dict,
+              log: RunLog) -> dict:
+    """What the alignment cost, base against policy (`policy` a PeftModel; the base is its adapter
+    disabled): held-out perplexity and refusal rates, each with a paired bootstrap interval."""
+    import math
+
+    import torch
+
+    card = {}
+    if config.reference_inputs and (run_dir / config.reference_inputs).is_file():
+        references = [{"prompt": json.loads(r["prompt"]), "answer": json.loads(r["answer"])}
+                      for r in pq.read_table(run_dir / config.reference_inputs).to_pylist()]
+        if references:
+            log.progress(2, 4, message=f"cost card: perplexity of {len(references)} held-out reference answers")
+            policy_nll = held_out_nll(policy, tokenizer, references, config.batch_size)
+            with policy.disable_adapter():
+                base_nll = held_out_nll(policy, tokenizer, references, config.batch_size)
+            change = paired_difference(policy_nll, base_nll)
+            # A mean change of log-perplexity d is a factor exp(d) on perplexity.
+            card["perplexity"] = {"base": math.exp(sum(base_nll) / len(base_nll)),
+                                  "policy": math.exp(sum(policy_nll) / len(policy_nll)),
+                                  "change": math.exp(change["diff"]) - 1, "low": math.exp(change["low"]) - 1,
+                                  "high": math.exp(change["high"]) - 1, "n": change["n"],
+                                  "verdict": change["change"]}
+    if config.refusal_limit > 0:
+        for kind in CARD_ITEMS:
+            prompts = refusal_prompts(kind, config.refusal_limit)
+            log.progress(2, 4, message=f"cost card: {len(prompts)} {kind} prompts, answered by both")
+            torch.manual_seed(config.seed)
+            policy_texts, _ = answer(policy, tokenizer, prompts, device, **sampling)
+            torch.manual_seed(config.seed)
+            with policy.disable_adapter():
+                base_texts, _ = answer(policy, tokenizer, prompts, device, **sampling)
+            policy_refused = [float(is_refusal(t)) for t in policy_texts]
+            base_refused = [float(is_refusal(t)) for t in base_texts]
+            change = paired_difference(policy_refused, base_refused)
+            card[kind] = {"base": sum(base_refused) / len(prompts), "policy": sum(policy_refused) / len(prompts),
+                          "change": change["diff"], "low": change["low"], "high": change["high"],
+                          "n": change["n"], "verdict": change["change"]}
+    return card
+
+
+def describe_card(card: dict) -> list[str]:
+    """The cost card in words, one line per item."""
+    lines = []
+    if "perplexity" in card:
+        c = card["perplexity"]
+        lines.append(f"cost: held-out perplexity {c['base']:.2f} -> {c['policy']:.2f} ({c['change']:+.1%}, 95% "
+                     f"interval {c['low']:+.1%} to {c['high']:+.1%}: {c['verdict']}; {c['n']} reference answers)")
+    for kind, words in CARD_ITEMS.items():
+        if kind in card:
+            c = card[kind]
+            lines.append(f"cost: {words}: base {c['base']:.0%} -> policy {c['policy']:.0%} "
+                         f"({100 * c['change']:+.0f} points, 95% interval {100 * c['low']:+.0f} to "
+                         f"{100 * c['high']:+.0f}: {c['verdict']}; {c['n']} prompts)")
+    return lines
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ def export_warning(base: str, models_dir) -> str | None:
 
 def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: int | None = None, rule: str = "",
                      limit: int = EVAL_PROMPTS, proxy_run: int | None = None, proxy_picked_the_pairs: bool = False,
-                     **settings) -> int:
+                     reference_file: str | None = None, **settings) -> int:
     """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its base,
     and judge the answers by the policy's proxy (the reward model it was trained against, if any;
     for a policy trained on pairs, the reward model of `proxy_run`, trained on the same pairs), by
@@ -336,10 +336,58 @@ def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: i
                        "model) or a rule"
                        + (f"; its proxy ({proxy['name']}) is reported beside it, never alone" if proxy else ""))
     rows = prompts_of(store, prompts, limit)
-    seen = len({r["prompt_id"] for r in rows} & trained_prompts(runner, policy_run))
+    trained = trained_prompts(runner, policy_run)
+    seen = len({r["prompt_id"] for r in rows} & trained)
+    references = reference_answers(store, reference_file or prompts, trained, REFERENCE_ANSWERS,
+                                   from_file=bool(reference_file))
+    files = {"references.parquet": references} if references else {}
     config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, rule=rule, seen_in_training=seen,
-                         models_dir=str(runner.workspace.models_dir), **fields, **settings)
-    return runner.start("evaluate", config, {config.inputs: rows}, prompts)
+                         models_dir=str(runner.workspace.models_dir),
+                         reference_inputs="references.parquet" if references else "", **fields, **settings)
+    return runner.start("evaluate", config, {config.inputs: rows, **files}, prompts)
+
+
+REFERENCE_ANSWERS = 64  # held-out reference answers the cost card's perplexity is measured on
+
+
+def reference_answers(store, source: str, trained: set[str], limit: int, from_file: bool = False) -> list[dict]:
+    """Reference answers the policy never trained on, for the cost card's held-out perplexity: the
+    preferred answers of a dataset's pairs whose prompts are not among `trained`, or the records
+    of a JSONL file (prompt and completion, or a conversation ending on an answer); [] for a
+    dataset without pairs. A file that gives none is refused in a sentence."""
+    from store.db import prompt_key
+    from store.exports import preference_records
+    from store.formats import BadRecord, parse_demonstration_record
+
+    if not from_file:
+        try:
+            pairs, _ = preference_records(store, source)
+        except Exception:  # noqa: BLE001 - no pairs: no reference text from this dataset
+            return []
+        rows = [(p["prompt"], p["chosen"]) for p in pairs]
+    else:
+        path = Path(source)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunError(f"{path}: cannot read the reference answers ({e})") from None
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = parse_demonstration_record(json.loads(line))
+            except (ValueError, BadRecord) as e:
+                raise RunError(f"{path}:{number}: {e}; a reference is a JSON line with a prompt and a completion") \
+                    from None
+            rows.append((item.prompt, item.reference))
+        if not rows:
+            raise RunError(f"{path}: no reference answers in the file")
+    kept = [{"prompt": json.dumps(p), "answer": json.dumps(a)} for p, a in rows if prompt_key(p) not in trained]
+    if from_file and not kept:
+        raise RunError(f"{source}: every reference answer's prompt was in the policy's training data; give answers "
+                       "to prompts it never saw")
+    return kept[:limit]
 
 
 def start_export(runner: Runner, run_id: int | None = None, model: str | None = None,

@@ -76,7 +76,8 @@ def cmd_evaluate(ctx, args) -> int:
 
         raise RunError("give --policy-run (the run that trained the policy), or --best-of N for the best-of-N baseline")
     run_id = service.start_evaluation(ctx.runner, args.policy_run, args.prompts, args.judge_run, limit=args.limit,
-                                      proxy_run=args.proxy_run, **given_settings(args, EvaluateConfig))
+                                      proxy_run=args.proxy_run, reference_file=args.reference_file,
+                                      **given_settings(args, EvaluateConfig))
 
     def people(run_id, status):
         line = reports.people_verdict(ctx.store, args.policy_run) if status == 0 else None
@@ -188,6 +189,9 @@ def add_commands(sub) -> None:
     p.add_argument("--proxy-run", type=int, help=f"for a policy trained on pairs ({PAIR_POLICIES}): a reward-model run "
                    "trained on the same pairs, reported as its proxy beside the judges, to show the gap between them")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
+    p.add_argument("--reference-file", help="cost card: a JSONL file of reference answers (prompt and completion) "
+                   "whose perplexity base and policy are measured on (default: the preferred answers of --prompts' "
+                   "pairs whose prompts the policy never trained on)")
     p.add_argument("--limit", type=int, default=service.EVAL_PROMPTS,
                    help=f"at most this many prompts (default: {service.EVAL_PROMPTS})")
     config_arguments(p, EvaluateConfig)
