@@ -92,10 +92,13 @@ class ImportReport:
             if not self.rows and self.errors:  # the file as a whole: say why
                 return f"{self.file}: nothing imported ({self.errors[0].reason})"
             return f"{self.file}: nothing imported ({len(self.errors)} bad rows of {self.rows})"
+        repeated = self.pairs - self.new_pairs
+        known = (f"; {repeated:,} of the pairs were repeats of rows above or stored already, so the store holds "
+                 "each once" if repeated else "")
         return (f"{self.file}: imported {kept} into dataset '{self.dataset}' as {self.format} "
                 f"({self.new_pairs} new pairs, {self.new_prompts} new prompts, "
                 f"{self.new_responses} new responses; {self.empty_responses} empty responses kept; "
-                f"{len(self.errors)} bad rows skipped)")
+                f"{len(self.errors)} bad rows skipped{known})")
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)

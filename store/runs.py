@@ -40,6 +40,11 @@ def set_run_config(store: Store, run_id: int, config: dict) -> None:
         cur.execute("UPDATE runs SET config = ? WHERE id = ?", [json.dumps(config), run_id])
 
 
+def set_run_message(store: Store, run_id: int, message: str) -> None:
+    with store.transaction() as cur:
+        cur.execute("UPDATE runs SET message = ? WHERE id = ?", [message, run_id])
+
+
 def mark_running(store: Store, run_id: int, pid: int | None) -> None:
     with store.transaction() as cur:
         cur.execute("UPDATE runs SET status = 'running', pid = ?, message = NULL, finished_at = NULL, "

@@ -104,10 +104,47 @@ def write_bundle(runner: Runner, folder: str | Path, kind: str, config, inputs: 
     return folder
 
 
+def bundle_problems(folder: Path) -> list[str]:
+    """What keeps a bundle out, each naming the file: a link anywhere in it (never followed: it could
+    copy in any file of this machine, or loop), and a path in its config that leaves the bundle."""
+    import os
+
+    problems = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                problems.append(f"{path}: a link ({os.readlink(path)}); a bundle holds files, not links")
+    return problems
+
+
+def inside(folder: Path, relative: object) -> bool:
+    if not isinstance(relative, str) or not relative or Path(relative).is_absolute():
+        return False
+    return (folder / relative).resolve().is_relative_to(folder)
+
+
+def checked_events(folder: Path) -> tuple[dict, list[str]]:
+    """The bundle's final event, and each line that is no event, named by its number."""
+    from studio.runner import event_problem
+
+    final, bad = None, []
+    with open(folder / "events.jsonl", "rb") as f:
+        for number, raw in enumerate(f, 1):
+            event, problem = event_problem(raw)
+            if problem:
+                bad.append(f"events.jsonl:{number}: {problem}")
+            elif event.get("status") in ("succeeded", "failed", "cancelled"):
+                final = event
+    return final, bad
+
+
 def import_bundle(runner: Runner, folder: str | Path) -> int:
     """A bundle that has run (its events.jsonl ends in success or failure) as a run of this
-    workspace: copied into the run's folder, its model folders and models_dir made this
-    workspace's, and its outputs recorded as a local run's would be. Returns the run id."""
+    workspace: checked whole before anything is copied (no links, every path inside it, a known
+    kind whose config it holds, events read line by line, not imported before), copied into the
+    run's folder, its model folders and models_dir made this workspace's, and its outputs recorded
+    as a local run's would be. Returns the run id."""
     folder = Path(folder).expanduser().resolve()
     try:
         bundle = json.loads((folder / BUNDLE).read_text())
@@ -115,26 +152,61 @@ def import_bundle(runner: Runner, folder: str | Path) -> int:
     except FileNotFoundError as e:
         raise RunError(f"{folder} is not a bundle ({Path(e.filename).name} is missing): make one with "
                        "alignstudio train METHOD ... --bundle DIR") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{folder}: its {BUNDLE} or config.json is not JSON ({e})") from None
+    if not isinstance(bundle, dict) or not isinstance(config, dict):
+        raise RunError(f"{folder}: its {BUNDLE} and config.json must each be a JSON object")
     kind = bundle.get("kind")
     if kind not in JOBS:
         raise RunError(f"{folder}: a bundle of an unknown kind of job ({kind!r})")
+    from studio.kinds import make_config
+
+    settings = {k: v for k, v in config.items() if k in {f.name for f in dataclasses.fields(JOBS[kind].config)}}
+    if set(config) - set(settings):
+        raise RunError(f"{folder}/config.json: settings a {kind} job does not have "
+                       f"({', '.join(sorted(set(config) - set(settings)))}); was the bundle's kind changed?")
+    make_config(JOBS[kind].config, f"{folder}/config.json", **settings)
+    problems = bundle_problems(folder)
+    for key in ("inputs", "eval_inputs", "output"):
+        if config.get(key) and not inside(folder, config[key]):
+            problems.append(f"{folder}/config.json: '{key}' ({config[key]!r}) is not a path inside the bundle")
+    for name, original in (bundle.get("workspace_models") or {}).items():
+        if name not in CARRIED_MODELS or not isinstance(original, str):
+            problems.append(f"{folder}/{BUNDLE}: workspace_models holds {name!r}, which no job reads")
+    if problems:
+        raise RunError("the bundle is not imported (nothing was copied): " + "; ".join(problems[:5])
+                       + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
     events = folder / "events.jsonl"
-    if not events.is_file() or not events.read_text().strip():
+    if not events.is_file() or not events.read_bytes().strip():
         raise RunError(f"{folder} has not run yet (no events.jsonl): run its launch.sh, or sbatch job.sbatch, first")
+    final, bad = checked_events(folder)
+    if final is None:
+        raise RunError(f"{folder}/events.jsonl ends without a result (succeeded, failed or cancelled)"
+                       + (f"; {len(bad)} lines are no events ({bad[0]})" if bad else "") + ": nothing was imported")
+    for run in runner.store.query("SELECT id, folder FROM runs WHERE kind = ?", [kind]):
+        earlier = Path(run["folder"] or "")
+        if (earlier / BUNDLE).is_file() and (earlier / BUNDLE).read_bytes() == (folder / BUNDLE).read_bytes() \
+                and (earlier / "events.jsonl").is_file() and \
+                (earlier / "events.jsonl").read_bytes() == events.read_bytes():
+            raise RunError(f"{folder} was imported already, as run {run['id']}: nothing was imported again")
     run_id, run_folder = create_run(runner.store, kind, config, runner.workspace.runs_dir, bundle.get("dataset"))
-    shutil.copytree(folder, run_folder)
+    shutil.copytree(folder, run_folder, symlinks=True)
     workspace_models = bundle.get("workspace_models") or {}
+    known = {r["path"] for r in runner.store.query("SELECT path FROM models")}
     config["models_dir"] = str(runner.workspace.models_dir)
     for name, copy in CARRIED_MODELS.items():
-        if config.get(name):  # the workspace's own model where it still is, else the bundle's copy
+        if config.get(name):  # this workspace's own model where it still is (a registered model), else the copy
             original = workspace_models.get(name)
-            config[name] = original if original and Path(original).is_dir() else str(run_folder / copy)
+            config[name] = original if original in known and Path(original).is_dir() else str(run_folder / copy)
     (run_folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     set_run_config(runner.store, run_id, config)
     mark_running(runner.store, run_id, None)  # no process: the next sync reads its events to the end
     run = runner.sync(run_id)
     if run["status"] not in ("succeeded", "failed", "cancelled"):
         raise RunError(f"run {run_id}: the bundle's events end without a result")
+    if bad:
+        from store.runs import set_run_message
+
+        set_run_message(runner.store, run_id, f"{run['message'] or ''} ({len(bad)} lines of its events.jsonl were "
+                        f"no events and were left out: {'; '.join(bad[:3])})".strip())
     return run_id

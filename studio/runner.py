@@ -55,8 +55,31 @@ def _pid_is_our_pipeline(pid: int | None, folder: str | None) -> bool:
     return "--config" in cmdline and (folder is None or f"{folder}/config.json" in cmdline)
 
 
+def event_problem(raw: bytes) -> tuple[dict | None, str | None]:
+    """One line of an events file as an event, or why it is not one. A pipeline writes objects with a
+    status (text), a step and total (numbers) and metrics (an object); a line that is not (a copied or
+    edited file: a JSON array, NUL bytes, metrics that are text) is left out, never trusted."""
+    try:
+        event = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None, "not a JSON line"
+    if not isinstance(event, dict):
+        return None, f"a JSON {type(event).__name__}, not an event object"
+    if "status" in event and not isinstance(event["status"], str):
+        return None, "its status is not text"
+    if not isinstance(event.get("metrics", {}), dict):
+        return None, "its metrics are not an object"
+    for key in ("step", "total", "eta_s"):
+        if event.get(key) is not None and (isinstance(event[key], bool) or not isinstance(event[key], (int, float))):
+            return None, f"its {key} is not a number"
+    if event.get("message") is not None and not isinstance(event["message"], str):
+        return None, "its message is not text"
+    return event, None
+
+
 def read_new_events(path: Path, offset: int) -> tuple[list[dict], int]:
-    """The complete event lines after byte `offset` of an events file, and the new offset."""
+    """The complete event lines after byte `offset` of an events file, and the new offset; a line
+    that is no event (`event_problem`) is skipped."""
     events = []
     if path.exists():
         with open(path, "rb") as f:
@@ -65,10 +88,9 @@ def read_new_events(path: Path, offset: int) -> tuple[list[dict], int]:
                 if not raw.endswith(b"\n"):
                     break  # a line still being written
                 offset += len(raw)
-                try:
-                    events.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    continue
+                event, _ = event_problem(raw)
+                if event is not None:
+                    events.append(event)
     return events, offset
 
 
@@ -237,7 +259,15 @@ class Runner:
         elif not alive:
             status = "failed"
             message = f"the job's process ended without reporting a result; see {run['folder']}/log.txt"
-        record_events(self.store, run_id, events, offset, status, message, record_outputs)
+        try:
+            record_events(self.store, run_id, events, offset, status, message, record_outputs)
+        except Exception as e:  # noqa: BLE001 - outputs that cannot be recorded fail the run, not the studio
+            if record_outputs is None:
+                raise
+            status = "failed"
+            record_events(self.store, run_id, events, offset, status,
+                          f"the run ended, but its outputs could not be recorded ({type(e).__name__}: "
+                          f"{str(e)[:300]}); nothing of them was stored")
         if status in FINAL:
             proc = self._procs.pop(run_id, None)
             if proc is not None:
@@ -303,6 +333,14 @@ class Runner:
 
     def recover(self) -> None:
         """At start-up: catch up on runs left 'running'; those whose process is gone and that
-        reported no result are marked failed (their folder and log stay)."""
+        reported no result are marked failed (their folder and log stay). One run that cannot be
+        read (a damaged folder, outputs that cannot be recorded) is marked failed with the reason,
+        and never keeps the workspace from opening."""
         for run_id in self.active():
-            self.sync(run_id)
+            try:
+                self.sync(run_id)
+            except Exception as e:  # noqa: BLE001 - whatever went wrong is that run's, and is said on it
+                run = self.get(run_id)
+                record_events(self.store, run_id, [], run["events_offset"], "failed",
+                              f"marked failed when the workspace opened: its events or outputs could not be "
+                              f"recorded ({type(e).__name__}: {str(e)[:300]})")

@@ -97,3 +97,64 @@ def test_a_bundle_is_refused_where_it_cannot_be_one(workspace, store, tmp_path):
 def test_runs_import_from_the_command_line_says_what_is_wrong(tmp_path):
     result = cli("runs", "import", tmp_path, workspace=tmp_path / "ws", check=False)
     assert result.returncode == 2 and "is not a bundle (bundle.json is missing)" in result.stderr
+
+
+def made_bundle(runner, folder: Path) -> Path:
+    service.start_training(runner, "rm", "pairs", bundle=folder, max_steps=1)
+    return folder
+
+
+def ran(folder: Path, *lines: bytes) -> Path:
+    (folder / "events.jsonl").write_bytes(b"".join(lines)
+                                          + b'{"status": "failed", "message": "ran out of memory", "step": 1}\n')
+    return folder
+
+
+def test_a_stranger_s_bundle_is_checked_whole_before_anything_is_copied(workspace, store, tmp_path):
+    """The red-team's bundles: a link out of the bundle, an output outside the run, a changed kind,
+    bad event lines, the same bundle twice. None leaves a half-imported run or a stuck workspace."""
+    import_file(store, write_pairs(tmp_path / "pairs.jsonl.gz", n=8), "pairs")
+    runner = Runner(store, workspace)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("private")
+    linked = ran(made_bundle(runner, tmp_path / "linked"))
+    (linked / "model").symlink_to(secret)
+    with pytest.raises(RunError, match="nothing was copied.*linked/model: a link"):
+        import_bundle(runner, linked)
+    escaping = ran(made_bundle(runner, tmp_path / "escaping"))
+    config = json.loads((escaping / "config.json").read_text())
+    (escaping / "config.json").write_text(json.dumps({**config, "output": "../../../elsewhere"}))
+    with pytest.raises(RunError, match="'output' \\('../../../elsewhere'\\) is not a path inside the bundle"):
+        import_bundle(runner, escaping)
+    changed = ran(made_bundle(runner, tmp_path / "changed"))
+    bundle = json.loads((changed / "bundle.json").read_text())
+    (changed / "bundle.json").write_text(json.dumps({**bundle, "kind": "dpo"}))
+    with pytest.raises(RunError, match="settings a dpo job does not have .* was the bundle's kind changed"):
+        import_bundle(runner, changed)
+    assert store.stats()["runs"] == 0 and not list(workspace.runs_dir.glob("*"))
+    # Bad event lines are left out and named; the run still lands, failed as its last event says.
+    messy = ran(made_bundle(runner, tmp_path / "messy"), b"[1, 2, 3]\n", b"\x00\x00\x00\n",
+                b'{"status": "running", "step": 1, "metrics": "nope"}\n')
+    run_id = import_bundle(runner, messy)
+    run = runner.get(run_id)
+    assert run["status"] == "failed" and "3 lines of its events.jsonl were no events" in run["message"]
+    assert "events.jsonl:1: a JSON list" in run["message"]
+    with pytest.raises(RunError, match=f"was imported already, as run {run_id}"):
+        import_bundle(runner, messy)
+    assert store.stats()["runs"] == 1
+
+
+def test_a_run_whose_outputs_cannot_be_recorded_fails_and_the_workspace_still_opens(workspace, store, tmp_path):
+    from store.runs import create_run, mark_running
+
+    run_id, folder = create_run(store, "rm", {"output": "model"}, workspace.runs_dir, None)
+    folder.mkdir(parents=True)
+    (folder / "events.jsonl").write_text('{"status": "succeeded", "step": 1, "message": "done"}\n')
+    mark_running(store, run_id, None)  # left "running" by a studio that stopped; its model folder is gone
+    Runner(store, workspace).recover()
+    run = Runner(store, workspace).get(run_id)
+    assert run["status"] == "failed" and "its outputs could not be recorded" in run["message"]
+    store.close()
+    result = cli("runs", workspace=workspace.root, check=False)
+    assert result.returncode == 0 and "failed" in result.stdout

@@ -265,3 +265,16 @@ def test_a_store_that_outgrows_the_imports_cache_still_takes_every_pair(tmp_path
         "SELECT p.messages FROM pairs JOIN prompts p ON p.id = pairs.prompt_id ORDER BY pairs.rowid LIMIT 1"
     )
     assert "question 0 " in first[0]["messages"]  # stored in file order
+
+
+def test_an_import_of_repeated_pairs_says_how_many_were_repeats(store, tmp_path):
+    from store import import_file
+
+    path = tmp_path / "same.jsonl"
+    path.write_text(json.dumps({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}) + "\n" * 1
+                    + "".join(json.dumps({"prompt": "Hi", "chosen": "Hello.", "rejected": "Go away."}) + "\n"
+                              for _ in range(299)))
+    report = import_file(store, path, "same")
+    assert (report.pairs, report.new_pairs) == (300, 1)
+    assert "299 of the pairs were repeats of rows above or stored already" in report.summary()
+    assert store.scalar("SELECT count(*) FROM dataset_pairs") == 1
