@@ -64,8 +64,8 @@ class EvaluateConfig:
     rule: str = setting("", "judge by a named rule over the two answers as well", choices=["", *RULES])
     llm_judge: str = setting("", "a GGUF chat model that judges the two answers too, asked in both orders "
                              "(pipelines.llm_judge)")
-    judge_guideline: str = setting("", "the LLM judge's prompt, with {prompt}, {answer_a} and {answer_b}; empty: "
-                                   "the studio's")
+    judge_guideline: str = setting("", "the LLM judge's prompt (its text, or on the command line a file), with "
+                                   "{prompt}, {answer_a} and {answer_b}, at most 8,000 characters; empty: the studio's")
     models_dir: str = setting("models", MODELS_DIR_HELP, internal=True)
     inputs: str = setting("inputs.parquet", "the prompts, written by the runner", internal=True)
     output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
@@ -183,8 +183,13 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     if config.llm_judge:
         log.progress(3, 4, message=f"asking the LLM judge {Path(config.llm_judge).name} (each prompt in both orders)")
         judge = LlamaJudge(config.llm_judge, config.judge_guideline or DEFAULT_GUIDELINE)
+        results = []
         try:
-            results = [judge.compare(p, a, b) for p, a, b in zip(prompts, policy_texts, base_texts)]
+            for p, a, b in zip(prompts, policy_texts, base_texts):
+                if log.cancel_requested:  # each comparison takes seconds: a cancel is honoured between them
+                    log.event("cancelled", step=3, total=4, message="cancelled while the LLM judge compared answers")
+                    return
+                results.append(judge.compare(p, a, b))
         finally:
             judge.close()
         summary = judge_summary(results)

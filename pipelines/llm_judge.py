@@ -32,7 +32,15 @@ class JudgeError(StudioError):
     pass
 
 
+# The judge reads its prompt, the request and both answers in a context of 4,096 tokens: a prompt
+# longer than this (about 2,000 tokens of English) would push the request and the answers out.
+MAX_GUIDELINE_CHARS = 8_000
+
+
 def check_guideline(guideline: str) -> None:
+    if len(guideline) > MAX_GUIDELINE_CHARS:
+        raise JudgeError(f"the judge's prompt is {len(guideline):,} characters; at most {MAX_GUIDELINE_CHARS:,} fit "
+                         "the judge's context of 4,096 tokens beside the request and the two answers: shorten it")
     missing = [p for p in PLACEHOLDERS if p not in guideline]
     if missing:
         raise JudgeError(f"the judge's prompt lacks {', '.join(missing)}: it must contain {', '.join(PLACEHOLDERS)} "

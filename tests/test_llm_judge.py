@@ -204,3 +204,15 @@ def test_a_reward_model_gets_the_same_report_card_on_the_labelled_pairs_it_was_n
     lines = reports.judge_report(runner, "other", reward_run=run_id)
     assert lines[1] == (f"reward model of run {run_id}: every labelled pair's prompt was in its training data; "
                         "judge it on other pairs")
+
+
+def test_a_judges_prompt_too_long_for_its_context_is_refused_before_a_run():
+    from pipelines.llm_judge import MAX_GUIDELINE_CHARS
+    from studio.judging import checked_guideline
+    from studio.runner import RunError
+
+    huge = "{prompt} {answer_a} {answer_b} " + "Be fair. " * 120_000  # the red-team's 1 MB guideline
+    with pytest.raises(RunError, match="at most 8,000 fit the judge's context"):
+        checked_guideline(huge)
+    fits = "{prompt} {answer_a} {answer_b} " + "x" * (MAX_GUIDELINE_CHARS - 40)
+    assert checked_guideline(fits) == fits

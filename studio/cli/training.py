@@ -3,6 +3,8 @@ labelling with an LLM judge."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipelines.evaluate import EvaluateConfig
 from pipelines.judges import RULES
 from studio import reports, service
@@ -75,9 +77,13 @@ def cmd_evaluate(ctx, args) -> int:
         from studio.kinds import RunError
 
         raise RunError("give --policy-run (the run that trained the policy), or --best-of N for the best-of-N baseline")
+    settings = given_settings(args, EvaluateConfig)
+    guideline = settings.get("judge_guideline")
+    if guideline and "\n" not in guideline and Path(guideline).expanduser().is_file():
+        # --judge-guideline takes a file, as the other commands' --guideline do (or the text itself)
+        settings["judge_guideline"] = Path(guideline).expanduser().read_text(encoding="utf-8")
     run_id = service.start_evaluation(ctx.runner, args.policy_run, args.prompts, args.judge_run, limit=args.limit,
-                                      proxy_run=args.proxy_run, reference_file=args.reference_file,
-                                      **given_settings(args, EvaluateConfig))
+                                      proxy_run=args.proxy_run, reference_file=args.reference_file, **settings)
 
     def people(run_id, status):
         line = reports.people_verdict(ctx.store, args.policy_run) if status == 0 else None
