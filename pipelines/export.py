@@ -339,7 +339,34 @@ def modelfile(gguf_name: str, tokenizer, end_ids: list[int] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def disk_full(error: BaseException) -> bool:
+    """A write that failed for want of space (an OSError, or safetensors' own error that wraps one)."""
+    import errno
+
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left" in str(error)
+
+
 def run(config: ExportConfig, log: RunLog) -> None:
+    """The export; on any failure nothing partial is left (a half-written merge or GGUF file), and a
+    full disk is said in words."""
+    run_dir = log.path.parent
+    before = set((run_dir / config.output).glob("*")) if (run_dir / config.output).is_dir() else set()
+    try:
+        export(config, log)
+    except BaseException as e:
+        shutil.rmtree(run_dir / "merged.partial", ignore_errors=True)
+        for path in (run_dir / config.output).glob("*") if (run_dir / config.output).is_dir() else ():
+            if path not in before:
+                path.unlink(missing_ok=True)
+        if disk_full(e):
+            raise ConversionError(f"the disk of {run_dir} is full: the export needs room for the merged model and "
+                                  "its GGUF files (about 4 bytes a parameter for f16 and q8_0 and q4_k_m together, "
+                                  "plus the merged model's own size); free some space and run it again. Nothing "
+                                  "partial was left") from None
+        raise
+
+
+def export(config: ExportConfig, log: RunLog) -> None:
     config.check()
     run_dir = log.path.parent
     out = run_dir / config.output

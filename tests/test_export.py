@@ -152,3 +152,32 @@ def test_an_ollama_template_for_a_family_without_a_system_role_writes_what_its_c
     assert FAMILIES[name].bos not in template  # Ollama writes the BOS itself
     assert template.count("{{ range .Messages }}") == 1 and template.count("{{ if $system }}") == 1
     assert f'PARAMETER stop "{FAMILIES[name].turn_end}"' in text
+
+
+def test_an_export_on_a_full_disk_says_so_and_leaves_nothing_partial(workspace, dpo_run, monkeypatch):
+    import errno
+
+    from transformers import PreTrainedModel
+
+    from pipelines.export import ConversionError, ExportConfig
+    from pipelines.export import run as export
+    from pipelines.runlog import RunLog
+
+    with workspace.open_store() as store:
+        adapter = store.scalar("SELECT path FROM models WHERE run_id = ?", [dpo_run])
+    folder = workspace.root / "export-run"
+    folder.mkdir()
+
+    def full(self, path, *args, **kwargs):
+        from pathlib import Path
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    config = ExportConfig(name="p", adapter=adapter, models_dir=str(workspace.models_dir), quants=["f16"])
+    with pytest.raises(ConversionError, match="the disk of .* is full.*Nothing partial was left"):
+        export(config, RunLog(folder))
+    assert not (folder / "merged.partial").exists() and not (folder / "merged").exists()
+    assert not list((folder / "gguf").glob("*"))
