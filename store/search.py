@@ -19,6 +19,7 @@ word the index does not know (a part of a word: "neighb").
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -62,6 +63,8 @@ def index_folder(store: Store) -> Path:
 def _index(store: Store) -> tantivy.Index:
     if store not in _indexes:
         folder = index_folder(store)
+        if folder.exists() and not folder.is_dir():  # a file in its place: the index is derived data, made anew
+            folder.unlink()
         folder.mkdir(exist_ok=True)
         try:
             _indexes[store] = tantivy.Index(_schema(), path=str(folder), reuse=True)
@@ -97,12 +100,39 @@ def _query(index: tantivy.Index, dataset_id: int, phrases: list[list[str]]) -> t
     return tantivy.Query.boolean_query(parts)
 
 
+# What tantivy raises for an index deleted, damaged or locked under it (and the file system's own).
+INDEX_FAULTS = (OSError, ValueError, RuntimeError)
+
+
+def forget(store: Store) -> None:
+    """Drop the open index of `store`: the next use opens it again, or rebuilds it where it is damaged."""
+    _indexes.pop(store, None)
+
+
 def search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int = 0,
            limit: int | None = None, may_write: bool = True) -> tuple[list[str], int] | None:
     """The pair ids (import order) of the dataset's pairs holding every phrase, from `offset`, at
     most `limit` (None: all), and how many there are; None when the index is not in step and cannot
     be brought in step (a read-only store, another process writing the index, or `may_write` False:
-    the caller holds the store's transaction): then the caller scans."""
+    the caller holds the store's transaction), or when it was deleted or damaged and cannot be made
+    again now: then the caller scans. A fault is never shown: the index is opened (or rebuilt) again."""
+    for attempt in (1, 2):
+        try:
+            return _search(store, dataset_id, phrases, offset, limit, may_write)
+        except INDEX_FAULTS as e:
+            log.warning("the search index of %s failed (%s); %s", store.path, e,
+                        "opening it again" if attempt == 1 else "searching the text instead")
+            forget(store)
+            if attempt == 1 and not store.read_only:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(index_folder(store))  # damaged: rebuilt from the store on the next use
+                with store.transaction() as cur:
+                    cur.execute("DELETE FROM search_index")
+    return None
+
+
+def _search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int, limit: int | None,
+            may_write: bool) -> tuple[list[str], int] | None:
     if not (sync(store, dataset_id) if may_write else in_step(store, dataset_id) and _whole(store)):
         return None
     index = _index(store)
@@ -126,7 +156,19 @@ def in_step(store: Store, dataset_id: int) -> bool:
 
 def sync(store: Store, dataset_id: int | None = None) -> bool:
     """Bring the index in step with one dataset's pairs (None: every dataset), and take out the
-    documents of datasets that are gone. Returns False when it cannot be written now."""
+    documents of datasets that are gone. Returns False when it cannot be written now (never raises:
+    the index is derived data, and an import or a label stands without it)."""
+    for attempt in (1, 2):
+        try:
+            return _sync(store, dataset_id)
+        except INDEX_FAULTS as e:
+            log.warning("the search index of %s cannot be brought in step (%s); %s", store.path, e,
+                        "opening it again" if attempt == 1 else "searching the text instead")
+            forget(store)  # deleted or damaged under us: opened again (rebuilt where damaged) on the retry
+    return False
+
+
+def _sync(store: Store, dataset_id: int | None = None) -> bool:
     datasets = [dataset_id] if dataset_id is not None else [
         r["id"] for r in store.query("SELECT id FROM datasets ORDER BY id")]
     stale = [d for d in datasets if not in_step(store, d)]
@@ -137,8 +179,9 @@ def sync(store: Store, dataset_id: int | None = None) -> bool:
         return False
     try:
         _write(store, stale, [r["dataset_id"] for r in gone])
-    except ValueError as e:  # tantivy: another process holds the index's writer lock
+    except INDEX_FAULTS as e:  # another process holds the writer lock, or the index was deleted under us
         log.warning("the search index of %s cannot be written now (%s); searching the text instead", store.path, e)
+        forget(store)
         return False
     return True
 

@@ -90,3 +90,20 @@ def test_a_lost_index_is_rebuilt_and_a_read_only_workspace_searches_the_text(sea
     with Store(path) as store:
         assert found(store, "talk", "police") == [0, 1, 2]  # rebuilt: words again
         assert store.scalar("SELECT count(*) FROM search_index") == 5
+
+
+def test_an_index_deleted_or_damaged_while_the_studio_runs_is_made_again_never_shown(searched, tmp_path):
+    """The red-team deleted the index folder, wrote garbage into its meta file and put a file in
+    its place while the app ran: searches answer as before (the index rebuilt, or the text
+    scanned), and an import stands."""
+    before = found(searched, "talk", "police")
+    folder = search_index.index_folder(searched)
+    shutil.rmtree(folder)
+    assert found(searched, "talk", "police") == before
+    (folder / "meta.json").write_text("{ not json")
+    assert found(searched, "talk", "police") == before
+    shutil.rmtree(folder)
+    folder.write_text("a file where the index was")
+    report = import_file(searched, write_pairs(tmp_path / "b.jsonl", ANSWERS, tag="b"), "more")
+    assert report.written and find_pairs(searched, "more", "police")[1] == len(before)
+    assert found(searched, "talk", "police") == before
