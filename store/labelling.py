@@ -136,6 +136,12 @@ def check_order(store: Store, dataset_id: int, dataset: str, order: str, reward_
         return None
     if not reward_model:
         raise LabelError(f"the order '{order}' reads a reward model's scores: pick a reward model")
+    if not store.scalar("SELECT count(*) FROM models WHERE name = ? AND purpose = 'reward'", [reward_model]) and \
+            not store.scalar("SELECT count(*) FROM rewards WHERE model = ?", [reward_model]):
+        known = [r["name"] for r in store.query("SELECT name FROM models WHERE purpose = 'reward' ORDER BY id DESC")]
+        raise LabelError(f"no reward model named '{reward_model}'"
+                         + (f"; the workspace has {', '.join(known[:5])}" if known else
+                            "; train one first (alignstudio train rm)"))
     scored = store.scalar("""
         SELECT count(*) FROM dataset_pairs dp JOIN pairs p ON p.id = dp.pair_id
         JOIN rewards ra ON ra.response_id = p.first_id AND ra.model = $m

@@ -374,6 +374,10 @@ def test_an_order_that_needs_a_reward_model_says_what_is_missing(unlabelled):
         queue.next_pair("chat", "ann", "t", "best")
     with pytest.raises(LabelError, match="reads a reward model's scores: pick a reward model"):
         queue.next_pair("chat", "ann", "t", "uncertain")
+    with pytest.raises(LabelError, match="no reward model named 'rm-run9'; train one first"):
+        queue.next_pair("chat", "ann", "t", "uncertain", "rm-run9")
+    with unlabelled.transaction() as cur:
+        cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('rm-run9', 'adapter', '/x', 'reward')")
     with pytest.raises(LabelError, match="'rm-run9' has not scored the answers of 'chat' yet"):
         queue.next_pair("chat", "ann", "t", "uncertain", "rm-run9")
     assert labels(unlabelled) == []
