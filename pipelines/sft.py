@@ -50,13 +50,13 @@ class SFTTrainConfig(PairTrainSettings):
     learning_rate: float = redefault(PairTrainSettings, "learning_rate", 1e-4,
                                      "SFT's LoRA takes a larger step than the preference methods'")
     completion_only: bool = setting(True, "loss on the assistant's tokens only (every assistant turn); off: on the "
-                                    "whole text, prompts included", label="Loss on answers only")
+                                    "whole text, prompts included", label="Loss on answers only", advanced=True)
     chat_format: str = setting(KEEP, "auto: the base's own chat template; or a format to give a base that has none "
                                f"(a pretrained base): {', '.join(CHAT_FORMATS)}; its special tokens are added and "
                                "trained, and the template is saved with the model", choices=(KEEP, *CHAT_FORMATS),
                                label="Chat format")
     packing: bool = setting(False, "pack several conversations into each row of max_length tokens (TRL's best-fit "
-                            "packing, padding-free): no step is spent on padding", label="Packing")
+                            "packing, padding-free): no step is spent on padding", label="Packing", advanced=True)
 
 
 def read_conversations(path: str | Path) -> list[dict]:

@@ -97,7 +97,8 @@ def form_value(f: dataclasses.Field, value):
 def explanation(method: Method) -> str:
     """The picked method, in a line: what it is and what it learns from."""
     needs = "a dataset of prompts and a trained reward model" if method.online else \
-        "a dataset of pairs with a preference"
+        "a dataset of pairs with a preference (it learns their preferred answers) or of demonstrations" \
+        if method.name == "sft" else "a dataset of pairs with a preference"
     return f"**{method.label}**: {method.summary}. It needs {needs}."
 
 
@@ -202,6 +203,16 @@ def method_of_run(ctx: Context, run_id) -> Method:
     return METHODS.get(run["kind"] if run else None, FIRST_METHOD)
 
 
+def data_choices(store, method: Method) -> list[str]:
+    """The datasets a method can learn from: any (prompts) for the online methods and SFT (which also
+    learns from demonstrations), else those holding pairs."""
+    return dataset_names(store) if method.online or method.name == "sft" else dataset_names(store, with_pairs=True)
+
+
+def data_label(method: Method) -> str:
+    return "Prompts" if method.online else "Pairs or demonstrations" if method.name == "sft" else "Pairs"
+
+
 def switch_method(ctx: Context, label: str) -> tuple:
     """Each setting shows when the method has it, with that method's default and help (the base
     keeps what was typed: it is the user's, not the method's); then the data pickers of the method,
@@ -211,8 +222,8 @@ def switch_method(ctx: Context, label: str) -> tuple:
                 gr.update(visible=True, label=label_of(f), info=help_of(f)) if name in INPUT_FIELDS else
                 gr.update(visible=True, value=shown_value(f), label=label_of(f), info=help_of(f))
                 for name in CONTROL_ORDER]
-    choices = dataset_names(ctx.store) if method.online else dataset_names(ctx.store, with_pairs=True)
-    return (*settings, gr.update(label="Prompts" if method.online else "Pairs", choices=choices),
+    choices = data_choices(ctx.store, method)
+    return (*settings, gr.update(label=data_label(method), choices=choices),
             gr.update(visible=not method.online), gr.update(visible=method.online, choices=reward_runs(ctx.store)),
             gr.update(visible=method.online, choices=[("none", "")] + reward_runs(ctx.store)),
             gr.update(visible=method.judge_split), explanation(method))
@@ -363,7 +374,7 @@ def fresh_lists(ctx: Context, label: str) -> tuple:
     store = ctx.store
     pairs = dataset_names(store, with_pairs=True)
     none_or_reward = [("none", "")] + reward_runs(store)
-    return (gr.update(choices=dataset_names(store) if method_by_label(label).online else pairs),
+    return (gr.update(choices=data_choices(store, method_by_label(label))),
             gr.update(choices=[""] + pairs), gr.update(choices=training_runs(store)),
             gr.update(choices=reward_runs(store)), gr.update(choices=none_or_reward),
             gr.update(choices=dataset_names(store)), gr.update(choices=none_or_reward),

@@ -983,3 +983,47 @@ def test_under_logins_a_compare_vote_carries_the_login_and_teammates_votes_on_on
         votes = store.query("SELECT l.annotator, l.verdict, l.pair_id FROM labels l ORDER BY l.id")
     assert [(v["annotator"], v["verdict"]) for v in votes] == [("bob", "first"), ("alice", "second")]
     assert votes[0]["pair_id"] == votes[1]["pair_id"]  # the same battle: alice's vote did not replace bob's
+
+
+def test_train_tab_fine_tunes_a_base_without_a_chat_template_once_a_format_is_picked(tmp_path, mini_workspace,
+                                                                                    tiny_model, browser):
+    """SFT in the Train tab on demonstrations: a base without a chat template is refused in a
+    sentence naming the next step (no run made); with a chat format picked it trains."""
+    import shutil
+
+    base = tmp_path / "tiny-base"
+    shutil.copytree(tiny_model, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Say {w}.", "completion": f"{w.capitalize()}."}) + "\n"
+                             for w in ("yes", "no", "maybe", "soon")))
+    with mini_workspace.open_store() as store:
+        import_file(store, demos, "demos")
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("SFT", exact=True).check()
+        page.get_by_text("or of demonstrations").wait_for(timeout=30_000)
+        page.get_by_role("combobox", name="Pairs or demonstrations").click()
+        page.get_by_role("option", name="demos", exact=True).click()
+        page.get_by_label("Base model").fill(str(base))
+        page.get_by_role("spinbutton", name="Max steps").fill("2")
+        page.get_by_role("spinbutton", name="Max tokens").fill("128")
+        page.get_by_role("button", name="Start training").click()
+        said = page.locator("#train-started")
+        said.get_by_text("has no chat template").wait_for(timeout=120_000)  # checks the base: seconds, more when busy
+        assert "--chat-format chatml" in said.inner_text()
+        page.locator("#train-chat-format").get_by_role("combobox").click()
+        page.get_by_role("option", name="chatml", exact=True).click()
+        page.get_by_role("button", name="Start training").click()
+        said.get_by_text("Run 1 started.").wait_for(timeout=120_000)
+        page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=240_000)
+        errors = [t for t in page.locator(".toast-body, .error").all_inner_texts() if t.strip()]
+        assert not errors, errors
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        assert store.query("SELECT kind, status FROM runs") == [{"kind": "sft", "status": "succeeded"}]
