@@ -89,4 +89,17 @@ def loop_state(store: Store, dataset: str) -> dict | None:
     runs = trained_from(store, pairs_dataset) + (trained_from(store, dataset) if pairs_dataset != dataset else [])
     state["reward_models"] = [r for r in runs if r["purpose"] == "reward"]
     state["policies"] = [{**r, **evaluations_and_exports(store, r)} for r in runs if r["purpose"] == POLICY_PURPOSE]
+    state["running"] = running_on(store, {dataset, pairs_dataset})
     return state
+
+
+def running_on(store: Store, datasets: set[str]) -> list[dict]:
+    """The runs queued or in progress that read one of `datasets` (id, kind, status, message, progress),
+    oldest first: what the map shows as under way."""
+    rows = store.query("""
+        SELECT r.id, r.kind, r.status, r.message,
+               (SELECT arg_max(value, rowid) FROM run_metrics m WHERE m.run_id = r.id AND m.name = 'progress')
+                 AS progress
+        FROM runs r WHERE r.status IN ('queued', 'running') AND r.dataset IN (SELECT unnest(?)) ORDER BY r.id""",
+                       [sorted(datasets)])
+    return rows

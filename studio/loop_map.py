@@ -11,8 +11,12 @@ from store import Store
 from store.arena import votes_against_base
 from store.loop import loop_state
 
-DONE, NEXT, LATER = "done", "next", "later"
-MARK = {DONE: "✓", NEXT: "→", LATER: "·"}
+DONE, NEXT, LATER, RUNNING, WEAK = "done", "next", "later", "running", "weak"
+MARK = {DONE: "✓", NEXT: "→", LATER: "·", RUNNING: "⏳", WEAK: "!"}
+# Which stage of the map a run in progress works on, by its kind (training methods: by what they make).
+STAGE_OF_KIND = {"generate": "candidates", "perplexity": "perplexity", "reward-scoring": "labels",
+                 "judge-labels": "labels", "rm": "reward model", "evaluate": "verdict", "best-of-n": "verdict"}
+POLICY_KINDS = ("sft", "dpo", "kto", "orpo", "ppo", "grpo", "rloo")
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,32 @@ def stages_and_next(store: Store, dataset: str, state: dict | None = None) -> tu
         ("votes", votes > 0, votes_words or "no blind votes yet"),
     ]
     first_missing = next((i for i, (_, done, _) in enumerate(facts) if not done), None)
-    stages = [Stage(name, DONE if done else NEXT if i == first_missing else LATER, detail)
-              for i, (name, done, detail) in enumerate(facts)]
+    under_way = {}
+    for run in s.get("running", []):
+        stage = "policy" if run["kind"] in POLICY_KINDS else STAGE_OF_KIND.get(run["kind"])
+        if stage:
+            under_way.setdefault(stage, run)
+    weak = rm is not None and "heldout_accuracy_low" in rm["metrics"] and rm["metrics"]["heldout_accuracy_low"] <= 0.5
+    stages = []
+    for i, (name, done, detail) in enumerate(facts):
+        state = DONE if done else NEXT if i == first_missing else LATER
+        if name in under_way:
+            run = under_way[name]
+            progress = f" {run['progress']:.0%}" if run["progress"] is not None else ""
+            detail = (f"run {run['id']} ({run['kind']}) {'waiting' if run['status'] == 'queued' else 'in progress'}"
+                      f"{progress}" + (f": {run['message']}" if run["message"] else "") + f"; {detail}")
+            state = RUNNING
+        elif name == "reward model" and weak:
+            state = WEAK
+            detail += ": no better than chance on its held-out pairs; label more pairs and train it again"
+        stages.append(Stage(name, state, detail))
+    if first_missing is not None and facts[first_missing][0] in under_way:
+        # Never invite a second run of what is running: follow the one under way.
+        run = under_way[facts[first_missing][0]]
+        tab = "train" if run["kind"] in POLICY_KINDS or run["kind"] in ("rm", "evaluate") else "build"
+        return stages, NextStep(tab, f"Follow run {run['id']}", f"Run {run['id']} ({run['kind']}) is under way for "
+                                f"this stage: follow it; the next step comes when it ends.",
+                                {"run": run["id"]} if tab == "train" else {"dataset": dataset})
     return stages, next_step(dataset, s, first_missing, rm, policy)
 
 

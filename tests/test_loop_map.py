@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from store import import_file
-from store.runs import create_run, record_adapter
+from store.runs import create_run, mark_running, record_adapter, record_events
 from studio.loop_map import (
     DONE,
     LATER,
     LINEAGE_COLUMNS,
     NEXT,
+    RUNNING,
+    WEAK,
     furthest_along,
     lineage,
     lineage_step,
@@ -28,8 +30,9 @@ def states(stages) -> dict[str, str]:
     return {s.name: s.state for s in stages}
 
 
-def trained(store, workspace, kind: str, dataset: str, purpose: str) -> int:
+def trained(store, workspace, kind: str, dataset: str, purpose: str, metrics: dict | None = None) -> int:
     run_id, folder = create_run(store, kind, {"base": "default"}, workspace.runs_dir, dataset)
+    record_events(store, run_id, [{"step": 1, "metrics": metrics or {}}], 0, "succeeded", "done")
     with store.transaction() as cur:
         record_adapter(cur, run_id, f"{kind}-run{run_id}", folder / "model", "default", purpose)
     return run_id
@@ -87,3 +90,20 @@ def test_home_opens_on_the_dataset_furthest_along_the_loop(store, workspace, tmp
     assert furthest_along(store, ["every prompt", "labelled", "labelled too"]) == "labelled"
     trained(store, workspace, "rm", "labelled too", "reward")
     assert furthest_along(store, ["every prompt", "labelled", "labelled too"]) == "labelled too"
+
+
+def test_a_stage_under_way_shows_its_run_and_the_next_step_follows_it_rather_than_starting_another(
+        store, workspace, tmp_path):
+    import_file(store, write_pairs(tmp_path / "pairs.jsonl.gz", n=10), "pairs")
+    trained(store, workspace, "rm", "pairs", "reward", {"heldout_accuracy": 0.5, "heldout_accuracy_low": 0.1,
+                                                        "heldout_accuracy_high": 0.9})
+    stages, step = stages_and_next(store, "pairs")
+    # A reward model at chance is no check mark: it says so and what to do.
+    assert states(stages)["reward model"] == WEAK and "label more pairs" in stages[5].detail
+    run_id, _ = create_run(store, "dpo", {"base": "default"}, workspace.runs_dir, "pairs")
+    mark_running(store, run_id, None)
+    record_events(store, run_id, [{"step": 2, "total": 5, "metrics": {"loss": 0.6}}], 10, "running", "training")
+    stages, step = stages_and_next(store, "pairs")
+    assert states(stages)["policy"] == RUNNING
+    assert stages[6].detail.startswith(f"run {run_id} (dpo) in progress 40%: training")
+    assert (step.label, step.tab, step.inputs) == (f"Follow run {run_id}", "train", {"run": run_id})
