@@ -10,7 +10,18 @@ import gradio as gr
 from pipelines.chat import ChatModels
 from store.labelling import LabelQueue
 from store.queries import dataset_names
-from studio import agreement_tab, build_tab, compare_tab, data_tab, export_tab, home_tab, judging, label_tab, train_tab
+from studio import (
+    agreement_tab,
+    build_tab,
+    compare_tab,
+    data_tab,
+    export_tab,
+    home_tab,
+    jobs_bar,
+    judging,
+    label_tab,
+    train_tab,
+)
 from studio.context import Context
 from studio.runner import Runner
 from studio.workspace import Workspace
@@ -37,6 +48,7 @@ def build_app(workspace: Workspace):
     ctx = Context(workspace, store, runner, LabelQueue(store), ChatModels())
     with gr.Blocks(title="Alignment Studio") as app:
         gr.Markdown("# Alignment Studio")
+        jobs = jobs_bar.build(ctx)
         with gr.Tabs() as tabs:
             with gr.Tab("Home", id="home"):
                 home = home_tab.build(ctx)
@@ -54,7 +66,7 @@ def build_app(workspace: Workspace):
                 export = export_tab.build(ctx, tab)
             with gr.Tab("Compare", id="compare") as tab:
                 compare = compare_tab.build(ctx, app, tab)
-        home_tab.wire_next_step(ctx, app, home, tabs, {
+        opening, opened = home_tab.wire_next_step(ctx, app, home, tabs, {
             "label_dataset": label.dataset, "build_dataset": building.dataset,
             "build_generate_box": building.generate_box, "train_method": train.kind,
             "train_dataset": train.dataset, "train_run": train.picked, "train_eval_box": train.eval_box,
@@ -68,6 +80,12 @@ def build_app(workspace: Workspace):
             "export_model": lambda: export_tab.exportable(store),
             "compare_model": lambda: list(judging.gguf_models(store)),
             "compare_base": lambda: list(judging.gguf_models(store))})
+
+        def open_job(run_id):
+            step = jobs_bar.where_followed(ctx, run_id)
+            return opening(step) if step else (gr.update(),) * len(opened)
+
+        jobs.open.click(open_job, jobs.job, opened)
     # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
     # description (every dataset name among its allowed values) even in the login page.
     for fn in app.fns.values():

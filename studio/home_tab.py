@@ -269,7 +269,7 @@ def build(ctx: Context) -> None:
 
 
 def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict,
-                   choices: dict) -> None:
+                   choices: dict):
     """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
     the other tabs' components it sets, by name (label_dataset, build_dataset, build_generate_box: an
     accordion it opens, train_method, train_dataset, train_run, train_eval_box, train_eval_prompts,
@@ -309,3 +309,5 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
     home.lineage.select(open_lineage, home.project, [tabs, *targets.values()])
     # A page opens on the dataset furthest along the loop now, not on the one picked when the server started.
     app.load(handler(follow_map, ctx, None), None, [home.project, home.loop, home.step, home.why, home.lineage])
+    # What opens a step's tab with its inputs, for the other places that open one (the jobs bar).
+    return opening, [tabs, *targets.values()]

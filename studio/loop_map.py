@@ -12,7 +12,7 @@ from store.arena import votes_against_base
 from store.loop import loop_state
 
 DONE, NEXT, LATER, RUNNING, WEAK = "done", "next", "later", "running", "weak"
-MARK = {DONE: "✓", NEXT: "→", LATER: "·", RUNNING: "⏳", WEAK: "!"}
+MARK = {DONE: "✓", NEXT: "→", LATER: "·", RUNNING: "▶", WEAK: "!"}
 # Which stage of the map a run in progress works on, by its kind (training methods: by what they make).
 STAGE_OF_KIND = {"generate": "candidates", "perplexity": "perplexity", "reward-scoring": "labels",
                  "judge-labels": "labels", "rm": "reward model", "evaluate": "verdict", "best-of-n": "verdict"}

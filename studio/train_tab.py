@@ -106,8 +106,11 @@ def reward_runs(store: Store) -> list[tuple[str, int]]:
     return [(f"{r['name']} (run {r['run_id']})", r["run_id"]) for r in reward_models(store)]
 
 
+FOLLOWED_KINDS = (*METHODS, "evaluate", "best-of-n")  # the runs the Train tab follows: training, and judging
+
+
 def training_runs(store: Store) -> list[tuple[str, int]]:
-    return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"]) for r in runs_of_kinds(store, list(METHODS))]
+    return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"]) for r in runs_of_kinds(store, FOLLOWED_KINDS)]
 
 
 # Fixed colours, named in the plot's label: Gradio's own legend is cut off below small plots.

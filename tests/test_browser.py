@@ -1027,3 +1027,34 @@ def test_train_tab_fine_tunes_a_base_without_a_chat_template_once_a_format_is_pi
         proc.wait(timeout=30)
     with mini_workspace.open_store() as store:
         assert store.query("SELECT kind, status FROM runs") == [{"kind": "sft", "status": "succeeded"}]
+
+
+def test_a_running_job_is_seen_from_every_tab_and_after_a_reload_and_opens_and_cancels_from_there(
+        tmp_path, mini_workspace, tiny_model, browser):
+    with mini_workspace.open_store() as store:
+        runner = Runner(store, mini_workspace)
+        run_id = service.start_training(runner, "dpo", "mini", base=str(tiny_model), max_steps=400, batch_size=2,
+                                        max_length=128, lora_r=4, lora_alpha=8, save_every=1000).run_id
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Label").click()
+        bar = page.locator("#jobs-bar-text")
+        bar.get_by_text(f"run {run_id} training DPO on 'mini'").wait_for(timeout=60_000)
+        page.reload()  # a reload (or another browser tab) finds the same job
+        page.get_by_role("tab", name="Compare").click()
+        bar.get_by_text(f"run {run_id} training DPO").wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "jobs-bar.png"))
+        page.locator("#jobs-bar-open").click()  # Open takes it to the tab that follows it, picked there
+        page.wait_for_function("id => document.querySelector('#train-run input')?.value.startsWith('run ' + id)",
+                               arg=run_id, timeout=60_000)
+        assert page.get_by_role("tab", name="Train").get_attribute("aria-selected") == "true"
+        page.locator("#jobs-bar-cancel").click()
+        page.locator("#jobs-bar-said").get_by_text(f"Run {run_id}: asked to stop").wait_for(timeout=30_000)
+        page.locator("#jobs-bar").wait_for(state="hidden", timeout=120_000)  # nothing runs: the bar goes
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with mini_workspace.open_store() as store:
+        assert store.scalar("SELECT status FROM runs WHERE id = ?", [run_id]) == "cancelled"
