@@ -135,16 +135,26 @@ COLOUR_OF = metric_colours()
 COLOUR_MAP = {name: code for name, (_, code) in COLOUR_OF.items()}
 
 
+def plot_frame(rows: list[dict], x: str) -> pd.DataFrame:
+    """Rows as the plots take them: `x` and value numeric (float, a missing value NaN), the series'
+    names as text, in the order of `x`. Typed even when empty: a frame of no rows, or of None
+    values, made the plot take its axis for labels (a "null" tick, values unsorted) while a run was
+    watched from its start, and it stayed so as the run grew."""
+    frame = pd.DataFrame(rows, columns=[x, "metric", "value"])
+    frame[x] = pd.to_numeric(frame[x], errors="coerce").astype("float64")
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
+    frame["metric"] = frame["metric"].astype("string")
+    return frame.dropna(subset=[x, "value"]).sort_values([x, "metric"], kind="stable").reset_index(drop=True)
+
+
 def metric_plot(store: Store, run_id: int, names: list[str], title: str) -> gr.LinePlot:
-    """The logged values of `names` by step, one line each, the colours named in the label."""
+    """The logged values of `names` by step, one line each, the colours named in the label; only
+    the series drawn are in the legend (their colours are fixed by COLOUR_MAP)."""
     rows = metric_series(store, run_id, names)
     logged = {r["metric"] for r in rows}
     shown = [n for n in names if n in logged]
-    first_step = rows[0]["step"] if rows else 0
-    frame = pd.DataFrame(rows + [{"step": first_step, "metric": name, "value": None}
-                                 for name in COLOUR_OF if name not in logged])
     label = f"{title}: " + ", ".join(f"{name} ({COLOUR_OF[name][0]})" for name in shown) if shown else title
-    return gr.LinePlot(value=frame, label=label)
+    return gr.LinePlot(value=plot_frame(rows, "step"), label=label)
 
 
 def watch_plot(store: Store, run_id: int) -> gr.LinePlot:
@@ -153,12 +163,9 @@ def watch_plot(store: Store, run_id: int) -> gr.LinePlot:
     runs without a watch."""
     names = ("watch/proxy_win", "watch/judge_win")
     rows = metric_by_kl(store, run_id, names)
-    frame = pd.DataFrame(rows + [{"kl": rows[0]["kl"] if rows else 0.0, "metric": n, "value": None}
-                                 for n in names if n not in {r["metric"] for r in rows}],
-                         columns=["kl", "metric", "value"])
     label = ("Watch, on held-out prompts: win rate against the base by KL from it: proxy (the reward model "
              f"optimised, {COLOUR_OF[names[0]][0]}), judge ({COLOUR_OF[names[1]][0]})")
-    return gr.LinePlot(value=frame, label=label, visible=bool(rows))
+    return gr.LinePlot(value=plot_frame(rows, "kl"), label=label, visible=bool(rows))
 
 
 def bullets(lines) -> str:

@@ -1058,3 +1058,39 @@ def test_a_running_job_is_seen_from_every_tab_and_after_a_reload_and_opens_and_c
         proc.wait(timeout=30)
     with mini_workspace.open_store() as store:
         assert store.scalar("SELECT status FROM runs WHERE id = ?", [run_id]) == "cancelled"
+
+
+def test_the_live_plots_have_numeric_axes_in_step_order_while_a_run_is_watched_from_its_start(
+        tmp_path, mini_workspace, tiny_model, browser):
+    url, proc = serve(mini_workspace, tmp_path / "serve.log")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.get_by_role("tab", name="Train").click()
+        page.get_by_label("DPO", exact=True).check()
+        page.get_by_label("Base model").fill(str(tiny_model))
+        page.get_by_role("spinbutton", name="Max steps").fill("12")
+        page.get_by_role("spinbutton", name="Batch size").fill("2")
+        page.get_by_role("spinbutton", name="Max tokens").fill("128")
+        page.get_by_role("button", name="Start training").click()
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=120_000)
+        page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=240_000)
+        page.wait_for_timeout(3_000)
+        page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+
+        def ticks(axis: str) -> list[str]:  # the SVG axis labels Vega draws (x first, then y)
+            texts = page.locator("#train-loss-plot g.mark-text.role-axis-label").nth(0 if axis == "x" else 1) \
+                .locator("text").evaluate_all("els => els.map(e => e.textContent)")
+            return [t for t in texts if t and t.strip()]
+
+        for axis in ("x", "y"):
+            values = [float(t.replace(",", "")) for t in ticks(axis)]  # numbers, every one of them
+            steps = {round(b - a, 6) for a, b in zip(values, values[1:])}
+            assert len(values) >= 2 and len(steps) == 1, (axis, values)  # a numeric scale: evenly spaced ticks
+        legend = page.locator("#train-metrics-plot g.role-legend text").evaluate_all(
+            "els => els.map(e => e.textContent)")
+        label = page.locator("#train-metrics-plot [data-testid=block-info]").inner_text()
+        assert all(name in label for name in legend if name and name != "metric")  # only series drawn
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
