@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from pipelines.reward_model import load_reward_model, score
+from pipelines.reward_model import RewardEnsemble, load_reward_model, score
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import not_used, redefault, setting
 from pipelines.training import (
@@ -63,7 +63,8 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
         raise ValueError("no prompts to train on")
     prompts, watch_prompts = hold_out_watch_prompts(prompts, config, config.seed)
     reward_tokenizer, reward_model = load_reward_model(config.reward_adapter, placement, config.load_in_4bit)
-    if not config.load_in_4bit:  # merging into 4-bit weights would round the adapter away
+    ensemble = isinstance(reward_model, RewardEnsemble)
+    if not config.load_in_4bit and not ensemble:  # merging into 4-bit weights would round the adapter away
         reward_model = reward_model.merge_and_unload()
     base_path, tokenizer = base_and_tokenizer(config)
     model = AutoModelForCausalLM.from_pretrained(base_path, **model_kwargs(config, placement))
@@ -86,9 +87,18 @@ def train_online(config: OnlineTrainConfig, log: RunLog, method: str, trainer_cl
         callbacks.append(watch_callback(watch, check_every(config, config.max_steps)))
         log.event("running", message=f"{len(watch_prompts)} prompts held out for the over-optimisation watch, checked "
                                      f"every {check_every(config, config.max_steps)} steps")
-    trainer = trainer_cls(model=model, reward_funcs=reward_model, args=args,
+    if ensemble:  # TRL takes a function for what is not one model: the ensemble's conservative score
+        def ensemble_reward(prompts, completions, **_):
+            return score(reward_tokenizer, reward_model,
+                         [p + (c if isinstance(c, list) else [{"role": "assistant", "content": c}])
+                          for p, c in zip(prompts, completions)])
+
+        reward_funcs, reward_classes = ensemble_reward, None
+    else:
+        reward_funcs, reward_classes = reward_model, reward_tokenizer
+    trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                          processing_class=tokenizer, reward_processing_classes=reward_tokenizer, callbacks=callbacks,
+                          processing_class=tokenizer, reward_processing_classes=reward_classes, callbacks=callbacks,
                           peft_config=lora_config(config, "CAUSAL_LM"))
     if train_and_save(trainer, callback, config, log, "policy", method) is None:
         return

@@ -64,6 +64,20 @@ class RewardTrainConfig(PairTrainSettings):
                                    "longer as pairs whose chosen answer is the shorter, leaving out pairs of the "
                                    "larger group at random (seeded; the run's message counts them)",
                                    label="Balance lengths", advanced=True)
+    ensemble: int = setting(1, "K reward models in one job, each on its own bootstrap sample of the training pairs "
+                            "with its own seed, scored as one: their mean, their spread, and a conservative score "
+                            "(mean minus lambda times spread) wherever one reward model is taken (1: a single model)",
+                            label="Ensemble members", advanced=True)
+    ensemble_lambda: float = setting(1.0, "an ensemble's conservative score: the members' mean minus this times their "
+                                     "spread (the uncertainty penalty of Coste et al., 2023)", label="Ensemble lambda",
+                                     advanced=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.ensemble <= 16:
+            raise ValueError(f"ensemble must be 1 to 16 members, not {self.ensemble}")
+        if self.ensemble_lambda < 0:
+            raise ValueError(f"ensemble_lambda must be 0 or more, not {self.ensemble_lambda}")
 
 REPORT_CARD = "report_card.json"
 HELD_OUT_SCORES = "held_out_scores.parquet"
@@ -292,6 +306,8 @@ def planned_steps(trainer) -> int:
 
 
 def run(config: RewardTrainConfig, log: RunLog) -> None:
+    if config.ensemble > 1:
+        return run_ensemble(config, log)
     run_dir = log.path.parent
     train, held_out = pair_data(config, run_dir)
     alike = 0
@@ -355,6 +371,61 @@ def run(config: RewardTrainConfig, log: RunLog) -> None:
         metrics["eval_margin"] = sum(r["reward_chosen"] - r["reward_rejected"] for r in rows) / len(rows)
     log.event("succeeded", step=steps, metrics=metrics,
               message=f"reward model trained ({steps} steps); " + "; ".join(describe_card(card)))
+
+
+def bootstrap(records: list, seed: int) -> list:
+    """A sample of as many records as there are, drawn with replacement (seeded)."""
+    import random
+
+    rng = random.Random(seed)
+    return [records[rng.randrange(len(records))] for _ in records]
+
+
+def run_ensemble(config: RewardTrainConfig, log: RunLog) -> None:
+    """K members, one after the other, each on a bootstrap sample of the training pairs with seed +
+    i, saved in <output>/member-<i>; then the ensemble's report card, by the members' mean, on every
+    held-out pair. A cancelled ensemble resumes from the first member not yet saved."""
+    import dataclasses
+
+    from pipelines.models import resolve_model
+    from pipelines.reward_model import ENSEMBLE, load_reward_model, write_meta
+    from pipelines.training import placement_of
+
+    run_dir = log.path.parent
+    train, held_out = pair_data(config, run_dir)
+    out = run_dir / config.output
+    members = []
+    for i in range(config.ensemble):
+        member = dataclasses.replace(config, ensemble=1, seed=config.seed + i, output=f"{config.output}/member-{i}")
+        members.append(f"member-{i}")
+        if (run_dir / member.output / "adapter_config.json").is_file():
+            continue  # trained before a cancel: kept
+        sample = bootstrap(train, config.seed + i)
+        callback = progress_callback(log, eval_prefix=f"member{i}_eval_")
+        trainer, _ = make_trainer(member, run_dir / f"member-{i}", sample, [], [callback])
+        log.event("running", message=f"member {i + 1} of {config.ensemble}: training on a bootstrap sample of "
+                                     f"{len(sample)} pairs (seed {member.seed})")
+        if train_and_save(trainer, callback, member, log, "reward", "rm") is None:
+            return
+        del trainer
+    (out / ENSEMBLE).write_text(json.dumps({"members": members, "lambda": config.ensemble_lambda}))
+    write_meta(out, "reward", config.base, resolve_model(config.base, config.models_dir), "rm-ensemble")
+    if not held_out:
+        log.event("succeeded", message=f"an ensemble of {config.ensemble} reward models trained; no held-out pairs")
+        return
+    log.event("running", message=f"scoring all {len(held_out)} held-out pairs with every member")
+    tokenizer, ensemble = load_reward_model(out, placement_of(config), config.load_in_4bit)
+    ensemble.mode = "mean"  # accuracy is the mean's; the conservative score is for optimising against
+    rows = score_held_out(ensemble, tokenizer, held_out, config)
+    pq.write_table(pa.Table.from_pylist(rows), run_dir / HELD_OUT_SCORES)
+    card = report_card(rows)
+    (run_dir / REPORT_CARD).write_text(json.dumps(card, indent=2))
+    metrics = {f"card/{k}": v for k, v in card.items() if isinstance(v, (int, float))}
+    metrics.update(heldout_accuracy=card["accuracy"], heldout_accuracy_low=card["accuracy_low"],
+                   heldout_accuracy_high=card["accuracy_high"], heldout_pairs=card["pairs"],
+                   eval_accuracy=card["accuracy"], ensemble=config.ensemble)
+    log.event("succeeded", metrics=metrics, message=f"an ensemble of {config.ensemble} reward models (accuracy of "
+              f"their mean); " + "; ".join(describe_card(card)))
 
 
 if __name__ == "__main__":

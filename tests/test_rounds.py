@@ -156,3 +156,44 @@ def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, s
         steps = again.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'judge/win_rate' "
                             "ORDER BY step", [run])
     assert [s["step"] for s in steps] == [1, 2, 4] and all(0 <= s["value"] <= 1 for s in steps)
+
+
+def test_a_reward_model_ensemble_trains_as_one_job_and_scores_mean_spread_and_a_conservative_score(
+        workspace, store, tmp_path, tiny_model):
+    """K members on bootstrap samples with their own seeds; loaded as one base with K adapters; the
+    report card is the mean's; what the studio optimises against is mean minus lambda times spread,
+    PPO and rounds included."""
+    from pipelines.models import Placement
+    from pipelines.reward_model import RewardEnsemble, load_reward_model, score
+
+    import_file(store, arithmetic_pairs(tmp_path, n=12), "sums")
+    import_file(store, prompts_file(tmp_path / "asks.jsonl", ["tea", "rain"]), "asks")
+    runner = Runner(store, workspace)
+    run_id = service.start_training(runner, "rm", "sums", base=str(tiny_model), max_steps=2, batch_size=4,
+                                    max_length=128, lora_r=4, lora_alpha=8, eval_share=0.25, ensemble=3,
+                                    ensemble_lambda=0.5).run_id
+    run = runner.wait(run_id)
+    assert run["status"] == "succeeded", run["message"]
+    assert run["message"].startswith("an ensemble of 3 reward models (accuracy of their mean)")
+    path = store.scalar("SELECT path FROM models WHERE run_id = ?", [run_id])
+    tokenizer, ensemble = load_reward_model(path, Placement("cpu", "float32"))
+    assert isinstance(ensemble, RewardEnsemble) and len(ensemble.names) == 3
+    conversations = [[{"role": "user", "content": "2 plus 2?"}, {"role": "assistant", "content": a}]
+                     for a in ("4.", "I would rather not.")]
+    each = ensemble.each(tokenizer, conversations, 8, 128)
+    assert len({tuple(v) for v in each}) == 3  # three different members
+    means, spreads, conservative = ensemble.combine(each)
+    assert score(tokenizer, ensemble, conversations) == pytest.approx(conservative)
+    assert conservative == pytest.approx([m - 0.5 * s for m, s in zip(means, spreads)])
+    # PPO takes the ensemble as its reward model.
+    ppo = service.start_training(runner, "ppo", prompts="asks", reward_run=run_id, base=str(tiny_model),
+                                 max_steps=1, batch_size=2, mini_batch_size=2, max_new_tokens=6, max_length=128,
+                                 lora_r=4, lora_alpha=8, watch_prompts=0).run_id
+    assert runner.wait(ppo)["status"] == "succeeded"
+    grpo = service.start_training(runner, "grpo", prompts="asks", reward_run=run_id, base=str(tiny_model),
+                                  max_steps=1, batch_size=2, num_generations=2, max_new_tokens=6, max_length=128,
+                                  lora_r=4, lora_alpha=8, watch_prompts=0).run_id
+    run = runner.wait(grpo)
+    assert run["status"] == "succeeded", run["message"]
+    with pytest.raises(RunError, match="ensemble must be 1 to 16 members"):
+        service.start_training(runner, "rm", "sums", base=str(tiny_model), ensemble=40)
