@@ -56,7 +56,8 @@ def test_an_evaluation_carries_the_cost_card(workspace, store, tmp_path, pairs_f
                                                           [run["id"]])}
     for item in ("perplexity", "benign", "harmful"):
         assert metrics[f"cost/{item}/low"] <= metrics[f"cost/{item}/change"] <= metrics[f"cost/{item}/high"]
-    assert metrics["cost/perplexity/n"] == 12 and metrics["cost/benign/n"] == 6  # the held-out pairs' answers
+    # The held-out pairs' preferred answers, as many as the evaluation's prompts; the refusal sets as asked.
+    assert metrics["cost/perplexity/n"] == 4 and metrics["cost/benign/n"] == 6
     assert metrics["cost/perplexity/policy"] > 1 and metrics["cost/perplexity/base"] > 1
     lines = run["message"].splitlines()
     assert any(line.startswith("cost: held-out perplexity") for line in lines)
