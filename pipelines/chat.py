@@ -7,6 +7,7 @@ conversation's cache. Each instance has a lock, so two requests never share a co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -50,11 +51,21 @@ def load_llama(path: str | Path, **settings):
     CPU buffers: the model's `use_extra_bufts` off, as llama.cpp's `--no-repack` does. `Llama`
     takes no such setting, so its default parameters are swapped for that one load."""
     from llama_cpp import Llama
-    from llama_cpp import llama as llama_module
 
     settings.setdefault("n_gpu_layers", gpu_layers())
-    if not _cpu_has_amx():
+    with plain_cpu_buffers():
         return Llama(str(path), **settings)
+
+
+@contextlib.contextmanager
+def plain_cpu_buffers():
+    """While it holds, a model llama.cpp loads keeps its weights in plain CPU buffers on a CPU with
+    AMX (see load_llama); elsewhere it changes nothing."""
+    if not _cpu_has_amx():
+        yield
+        return
+    from llama_cpp import llama as llama_module
+
     defaults = llama_module.llama_cpp.llama_model_default_params
 
     def without_extra_buffers():
@@ -65,9 +76,34 @@ def load_llama(path: str | Path, **settings):
     with _loading:
         llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
         try:
-            return Llama(str(path), **settings)
+            yield
         finally:
             llama_module.llama_cpp.llama_model_default_params = defaults
+
+
+def gguf_chat_template(path: str | Path) -> str | None:
+    """The chat template a GGUF file carries (None: not a chat model), read from its metadata alone."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+
+
+def serve_openai(path: str | Path, name: str, host: str, port: int, api_key: str | None = None,
+                 n_ctx: int = 4096) -> None:
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python's) for one GGUF chat model, named
+    `name` in /v1/models, answering in its own chat template; runs until Ctrl-C."""
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    model = ModelSettings(model=str(path), model_alias=name, n_gpu_layers=gpu_layers(), n_ctx=n_ctx, verbose=False)
+    with plain_cpu_buffers():  # the server loads the model here
+        app = create_app(server_settings=ServerSettings(host=host, port=port, api_key=api_key),
+                         model_settings=[model])
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 class ChatModels:

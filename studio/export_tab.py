@@ -67,7 +67,11 @@ def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]
         rows.append([name, f["quant"], round(f["bytes"] / 1e6, 1), "same" if f["argmax_agrees"] else "differs",
                      round(f["max_abs_diff"], 4), f"{f['top10_overlap']}/10", f["reply"], f["path"]])
         commands.append(f"ollama create {name} -f {f['modelfile']}")
-    return line, rows, "Use them in Ollama:\n\n```\n" + "\n".join(commands) + "\n```"
+    served = report["files"][-1]  # the smallest file asked for
+    serve = (f"alignstudio serve-model {served['path']} --name {names.get(served['path'], 'policy')} --port 8000")
+    return line, rows, ("Use them in Ollama:\n\n```\n" + "\n".join(commands) + "\n```\n\nOr serve one as an "
+                        "OpenAI-compatible API (base URL `http://127.0.0.1:8000/v1`; Ctrl-C stops it):\n\n```\n"
+                        + serve + "\n```")
 
 
 def start_export(ctx: Context, name, chosen):

@@ -80,14 +80,59 @@ def cmd_serve(ctx, args) -> int:
     if args.host not in LOOPBACK and auth is None:
         raise SystemExit(f"refusing to serve on {args.host} without --auth user:password: anyone who "
                          "can reach this machine could read and change the workspace")
-    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+    port_free(args.host, args.port)
+    serve(ctx.workspace, args.host, args.port, auth)
+    return 0
+
+
+def port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
         try:
-            probe.bind((args.host, args.port))
+            probe.bind((host, port))
         except OSError as e:
-            raise SystemExit(f"cannot serve on {args.host}:{args.port}: {e.strerror} (another studio, or another "
-                             "program, may be using that port: pass --port with a free one)") from None
-    serve(ctx.workspace, args.host, args.port, auth)
+            raise SystemExit(f"cannot serve on {host}:{port}: {e.strerror} (another server, or another program, may "
+                             "be using that port: pass --port with a free one)") from None
+
+
+def cmd_serve_model(ctx, args) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    from pipelines.chat import gguf_chat_template, serve_openai
+    from store.db import StoreError
+    from studio import judging
+
+    given = Path(args.model).expanduser()
+    if given.suffix == ".gguf" and given.is_file():  # a file needs no store: the studio may be running
+        path, name = str(given), args.name or given.stem
+    else:
+        try:
+            with ctx.workspace.open_store() as store:  # closed again before serving: the studio may open it
+                known = judging.gguf_models(store)
+        except StoreError as e:
+            raise SystemExit(f"{e}; or give the GGUF file's path instead of its name (the Export tab shows it)") \
+                from None
+        path, name = known.get(args.model), args.name or args.model
+        if path is None:
+            raise SystemExit(f"no GGUF model named '{args.model}': export a policy first (alignstudio export-model), "
+                             f"or serve one of: {', '.join(known) or 'none yet'}")
+    if not gguf_chat_template(path):
+        raise SystemExit(f"{name} ({path}) carries no chat template: it is not a chat model, and an "
+                         "OpenAI-style chat server could not write its prompts")
+    if args.host not in LOOPBACK and not args.api_key:
+        raise SystemExit(f"refusing to serve on {args.host} without --api-key KEY: anyone who can reach this "
+                         "machine could use the model; clients then send 'Authorization: Bearer KEY'")
+    if importlib.util.find_spec("sse_starlette") is None:
+        raise SystemExit("serve-model needs llama.cpp's server parts: pip install -e '.[serve]'")
+    port_free(args.host, args.port)
+    print(f"serving {name} ({path}) at http://{args.host}:{args.port}/v1 as the model '{name}' "
+          "(OpenAI-compatible: /v1/chat/completions, /v1/models); Ctrl-C stops it", flush=True)
+    try:
+        serve_openai(path, name, args.host, args.port, args.api_key or None)
+    except KeyboardInterrupt:
+        pass
+    print("stopped", flush=True)
     return 0
 
 
@@ -98,6 +143,17 @@ def add_commands(sub) -> None:
     config_arguments(p, DemoSettings)
 
     command(sub, "prepare", cmd_prepare, "convert the default model and load the demo prompts", opens=None)
+
+    p = command(sub, "serve-model", cmd_serve_model, "serve an exported model (or the default) as an OpenAI-compatible "
+                "API with llama.cpp's server", opens=None,
+                description="Any OpenAI client then talks to it: base URL http://HOST:PORT/v1, the model's name as "
+                            "the model. Ctrl-C stops it.")
+    p.add_argument("model", help="a GGUF model's name (alignstudio models), default, or a .gguf file (no store "
+                   "needed: while the studio runs, give the file)")
+    p.add_argument("--name", help="the model's name in the API (default: its name, or the file's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="a key clients must send (required for a host other than loopback)")
 
     p = command(sub, "serve", cmd_serve, "serve the studio in the browser", opens=None)
     p.add_argument("--host", default="127.0.0.1")
