@@ -166,6 +166,54 @@ def check_gguf(path: Path, ids: list[int], reference, text_ids: list[int] | None
             "reply": reply["choices"][0]["message"]["content"]}
 
 
+HELDOUT_TEXT = Path(__file__).resolve().parents[1] / "assets" / "heldout_text.txt"
+PPL_WINDOW = 128  # tokens scored at once: the text is cut into windows, the unit of the bootstrap
+
+
+def heldout_ids(tokenizer) -> list[int]:
+    """Token ids of the studio's held-out text (plain English written for it: a kitchen, a garden, a
+    bicycle, a library, ...; no model trained on it), for the quantisation's perplexity."""
+    return tokenizer(HELDOUT_TEXT.read_text(encoding="utf-8"), add_special_tokens=False).input_ids
+
+
+def window_nll(path: Path, ids: list[int]) -> list[float]:
+    """A GGUF's mean negative log-likelihood per token of each window of `ids`, in llama.cpp."""
+    import numpy as np
+
+    llm = load_llama(path, n_ctx=PPL_WINDOW + 8, logits_all=True, verbose=False)
+    out = []
+    for start in range(0, len(ids) - 1, PPL_WINDOW):
+        window = ids[start:start + PPL_WINDOW + 1]
+        if len(window) < 2:
+            break
+        llm.reset()
+        llm.eval(window[:-1])
+        scores = np.array(llm.scores[:len(window) - 1], dtype=np.float64)
+        top = scores.max(axis=1, keepdims=True)
+        logprobs = scores - top - np.log(np.exp(scores - top).sum(axis=1, keepdims=True))
+        out.append(float(-logprobs[np.arange(len(window) - 1), window[1:]].mean()))
+    return out
+
+
+def quantisation_cost(nll: dict[str, list[float]], sizes: dict[str, int]) -> dict[str, dict]:
+    """Each file's perplexity on the held-out text, and against f16's: the change in percent with a
+    paired bootstrap interval over the text's windows, and how many times smaller the file is."""
+    import math
+
+    from common.stats import paired_difference
+
+    out = {}
+    for quant, values in nll.items():
+        cost = {"ppl": math.exp(sum(values) / len(values))}
+        if "f16" in nll and quant != "f16":
+            change = paired_difference(values, nll["f16"])
+            cost.update(ppl_change=math.exp(change["diff"]) - 1, ppl_change_low=math.exp(change["low"]) - 1,
+                        ppl_change_high=math.exp(change["high"]) - 1, ppl_verdict=change["change"],
+                        smaller=sizes["f16"] / sizes[quant])
+        out[quant] = cost
+    return out
+
+
 def chat_template_parts(tokenizer) -> dict | None:
     """What the chat template writes before and after each role's text and to open an answer, found
     by rendering marked conversations; None when the template does not fit that shape (checked by
@@ -402,13 +450,18 @@ def export(config: ExportConfig, log: RunLog) -> None:
     ends = generation_end_ids(model_dir)
     report = {"model_dir": str(model_dir), "merged": bool(config.adapter), "check_prompt": CHECK_PROMPT, "files": []}
     metrics = {}
+    log.progress(3, 4, message="the quantisation's cost: perplexity of held-out text in each file")
+    text = heldout_ids(tokenizer)
+    nll = {quant: window_nll(path, text) for quant, path in {"f16": f16, **files}.items()}
+    costs = quantisation_cost(nll, {quant: path.stat().st_size for quant, path in {"f16": f16, **files}.items()})
     for quant, path in files.items():
-        check = check_gguf(path, ids, reference, text_ids, prompt_ids)
+        check = {**check_gguf(path, ids, reference, text_ids, prompt_ids), **costs[quant]}
         (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer, ends), encoding="utf-8")
         report["files"].append({"quant": quant, "path": str(path), "bytes": path.stat().st_size,
                                 "modelfile": str(out / f"{path.stem}.Modelfile"), **check})
         metrics.update({f"{quant}_mb": path.stat().st_size / 1e6, f"{quant}_max_abs_diff": check["max_abs_diff"],
-                        f"{quant}_top10_overlap": check["top10_overlap"]})
+                        f"{quant}_top10_overlap": check["top10_overlap"], f"{quant}_ppl": check["ppl"],
+                        **({f"{quant}_ppl_change": check["ppl_change"]} if "ppl_change" in check else {})})
     f16_check = next((f for f in report["files"] if f["quant"] == "f16"), None)
     if "f16" not in config.quants:
         f16.unlink()
@@ -425,7 +478,15 @@ def export(config: ExportConfig, log: RunLog) -> None:
             "differ a little from transformers'") if differs else ""
     log.event("succeeded", step=4, total=4, metrics=metrics, message="; ".join(
         f"{f['quant']} {f['bytes'] / 1e6:.0f} MB, logits within {f['max_abs_diff']:.3f}, top-10 overlap "
-        f"{f['top10_overlap']}/10" for f in report["files"]) + note)
+        f"{f['top10_overlap']}/10, {quant_cost_words(f)}" for f in report["files"]) + note)
+
+
+def quant_cost_words(f: dict) -> str:
+    """A file's perplexity on the held-out text in words: f16's, or its change against f16's."""
+    if "ppl_change" not in f:
+        return f"held-out perplexity {f['ppl']:.2f}"
+    return (f"{f['smaller']:.1f}x smaller than f16, held-out perplexity {f['ppl_change']:+.1%} (95% interval "
+            f"{f['ppl_change_low']:+.1%} to {f['ppl_change_high']:+.1%}: {f['ppl_verdict']})")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from studio import service
 from studio.context import Context, handler
 from studio.service import POLICY_METHODS
 
-FILE_COLUMNS = ["model", "quant", "MB", "next token", "largest logit difference", "top-10 overlap",
-                "answer to the check prompt", "file"]
+FILE_COLUMNS = ["model", "quant", "MB", "held-out perplexity (against f16)", "next token",
+                "largest logit difference", "top-10 overlap", "answer to the check prompt", "file"]
 EXPLANATION = """
 The adapter is merged into its base and saved (safetensors, tokenizer, chat template); llama.cpp's
 converter writes an f16 GGUF and llama.cpp's quantiser makes the smaller files. Each file is then
@@ -64,7 +64,8 @@ def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]
     rows, commands = [], []
     for f in report["files"]:
         name = names.get(f["path"], "?")
-        rows.append([name, f["quant"], round(f["bytes"] / 1e6, 1), "same" if f["argmax_agrees"] else "differs",
+        rows.append([name, f["quant"], round(f["bytes"] / 1e6, 1), perplexity_words(f),
+                     "same" if f["argmax_agrees"] else "differs",
                      round(f["max_abs_diff"], 4), f"{f['top10_overlap']}/10", f["reply"], f["path"]])
         commands.append(f"ollama create {name} -f {f['modelfile']}")
     served = report["files"][-1]  # the smallest file asked for
@@ -72,6 +73,17 @@ def export_view(store: Store, run_id: int | None) -> tuple[str, list[list], str]
     return line, rows, ("Use them in Ollama:\n\n```\n" + "\n".join(commands) + "\n```\n\nOr serve one as an "
                         "OpenAI-compatible API (base URL `http://127.0.0.1:8000/v1`; Ctrl-C stops it):\n\n```\n"
                         + serve + "\n```")
+
+
+def perplexity_words(f: dict) -> str:
+    """An export file's cost in the table: f16's perplexity, or a smaller file's change against it
+    ("3.2x smaller, +4.1% (+1.0% to +7.5%)"); "-" for an export made before it was measured."""
+    if "ppl" not in f:
+        return "-"
+    if "ppl_change" not in f:
+        return f"{f['ppl']:.2f}"
+    return (f"{f['smaller']:.1f}x smaller, {f['ppl_change']:+.1%} ({f['ppl_change_low']:+.1%} to "
+            f"{f['ppl_change_high']:+.1%}): {f['ppl_verdict']}")
 
 
 def start_export(ctx: Context, name, chosen):
@@ -103,7 +115,7 @@ def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
     said = gr.Markdown(elem_id="export-said")  # the answer to a click; the status line below refreshes
     status = gr.Markdown(elem_id="export-status")
     files = gr.Dataframe(headers=FILE_COLUMNS, interactive=False, wrap=True, elem_id="export-files",
-                         column_widths=["12%", "7%", "6%", "8%", "10%", "8%", "24%", "25%"])
+                         column_widths=["11%", "6%", "5%", "16%", "7%", "8%", "7%", "20%", "20%"])
     ollama = gr.Markdown()
 
     start.click(handler(start_export, ctx), [model, quants], [said, picked])

@@ -62,6 +62,13 @@ def test_a_trained_policy_exports_to_three_gguf_files_that_chat_and_match_transf
     assert checks["q8_0"]["top10_overlap"] >= 7 and checks["q4_k_m"]["top10_overlap"] >= 5
     sizes = {q: Path(f["path"]).stat().st_size for q, f in checks.items()}
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+    # What each quantisation cost: perplexity of the held-out text against f16's, with an interval.
+    assert checks["f16"]["ppl"] > 1 and "ppl_change" not in checks["f16"]
+    for quant in ("q8_0", "q4_k_m"):
+        c = checks[quant]
+        assert c["ppl_change_low"] <= c["ppl_change"] <= c["ppl_change_high"]
+        assert c["smaller"] == pytest.approx(sizes["f16"] / sizes[quant])
+    assert "smaller than f16, held-out perplexity" in out
     for name in ggufs:
         assert name in out
     # The merged weights are the adapter's, not the base's: the merge changed them.
