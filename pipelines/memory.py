@@ -9,9 +9,12 @@ included. The rest is arithmetic, each part stated so that a user can see what t
 - adapters: LoRA's A and B of every targeted linear layer (or all of them: "all-linear", the output
   layer excepted), each parameter with its gradient and Adam's two moments, all in float32
   (16 bytes a parameter);
-- activations: per layer and token, about 34 x hidden bytes kept for the backward pass at 16 bits
-  (Korthikanti et al., 2022, with attention's s^2 term gone under SDPA/flash attention), or only the
-  layer's input (2 x hidden) with gradient checkpointing, plus one layer recomputed at a time;
+- activations: per layer and token, the bytes a Llama-shaped decoder layer with LoRA on every linear
+  layer keeps for the backward pass under 16-bit autocast, measured (tests/test_memory.py counts the
+  saved tensors on the CPU): (27 + 8 r) x hidden without LoRA dropout and (51 + 12 r) x hidden with
+  it (each dropout keeps its own copy of a layer's input), r the MLP's width over the hidden size: at
+  Llama-3's r of 3.5, 55 and 93 x hidden; or only the layer's input (2 x hidden) with gradient
+  checkpointing, plus one layer recomputed at a time;
 - logits: every token's scores over the vocabulary in 16 bits, their float32 copy for the loss and
   its gradient (10 bytes per token and vocabulary entry): at 128k vocabularies, often the largest
   single tensor. A reward model has none (its head scores each sequence with one number, and its
@@ -38,7 +41,13 @@ from pipelines.models import ROUTER_PATTERN
 GB = 1024 ** 3
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 FOUR_BIT_BYTES = 0.56
-ACTIVATION_FACTOR = 34      # bytes per token per hidden unit per layer, at 16 bits
+
+def activation_factor(config, lora_dropout: float = 0.05) -> float:
+    """Bytes per token per hidden unit per layer kept for the backward pass at 16 bits (measured:
+    see the module's docstring)."""
+    ratio = (getattr(config, "intermediate_size", None) or 4 * config.hidden_size) / config.hidden_size
+    return 51 + 12 * ratio if lora_dropout > 0 else 27 + 8 * ratio
+
 LOGIT_BYTES = 10            # 16-bit logits + float32 copy + its gradient
 CUDA_OVERHEAD_GB = 0.8
 DPO_LOGIT_CHUNK = 2048      # tokens whose vocabulary scores DPO's loss holds at once
@@ -115,7 +124,7 @@ def count_on_meta(config) -> tuple[int, list[tuple[str, int, int]]]:
 
 def plan(config, shape: Shape, *, dtype: str = "bfloat16", load_in_4bit: bool = False, lora_r: int = 16,
          lora_targets: list[str] | tuple[str, ...] = ("all-linear",), batch_size: int = 4, max_length: int = 512,
-         gradient_checkpointing: bool = False, shards: int = 1) -> MemoryPlan:
+         gradient_checkpointing: bool = False, shards: int = 1, lora_dropout: float = 0.05) -> MemoryPlan:
     """The estimate for training a method of this `shape` on the base `config` with these settings;
     per GPU, with the weights and LoRA divided between `shards` processes."""
     config = getattr(config, "text_config", None) or config
@@ -137,10 +146,11 @@ def plan(config, shape: Shape, *, dtype: str = "bfloat16", load_in_4bit: bool = 
     tokens = sequences * max_length
     hidden, layers = config.hidden_size, config.num_hidden_layers
     activation_bytes = max(weight_bytes, 2) / 2  # the factor is for 16 bits; float32 doubles it
+    factor = activation_factor(config, lora_dropout)
     if gradient_checkpointing:
-        activations = tokens * hidden * (2 * layers + ACTIVATION_FACTOR) * activation_bytes
+        activations = tokens * hidden * (2 * layers + factor) * activation_bytes
     else:
-        activations = tokens * hidden * ACTIVATION_FACTOR * layers * activation_bytes
+        activations = tokens * hidden * factor * layers * activation_bytes
     scored = {"none": 0, "chunk": min(tokens, DPO_LOGIT_CHUNK)}.get(shape.logits, tokens)
     logits = scored * config.vocab_size * LOGIT_BYTES
     extra = weights if shape.reward_model else 0.0  # a reward model of the same base, not sharded

@@ -123,11 +123,13 @@ class Partial:
 
 
 def peak_gpu_gb() -> float | None:
-    """The most GPU memory this process has held in tensors, in GB; None where it used no GPU."""
+    """The most GPU memory this process has reserved, in GB; None where it used no GPU."""
     torch = sys.modules.get("torch")  # not imported for it: a job without torch used no GPU
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
-    return round(torch.cuda.max_memory_allocated() / 1024 ** 3, 2)
+    # Reserved, not allocated: what the card had to hold (the allocator's cache included), which is
+    # what runs out, and what the memory plan is checked against.
+    return round(torch.cuda.max_memory_reserved() / 1024 ** 3, 2)
 
 
 class RunLog:

@@ -17,7 +17,8 @@ from studio.methods import METHODS
 
 KIND_WORDS = {"generate": "generating candidates", "perplexity": "scoring perplexity",
               "reward-scoring": "scoring with a reward model", "judge-labels": "labelling with an LLM judge",
-              "evaluate": "evaluating a policy", "best-of-n": "best-of-N", "export": "exporting to GGUF",
+              "evaluate": "evaluating a policy", "best-of-n": "best-of-N", "benchmark": "running benchmarks",
+              "export": "exporting to GGUF",
               "compare": "comparing two models"}
 REFRESH_S = 2.0
 
@@ -78,7 +79,7 @@ def where_followed(ctx: Context, run_id) -> NextStep | None:
     if not run:
         return None
     kind, dataset = run[0]["kind"], run[0]["dataset"]
-    if kind in METHODS or kind in ("evaluate", "best-of-n"):
+    if kind in METHODS or kind in ("evaluate", "best-of-n", "benchmark"):
         return NextStep("train", "", "", {"run": run[0]["id"]})
     if kind == "judge-labels":
         return NextStep("label", "", "", {"dataset": dataset})

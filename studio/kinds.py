@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import StudioError
+from pipelines.benchmark import BenchmarkConfig
 from pipelines.best_of_n import BestOfNConfig
 from pipelines.compare import CompareConfig
 from pipelines.evaluate import EvaluateConfig
@@ -107,6 +108,7 @@ JOBS: dict[str, Job] = {
     "reward-scoring": Job("pipelines.reward_scoring", RewardScoringConfig, _rewards),
     "evaluate": Job("pipelines.evaluate", EvaluateConfig),
     "best-of-n": Job("pipelines.best_of_n", BestOfNConfig),
+    "benchmark": Job("pipelines.benchmark", BenchmarkConfig),
     "export": Job("pipelines.export", ExportConfig, _export),
     "compare": Job("pipelines.compare", CompareConfig, _compared),
     "judge-labels": Job("pipelines.judge_labels", JudgeLabelsConfig, _judge_labels),

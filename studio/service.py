@@ -82,7 +82,7 @@ def memory_plan_of(method: Method, config) -> MemoryPlan | None:
     length = getattr(config, "max_new_tokens", 256) + 256 if method.online else getattr(config, "max_length", 512)
     return plan(base, method.shape, dtype=dtype, load_in_4bit=config.load_in_4bit, lora_r=config.lora_r,
                 lora_targets=config.lora_targets, batch_size=config.batch_size, max_length=length,
-                gradient_checkpointing=config.gradient_checkpointing,
+                gradient_checkpointing=config.gradient_checkpointing, lora_dropout=config.lora_dropout,
                 shards=config.num_processes if getattr(config, "shard", "none") == "fsdp" else 1)
 
 
@@ -456,3 +456,33 @@ def start_judge_labels(runner: Runner, dataset: str, judge: str, guideline: str 
     rows = [{"pair_id": p["id"], "prompt": json.dumps(p["prompt"]), "first": json.dumps(p["first"]),
              "second": json.dumps(p["second"])} for p in pairs]
     return runner.start("judge-labels", config, {config.inputs: rows}, dataset)
+
+
+def start_benchmark(runner: Runner, model: str, tasks: list[str] | None = None, against: str | None = None,
+                    **settings) -> int:
+    """lm-evaluation-harness on a model (a trained policy's name, default, a folder) and on what it
+    is compared with: `against`, else a policy's own base (a model that is no policy runs alone)."""
+    import importlib.util
+
+    from pipelines.benchmark import BenchmarkConfig
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise RunError("benchmarks run lm-evaluation-harness: pip install -e '.[bench]'")
+    found = model_named(runner.store, model)
+    if found is not None and found["purpose"] == "reward":
+        raise RunError(f"'{model}' is a reward model: it scores answers; benchmark a policy or a base")
+    if found is not None and found["kind"] == "gguf":
+        raise RunError(f"'{model}' is a GGUF file; benchmark the policy it was exported from")
+    path = base_named(runner.store, model)
+    if against is None and found is not None and found["kind"] == "adapter":
+        against = found["base"] or DEFAULT_MODEL
+    fields = {"model": path, "against": base_named(runner.store, against) if against else "",
+              "models_dir": str(runner.workspace.models_dir), **({"tasks": tasks} if tasks else {})}
+    config = make_config(BenchmarkConfig, "benchmark", **fields, **settings)
+    for name in (config.model, config.against):
+        if name:
+            try:
+                check_model_name(name)
+            except ModelError as e:
+                raise RunError(str(e)) from None
+    return runner.start("benchmark", config, {}, None)

@@ -106,7 +106,7 @@ def reward_runs(store: Store) -> list[tuple[str, int]]:
     return [(f"{r['name']} (run {r['run_id']})", r["run_id"]) for r in reward_models(store)]
 
 
-FOLLOWED_KINDS = (*METHODS, "evaluate", "best-of-n")  # the runs the Train tab follows: training, and judging
+FOLLOWED_KINDS = (*METHODS, "evaluate", "best-of-n", "benchmark")  # the Train tab follows training and judging
 
 
 def training_runs(store: Store) -> list[tuple[str, int]]:

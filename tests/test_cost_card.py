@@ -77,3 +77,30 @@ def test_an_evaluation_carries_the_cost_card(workspace, store, tmp_path, pairs_f
 
 def lines_of(path):
     return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_lm_eval_runs_the_studios_own_tasks_on_a_policy_and_its_base(workspace, store, tmp_path, pairs_file,
+                                                                    tiny_model):
+    pytest.importorskip("lm_eval")
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(gzip.open(pairs_file, "rt", encoding="utf-8").readlines()[:8]))
+    import_file(store, path, "train")
+    runner = Runner(store, workspace)
+    dpo = service.start_training(runner, "dpo", "train", base=str(tiny_model), max_steps=2, batch_size=4,
+                                 max_length=128, lora_r=4, lora_alpha=8, eval_share=0.0, learning_rate=5e-2).run_id
+    assert runner.wait(dpo)["status"] == "succeeded"
+    run = runner.wait(service.start_benchmark(runner, f"dpo-run{dpo}", limit=12))
+    assert run["status"] == "succeeded", run["message"]
+    metrics = {m["name"]: m["value"] for m in store.query("SELECT name, value FROM run_metrics WHERE run_id = ?",
+                                                          [run["id"]])}
+    for task in ("studio_arithmetic", "studio_everyday"):
+        assert 0 <= metrics[f"bench/{task}/policy"] <= 1 and 0 <= metrics[f"bench/{task}/base"] <= 1
+        assert metrics[f"bench/{task}/low"] <= metrics[f"bench/{task}/change"] <= metrics[f"bench/{task}/high"]
+    assert run["message"].splitlines()[0].startswith("studio_arithmetic (acc, 12 items): base ")
+    bad = runner.wait(service.start_benchmark(runner, f"dpo-run{dpo}", tasks=["no_such_task"]))
+    assert bad["status"] == "failed" and "unknown lm-eval task no_such_task" in bad["message"]
+    with pytest.raises(RunError, match="is a reward model"):
+        rm = service.start_training(runner, "rm", "train", base=str(tiny_model), max_steps=1, batch_size=4,
+                                    max_length=128, lora_r=4, lora_alpha=8, eval_share=0.0).run_id
+        runner.wait(rm)
+        service.start_benchmark(runner, f"rm-run{rm}")

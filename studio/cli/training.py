@@ -158,8 +158,27 @@ def cmd_round(ctx, args) -> int:
     return 0 if results else 1
 
 
+def cmd_benchmark(ctx, args) -> int:
+    from pipelines.benchmark import BenchmarkConfig
+
+    run_id = service.start_benchmark(ctx.runner, args.model, against=args.against,
+                                     **given_settings(args, BenchmarkConfig))
+    return follow_job(ctx, args, run_id, f"lm-evaluation-harness on {args.model}"
+                      + (f" against {args.against}" if args.against else ""))
+
+
 def add_commands(sub) -> None:
     add_train(sub)
+    from pipelines.benchmark import BenchmarkConfig
+
+    p = command(sub, "benchmark", cmd_benchmark, "lm-evaluation-harness tasks on a policy and its base (a job): "
+                "each task's metric with its error, the difference with an interval", job=True,
+                description="The studio's own tasks (studio_arithmetic, studio_everyday) run with no hub; any task "
+                            "whose data this machine has cached works too. Needs the bench extra "
+                            "(pip install -e '.[bench]').")
+    p.add_argument("--model", required=True, help="a trained policy's name, default, or a model folder")
+    p.add_argument("--against", help="the model to compare with (default: a policy's own base)")
+    config_arguments(p, BenchmarkConfig)
     from studio.rounds import RoundSettings
 
     p = command(sub, "round", cmd_round, "rounds: the policy answers each prompt N times, a reward model picks "
