@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import StudioError
-from common.stats import paired_difference
+from common.stats import mean_and_se, paired_difference
 from pipelines.models import choose_placement, resolve_model
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import DEVICE_HELP, MODELS_DIR_HELP, setting
@@ -73,8 +73,8 @@ def evaluate_model(folder: str, tasks: list[str], manager, config: BenchmarkConf
                       and k != "alias")
         name = metric.split(",")[0]
         items = {s["doc_id"]: float(s[name]) for s in out["samples"][task]}
-        found[task] = {"metric": name, "value": float(result[metric]),
-                       "stderr": float(result.get(f"{name}_stderr,none") or 0.0), "items": items}
+        _, stderr = mean_and_se(list(items.values()))  # of the items' scores (lm-eval's own needs its bootstrap)
+        found[task] = {"metric": name, "value": float(result[metric]), "stderr": stderr, "items": items}
     return found
 
 
