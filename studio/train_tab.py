@@ -108,6 +108,19 @@ def reward_runs(store: Store) -> list[tuple[str, int]]:
 
 FOLLOWED_KINDS = (*METHODS, "evaluate", "best-of-n", "benchmark")  # the Train tab follows training and judging
 
+BEST_OF_N = ("proxy/win_rate", "judge/win_rate", "proxy/win_low", "proxy/win_high", "judge/win_low", "judge/win_high")
+# The runs the Train tab follows that train nothing, as the plots read them: best-of-N's curves (by N,
+# the run's steps); an evaluation's and a benchmark's figures are in their summary.
+JUDGING_VIEWS = {
+    "best-of-n": Method("best-of-n", "Best-of-N", "pipelines.best_of_n", object, reads="prompts", makes="verdict",
+                        summary="the proxy's pick of N answers against one, by the proxy and by a judge",
+                        plotted=BEST_OF_N, plotted_first=BEST_OF_N[:2], losses=()),
+    "evaluate": Method("evaluate", "Evaluation", "pipelines.evaluate", object, reads="prompts", makes="verdict",
+                       summary="a policy against its base", plotted=(), plotted_first=(), losses=()),
+    "benchmark": Method("benchmark", "Benchmark", "pipelines.benchmark", object, reads="prompts", makes="verdict",
+                        summary="lm-evaluation-harness tasks", plotted=(), plotted_first=(), losses=()),
+}
+
 
 def training_runs(store: Store) -> list[tuple[str, int]]:
     return [(f"run {r['id']} · {r['kind']} · {r['status']}", r["id"]) for r in runs_of_kinds(store, FOLLOWED_KINDS)]
@@ -125,7 +138,8 @@ def metric_colours() -> dict[str, tuple[str, str]]:
     keeps this one map, and every name is in every frame (a row without a value if none), for a metric
     that appears later (an eval metric, another method's run) to be drawn at all."""
     colours: dict[str, tuple[str, str]] = {}
-    for names in (*(m.plotted for m in METHODS.values()), *(m.losses for m in METHODS.values()), TRL_LOSSES):
+    for names in (*(m.plotted for m in METHODS.values()), *(m.losses for m in METHODS.values()), TRL_LOSSES,
+                  BEST_OF_N):
         for name, colour in zip(names, COLOURS):
             colours.setdefault(name, colour)
     return colours
@@ -135,26 +149,31 @@ COLOUR_OF = metric_colours()
 COLOUR_MAP = {name: code for name, (_, code) in COLOUR_OF.items()}
 
 
-def plot_frame(rows: list[dict], x: str) -> pd.DataFrame:
-    """Rows as the plots take them: `x` and value numeric (float, a missing value NaN), the series'
-    names as text, in the order of `x`. Typed even when empty: a frame of no rows, or of None
-    values, made the plot take its axis for labels (a "null" tick, values unsorted) while a run was
-    watched from its start, and it stayed so as the run grew."""
-    frame = pd.DataFrame(rows, columns=[x, "metric", "value"])
+def plot_frame(rows: list[dict], x: str, names=()) -> pd.DataFrame:
+    """Rows as the plots take them: `x` and value numbers (float), the series' names as text, in
+    the order of `x`; and a row without a value (NaN) for each of `names` not logged yet. Gradio's
+    plot builds its colour scale from the first frame it draws and only swaps the data after, so a
+    series that appears later (an evaluation's) must be named from the start to be drawn at all; as
+    a number that is not there, not as None: a column of Nones made the plot take its axis for
+    labels (a "null" tick, values unsorted) while a run was watched from its start."""
+    logged = {r["metric"] for r in rows}
+    first = rows[0][x] if rows else 0.0
+    frame = pd.DataFrame([*rows, *({x: first, "metric": n, "value": float("nan")} for n in names if n not in logged)],
+                         columns=[x, "metric", "value"])
     frame[x] = pd.to_numeric(frame[x], errors="coerce").astype("float64")
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
     frame["metric"] = frame["metric"].astype("string")
-    return frame.dropna(subset=[x, "value"]).sort_values([x, "metric"], kind="stable").reset_index(drop=True)
+    return frame.dropna(subset=[x]).sort_values([x, "metric"], kind="stable").reset_index(drop=True)
 
 
 def metric_plot(store: Store, run_id: int, names: list[str], title: str) -> gr.LinePlot:
-    """The logged values of `names` by step, one line each, the colours named in the label; only
-    the series drawn are in the legend (their colours are fixed by COLOUR_MAP)."""
-    rows = metric_series(store, run_id, names)
+    """The logged values of `names` by step, one line each, the colours named in the label (the
+    plot's own legend holds this plot's names only: those of its run's method)."""
+    rows = metric_series(store, run_id, names) if names else []
     logged = {r["metric"] for r in rows}
     shown = [n for n in names if n in logged]
     label = f"{title}: " + ", ".join(f"{name} ({COLOUR_OF[name][0]})" for name in shown) if shown else title
-    return gr.LinePlot(value=plot_frame(rows, "step"), label=label)
+    return gr.LinePlot(value=plot_frame(rows, "step", names), label=label)
 
 
 def watch_plot(store: Store, run_id: int) -> gr.LinePlot:
@@ -165,7 +184,7 @@ def watch_plot(store: Store, run_id: int) -> gr.LinePlot:
     rows = metric_by_kl(store, run_id, names)
     label = ("Watch, on held-out prompts: win rate against the base by KL from it: proxy (the reward model "
              f"optimised, {COLOUR_OF[names[0]][0]}), judge ({COLOUR_OF[names[1]][0]})")
-    return gr.LinePlot(value=plot_frame(rows, "kl"), label=label, visible=bool(rows))
+    return gr.LinePlot(value=plot_frame(rows, "kl", names), label=label, visible=bool(rows))
 
 
 def bullets(lines) -> str:
@@ -179,7 +198,9 @@ def run_summary(ctx: Context, run_id: int) -> str:
     run = run_row(store, run_id)
     config = json.loads(run["config"])
     latest = latest_metrics(store, run_id)
-    parts = [f"**Run {run_id}** ({run['kind']}, base `{config['base']}`): **{run['status']}**"]
+    model = config.get("base") or config.get("model") or config.get("policy_adapter") or "-"
+    parts = [f"**Run {run_id}** ({run['kind']}, {'base' if 'base' in config else 'model'} `{model}`): "
+             f"**{run['status']}**"]
     path = model_path(store, "policy", run_id=run_id)
     evaluations = evaluations_of(store, path) if path else []
     if run["status"] == "running" and "progress" in latest:
@@ -210,7 +231,8 @@ def run_summary(ctx: Context, run_id: int) -> str:
 
 def method_of_run(ctx: Context, run_id) -> Method:
     run = run_row(ctx.store, run_id) if run_id else None
-    return METHODS.get(run["kind"] if run else None, FIRST_METHOD)
+    kind = run["kind"] if run else None
+    return METHODS.get(kind) or JUDGING_VIEWS.get(kind) or FIRST_METHOD
 
 
 def data_choices(store, method: Method) -> list[str]:

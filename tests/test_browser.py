@@ -1089,8 +1089,14 @@ def test_the_live_plots_have_numeric_axes_in_step_order_while_a_run_is_watched_f
             assert len(values) >= 2 and len(steps) == 1, (axis, values)  # a numeric scale: evenly spaced ticks
         legend = page.locator("#train-metrics-plot g.role-legend text").evaluate_all(
             "els => els.map(e => e.textContent)")
-        label = page.locator("#train-metrics-plot [data-testid=block-info]").inner_text()
-        assert all(name in label for name in legend if name and name != "metric")  # only series drawn
+        from studio.methods import METHODS
+
+        assert set(legend) - {"metric"} <= set(METHODS["dpo"].plotted_first)  # this plot's series, no others
+        # Every series is drawn in its colour, the one that first appeared at the run's end (its
+        # evaluation) too: the plot's colour scale was built with it.
+        strokes = page.locator("#train-metrics-plot g.mark-line path").evaluate_all(
+            "els => els.map(e => e.getAttribute('stroke'))")
+        assert strokes and None not in strokes, strokes
     finally:
         proc.terminate()
         proc.wait(timeout=30)
