@@ -78,8 +78,8 @@ def build_app(workspace: Workspace):
             "build_dataset": lambda: dataset_names(store), "train_dataset": lambda: dataset_names(store),
             "train_run": lambda: train_tab.training_runs(store), "train_eval_prompts": lambda: dataset_names(store),
             "export_model": lambda: export_tab.exportable(store),
-            "compare_model": lambda: list(judging.gguf_models(store)),
-            "compare_base": lambda: list(judging.gguf_models(store))})
+            "compare_model": lambda: judging.gguf_choices(store),
+            "compare_base": lambda: judging.gguf_choices(store)})
 
         def open_job(run_id):
             step = jobs_bar.where_followed(ctx, run_id)

@@ -172,10 +172,11 @@ def vote(ctx: Context, answer, name, conversation, request: gr.Request = None):
 
 
 def refresh(ctx: Context, a, b):
-    choices = list(judging.gguf_models(ctx.store))
+    menu = judging.gguf_choices(ctx.store)
+    choices = [name for _, name in menu]
     a = a if a in choices else (choices[0] if choices else None)
     b = b if b in choices else next((m for m in choices if m != a), a)
-    return (gr.update(choices=choices, value=a), gr.update(choices=choices, value=b),
+    return (gr.update(choices=menu, value=a), gr.update(choices=menu, value=b),
             gr.update(choices=dataset_names(ctx.store)), leaderboard_rows(ctx.store), model_note(choices))
 
 
@@ -183,15 +184,16 @@ def refresh(ctx: Context, a, b):
 
 def conversation_panel(ctx: Context, ui: SimpleNamespace) -> None:
     """The two models, their sampling, and the two conversations."""
-    models = list(judging.gguf_models(ctx.store))
+    menu = judging.gguf_choices(ctx.store)  # an export's label says what its quantisation cost
+    models = [name for _, name in menu]
     gr.Markdown("Two models answer the same messages with the same sampling, from llama.cpp. In the **blind "
                 "arena** the sides are shuffled and the names hidden until you vote; each vote is stored as a "
                 f"labelled pair in the dataset `{ARENA_DATASET}`, ready for the next reward model or DPO run.")
     with gr.Row(equal_height=True):
-        ui.model_a = gr.Dropdown(models, value=models[0] if models else None, label="Model A",
+        ui.model_a = gr.Dropdown(menu, value=models[0] if models else None, label="Model A",
                                  elem_id="compare-model-a")
         # two different models by default: the first two listed (the newest export and the next)
-        ui.model_b = gr.Dropdown(models, value=models[1] if len(models) > 1 else (models[0] if models else None),
+        ui.model_b = gr.Dropdown(menu, value=models[1] if len(models) > 1 else (models[0] if models else None),
                                  label="Model B", elem_id="compare-model-b")
         ui.blind = gr.Checkbox(False, label="Blind arena", info="shuffle the sides, hide the names until the vote",
                                elem_id="compare-blind")

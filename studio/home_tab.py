@@ -268,6 +268,11 @@ def build(ctx: Context) -> None:
     return SimpleNamespace(project=project, step=step, loop=loop, why=why, lineage=lineage_frame)
 
 
+def menu_values(choices) -> set:
+    """The values of a menu's choices: plain values, or the second of (label, value) pairs."""
+    return {c[1] if isinstance(c, tuple) else c for c in choices}
+
+
 def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict,
                    choices: dict):
     """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
@@ -288,7 +293,7 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
                             "train_eval_prompts": step.inputs.get("prompts")},
                   "export": {"export_model": step.inputs.get("model")},
                   "compare": {"compare_model": step.inputs.get("model"), "compare_blind": step.inputs.get("blind"),
-                              "compare_base": base if base in choices["compare_base"]() else None}}[step.tab]
+                              "compare_base": base if base in menu_values(choices["compare_base"]()) else None}}[step.tab]
         return (gr.Tabs(selected=step.tab), *(gr.update() if values.get(name) is None
                                               else gr.update(open=True) if name.endswith("_box")  # an accordion
                                               else gr.update(value=values[name], choices=choices[name]())

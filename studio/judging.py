@@ -40,6 +40,25 @@ def gguf_models(store: Store) -> dict[str, str]:
     return found
 
 
+def gguf_choices(store: Store) -> list[tuple[str, str]]:
+    """The GGUF models as a menu shows them: (label, name), an exported file's label saying what its
+    quantisation cost against the f16 file ("dpo-run3-q4_k_m · 3.2x smaller, perplexity +4.1%")."""
+    import json
+
+    costs = {}
+    for row in store.query("SELECT m.name, m.path, r.folder FROM models m JOIN runs r ON r.id = m.run_id "
+                           "WHERE m.kind = 'gguf'"):
+        report = Path(row["folder"]) / "export.json"
+        try:
+            files = json.loads(report.read_text())["files"] if report.is_file() else []
+        except (OSError, ValueError, KeyError):
+            files = []
+        for f in files:
+            if f.get("path") == row["path"] and "ppl_change" in f:
+                costs[row["name"]] = f"{f['smaller']:.1f}x smaller, perplexity {f['ppl_change']:+.1%}"
+    return [(f"{name} · {costs[name]}" if name in costs else name, name) for name in gguf_models(store)]
+
+
 def llm_judge_file(store: Store, judge: str) -> str:
     """The GGUF file of an LLM judge named by a GGUF model's name (alignstudio models) or a path."""
     known = gguf_models(store)
