@@ -285,6 +285,7 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
     def opening(step: NextStep) -> tuple:
         """The outputs that open `step.tab` with its inputs chosen."""
         base = step.inputs.get("base")  # the policy's base beside it in Compare, when Compare runs it
+        base = base if base in menu_values(choices["compare_base"]()) else None
         values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset"),
                                         "build_generate_box": step.inputs.get("open_generate")},
                   "label": {"label_dataset": step.inputs.get("dataset")},
@@ -293,7 +294,7 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
                             "train_eval_prompts": step.inputs.get("prompts")},
                   "export": {"export_model": step.inputs.get("model")},
                   "compare": {"compare_model": step.inputs.get("model"), "compare_blind": step.inputs.get("blind"),
-                              "compare_base": base if base in menu_values(choices["compare_base"]()) else None}}[step.tab]
+                              "compare_base": base}}[step.tab]
         return (gr.Tabs(selected=step.tab), *(gr.update() if values.get(name) is None
                                               else gr.update(open=True) if name.endswith("_box")  # an accordion
                                               else gr.update(value=values[name], choices=choices[name]())
