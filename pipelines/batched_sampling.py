@@ -27,6 +27,18 @@ ROOM_STEP = 256  # a sequence's cache grows in steps of this many tokens when a 
 
 
 @dataclass
+def utf8_text(data: bytes) -> str:
+    """An answer's bytes as text. An answer cut by its token limit can end inside a character (an
+    emoji, an accented letter split across tokens): those last bytes are dropped rather than shown
+    as replacement characters; anything else undecodable is replaced."""
+    for cut in range(4):  # a UTF-8 character is at most 4 bytes
+        try:
+            return data[:len(data) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace")
+
+
 class Answer:
     tokens: list[int]
     text: str
@@ -207,6 +219,5 @@ class BatchedSampler:
                           for s in stepping])
             logits = list(self._logits(len(stepping)))
             active = stepping
-        answers = [Answer(t, self.llm.detokenize(t).decode("utf-8", errors="replace"), f)
-                   for t, f in zip(tokens, finish)]
+        answers = [Answer(t, utf8_text(self.llm.detokenize(t)), f) for t, f in zip(tokens, finish)]
         return [answers[k * n:(k + 1) * n] for k in range(len(prompts))]

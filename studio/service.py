@@ -86,6 +86,14 @@ def memory_plan_of(method: Method, config) -> MemoryPlan | None:
                 shards=config.num_processes if getattr(config, "shard", "none") == "fsdp" else 1)
 
 
+def plan_words(estimate: MemoryPlan) -> str:
+    """The memory plan in a sentence for this machine: a machine without a GPU trains on its CPU, and
+    the plan says what a GPU would need."""
+    if free_gpu_gb() is None:
+        return f"This machine has no GPU: the run trains on its CPU (on a GPU, {estimate.describe()})"
+    return estimate.describe()[0].upper() + estimate.describe()[1:]
+
+
 def check_memory(estimate: MemoryPlan | None, force: bool) -> None:
     """Refuse a run that cannot fit this machine's GPU (none: nothing to check), unless forced."""
     free = free_gpu_gb()

@@ -293,7 +293,7 @@ def start_run(ctx: Context, label, dataset, eval_dataset, reward_run, judge_run,
     else:
         said = f"Run {started.run_id} started."
     if started.plan is not None:
-        said += f" {started.plan.describe()[0].upper()}{started.plan.describe()[1:]}."
+        said += f" {service.plan_words(started.plan)}."
     return said, gr.update(choices=training_runs(ctx.store), value=started.run_id)
 
 
