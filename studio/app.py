@@ -36,6 +36,9 @@ CSS = """
    read, and the Compare panes (whose reset is "New conversation"), go without it. */
 #pair-prompt button[aria-label="Clear"], #label-prompt button[aria-label="Clear"],
 #compare-left button[aria-label="Clear"], #compare-right button[aria-label="Clear"] { display: none; }
+/* Table cells and headers break between words, never inside one ("candidat e", "perplexi ty"); a word
+   longer than its column still wraps rather than overflowing. */
+table th, table td, table th span, table td span { word-break: normal !important; overflow-wrap: break-word; }
 """
 SYNC_EVERY_S = 1.0
 

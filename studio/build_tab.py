@@ -223,6 +223,7 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
     for control in (ui.dataset, ui.rule, ui.per_prompt):
         control.change(shown, controls, outputs)
     ui.share.release(shown, controls, outputs)
+    ui.share.input(shown, controls, outputs, trigger_mode="always_last")  # a share typed in its box, Enter or not
     ui.max_ppl.submit(shown, controls, outputs)
     ui.model.submit(shown, controls, outputs)
     ui.rule.change(lambda r: (gr.update(visible=r == RULES[0]), gr.update(visible=r == RULES[1])), ui.rule,
