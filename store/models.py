@@ -67,3 +67,14 @@ def gguf_files(store: Store, run_id: int | None = None, parent_id: int | None = 
         where.append("parent_id IS NULL AND base = ?")
         params.append(base)
     return store.query(f"SELECT name, path FROM models WHERE {' AND '.join(where)} ORDER BY id", params)
+
+
+def model_paths(store: Store) -> set[str]:
+    """The folders and files of every model the workspace knows."""
+    return {r["path"] for r in store.query("SELECT path FROM models")}
+
+
+def exported_files(store: Store) -> list[dict]:
+    """Every GGUF file an export run wrote: name, path and that run's folder."""
+    return store.query("SELECT m.name, m.path, r.folder FROM models m JOIN runs r ON r.id = m.run_id "
+                       "WHERE m.kind = 'gguf'")

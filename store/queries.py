@@ -115,8 +115,8 @@ def run_row(store: Store, run_id: int) -> dict | None:
 
 
 def runs_of_kinds(store: Store, kinds, statuses=None, limit: int | None = None) -> list[dict]:
-    """Runs (id, kind, status, config, message) of these kinds (None: any), in these statuses (None:
-    any), newest first."""
+    """Runs (id, kind, status, config, message, dataset, folder) of these kinds (None: any), in these
+    statuses (None: any), newest first."""
     where, params = [], []
     if kinds is not None:
         where.append(f"kind IN ({', '.join('?' * len(kinds))})")
@@ -124,7 +124,7 @@ def runs_of_kinds(store: Store, kinds, statuses=None, limit: int | None = None) 
     if statuses is not None:
         where.append(f"status IN ({', '.join('?' * len(statuses))})")
         params += list(statuses)
-    return store.query(f"""SELECT id, kind, status, config, message FROM runs
+    return store.query(f"""SELECT id, kind, status, config, message, dataset, folder FROM runs
                            {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY id DESC
                            {'LIMIT ' + str(int(limit)) if limit else ''}""", params)
 
@@ -222,3 +222,25 @@ def random_prompt(store: Store, dataset: str) -> list[dict] | None:
                           (SELECT prompt_id FROM dataset_prompts WHERE dataset_id =
                            (SELECT id FROM datasets WHERE name = ?)) ORDER BY random() LIMIT 1""", [dataset])
     return json.loads(rows[0]["m"]) if rows else None
+
+
+def active_jobs(store: Store) -> list[dict]:
+    """The runs queued or running (id, kind, status, message, dataset), oldest first, each with its
+    progress and estimate (None until it has logged them)."""
+    rows = store.query("SELECT id, kind, status, message, dataset FROM runs WHERE status IN ('queued', 'running') "
+                       "ORDER BY id")
+    for r in rows:
+        latest = latest_metrics(store, r["id"])
+        r["progress"], r["eta_s"] = latest.get("progress"), latest.get("eta_s")
+    return rows
+
+
+def pair_count(store: Store, dataset: str) -> int:
+    return store.scalar("SELECT count(*) FROM dataset_pairs dp JOIN datasets d ON d.id = dp.dataset_id "
+                        "WHERE d.name = ?", [dataset])
+
+
+def succeeded_runs(store: Store, kind: str, dataset: str) -> list[dict]:
+    """The succeeded runs (id, config) of `kind` that read `dataset`, newest first."""
+    return store.query("SELECT id, config FROM runs WHERE kind = ? AND dataset = ? AND status = 'succeeded' "
+                       "ORDER BY id DESC", [kind, dataset])

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.runlog import save_config
+from store.models import model_paths
+from store.queries import runs_of_kinds
 from store.runs import create_run, mark_running, set_run_config
 from studio.kinds import JOBS, RunError
 from studio.runner import Runner
@@ -183,7 +185,7 @@ def import_bundle(runner: Runner, folder: str | Path) -> int:
     if final is None:
         raise RunError(f"{folder}/events.jsonl ends without a result (succeeded, failed or cancelled)"
                        + (f"; {len(bad)} lines are no events ({bad[0]})" if bad else "") + ": nothing was imported")
-    for run in runner.store.query("SELECT id, folder FROM runs WHERE kind = ?", [kind]):
+    for run in runs_of_kinds(runner.store, [kind]):
         earlier = Path(run["folder"] or "")
         if (earlier / BUNDLE).is_file() and (earlier / BUNDLE).read_bytes() == (folder / BUNDLE).read_bytes() \
                 and (earlier / "events.jsonl").is_file() and \
@@ -192,7 +194,7 @@ def import_bundle(runner: Runner, folder: str | Path) -> int:
     run_id, run_folder = create_run(runner.store, kind, config, runner.workspace.runs_dir, bundle.get("dataset"))
     shutil.copytree(folder, run_folder, symlinks=True)
     workspace_models = bundle.get("workspace_models") or {}
-    known = {r["path"] for r in runner.store.query("SELECT path FROM models")}
+    known = model_paths(runner.store)
     config["models_dir"] = str(runner.workspace.models_dir)
     for name, copy in CARRIED_MODELS.items():
         if config.get(name):  # this workspace's own model where it still is (a registered model), else the copy

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from store.queries import latest_metrics
+from store.queries import active_jobs, run_row
 from studio.context import Context, handler
 from studio.kinds import RunError
 from studio.loop_map import NextStep
@@ -21,16 +21,6 @@ KIND_WORDS = {"generate": "generating candidates", "perplexity": "scoring perple
               "export": "exporting to GGUF",
               "compare": "comparing two models"}
 REFRESH_S = 2.0
-
-
-def active_jobs(store) -> list[dict]:
-    """The jobs queued or running, oldest first, with their progress and estimate where they have one."""
-    rows = store.query("SELECT id, kind, status, message, dataset, pid FROM runs "
-                       "WHERE status IN ('queued', 'running') ORDER BY id")
-    for r in rows:
-        latest = latest_metrics(store, r["id"])
-        r["progress"], r["eta_s"] = latest.get("progress"), latest.get("eta_s")
-    return rows
 
 
 def describe(job: dict) -> str:
@@ -75,12 +65,12 @@ def where_followed(ctx: Context, run_id) -> NextStep | None:
     """The tab that follows a job, with it picked there."""
     if run_id is None:
         return None
-    run = ctx.store.query("SELECT id, kind, dataset FROM runs WHERE id = ?", [int(run_id)])
+    run = run_row(ctx.store, int(run_id))
     if not run:
         return None
-    kind, dataset = run[0]["kind"], run[0]["dataset"]
+    kind, dataset = run["kind"], run["dataset"]
     if kind in METHODS or kind in ("evaluate", "best-of-n", "benchmark"):
-        return NextStep("train", "", "", {"run": run[0]["id"]})
+        return NextStep("train", "", "", {"run": run["id"]})
     if kind == "judge-labels":
         return NextStep("label", "", "", {"dataset": dataset})
     if kind in ("export", "compare"):

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipelines.llm_judge import JudgeError, check_guideline
 from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
 from store import Store
-from store.models import gguf_files
+from store.models import exported_files, gguf_files
 from studio.inputs import trained_prompts
 from studio.kinds import RunError
 from studio.runner import Runner
@@ -46,8 +46,7 @@ def gguf_choices(store: Store) -> list[tuple[str, str]]:
     import json
 
     costs = {}
-    for row in store.query("SELECT m.name, m.path, r.folder FROM models m JOIN runs r ON r.id = m.run_id "
-                           "WHERE m.kind = 'gguf'"):
+    for row in exported_files(store):
         report = Path(row["folder"]) / "export.json"
         try:
             files = json.loads(report.read_text())["files"] if report.is_file() else []

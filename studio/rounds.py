@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from pipelines.best_of_n import BestOfNConfig
 from pipelines.settings import setting
-from store.models import model_named
+from store.models import model_named, model_path, reward_models
+from store.queries import latest_metrics, pair_count, succeeded_runs
 from store.rounds import RoundError, best_against_worst, scored_samples
 from studio import service
 from studio.judging import check_independent
@@ -151,7 +152,7 @@ def run_rounds(runner: Runner, prompts: str, reward_model: str, eval_prompts: st
             except RoundError as e:
                 raise RunError(f"round {k}: {e}") from None
             say(f"round {k}: {made.summary()}")
-        pairs = store.scalar("SELECT count(*) FROM dataset_pairs WHERE dataset_id = ?", [store.dataset_id(into)])
+        pairs = pair_count(store, into)
         train_run = _succeeded_run(store, method, into)
         if train_run is None:
             started = service.start_training(runner, method, into, base=current, eval_share=0.0,
@@ -173,8 +174,7 @@ def run_rounds(runner: Runner, prompts: str, reward_model: str, eval_prompts: st
             say(f"round {k}: run {eval_run} judges {new_policy} against {current}")
             if wait(eval_run):
                 raise RunError(f"round {k} stopped: its evaluation (run {eval_run}) did not succeed")
-        metrics = {m["name"]: m["value"] for m in store.query(
-            "SELECT name, arg_max(value, rowid) AS value FROM run_metrics WHERE run_id = ? GROUP BY name", [eval_run])}
+        metrics = latest_metrics(store, eval_run)
         judge_role = "judge" if judge_run is not None else "rule"
         result = RoundResult(k, current, into, pairs, train_run, new_policy, eval_run,
                              _verdict(metrics, judge_role), _verdict(metrics, "proxy"))
@@ -210,11 +210,10 @@ def _verdict(metrics: dict, role: str) -> dict:
 
 def _succeeded_run(store, kind: str, dataset: str, policy_run: int | None = None) -> int | None:
     """The newest succeeded run of `kind` on `dataset` (for an evaluation: of the policy of `policy_run`)."""
-    for run in store.query("SELECT id, config FROM runs WHERE kind = ? AND dataset = ? AND status = 'succeeded' "
-                           "ORDER BY id DESC", [kind, dataset]):
+    for run in succeeded_runs(store, kind, dataset):
         if policy_run is None:
             return run["id"]
-        trained = store.scalar("SELECT path FROM models WHERE run_id = ? AND purpose = 'policy'", [policy_run])
+        trained = model_path(store, "policy", run_id=policy_run)
         if json.loads(run["config"]).get("policy_adapter") == trained:
             return run["id"]
     return None
@@ -236,7 +235,7 @@ def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: i
     found = model_named(store, proxy)
     if found is None or found["purpose"] != "reward":
         raise RunError(f"'{proxy}' is not a reward model (see alignstudio models)")
-    judge = store.query("SELECT name FROM models WHERE run_id = ? AND purpose = 'reward'", [judge_run])
+    judge = [r for r in reward_models(store) if r["run_id"] == judge_run]
     if not judge:
         raise RunError(f"run {judge_run} did not train a reward model")
     if judge_run == found["run_id"]:

@@ -29,7 +29,7 @@ from pipelines.perplexity import PerplexityConfig
 from pipelines.reward_scoring import RewardScoringConfig
 from pipelines.training import parameter_count, placement_of, suggested_settings
 from store.models import model_named, model_path, reward_model_at, trained_adapter
-from store.queries import dataset_pair_texts, unscored_responses
+from store.queries import dataset_pair_texts, run_row, unscored_responses
 from studio.bundles import write_bundle
 from studio.inputs import (
     EVAL_INPUTS,
@@ -152,7 +152,8 @@ def base_named(store, name: str) -> str:
     if model is None:
         run = re.fullmatch(r"([a-z]+)-run(\d+)", name)
         if run and run.group(1) in METHODS:
-            status = store.scalar("SELECT status FROM runs WHERE id = ?", [int(run.group(2))])
+            found = run_row(store, int(run.group(2)))
+            status = found["status"] if found else None
             why = f"run {run.group(2)} {status}" if status else f"there is no run {run.group(2)}"
             raise RunError(f"no trained model named '{name}' ({why}); start from a policy a run has trained")
         return name
