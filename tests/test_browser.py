@@ -1088,7 +1088,7 @@ def test_the_live_plots_have_numeric_axes_in_step_order_while_a_run_is_watched_f
             return [t for t in texts if t and t.strip()]
 
         for axis in ("x", "y"):
-            values = [float(t.replace(",", "")) for t in ticks(axis)]  # numbers, every one of them
+            values = sorted(float(t.replace(",", "")) for t in ticks(axis))  # numbers, every one of them
             steps = {round(b - a, 6) for a, b in zip(values, values[1:])}
             assert len(values) >= 2 and len(steps) == 1, (axis, values)  # a numeric scale: evenly spaced ticks
         legend = page.locator("#train-metrics-plot g.role-legend text").evaluate_all(
