@@ -26,7 +26,6 @@ NUCLEUS_CANDIDATES = 256
 ROOM_STEP = 256  # a sequence's cache grows in steps of this many tokens when a longer prompt comes
 
 
-@dataclass
 def utf8_text(data: bytes) -> str:
     """An answer's bytes as text. An answer cut by its token limit can end inside a character (an
     emoji, an accented letter split across tokens): those last bytes are dropped rather than shown
@@ -39,6 +38,7 @@ def utf8_text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+@dataclass
 class Answer:
     tokens: list[int]
     text: str

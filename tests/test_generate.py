@@ -183,3 +183,11 @@ def test_a_model_folder_answers_in_llama_cpp_converted_to_gguf_once(store, works
     assert run["status"] == "succeeded", run["message"]
     assert store.dataset_id("p-my-model-vs-default") is not None
     cached.unlink()  # the shared models folder keeps no file of a folder that is gone
+
+
+def test_an_answer_cut_inside_a_character_loses_its_last_bytes_not_shown_as_replacement_characters():
+    from pipelines.batched_sampling import utf8_text
+
+    assert utf8_text("Ça va 🚀".encode()[:-2]) == "Ça va "  # the rocket's first two bytes dropped
+    assert utf8_text("naïve".encode()) == "naïve"
+    assert utf8_text(b"a\xffb") == "a\ufffdb"  # a bad byte inside stays visible
