@@ -30,12 +30,10 @@ def utf8_text(data: bytes) -> str:
     """An answer's bytes as text. An answer cut by its token limit can end inside a character (an
     emoji, an accented letter split across tokens): those last bytes are dropped rather than shown
     as replacement characters; anything else undecodable is replaced."""
-    for cut in range(4):  # a UTF-8 character is at most 4 bytes
-        try:
-            return data[:len(data) - cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return data.decode("utf-8", errors="replace")
+    import codecs
+
+    # Not final: an incomplete character at the end is held back, as a stream decoder waits for more.
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data, final=False)
 
 
 @dataclass
