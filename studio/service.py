@@ -348,9 +348,9 @@ def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: i
     trained = trained_prompts(runner, policy_run)
     seen = len({r["prompt_id"] for r in rows} & trained)
     # The cost card in proportion to the evaluation: a quick one (a few prompts) stays quick.
-    references = reference_answers(store, reference_file or prompts, trained, min(REFERENCE_ANSWERS, limit),
+    references = reference_answers(store, reference_file or prompts, trained, min(REFERENCE_ANSWERS, len(rows)),
                                    from_file=bool(reference_file))
-    settings.setdefault("refusal_limit", min(EvaluateConfig.refusal_limit, limit))
+    settings.setdefault("refusal_limit", min(EvaluateConfig.refusal_limit, len(rows)))
     files = {"references.parquet": references} if references else {}
     config = make_config(EvaluateConfig, "evaluation", policy_adapter=policy, rule=rule, seen_in_training=seen,
                          models_dir=str(runner.workspace.models_dir),

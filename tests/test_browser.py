@@ -426,7 +426,8 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
 def test_train_tab_starts_another_method_from_an_empty_page_without_an_error(tmp_path, mini_workspace, tiny_model,
                                                                             browser):
     """The page opens with the reward model's metric choices (no run yet); a DPO run started there
-    swaps them for DPO's while the 2 s timer runs, which must never show a refused-value error."""
+    swaps them for DPO's while the 2 s timer runs, which must never show a refused-value error; and
+    the live plots, watched from the run's first step, keep numeric axes and draw every series."""
     url, proc = serve(mini_workspace, tmp_path / "serve.log")
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -445,6 +446,26 @@ def test_train_tab_starts_another_method_from_an_empty_page_without_an_error(tmp
         assert page.locator("#train-plotted").get_by_label("accuracy", exact=True).count() == 0
         errors = [t for t in page.locator(".toast-body, .error").all_inner_texts() if t.strip()]
         assert not errors, errors
+        # Watched from its first step, the plots keep numeric axes (no "null" tick) and draw every series.
+        def ticks(axis: str) -> list[str]:  # the SVG axis labels Vega draws (x first, then y)
+            texts = page.locator("#train-loss-plot g.mark-text.role-axis-label").nth(0 if axis == "x" else 1) \
+                .locator("text").evaluate_all("els => els.map(e => e.textContent)")
+            return [t for t in texts if t and t.strip()]
+
+        for axis in ("x", "y"):
+            values = sorted(float(t.replace(",", "")) for t in ticks(axis))  # numbers, every one of them
+            steps = {round(b - a, 6) for a, b in zip(values, values[1:])}
+            assert len(values) >= 2 and len(steps) == 1, (axis, values)  # a numeric scale: evenly spaced ticks
+        legend = page.locator("#train-metrics-plot g.role-legend text").evaluate_all(
+            "els => els.map(e => e.textContent)")
+        from studio.methods import METHODS
+
+        assert set(legend) - {"metric"} <= set(METHODS["dpo"].plotted_first)  # this plot's series, no others
+        # Every series is drawn in its colour, the one that first appeared at the run's end (its
+        # evaluation) too: the plot's colour scale was built with it.
+        strokes = page.locator("#train-metrics-plot g.mark-line path").evaluate_all(
+            "els => els.map(e => e.getAttribute('stroke'))")
+        assert strokes and None not in strokes, strokes
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -1063,44 +1084,3 @@ def test_a_running_job_is_seen_from_every_tab_and_after_a_reload_and_opens_and_c
     with mini_workspace.open_store() as store:
         assert store.scalar("SELECT status FROM runs WHERE id = ?", [run_id]) == "cancelled"
 
-
-def test_the_live_plots_have_numeric_axes_in_step_order_while_a_run_is_watched_from_its_start(
-        tmp_path, mini_workspace, tiny_model, browser):
-    url, proc = serve(mini_workspace, tmp_path / "serve.log")
-    try:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url)
-        page.get_by_role("tab", name="Train").click()
-        page.get_by_label("DPO", exact=True).check()
-        page.get_by_label("Base model").fill(str(tiny_model))
-        page.get_by_role("spinbutton", name="Max steps").fill("12")
-        page.get_by_role("spinbutton", name="Batch size").fill("2")
-        page.get_by_role("spinbutton", name="Max tokens").fill("128")
-        page.get_by_role("button", name="Start training").click()
-        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=120_000)
-        page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=240_000)
-        page.wait_for_timeout(3_000)
-        page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
-
-        def ticks(axis: str) -> list[str]:  # the SVG axis labels Vega draws (x first, then y)
-            texts = page.locator("#train-loss-plot g.mark-text.role-axis-label").nth(0 if axis == "x" else 1) \
-                .locator("text").evaluate_all("els => els.map(e => e.textContent)")
-            return [t for t in texts if t and t.strip()]
-
-        for axis in ("x", "y"):
-            values = sorted(float(t.replace(",", "")) for t in ticks(axis))  # numbers, every one of them
-            steps = {round(b - a, 6) for a, b in zip(values, values[1:])}
-            assert len(values) >= 2 and len(steps) == 1, (axis, values)  # a numeric scale: evenly spaced ticks
-        legend = page.locator("#train-metrics-plot g.role-legend text").evaluate_all(
-            "els => els.map(e => e.textContent)")
-        from studio.methods import METHODS
-
-        assert set(legend) - {"metric"} <= set(METHODS["dpo"].plotted_first)  # this plot's series, no others
-        # Every series is drawn in its colour, the one that first appeared at the run's end (its
-        # evaluation) too: the plot's colour scale was built with it.
-        strokes = page.locator("#train-metrics-plot g.mark-line path").evaluate_all(
-            "els => els.map(e => e.getAttribute('stroke'))")
-        assert strokes and None not in strokes, strokes
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

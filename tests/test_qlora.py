@@ -37,7 +37,7 @@ def adapter_dtypes(folder: Path) -> set[str]:
         return {str(f.get_tensor(k).dtype) for k in f.keys()}
 
 
-def test_every_method_trains_on_a_4bit_base_on_the_cpu_and_the_policy_exports(workspace, hh24, tiny_model):
+def test_the_methods_train_on_a_4bit_base_on_the_cpu_and_the_policy_exports(workspace, hh24, tiny_model):
     """bf16 compute, as on a user's card: TRL casts a QLoRA model's trainables to bf16; the studio
     keeps them (the score head included) in float32, and the reward model reloads in 4 bits with
     the scores it was evaluated with."""
@@ -57,15 +57,16 @@ def test_every_method_trains_on_a_4bit_base_on_the_cpu_and_the_policy_exports(wo
     assert again == pytest.approx([r["reward_chosen"] for r in scored], abs=2e-2)  # bf16 compute, batched differently
 
     policies = {}
-    for method in ("dpo", "kto", "orpo"):
+    # DPO stands for the pair methods (KTO and ORPO load and prepare a 4-bit base through the same
+    # code); PPO (the studio's own loop) and GRPO (TRL's online trainer) for the online ones.
+    for method in ("dpo",):
         run_id = service.start_training(runner, method, "hh24", base=str(tiny_model), max_steps=2, eval_share=0.25,
                                         **QLORA).run_id
         run = runner.wait(run_id)
         assert run["status"] == "succeeded", (method, run["message"])
         assert adapter_dtypes(Path(run["folder"]) / "model") == {"torch.float32"}, method
         policies[method] = run_id
-    for method, extra in (("ppo", {"mini_batch_size": 2}), ("grpo", {"num_generations": 2}),
-                          ("rloo", {"num_generations": 2})):
+    for method, extra in (("ppo", {"mini_batch_size": 2}), ("grpo", {"num_generations": 2})):
         run_id = service.start_training(runner, method, prompts="hh24", reward_run=rm, base=str(tiny_model),
                                         max_steps=1, max_new_tokens=8, watch_prompts=0,
                                         **{**QLORA, "batch_size": 4}, **extra).run_id

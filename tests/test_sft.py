@@ -162,10 +162,10 @@ def test_dpo_from_an_sft_model_has_the_sft_model_as_its_reference(workspace, sto
     assert torch.allclose(reference, log_probs(sft_model), atol=1e-3)
 
     # What cannot be a base is said before a run exists.
-    rm = service.start_training(runner, "rm", "sums", base=str(tiny_model), max_steps=1, **small).run_id
-    assert runner.wait(rm)["status"] == "succeeded"
-    with pytest.raises(RunError, match=f"'rm-run{rm}' is a reward model"):
-        service.start_training(runner, "dpo", "sums", base=f"rm-run{rm}", max_steps=1, **small)
+    with store.transaction() as cur:
+        cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('rm-run50', 'adapter', '/x', 'reward')")
+    with pytest.raises(RunError, match="'rm-run50' is a reward model"):
+        service.start_training(runner, "dpo", "sums", base="rm-run50", max_steps=1, **small)
     with pytest.raises(RunError, match="no trained model named 'sft-run99' \\(there is no run 99\\)"):
         service.start_training(runner, "dpo", "sums", base="sft-run99", max_steps=1, **small)
 
