@@ -71,8 +71,8 @@ class EvaluateConfig:
     output: str = setting("answers.parquet", "both models' answers and scores", internal=True)
     max_new_tokens: int = setting(64, "answer length limit in tokens")
     refusal_limit: int = setting(30, "cost card: prompts of each refusal set both models answer (benign prompts that "
-                                 "sound risky, and harmful ones; at most as many as the evaluation's prompts unless given); "
-                                 "0 leaves over-refusal out", label="Refusal prompts")
+                                 "sound risky, and harmful ones; at most as many as the evaluation's prompts unless "
+                                 "given); 0 leaves over-refusal out", label="Refusal prompts")
     reference_inputs: str = setting("", "held-out reference answers (prompt, answer) for the cost card's perplexity, "
                                     "written by the runner", internal=True)
     temperature: float = setting(0.7, "sampling temperature of both models' answers")
