@@ -92,7 +92,7 @@ def stages_and_next(store: Store, dataset: str, state: dict | None = None) -> tu
             state = RUNNING
         elif name == "reward model" and weak:
             state = WEAK
-            detail += ": no better than chance on its held-out pairs; label more pairs and train it again"
+            detail += ": not clearly better than chance (its interval holds 50%); label more pairs and train it again"
         stages.append(Stage(name, state, detail))
     if first_missing is not None and facts[first_missing][0] in under_way:
         # Never invite a second run of what is running: follow the one under way.

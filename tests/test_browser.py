@@ -840,9 +840,9 @@ def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_nex
         home = " ".join(page.inner_text("#home-map").split())
         for stage in ("prompts", "candidates", "perplexity", "pairs", "labels", "policy", "verdict", "export"):
             assert f"✓ {stage}" in home, home
-        # A reward model trained on a dozen labels is no better than chance on its held-out pairs: the
+        # A reward model trained on a dozen labels is not clearly better than chance on its held-out pairs: the
         # map says so, and what to do, rather than showing a check mark.
-        assert "! reward model" in home and "no better than chance" in home and "label more pairs" in home
+        assert "! reward model" in home and "not clearly better than chance" in home and "label more pairs" in home
         assert f"{labelled} pairs with a preference; labels by newcomer {labelled}" in home
         page.screenshot(path=str(tmp_path / "newcomer-home.png"), full_page=True)
         # The lineage below the map: a click on the policy's exports opens the Export tab on it.
