@@ -452,8 +452,9 @@ def export(config: ExportConfig, log: RunLog) -> None:
     metrics = {}
     log.progress(3, 4, message="the quantisation's cost: perplexity of held-out text in each file")
     text = heldout_ids(tokenizer)
-    nll = {quant: window_nll(path, text) for quant, path in {"f16": f16, **files}.items()}
-    costs = quantisation_cost(nll, {quant: path.stat().st_size for quant, path in {"f16": f16, **files}.items()})
+    measured = {"f16": f16, **files}  # f16 is the reference even where it is not kept
+    nll = {quant: window_nll(path, text) for quant, path in measured.items()}
+    costs = quantisation_cost(nll, {quant: path.stat().st_size for quant, path in measured.items()})
     for quant, path in files.items():
         check = {**check_gguf(path, ids, reference, text_ids, prompt_ids), **costs[quant]}
         (out / f"{path.stem}.Modelfile").write_text(modelfile(path.name, tokenizer, ends), encoding="utf-8")

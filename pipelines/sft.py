@@ -32,9 +32,9 @@ from pipelines.training import (
     last_checkpoint,
     lora_config,
     model_kwargs,
+    pair_data,
     placement_of,
     progress_callback,
-    split,
     train_and_save,
     trainer_arguments,
 )
@@ -168,13 +168,7 @@ def new_rows_callback(added: list[int]):
 
 def run(config: SFTTrainConfig, log: RunLog) -> None:
     run_dir = log.path.parent
-    records = read_conversations(run_dir / config.inputs)
-    if config.eval_inputs:
-        train, held_out = records, read_conversations(run_dir / config.eval_inputs)
-    else:
-        train, held_out = split(records, config.eval_share, config.seed)
-    if not train:
-        raise ValueError("no conversations to train on")
+    train, held_out = pair_data(config, run_dir, read_conversations, "conversations")
     trainer, added = make_trainer(config, run_dir, train, held_out)
     callback = progress_callback(log)
     trainer.add_callback(callback)

@@ -350,15 +350,16 @@ def train_with_resume(trainer, callback, run_dir: Path, log: RunLog) -> bool:
     return True
 
 
-def pair_data(config: PairTrainSettings, run_dir: Path) -> tuple[list, list]:
-    """The pairs to train on and those to evaluate on (the eval dataset, else a held-out share)."""
-    pairs = read_pairs(run_dir / config.inputs)
+def pair_data(config: PairTrainSettings, run_dir: Path, read=read_pairs, what: str = "pairs") -> tuple[list, list]:
+    """The records to train on and those to evaluate on (the eval dataset, else a held-out share):
+    pairs, or what `read` makes of the runner's files (SFT's conversations)."""
+    records = read(run_dir / config.inputs)
     if config.eval_inputs:
-        train, held_out = pairs, read_pairs(run_dir / config.eval_inputs)
+        train, held_out = records, read(run_dir / config.eval_inputs)
     else:
-        train, held_out = split(pairs, config.eval_share, config.seed)
+        train, held_out = split(records, config.eval_share, config.seed)
     if not train:
-        raise ValueError("no pairs to train on")
+        raise ValueError(f"no {what} to train on")
     return train, held_out
 
 
