@@ -408,6 +408,10 @@ def run_ensemble(config: RewardTrainConfig, log: RunLog) -> None:
         if train_and_save(trainer, callback, member, log, "reward", "rm") is None:
             return
         del trainer
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # the members trained on every rank; one writes and scores them
+        return
     (out / ENSEMBLE).write_text(json.dumps({"members": members, "lambda": config.ensemble_lambda}))
     write_meta(out, "reward", config.base, resolve_model(config.base, config.models_dir), "rm-ensemble")
     if not held_out:
