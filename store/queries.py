@@ -52,6 +52,15 @@ def dataset_prompts(store: Store, dataset_id: int, limit: int | None = None) -> 
                        [dataset_id, limit if limit is not None else 2**62])
 
 
+def prompt_ids_by_dataset(store: Store) -> dict[str, set[str]]:
+    """Each dataset's prompt ids, by dataset name (datasets without prompts left out)."""
+    found: dict[str, set[str]] = {}
+    for row in store.query("""SELECT d.name, dp.prompt_id FROM dataset_prompts dp JOIN datasets d
+                              ON d.id = dp.dataset_id"""):
+        found.setdefault(row["name"], set()).add(row["prompt_id"])
+    return found
+
+
 # The ids of a dataset's responses (parameter $d): both sides of its pairs and its prompts' candidates.
 DATASET_RESPONSES = """
     SELECT first_id AS id FROM pairs WHERE id IN (SELECT pair_id FROM dataset_pairs WHERE dataset_id = $d)

@@ -50,7 +50,7 @@ def agreement_tables(store: Store, dataset: str | None) -> tuple[str, list[list]
     return line, rows, disagreements
 
 
-def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+def build(ctx: Context, tab: gr.Tab) -> gr.Dropdown:
     store = ctx.store
     with_pairs = dataset_names(store, with_pairs=True)
     gr.Markdown("How far the annotators of a dataset agree (Cohen's kappa), and the pairs they disagree on.")
@@ -66,7 +66,7 @@ def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
                                  max_height=420, column_widths=["22%", "48%", "30%"], elem_id="disagreements-table")
     for trigger in (dataset.change, refresh.click):
         trigger(lambda d: agreement_tables(store, d), dataset, [summary, table, disagreements])
-    # Opening the tab shows the labels given since.
-    app.load(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset)
+    # Opening the tab shows the labels given since (a page load restores the picks: studio.picks).
     tab.select(lambda: gr.update(choices=dataset_names(store, with_pairs=True)), outputs=dataset).then(
         lambda d: agreement_tables(store, d), dataset, [summary, table, disagreements])
+    return dataset

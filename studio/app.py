@@ -20,6 +20,7 @@ from studio import (
     jobs_bar,
     judging,
     label_tab,
+    picks,
     train_tab,
 )
 from studio.context import Context
@@ -41,6 +42,10 @@ CSS = """
 table th, table td, table th span, table td span { word-break: normal !important; overflow-wrap: break-word; }
 """
 SYNC_EVERY_S = 1.0
+# After the Next step or the jobs bar opens a tab: scroll to the element the opening named (the
+# evaluation form, a screen below the Train tab's top), once the tab has drawn it.
+SCROLL_JS = """(target) => { if (target) setTimeout(() => document.getElementById(target)
+    ?.scrollIntoView({behavior: "smooth", block: "start"}), 300); }"""
 
 
 def build_app(workspace: Workspace):
@@ -56,11 +61,11 @@ def build_app(workspace: Workspace):
             with gr.Tab("Home", id="home"):
                 home = home_tab.build(ctx)
             with gr.Tab("Data", id="data") as tab:
-                data_tab.build(ctx, app, tab)
+                data = data_tab.build(ctx, app, tab)
             with gr.Tab("Label", id="label") as tab:
                 label = label_tab.build(ctx, app, tab)
             with gr.Tab("Agreement", id="agreement") as tab:
-                agreement_tab.build(ctx, app, tab)
+                agreement = agreement_tab.build(ctx, tab)
             with gr.Tab("Build dataset", id="build") as tab:
                 building = build_tab.build(ctx, app, tab)
             with gr.Tab("Train", id="train") as tab:
@@ -69,17 +74,18 @@ def build_app(workspace: Workspace):
                 export = export_tab.build(ctx, tab)
             with gr.Tab("Compare", id="compare") as tab:
                 compare = compare_tab.build(ctx, app, tab)
-        opening, opened = home_tab.wire_next_step(ctx, app, home, tabs, {
+        scroll_to = gr.Textbox(visible=False)  # set by an opening: where the page scrolls
+        opening, opened, openings = home_tab.wire_next_step(ctx, app, home, tabs, {
             "label_dataset": label.dataset, "build_dataset": building.dataset,
             "build_generate_box": building.generate_box, "train_method": train.kind,
             "train_dataset": train.dataset, "train_run": train.picked, "train_eval_box": train.eval_box,
             "train_eval_prompts": train.eval_prompts, "export_model": export.model,
             "compare_model": compare.model_b, "compare_base": compare.model_a,
-            "compare_blind": compare.blind}, choices={
+            "compare_blind": compare.blind, "scroll_to": scroll_to}, choices={
             # A tab built before the step's dataset, run or model existed lists them only from now.
             "label_dataset": lambda: dataset_names(store, with_pairs=True),
             "build_dataset": lambda: dataset_names(store), "train_dataset": lambda: dataset_names(store),
-            "train_run": lambda: train_tab.training_runs(store), "train_eval_prompts": lambda: dataset_names(store),
+            "train_run": lambda: train_tab.training_runs(store),
             "export_model": lambda: export_tab.exportable(store),
             "compare_model": lambda: judging.gguf_choices(store),
             "compare_base": lambda: judging.gguf_choices(store)})
@@ -88,7 +94,26 @@ def build_app(workspace: Workspace):
             step = jobs_bar.where_followed(ctx, run_id)
             return opening(step) if step else (gr.update(),) * len(opened)
 
-        jobs.open.click(open_job, jobs.job, opened)
+        openings.append(jobs.open.click(open_job, jobs.job, opened))
+        for event in openings:
+            # The evaluation form opened for a policy: its menus for that policy (the run picked may be
+            # the one picked before, whose change event does not fire again), then the scroll.
+            event.then(lambda target, run_id: train_tab.evaluation_defaults(ctx, run_id) if target else
+                       (gr.update(),) * 3, [scroll_to, train.picked],
+                       [train.eval_prompts, train.eval_reward, train.eval_proxy], show_progress="hidden").then(
+                None, scroll_to, None, js=SCROLL_JS)
+        first = lambda choices: picks.values_of(choices)[0] if choices else None  # noqa: E731
+        picks.remember(app, workspace, {
+            "data_dataset": picks.Menu(data.dataset, lambda: dataset_names(store), first),
+            "label_dataset": picks.Menu(label.dataset, lambda: dataset_names(store, with_pairs=True), first),
+            "label_reward_model": picks.Menu(label.reward_model, lambda: label_tab.reward_models(store), first),
+            "agreement_dataset": picks.Menu(agreement, lambda: dataset_names(store, with_pairs=True), first),
+            "build_dataset": picks.Menu(building.dataset, lambda: dataset_names(store)),
+            "train_dataset": picks.Menu(train.dataset, lambda: train_tab.data_choices(store, train_tab.FIRST_METHOD),
+                                        first),
+            "train_run": picks.Menu(train.picked, lambda: train_tab.training_runs(store), first),
+            "export_model": picks.Menu(export.model, lambda: export_tab.exportable(store), first),
+        })
     # The studio is a page, not an API: no event is described to clients. Gradio embeds the API
     # description (every dataset name among its allowed values) even in the login page.
     for fn in app.fns.values():

@@ -23,6 +23,7 @@ from store.queries import (
 )
 from studio import service
 from studio.context import Context, handler
+from studio.jobs_bar import progress_words
 from studio.rendering import Slider, preview
 
 METHOD = f"""
@@ -137,10 +138,9 @@ def job_status(ctx: Context, dataset_name, model_name):
     if r is None:
         return gr.update()
     latest = latest_metrics(ctx.store, r["id"]) if r["status"] == "running" else {}
-    progress = f" {latest['progress']:.0%}" if "progress" in latest else ""
-    eta = f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else ""
+    progress = f" {progress_words(latest.get('progress'), latest.get('eta_s'))}" if r["status"] == "running" else ""
     what = "generating candidates" if r["kind"] == "generate" else f"perplexity, {ENGINE}"
-    return f"Run {r['id']} ({what}): **{r['status']}**{progress}{eta}" + (f" - {r['message']}" if r["message"] else "")
+    return f"Run {r['id']} ({what}): **{r['status']}**{progress}" + (f" - {r['message']}" if r["message"] else "")
 
 
 def save_dataset(ctx: Context, name, *controls):
@@ -236,7 +236,6 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
     ui.save.click(handler(save_dataset, ctx), [ui.into] + controls, [ui.saved, ui.dataset])
     app.load(shown, controls, outputs)
     tab.select(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset)
-    app.load(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset)
 
 
 def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> SimpleNamespace:

@@ -269,8 +269,9 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
     tab.select(lambda: gr.update(choices=dataset_names(ctx.store)), outputs=ui.dataset).then(shown, where, listing)
 
 
-def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> None:
+def build(ctx: Context, app: gr.Blocks, tab: gr.Tab) -> SimpleNamespace:
     ui = SimpleNamespace()
     browse_panel(ctx, ui)
     curation_panels(ctx, ui)
     wire(ctx, app, tab, ui)
+    return ui

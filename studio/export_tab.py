@@ -123,4 +123,4 @@ def build(ctx: Context, tab: gr.Tab) -> SimpleNamespace:
     gr.Timer(2.0).tick(lambda r: export_view(store, r), picked, [status, files, ollama], show_progress="hidden")
     tab.select(lambda: (gr.update(choices=exportable(store)), gr.update(choices=export_runs(store))),
                outputs=[model, picked])
-    return SimpleNamespace(model=model)
+    return SimpleNamespace(model=model, picked=picked)

@@ -203,7 +203,7 @@ def build(ctx: Context) -> None:
     store, runner, workspace = ctx.store, ctx.runner, ctx.workspace
     gr.Markdown(
         f"Workspace `{html.escape(str(workspace.root))}` &middot; default model: {DEFAULT_DESCRIPTION}.")
-    cards = gr.HTML(stat_cards(store))
+    cards = gr.HTML(lambda: stat_cards(store))  # a callable: read again at each page load
     names = dataset_names(store)
     with gr.Row(equal_height=True):
         project = gr.Dropdown(names, value=furthest_along(store, names) if names else None,
@@ -220,11 +220,11 @@ def build(ctx: Context) -> None:
                                  elem_id="home-lineage", visible=False)
     with gr.Row():
         with gr.Column(scale=2, min_width=380):  # below 900 px or so the two tables stack
-            datasets = gr.Dataframe(datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
+            datasets = gr.Dataframe(lambda: datasets_table(store), headers=["dataset", "pairs", "prompts", "created"],
                                     label="Datasets", interactive=False, max_height=320, wrap=True,
                                     elem_id="datasets-table", column_widths=["38%", "14%", "18%", "30%"])
         with gr.Column(scale=3, min_width=520):
-            runs = gr.Dataframe(runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
+            runs = gr.Dataframe(lambda: runs_table(store), headers=RUN_COLUMNS, label="Runs", interactive=False,
                                 max_height=320, wrap=True, elem_id="runs-table",
                                 column_widths=["6%", "14%", "14%", "8%", "36%", "12%", "10%"])
             with gr.Row(equal_height=True):
@@ -277,8 +277,9 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
                    choices: dict):
     """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
     the other tabs' components it sets, by name (label_dataset, build_dataset, build_generate_box: an
-    accordion it opens, train_method, train_dataset, train_run, train_eval_box, train_eval_prompts,
-    export_model, compare_model, compare_base, compare_blind). `choices`: for the menus among them,
+    accordion it opens, train_method, train_dataset, train_run, train_eval_box, export_model,
+    compare_model, compare_base, compare_blind, scroll_to: a hidden box given the id of the element
+    to scroll to). `choices`: for the menus among them,
     their choices as they are now."""
     order = list(targets)
 
@@ -290,11 +291,12 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
                                         "build_generate_box": step.inputs.get("open_generate")},
                   "label": {"label_dataset": step.inputs.get("dataset")},
                   "train": {"train_method": step.inputs.get("method"), "train_dataset": step.inputs.get("dataset"),
-                            "train_run": step.inputs.get("run"), "train_eval_box": step.inputs.get("open_evaluate"),
-                            "train_eval_prompts": step.inputs.get("prompts")},
+                            "train_run": step.inputs.get("run"), "train_eval_box": step.inputs.get("open_evaluate")},
                   "export": {"export_model": step.inputs.get("model")},
                   "compare": {"compare_model": step.inputs.get("model"), "compare_blind": step.inputs.get("blind"),
                               "compare_base": base}}[step.tab]
+        # Where the page scrolls once the tab is open (an element id; "" for the top of the page).
+        values["scroll_to"] = "train-eval-box" if step.inputs.get("open_evaluate") else ""
         return (gr.Tabs(selected=step.tab), *(gr.update() if values.get(name) is None
                                               else gr.update(open=True) if name.endswith("_box")  # an accordion
                                               else gr.update(value=values[name], choices=choices[name]())
@@ -311,9 +313,10 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
             return (gr.update(),) * (len(order) + 1)
         return opening(lineage_step(rows[row], column))
 
-    home.step.click(go, home.project, [tabs, *targets.values()])
-    home.lineage.select(open_lineage, home.project, [tabs, *targets.values()])
+    events = [home.step.click(go, home.project, [tabs, *targets.values()]),
+              home.lineage.select(open_lineage, home.project, [tabs, *targets.values()])]
     # A page opens on the dataset furthest along the loop now, not on the one picked when the server started.
     app.load(handler(follow_map, ctx, None), None, [home.project, home.loop, home.step, home.why, home.lineage])
-    # What opens a step's tab with its inputs, for the other places that open one (the jobs bar).
-    return opening, [tabs, *targets.values()]
+    # What opens a step's tab with its inputs, for the other places that open one (the jobs bar), and
+    # the events that open one (for what follows an opening).
+    return opening, [tabs, *targets.values()], events

@@ -23,18 +23,23 @@ KIND_WORDS = {"generate": "generating candidates", "perplexity": "scoring perple
 REFRESH_S = 2.0
 
 
+def progress_words(progress: float | None, eta_s: float | None) -> str:
+    """How far a running job is: "starting" until its first step is done (loading the model,
+    converting, the first batch: 0% there read as stuck), then its share done and, once there is
+    one, the time left."""
+    if progress is None or (progress == 0 and eta_s is None):
+        return "starting"
+    where = f"{progress:.0%}"
+    if eta_s is not None and progress < 1:
+        minutes = eta_s / 60
+        where += f", about {minutes:.0f} min left" if minutes >= 1 else f", about {eta_s:.0f} s left"
+    return where
+
+
 def describe(job: dict) -> str:
     kind = job["kind"]
     what = f"training {METHODS[kind].label}" if kind in METHODS else KIND_WORDS.get(kind, kind)
-    if job["status"] == "queued":
-        where = "waiting to start"
-    elif job["progress"] is None:  # before its first step: loading, converting, preparing
-        where = "starting"
-    else:
-        where = f"{job['progress']:.0%}"
-        if job["eta_s"] is not None and job["progress"] < 1:
-            minutes = job["eta_s"] / 60
-            where += f", about {minutes:.0f} min left" if minutes >= 1 else f", about {job['eta_s']:.0f} s left"
+    where = "waiting to start" if job["status"] == "queued" else progress_words(job["progress"], job["eta_s"])
     message = f" — {job['message']}" if job["message"] else ""
     return f"**run {job['id']}** {what}" + (f" on '{job['dataset']}'" if job["dataset"] else "") + \
         f": {where}{message}"

@@ -4,12 +4,14 @@ guideline that names both answers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.llm_judge import JudgeError, check_guideline
 from pipelines.models import DEFAULT_MODEL, ModelError, default_gguf_path
 from store import Store
-from store.models import exported_files, gguf_files
+from store.models import exported_files, gguf_files, reward_model_at, reward_models
+from store.queries import dataset_names, prompt_ids_by_dataset
 from studio.inputs import trained_prompts
 from studio.kinds import RunError
 from studio.runner import Runner
@@ -24,6 +26,47 @@ def check_independent(runner: Runner, judge_run: int, what: str, taught_by: int)
                        f"prompts that {what} (run {taught_by}) was trained on too. Train one on the other prompts "
                        "(alignstudio train rm --judge-split, or a dataset that shares no prompt with it), or judge by "
                        "a rule")
+
+
+@dataclass
+class EvaluationChoices:
+    """What the evaluation of a policy can be judged by, as its form offers it: `prompts`, the
+    dataset with the most prompts the policy never trained on, or when every dataset shares some,
+    the one it trained on (`held_out` False: the evaluation then says how many it saw); `judges`,
+    the reward models independent of what taught it; `proxies`, for a policy trained on pairs, the
+    reward models of those same pairs (one trained against a reward model has that one as its
+    proxy, reported by itself)."""
+    prompts: str | None
+    held_out: bool
+    judges: list[int]
+    proxies: list[int]
+
+
+def evaluation_choices(runner: Runner, policy_run: int) -> EvaluationChoices:
+    import json
+
+    store = runner.store
+    trained = trained_prompts(runner, policy_run)
+    run = runner.get(policy_run)
+    proxy = reward_model_at(store, json.loads(run["config"]).get("reward_adapter") or "")
+    # Independent of the labels that taught it: its own pairs', or its proxy's (an online policy's
+    # prompts carry no labels), as start_evaluation checks.
+    taught = trained_prompts(runner, proxy["run_id"]) if proxy else trained
+    by_dataset = prompt_ids_by_dataset(store)
+    unseen = {name: len(by_dataset[name]) for name in dataset_names(store)
+              if name in by_dataset and not by_dataset[name] & trained}
+    judges, proxies = [], []
+    for model in reward_models(store):
+        if proxy and model["run_id"] == proxy["run_id"]:
+            continue
+        read = trained_prompts(runner, model["run_id"])
+        if not read & taught:
+            judges.append(model["run_id"])
+        elif not proxy and read & trained:
+            proxies.append(model["run_id"])
+    if unseen:
+        return EvaluationChoices(max(unseen, key=unseen.get), True, judges, proxies)
+    return EvaluationChoices(run["dataset"] if run["dataset"] in by_dataset else None, False, judges, proxies)
 
 
 def gguf_models(store: Store) -> dict[str, str]:

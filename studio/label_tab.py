@@ -338,7 +338,6 @@ def wire(ctx: Context, app: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None
     ui.judge_start.click(handler(start_judge_labels, ctx), [ui.dataset, ui.judge_model], ui.judge_line)
     ui.judge_list.click(lambda d: judge_rows(ctx.store, d), ui.dataset, [ui.judge_line, ui.judge_table])
     ui.dataset.change(handler(switch_dataset, ctx), None, [ui.current, ui.workbench])
-    app.load(handler(fresh_lists, ctx), [ui.dataset, ui.reward_model], [ui.dataset, ui.reward_model])
     app.load(handler(logged_in, ctx), None, [ui.annotator, ui.rename])
     tab.select(handler(fresh_lists, ctx), [ui.dataset, ui.reward_model], [ui.dataset, ui.reward_model])
     app.unload(handler(release_claims, ctx))

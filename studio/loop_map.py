@@ -130,8 +130,7 @@ def next_step(dataset: str, s: dict, missing: int | None, rm: dict | None, polic
                  "the reward model).", {"dataset": pairs_of, "method": "DPO"}),
         NextStep("train", "Judge the policy", "Evaluate the policy against its base by a judge it was not trained "
                  "against: pick a judge under 'Evaluate a policy against its base' (prompts the policy did not train "
-                 "on, if you have them).", {"run": policy["id"] if policy else None, "open_evaluate": True,
-                                             "prompts": dataset}),
+                 "on, if you have them).", {"run": policy["id"] if policy else None, "open_evaluate": True}),
         NextStep("export", "Export the policy", "Write the policy as GGUF files for llama.cpp and Ollama.",
                  {"model": policy["model"] if policy else None}),
         NextStep("compare", "Compare it blind", "Chat with the exported policy and its base in the blind arena, "

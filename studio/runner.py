@@ -142,7 +142,8 @@ class Runner:
             for other in runs_of_kinds(self.store, [kind], ("queued", "running")):
                 if json.loads(other["config"]) == json.loads(json.dumps(settings)):
                     raise RunError(f"the same {kind} job is running already (run {other['id']}); "
-                                   "follow it, or cancel it first")
+                                   "follow it (the jobs bar above the tabs) or cancel it first (its Cancel there, or "
+                                   f"alignstudio cancel {other['id']})")
             run_id, folder = create_run(self.store, kind, settings, self.workspace.runs_dir, dataset)
             folder.mkdir(parents=True, exist_ok=True)
             for name, rows in inputs.items():

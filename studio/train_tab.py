@@ -31,6 +31,7 @@ from store.queries import (
 )
 from studio import judging, reports, service
 from studio.context import Context, handler
+from studio.jobs_bar import progress_words
 from studio.methods import METHODS, ONLINE_METHODS, PAIR_POLICIES, TRL_LOSSES, Method, method_by_label
 
 FIRST_METHOD = METHODS["rm"]  # what the Train tab opens on
@@ -203,10 +204,8 @@ def run_summary(ctx: Context, run_id: int) -> str:
              f"**{run['status']}**"]
     path = model_path(store, "policy", run_id=run_id)
     evaluations = evaluations_of(store, path) if path else []
-    if run["status"] == "running" and "progress" in latest:
-        parts.append(
-            f"{latest['progress']:.0%}" + (f", about {latest['eta_s']:.0f} s left" if latest.get("eta_s") else "")
-        )
+    if run["status"] == "running":
+        parts.append(progress_words(latest.get("progress"), latest.get("eta_s")))
     card = []
     if run["kind"] in METHODS and METHODS[run["kind"]].makes == "reward" and run["status"] == "succeeded":
         try:
@@ -401,6 +400,28 @@ def start_evaluation(ctx: Context, run_id, prompts, judge_run, rule, limit, prox
     return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
 
 
+def evaluation_defaults(ctx: Context, run_id) -> tuple:
+    """The evaluation's menus for the picked run, when it trained a policy: held-out prompts it never
+    trained on, judge reward models independent of what taught it (never its own proxy), and the
+    reward models of its pairs as their proxy; the menus as they were for any other run."""
+    run = run_row(ctx.store, run_id) if run_id else None
+    if not run or not model_path(ctx.store, "policy", run_id=run_id):
+        return gr.update(), gr.update(), gr.update()
+    choices = judging.evaluation_choices(ctx.runner, int(run_id))
+    names = dict((run_id, label) for label, run_id in reward_runs(ctx.store))
+    judges = [("none", "")] + [(names[r], r) for r in choices.judges]
+    proxies = [("none", "")] + [(names[r], r) for r in choices.proxies]
+    judge_info = ("trained on prompts the policy and its proxy never saw (judge split)" if choices.judges else
+                  f"none here is independent of run {run_id}'s training data: train one on other prompts "
+                  "(Judge split), or judge by a rule or an LLM")
+    prompts_info = ("prompts the policy never trained on" if choices.held_out else
+                    f"every dataset shares prompts with run {run_id}'s training data (the verdict will say how "
+                    "many): split one by prompt (alignstudio split) for prompts it never saw")
+    return (gr.update(value=choices.prompts, info=prompts_info),
+            gr.update(choices=judges, value=judges[1][1] if len(judges) > 1 else "", info=judge_info),
+            gr.update(choices=proxies, value=proxies[1][1] if len(proxies) > 1 else ""))
+
+
 def fresh_lists(ctx: Context, label: str) -> tuple:
     """The form's and the evaluation's lists as the store is now (the page may be older)."""
     store = ctx.store
@@ -471,7 +492,7 @@ def runs_panel(ctx: Context, ui: SimpleNamespace) -> None:
 
 def evaluation_panel(ctx: Context, ui: SimpleNamespace) -> None:
     store = ctx.store
-    with gr.Accordion("Evaluate a policy against its base", open=False) as ui.eval_box:
+    with gr.Accordion("Evaluate a policy against its base", open=False, elem_id="train-eval-box") as ui.eval_box:
         gr.Markdown("Both answer the same held-out prompts. A policy trained against a reward model is always "
                     "judged by it too, labelled **proxy**: it rises whether or not the model got better (for a "
                     "policy trained on pairs, a reward model of the same pairs can stand as its proxy). Pick at "
@@ -533,7 +554,9 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
                       [ui.started, ui.picked])
     ui.picked.change(handler(pick_run, ctx), ui.picked, [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch,
                                                          ui.plotted, ui.ticked, ui.last_shown, ui.cancel, ui.resume,
-                                                         ui.again])
+                                                         ui.again]).then(
+        handler(evaluation_defaults, ctx), ui.picked, [ui.eval_prompts, ui.eval_reward, ui.eval_proxy],
+        show_progress="hidden")
     ui.plotted.input(lambda run_id, names: (metrics_of(ctx, run_id, method_of_run(ctx, run_id), names)
                                             if run_id else None, names),
                      [ui.picked, ui.plotted], [ui.metrics_plot, ui.ticked])

@@ -511,19 +511,21 @@ def test_train_tab_says_in_a_sentence_when_balancing_lengths_leaves_nothing_to_t
 
 
 def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_workspace, browser):
-    """The page opens on the newest run (a PPO one here) without a pick; its metric choices must be PPO's."""
+    """The page opens on the newest run (a PPO one here) without a pick; its metric choices must be PPO's.
+    A run picked then stays picked across a reload and in a second tab."""
     with mini_workspace.open_store() as store:
         with store.transaction() as cur:
-            cur.execute("""INSERT INTO runs (kind, config, status, message)
-                           VALUES ('ppo', '{"base": "default"}', 'succeeded', 'PPO trained (3 iterations)')""")
+            for kind, message in (("dpo", "DPO trained (2 steps)"), ("ppo", "PPO trained (3 iterations)")):
+                cur.execute("INSERT INTO runs (kind, config, status, message) VALUES (?, '{\"base\": \"default\"}', "
+                            "'succeeded', ?)", [kind, message])
             for step in (1, 2, 3):
                 for name, value in (("reward", 0.1 * step), ("kl", 0.2 * step), ("ended", 0.3),
                                     ("policy_loss", -0.01), ("value_loss", 0.1)):
-                    cur.execute("INSERT INTO run_metrics (run_id, step, name, value) VALUES (1, ?, ?, ?)",
+                    cur.execute("INSERT INTO run_metrics (run_id, step, name, value) VALUES (2, ?, ?, ?)",
                                 [step, name, value])
     url, proc = serve(mini_workspace, tmp_path / "serve.log")
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()  # a context: two tabs
         page.goto(url)
         page.get_by_role("tab", name="Train").click()
         page.locator("#train-summary").get_by_text("PPO trained (3 iterations)").wait_for(timeout=30_000)
@@ -534,6 +536,18 @@ def test_train_tab_opens_on_the_newest_run_with_its_own_metrics(tmp_path, mini_w
         assert plotted.get_by_label("accuracy", exact=True).count() == 0
         plotted.get_by_label("ended", exact=True).check()
         wait_for_lines(page, "#train-metrics-plot", {"reward", "kl", "ended"})
+
+        # The run a user picks stays picked across a reload and in a second tab of the same browser.
+        page.locator("#train-run").get_by_role("combobox").click()
+        page.get_by_role("option", name="run 1 · dpo · succeeded").click()
+        page.locator("#train-summary").get_by_text("DPO trained (2 steps)").wait_for(timeout=30_000)
+        page.reload()
+        for view in (page, page.context.new_page()):
+            if view is not page:
+                view.goto(url)
+            view.get_by_role("tab", name="Train").click()
+            view.locator("#train-summary").get_by_text("DPO trained (2 steps)").wait_for(timeout=30_000)
+            assert view.locator("#train-run input").input_value().startswith("run 1 · dpo")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -822,7 +836,12 @@ def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_nex
         train_run(page, tiny_model, 4)
 
         next_step(page, "Judge the policy", "verdict", "Train")
-        assert picked(page, "Run").startswith("run 4 · dpo") and picked(page, "Held-out prompts") == "questions"
+        # The evaluation form, a screen below the top, is scrolled to; every dataset here holds the prompts
+        # the policy trained on, so it offers those and says so; the policy's proxy of its pairs beside.
+        assert picked(page, "Run").startswith("run 4 · dpo") and picked(page, "Held-out prompts") == "question-pairs"
+        page.wait_for_function("() => Math.abs(document.getElementById('train-eval-box').getBoundingClientRect().top)"
+                               " < 200", timeout=30_000)
+        assert picked(page, "Proxy of the pairs (SFT, DPO, KTO, ORPO)").startswith("rm-run3")
         page.get_by_role("combobox", name="Judge by a rule").click()
         page.get_by_role("option").nth(1).click()
         page.get_by_role("button", name="Evaluate the picked run").click()

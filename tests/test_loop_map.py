@@ -62,7 +62,7 @@ def test_pairs_with_verdicts_walk_the_loop_from_reward_model_to_judging(store, w
     policy = trained(store, workspace, "dpo", "pairs", "policy")
     stages, step = stages_and_next(store, "pairs")
     assert states(stages)["verdict"] == NEXT and f"dpo-run{policy}" in stages[6].detail
-    assert (step.tab, step.inputs) == ("train", {"run": policy, "open_evaluate": True, "prompts": "pairs"})
+    assert (step.tab, step.inputs) == ("train", {"run": policy, "open_evaluate": True})
     # The lineage: each model with the run that made it and the pairs it read; a click opens each.
     rows = lineage(store, "pairs")
     assert [(r["model"], r["run"], r["dataset"], r["labels"], r["verdict"]) for r in rows] == [

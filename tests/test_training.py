@@ -13,7 +13,7 @@ from pipelines.reward_model import load_reward_model, score
 from pipelines.training import read_pairs, split
 from store import import_file
 from store.labelling import add_rule_labels, reward_disagreements, reward_opinion
-from studio import inputs, reports, service
+from studio import inputs, judging, reports, service
 from studio.cli import main as cli_main
 from studio.runner import RunError, Runner
 
@@ -354,6 +354,11 @@ def test_ppo_grpo_and_rloo_run_as_jobs_against_a_trained_reward_model(workspace,
         runner, "rm", "hh40", base=str(tiny_model), max_steps=1, eval_share=0.0, **SMALL
     ).run_id
     assert runner.wait(everything)["status"] == "succeeded"
+    # What the Train tab's evaluation form offers for the PPO policy: the judge only (never its proxy,
+    # nor a reward model that shares the proxy's prompts); no dataset holds prompts it never saw, so it
+    # offers the prompts it trained on, and says so.
+    offered = judging.evaluation_choices(runner, policies["ppo"])
+    assert (offered.judges, offered.proxies, offered.prompts, offered.held_out) == ([judge_run], [], "hh40", False)
     with pytest.raises(RunError, match=rf"not an independent judge: it was trained on {len(halves[0])} prompts that "
                                        rf"its proxy \(run {reward_run}\)"):
         service.start_evaluation(runner, policies["ppo"], "hh40", judge_run=everything)
@@ -405,6 +410,11 @@ def test_a_policy_trained_on_pairs_is_reported_beside_a_reward_model_of_the_same
         assert runner.wait(runs[-1])["status"] == "succeeded"
     assert runner.wait(dpo_run)["status"] == "succeeded"
     proxy_run, other_run = runs[1:]
+    # The evaluation form's offer: prompts it never trained on, the other half's reward model as judge,
+    # the same pairs' reward model as their proxy.
+    offered = judging.evaluation_choices(runner, dpo_run)
+    assert (offered.prompts, offered.held_out, offered.judges, offered.proxies) == ("other-half", True, [other_run],
+                                                                                    [proxy_run])
     with pytest.raises(RunError, match=f"the reward model of run {other_run} shares no prompt with the pairs run "
                                        f"{dpo_run} trained on: it is no proxy of them"):
         service.start_evaluation(runner, dpo_run, "hh40", proxy_run=other_run, rule="heuristic")
