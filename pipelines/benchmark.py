@@ -57,6 +57,21 @@ def local_task_folder(run_dir: Path) -> Path:
     return folder
 
 
+def check_tasks(tasks: list[str], manager=None) -> None:
+    """A BenchmarkError naming the tasks lm-eval does not know. The studio's own need no look-up;
+    any other costs lm-eval's index of every task (seconds)."""
+    if all(t in LOCAL for t in tasks):
+        return
+    if manager is None:
+        from lm_eval.tasks import TaskManager
+
+        manager = TaskManager()
+    unknown = [t for t in tasks if t not in LOCAL and t not in manager.all_tasks]
+    if unknown:
+        raise BenchmarkError(f"unknown lm-eval task {', '.join(unknown)}; the studio's own are "
+                             f"{', '.join(LOCAL)} (lm-eval --tasks list shows the others)")
+
+
 def evaluate_model(folder: str, tasks: list[str], manager, config: BenchmarkConfig) -> dict:
     """lm-eval on one model folder: per task, its metric, standard error and each item's score."""
     import lm_eval
@@ -85,10 +100,7 @@ def run(config: BenchmarkConfig, log: RunLog) -> None:
 
     run_dir = log.path.parent
     manager = TaskManager(include_path=str(local_task_folder(run_dir)))
-    unknown = [t for t in config.tasks if t not in manager.all_tasks]
-    if unknown:
-        raise BenchmarkError(f"unknown lm-eval task {', '.join(unknown)}; the studio's own are "
-                             f"{', '.join(LOCAL)} (lm-eval --tasks list shows the others)")
+    check_tasks(config.tasks, manager)
     models = {"policy": resolve_model(config.model, config.models_dir)}
     if config.against:
         models["base"] = resolve_model(config.against, config.models_dir)

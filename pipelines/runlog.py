@@ -46,7 +46,8 @@ def config_from(cls: type[C], fields: dict) -> C:
 
 # Counts that must be at least 1 (a batch of 0, no tokens, rank 0 cannot run).
 AT_LEAST_ONE = {"batch_size", "mini_batch_size", "grad_accum", "max_new_tokens", "max_tokens", "n",
-                "num_generations", "num_iterations", "lora_r", "lora_alpha", "ppo_epochs", "max_length"}
+                "num_generations", "num_iterations", "lora_r", "lora_alpha", "ppo_epochs", "max_length",
+                "num_processes"}
 
 
 def check_range(f: dataclasses.Field, value) -> None:

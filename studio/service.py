@@ -138,6 +138,12 @@ def _pair_inputs(runner: Runner, m: Method, dataset, eval_dataset, judge_run, ju
     files = {"inputs": records(dataset)}
     if eval_dataset:
         files[EVAL_INPUTS] = records(eval_dataset)
+        trained = {r.get("pair_id") for r in files["inputs"]} - {None}
+        shared = sum(r.get("pair_id") in trained for r in files[EVAL_INPUTS])
+        if shared:
+            raise RunError(f"{shared} of the {len(files[EVAL_INPUTS])} eval pairs of '{eval_dataset}' are training "
+                           f"pairs of '{dataset}': the evaluation would score what the run learned from; give pairs "
+                           "it does not train on (alignstudio split), or leave eval out to hold out a share")
         return {"eval_inputs": EVAL_INPUTS}, files
     return {}, files
 
@@ -220,6 +226,7 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
 def start_perplexity(runner: Runner, dataset: str, **settings) -> int:
     """Score every response of `dataset` not yet scored under the model (`model`, default `default`)."""
     config = make_config(PerplexityConfig, "perplexity", models_dir=str(runner.workspace.models_dir), **settings)
+    checked_model(config.model)
     rows = unscored_responses(runner.store, dataset_id(runner.store, dataset), "perplexities", config.model)
     if not rows:
         raise RunError(f"dataset '{dataset}' has no responses left to score under '{config.model}'")
@@ -233,12 +240,26 @@ def start_generation(runner: Runner, dataset: str, **settings) -> int:
         engine = config.resolved_engine()  # an unknown engine is refused before the run exists
     except ValueError as e:
         raise RunError(str(e)) from None
+    checked_model(config.model, gguf=True)
     folder = local_folder(config.model, config.models_dir)
     if engine == "llama.cpp" and config.model != DEFAULT_MODEL and (folder / "config.json").is_file():
         refused = gguf_readiness(folder, config.models_dir)  # a folder llama.cpp's converter would refuse
         if refused:
             raise RunError(f"{folder} cannot answer in llama.cpp: {refused}; use the transformers engine")
     return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset)}, dataset)
+
+
+def checked_model(name: str, gguf: bool = False) -> None:
+    """A model a job reads, refused before its run exists: the default model, a model folder, a hub
+    id, or (where `gguf`) a .gguf file."""
+    if gguf and name.endswith(".gguf"):
+        if not Path(name).expanduser().is_file():
+            raise RunError(f"{name}: no such GGUF file")
+        return
+    try:
+        check_model_name(name)
+    except ModelError as e:
+        raise RunError(str(e)) from None
 
 
 def start_reward_scoring(runner: Runner, dataset: str, reward_model: str, **settings) -> int:
@@ -473,7 +494,7 @@ def start_benchmark(runner: Runner, model: str, tasks: list[str] | None = None, 
     is compared with: `against`, else a policy's own base (a model that is no policy runs alone)."""
     import importlib.util
 
-    from pipelines.benchmark import BenchmarkConfig
+    from pipelines.benchmark import BenchmarkConfig, check_tasks
 
     if importlib.util.find_spec("lm_eval") is None:
         raise RunError("benchmarks run lm-evaluation-harness: pip install -e '.[bench]'")
@@ -488,6 +509,7 @@ def start_benchmark(runner: Runner, model: str, tasks: list[str] | None = None, 
     fields = {"model": path, "against": base_named(runner.store, against) if against else "",
               "models_dir": str(runner.workspace.models_dir), **({"tasks": tasks} if tasks else {})}
     config = make_config(BenchmarkConfig, "benchmark", **fields, **settings)
+    check_tasks(config.tasks)  # a BenchmarkError: a sentence before the run exists
     for name in (config.model, config.against):
         if name:
             try:

@@ -389,7 +389,7 @@ def control_run(ctx: Context, action: str, run_id):
 
 def start_evaluation(ctx: Context, run_id, prompts, judge_run, rule, limit, proxy_run, llm_judge):
     if not run_id or not prompts:
-        return "**Pick a policy run above and held-out prompts.**", gr.update()
+        return "**Pick a policy run (Runs, above) and held-out prompts.**", gr.update()
     try:
         new_id = service.start_evaluation(ctx.runner, int(run_id), prompts, int(judge_run) if judge_run else None,
                                           rule or "", limit=int(limit or service.EVAL_PROMPTS),
@@ -397,7 +397,9 @@ def start_evaluation(ctx: Context, run_id, prompts, judge_run, rule, limit, prox
                                           **({"llm_judge": llm_judge} if llm_judge else {}))
     except StudioError as e:  # every error a user can act on, said as a sentence
         return f"**{e}**", gr.update()
-    return f"Run {new_id} started: evaluating run {run_id}.", gr.update()
+    # Picked in Runs, to be followed there (its verdict ends up in the policy run's summary too).
+    return (f"Run {new_id} started: evaluating run {run_id}; followed in Runs above.",
+            gr.update(choices=training_runs(ctx.store), value=new_id))
 
 
 def evaluation_defaults(ctx: Context, run_id) -> tuple:
@@ -513,6 +515,7 @@ def evaluation_panel(ctx: Context, ui: SimpleNamespace) -> None:
                                       label="LLM judge", info="a GGUF chat model, asked in both orders")
             ui.eval_limit = gr.Number(service.EVAL_PROMPTS, label="At most prompts", precision=0, scale=1)
             ui.evaluate = gr.Button("Evaluate the picked run", scale=1, size="sm")
+        ui.eval_said = gr.Markdown(elem_id="train-eval-said")  # the answer beside the button, not above the runs
 
 
 def plots(ctx: Context, ui: SimpleNamespace) -> None:
@@ -551,7 +554,7 @@ def wire(ctx: Context, tab: gr.Tab, ui: SimpleNamespace) -> None:
         button.click(handler(control_run, ctx, action), ui.picked, [ui.started, ui.picked])
     ui.evaluate.click(handler(start_evaluation, ctx), [ui.picked, ui.eval_prompts, ui.eval_reward, ui.eval_rule,
                                                        ui.eval_limit, ui.eval_proxy, ui.eval_llm],
-                      [ui.started, ui.picked])
+                      [ui.eval_said, ui.picked])
     ui.picked.change(handler(pick_run, ctx), ui.picked, [ui.summary, ui.loss_plot, ui.metrics_plot, ui.watch,
                                                          ui.plotted, ui.ticked, ui.last_shown, ui.cancel, ui.resume,
                                                          ui.again]).then(

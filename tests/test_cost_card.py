@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from common.errors import StudioError
 from common.stats import paired_difference
 from pipelines.evaluate import REFUSAL_SETS, refusal_prompts
 from pipelines.judges import is_refusal
@@ -85,8 +86,10 @@ def test_an_evaluation_carries_the_cost_card_and_lm_eval_benchmarks_the_policy_a
         assert 0 <= metrics[f"bench/{task}/policy"] <= 1 and 0 <= metrics[f"bench/{task}/base"] <= 1
         assert metrics[f"bench/{task}/low"] <= metrics[f"bench/{task}/change"] <= metrics[f"bench/{task}/high"]
     assert run["message"].splitlines()[0].startswith("studio_arithmetic (acc, 12 items): base ")
-    bad = runner.wait(service.start_benchmark(runner, f"dpo-run{dpo}", tasks=["no_such_task"]))
-    assert bad["status"] == "failed" and "unknown lm-eval task no_such_task" in bad["message"]
+    runs = store.stats()["runs"]
+    with pytest.raises(StudioError, match="unknown lm-eval task no_such_task"):  # before a run exists
+        service.start_benchmark(runner, f"dpo-run{dpo}", tasks=["no_such_task"])
+    assert store.stats()["runs"] == runs
     with store.transaction() as cur:
         cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('rm-x', 'adapter', '/x', 'reward')")
     with pytest.raises(RunError, match="'rm-x' is a reward model"):

@@ -215,6 +215,18 @@ def test_bad_training_settings_are_refused_before_a_run_exists(workspace, hh40, 
         service.start_training(runner, "dpo", "hh40", base=" ")
     with pytest.raises(RunError, match="no such model folder"):
         service.start_training(runner, "rm", "hh40", judge_split=True, base="no-such-model")
+    with pytest.raises(RunError, match="num_processes must be at least 1, not 0"):
+        service.start_training(runner, "rm", "hh40", base=str(tiny_model), num_processes=0)
+    # Eval pairs that are training pairs would score what the run learned from.
+    with pytest.raises(RunError, match="40 of the 40 eval pairs of 'hh40' are training pairs of 'hh40'"):
+        service.start_training(runner, "dpo", "hh40", eval_dataset="hh40", base=str(tiny_model))
+    # The model a generation or a scoring job reads is checked before its run, as a base is.
+    with pytest.raises(RunError, match="no-such-model: no such model folder"):
+        service.start_generation(runner, "hh40", model="no-such-model")
+    with pytest.raises(RunError, match="/nowhere/m.gguf: no such GGUF file"):
+        service.start_generation(runner, "hh40", model="/nowhere/m.gguf")
+    with pytest.raises(RunError, match="not a model folder \\(no config.json\\)"):
+        service.start_perplexity(runner, "hh40", model=str(workspace.root))
     assert hh40.stats()["runs"] == 0
 
 
