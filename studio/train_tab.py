@@ -192,6 +192,18 @@ def bullets(lines) -> str:
     return "".join(f"\n- {line}" for line in lines)
 
 
+def evaluation_text(run_id: int, message: str) -> str:
+    """An evaluation's message as the summary shows it: its verdicts, then its cost card (the lines
+    `cost: ...`, base against policy) under a heading of its own."""
+    lines = (message or "").splitlines()
+    costs = [line.removeprefix("cost: ") for line in lines if line.startswith("cost: ")]
+    text = f"\n\n**Evaluation (run {run_id})**" + bullets(line for line in lines if not line.startswith("cost: "))
+    if costs:
+        text += f"\n\n**What it cost** (run {run_id}: base -> policy, each change with its 95% interval)" + \
+            bullets(costs)
+    return text
+
+
 def run_summary(ctx: Context, run_id: int) -> str:
     """The picked run in words: its state, its report card (a reward model), its evaluations and
     people's votes (a policy)."""
@@ -214,12 +226,15 @@ def run_summary(ctx: Context, run_id: int) -> str:
             card = [str(e)]
     if config.get("judge_split"):
         parts.append(f"the {config['judge_split']} half of a judge split")
-    if run["message"]:  # with a report card below, only what the run did
+    judged = run["kind"] == "evaluate" and run["status"] == "succeeded"
+    if run["message"] and not judged:  # with a report card below, only what the run did
         parts.append(run["message"].split(";")[0] if card else run["message"])
     text = " · ".join(parts)
     if card:
         text += "\n\n**Report card** (held-out pairs)" + bullets(card)
-    text += "".join(f"\n\n**Evaluation (run {e['id']})**" + bullets(e["message"].splitlines()) for e in evaluations)
+    if judged:
+        text += evaluation_text(run_id, run["message"])
+    text += "".join(evaluation_text(e["id"], e["message"]) for e in evaluations)
     people = reports.people_verdict(store, run_id) if run["status"] == "succeeded" else None
     if people:
         text += "\n\n**People**" + bullets([people.removeprefix("people: ")])

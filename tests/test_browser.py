@@ -852,6 +852,11 @@ def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_nex
         page.get_by_role("option").nth(1).click()
         page.get_by_role("button", name="Evaluate the picked run").click()
         page.locator("#train-eval-said").get_by_text("Run 5 started: evaluating run 4").wait_for(timeout=60_000)
+        # The evaluation is followed in Runs; once done, its verdicts and its cost card are there.
+        summary = page.locator("#train-summary")
+        summary.get_by_text("What it cost").wait_for(timeout=600_000)
+        assert "refuses harmless prompts that sound risky: base" in summary.inner_text()
+        assert "rule 'heuristic': policy wins" in summary.inner_text()
 
         next_step(page, "Export the policy", "export", "Export")  # the map waits for the verdict
         page.locator("#export-start").click()
