@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,12 @@ def model_kwargs(settings: TrainSettings, placement: Placement) -> dict:
     """`from_pretrained` arguments of the base: dtype, device and, for QLoRA, 4 bits (placement_of
     has checked that it can be: CUDA, bitsandbytes)."""
     sharded = getattr(settings, "shard", "none") == "fsdp"
+    if sharded and placement.device == "cuda":
+        # Without a device_map, bitsandbytes quantises onto the current GPU, which is GPU 0 in every
+        # rank until Accelerate sets it: each rank's 4-bit base would land on GPU 0.
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     kwargs = load_kwargs(placement, settings.load_in_4bit, quant_storage=placement.dtype if sharded else None)
     if not settings.load_in_4bit or sharded:  # FSDP places the shards itself
         # Accelerate (and PPO) place a trainable base themselves; a 4-bit one must load on its GPU.

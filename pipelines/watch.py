@@ -33,6 +33,31 @@ GAMED_DROP = 0.10   # the judge's win rate this far below its best while the pro
 BEST, LAST, BEST_JSON = "best", "last", "watch.json"
 
 
+def main_decides(value: bool) -> bool:
+    """The main process's `value`, on every process of a distributed run (the value itself otherwise)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    found = [value]
+    dist.broadcast_object_list(found, src=0)
+    return bool(found[0])
+
+
+def adapter_state(model) -> dict | None:
+    """The trainable weights (the adapter: LoRA, a score head) whole, for `save_pretrained`, when the
+    model is sharded (FSDP2 splits each between the processes, and its own save on the main process
+    alone fails: "Attempted to access the data pointer on an invalid python storage"); None when it
+    is not. Every process must call it, in step: each `full_tensor` is a collective. Only the
+    adapter is gathered, never the frozen base."""
+    from torch.distributed.tensor import DTensor
+
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not any(isinstance(p, DTensor) for _, p in trained):
+        return None
+    return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu() for name, p in trained}
+
+
 @dataclass
 class WatchSettings:
     """Settings of the over-optimisation watch (the online trainers' configs extend it)."""
@@ -134,7 +159,9 @@ class Watch:
         message = None
         if self.has_judge:
             judge, proxy = metrics["watch/judge_win"], metrics["watch/proxy_win"]
-            if self.best is None or judge > self.best[0]:
+            # The main process decides for all: saving a sharded adapter is a collective, and two ranks'
+            # answers may differ in the last bit.
+            if main_decides(self.best is None or judge > self.best[0]):
                 self.best = (judge, proxy, step)
                 self._save(model, self.run_dir / BEST, self.best)
             elif judge < self.best[0] - GAMED_DROP and proxy > self.best[1] and not self.warned:
@@ -149,11 +176,12 @@ class Watch:
         return metrics
 
     def _save(self, model, folder: Path, best: tuple) -> None:
+        state = adapter_state(model)  # on every rank: gathering a sharded adapter takes them all
         if not self.log.is_main:
             return
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
+        model.save_pretrained(partial, **({"state_dict": state} if state is not None else {}))
         (partial / BEST_JSON).write_text(json.dumps(best))
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)

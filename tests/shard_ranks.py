@@ -52,6 +52,7 @@ def main(base: str, out: str) -> None:
     from pipelines.models import Placement
     from pipelines.reward import RewardTrainConfig
     from pipelines.training import trainer_arguments
+    from pipelines.watch import adapter_state
 
     state = PartialState(cpu=True)
     rank, ranks = state.process_index, state.num_processes
@@ -84,6 +85,17 @@ def main(base: str, out: str) -> None:
         sharded_scores = model(input_ids=held_out).logits.squeeze(-1).tolist()  # every rank at once
         reference_scores = reference(input_ids=held_out).logits.squeeze(-1).tolist()
     a_lora = next(p for n, p in model.named_parameters() if "lora_A" in n)
+    # The watch's save of its best adapter (GRPO, RLOO) on a sharded model: gathered on every rank,
+    # written by the main one; loaded back whole, it is the one-process step's adapter.
+    saved = Path(out).parent / "adapter"
+    gathered = adapter_state(model)
+    if rank == 0:
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        model.save_pretrained(saved, state_dict=gathered)
+        loaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=1, dtype=torch.float32), saved).state_dict()
     if rank == 0:
         result = {
             "ranks": ranks,
@@ -93,6 +105,7 @@ def main(base: str, out: str) -> None:
             "trained_tensors": len(trained),
             "gathered_tensors": sum(1 for k in trained if k in full),
             "max_difference": max((full[k] - v).abs().max().item() for k, v in trained.items()),
+            "saved_difference": max((loaded[k] - v).abs().max().item() for k, v in trained.items()),
             "moved": max((v - reward_model(base, config).state_dict()[k]).abs().max().item()
                          for k, v in trained.items()),
             "lora_a_rows": {"whole": a_lora.shape[0], "this_rank": a_lora.to_local().shape[0]},

@@ -85,3 +85,10 @@ def test_every_rank_loads_its_models_on_its_own_gpu_and_a_4bit_reward_model_like
     policy = model_kwargs(TrainSettings(load_in_4bit=True), gpu)
     assert policy["device_map"] == four_bit["device_map"] and policy["quantization_config"].load_in_4bit
     assert "device_map" not in model_kwargs(TrainSettings(), gpu)  # Accelerate places a plain base itself
+    # Sharded, FSDP places the shards and no device_map is given: bitsandbytes quantises onto the
+    # current GPU, so each rank must have made its own GPU current first (GPU 0 for all otherwise).
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    sharded = model_kwargs(TrainSettings(load_in_4bit=True, shard="fsdp", num_processes=2), gpu)
+    assert "device_map" not in sharded and sharded["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    assert current == [1]

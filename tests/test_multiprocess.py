@@ -339,4 +339,5 @@ def test_the_sharding_settings_train_a_reward_model_on_two_cpu_ranks_as_one_proc
     assert found["lora_a_rows"] == {"whole": 4, "this_rank": 2}
     assert found["gathered_tensors"] == found["trained_tensors"] > 20  # every LoRA matrix and the score head
     assert found["moved"] > 1e-3 and found["max_difference"] < 1e-5  # it trained, and as one process does
+    assert found["saved_difference"] < 1e-5  # the watch's save of a sharded adapter, loaded back whole
     assert found["scores"]["sharded"] == pytest.approx(found["scores"]["unsharded"], abs=1e-5)
