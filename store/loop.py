@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from store.db import Store
 from store.models import gguf_files
-from store.queries import DATASET_RESPONSES, evaluations_of, latest_metrics
+from store.queries import DATASET_RESPONSES, benchmarks_of, evaluations_of, latest_metrics
 
 POLICY_PURPOSE = "policy"
 
@@ -65,8 +65,8 @@ def trained_from(store: Store, dataset: str) -> list[dict]:
 
 
 def evaluations_and_exports(store: Store, policy: dict) -> dict:
-    """A policy's succeeded evaluations (id, message) and its GGUF exports (name)."""
-    return {"evaluations": evaluations_of(store, policy["path"]),
+    """A policy's succeeded evaluations (id, message), benchmarks and GGUF exports (name)."""
+    return {"evaluations": evaluations_of(store, policy["path"]), "benchmarks": benchmarks_of(store, policy["path"]),
             "exports": [r["name"] for r in gguf_files(store, parent_id=policy["model_id"])]}
 
 

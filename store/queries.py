@@ -174,6 +174,19 @@ def evaluations_of(store: Store, policy_path: str) -> list[dict]:
                           AND json_extract_string(config, '$.policy_adapter') = ? ORDER BY id""", [policy_path])
 
 
+def benchmarks_of(store: Store, model_path: str) -> list[dict]:
+    """The succeeded benchmark runs (id, message, and each task's change against the base, from
+    their metrics: {task: (change, low, high)}) of the model in folder `model_path`."""
+    rows = store.query("""SELECT id, message FROM runs WHERE kind = 'benchmark' AND status = 'succeeded'
+                          AND json_extract_string(config, '$.model') = ? ORDER BY id""", [model_path])
+    for row in rows:
+        metrics = latest_metrics(store, row["id"])
+        row["changes"] = {name.split("/")[1]: (metrics[name], metrics[name.replace("/change", "/low")],
+                                               metrics[name.replace("/change", "/high")])
+                          for name in metrics if name.startswith("bench/") and name.endswith("/change")}
+    return rows
+
+
 def run_view_state(store: Store, run_id: int) -> dict:
     """What a view of a run depends on: its status, its count of metrics, and how many runs have
     ended (an evaluation of it, say); equal states show the same."""

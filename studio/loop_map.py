@@ -170,6 +170,10 @@ def lineage(store: Store, dataset: str | None, state: dict | None = None) -> lis
         verdict = ("not judged yet" if not r.get("evaluations") else r["evaluations"][-1]["message"].splitlines()[0]
                    ) if policy else (f"held-out accuracy {metrics['heldout_accuracy']:.2f}"
                                      if "heldout_accuracy" in metrics else "-")
+        if policy and r.get("benchmarks"):  # what the alignment cost on benchmarks, the newest run's
+            verdict += "; benchmarks: " + ", ".join(
+                f"{task} {change:+.3f} ({'no clear change' if low <= 0 <= high else 'better' if low > 0 else 'worse'})"
+                for task, (change, low, high) in r["benchmarks"][-1]["changes"].items())
         rows.append({"model": r["model"], "run": r["id"], "kind": r["kind"], "dataset": s["pairs_dataset"],
                      "labels": labels, "verdict": verdict, "exports": r.get("exports") or [],
                      "votes": votes_line(store, r)[1] if policy and r.get("exports") else "-"})

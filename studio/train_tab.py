@@ -20,6 +20,7 @@ from pipelines.settings import default_of, help_of, label_of, split_list, user_f
 from store import Store
 from store.models import model_path, reward_models
 from store.queries import (
+    benchmarks_of,
     dataset_names,
     evaluations_of,
     latest_metrics,
@@ -204,6 +205,10 @@ def evaluation_text(run_id: int, message: str) -> str:
     return text
 
 
+def benchmark_text(run_id: int, message: str) -> str:
+    return f"\n\n**Benchmarks (run {run_id}, lm-evaluation-harness)**" + bullets((message or "").splitlines())
+
+
 def run_summary(ctx: Context, run_id: int) -> str:
     """The picked run in words: its state, its report card (a reward model), its evaluations and
     people's votes (a policy)."""
@@ -226,15 +231,16 @@ def run_summary(ctx: Context, run_id: int) -> str:
             card = [str(e)]
     if config.get("judge_split"):
         parts.append(f"the {config['judge_split']} half of a judge split")
-    judged = run["kind"] == "evaluate" and run["status"] == "succeeded"
+    judged = run["kind"] in ("evaluate", "benchmark") and run["status"] == "succeeded"
     if run["message"] and not judged:  # with a report card below, only what the run did
         parts.append(run["message"].split(";")[0] if card else run["message"])
     text = " · ".join(parts)
     if card:
         text += "\n\n**Report card** (held-out pairs)" + bullets(card)
     if judged:
-        text += evaluation_text(run_id, run["message"])
+        text += (evaluation_text if run["kind"] == "evaluate" else benchmark_text)(run_id, run["message"])
     text += "".join(evaluation_text(e["id"], e["message"]) for e in evaluations)
+    text += "".join(benchmark_text(b["id"], b["message"]) for b in (benchmarks_of(store, path) if path else []))
     people = reports.people_verdict(store, run_id) if run["status"] == "succeeded" else None
     if people:
         text += "\n\n**People**" + bullets([people.removeprefix("people: ")])

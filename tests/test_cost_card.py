@@ -3,6 +3,7 @@ prompts, base and policy side by side with paired intervals."""
 
 import gzip
 import json
+import re
 
 import pytest
 
@@ -12,7 +13,10 @@ from pipelines.evaluate import REFUSAL_SETS, refusal_prompts
 from pipelines.judges import is_refusal
 from store import import_file
 from studio import service
+from studio.context import Context
+from studio.loop_map import lineage
 from studio.runner import RunError, Runner
+from studio.train_tab import run_summary
 
 
 def test_the_refusal_rule_reads_the_opening_of_an_answer():
@@ -86,6 +90,13 @@ def test_an_evaluation_carries_the_cost_card_and_lm_eval_benchmarks_the_policy_a
         assert 0 <= metrics[f"bench/{task}/policy"] <= 1 and 0 <= metrics[f"bench/{task}/base"] <= 1
         assert metrics[f"bench/{task}/low"] <= metrics[f"bench/{task}/change"] <= metrics[f"bench/{task}/high"]
     assert run["message"].splitlines()[0].startswith("studio_arithmetic (acc, 12 items): base ")
+    # Beside the run: on Home's lineage of the pairs (each task's change, its verdict), and in the
+    # Train tab's summary of the policy, with the cost card under its heading.
+    row = next(r for r in lineage(store, "train") if r["run"] == dpo)
+    assert re.search(r"; benchmarks: studio_arithmetic [+-]\d\.\d{3} \((no clear change|better|worse)\), "
+                     r"studio_everyday [+-]\d\.\d{3} \(", row["verdict"]), row["verdict"]
+    summary = run_summary(Context(workspace, store, runner), dpo)
+    assert f"**Benchmarks (run {run['id']}, lm-evaluation-harness)**" in summary and "**What it cost**" in summary
     runs = store.stats()["runs"]
     with pytest.raises(StudioError, match="unknown lm-eval task no_such_task"):  # before a run exists
         service.start_benchmark(runner, f"dpo-run{dpo}", tasks=["no_such_task"])
