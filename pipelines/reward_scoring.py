@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.models import choose_placement
-from pipelines.reward_model import load_reward_model, score
+from pipelines.reward_model import RewardEnsemble, load_reward_model, score
 from pipelines.runlog import Partial, RunLog, run_main
 from pipelines.settings import DEVICE_HELP, DTYPE_HELP, setting
 
@@ -51,14 +51,19 @@ def run(config: RewardScoringConfig, log: RunLog) -> None:
                 )
                 return
             rows = todo[start:start + chunk]
-            rewards = score(tokenizer, model, [json.loads(r["prompt"]) + json.loads(r["response"]) for r in rows],
-                            config.batch_size, config.max_length)
-            for row, reward in zip(rows, rewards):
-                partial.add({"response_id": row["response_id"], "reward": reward}, flush=False)
+            conversations = [json.loads(r["prompt"]) + json.loads(r["response"]) for r in rows]
+            if isinstance(model, RewardEnsemble):  # the conservative score, and how far the members disagree
+                _, spreads, rewards = model.combine(model.each(tokenizer, conversations, config.batch_size,
+                                                               config.max_length))
+            else:
+                rewards, spreads = score(tokenizer, model, conversations, config.batch_size, config.max_length), None
+            for i, (row, reward) in enumerate(zip(rows, rewards)):
+                partial.add({"response_id": row["response_id"], "reward": reward,
+                             **({"spread": spreads[i]} if spreads else {})}, flush=False)
             partial.flush()
             log.progress(len(done), len(table))
-    pq.write_table(pa.Table.from_pylist([{"response_id": r["response_id"], "reward": done[r["response_id"]]["reward"]}
-                                         for r in table]), run_dir / config.output)
+    pq.write_table(pa.Table.from_pylist([{"response_id": r["response_id"], **{k: v for k, v in done[
+        r["response_id"]].items() if k in ("reward", "spread")}} for r in table]), run_dir / config.output)
     log.event("succeeded", step=len(table), total=len(table), message=f"scored {len(table)} responses")
 
 

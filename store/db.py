@@ -156,6 +156,12 @@ MIGRATIONS: list[str] = [
         pair_id VARCHAR NOT NULL
     );
     """,
+    """
+    -- A reward-model ensemble's disagreement about a response: the standard deviation of its
+    -- members' rewards (its `reward` is the conservative score, mean - lambda * spread). NULL for
+    -- one reward model. The label queue's uncertain order reads it.
+    ALTER TABLE rewards ADD COLUMN spread DOUBLE;
+    """,
 ]
 
 

@@ -79,7 +79,7 @@ class LabelError(StudioError, ValueError):
 ORDERS = {
     "shuffled": "a fixed shuffle (the pairs' content hashes)",
     "uncertain": "the pairs the reward model is least sure of first: the smallest gap between its scores of the "
-                 "two answers (active labelling)",
+                 "two answers (for an ensemble, the gap in units of its members' spread) (active labelling)",
     "disagree": "the pairs where the reward model and an AI judge (judge:...) take opposite sides first, then the "
                 "judge's ties, then the reward model's smallest gaps",
 }
@@ -121,8 +121,11 @@ WHERE {OPEN_TO}
 ORDER BY coalesce(c.n, 0), {{order}} dp.pair_id
 LIMIT $limit
 """
+# An ensemble's gap is measured in its members' spread: a pair they disagree on comes before an
+# equally close one they agree on (one reward model has no spread: its gap as it is).
+UNCERTAINTY = "abs(ra.reward - rb.reward) / coalesce(nullif(sqrt(ra.spread ^ 2 + rb.spread ^ 2), 0), 1)"
 ORDER_KEYS = {
-    "uncertain": "abs(ra.reward - rb.reward) NULLS LAST,",
+    "uncertain": f"{UNCERTAINTY} NULLS LAST,",
     "disagree": "CASE WHEN disagree THEN 0 WHEN j.verdict = 'tie' THEN 1 ELSE 2 END, "
                 "abs(ra.reward - rb.reward) NULLS LAST,",
 }

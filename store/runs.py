@@ -111,10 +111,14 @@ def record_generated(cur, model: str, settings: dict, parquet: Path) -> None:
 
 
 def record_rewards(cur, run_id: int, adapter: str, parquet: Path) -> None:
-    """Each response's reward under the reward model saved at `adapter` (stored under its name)."""
+    """Each response's reward under the reward model saved at `adapter` (stored under its name), and
+    an ensemble's spread."""
+    import pyarrow.parquet as pq
+
     name = fetch_one(cur, "SELECT name FROM models WHERE path = ? AND purpose = 'reward'", [adapter])[0]
-    cur.execute("""INSERT OR REPLACE INTO rewards (response_id, model, reward, run_id)
-                   SELECT response_id, ?, reward, ? FROM read_parquet(?)""", [name, run_id, str(parquet)])
+    spread = "spread" if "spread" in pq.read_schema(parquet).names else "NULL"
+    cur.execute(f"""INSERT OR REPLACE INTO rewards (response_id, model, reward, run_id, spread)
+                    SELECT response_id, ?, reward, ?, {spread} FROM read_parquet(?)""", [name, run_id, str(parquet)])
 
 
 def record_adapter(cur, run_id: int, name: str, path: Path, base: str, purpose: str) -> None:

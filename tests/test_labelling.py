@@ -323,8 +323,8 @@ def scored(store, gaps: dict[str, float], model: str = "rm-run1") -> None:
     with store.transaction() as cur:
         for pair_id, gap in gaps.items():
             first, second = cur.execute("SELECT first_id, second_id FROM pairs WHERE id = ?", [pair_id]).fetchone()
-            cur.execute("INSERT INTO rewards VALUES (?, ?, ?, NULL), (?, ?, 0.0, NULL)",
-                        [first, model, gap, second, model])
+            cur.execute("INSERT INTO rewards (response_id, model, reward, run_id) "
+                        "VALUES (?, ?, ?, NULL), (?, ?, 0.0, NULL)", [first, model, gap, second, model])
 
 
 def served_order(queue, annotator, order, reward_model="rm-run1") -> list[str]:

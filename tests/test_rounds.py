@@ -6,6 +6,7 @@ import json
 import pytest
 
 from store import import_file
+from store.labelling import queue
 from store.rounds import RoundError, best_against_worst
 from studio import service
 from studio.rounds import RoundSettings, keep_by_judge, run_rounds
@@ -184,6 +185,19 @@ def test_a_reward_model_ensemble_trains_as_one_job_and_scores_mean_spread_and_a_
     means, spreads, conservative = ensemble.combine(each)
     assert score(tokenizer, ensemble, conversations) == pytest.approx(conservative)
     assert conservative == pytest.approx([m - 0.5 * s for m, s in zip(means, spreads)])
+    # Scoring a dataset with it stores the conservative score and the members' spread, and the label
+    # queue's uncertain order puts first the pairs whose gap is smallest in units of that spread.
+    name = store.scalar("SELECT name FROM models WHERE run_id = ?", [run_id])
+    scoring = runner.wait(service.start_reward_scoring(runner, "sums", name))
+    assert scoring["status"] == "succeeded", scoring["message"]
+    stored = store.query("SELECT reward, spread FROM rewards WHERE model = ?", [name])
+    assert len(stored) == 24 and all(r["spread"] is not None and r["spread"] >= 0 for r in stored)
+    gaps = {r["pair_id"]: abs(r["ra"] - r["rb"]) / ((r["sa"] ** 2 + r["sb"] ** 2) ** 0.5 or 1) for r in store.query(
+        """SELECT p.id AS pair_id, a.reward AS ra, b.reward AS rb, a.spread AS sa, b.spread AS sb FROM pairs p
+           JOIN rewards a ON a.response_id = p.first_id AND a.model = $m
+           JOIN rewards b ON b.response_id = p.second_id AND b.model = $m""", {"m": name})}
+    served = [r["pair_id"] for r in queue(store, "sums", "ann", "uncertain", name, limit=12)]
+    assert served == sorted(gaps, key=lambda p: (gaps[p], p))
     # GRPO takes the ensemble as its reward (a function of TRL's, for what is not one model; PPO and the
     # rest score through `score`, as above).
     grpo = service.start_training(runner, "grpo", prompts="asks", reward_run=run_id, base=str(tiny_model),
