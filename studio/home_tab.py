@@ -17,6 +17,7 @@ from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.loop import loop_state
 from store.queries import dataset_names, dataset_summaries, run_summaries, runs_of_kinds
+from studio import rounds_panel
 from studio.context import Context, handler
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
 from studio.loop_map import (
@@ -235,6 +236,7 @@ def build(ctx: Context) -> None:
                                    interactive=anything)
                 resume = gr.Button("Resume run", scale=1, size="sm", interactive=anything)
             outcome = gr.Markdown()
+    rounds_panel.build(ctx, project)
     guided = GuidedRun(store, runner, workspace)
     with gr.Accordion("Guided run: from demo prompts to an aligned GGUF model", open=False):
         gr.Markdown(GUIDE)

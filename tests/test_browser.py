@@ -880,12 +880,34 @@ def test_a_newcomer_goes_from_an_empty_workspace_to_an_exported_model_by_the_nex
         page.get_by_role("tab", name="Export", exact=True, selected=True).wait_for(timeout=30_000)
         page.wait_for_timeout(1_000)
         assert picked(page, "Model to export") == "dpo-run4"
+
+        # The next round, from Home: it starts from the policy with its reward model; every dataset holds
+        # the prompts the policy trained on, so the held-out prompts are left to the user, and said.
+        page.get_by_role("tab", name="Home").click()
+        box = page.locator("#rounds-box")
+        box.get_by_text("Next round: the policy answers").click()
+        box.get_by_role("combobox", name="Start from").wait_for(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#rounds-box input[aria-label=\"Start from\"]')"
+                               "?.value === 'dpo-run4'", timeout=30_000)
+        assert box.get_by_role("combobox", name="Reward model", exact=True).input_value() == "rm-run3"
+        box.locator("#rounds-start").click()
+        page.locator("#rounds-said").get_by_text("Pick the policy, the prompts it answers").wait_for(timeout=30_000)
+        box.get_by_role("combobox", name="Judged on").click()
+        page.get_by_role("option", name="questions", exact=True).click()
+        box.get_by_label("Answers per prompt").fill("2")
+        box.get_by_label("Max answer tokens").fill("8")
+        box.locator("#rounds-start").click()
+        page.locator("#rounds-log").get_by_text("kept: ").wait_for(timeout=600_000)
+        log = page.inner_text("#rounds-log")
+        assert "round 1: dpo-run4 answers each prompt of 'question-pairs' 2 times" in log, log
+        assert re.search(r"round 1: dpo-run\d+ from dpo-run4 on \d+ pairs; against the previous policy the judge", log)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     with workspace.open_store() as store:
         runs = store.query("SELECT kind, status FROM runs ORDER BY id")
-        assert [r["kind"] for r in runs] == ["generate", "perplexity", "rm", "dpo", "evaluate", "export"]
+        assert [r["kind"] for r in runs] == ["generate", "perplexity", "rm", "dpo", "evaluate", "export", "generate",
+                                             "reward-scoring", "dpo", "evaluate"]
         assert {r["status"] for r in runs} == {"succeeded"}
 
 
