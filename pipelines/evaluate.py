@@ -20,6 +20,7 @@ answer length above.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ from pipelines.settings import DEVICE_HELP, DTYPE_HELP, MODELS_DIR_HELP, setting
 class EvaluateConfig:
     """Compare a policy's answers with its base's, by one or more judges."""
     policy_adapter: str = setting("", "the policy's adapter folder", internal=True)
+    against_adapter: str = setting("", "another trained policy of the same base (its adapter folder) that the "
+                                   "policy is judged against instead of its base: DPO against SFT on the chosen "
+                                   "answers, say", internal=True)
+    against_name: str = setting("", "that policy's name, for the report", internal=True)
     proxy_adapter: str = setting("", "the reward model the policy was trained against (its proxy), if any",
                                  internal=True)
     judge_adapter: str = setting("", "a reward model trained on prompts disjoint from the policy's and the "
@@ -106,6 +111,24 @@ def answer(model, tokenizer, prompts: list[list[dict]], device: str, max_new_tok
     return texts, token_ids
 
 
+AGAINST = "against"  # the adapter name of the model a policy is judged against, when it is not its base
+
+
+@contextlib.contextmanager
+def reference(model):
+    """The model a policy is compared with, while the block runs: its base (the adapter disabled),
+    or the other policy loaded beside it as the adapter `AGAINST`."""
+    if AGAINST in getattr(model, "peft_config", {}):
+        model.set_adapter(AGAINST)
+        try:
+            yield
+        finally:
+            model.set_adapter("default")
+    else:
+        with model.disable_adapter():
+            yield
+
+
 def answer_kl(model, tokenizer, prompt: list[dict], ids: list[int], device: str) -> float:
     """KL from the base along one of the policy's answers: at every answer position, the KL between
     the policy's and the base's whole next-token distributions (the base: `model`, a PeftModel, with
@@ -126,7 +149,7 @@ def answer_kl(model, tokenizer, prompt: list[dict], ids: list[int], device: str)
 
     with torch.no_grad():
         policy = answer_logprobs()
-        with model.disable_adapter():
+        with reference(model):
             base = answer_logprobs()
     return float((policy.exp() * (policy - base)).sum())
 
@@ -148,7 +171,11 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     prompts = [json.loads(r["prompt"]) for r in pq.read_table(run_dir / config.inputs).to_pylist()]
     tokenizer = load_tokenizer(adapter_tokenizer_source(config.policy_adapter, base_path))
     base = AutoModelForCausalLM.from_pretrained(base_path, **load_kwargs(placement))  # straight onto the device
-    policy = attach_adapter(base, config.policy_adapter).to(placement.device).eval()
+    policy = attach_adapter(base, config.policy_adapter)
+    if config.against_adapter:  # the same base with the other policy's adapter beside (the studio checked both)
+        policy.load_adapter(config.against_adapter, adapter_name=AGAINST)
+        policy.set_adapter("default")
+    policy = policy.to(placement.device).eval()
 
     log.event("running", step=0, total=4, message=f"answering {len(prompts)} prompts with the policy")
     sampling = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, batch_size=config.batch_size)
@@ -156,7 +183,7 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
     policy_texts, policy_ids = answer(policy, tokenizer, prompts, placement.device, **sampling)
     log.progress(1, 4, message="answering with the base")
     torch.manual_seed(config.seed)
-    with policy.disable_adapter():
+    with reference(policy):
         base_texts, base_ids = answer(policy, tokenizer, prompts, placement.device, **sampling)
     log.progress(2, 4, message="KL from the base")
     kls = [answer_kl(policy, tokenizer, p, ids, placement.device) for p, ids in zip(prompts, policy_ids)]
@@ -212,8 +239,11 @@ def run(config: EvaluateConfig, log: RunLog) -> None:
         columns[f"{role}_policy"], columns[f"{role}_base"] = policy_rewards, base_rewards
     pq.write_table(pa.table(columns), run_dir / config.output)
     lines = [describe(who, verdict, name) for _, who, name, verdict in judged]
+    against = [f"against {config.against_name}, not the base: every 'base' here is {config.against_name}"] \
+        if config.against_adapter else []
     log.event("succeeded", step=4, total=4, metrics=metrics,
-              message="\n".join(lines + [f"KL from the base {metrics['kl']:.2f}; answer length "
+              message="\n".join(against + lines + [f"KL from {config.against_name or 'the base'} {metrics['kl']:.2f}; "
+                                                   "answer length "
                                          f"{metrics['length_change']:+.1f} tokens ({n} prompts)"]
                         + describe_card(card)
                         + ([f"{config.seen_in_training} of the {n} prompts were in the policy's training data: "
@@ -259,7 +289,7 @@ def cost_card(policy, tokenizer, config: EvaluateConfig, run_dir: Path, device: 
         if references:
             log.progress(2, 4, message=f"cost card: perplexity of {len(references)} held-out reference answers")
             policy_nll = held_out_nll(policy, tokenizer, references, config.batch_size)
-            with policy.disable_adapter():
+            with reference(policy):
                 base_nll = held_out_nll(policy, tokenizer, references, config.batch_size)
             change = paired_difference(policy_nll, base_nll)
             # A mean change of log-perplexity d is a factor exp(d) on perplexity.
@@ -275,7 +305,7 @@ def cost_card(policy, tokenizer, config: EvaluateConfig, run_dir: Path, device: 
             torch.manual_seed(config.seed)
             policy_texts, _ = answer(policy, tokenizer, prompts, device, **sampling)
             torch.manual_seed(config.seed)
-            with policy.disable_adapter():
+            with reference(policy):
                 base_texts, _ = answer(policy, tokenizer, prompts, device, **sampling)
             policy_refused = [float(is_refusal(t)) for t in policy_texts]
             base_refused = [float(is_refusal(t)) for t in base_texts]

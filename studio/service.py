@@ -311,7 +311,7 @@ def export_warning(base: str, models_dir) -> str | None:
 
 def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: int | None = None, rule: str = "",
                      limit: int = EVAL_PROMPTS, proxy_run: int | None = None, proxy_picked_the_pairs: bool = False,
-                     reference_file: str | None = None, **settings) -> int:
+                     reference_file: str | None = None, against: str | None = None, **settings) -> int:
     """Answer up to `limit` prompts of a dataset with the policy of `policy_run` and with its base,
     and judge the answers by the policy's proxy (the reward model it was trained against, if any;
     for a policy trained on pairs, the reward model of `proxy_run`, trained on the same pairs), by
@@ -319,12 +319,16 @@ def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: i
     policy nor the proxy saw) and/or by a named `rule`. Reports per judge the win rate with its
     interval, and the KL and length change (stored as the evaluation run's metrics).
     `proxy_picked_the_pairs`: the reward model of `proxy_run` chose the policy's pairs (a round's
-    best against worst), so it is the policy's proxy though it was trained on other prompts."""
+    best against worst), so it is the policy's proxy though it was trained on other prompts.
+    `against`: another trained policy of the same base (its name) to judge it against instead of
+    its base (the control: DPO against SFT on the chosen answers)."""
     store = runner.store
     policy = model_path(store, "policy", run_id=policy_run)
     if not policy:
         raise RunError(f"run {policy_run} did not train a policy (train one: alignstudio train "
                        f"{'|'.join(m.name for m in METHODS.values() if m.makes == 'policy')})")
+    if against:
+        settings.update(against_policy(store, policy, against))
     policy_config = json.loads(runner.get(policy_run)["config"])
     proxy = reward_model_at(store, policy_config.get("reward_adapter") or "")
     fields = {"proxy_adapter": policy_config["reward_adapter"], "proxy_name": proxy["name"]} if proxy else {}
@@ -380,6 +384,28 @@ def start_evaluation(runner: Runner, policy_run: int, prompts: str, judge_run: i
 
 
 REFERENCE_ANSWERS = 64  # held-out reference answers the cost card's perplexity is measured on
+
+
+def against_policy(store, policy: str, against: str) -> dict:
+    """The evaluation's fields for judging the policy in folder `policy` against the trained policy
+    named `against`: refused unless it is another policy of the same base, loadable beside it."""
+    from pipelines.chat_formats import NEW_TOKENS
+
+    found = model_named(store, against)
+    if found is None or found["kind"] != "adapter" or found["purpose"] != "policy":
+        raise RunError(f"'{against}' is not a trained policy (see alignstudio models); to judge against the base, "
+                       "leave --against out")
+    if found["path"] == policy:
+        raise RunError(f"'{against}' is the policy itself: judge it against another policy, or its base")
+    bases = {path: (adapter_meta(path) or {}).get("base") for path in (policy, found["path"])}
+    if bases[policy] == found["path"]:
+        raise RunError(f"the policy was trained from '{against}': that is its base already; leave --against out")
+    if bases[policy] != bases[found["path"]]:
+        raise RunError(f"'{against}' was trained from {bases[found['path']]}, the policy from {bases[policy]}: only "
+                       "policies of one base can be compared this way (each can be judged against its own base)")
+    if any((Path(path) / NEW_TOKENS).is_file() for path in bases):
+        raise RunError("a policy trained with a chat format added (new tokens) is judged against its own base only")
+    return {"against_adapter": found["path"], "against_name": against}
 
 
 def reference_answers(store, source: str, trained: set[str], limit: int, from_file: bool = False) -> list[dict]:

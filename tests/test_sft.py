@@ -161,6 +161,10 @@ def test_dpo_from_an_sft_model_has_the_sft_model_as_its_reference(workspace, sto
     sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(sft_folder)).eval()
     assert torch.allclose(reference, log_probs(sft_model), atol=1e-3)
 
+    # Judged against the SFT model it started from: that is its base, and --against says so.
+    with pytest.raises(RunError, match=f"trained from 'sft-run{sft}': that is its base already"):
+        service.start_evaluation(runner, dpo, "sums", rule="heuristic", against=f"sft-run{sft}")
+
     # What cannot be a base is said before a run exists.
     with store.transaction() as cur:
         cur.execute("INSERT INTO models (name, kind, path, purpose) VALUES ('rm-run50', 'adapter', '/x', 'reward')")
@@ -190,6 +194,34 @@ def test_dpo_with_an_sft_term_adds_the_chosen_answers_language_model_loss(worksp
         assert "logps/chosen" in logged
     assert first_loss[0.0] == pytest.approx(math.log(2), abs=1e-3)
     assert 0.5 * 9.5 < first_loss[0.5] - first_loss[0.0] < 0.5 * 12
+
+    # The control: one policy judged against another of the same base (`evaluate --against`), not its
+    # base. The other side's answers are that policy's own, sampled with the evaluation's seed.
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.evaluate import answer
+    from pipelines.models import attach_adapter, load_tokenizer
+    from studio.runner import RunError
+
+    plain, with_term = run_id - 1, run_id
+    run = runner.wait(service.start_evaluation(runner, with_term, "sums", rule="heuristic", limit=3, max_new_tokens=8,
+                                               refusal_limit=0, against=f"dpo-run{plain}"))
+    assert run["status"] == "succeeded", run["message"]
+    lines = run["message"].splitlines()
+    assert lines[0] == f"against dpo-run{plain}, not the base: every 'base' here is dpo-run{plain}"
+    assert any(line.startswith(f"KL from dpo-run{plain} ") for line in lines)
+    answers = pq.read_table(Path(run["folder"]) / "answers.parquet").to_pylist()
+    other = attach_adapter(AutoModelForCausalLM.from_pretrained(tiny_model), workspace.runs_dir / str(plain) / "model")
+    torch.manual_seed(0)
+    texts, _ = answer(other.eval(), load_tokenizer(tiny_model), [json.loads(a["prompt"]) for a in answers], "cpu",
+                      max_new_tokens=8, temperature=0.7, batch_size=8)
+    assert texts == [a["base"] for a in answers]
+    with pytest.raises(RunError, match="is the policy itself"):
+        service.start_evaluation(runner, with_term, "sums", rule="heuristic", against=f"dpo-run{with_term}")
+    with pytest.raises(RunError, match="'nope' is not a trained policy"):
+        service.start_evaluation(runner, with_term, "sums", rule="heuristic", against="nope")
 
 
 def write_demonstrations(path: Path) -> Path:

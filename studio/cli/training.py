@@ -83,7 +83,8 @@ def cmd_evaluate(ctx, args) -> int:
         # --judge-guideline takes a file, as the other commands' --guideline do (or the text itself)
         settings["judge_guideline"] = Path(guideline).expanduser().read_text(encoding="utf-8")
     run_id = service.start_evaluation(ctx.runner, args.policy_run, args.prompts, args.judge_run, limit=args.limit,
-                                      proxy_run=args.proxy_run, reference_file=args.reference_file, **settings)
+                                      proxy_run=args.proxy_run, reference_file=args.reference_file,
+                                      against=args.against, **settings)
 
     def people(run_id, status):
         line = reports.people_verdict(ctx.store, args.policy_run) if status == 0 else None
@@ -91,7 +92,8 @@ def cmd_evaluate(ctx, args) -> int:
             print(line)
         return status
 
-    return follow_job(ctx, args, run_id, f"policy of run {args.policy_run} against its base on '{args.prompts}'",
+    return follow_job(ctx, args, run_id, f"policy of run {args.policy_run} against {args.against or 'its base'} on "
+                      f"'{args.prompts}'",
                       after=people)
 
 
@@ -214,6 +216,8 @@ def add_commands(sub) -> None:
     p.add_argument("--proxy-run", type=int, help=f"for a policy trained on pairs ({PAIR_POLICIES}): a reward-model run "
                    "trained on the same pairs, reported as its proxy beside the judges, to show the gap between them")
     p.add_argument("--prompts", required=True, help="a dataset whose prompts both answer (held out from training)")
+    p.add_argument("--against", help="judge the policy against another trained policy of the same base (its name, "
+                   "e.g. sft-run3: does DPO beat SFT on the chosen answers?) instead of its base")
     p.add_argument("--reference-file", help="cost card: a JSONL file of reference answers (prompt and completion) "
                    "whose perplexity base and policy are measured on (default: the preferred answers of --prompts' "
                    "pairs whose prompts the policy never trained on)")
