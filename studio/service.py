@@ -59,17 +59,18 @@ class TrainingStart:
     plan: MemoryPlan | None
     roles: tuple[str, ...] = ("",)   # a judge split's: ("proxy", "judge")
     bundle: Path | None = None       # with `bundle`: the folder written, and no run started
+    free_gb: float | None = None     # this machine's free GPU memory when it started (None: no GPU)
 
     @property
     def run_id(self) -> int:
         return self.run_ids[0]
 
 
-def training_settings(method: Method, given: dict, models_dir) -> dict:
+def training_settings(method: Method, given: dict, models_dir, free_gb: float | None) -> dict:
     """The settings a run gets: those given, and for the others the method's defaults adjusted to
-    the base's size (and the GPU's memory: pipelines.training.suggested_settings)."""
+    the base's size (and the GPU's free memory: pipelines.training.suggested_settings)."""
     billions = parameter_count(given.get("base") or DEFAULT_MODEL, models_dir)
-    return {**suggested_settings(method.config(), billions, free_gpu_gb()), **given}
+    return {**suggested_settings(method.config(), billions, free_gb), **given}
 
 
 def memory_plan_of(method: Method, config) -> MemoryPlan | None:
@@ -86,17 +87,17 @@ def memory_plan_of(method: Method, config) -> MemoryPlan | None:
                 shards=config.num_processes if getattr(config, "shard", "none") == "fsdp" else 1)
 
 
-def plan_words(estimate: MemoryPlan) -> str:
-    """The memory plan in a sentence for this machine: a machine without a GPU trains on its CPU, and
-    the plan says what a GPU would need."""
-    if free_gpu_gb() is None:
+def plan_words(estimate: MemoryPlan, free_gb: float | None) -> str:
+    """The memory plan in a sentence for this machine (`free_gb`: its free GPU memory, None without a
+    GPU): a machine without a GPU trains on its CPU, and the plan says what a GPU would need."""
+    if free_gb is None:
         return f"This machine has no GPU: the run trains on its CPU (on a GPU, {estimate.describe()})"
     return estimate.describe()[0].upper() + estimate.describe()[1:]
 
 
-def check_memory(estimate: MemoryPlan | None, force: bool) -> None:
-    """Refuse a run that cannot fit this machine's GPU (none: nothing to check), unless forced."""
-    free = free_gpu_gb()
+def check_memory(estimate: MemoryPlan | None, force: bool, free: float | None) -> None:
+    """Refuse a run that cannot fit this machine's GPU (`free` GB free; None: no GPU, nothing to
+    check), unless forced."""
     if free is None or force or estimate is None or estimate.total_gb <= free:
         return
     raise RunError(f"{estimate.describe()}; the GPU has {free:.1f} GB free. Try --load-in-4bit, "
@@ -195,12 +196,13 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
     else:
         fields, files = _pair_inputs(runner, m, dataset, eval_dataset, judge_run, judge_split)
     models_dir = str(runner.workspace.models_dir)
+    free = free_gpu_gb()  # once per start (nvidia-smi in a process of its own)
     given = {k: v for k, v in settings.items() if k != "models_dir"}
     if given.get("base"):
         given["base"] = base_named(runner.store, given["base"])
     config = make_config(m.config, m.label, models_dir=models_dir, **fields,
                          **({"judge_split": "proxy"} if judge_split else {}),
-                         **training_settings(m, given, models_dir))
+                         **training_settings(m, given, models_dir, free))
     estimate = memory_plan_of(m, config)  # from the base's config.json alone: the first refusal, and the cheapest
     inputs = files.pop("inputs")
     if bundle is not None:  # it runs elsewhere: this machine's GPU and devices are not its
@@ -208,17 +210,17 @@ def start_training(runner: Runner, method: str, dataset: str | None = None, eval
             raise RunError("a judge split is two runs: bundle each half's dataset instead (alignstudio split)")
         written = write_bundle(runner, bundle, method, config, {config.inputs: inputs, **files}, dataset or prompts)
         return TrainingStart((), estimate, bundle=written)
-    check_memory(estimate, force)
+    check_memory(estimate, force, free)
     check_placement(config)
     if not judge_split:
         return TrainingStart((runner.start(method, config, {config.inputs: inputs, **files}, dataset or prompts),),
-                             estimate)
+                             estimate, free_gb=free)
     proxy_half, judge_half = split_by_prompt(inputs, config.seed)
     if not proxy_half or not judge_half:
         raise RunError(f"dataset '{dataset}' has labelled pairs on only one prompt: a judge split needs two or more")
     runs = tuple(runner.start(method, dataclasses.replace(config, judge_split=role), {config.inputs: half}, dataset)
                  for role, half in (("proxy", proxy_half), ("judge", judge_half)))
-    return TrainingStart(runs, estimate, ("proxy", "judge"))
+    return TrainingStart(runs, estimate, ("proxy", "judge"), free_gb=free)
 
 
 # --- the other kinds ----------------------------------------------------------------------------

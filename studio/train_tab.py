@@ -313,7 +313,7 @@ def start_run(ctx: Context, label, dataset, eval_dataset, reward_run, judge_run,
     else:
         said = f"Run {started.run_id} started."
     if started.plan is not None:
-        said += f" {service.plan_words(started.plan)}."
+        said += f" {service.plan_words(started.plan, started.free_gb)}."
     return said, gr.update(choices=training_runs(ctx.store), value=started.run_id)
 
 

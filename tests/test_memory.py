@@ -139,7 +139,8 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
     data = tmp_path / "p.jsonl"
     data.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
     import_file(store, data, "p")
-    monkeypatch.setattr(service, "free_gpu_gb", lambda: 10.0)
+    asked = []  # the GPU is asked once per start (nvidia-smi, a process of its own)
+    monkeypatch.setattr(service, "free_gpu_gb", lambda: asked.append(1) or 10.0)
     runner = Runner(store, workspace)
     with pytest.raises(
         RunError,
@@ -148,7 +149,7 @@ def test_a_run_that_cannot_fit_the_gpu_is_refused_before_it_exists(workspace, st
     ):
         service.start_training(runner, "rm", "p", base=str(base), batch_size=1, gradient_checkpointing=True,
                                load_in_4bit=False)  # the suggestion for this card: the test says no
-    assert store.stats()["runs"] == 0
+    assert store.stats()["runs"] == 0 and len(asked) == 1
     config = make_config(RewardTrainConfig, "rm", base=str(base), load_in_4bit=True, batch_size=1,
                          gradient_checkpointing=True, models_dir=str(workspace.models_dir))
     estimate = service.memory_plan_of(METHODS["rm"], config)
