@@ -109,6 +109,32 @@ def forget(store: Store) -> None:
     _indexes.pop(store, None)
 
 
+def _twice(store: Store, failing: str, attempt, fallback, after_first_fault=None):
+    """`attempt()`, and once more after a fault of the index (deleted, damaged or locked under us:
+    forgotten, so opened again; `after_first_fault` clears what must be rebuilt); `fallback` when
+    the second try fails too. A fault is logged, never shown."""
+    for tried in (1, 2):
+        try:
+            return attempt()
+        except INDEX_FAULTS as e:
+            log.warning("the search index of %s %s (%s); %s", store.path, failing, e,
+                        "opening it again" if tried == 1 else "searching the text instead")
+            forget(store)
+            if tried == 1 and after_first_fault is not None:
+                after_first_fault()
+    return fallback
+
+
+def _drop_index(store: Store) -> None:
+    """Delete a damaged index and its list of documents: rebuilt from the store on the next use."""
+    if store.read_only:
+        return
+    with contextlib.suppress(OSError):
+        shutil.rmtree(index_folder(store))
+    with store.transaction() as cur:
+        cur.execute("DELETE FROM search_index")
+
+
 def search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int = 0,
            limit: int | None = None, may_write: bool = True) -> tuple[list[str], int] | None:
     """The pair ids (import order) of the dataset's pairs holding every phrase, from `offset`, at
@@ -116,19 +142,8 @@ def search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int 
     be brought in step (a read-only store, another process writing the index, or `may_write` False:
     the caller holds the store's transaction), or when it was deleted or damaged and cannot be made
     again now: then the caller scans. A fault is never shown: the index is opened (or rebuilt) again."""
-    for attempt in (1, 2):
-        try:
-            return _search(store, dataset_id, phrases, offset, limit, may_write)
-        except INDEX_FAULTS as e:
-            log.warning("the search index of %s failed (%s); %s", store.path, e,
-                        "opening it again" if attempt == 1 else "searching the text instead")
-            forget(store)
-            if attempt == 1 and not store.read_only:
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(index_folder(store))  # damaged: rebuilt from the store on the next use
-                with store.transaction() as cur:
-                    cur.execute("DELETE FROM search_index")
-    return None
+    return _twice(store, "failed", lambda: _search(store, dataset_id, phrases, offset, limit, may_write), None,
+                  after_first_fault=lambda: _drop_index(store))
 
 
 def _search(store: Store, dataset_id: int, phrases: list[list[str]], offset: int, limit: int | None,
@@ -158,14 +173,7 @@ def sync(store: Store, dataset_id: int | None = None) -> bool:
     """Bring the index in step with one dataset's pairs (None: every dataset), and take out the
     documents of datasets that are gone. Returns False when it cannot be written now (never raises:
     the index is derived data, and an import or a label stands without it)."""
-    for attempt in (1, 2):
-        try:
-            return _sync(store, dataset_id)
-        except INDEX_FAULTS as e:
-            log.warning("the search index of %s cannot be brought in step (%s); %s", store.path, e,
-                        "opening it again" if attempt == 1 else "searching the text instead")
-            forget(store)  # deleted or damaged under us: opened again (rebuilt where damaged) on the retry
-    return False
+    return _twice(store, "cannot be brought in step", lambda: _sync(store, dataset_id), False)
 
 
 def _sync(store: Store, dataset_id: int | None = None) -> bool:
