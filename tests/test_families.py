@@ -168,6 +168,17 @@ def test_dpo_trains_a_policy_that_merges(family, dpo_adapter):
     assert read_meta(dpo_adapter)["kind"] == "policy"
 
 
+def test_sft_trains_on_the_preferred_answers(family):
+    """SFT through the family's own chat template: the loss on the assistant's tokens only."""
+    from pipelines.sft import SFTTrainConfig, run
+
+    spec, folder, scratch = family
+    config = SFTTrainConfig(base=str(folder), max_steps=2, batch_size=4, max_length=128, lora_r=4, lora_alpha=8,
+                            eval_share=0.25)
+    last = run_pipeline(run, config, scratch / "sft", {config.inputs: pair_rows()})
+    assert last["status"] == "succeeded", last.get("message")
+
+
 def test_kto_trains(family):
     from pipelines.kto import KTOTrainConfig, run
 
