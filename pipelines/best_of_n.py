@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from common.stats import win_summary
+from pipelines.judges import OUTCOME, RULES
 from pipelines.runlog import RunLog, run_main
 from pipelines.settings import setting
 
@@ -31,6 +32,7 @@ class BestOfNConfig:
     output: str = setting("best_of_n.json", "the curves", internal=True)
     proxy_name: str = setting("", "the reward model that picks (the proxy)", internal=True)
     judge_name: str = setting("", "the reward model that judges", internal=True)
+    rule: str = setting("", "or a named rule that judges the pick against the one answer", internal=True)
     n: int = setting(16, "the largest N; the curve is drawn at 1, 2, 4, ... up to it")
 
 
@@ -46,10 +48,10 @@ def outcome(a: float, b: float) -> float:
     return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
-def curves(rows: list[dict], ns: list[int]) -> list[dict]:
+def curves(rows: list[dict], ns: list[int], rule: str = "") -> list[dict]:
     """For each N: per prompt, the best of samples 1..N by the proxy against sample 0, by the proxy
-    and by the judge; their win rates with intervals. Prompts with fewer than N + 1 answers are left
-    out of that N."""
+    and by the judge (its rewards, or the named `rule` on the two answers' text and ending); their
+    win rates with intervals. Prompts with fewer than N + 1 answers are left out of that N."""
     by_prompt: dict[str, dict[int, dict]] = {}
     for r in rows:
         by_prompt.setdefault(r["prompt_id"], {})[r["sample"]] = r
@@ -61,7 +63,8 @@ def curves(rows: list[dict], ns: list[int]) -> list[dict]:
                 continue
             best = max((samples[i] for i in range(1, n + 1)), key=lambda s: (s["proxy"], -s["sample"]))
             proxy_outcomes.append(outcome(best["proxy"], samples[0]["proxy"]))
-            judge_outcomes.append(outcome(best["judge"], samples[0]["judge"]))
+            judge_outcomes.append(OUTCOME[RULES[rule].verdict(best, samples[0])] if rule else
+                                  outcome(best["judge"], samples[0]["judge"]))
         if proxy_outcomes:
             out.append({"n": n, "proxy": win_summary(proxy_outcomes), "judge": win_summary(judge_outcomes)})
     return out
@@ -70,9 +73,10 @@ def curves(rows: list[dict], ns: list[int]) -> list[dict]:
 def run(config: BestOfNConfig, log: RunLog) -> None:
     run_dir = log.path.parent
     rows = pq.read_table(run_dir / config.inputs).to_pylist()
-    drawn = curves(rows, ns_up_to(config.n))
+    drawn = curves(rows, ns_up_to(config.n), config.rule)
     if not drawn:
         raise ValueError("no prompt has two answers scored by both reward models: nothing to compare")
+    judge_name = config.judge_name or f"rule '{config.rule}'"
     for point in drawn:
         log.progress(point["n"], config.n, metrics={
             f"{role}/{k}": point[role][k] for role in ("proxy", "judge") for k in ("win_rate", "win_low", "win_high")})
@@ -81,7 +85,7 @@ def run(config: BestOfNConfig, log: RunLog) -> None:
                   None)
     last = drawn[-1]
     message = (f"best of {last['n']} by {config.proxy_name}: the proxy says {last['proxy']['win_rate']:.0%} "
-               f"({last['proxy']['win_low']:.0%}-{last['proxy']['win_high']:.0%}), the judge {config.judge_name} "
+               f"({last['proxy']['win_low']:.0%}-{last['proxy']['win_high']:.0%}), the judge {judge_name} "
                f"{last['judge']['win_rate']:.0%} ({last['judge']['win_low']:.0%}-{last['judge']['win_high']:.0%}) "
                f"against one answer, on {last['proxy']['n']} prompts")
     if parted is not None:

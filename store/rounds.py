@@ -85,16 +85,20 @@ def best_against_worst(store: Store, dataset: str, model: str, reward_model: str
                       sum(p[4] for p in pairs) / len(pairs), sum(p[5] for p in pairs) / len(pairs))
 
 
-def scored_samples(store: Store, dataset: str, model: str, seed: int, proxy: str, judge: str) -> list[dict]:
+def scored_samples(store: Store, dataset: str, model: str, seed: int, proxy: str, judge: str | None) -> list[dict]:
     """`model`'s answers to the prompts of `dataset` sampled with `seed` (one generation), each with
-    its sample index and its rewards under the reward models `proxy` and `judge`."""
-    return store.query("""
+    its sample index, its text and how it ended (what a rule reads), and its rewards under the
+    reward models `proxy` and `judge` (None: no judge reward model; a rule judges)."""
+    return store.query(f"""
         SELECT r.prompt_id, CAST(json_extract(r.generation, '$.sample') AS INTEGER) AS sample,
-               p.reward AS proxy, j.reward AS judge
+               json_extract_string(r.messages, '$[0].content') AS text,
+               coalesce(json_extract_string(r.generation, '$.finish'), 'stop') AS finish,
+               p.reward AS proxy, {'j.reward' if judge else 'NULL'} AS judge
         FROM responses r
-        JOIN rewards p ON p.response_id = r.id AND p.model = ?
-        JOIN rewards j ON j.response_id = r.id AND j.model = ?
-        WHERE r.model = ? AND CAST(json_extract(r.generation, '$.seed') AS INTEGER) = ?
+        JOIN rewards p ON p.response_id = r.id AND p.model = $proxy
+        {'JOIN rewards j ON j.response_id = r.id AND j.model = $judge' if judge else ''}
+        WHERE r.model = $model AND CAST(json_extract(r.generation, '$.seed') AS INTEGER) = $seed
           AND r.prompt_id IN (SELECT prompt_id FROM dataset_prompts dp JOIN datasets d ON d.id = dp.dataset_id
-                              WHERE d.name = ?)
-        ORDER BY r.prompt_id, sample""", [proxy, judge, model, seed, dataset])
+                              WHERE d.name = $dataset)
+        ORDER BY r.prompt_id, sample""", {"proxy": proxy, "model": model, "seed": seed, "dataset": dataset,
+                                          **({"judge": judge} if judge else {})})

@@ -222,26 +222,34 @@ def _succeeded_run(store, kind: str, dataset: str, policy_run: int | None = None
 BEST_OF_SEED = 4242  # the best-of-N answers' own sampling seed, so they are told apart from other candidates
 
 
-def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: int, n: int = 16,
-              max_new_tokens: int = 128, temperature: float = 0.8, engine: str = "auto",
+def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: int | None = None, n: int = 16,
+              max_new_tokens: int = 128, temperature: float = 0.8, engine: str = "auto", rule: str = "",
               say: Callable[[str], None] = print, wait: Callable[[int], int] | None = None) -> int:
     """Best-of-N against N for `model` (default, a folder or a trained policy's name) on the prompts
     of `prompts`: N + 1 answers each (generation), scored by the proxy reward model named `proxy`
-    and by the judge reward model of `judge_run` (reward scoring), then picked and counted (a
-    best-of-n job whose metrics are the curves). Returns the best-of-n run's id."""
+    and judged by the reward model of `judge_run` (reward scoring) or by a named `rule`, then
+    picked and counted (a best-of-n job whose metrics are the curves). Returns its run's id."""
+    from pipelines.judges import RULES
+
     store = runner.store
     if not 1 <= n <= 64:
         raise RunError(f"N must be 1 to 64 answers per prompt, not {n}")
     found = model_named(store, proxy)
     if found is None or found["purpose"] != "reward":
         raise RunError(f"'{proxy}' is not a reward model (see alignstudio models)")
-    judge = [r for r in reward_models(store) if r["run_id"] == judge_run]
-    if not judge:
+    if (judge_run is None) == (not rule):
+        raise RunError("best-of-N is judged by one independent judge: a reward model trained on other prompts "
+                       "(judge run) or a rule, not both")
+    if rule and rule not in RULES:
+        raise RunError(f"unknown rule {rule!r}; one of {', '.join(RULES)}")
+    judge = [r for r in reward_models(store) if r["run_id"] == judge_run] if judge_run is not None else []
+    if judge_run is not None and not judge:
         raise RunError(f"run {judge_run} did not train a reward model")
     if judge_run == found["run_id"]:
         raise RunError("the judge cannot be the proxy that picks the answers: give a reward model trained on other "
                        "prompts")
-    check_independent(runner, judge_run, "the proxy", found["run_id"])
+    if judge_run is not None:
+        check_independent(runner, judge_run, "the proxy", found["run_id"])
     service.prompts_of(store, prompts, 1)
     wait = wait or (lambda run_id: 0 if runner.wait(run_id)["status"] == "succeeded" else 1)
     answering = service.base_named(store, model)
@@ -251,7 +259,7 @@ def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: i
     say(f"run {generated}: {model} answers each prompt of '{prompts}' {n + 1} times")
     if wait(generated):
         raise RunError(f"best-of-{n} stopped: its sampling (run {generated}) did not succeed")
-    for name in (proxy, judge[0]["name"]):
+    for name in (proxy, *(j["name"] for j in judge)):
         try:
             scoring = service.start_reward_scoring(runner, prompts, name)
         except RunError:
@@ -259,8 +267,9 @@ def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: i
         say(f"run {scoring}: {name} scores the answers")
         if wait(scoring):
             raise RunError(f"best-of-{n} stopped: its reward scoring (run {scoring}) did not succeed")
-    rows = scored_samples(store, prompts, answering, BEST_OF_SEED, proxy, judge[0]["name"])
-    config = make_config(BestOfNConfig, "best-of-N", n=n, proxy_name=proxy, judge_name=judge[0]["name"])
+    rows = scored_samples(store, prompts, answering, BEST_OF_SEED, proxy, judge[0]["name"] if judge else None)
+    config = make_config(BestOfNConfig, "best-of-N", n=n, proxy_name=proxy,
+                         judge_name=judge[0]["name"] if judge else "", rule=rule)
     run_id = runner.start("best-of-n", config, {config.inputs: rows}, prompts)
     if wait(run_id):
         raise RunError(f"best-of-{n}: run {run_id} did not succeed")

@@ -132,6 +132,12 @@ def test_best_of_n_counts_the_proxys_pick_against_one_answer_by_proxy_and_judge(
     drawn = {point["n"]: point for point in curves(rows, [1, 2, 4])}
     assert drawn[4]["proxy"]["win_rate"] == 1.0 and drawn[4]["judge"]["win_rate"] == 0.5
     assert drawn[4]["proxy"]["n"] == 2
+    # Judged by a rule instead (the guided demo's gold standard): the heuristic on the pick's and the one
+    # answer's text and ending. The proxy picks the longest; it ends only at odd samples.
+    rows = [{"prompt_id": "a", "sample": i, "proxy": float(i), "text": "word " * (i + 1),
+             "finish": "stop" if i % 2 else "length"} for i in range(5)]
+    drawn = {point["n"]: point["judge"]["win_rate"] for point in curves(rows, [1, 2, 4], rule="heuristic")}
+    assert drawn == {1: 1.0, 2: 0.0, 4: 0.0}  # ended beats cut; then fewer repeated words win
 
 
 def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, store, tmp_path, tiny_model, capsys):
@@ -157,6 +163,18 @@ def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, s
         steps = again.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'judge/win_rate' "
                             "ORDER BY step", [run])
     assert [s["step"] for s in steps] == [1, 2, 4] and all(0 <= s["value"] <= 1 for s in steps)
+    # Judged by a rule instead of a reward model; both together are refused.
+    code = cli_main(["evaluate", "--best-of", "2", "--model", str(tiny_model), "--prompts", "held",
+                     "--proxy-model", f"rm-run{proxy}", "--rule", "heuristic", "--max-new-tokens", "6",
+                     "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "the judge rule 'heuristic'" in out and [line.split()[0] for line in out[out.index("  N  "):].splitlines()[
+        1:]] == ["1", "2"]
+    code = cli_main(["evaluate", "--best-of", "2", "--model", str(tiny_model), "--prompts", "held",
+                     "--proxy-model", f"rm-run{proxy}", "--rule", "heuristic", "--judge-run", str(judge),
+                     "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
+    assert code == 2 and "not both" in capsys.readouterr().err
 
 
 def test_a_reward_model_ensemble_trains_as_one_job_and_scores_mean_spread_and_a_conservative_score(

@@ -55,10 +55,11 @@ def cmd_best_of(ctx, args) -> int:
     from studio.kinds import RunError
     from studio.rounds import best_of_n
 
-    if not args.proxy_model or args.judge_run is None:
-        raise RunError("best-of-N picks by a reward model and is judged by another: give --proxy-model (its name) "
-                       "and --judge-run (a reward model trained on other prompts)")
+    if not args.proxy_model or (args.judge_run is None and not args.rule):
+        raise RunError("best-of-N picks by a reward model and is judged independently: give --proxy-model (its "
+                       "name) and --judge-run (a reward model trained on other prompts) or --rule")
     run_id = best_of_n(ctx.runner, args.model, args.prompts, args.proxy_model, args.judge_run, n=args.best_of,
+                       rule=args.rule or "",
                        max_new_tokens=args.max_new_tokens or 128, wait=lambda r: follow(ctx.runner, r),
                        say=lambda line: print(line, flush=True))
     drawn = json.loads((ctx.workspace.runs_dir / str(run_id) / "best_of_n.json").read_text())
@@ -207,7 +208,7 @@ def add_commands(sub) -> None:
                             "judge: --judge-run (a reward model trained on other prompts), --llm-judge or --rule.")
     p.add_argument("--policy-run", type=int, help="the run that trained the policy")
     p.add_argument("--best-of", type=int, help="instead: the best-of-N baseline of --model, N = 1, 2, 4, ... up to "
-                   "this: its best answer by --proxy-model against one answer, by the proxy and by --judge-run")
+                   "this: its best answer by --proxy-model against one answer, by the proxy and by --judge-run or --rule")
     p.add_argument("--model", default="default", help="with --best-of: the model that answers (default, a folder, a "
                    "trained policy's name)")
     p.add_argument("--proxy-model", help="with --best-of: the reward model (its name) that picks the best answer")
