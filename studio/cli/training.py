@@ -208,7 +208,8 @@ def add_commands(sub) -> None:
                             "judge: --judge-run (a reward model trained on other prompts), --llm-judge or --rule.")
     p.add_argument("--policy-run", type=int, help="the run that trained the policy")
     p.add_argument("--best-of", type=int, help="instead: the best-of-N baseline of --model, N = 1, 2, 4, ... up to "
-                   "this: its best answer by --proxy-model against one answer, by the proxy and by --judge-run or --rule")
+                   "this: its best answer by --proxy-model against one answer, by the proxy and by --judge-run or "
+                   "--rule")
     p.add_argument("--model", default="default", help="with --best-of: the model that answers (default, a folder, a "
                    "trained policy's name)")
     p.add_argument("--proxy-model", help="with --best-of: the reward model (its name) that picks the best answer")
