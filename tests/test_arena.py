@@ -126,7 +126,8 @@ def test_a_batch_comparison_stores_unlabelled_pairs_and_the_reward_win_rate(work
     ids = store.query("SELECT first_id, second_id FROM pairs WHERE first_model = 'default'")
     with store.transaction() as cur:
         for p in ids:
-            cur.execute("INSERT OR REPLACE INTO rewards VALUES (?, 'rm', ?, NULL)", [p["first_id"], 1.0])
+            cur.execute("INSERT OR REPLACE INTO rewards (response_id, model, reward) VALUES (?, 'rm', ?)",
+                        [p["first_id"], 1.0])
     assert reward_win_rate(store, "demo-default-vs-twin", "rm")["win_rate"] == 0.5  # identical answers: ties
 
 

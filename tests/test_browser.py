@@ -403,7 +403,7 @@ def test_train_tab_starts_a_reward_model_run_and_follows_it(tmp_path, mini_works
         page.get_by_role("spinbutton", name="Batch size").fill("2")
         page.get_by_role("spinbutton", name="Max tokens").fill("256")
         page.get_by_role("button", name="Start training").click()
-        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=30_000)
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=120_000)
         summary = page.locator("#train-summary")
         summary.get_by_text("succeeded").wait_for(timeout=240_000)
         assert "reward model trained (6 steps)" in summary.inner_text()
@@ -439,7 +439,7 @@ def test_train_tab_starts_another_method_from_an_empty_page_without_an_error(tmp
         page.get_by_role("spinbutton", name="Batch size").fill("2")
         page.get_by_role("spinbutton", name="Max tokens").fill("128")
         page.get_by_role("button", name="Start training").click()
-        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=30_000)
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=120_000)
         page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=240_000)
         page.wait_for_timeout(4_000)  # two more timer ticks
         assert page.locator("#train-plotted").get_by_label("rewards/margins", exact=True).is_checked()
@@ -493,7 +493,7 @@ def test_train_tab_says_in_a_sentence_when_balancing_lengths_leaves_nothing_to_t
         page.get_by_text("All settings").click()
         page.get_by_label("Balance lengths").check()
         page.get_by_role("button", name="Start training").click()
-        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=30_000)
+        page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=120_000)
         summary = page.locator("#train-summary")
         summary.get_by_text("failed").wait_for(timeout=240_000)
         text = summary.inner_text()
@@ -775,7 +775,7 @@ def train_run(page, tiny_model: Path, run_id: int) -> None:
     page.get_by_role("spinbutton", name="Batch size").fill("2")
     page.get_by_role("spinbutton", name="Max tokens").fill("128")
     page.get_by_role("button", name="Start training").click()
-    page.locator("#train-started").get_by_text(f"Run {run_id} started.").wait_for(timeout=60_000)
+    page.locator("#train-started").get_by_text(f"Run {run_id} started.").wait_for(timeout=120_000)
     page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=300_000)
 
 
