@@ -18,7 +18,7 @@ from common.errors import StudioError
 from pipelines.judges import RULES
 from pipelines.settings import help_of, label_of
 from store.loop import loop_state
-from store.models import reward_models
+from store.models import policy_adapters, reward_models
 from store.queries import dataset_names
 from studio import judging
 from studio.context import Context, handler
@@ -62,8 +62,7 @@ def defaults(ctx: Context, dataset: str | None) -> tuple:
     store = ctx.store
     names = dataset_names(store)
     rms = [r["name"] for r in reward_models(store)]
-    policies = ["default"] + [r["name"] for r in store.query(
-        "SELECT name FROM models WHERE kind = 'adapter' AND purpose = 'policy' ORDER BY id DESC")]
+    policies = ["default", *policy_adapters(store)]
     state = loop_state(store, dataset) if dataset else None
     mine = [p for p in (state or {}).get("policies", []) if p["status"] == "succeeded"]
     policy = mine[0]["model"] if mine else "default"
