@@ -441,7 +441,10 @@ def test_train_tab_starts_another_method_from_an_empty_page_without_an_error(tmp
         page.get_by_role("button", name="Start training").click()
         page.locator("#train-started").get_by_text("Run 1 started.").wait_for(timeout=120_000)
         page.locator("#train-summary").get_by_text("succeeded").wait_for(timeout=240_000)
-        page.wait_for_timeout(4_000)  # two more timer ticks
+        # The 2 s timer draws the last step (on a busy machine, late): its x axis then has two ticks or more.
+        page.wait_for_function("""() => Array.from(document.querySelectorAll(
+            '#train-loss-plot g.mark-text.role-axis-label')[0]?.querySelectorAll('text') || [])
+            .filter(t => t.textContent.trim()).length >= 2""", timeout=60_000)
         assert page.locator("#train-plotted").get_by_label("rewards/margins", exact=True).is_checked()
         assert page.locator("#train-plotted").get_by_label("accuracy", exact=True).count() == 0
         errors = [t for t in page.locator(".toast-body, .error").all_inner_texts() if t.strip()]
