@@ -173,7 +173,7 @@ def test_sft_trains_on_the_preferred_answers(family):
     from pipelines.sft import SFTTrainConfig, run
 
     spec, folder, scratch = family
-    config = SFTTrainConfig(base=str(folder), max_steps=2, batch_size=4, max_length=128, lora_r=4, lora_alpha=8,
+    config = SFTTrainConfig(base=str(folder), max_steps=1, batch_size=4, max_length=128, lora_r=4, lora_alpha=8,
                             eval_share=0.25)
     last = run_pipeline(run, config, scratch / "sft", {config.inputs: pair_rows()})
     assert last["status"] == "succeeded", last.get("message")

@@ -163,14 +163,15 @@ def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, s
         steps = again.query("SELECT step, value FROM run_metrics WHERE run_id = ? AND name = 'judge/win_rate' "
                             "ORDER BY step", [run])
     assert [s["step"] for s in steps] == [1, 2, 4] and all(0 <= s["value"] <= 1 for s in steps)
-    # Judged by a rule instead of a reward model; both together are refused.
-    code = cli_main(["evaluate", "--best-of", "2", "--model", str(tiny_model), "--prompts", "held",
-                     "--proxy-model", f"rm-run{proxy}", "--rule", "heuristic", "--max-new-tokens", "6",
-                     "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "the judge rule 'heuristic'" in out and [line.split()[0] for line in out[out.index("  N  "):].splitlines()[
-        1:]] == ["1", "2"]
+    # A rule judges instead of a reward model (test_best_of_n_counts... counts it): what it reads of each
+    # answer, its text and how it ended, comes with the proxy's reward; both judges together are refused.
+    from store.rounds import scored_samples
+    from studio.rounds import BEST_OF_SEED
+
+    with workspace.open_store() as again:
+        rows = scored_samples(again, "held", str(tiny_model), BEST_OF_SEED, f"rm-run{proxy}", None)
+    assert len(rows) == 15 and all(r["text"] is not None and r["finish"] in ("stop", "length") and r["judge"] is None
+                                   for r in rows)
     code = cli_main(["evaluate", "--best-of", "2", "--model", str(tiny_model), "--prompts", "held",
                      "--proxy-model", f"rm-run{proxy}", "--rule", "heuristic", "--judge-run", str(judge),
                      "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
