@@ -17,7 +17,7 @@ from pipelines.models import DEFAULT_DESCRIPTION
 from store import Store
 from store.loop import loop_state
 from store.queries import dataset_names, dataset_summaries, run_summaries, runs_of_kinds
-from studio import rounds_panel
+from studio import picks, rounds_panel
 from studio.context import Context, handler
 from studio.demo import REPORT, SCALE_UP, DemoSettings, DemoStop, run_demo
 from studio.loop_map import (
@@ -270,11 +270,6 @@ def build(ctx: Context) -> None:
     return SimpleNamespace(project=project, step=step, loop=loop, why=why, lineage=lineage_frame)
 
 
-def menu_values(choices) -> set:
-    """The values of a menu's choices: plain values, or the second of (label, value) pairs."""
-    return {c[1] if isinstance(c, tuple) else c for c in choices}
-
-
 def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr.Tabs, targets: dict,
                    choices: dict):
     """The next-step button opens the tab that takes the step with its inputs chosen. `targets`:
@@ -288,7 +283,7 @@ def wire_next_step(ctx: Context, app: gr.Blocks, home: SimpleNamespace, tabs: gr
     def opening(step: NextStep) -> tuple:
         """The outputs that open `step.tab` with its inputs chosen."""
         base = step.inputs.get("base")  # the policy's base beside it in Compare, when Compare runs it
-        base = base if base in menu_values(choices["compare_base"]()) else None
+        base = base if base in picks.values_of(choices["compare_base"]()) else None
         values = {"data": {}, "build": {"build_dataset": step.inputs.get("dataset"),
                                         "build_generate_box": step.inputs.get("open_generate")},
                   "label": {"label_dataset": step.inputs.get("dataset")},
