@@ -17,6 +17,11 @@ from studio.kinds import RunError
 from studio.runner import Runner
 
 
+def reward_runs(store: Store) -> list[tuple[str, int]]:
+    """The trained reward models as a menu offers them: (their name and run, their run)."""
+    return [(f"{r['name']} (run {r['run_id']})", r["run_id"]) for r in reward_models(store)]
+
+
 def check_independent(runner: Runner, judge_run: int, what: str, taught_by: int) -> None:
     """Refuse the reward model of `judge_run` as a judge when it shares a prompt with the training
     data of run `taught_by` (`what`: the policy, its proxy, ...)."""

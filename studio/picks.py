@@ -6,6 +6,7 @@ still exists, and a menu with no remembered pick gets its `default`."""
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,8 +35,10 @@ def remember(app: gr.Blocks, workspace: Workspace, menus: dict[str, Menu]) -> gr
     picks = gr.BrowserState({}, storage_key=f"alignstudio-picks-{key}", secret=key)
     for name, menu in menus.items():
         # .change, not .input: a pick made by the Next step or the jobs bar's Open is the user's too.
-        menu.component.change(lambda value, kept, name=name: {**(kept or {}), name: value},
-                              [menu.component, picks], picks, show_progress="hidden", queue=False)
+        # Kept in the browser itself (no round trip to the server): a reload right after a pick, or
+        # answers to several menus' changes arriving out of order, would otherwise lose it.
+        menu.component.change(None, [menu.component, picks], picks, show_progress="hidden", queue=False,
+                              js=f"(value, kept) => ({{...(kept || {{}}), {json.dumps(name)}: value}})")
 
     def restore(kept):
         kept = kept or {}

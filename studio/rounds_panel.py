@@ -74,7 +74,7 @@ def defaults(ctx: Context, dataset: str | None) -> tuple:
         held_out = offered.prompts if offered.held_out else None
         if offered.judges:
             judge, rule = offered.judges[0], ""
-    judges = [("none", "")] + [(f"{r['name']} (run {r['run_id']})", r["run_id"]) for r in reward_models(store)]
+    judges = [("none", "")] + judging.reward_runs(store)
     prompts = state["pairs_dataset"] if state else (names[0] if names else None)
     return (gr.update(choices=policies, value=policy), gr.update(choices=names, value=prompts),
             gr.update(choices=rms, value=reward), gr.update(choices=names, value=held_out),

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,6 +113,15 @@ def one_gpu(environ: dict) -> dict:
     return {"CUDA_VISIBLE_DEVICES": (visible or "0").split(",")[0].strip()}
 
 
+def free_port() -> int:
+    """A TCP port no one listens on now: the rendezvous port of a job of several processes. With
+    Accelerate's fixed default (29500) a second such job on the machine (two CPU jobs, or a
+    workspace beside another) fails to start: the address is in use."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Runner:
     def __init__(self, store: Store, workspace: Workspace, one_job_at_a_time: bool | None = None):
         """`one_job_at_a_time` (default: when there is a GPU): a job started while another runs
@@ -195,8 +205,8 @@ class Runner:
             env.update(one_gpu(env))
         if processes > 1:  # data-parallel through Accelerate's launcher: one rank per GPU
             command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
-                       str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                       *module_and_config]
+                       str(processes), "--num_machines", "1", "--main_process_port", str(free_port()),
+                       "--mixed_precision", "no", "--dynamo_backend", "no", *module_and_config]
         else:
             command = [sys.executable, *module_and_config]
         with open(folder / "log.txt", "ab") as log:

@@ -18,7 +18,7 @@ from common.errors import StudioError
 from pipelines.judges import RULES
 from pipelines.settings import default_of, help_of, label_of, split_list, user_fields, value_type
 from store import Store
-from store.models import model_path, reward_models
+from store.models import model_path
 from store.queries import (
     benchmarks_of,
     dataset_names,
@@ -33,6 +33,7 @@ from store.queries import (
 from studio import judging, reports, service
 from studio.context import Context, handler
 from studio.jobs_bar import progress_words
+from studio.judging import reward_runs
 from studio.methods import METHODS, ONLINE_METHODS, PAIR_POLICIES, TRL_LOSSES, Method, method_by_label
 
 FIRST_METHOD = METHODS["rm"]  # what the Train tab opens on
@@ -102,10 +103,6 @@ def explanation(method: Method) -> str:
         "a dataset of pairs with a preference (it learns their preferred answers) or of demonstrations" \
         if method.name == "sft" else "a dataset of pairs with a preference"
     return f"**{method.label}**: {method.summary}. It needs {needs}."
-
-
-def reward_runs(store: Store) -> list[tuple[str, int]]:
-    return [(f"{r['name']} (run {r['run_id']})", r["run_id"]) for r in reward_models(store)]
 
 
 FOLLOWED_KINDS = (*METHODS, "evaluate", "best-of-n", "benchmark")  # the Train tab follows training and judging

@@ -15,6 +15,8 @@ import pytest
 from pipelines.models import DEFAULT_MODEL, resolve_model
 from studio.workspace import Workspace
 
+from helpers import built_once, exclusively
+
 ROOT = Path(__file__).resolve().parents[1]
 HH_FILE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
 TINY_NAME = "tiny-llama-2x64"
@@ -29,14 +31,14 @@ def models_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model_path(models_dir) -> Path:
-    return Path(resolve_model(DEFAULT_MODEL, models_dir))
+    with exclusively(models_dir / DEFAULT_MODEL):  # converted once, not by each test process at once
+        return Path(resolve_model(DEFAULT_MODEL, models_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(models_dir, default_model_path) -> Path:
     """A random 2-layer Llama with the default model's tokenizer; its folder path."""
-    path = models_dir / TINY_NAME
-    if not (path / "config.json").is_file():
+    def build(partial):
         import torch
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -47,11 +49,10 @@ def tiny_model(models_dir, default_model_path) -> Path:
                              max_position_embeddings=2048, tie_word_embeddings=True,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id)
-        partial = path.with_name(path.name + ".partial")
         LlamaForCausalLM(config).save_pretrained(partial)
         tokenizer.save_pretrained(partial)
-        os.replace(partial, path)
-    return path
+
+    return built_once(models_dir / TINY_NAME, build)
 
 
 @pytest.fixture(scope="session")
@@ -59,19 +60,17 @@ def peaked_model(models_dir, tiny_model) -> Path:
     """The tiny model's shape with large random weights (init std 0.5): its next-token
     distributions are peaked (entropy about 3 nats rather than the tiny model's near-uniform 10.8),
     so a few RL steps can visibly move them."""
-    path = models_dir / "tiny-llama-2x64-peaked"
-    if not (path / "config.json").is_file():
+    def build(partial):
         import torch
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
         config = LlamaConfig.from_pretrained(tiny_model)
         config.initializer_range = 0.5
         torch.manual_seed(0)
-        partial = path.with_name(path.name + ".partial")
         LlamaForCausalLM(config).save_pretrained(partial)
         AutoTokenizer.from_pretrained(tiny_model).save_pretrained(partial)
-        os.replace(partial, path)
-    return path
+
+    return built_once(models_dir / "tiny-llama-2x64-peaked", build)
 
 
 @pytest.fixture

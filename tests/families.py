@@ -30,6 +30,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import exclusively
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -204,7 +206,8 @@ def family_model(name: str, models_dir: Path, source: Path) -> Path:
     family = FAMILIES[name]
     folder = models_dir / family.folder_name
     stamp = folder / "FAMILY.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()).get("build") != BUILD:
-        shutil.rmtree(folder, ignore_errors=True)
-        build_family(family, folder, source)
+    with exclusively(folder):  # the other test process may be building it
+        if not stamp.is_file() or json.loads(stamp.read_text()).get("build") != BUILD:
+            shutil.rmtree(folder, ignore_errors=True)
+            build_family(family, folder, source)
     return folder

@@ -1,6 +1,6 @@
 """What the tests share: the `alignstudio` command as a user runs it (`cli`), a run's events
 (`read_events`), waiting for a condition (`wait_until`), and preference pairs the tests make themselves
-(`make_pairs`, `write_pairs`, `arithmetic_pairs`).
+(`make_pairs`, `write_pairs`, `arithmetic_pairs`), and a shared model folder built once (`built_once`).
 
 The pairs are in the HH-RLHF layout (a transcript per side:
 "\\n\\nHuman: ...\\n\\nAssistant: ..."), so that a bare clone of the project tests everything. Only
@@ -13,15 +13,42 @@ bombs (the curation tests search for them). Every prompt is distinct and both si
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ALIGNSTUDIO = str(Path(sys.executable).parent / "alignstudio")
+
+
+@contextlib.contextmanager
+def exclusively(path: Path):
+    """Hold a lock beside `path` for as long as the block runs: the test processes (pytest -n 2)
+    share the models folder, and a model one builds the other must wait for, not build over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def built_once(path: Path, build, ready=lambda path: (path / "config.json").is_file()) -> Path:
+    """The folder `path`, built by `build(partial)` the first time (into a partial folder moved
+    into place whole), while no other test process builds it."""
+    with exclusively(path):
+        if not ready(path):
+            shutil.rmtree(path, ignore_errors=True)
+            partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+            shutil.rmtree(partial, ignore_errors=True)
+            build(partial)
+            os.replace(partial, path)
+    return path
 
 
 def cli(*args, workspace, models_dir=None, check=True, timeout=600) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,7 +14,7 @@ import pytest
 
 from store import import_file
 from studio import service
-from studio.runner import Runner
+from studio.runner import Runner, free_port
 from studio.workspace import Workspace
 
 from helpers import ALIGNSTUDIO, make_pairs
@@ -25,12 +24,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(workspace: Workspace, log_path: Path, *extra: str) -> tuple[str, subprocess.Popen]:

@@ -22,7 +22,7 @@ from store.queries import latest_metrics
 from studio import service
 from studio.bundles import import_bundle
 from studio.kinds import RunError
-from studio.runner import Runner
+from studio.runner import Runner, free_port
 
 from helpers import cli, write_pairs
 
@@ -51,7 +51,8 @@ def test_a_bundle_run_by_its_own_launcher_on_two_ranks_comes_back_equal_to_a_loc
                                                  "README.txt", "bundle.json"}
     assert json.loads((bundle / "config.json").read_text())["models_dir"] == "models"
     assert len((bundle / "README.txt").read_text().splitlines()) == 3
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT), NUM_PROCESSES="2")
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(ROOT), NUM_PROCESSES="2",
+               MAIN_PROCESS_PORT=str(free_port()))
     with open(bundle / "log.txt", "w") as log:
         subprocess.run(["bash", str(bundle / "launch.sh")], env=env, stdout=log, stderr=subprocess.STDOUT,
                        timeout=900, check=True)

@@ -16,16 +16,22 @@ import pytest
 
 from pipelines.dpo import DPOTrainConfig
 from pipelines.runlog import save_config
+from studio.runner import free_port
 
 from helpers import read_events
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 
+def two_ranks(*script: str) -> list[str]:
+    """`accelerate launch` of `script` on two CPU ranks, on a port of its own (another test process
+    may be launching too)."""
+    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", *script]
+
+
 def launch(tmp_path, module: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", module,
-                           "--config", str(tmp_path / "config.json")],
+    return subprocess.run(two_ranks("-m", module, "--config", str(tmp_path / "config.json")),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
@@ -96,8 +102,7 @@ def test_a_cancel_seen_by_one_rank_stops_both_at_one_step(tmp_path, tiny_model, 
     save_config(DPOTrainConfig(base=str(tiny_model), models_dir=str(models_dir), max_steps=200, batch_size=2,
                                max_length=64, lora_r=4, lora_alpha=8, eval_share=0.0, save_every=1000),
                 tmp_path / "config.json")
-    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-               "no", "--dynamo_backend", "no", "-m", "pipelines.dpo", "--config", str(tmp_path / "config.json")]
+    command = two_ranks("-m", "pipelines.dpo", "--config", str(tmp_path / "config.json"))
     launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
@@ -184,8 +189,7 @@ def test_ppo_on_two_ranks_cancels_together_and_resumes_to_the_end(tmp_path, tiny
     import psutil
 
     ppo_config(tmp_path, tiny_model, models_dir, tiny_reward_adapter, max_steps=200, save_every=1000)
-    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-               "no", "--dynamo_backend", "no", "-m", "pipelines.ppo", "--config", str(tmp_path / "config.json")]
+    command = two_ranks("-m", "pipelines.ppo", "--config", str(tmp_path / "config.json"))
     launcher = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
@@ -327,9 +331,7 @@ def test_the_sharding_settings_train_a_reward_model_on_two_cpu_ranks_as_one_proc
     decoder layer, each rank holds half of every LoRA matrix, and a step on each rank's half of the
     batch gives the one-process step's LoRA and score head, gathered whole for saving."""
     out = tmp_path / "shard.json"
-    result = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                             "--mixed_precision", "no", "--dynamo_backend", "no",
-                             str(Path(__file__).with_name("shard_ranks.py")), str(tiny_model), str(out)],
+    result = subprocess.run(two_ranks(str(Path(__file__).with_name("shard_ranks.py")), str(tiny_model), str(out)),
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(out.read_text())

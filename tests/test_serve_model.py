@@ -2,20 +2,15 @@
 answers /v1/models and /v1/chat/completions with a plain HTTP client, and refuses what it cannot serve."""
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from studio.runner import free_port
+
 from helpers import ALIGNSTUDIO, cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body: dict | None = None) -> dict:
