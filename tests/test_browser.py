@@ -659,7 +659,7 @@ WALK_SKIPS = ("Run the whole loop unattended", "Prepare pairs to label", "Export
 
 def settle(page) -> None:
     """Wait until the page's events are answered (no progress shown), however busy the machine is."""
-    page.wait_for_timeout(300)  # the click's event on its way
+    page.wait_for_timeout(150)  # the click's event on its way
     page.wait_for_function("() => !document.querySelector('.progress-text')", timeout=120_000)
 
 
@@ -671,11 +671,15 @@ def click_every_button(page, tab: str) -> list[str]:
         if "open" not in (accordion.get_attribute("class") or ""):
             accordion.click()
     found = []
-    # The buttons as they are now (a click may add or hide some: a toast's close button, a pane).
-    for button in page.query_selector_all("button:not([role=tab]):not([tabindex='-1']):not(.label-wrap)"):
-        name = " ".join(button.inner_text().split())
-        if not button.is_visible() or button.is_disabled() or not name or name.startswith(WALK_SKIPS) or \
-                name in ("↺", "Clear", "×"):
+    # The buttons as they are now (a click may add or hide some: a toast's close button, a pane), read
+    # in one call: asking the page about each of the hundreds of buttons (most on hidden tabs) one by
+    # one took most of this test's time.
+    buttons = page.query_selector_all("button:not([role=tab]):not([tabindex='-1']):not(.label-wrap)")
+    shown = page.evaluate("(buttons) => buttons.map(b => [b.innerText, b.checkVisibility(), b.disabled])", buttons)
+    for button, (text, visible, disabled) in zip(buttons, shown):
+        name = " ".join(text.split())
+        if not visible or disabled or not name or name.startswith(WALK_SKIPS) or name in ("↺", "Clear", "×") or \
+                not button.is_visible():  # hidden by an earlier click
             continue
         page.once("dialog", lambda dialog: dialog.dismiss())
         button.click(timeout=60_000)
