@@ -323,6 +323,10 @@ def describe_card(card: dict) -> list[str]:
         c = card["perplexity"]
         lines.append(f"cost: held-out perplexity {c['base']:.2f} -> {c['policy']:.2f} ({c['change']:+.1%}, 95% "
                      f"interval {c['low']:+.1%} to {c['high']:+.1%}: {c['verdict']}; {c['n']} reference answers)")
+    else:  # said, not left out: a card without it reads as if the policy's language were untouched
+        lines.append("cost: held-out perplexity not measured: no reference answers the policy never trained on (the "
+                     "judged prompts' dataset has no preference pairs, or the policy trained on all of them); give "
+                     "a JSONL file of prompts and completions with alignstudio evaluate --reference-file")
     for kind, words in CARD_ITEMS.items():
         if kind in card:
             c = card[kind]

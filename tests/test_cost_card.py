@@ -9,7 +9,7 @@ import pytest
 
 from common.errors import StudioError
 from common.stats import paired_difference
-from pipelines.evaluate import REFUSAL_SETS, refusal_prompts
+from pipelines.evaluate import REFUSAL_SETS, describe_card, refusal_prompts
 from pipelines.judges import is_refusal
 from store import import_file
 from studio import service
@@ -34,6 +34,18 @@ def test_the_shipped_refusal_sets_cover_their_kinds_and_a_sample_spreads_over_th
     assert len({r["prompt"] for r in benign + harmful}) == 150
     sample = {m[0]["content"] for m in refusal_prompts("benign", 30)}
     assert len({r["kind"] for r in benign if r["prompt"] in sample}) == 5
+
+
+def test_a_card_without_reference_answers_says_its_perplexity_was_not_measured_and_how_to_measure_it():
+    """Judged on a prompts-only dataset (the guided demo's held-out prompts), there is no reference text
+    by default: the card says so rather than leaving the line out."""
+    refusals = {"change": 0.0, "low": -0.1, "high": 0.1, "n": 50, "verdict": "no clear change"}
+    lines = describe_card({"benign": {"base": 0.0, "policy": 0.0, **refusals}})
+    assert lines[0].startswith("cost: held-out perplexity not measured") and "--reference-file" in lines[0]
+    assert lines[1].startswith("cost: refuses harmless prompts")
+    measured = describe_card({"perplexity": {"base": 10.0, "policy": 11.0, **refusals}})
+    assert measured == ["cost: held-out perplexity 10.00 -> 11.00 (+0.0%, 95% interval -10.0% to +10.0%: no clear "
+                        "change; 50 reference answers)"]
 
 
 def test_a_paired_difference_says_no_clear_change_when_its_interval_holds_zero():
