@@ -78,7 +78,7 @@ def test_an_evaluation_carries_the_cost_card_and_lm_eval_benchmarks_the_policy_a
     assert metrics["cost/perplexity/n"] == 4 and metrics["cost/benign/n"] == 6
     assert metrics["cost/perplexity/policy"] > 1 and metrics["cost/perplexity/base"] > 1
     lines = run["message"].splitlines()
-    assert any(line.startswith("cost: held-out perplexity") for line in lines)
+    assert any(re.match(r"cost: held-out perplexity [0-9.]+ -> [0-9.]+ ", line) for line in lines)
     assert any(line.startswith("cost: refuses harmless prompts that sound risky: base") for line in lines)
     # Reference answers from prompts the policy trained on are never used, and a file of them is refused.
     references = tmp_path / "refs.jsonl"
