@@ -1046,7 +1046,11 @@ def test_under_logins_a_compare_vote_carries_the_login_and_teammates_votes_on_on
                 page.locator(f"#compare-model-{side}").get_by_role("combobox").click()
                 page.locator(f"#compare-model-{side}").get_by_role("option", name=model, exact=True).click()
             page.get_by_text("Sampling (the same for both)").click()
+            # The number is committed when it loses the focus: a busy machine's page could take the
+            # Send before it (CI: alice's answers ran to 256 tokens, another battle than bob's).
             page.get_by_role("spinbutton", name="Max answer tokens").fill("12")
+            page.get_by_role("spinbutton", name="Max answer tokens").press("Tab")
+            page.wait_for_timeout(500)
             page.locator("#compare-input textarea").fill("Say hello.")
             page.locator("#compare-send").click()
             page.get_by_text("Vote below, or send another message").wait_for(timeout=120_000)
