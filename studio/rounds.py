@@ -224,10 +224,11 @@ BEST_OF_SEED = 4242  # the best-of-N answers' own sampling seed, so they are tol
 
 def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: int | None = None, n: int = 16,
               max_new_tokens: int = 128, temperature: float = 0.8, engine: str = "auto", rule: str = "",
-              say: Callable[[str], None] = print, wait: Callable[[int], int] | None = None) -> int:
+              say: Callable[[str], None] = print, wait: Callable[[int], int] | None = None,
+              limit: int | None = None) -> int:
     """Best-of-N against N for `model` (default, a folder or a trained policy's name) on the prompts
-    of `prompts`: N + 1 answers each (generation), scored by the proxy reward model named `proxy`
-    and judged by the reward model of `judge_run` (reward scoring) or by a named `rule`, then
+    of `prompts` (its first `limit`, if given): N + 1 answers each (generation), scored by the proxy
+    reward model named `proxy` and judged by the reward model of `judge_run` (reward scoring) or by a named `rule`, then
     picked and counted (a best-of-n job whose metrics are the curves). Returns its run's id."""
     from pipelines.judges import RULES
 
@@ -254,7 +255,7 @@ def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: i
     wait = wait or (lambda run_id: 0 if runner.wait(run_id)["status"] == "succeeded" else 1)
     answering = service.base_named(store, model)
     engine = engine if engine != "auto" else ("llama.cpp" if answering == "default" else "transformers")
-    generated = service.start_generation(runner, prompts, model=answering, n=n + 1, seed=BEST_OF_SEED,
+    generated = service.start_generation(runner, prompts, limit, model=answering, n=n + 1, seed=BEST_OF_SEED,
                                          max_new_tokens=max_new_tokens, temperature=temperature, engine=engine)
     say(f"run {generated}: {model} answers each prompt of '{prompts}' {n + 1} times")
     if wait(generated):
@@ -267,7 +268,10 @@ def best_of_n(runner: Runner, model: str, prompts: str, proxy: str, judge_run: i
         say(f"run {scoring}: {name} scores the answers")
         if wait(scoring):
             raise RunError(f"best-of-{n} stopped: its reward scoring (run {scoring}) did not succeed")
-    rows = scored_samples(store, prompts, answering, BEST_OF_SEED, proxy, judge[0]["name"] if judge else None)
+    answered = {p["prompt_id"] for p in service.prompts_of(store, prompts, limit)}  # not an earlier run's others
+    judged_by = judge[0]["name"] if judge else None
+    rows = [r for r in scored_samples(store, prompts, answering, BEST_OF_SEED, proxy, judged_by)
+            if r["prompt_id"] in answered]
     config = make_config(BestOfNConfig, "best-of-N", n=n, proxy_name=proxy,
                          judge_name=judge[0]["name"] if judge else "", rule=rule)
     run_id = runner.start("best-of-n", config, {config.inputs: rows}, prompts)

@@ -235,8 +235,8 @@ def start_perplexity(runner: Runner, dataset: str, **settings) -> int:
     return runner.start("perplexity", config, {config.inputs: rows}, dataset)
 
 
-def start_generation(runner: Runner, dataset: str, **settings) -> int:
-    """Sample `n` candidate responses for every prompt of `dataset`."""
+def start_generation(runner: Runner, dataset: str, limit: int | None = None, **settings) -> int:
+    """Sample `n` candidate responses for every prompt of `dataset` (its first `limit`, if given)."""
     config = make_config(GenerateConfig, "generation", models_dir=str(runner.workspace.models_dir), **settings)
     try:
         engine = config.resolved_engine()  # an unknown engine is refused before the run exists
@@ -248,7 +248,7 @@ def start_generation(runner: Runner, dataset: str, **settings) -> int:
         refused = gguf_readiness(folder, config.models_dir)  # a folder llama.cpp's converter would refuse
         if refused:
             raise RunError(f"{folder} cannot answer in llama.cpp: {refused}; use the transformers engine")
-    return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset)}, dataset)
+    return runner.start("generate", config, {config.inputs: prompts_of(runner.store, dataset, limit)}, dataset)
 
 
 def checked_model(name: str, gguf: bool = False) -> None:

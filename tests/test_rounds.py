@@ -151,7 +151,8 @@ def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, s
                                           eval_share=0.0).run_ids
     assert runner.wait(proxy)["status"] == runner.wait(judge)["status"] == "succeeded"
     store.close()
-    code = cli_main(["evaluate", "--best-of", "4", "--model", str(tiny_model), "--prompts", "held",
+    # --limit holds here as in any evaluation: 2 of the 3 prompts answered N + 1 times (it was ignored)
+    code = cli_main(["evaluate", "--best-of", "4", "--model", str(tiny_model), "--prompts", "held", "--limit", "2",
                      "--proxy-model", f"rm-run{proxy}", "--judge-run", str(judge), "--max-new-tokens", "6",
                      "--workspace", str(workspace.root), "--models-dir", str(workspace.models_dir)])
     out = capsys.readouterr().out
@@ -170,7 +171,7 @@ def test_best_of_n_from_the_cli_draws_both_curves_as_a_runs_metrics(workspace, s
 
     with workspace.open_store() as again:
         rows = scored_samples(again, "held", str(tiny_model), BEST_OF_SEED, f"rm-run{proxy}", None)
-    assert len(rows) == 15 and all(r["text"] is not None and r["finish"] in ("stop", "length") and r["judge"] is None
+    assert len(rows) == 10 and all(r["text"] is not None and r["finish"] in ("stop", "length") and r["judge"] is None
                                    for r in rows)
     code = cli_main(["evaluate", "--best-of", "2", "--model", str(tiny_model), "--prompts", "held",
                      "--proxy-model", f"rm-run{proxy}", "--rule", "heuristic", "--judge-run", str(judge),

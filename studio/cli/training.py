@@ -59,7 +59,7 @@ def cmd_best_of(ctx, args) -> int:
         raise RunError("best-of-N picks by a reward model and is judged independently: give --proxy-model (its "
                        "name) and --judge-run (a reward model trained on other prompts) or --rule")
     run_id = best_of_n(ctx.runner, args.model, args.prompts, args.proxy_model, args.judge_run, n=args.best_of,
-                       rule=args.rule or "",
+                       rule=args.rule or "", limit=args.limit or None,  # N + 1 answers to each: --limit counts
                        max_new_tokens=args.max_new_tokens or 128, wait=lambda r: follow(ctx.runner, r),
                        say=lambda line: print(line, flush=True))
     drawn = json.loads((ctx.workspace.runs_dir / str(run_id) / "best_of_n.json").read_text())
